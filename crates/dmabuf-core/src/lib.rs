@@ -1,0 +1,25 @@
+//! The dma-buf core of Linux 7.1, in userspace Rust: fences (`dma_fence` and
+//! its containers), reservation objects, dma-buf objects and attachments, the
+//! userspace ABI, and revoke.
+//!
+//! Module names follow the kernel's files (`dma-fence.c` is [`dma_fence`],
+//! `dma-fence-chain.c` is `dma_fence_chain`, and so on), so a reader who
+//! knows the kernel finds each concept without searching. Every module opens
+//! with the contract it implements: its states, its lock rules and what may
+//! happen after what.
+//!
+//! All synchronisation goes through [`sync`], so the same code runs on real
+//! threads, under the controlled scheduler of [`sync::sched`] and under loom.
+#![warn(missing_docs)]
+
+pub mod dma_fence;
+pub mod errno;
+pub mod lockdep;
+pub mod sync;
+pub mod trace;
+
+pub use dma_fence::{
+    Callback, CancelToken, Fence, FenceContext, FenceError, FenceKind, FenceOps,
+    MAX_SCHEDULE_TIMEOUT, NamedOps, SignalHandle,
+};
+pub use errno::Errno;

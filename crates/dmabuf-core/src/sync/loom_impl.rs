@@ -1,0 +1,169 @@
+//! `--cfg loom`: the same API over loom's primitives, for exhaustive models of
+//! small primitives. There is no controlled scheduler and no real time here:
+//! clocks read zero and timed waits behave as untimed waits that may also
+//! return early (loom explores both).
+
+use std::time::Duration;
+
+/// Atomics from loom; `global` stays std so statics still work.
+pub mod atomic {
+    pub use loom::sync::atomic::{
+        AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+    };
+    /// Process-wide atomics that are never part of a model (always std).
+    pub mod global {
+        pub use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize};
+    }
+}
+
+/// A mutex without poisoning, over loom's.
+#[derive(Debug, Default)]
+pub struct Mutex<T: ?Sized>(loom::sync::Mutex<T>);
+
+/// Guard of [`Mutex`].
+pub struct MutexGuard<'a, T: ?Sized> {
+    mutex: &'a Mutex<T>,
+    guard: loom::sync::MutexGuard<'a, T>,
+}
+
+impl<T> Mutex<T> {
+    /// Creates an unlocked mutex.
+    pub fn new(t: T) -> Self {
+        Self(loom::sync::Mutex::new(t))
+    }
+    /// Consumes the mutex.
+    pub fn into_inner(self) -> T {
+        self.0.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<T: ?Sized> Mutex<T> {
+    /// Acquires the lock.
+    pub fn lock(&self) -> MutexGuard<'_, T> {
+        MutexGuard {
+            mutex: self,
+            guard: self.0.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+    /// Acquires the lock if free.
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        self.0
+            .try_lock()
+            .ok()
+            .map(|guard| MutexGuard { mutex: self, guard })
+    }
+    /// Not tracked under loom; always false.
+    pub fn is_locked(&self) -> bool {
+        false
+    }
+    /// Exclusive access.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.0.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<'a, T: ?Sized> MutexGuard<'a, T> {
+    /// The mutex this guard locks.
+    pub fn mutex(this: &Self) -> &'a Mutex<T> {
+        this.mutex
+    }
+}
+
+impl<T: ?Sized> std::ops::Deref for MutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+impl<T: ?Sized> std::ops::DerefMut for MutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+/// A condition variable over loom's.
+#[derive(Debug, Default)]
+pub struct Condvar(loom::sync::Condvar);
+
+impl Condvar {
+    /// Creates a condition variable.
+    pub fn new() -> Self {
+        Self(loom::sync::Condvar::new())
+    }
+    /// Waits for a notification.
+    pub fn wait<'a, T: ?Sized>(&self, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+        let MutexGuard { mutex, guard } = g;
+        let guard = self.0.wait(guard).unwrap_or_else(|e| e.into_inner());
+        MutexGuard { mutex, guard }
+    }
+    /// Waits for a notification; under loom this never reports a timeout.
+    pub fn wait_timeout<'a, T: ?Sized>(
+        &self,
+        g: MutexGuard<'a, T>,
+        _d: Duration,
+    ) -> (MutexGuard<'a, T>, bool) {
+        (self.wait(g), false)
+    }
+    /// Wakes one waiter.
+    pub fn notify_one(&self) {
+        self.0.notify_one()
+    }
+    /// Wakes every waiter.
+    pub fn notify_all(&self) {
+        self.0.notify_all()
+    }
+}
+
+/// Saturating conversion of a duration to nanoseconds.
+pub fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Threads over loom's.
+pub mod thread {
+    pub use loom::thread::{JoinHandle, Thread, current, park, yield_now};
+    use std::time::Duration;
+
+    /// Spawns a loom thread.
+    pub fn spawn<F, T>(f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        loom::thread::spawn(f)
+    }
+    /// Spawns a loom thread (names are ignored).
+    pub fn spawn_named<F, T>(_name: String, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        loom::thread::spawn(f)
+    }
+    /// Parks (a timeout is an untimed park that may return spuriously).
+    pub fn park_timeout(_d: Duration) {
+        loom::thread::park()
+    }
+    /// Yields.
+    pub fn sleep(_d: Duration) {
+        loom::thread::yield_now()
+    }
+}
+
+/// Clocks: always zero under loom.
+pub mod time {
+    /// Zero under loom.
+    pub fn monotonic_ns() -> u64 {
+        0
+    }
+    /// Zero under loom.
+    pub fn now_ns() -> u64 {
+        0
+    }
+}
+
+/// Declares a thread-local (loom's, so each model thread has its own).
+#[macro_export]
+macro_rules! shim_thread_local {
+    ($($t:tt)*) => { loom::thread_local!($($t)*); };
+}

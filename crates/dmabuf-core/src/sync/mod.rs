@@ -1,0 +1,55 @@
+//! The synchronisation shim. Every lock, atomic, condition variable, thread
+//! spawn, park and clock read in the project goes through this module.
+//!
+//! # Why a shim
+//!
+//! The same code has to run in three worlds:
+//!
+//! | world | selected by | used for |
+//! |---|---|---|
+//! | real threads | default | the library as programs use it; `dmabuf run`; benchmarks |
+//! | controlled execution | at run time, per thread: the thread is a task of a [`sched::Execution`] | `dmabuf check` / `matrix`: whole scenarios under a chosen schedule, with virtual time |
+//! | loom | `--cfg loom` at build time | small primitives (fence signal, callbacks, waits) checked exhaustively |
+//!
+//! Real threads and controlled execution live in the same binary: the checker
+//! runs a scenario on real threads and then explores it under the scheduler.
+//! Each operation asks, when it runs, whether the calling thread is a
+//! controlled task ([`sched::active`]). That question is a relaxed load of a
+//! process-wide counter of live executions, followed by a thread-local read
+//! only when the counter is non-zero, so the real-thread path pays one
+//! predictable branch (measured in `benches/fence.rs`, see BENCHMARKS.md).
+//!
+//! # Rules
+//!
+//! * Dispatch is per operation, not per object: a [`Mutex`] created on a real
+//!   thread and used by a controlled task behaves as a controlled mutex for
+//!   that task. Objects shared between a live execution and real threads must
+//!   not be held across a scheduling point (process-wide registries obey this:
+//!   their critical sections contain no shim operation).
+//! * Every shim operation on a controlled task is a scheduling point. Blocking
+//!   operations (contended lock, condvar wait, park, join) hand the processor
+//!   to another task; the scheduler, not the OS, decides who runs next.
+//! * Time: [`time::now_ns`] is `CLOCK_MONOTONIC` on real threads and the
+//!   execution's virtual clock on controlled tasks. The virtual clock moves
+//!   only when every task is blocked and one of them waits with a deadline.
+//! * Process-wide counters that are never part of a model (context ids, inode
+//!   numbers) use [`atomic::global`], which is always the std type, so they
+//!   can be `static` under loom too.
+
+#[cfg(not(loom))]
+mod std_impl;
+#[cfg(not(loom))]
+pub use std_impl::*;
+
+#[cfg(loom)]
+mod loom_impl;
+#[cfg(loom)]
+pub use loom_impl::*;
+
+#[cfg(not(loom))]
+pub mod sched;
+
+/// Reference counting is not modelled (loom's `Arc` only adds leak checks,
+/// which our `no-leak` property does at the object level), so `Arc` is std's
+/// in every world.
+pub use std::sync::{Arc, Weak};

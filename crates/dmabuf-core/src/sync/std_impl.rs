@@ -1,0 +1,494 @@
+//! Real threads (parking_lot and std) with per-operation dispatch to the
+//! controlled scheduler in [`super::sched`].
+
+use super::sched;
+use std::cell::UnsafeCell;
+use std::mem::ManuallyDrop;
+use std::time::Duration;
+
+/// Atomics: std atomics whose every operation is a scheduling point when the
+/// caller is a controlled task.
+pub mod atomic {
+    use super::sched;
+    pub use std::sync::atomic::{Ordering, fence};
+
+    /// Process-wide atomics that are never part of a model (always std).
+    pub mod global {
+        pub use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize};
+    }
+
+    macro_rules! shim_atomic_common {
+        ($name:ident, $std:ty, $prim:ty) => {
+            #[doc = concat!("Shim over [`", stringify!($std), "`].")]
+            #[derive(Debug, Default)]
+            #[repr(transparent)]
+            pub struct $name($std);
+
+            impl $name {
+                /// Creates the atomic (usable in `const` and `static`).
+                pub const fn new(v: $prim) -> Self {
+                    Self(<$std>::new(v))
+                }
+                /// Loads the value.
+                #[inline]
+                pub fn load(&self, o: Ordering) -> $prim {
+                    sched::point();
+                    self.0.load(o)
+                }
+                /// Stores a value.
+                #[inline]
+                pub fn store(&self, v: $prim, o: Ordering) {
+                    sched::point();
+                    self.0.store(v, o)
+                }
+                /// Swaps in a value, returning the old one.
+                #[inline]
+                pub fn swap(&self, v: $prim, o: Ordering) -> $prim {
+                    sched::point();
+                    self.0.swap(v, o)
+                }
+                /// Compare-and-exchange.
+                #[inline]
+                pub fn compare_exchange(
+                    &self,
+                    cur: $prim,
+                    new: $prim,
+                    s: Ordering,
+                    f: Ordering,
+                ) -> Result<$prim, $prim> {
+                    sched::point();
+                    self.0.compare_exchange(cur, new, s, f)
+                }
+                /// Weak compare-and-exchange (may fail spuriously on real threads).
+                #[inline]
+                pub fn compare_exchange_weak(
+                    &self,
+                    cur: $prim,
+                    new: $prim,
+                    s: Ordering,
+                    f: Ordering,
+                ) -> Result<$prim, $prim> {
+                    sched::point();
+                    self.0.compare_exchange_weak(cur, new, s, f)
+                }
+                /// Bitwise or, returning the old value.
+                #[inline]
+                pub fn fetch_or(&self, v: $prim, o: Ordering) -> $prim {
+                    sched::point();
+                    self.0.fetch_or(v, o)
+                }
+                /// Bitwise and, returning the old value.
+                #[inline]
+                pub fn fetch_and(&self, v: $prim, o: Ordering) -> $prim {
+                    sched::point();
+                    self.0.fetch_and(v, o)
+                }
+                /// Exclusive access without synchronisation.
+                pub fn get_mut(&mut self) -> &mut $prim {
+                    self.0.get_mut()
+                }
+                /// Consumes the atomic.
+                pub fn into_inner(self) -> $prim {
+                    self.0.into_inner()
+                }
+            }
+        };
+    }
+
+    macro_rules! shim_atomic_int {
+        ($name:ident, $std:ty, $prim:ty) => {
+            shim_atomic_common!($name, $std, $prim);
+            impl $name {
+                /// Wrapping add, returning the old value.
+                #[inline]
+                pub fn fetch_add(&self, v: $prim, o: Ordering) -> $prim {
+                    sched::point();
+                    self.0.fetch_add(v, o)
+                }
+                /// Wrapping subtract, returning the old value.
+                #[inline]
+                pub fn fetch_sub(&self, v: $prim, o: Ordering) -> $prim {
+                    sched::point();
+                    self.0.fetch_sub(v, o)
+                }
+                /// Maximum, returning the old value.
+                #[inline]
+                pub fn fetch_max(&self, v: $prim, o: Ordering) -> $prim {
+                    sched::point();
+                    self.0.fetch_max(v, o)
+                }
+            }
+        };
+    }
+
+    shim_atomic_common!(AtomicBool, std::sync::atomic::AtomicBool, bool);
+    shim_atomic_int!(AtomicU32, std::sync::atomic::AtomicU32, u32);
+    shim_atomic_int!(AtomicI32, std::sync::atomic::AtomicI32, i32);
+    shim_atomic_int!(AtomicU64, std::sync::atomic::AtomicU64, u64);
+    shim_atomic_int!(AtomicI64, std::sync::atomic::AtomicI64, i64);
+    shim_atomic_int!(AtomicUsize, std::sync::atomic::AtomicUsize, usize);
+}
+
+/// A mutual-exclusion lock without poisoning (a panic while holding it does
+/// not make later `lock` calls fail; our invariants are re-checked by the
+/// callers that care).
+#[derive(Default)]
+pub struct Mutex<T: ?Sized> {
+    inner: parking_lot::Mutex<T>,
+}
+
+impl<T: ?Sized + std::fmt::Debug> std::fmt::Debug for Mutex<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+/// Guard returned by [`Mutex::lock`].
+pub struct MutexGuard<'a, T: ?Sized> {
+    mutex: &'a Mutex<T>,
+    guard: ManuallyDrop<parking_lot::MutexGuard<'a, T>>,
+}
+
+impl<T> Mutex<T> {
+    /// Creates an unlocked mutex.
+    pub const fn new(t: T) -> Self {
+        Self {
+            inner: parking_lot::Mutex::new(t),
+        }
+    }
+    /// Consumes the mutex.
+    pub fn into_inner(self) -> T {
+        self.inner.into_inner()
+    }
+}
+
+impl<T: ?Sized> Mutex<T> {
+    #[inline]
+    fn addr(&self) -> usize {
+        self as *const Self as *const u8 as usize
+    }
+
+    /// Acquires the lock, blocking (or, on a controlled task, yielding to the
+    /// scheduler) until it is available.
+    #[inline]
+    pub fn lock(&self) -> MutexGuard<'_, T> {
+        if sched::active() {
+            return self.lock_controlled();
+        }
+        MutexGuard {
+            mutex: self,
+            guard: ManuallyDrop::new(self.inner.lock()),
+        }
+    }
+
+    #[cold]
+    fn lock_controlled(&self) -> MutexGuard<'_, T> {
+        loop {
+            sched::yield_point();
+            if let Some(g) = self.inner.try_lock() {
+                return MutexGuard {
+                    mutex: self,
+                    guard: ManuallyDrop::new(g),
+                };
+            }
+            sched::block_on(self.addr(), "mutex");
+        }
+    }
+
+    /// Acquires the lock if it is free.
+    #[inline]
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        sched::point();
+        self.inner.try_lock().map(|g| MutexGuard {
+            mutex: self,
+            guard: ManuallyDrop::new(g),
+        })
+    }
+
+    /// Whether somebody holds the lock (racy; for assertions and reports).
+    pub fn is_locked(&self) -> bool {
+        self.inner.is_locked()
+    }
+
+    /// Exclusive access without locking.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.inner.get_mut()
+    }
+}
+
+impl<'a, T: ?Sized> MutexGuard<'a, T> {
+    /// The mutex this guard locks.
+    pub fn mutex(this: &Self) -> &'a Mutex<T> {
+        this.mutex
+    }
+}
+
+impl<T: ?Sized> Drop for MutexGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the guard is dropped exactly once, here.
+        unsafe { ManuallyDrop::drop(&mut self.guard) };
+        if sched::active() {
+            sched::unblock_all(self.mutex.addr());
+        }
+    }
+}
+
+impl<T: ?Sized> std::ops::Deref for MutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T: ?Sized> std::ops::DerefMut for MutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+/// A condition variable paired with [`Mutex`].
+#[derive(Default, Debug)]
+pub struct Condvar {
+    inner: parking_lot::Condvar,
+    // Gives the condvar a distinct address even when zero-sized layouts would
+    // collide with a neighbouring field.
+    _addr: UnsafeCell<u8>,
+}
+
+// SAFETY: `_addr` is never read or written; it only reserves an address.
+unsafe impl Sync for Condvar {}
+// SAFETY: as above.
+unsafe impl Send for Condvar {}
+
+impl Condvar {
+    /// Creates a condition variable.
+    pub const fn new() -> Self {
+        Self {
+            inner: parking_lot::Condvar::new(),
+            _addr: UnsafeCell::new(0),
+        }
+    }
+
+    fn addr(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Releases the guard's lock, waits for a notification and re-acquires.
+    /// May wake spuriously.
+    pub fn wait<'a, T: ?Sized>(&self, mut guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+        if sched::active() {
+            let m = guard.mutex;
+            drop(guard);
+            sched::block_on(self.addr(), "condvar");
+            return m.lock();
+        }
+        self.inner.wait(&mut guard.guard);
+        guard
+    }
+
+    /// Like [`wait`](Self::wait) with a timeout; the boolean is true when the
+    /// wait timed out.
+    pub fn wait_timeout<'a, T: ?Sized>(
+        &self,
+        mut guard: MutexGuard<'a, T>,
+        dur: Duration,
+    ) -> (MutexGuard<'a, T>, bool) {
+        if sched::active() {
+            let m = guard.mutex;
+            drop(guard);
+            let deadline = sched::now_ns().saturating_add(duration_ns(dur));
+            let timed_out = sched::block_on_until(self.addr(), "condvar", deadline);
+            return (m.lock(), timed_out);
+        }
+        let r = self.inner.wait_for(&mut guard.guard, dur);
+        (guard, r.timed_out())
+    }
+
+    /// Wakes one waiter.
+    pub fn notify_one(&self) {
+        if sched::active() {
+            sched::yield_point();
+            sched::unblock_one(self.addr());
+            return;
+        }
+        self.inner.notify_one();
+    }
+
+    /// Wakes every waiter.
+    pub fn notify_all(&self) {
+        if sched::active() {
+            sched::yield_point();
+            sched::unblock_all(self.addr());
+            return;
+        }
+        self.inner.notify_all();
+    }
+}
+
+/// Saturating conversion of a duration to nanoseconds.
+pub fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Threads: std threads, registered with the scheduler when spawned from a
+/// controlled task.
+pub mod thread {
+    use super::sched;
+    use std::time::Duration;
+
+    /// Handle to a spawned thread.
+    #[derive(Debug)]
+    pub struct JoinHandle<T> {
+        inner: std::thread::JoinHandle<T>,
+        task: Option<sched::TaskId>,
+    }
+
+    impl<T> JoinHandle<T> {
+        /// Waits for the thread to finish. Returns `Err` with the panic
+        /// payload when it panicked.
+        pub fn join(self) -> std::thread::Result<T> {
+            if let Some(t) = self.task {
+                sched::join(t);
+            }
+            self.inner.join()
+        }
+
+        /// Whether the thread has finished.
+        pub fn is_finished(&self) -> bool {
+            sched::point();
+            self.inner.is_finished()
+        }
+    }
+
+    /// Spawns a thread. On a controlled task the new thread becomes a task of
+    /// the same execution and inherits the spawner's group.
+    pub fn spawn<F, T>(f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        spawn_named(String::new(), f)
+    }
+
+    /// Spawns a named thread (the name shows in traces and deadlock reports).
+    pub fn spawn_named<F, T>(name: String, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if sched::active() {
+            let (task, inner) = sched::spawn(name, f);
+            return JoinHandle {
+                inner,
+                task: Some(task),
+            };
+        }
+        let mut b = std::thread::Builder::new();
+        if !name.is_empty() {
+            b = b.name(name);
+        }
+        JoinHandle {
+            inner: b.spawn(f).expect("failed to spawn a thread"),
+            task: None,
+        }
+    }
+
+    /// A handle that can unpark a thread.
+    #[derive(Clone, Debug)]
+    pub struct Thread {
+        std: std::thread::Thread,
+        task: Option<sched::TaskId>,
+    }
+
+    impl Thread {
+        /// Makes the thread's next (or current) `park` return.
+        pub fn unpark(&self) {
+            match self.task {
+                Some(t) if sched::unpark(t) => {}
+                _ => self.std.unpark(),
+            }
+        }
+    }
+
+    /// The calling thread.
+    pub fn current() -> Thread {
+        Thread {
+            std: std::thread::current(),
+            task: sched::current_task(),
+        }
+    }
+
+    /// Blocks until unparked (may return spuriously).
+    pub fn park() {
+        if sched::active() {
+            sched::park(None);
+        } else {
+            std::thread::park();
+        }
+    }
+
+    /// Blocks until unparked or the timeout passes (may return spuriously).
+    pub fn park_timeout(d: Duration) {
+        if sched::active() {
+            let deadline = sched::now_ns().saturating_add(super::duration_ns(d));
+            sched::park(Some(deadline));
+        } else {
+            std::thread::park_timeout(d);
+        }
+    }
+
+    /// Offers the processor to another thread.
+    pub fn yield_now() {
+        if sched::active() {
+            sched::yield_point();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Sleeps (virtual time on a controlled task).
+    pub fn sleep(d: Duration) {
+        if sched::active() {
+            sched::sleep(super::duration_ns(d));
+        } else {
+            std::thread::sleep(d);
+        }
+    }
+}
+
+/// Clocks.
+pub mod time {
+    use super::sched;
+
+    /// Real `CLOCK_MONOTONIC` in nanoseconds, whatever the caller is.
+    #[inline]
+    pub fn monotonic_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        (ts.tv_sec as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(ts.tv_nsec as u64)
+    }
+
+    /// The time as the caller sees it: `CLOCK_MONOTONIC` on real threads, the
+    /// execution's virtual clock on controlled tasks.
+    #[inline]
+    pub fn now_ns() -> u64 {
+        if sched::active() {
+            sched::now_ns()
+        } else {
+            monotonic_ns()
+        }
+    }
+}
+
+/// Declares a thread-local (std's; loom's under `--cfg loom`).
+#[macro_export]
+macro_rules! shim_thread_local {
+    ($($t:tt)*) => { std::thread_local!($($t)*); };
+}
