@@ -9,7 +9,11 @@ use dmabuf_core::{FenceContext, MAX_SCHEDULE_TIMEOUT};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "dmabuf", version, about = "Linux 7.1 dma-buf revoke, in userspace Rust")]
+#[command(
+    name = "dmabuf",
+    version,
+    about = "Linux 7.1 dma-buf revoke, in userspace Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -101,5 +105,9 @@ fn fences_demo(count: u64, waiters: usize) -> ExitCode {
     for f in fences.iter() {
         println!("{}", f.describe());
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

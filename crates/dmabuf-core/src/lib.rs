@@ -12,14 +12,24 @@
 //! threads, under the controlled scheduler of [`sync::sched`] and under loom.
 #![warn(missing_docs)]
 
+pub mod dma_buf;
 pub mod dma_fence;
+pub mod dma_resv;
 pub mod errno;
 pub mod lockdep;
+pub mod revoke;
 pub mod sync;
+pub mod sync_file;
 pub mod trace;
+pub mod uapi;
 
 pub use dma_fence::{
     Callback, CancelToken, Fence, FenceContext, FenceError, FenceKind, FenceOps,
     MAX_SCHEDULE_TIMEOUT, NamedOps, SignalHandle,
 };
 pub use errno::Errno;
+
+#[cfg(test)]
+mod dma_buf_tests;
+#[cfg(test)]
+mod uapi_tests;
