@@ -8,7 +8,7 @@
 //! | world | selected by | used for |
 //! |---|---|---|
 //! | real threads | default | the library as programs use it; `dmabuf run`; benchmarks |
-//! | controlled execution | at run time, per thread: the thread is a task of a [`sched::Execution`] | `dmabuf check` / `matrix`: whole scenarios under a chosen schedule, with virtual time |
+//! | controlled execution | at run time, per thread: the thread is a task of an execution started by [`sched::run`] | `dmabuf check` / `matrix`: whole scenarios under a chosen schedule, with virtual time |
 //! | loom | `--cfg loom` at build time | small primitives (fence signal, callbacks, waits) checked exhaustively |
 //!
 //! Real threads and controlled execution live in the same binary: the checker

@@ -357,6 +357,11 @@ pub mod thread {
         /// Whether the thread has finished.
         pub fn is_finished(&self) -> bool {
             sched::point();
+            // A finished task's OS thread may still be exiting: ask the
+            // scheduler, so that polling does not depend on real timing.
+            if let Some(done) = self.task.and_then(sched::is_finished) {
+                return done;
+            }
             self.inner.is_finished()
         }
     }
@@ -441,7 +446,7 @@ pub mod thread {
     /// Offers the processor to another thread.
     pub fn yield_now() {
         if sched::active() {
-            sched::yield_point();
+            sched::yield_now();
         } else {
             std::thread::yield_now();
         }

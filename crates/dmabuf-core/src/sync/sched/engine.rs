@@ -1,0 +1,824 @@
+//! The engine behind the facade: execution state, the baton, task threads,
+//! end-of-execution detection and unwinding.
+//!
+//! Lock rules: `Execution::state` (a `parking_lot` mutex, because the engine
+//! must not schedule itself) is taken for short, non-blocking updates only.
+//! It is released before a task gives the baton away or waits for it, and
+//! it is never held while user code runs. The strategy is called with it
+//! held, which is what makes the strategy pointer safe (see `StrategyPtr`).
+//!
+//! Baton protocol: exactly one task, the one whose baton was given last,
+//! may run user code. It hands over by setting the chosen task's `go` flag
+//! and unparking that task's thread, then waits for its own flag (a flag
+//! plus `park` rather than a mutex and condvar: one atomic and at most one
+//! futex call per side). While aborting, every unfinished task's flag is set
+//! at once and each of them unwinds.
+
+use super::{
+    BlockedOn, Outcome, RunConfig, RunReport, Schedule, Strategy, TaskId, TaskInfo, TaskPanic,
+};
+use crate::trace::Event;
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Once, OnceLock};
+use std::time::Instant;
+
+/// Number of executions between start and the end of their unwinding; zero
+/// lets [`super::active`] answer without touching thread-local storage.
+pub(super) static LIVE_EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Panic payload that unwinds a left-over task when its execution ends.
+struct Aborted;
+
+/// What a blocked task waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// A shim resource (mutex, condvar), by address.
+    Resource { resource: usize, kind: &'static str },
+    /// `thread::park`.
+    Park,
+    /// `thread::sleep`.
+    Sleep,
+    /// Another task finishing.
+    Join(TaskId),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TaskState {
+    Runnable,
+    Blocked { wait: Wait, deadline: Option<u64> },
+    Finished,
+}
+
+/// Hand-over flag of one task.
+struct Baton {
+    go: AtomicBool,
+    /// Set by the spawner before anybody can give this baton.
+    thread: OnceLock<std::thread::Thread>,
+}
+
+impl Baton {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            go: AtomicBool::new(false),
+            thread: OnceLock::new(),
+        })
+    }
+
+    fn give(&self) {
+        self.go.store(true, Ordering::Release);
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// Waits for the baton. `park` may return spuriously (or because user
+    /// code unparked this OS thread), hence the flag.
+    fn take(&self) {
+        while !self.go.swap(false, Ordering::Acquire) {
+            std::thread::park();
+        }
+    }
+}
+
+struct Task {
+    name: String,
+    group: String,
+    state: TaskState,
+    stalled: bool,
+    park_token: bool,
+    timed_out: bool,
+    baton: Arc<Baton>,
+}
+
+impl Task {
+    fn new(name: String, group: String, stalled: bool) -> Self {
+        Self {
+            name,
+            group,
+            state: TaskState::Runnable,
+            stalled,
+            park_token: false,
+            timed_out: false,
+            baton: Baton::new(),
+        }
+    }
+
+    fn eligible(&self) -> bool {
+        self.state == TaskState::Runnable && !self.stalled
+    }
+
+    fn info(&self, id: TaskId) -> TaskInfo {
+        let (blocked_on, deadline_ns) = match self.state {
+            TaskState::Runnable | TaskState::Finished => (BlockedOn::Nothing, None),
+            TaskState::Blocked { wait, deadline } => (
+                match wait {
+                    Wait::Resource { resource, kind } => BlockedOn::Resource { kind, resource },
+                    Wait::Park => BlockedOn::Park,
+                    Wait::Sleep => BlockedOn::Sleep,
+                    Wait::Join(t) => BlockedOn::Join(t),
+                },
+                deadline,
+            ),
+        };
+        TaskInfo {
+            id,
+            name: self.name.clone(),
+            group: self.group.clone(),
+            blocked_on,
+            deadline_ns,
+            stalled: self.stalled,
+        }
+    }
+}
+
+/// The caller's `&mut dyn Strategy`, lifetime erased.
+struct StrategyPtr(*mut (dyn Strategy + 'static));
+
+// SAFETY: `Strategy: Send`. The pointer is dereferenced only with the state
+// lock held (so by one thread at a time), and `run` takes it out of the
+// state under that lock before it returns, i.e. while the `&mut` it came
+// from is still borrowed.
+unsafe impl Send for StrategyPtr {}
+
+struct State {
+    tasks: Vec<Task>,
+    start_ns: u64,
+    clock: u64,
+    steps: u64,
+    max_steps: u64,
+    switches: u64,
+    schedule: Schedule,
+    strategy: Option<StrategyPtr>,
+    stalled_groups: Vec<String>,
+    outcome: Option<Outcome>,
+    trace: Vec<Event>,
+    counters: HashMap<&'static str, u64>,
+    panics: Vec<TaskPanic>,
+    /// OS threads of this execution that have not exited yet.
+    live_threads: usize,
+    /// Reused buffer for the runnable set.
+    scratch: Vec<TaskId>,
+}
+
+/// One execution.
+pub(super) struct Execution {
+    /// Set once, when the execution ends; tasks then unwind on real
+    /// primitives.
+    aborting: AtomicBool,
+    print_panics: bool,
+    /// The CPU every task thread is bound to, if any.
+    cpu: Option<usize>,
+    state: Mutex<State>,
+    /// Signalled when the outcome is set and whenever a thread exits.
+    done: Condvar,
+}
+
+/// What the task at a scheduling point must do after releasing the lock.
+enum Next {
+    /// Go on running.
+    Same,
+    /// Give this baton, then wait for its own.
+    Switch(Arc<Baton>),
+    /// The execution ended: wake all these tasks so they unwind.
+    Ended(Vec<Arc<Baton>>),
+}
+
+struct TaskCtx {
+    exec: Arc<Execution>,
+    id: TaskId,
+}
+
+std::thread_local! {
+    static CURRENT: RefCell<Option<TaskCtx>> = const { RefCell::new(None) };
+    /// Message of the last panic on this thread, left by the panic hook.
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The cold half of [`super::active`].
+#[cold]
+pub(super) fn is_task_thread() -> bool {
+    CURRENT
+        .try_with(|c| {
+            c.try_borrow()
+                .ok()
+                .is_some_and(|c| c.as_ref().is_some_and(|t| !t.exec.aborting()))
+        })
+        .unwrap_or(false)
+}
+
+/// The caller's execution and task id, if it is a task of a live,
+/// non-aborting execution.
+pub(super) fn ctx() -> Option<(Arc<Execution>, TaskId)> {
+    if LIVE_EXECUTIONS.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    CURRENT
+        .try_with(|c| {
+            let c = c.try_borrow().ok()?;
+            let t = c.as_ref()?;
+            (!t.exec.aborting()).then(|| (t.exec.clone(), t.id))
+        })
+        .ok()
+        .flatten()
+}
+
+fn set_ctx(v: Option<TaskCtx>) {
+    let old = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), v));
+    drop(old);
+}
+
+fn unwind() -> ! {
+    panic::resume_unwind(Box::new(Aborted))
+}
+
+impl Execution {
+    fn aborting(&self) -> bool {
+        self.aborting.load(Ordering::Acquire)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock()
+    }
+
+    /// Counts a scheduling point; ends the execution at the step limit.
+    fn step(&self, st: &mut State, me: TaskId) -> Option<Next> {
+        st.steps += 1;
+        (st.steps > st.max_steps).then(|| self.end(st, me, Outcome::StepLimit))
+    }
+
+    /// Picks the task to run next. `me` (the task at the scheduling point)
+    /// has already recorded its own new state.
+    fn pick(&self, st: &mut State, me: TaskId) -> Next {
+        self.pick_excluding(st, me, None)
+    }
+
+    /// As [`pick`](Self::pick); `avoid` is not chosen while another task
+    /// can run (an explicit yield).
+    fn pick_excluding(&self, st: &mut State, me: TaskId, avoid: Option<TaskId>) -> Next {
+        loop {
+            let mut runnable = std::mem::take(&mut st.scratch);
+            runnable.clear();
+            runnable.extend((0..st.tasks.len()).filter(|&i| st.tasks[i].eligible()));
+            if let Some(a) = avoid
+                && runnable.len() > 1
+            {
+                runnable.retain(|&t| t != a);
+            }
+            if runnable.is_empty() {
+                st.scratch = runnable;
+                if self.advance_clock(st) {
+                    continue;
+                }
+                let outcome = end_outcome(st);
+                return self.end(st, me, outcome);
+            }
+            let chosen = if runnable.len() == 1 {
+                runnable[0]
+            } else {
+                let current = (st.tasks[me].eligible() && avoid != Some(me)).then_some(me);
+                let step = st.steps;
+                let c = match &st.strategy {
+                    // SAFETY: see `StrategyPtr`: the state lock is held.
+                    Some(p) => unsafe { (*p.0).choose(&runnable, current, step) },
+                    None => runnable[0],
+                };
+                let c = if runnable.contains(&c) {
+                    c
+                } else {
+                    runnable[0]
+                };
+                st.schedule.push(c);
+                c
+            };
+            st.scratch = runnable;
+            if chosen == me {
+                return Next::Same;
+            }
+            st.switches += 1;
+            return Next::Switch(st.tasks[chosen].baton.clone());
+        }
+    }
+
+    /// No task can run: jump to the earliest deadline of a non-stalled
+    /// waiting task and wake every task whose deadline has passed.
+    fn advance_clock(&self, st: &mut State) -> bool {
+        let earliest = st
+            .tasks
+            .iter()
+            .filter(|t| !t.stalled)
+            .filter_map(|t| match t.state {
+                TaskState::Blocked { deadline, .. } => deadline,
+                _ => None,
+            })
+            .min();
+        let Some(d) = earliest else {
+            return false;
+        };
+        st.clock = st.clock.max(d);
+        let now = st.clock;
+        for t in st.tasks.iter_mut().filter(|t| !t.stalled) {
+            if let TaskState::Blocked {
+                deadline: Some(d), ..
+            } = t.state
+                && d <= now
+            {
+                t.state = TaskState::Runnable;
+                t.timed_out = true;
+            }
+        }
+        true
+    }
+
+    /// Ends the execution: from now on every shim call of its tasks uses
+    /// the real primitives. Returns the batons to give so that the other
+    /// unfinished tasks wake and unwind.
+    fn end(&self, st: &mut State, me: TaskId, outcome: Outcome) -> Next {
+        st.outcome = Some(outcome);
+        st.strategy = None;
+        self.aborting.store(true, Ordering::Release);
+        self.done.notify_all();
+        Next::Ended(
+            st.tasks
+                .iter()
+                .enumerate()
+                .filter(|&(i, t)| i != me && t.state != TaskState::Finished)
+                .map(|(_, t)| t.baton.clone())
+                .collect(),
+        )
+    }
+
+    /// Releases the lock and acts on `next` for task `me`, which is at a
+    /// scheduling point. Returns when `me` holds the baton again; unwinds
+    /// `me` if the execution ended meanwhile.
+    fn hand_over(&self, st: MutexGuard<'_, State>, me: TaskId, next: Next) {
+        let mine = match next {
+            Next::Switch(_) => Some(st.tasks[me].baton.clone()),
+            _ => None,
+        };
+        drop(st);
+        match next {
+            Next::Same => {}
+            Next::Switch(b) => {
+                b.give();
+                if let Some(mine) = mine {
+                    mine.take();
+                }
+                if self.aborting() {
+                    unwind();
+                }
+            }
+            Next::Ended(all) => {
+                all.iter().for_each(|b| b.give());
+                unwind();
+            }
+        }
+    }
+
+    /// A scheduling point. `explicit` (`thread::yield_now`) lets another
+    /// task run if there is one: a spin-wait loop then makes progress under
+    /// every strategy instead of spinning until the step limit.
+    pub(super) fn yield_now(&self, me: TaskId, explicit: bool) {
+        let mut st = self.lock();
+        let next = match self.step(&mut st, me) {
+            Some(n) => n,
+            None => self.pick_excluding(&mut st, me, explicit.then_some(me)),
+        };
+        self.hand_over(st, me, next);
+    }
+
+    /// Blocks `me` on `wait` until woken or `deadline` (virtual) passes;
+    /// returns true on timeout. `Some(u64::MAX)` counts as no deadline. A park with a pending token, a join of a
+    /// finished task and an already-passed deadline return at once (after
+    /// a scheduling point).
+    pub(super) fn block(&self, me: TaskId, wait: Wait, deadline: Option<u64>) -> bool {
+        // A saturated deadline is "forever": jumping the clock to it would
+        // turn a deadlock into a timeout at the end of time.
+        let deadline = deadline.filter(|&d| d != u64::MAX);
+        let mut st = self.lock();
+        if let Some(n) = self.step(&mut st, me) {
+            self.hand_over(st, me, n);
+            unreachable!("the step limit ends the execution");
+        }
+        let ready = match wait {
+            Wait::Park => std::mem::take(&mut st.tasks[me].park_token),
+            Wait::Join(t) => st
+                .tasks
+                .get(t)
+                .is_none_or(|t| t.state == TaskState::Finished),
+            Wait::Resource { .. } | Wait::Sleep => false,
+        };
+        let expired = !ready && deadline.is_some_and(|d| d <= st.clock);
+        st.tasks[me].timed_out = expired;
+        if !ready && !expired {
+            st.tasks[me].state = TaskState::Blocked { wait, deadline };
+        }
+        let next = self.pick(&mut st, me);
+        self.hand_over(st, me, next);
+        self.lock().tasks[me].timed_out
+    }
+
+    pub(super) fn unblock(&self, resource: usize, only_one: bool) {
+        let mut st = self.lock();
+        for t in st.tasks.iter_mut() {
+            if let TaskState::Blocked {
+                wait: Wait::Resource { resource: r, .. },
+                ..
+            } = t.state
+                && r == resource
+            {
+                t.state = TaskState::Runnable;
+                t.timed_out = false;
+                if only_one {
+                    break;
+                }
+            }
+        }
+    }
+
+    pub(super) fn unpark(&self, task: TaskId) -> bool {
+        let mut st = self.lock();
+        let Some(t) = st.tasks.get_mut(task) else {
+            return false;
+        };
+        match t.state {
+            TaskState::Blocked {
+                wait: Wait::Park, ..
+            } => {
+                t.state = TaskState::Runnable;
+                t.timed_out = false;
+            }
+            TaskState::Finished => {}
+            _ => t.park_token = true,
+        }
+        true
+    }
+
+    pub(super) fn now_ns(&self) -> u64 {
+        self.lock().clock
+    }
+
+    pub(super) fn is_finished(&self, task: TaskId) -> bool {
+        self.lock()
+            .tasks
+            .get(task)
+            .is_none_or(|t| t.state == TaskState::Finished)
+    }
+
+    pub(super) fn local_counter(&self, key: &'static str, n: u64) -> u64 {
+        let mut st = self.lock();
+        let c = st.counters.entry(key).or_insert(1);
+        let v = *c;
+        *c = c.saturating_add(n);
+        v
+    }
+
+    pub(super) fn trace_emit(&self, me: TaskId, name: &'static str, args: String) {
+        let mut st = self.lock();
+        let ev = Event {
+            seq: st.trace.len() as u64,
+            ts_ns: st.clock,
+            who: st.tasks[me].name.clone(),
+            name,
+            args,
+        };
+        st.trace.push(ev);
+    }
+
+    pub(super) fn set_group(&self, me: TaskId, name: &str) {
+        let stalled = {
+            let mut st = self.lock();
+            let stalled = st.stalled_groups.iter().any(|g| g == name);
+            let t = &mut st.tasks[me];
+            t.group = name.to_owned();
+            t.stalled = stalled;
+            stalled
+        };
+        if stalled {
+            self.yield_now(me, false);
+        }
+    }
+
+    pub(super) fn stall_group(&self, me: TaskId, name: &str) {
+        {
+            let mut st = self.lock();
+            if !st.stalled_groups.iter().any(|g| g == name) {
+                st.stalled_groups.push(name.to_owned());
+            }
+            for t in st.tasks.iter_mut().filter(|t| t.group == name) {
+                t.stalled = true;
+            }
+        }
+        self.yield_now(me, false);
+    }
+
+    pub(super) fn spawn<F, T>(
+        self: &Arc<Self>,
+        me: TaskId,
+        name: String,
+        f: F,
+    ) -> (TaskId, std::thread::JoinHandle<T>)
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (id, name, baton) = {
+            let mut st = self.lock();
+            let id = st.tasks.len();
+            let name = if name.is_empty() {
+                format!("task{id}")
+            } else {
+                name
+            };
+            let group = st.tasks[me].group.clone();
+            let stalled = st.stalled_groups.contains(&group);
+            let task = Task::new(name.clone(), group, stalled);
+            let baton = task.baton.clone();
+            st.tasks.push(task);
+            st.live_threads += 1;
+            (id, name, baton)
+        };
+        let exec = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || task_main(exec, id, f));
+        let h = match spawned {
+            Ok(h) => h,
+            Err(e) => {
+                let mut st = self.lock();
+                st.tasks[id].state = TaskState::Finished;
+                st.live_threads -= 1;
+                drop(st);
+                panic!("cannot spawn task {name}: {e}");
+            }
+        };
+        // The baton's thread must be known before anybody can give it: only
+        // the baton holder (this task, until its next scheduling point) or
+        // the end of the execution (also caused by the holder) gives batons.
+        let _ = baton.thread.set(h.thread().clone());
+        self.yield_now(me, false);
+        (id, h)
+    }
+
+    /// Task `me` returned or panicked (`panic` holds the message).
+    fn finish(&self, me: TaskId, panic: Option<String>) {
+        let mut st = self.lock();
+        if self.aborting() {
+            return;
+        }
+        if let Some(message) = panic {
+            let task = st.tasks[me].name.clone();
+            st.panics.push(TaskPanic { task, message });
+        }
+        st.tasks[me].state = TaskState::Finished;
+        for t in st.tasks.iter_mut() {
+            if let TaskState::Blocked {
+                wait: Wait::Join(j),
+                ..
+            } = t.state
+                && j == me
+            {
+                t.state = TaskState::Runnable;
+                t.timed_out = false;
+            }
+        }
+        let next = self.pick(&mut st, me);
+        drop(st);
+        match next {
+            Next::Same => {}
+            Next::Switch(b) => b.give(),
+            Next::Ended(all) => all.iter().for_each(|b| b.give()),
+        }
+    }
+}
+
+fn end_outcome(st: &State) -> Outcome {
+    let left: Vec<TaskInfo> = st
+        .tasks
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.state != TaskState::Finished)
+        .map(|(i, t)| t.info(i))
+        .collect();
+    if left.is_empty() {
+        Outcome::Completed
+    } else if left.iter().all(|t| t.stalled) {
+        Outcome::CompletedWithStalled { stalled: left }
+    } else {
+        Outcome::Deadlock { tasks: left }
+    }
+}
+
+/// Counts the OS thread out when it exits, however it exits.
+struct ThreadExit(Arc<Execution>);
+
+impl Drop for ThreadExit {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.live_threads -= 1;
+        self.0.done.notify_all();
+    }
+}
+
+/// Body of every task's OS thread.
+fn task_main<F: FnOnce() -> T, T>(exec: Arc<Execution>, id: TaskId, f: F) -> T {
+    let _exit = ThreadExit(exec.clone());
+    // Threads inherit their creator's binding: binding the root binds all.
+    if let Some(cpu) = exec.cpu.filter(|_| id == 0) {
+        pin_current_thread(cpu);
+    }
+    let baton = exec.lock().tasks[id].baton.clone();
+    set_ctx(Some(TaskCtx {
+        exec: exec.clone(),
+        id,
+    }));
+    let r = panic::catch_unwind(AssertUnwindSafe(|| {
+        baton.take();
+        if exec.aborting() {
+            unwind();
+        }
+        f()
+    }));
+    set_ctx(None);
+    match r {
+        Ok(v) => {
+            exec.finish(id, None);
+            v
+        }
+        Err(p) => {
+            if !p.is::<Aborted>() {
+                let msg = LAST_PANIC
+                    .with(|l| l.borrow_mut().take())
+                    .unwrap_or_else(|| payload_message(p.as_ref()));
+                exec.finish(id, Some(msg));
+            }
+            panic::resume_unwind(p)
+        }
+    }
+}
+
+fn payload_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_owned()
+    }
+}
+
+/// Chains a panic hook that records the message and location of a task's
+/// panic for its report and, unless the execution asks for it, keeps it off
+/// stderr. Other threads go to the previous hook unchanged.
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let prev = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            let task = CURRENT
+                .try_with(|c| {
+                    c.try_borrow().ok().and_then(|c| {
+                        c.as_ref()
+                            .filter(|t| !t.exec.aborting())
+                            .map(|t| t.exec.print_panics)
+                    })
+                })
+                .ok()
+                .flatten();
+            if let Some(print) = task {
+                let mut msg = payload_message(info.payload());
+                if let Some(l) = info.location() {
+                    msg = format!("{msg} at {}:{}", l.file(), l.line());
+                }
+                let _ = LAST_PANIC.try_with(|p| *p.borrow_mut() = Some(msg));
+                if !print {
+                    return;
+                }
+            }
+            prev(info);
+        }));
+    });
+}
+
+pub(super) fn run<F: FnOnce() + Send + 'static>(
+    strategy: &mut dyn Strategy,
+    cfg: &RunConfig,
+    f: F,
+) -> RunReport {
+    install_panic_hook();
+    let ptr: *mut (dyn Strategy + '_) = strategy;
+    // SAFETY: only the lifetime bound changes (same fat-pointer layout); see
+    // `StrategyPtr` for why the pointer never outlives the borrow.
+    let ptr: *mut (dyn Strategy + 'static) = unsafe { std::mem::transmute(ptr) };
+    let root = Task::new("main".to_owned(), "main".to_owned(), false);
+    let baton = root.baton.clone();
+    let exec = Arc::new(Execution {
+        aborting: AtomicBool::new(false),
+        print_panics: cfg.print_panics,
+        cpu: if cfg.pin_to_one_cpu { next_cpu() } else { None },
+        state: Mutex::new(State {
+            tasks: vec![root],
+            start_ns: cfg.start_ns,
+            clock: cfg.start_ns,
+            steps: 0,
+            max_steps: cfg.max_steps,
+            switches: 0,
+            schedule: Schedule::default(),
+            strategy: Some(StrategyPtr(ptr)),
+            stalled_groups: Vec::new(),
+            outcome: None,
+            trace: Vec::new(),
+            counters: HashMap::new(),
+            panics: Vec::new(),
+            live_threads: 1,
+            scratch: Vec::new(),
+        }),
+        done: Condvar::new(),
+    });
+    LIVE_EXECUTIONS.fetch_add(1, Ordering::Relaxed);
+    let e2 = exec.clone();
+    let h = std::thread::Builder::new()
+        .name("main".to_owned())
+        .spawn(move || task_main(e2, 0, f))
+        .expect("cannot spawn the root task's thread");
+    let _ = baton.thread.set(h.thread().clone());
+    drop(h);
+    baton.give();
+
+    let mut st = exec.lock();
+    while st.outcome.is_none() {
+        exec.done.wait(&mut st);
+    }
+    // Real time only bounds how long we wait for OS threads; it has no
+    // meaning inside the execution.
+    let deadline = Instant::now() + cfg.unwind_timeout;
+    while st.live_threads > 0 {
+        if exec.done.wait_until(&mut st, deadline).timed_out() {
+            break;
+        }
+    }
+    st.strategy = None;
+    let steps = st.steps;
+    let mut report = RunReport {
+        outcome: st.outcome.take().unwrap_or(Outcome::Completed),
+        decisions: st.schedule.len() as u64,
+        schedule: std::mem::take(&mut st.schedule),
+        steps,
+        switches: st.switches,
+        virtual_ns: st.clock - st.start_ns,
+        trace: std::mem::take(&mut st.trace),
+        panics: std::mem::take(&mut st.panics),
+        leaked_threads: st.live_threads,
+        divergence: None,
+    };
+    drop(st);
+    LIVE_EXECUTIONS.fetch_sub(1, Ordering::Relaxed);
+    report.divergence = strategy.end_execution(steps).err();
+    report
+}
+
+/// The CPU for a new execution: round-robin over the CPUs this process may
+/// run on, so parallel executions spread out.
+fn next_cpu() -> Option<usize> {
+    static CPUS: OnceLock<Vec<usize>> = OnceLock::new();
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let cpus = CPUS.get_or_init(allowed_cpus);
+    (!cpus.is_empty()).then(|| cpus[NEXT.fetch_add(1, Ordering::Relaxed) % cpus.len()])
+}
+
+#[cfg(target_os = "linux")]
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is plain data; all-zero is the empty set, and the
+    // kernel writes at most `size_of::<cpu_set_t>()` bytes into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn allowed_cpus() -> Vec<usize> {
+    Vec::new()
+}
+
+/// Binds the calling thread to `cpu`. Failure only costs speed.
+#[cfg(target_os = "linux")]
+fn pin_current_thread(cpu: usize) {
+    // SAFETY: as in `allowed_cpus`; pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_current_thread(_cpu: usize) {}

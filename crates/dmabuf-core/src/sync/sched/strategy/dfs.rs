@@ -1,0 +1,140 @@
+//! Bounded depth-first search over decision sequences.
+//!
+//! The tree: a node per decision, a branch per runnable task, the current
+//! task first (so the first execution is the one with fewest preemptions),
+//! then ascending ids. An execution replays the path to the node being
+//! explored and then takes first branches. After it, the deepest node with
+//! an untried branch advances to its next branch and everything below it is
+//! forgotten. Decisions beyond `max_decisions` take the first branch without
+//! branching, and `hit_bound` records that the tree was cut.
+
+use super::super::{ScheduleError, Strategy, TaskId};
+
+#[derive(Clone, Debug)]
+struct Node {
+    options: Vec<TaskId>,
+    taken: usize,
+}
+
+/// Depth-first enumeration of schedules.
+#[derive(Clone, Debug)]
+pub struct Dfs {
+    max_decisions: usize,
+    path: Vec<Node>,
+    pos: usize,
+    started: bool,
+    exhausted: bool,
+    hit_bound: bool,
+    executions: u64,
+    error: Option<ScheduleError>,
+}
+
+impl Dfs {
+    /// A DFS that branches on at most `max_decisions` decisions per
+    /// execution.
+    pub fn new(max_decisions: usize) -> Self {
+        Self {
+            max_decisions,
+            path: Vec::new(),
+            pos: 0,
+            started: false,
+            exhausted: false,
+            hit_bound: false,
+            executions: 0,
+            error: None,
+        }
+    }
+
+    /// Whether every branch within the bound has been run.
+    pub fn is_exhausted(&self) -> bool {
+        self.exhausted
+    }
+
+    /// Whether some execution had more decisions than the bound (then the
+    /// search is not exhaustive even when exhausted).
+    pub fn hit_bound(&self) -> bool {
+        self.hit_bound
+    }
+
+    /// Executions started so far.
+    pub fn executions(&self) -> u64 {
+        self.executions
+    }
+
+    fn options(runnable: &[TaskId], current: Option<TaskId>) -> Vec<TaskId> {
+        let mut v = Vec::with_capacity(runnable.len());
+        v.extend(current);
+        v.extend(runnable.iter().filter(|&&t| Some(t) != current));
+        v
+    }
+}
+
+impl Strategy for Dfs {
+    fn name(&self) -> String {
+        format!("dfs(max_decisions={})", self.max_decisions)
+    }
+
+    fn next_execution(&mut self) -> bool {
+        if self.exhausted {
+            return false;
+        }
+        if self.started {
+            self.path.truncate(self.pos);
+            while let Some(n) = self.path.last_mut() {
+                if n.taken + 1 < n.options.len() {
+                    n.taken += 1;
+                    break;
+                }
+                self.path.pop();
+            }
+            if self.path.is_empty() {
+                self.exhausted = true;
+                return false;
+            }
+        }
+        self.started = true;
+        self.pos = 0;
+        self.executions += 1;
+        true
+    }
+
+    fn choose(&mut self, runnable: &[TaskId], current: Option<TaskId>, _step: u64) -> TaskId {
+        let options = Self::options(runnable, current);
+        let decision = self.pos;
+        if let Some(n) = self.path.get(decision) {
+            if n.options != options {
+                self.error.get_or_insert(ScheduleError::Nondeterministic {
+                    decision,
+                    expected: n.options.clone(),
+                    found: options.clone(),
+                });
+                // The rest of the recorded path is meaningless now.
+                self.path.truncate(decision);
+            } else {
+                self.pos += 1;
+                return n.options[n.taken];
+            }
+        }
+        if decision >= self.max_decisions {
+            self.hit_bound = true;
+            return options[0];
+        }
+        let first = options[0];
+        self.path.push(Node { options, taken: 0 });
+        self.pos += 1;
+        first
+    }
+
+    fn end_execution(&mut self, _steps: u64) -> Result<(), ScheduleError> {
+        if let Some(n) = self.path.get(self.pos)
+            && self.error.is_none()
+        {
+            self.error = Some(ScheduleError::Nondeterministic {
+                decision: self.pos,
+                expected: n.options.clone(),
+                found: Vec::new(),
+            });
+        }
+        self.error.take().map_or(Ok(()), Err)
+    }
+}
