@@ -3,3 +3,4 @@
 
 pub mod policy;
 pub mod vfio_uapi;
+pub mod world;
