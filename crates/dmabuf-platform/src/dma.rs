@@ -49,7 +49,9 @@
 //! lock (held while a job's operations or a read-ahead pass run) -> read-ahead
 //! lock -> domain IOTLB lock -> page byte lock. Fences are signalled with no
 //! engine lock held, so fence callbacks may submit, drain or stop the engine
-//! (stop from the engine's own thread does not join itself).
+//! (stop from the engine's own thread does not join itself). Running a job
+//! is a fence signalling section (`dma_fence_begin_signalling`), so an IOMMU
+//! fault handler that waits on a fence there shows up in lockdep.
 
 use crate::access::{Fabric, Io, OpState, Req, Target};
 use crate::iommu::{FaultResponse, Iommu, IommuFaultCause, IommuFaultEvent};
@@ -59,6 +61,7 @@ use crate::pci::{DeviceId, F_D3HOT, F_MASTER, F_PRESENT, F_RESET, F_UNPLUGGED};
 use crate::trace;
 use dmabuf_core::SignalHandle;
 use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::lockdep;
 use dmabuf_core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use dmabuf_core::sync::thread::{self, JoinHandle};
 use dmabuf_core::sync::{Arc, Condvar, Mutex};
@@ -746,6 +749,10 @@ impl EngineInner {
             .unwrap_or_else(|| self.port.accessor.clone());
         let mut reads = Vec::new();
         let mut status = Ok(());
+        // From here until the fence is signalled this thread is on the
+        // fence's signalling path (the kernel's scheduler `run_job`): a fault
+        // handler that waits on a fence here is reported by lockdep.
+        let cookie = lockdep::begin_signalling_at("dma engine job");
         {
             let _x = self.exec.lock();
             trace_event!(
@@ -793,6 +800,7 @@ impl EngineInner {
             }
         }
         self.complete(id, job.fence, &slot, status, reads, &job.label);
+        lockdep::end_signalling(cookie);
     }
 
     fn complete(
