@@ -61,9 +61,15 @@ pub const MAX_SCHEDULE_TIMEOUT: u64 = u64::MAX;
 const SIGNALED: u32 = 1 << 0;
 const TIMESTAMP: u32 = 1 << 1;
 const ENABLE_SIGNAL: u32 = 1 << 2;
-const SEQNO64: u32 = 1 << 3;
+/// Seqnos compare as plain 64-bit numbers (`dma_fence_init64`).
+pub(crate) const SEQNO64: u32 = 1 << 3;
 /// Callbacks have been added at some point: signalling must take the lock.
 const HAS_CB: u32 = 1 << 4;
+/// Every callback has returned (set with `TIMESTAMP` when there were none).
+/// Callbacks run outside the fence lock, so the kernel's "lock and unlock
+/// the fence to flush callbacks" idiom becomes a wait for this bit
+/// ([`Fence::flush_callbacks`]).
+const CB_DONE: u32 = 1 << 5;
 
 /// Errors of fence calls.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -290,6 +296,14 @@ pub(crate) struct FenceInner {
     imp: Box<dyn FenceImpl>,
 }
 
+impl FenceInner {
+    /// The behaviour behind the fence (containers look at each other's
+    /// while releasing, when no `Fence` exists any more).
+    pub(crate) fn imp(&self) -> &dyn FenceImpl {
+        &*self.imp
+    }
+}
+
 impl Drop for FenceInner {
     fn drop(&mut self) {
         trace_event!(
@@ -496,7 +510,8 @@ impl Fence {
     pub fn private_stub(ts_ns: u64) -> Fence {
         let f = Self::from_impl(Box::new(StubImpl), 0, 0, SEQNO64);
         f.0.timestamp.store(ts_ns, Ordering::Relaxed);
-        f.0.flags.fetch_or(SIGNALED | TIMESTAMP, Ordering::Release);
+        f.0.flags
+            .fetch_or(SIGNALED | TIMESTAMP | CB_DONE, Ordering::Release);
         f
     }
 
@@ -670,7 +685,7 @@ impl Fence {
             }
         }
         self.0.timestamp.store(ts_ns, Ordering::Relaxed);
-        flags.fetch_or(TIMESTAMP, Ordering::Release);
+        flags.fetch_or(TIMESTAMP | CB_DONE, Ordering::Release);
         self.trace_signaled();
         Ok(())
     }
@@ -688,12 +703,44 @@ impl Fence {
         self.0.timestamp.store(ts_ns, Ordering::Relaxed);
         self.0.flags.fetch_or(TIMESTAMP, Ordering::Release);
         self.trace_signaled();
-        let cookie = lockdep::begin_signalling_at("dma_fence callbacks");
+        // Ends the section and publishes CB_DONE even if a callback panics
+        // (lockdep in panic mode does that on purpose), so the thread's
+        // section depth stays balanced and `flush_callbacks` cannot hang.
+        struct Done<'a>(&'a Fence, lockdep::SignallingCookie);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                lockdep::end_signalling(self.1);
+                self.0.0.flags.fetch_or(CB_DONE, Ordering::Release);
+            }
+        }
+        let _done = Done(self, lockdep::begin_signalling_at("dma_fence callbacks"));
         for (_, cb) in list {
             cb(self);
         }
-        lockdep::end_signalling(cookie);
         Ok(())
+    }
+
+    /// Callbacks registered and not yet run (tests of the containers).
+    #[cfg(test)]
+    pub(crate) fn pending_callbacks(&self) -> usize {
+        self.0.cbs.lock().list.len()
+    }
+
+    /// Waits until every callback of a signalled fence has returned; returns
+    /// at once on an unsignalled fence. Callbacks run outside the fence lock,
+    /// so this replaces the kernel's idiom of locking and unlocking a
+    /// signalled fence to flush its callbacks. A blocking wait: calling it
+    /// from one of the fence's own callbacks would never return, and is
+    /// reported by [`lockdep`](crate::lockdep) like any wait inside a
+    /// signalling section.
+    pub fn flush_callbacks(&self) {
+        if !self.test_signaled_flag() {
+            return;
+        }
+        lockdep::might_wait("dma_fence_flush_callbacks");
+        while self.0.flags.load(Ordering::Acquire) & CB_DONE == 0 {
+            thread::yield_now();
+        }
     }
 
     fn trace_signaled(&self) {

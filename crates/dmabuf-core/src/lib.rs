@@ -13,13 +13,23 @@
 #![warn(missing_docs)]
 
 pub mod dma_fence;
+pub mod dma_fence_array;
+pub mod dma_fence_chain;
+pub mod dma_fence_unwrap;
 pub mod errno;
 pub mod lockdep;
 pub mod sync;
+pub mod sync_file;
 pub mod trace;
+
+#[cfg(test)]
+mod kunit;
 
 pub use dma_fence::{
     Callback, CancelToken, Fence, FenceContext, FenceError, FenceKind, FenceOps,
     MAX_SCHEDULE_TIMEOUT, NamedOps, SignalHandle,
 };
+pub use dma_fence_array::FenceArray;
+pub use dma_fence_chain::FenceChain;
 pub use errno::Errno;
+pub use sync_file::SyncFile;
