@@ -25,10 +25,14 @@
 //!
 //! # Rules
 //!
-//! * Signalling happens once. It stores a `CLOCK_MONOTONIC` timestamp, then
-//!   runs every callback exactly once in the order they were added. Unlike the
-//!   kernel, callbacks run *after* the fence's lock is released, so a callback
-//!   may add callbacks to other fences, or signal them, without deadlock.
+//! * Signalling happens once. It stores a `CLOCK_MONOTONIC` timestamp (read
+//!   through [`timestamp_ns`](crate::sync::time::timestamp_ns), the TSC-based
+//!   reading that keeps a signal with no listener cheaper than a
+//!   `clock_gettime`), then runs every callback exactly once in the order
+//!   they were added. Unlike the kernel, callbacks run *after* the fence's
+//!   lock is released, so a callback may add callbacks to other fences, or
+//!   signal them, without deadlock; [`Fence::flush_callbacks`] waits for
+//!   them to return.
 //! * Callbacks must not block: they run on whatever thread signals. A
 //!   blocking wait inside one is a wait inside a signalling section and is
 //!   reported by [`lockdep`](crate::lockdep).
@@ -606,7 +610,7 @@ impl Fence {
     #[cold]
     fn is_signaled_slow(&self) -> bool {
         if self.0.imp.signaled(self) {
-            let _ = self.signal_timestamp_internal(crate::sync::time::now_ns());
+            let _ = self.signal_timestamp_internal(crate::sync::time::timestamp_ns());
             return true;
         }
         false
@@ -772,7 +776,7 @@ impl Fence {
                 self.seqno()
             );
             if !self.0.imp.enable_signaling(self) {
-                let _ = self.signal_timestamp_internal(crate::sync::time::now_ns());
+                let _ = self.signal_timestamp_internal(crate::sync::time::timestamp_ns());
                 return false;
             }
         }
@@ -1025,7 +1029,7 @@ impl SignalHandle {
     /// `dma_fence_signal`: signals now. Fails if the fence already signalled
     /// (through its driver's `signaled` hook).
     pub fn signal(self) -> Result<(), FenceError> {
-        self.signal_timestamp(crate::sync::time::now_ns())
+        self.signal_timestamp(crate::sync::time::timestamp_ns())
     }
 
     /// `dma_fence_signal_timestamp`.
@@ -1053,7 +1057,7 @@ impl Drop for SignalHandle {
             && !f.test_signaled_flag()
         {
             let _ = f.set_error_internal(-errno::ECANCELED);
-            let _ = f.signal_timestamp_internal(crate::sync::time::now_ns());
+            let _ = f.signal_timestamp_internal(crate::sync::time::timestamp_ns());
         }
     }
 }

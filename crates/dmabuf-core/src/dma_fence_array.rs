@@ -172,7 +172,7 @@ fn child_callback(array: Weak<FenceInner>) -> impl FnOnce(&Fence) + Send + 'stat
         };
         if a.child_done(child) {
             a.publish_error(&fence);
-            let _ = fence.signal_timestamp_internal(crate::sync::time::now_ns());
+            let _ = fence.signal_timestamp_internal(crate::sync::time::timestamp_ns());
         }
     }
 }

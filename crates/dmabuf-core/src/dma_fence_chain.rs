@@ -333,7 +333,7 @@ fn rearm(node: &Fence) {
     let fired = c.reg.lock().take();
     drop(fired);
     if !arm(node) {
-        let _ = node.signal_timestamp_internal(crate::sync::time::now_ns());
+        let _ = node.signal_timestamp_internal(crate::sync::time::timestamp_ns());
     }
 }
 

@@ -160,6 +160,10 @@ pub mod time {
     pub fn now_ns() -> u64 {
         0
     }
+    /// Zero under loom.
+    pub fn timestamp_ns() -> u64 {
+        0
+    }
 }
 
 /// Declares a thread-local (loom's, so each model thread has its own).
