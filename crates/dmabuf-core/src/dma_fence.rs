@@ -1090,9 +1090,9 @@ impl Waiter {
         cancel: Option<&CancelToken>,
         timeout_ns: u64,
     ) -> Result<u64, FenceError> {
-        let start = crate::sync::time::now_ns();
-        let deadline =
-            (timeout_ns != MAX_SCHEDULE_TIMEOUT).then(|| start.saturating_add(timeout_ns));
+        // No clock read for an untimed wait.
+        let deadline = (timeout_ns != MAX_SCHEDULE_TIMEOUT)
+            .then(|| crate::sync::time::now_ns().saturating_add(timeout_ns));
         loop {
             if done() {
                 return Ok(match deadline {
