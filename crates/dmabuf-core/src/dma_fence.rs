@@ -35,7 +35,7 @@
 //!   them to return.
 //! * Callbacks must not block: they run on whatever thread signals. A
 //!   blocking wait inside one is a wait inside a signalling section and is
-//!   reported by [`lockdep`](crate::lockdep).
+//!   reported by [`lockdep`].
 //! * [`Fence::is_signaled`] consults the driver's `signaled` hook but does not
 //!   enable signalling; adding a callback or waiting does.
 //! * A driver whose `enable_signaling` returns false has its fence signalled
@@ -735,7 +735,7 @@ impl Fence {
     /// so this replaces the kernel's idiom of locking and unlocking a
     /// signalled fence to flush its callbacks. A blocking wait: calling it
     /// from one of the fence's own callbacks would never return, and is
-    /// reported by [`lockdep`](crate::lockdep) like any wait inside a
+    /// reported by [`lockdep`] like any wait inside a
     /// signalling section.
     pub fn flush_callbacks(&self) {
         if !self.test_signaled_flag() {

@@ -5,7 +5,7 @@
 //!
 //! A fence is a leaf unless it is an array or a chain node. Containers nest
 //! as chain → array → leaf (arrays never hold containers). [`leaves`] walks
-//! a chain with [`walk`](crate::dma_fence_chain::walk), so nodes whose
+//! a chain with [`walk`], so nodes whose
 //! payload has signalled may be unlinked (and skipped) on the way, exactly as
 //! `dma_fence_unwrap_for_each` does. A chain payload that is itself a chain
 //! is unwrapped too (the kernel would hand it out as a leaf); the walk uses
