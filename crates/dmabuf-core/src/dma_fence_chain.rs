@@ -527,7 +527,9 @@ mod tests {
     }
 
     /// Runs `f` on a thread with a deliberately small stack, so that a
-    /// recursive release would overflow.
+    /// recursive release would overflow. std's builder is used directly
+    /// because the shim's `spawn` has no stack size; the thread is a plain
+    /// real thread and uses only shim primitives itself.
     fn on_small_stack(f: impl FnOnce() + Send + 'static) {
         std::thread::Builder::new()
             .stack_size(256 * 1024)
