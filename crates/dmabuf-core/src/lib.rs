@@ -14,6 +14,9 @@
 
 pub mod dma_buf;
 pub mod dma_fence;
+pub mod dma_fence_array;
+pub mod dma_fence_chain;
+pub mod dma_fence_unwrap;
 pub mod dma_resv;
 pub mod errno;
 pub mod lockdep;
@@ -23,11 +26,17 @@ pub mod sync_file;
 pub mod trace;
 pub mod uapi;
 
+#[cfg(test)]
+mod kunit;
+
 pub use dma_fence::{
     Callback, CancelToken, Fence, FenceContext, FenceError, FenceKind, FenceOps,
     MAX_SCHEDULE_TIMEOUT, NamedOps, SignalHandle,
 };
+pub use dma_fence_array::FenceArray;
+pub use dma_fence_chain::FenceChain;
 pub use errno::Errno;
+pub use sync_file::SyncFile;
 
 #[cfg(test)]
 mod dma_buf_tests;
