@@ -13,13 +13,21 @@
 #![warn(missing_docs)]
 
 pub mod dma_fence;
+pub mod dma_fence_array;
+pub mod dma_resv;
 pub mod errno;
 pub mod lockdep;
 pub mod sync;
 pub mod trace;
+pub mod ww_mutex;
+
+#[cfg(test)]
+mod kunit_resv;
 
 pub use dma_fence::{
     Callback, CancelToken, Fence, FenceContext, FenceError, FenceKind, FenceOps,
     MAX_SCHEDULE_TIMEOUT, NamedOps, SignalHandle,
 };
+pub use dma_resv::{DmaResv, ResvError, ResvGuard, Usage};
 pub use errno::Errno;
+pub use ww_mutex::{LockSet, RESERVATION_WW_CLASS, WwAcquireCtx, WwClass, WwError, WwMutex};

@@ -91,13 +91,13 @@ impl Condvar {
         Self(loom::sync::Condvar::new())
     }
     /// Waits for a notification.
-    pub fn wait<'a, T: ?Sized>(&self, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    pub fn wait<'a, T>(&self, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
         let MutexGuard { mutex, guard } = g;
         let guard = self.0.wait(guard).unwrap_or_else(|e| e.into_inner());
         MutexGuard { mutex, guard }
     }
     /// Waits for a notification; under loom this never reports a timeout.
-    pub fn wait_timeout<'a, T: ?Sized>(
+    pub fn wait_timeout<'a, T>(
         &self,
         g: MutexGuard<'a, T>,
         _d: Duration,
@@ -163,7 +163,23 @@ pub mod time {
 }
 
 /// Declares a thread-local (loom's, so each model thread has its own).
+/// Accepts std's `const { .. }` initialiser form, which loom's macro does
+/// not parse, by dropping the `const`.
 #[macro_export]
 macro_rules! shim_thread_local {
-    ($($t:tt)*) => { loom::thread_local!($($t)*); };
+    () => {};
+    ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = const { $init:expr }; $($rest:tt)*) => {
+        loom::thread_local!($(#[$attr])* $vis static $name: $t = $init);
+        $crate::shim_thread_local!($($rest)*);
+    };
+    ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = const { $init:expr }) => {
+        loom::thread_local!($(#[$attr])* $vis static $name: $t = $init);
+    };
+    ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = $init:expr; $($rest:tt)*) => {
+        loom::thread_local!($(#[$attr])* $vis static $name: $t = $init);
+        $crate::shim_thread_local!($($rest)*);
+    };
+    ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = $init:expr) => {
+        loom::thread_local!($(#[$attr])* $vis static $name: $t = $init);
+    };
 }
