@@ -25,9 +25,12 @@ pub mod sync;
 pub mod sync_file;
 pub mod trace;
 pub mod uapi;
+pub mod ww_mutex;
 
 #[cfg(test)]
 mod kunit;
+#[cfg(test)]
+mod kunit_resv;
 
 pub use dma_fence::{
     Callback, CancelToken, Fence, FenceContext, FenceError, FenceKind, FenceOps,
@@ -35,8 +38,10 @@ pub use dma_fence::{
 };
 pub use dma_fence_array::FenceArray;
 pub use dma_fence_chain::FenceChain;
+pub use dma_resv::{DmaResv, ResvError, ResvGuard, Usage};
 pub use errno::Errno;
 pub use sync_file::SyncFile;
+pub use ww_mutex::{LockSet, RESERVATION_WW_CLASS, WwAcquireCtx, WwClass, WwError, WwMutex};
 
 #[cfg(test)]
 mod dma_buf_tests;

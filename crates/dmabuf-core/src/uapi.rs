@@ -475,9 +475,9 @@ impl Process {
                 };
                 let leaves: Vec<Fence> = crate::dma_fence_unwrap::leaves(sf.fence()).collect();
                 if !leaves.is_empty() {
-                    let g = b.resv().lock();
-                    g.reserve_fences(leaves.len())
-                        .map_err(|e| SysError::from_err(&e))?;
+                    let g = b.resv().lock(None).map_err(|e| SysError::from_err(&e))?;
+                    let n = u32::try_from(leaves.len()).map_err(|_| SysError(errno::ENOMEM))?;
+                    g.reserve_fences(n).map_err(|e| SysError::from_err(&e))?;
                     for f in &leaves {
                         g.add_fence(f, usage).map_err(|e| SysError::from_err(&e))?;
                     }
