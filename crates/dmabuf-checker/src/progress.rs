@@ -35,13 +35,18 @@ impl Progress {
         if !self.enabled || self.start.elapsed() < Duration::from_secs(1) {
             return;
         }
-        if self.last.is_some_and(|l| l.elapsed() < Duration::from_millis(100)) {
+        if self
+            .last
+            .is_some_and(|l| l.elapsed() < Duration::from_millis(100))
+        {
             return;
         }
         self.last = Some(Instant::now());
         let width = 30u64;
         let filled = width * self.done / self.total;
-        let bar: String = (0..width).map(|i| if i < filled { '#' } else { '.' }).collect();
+        let bar: String = (0..width)
+            .map(|i| if i < filled { '#' } else { '.' })
+            .collect();
         let mut e = std::io::stderr();
         let _ = write!(
             e,

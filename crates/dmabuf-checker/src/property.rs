@@ -62,9 +62,15 @@ impl Property {
     pub fn describe(self) -> &'static str {
         match self {
             Property::SFence => "after revoke returns, no write reaches the exporter's memory",
-            Property::SFinal => "after revoke returns, no access reaches the exporter's memory and no mapping is outstanding",
-            Property::SNoreuse => "memory is never freed, powered down, reset or re-assigned while mapped",
-            Property::LBounded => "revoke completes with userspace stalled from the moment it begins",
+            Property::SFinal => {
+                "after revoke returns, no access reaches the exporter's memory and no mapping is outstanding"
+            }
+            Property::SNoreuse => {
+                "memory is never freed, powered down, reset or re-assigned while mapped"
+            }
+            Property::LBounded => {
+                "revoke completes with userspace stalled from the moment it begins"
+            }
             Property::NoDeadlock => "every task finishes",
             Property::NoLeak => "every buffer is released and every attachment detached at the end",
             Property::Lockdep => "the lock validator reports nothing",
@@ -80,7 +86,9 @@ impl fmt::Display for Property {
 
 /// An unknown property name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown property '{0}' (known: s-fence, s-final, s-noreuse, l-bounded, no-deadlock, no-leak, lockdep)")]
+#[error(
+    "unknown property '{0}' (known: s-fence, s-final, s-noreuse, l-bounded, no-deadlock, no-leak, lockdep)"
+)]
 pub struct UnknownProperty(pub String);
 
 impl FromStr for Property {
@@ -102,6 +110,9 @@ mod tests {
         for p in Property::ALL {
             assert_eq!(p.name().parse::<Property>(), Ok(p));
         }
-        assert_eq!("s-finale".parse::<Property>(), Err(UnknownProperty("s-finale".into())));
+        assert_eq!(
+            "s-finale".parse::<Property>(),
+            Err(UnknownProperty("s-finale".into()))
+        );
     }
 }

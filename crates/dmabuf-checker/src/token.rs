@@ -60,7 +60,9 @@ impl fmt::Display for RunMode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// Not six comma-separated fields starting with `dmabuf1`.
-    #[error("malformed replay token: expected dmabuf1,<scenario>,<strategy>,<seed>,<mode>,<schedule>; got '{0}'")]
+    #[error(
+        "malformed replay token: expected dmabuf1,<scenario>,<strategy>,<seed>,<mode>,<schedule>; got '{0}'"
+    )]
     Shape(String),
     /// A field that does not parse.
     #[error("malformed replay token: bad {field} '{value}'")]
@@ -158,10 +160,16 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_errors_naming_the_field() {
-        assert!(matches!("x".parse::<ReplayToken>(), Err(TokenError::Shape(_))));
+        assert!(matches!(
+            "x".parse::<ReplayToken>(),
+            Err(TokenError::Shape(_))
+        ));
         assert!(matches!(
             "dmabuf1,a,pct0,1,normal,".parse::<ReplayToken>(),
-            Err(TokenError::Field { field: "strategy", .. })
+            Err(TokenError::Field {
+                field: "strategy",
+                ..
+            })
         ));
         assert!(matches!(
             "dmabuf1,a,dfs,-1,normal,".parse::<ReplayToken>(),
@@ -169,7 +177,10 @@ mod tests {
         ));
         assert!(matches!(
             "dmabuf1,a b,dfs,1,normal,".parse::<ReplayToken>(),
-            Err(TokenError::Field { field: "scenario", .. })
+            Err(TokenError::Field {
+                field: "scenario",
+                ..
+            })
         ));
         assert!(matches!(
             "dmabuf1,a,dfs,1,sleepy,".parse::<ReplayToken>(),

@@ -13,7 +13,12 @@ use std::hint::black_box;
 struct Exp;
 
 impl DmaBufOps for Exp {
-    fn map_dma_buf(&self, _a: &Attachment, _d: DmaDirection, _g: &ResvGuard<'_>) -> Result<SgTable, DmaBufError> {
+    fn map_dma_buf(
+        &self,
+        _a: &Attachment,
+        _d: DmaDirection,
+        _g: &ResvGuard<'_>,
+    ) -> Result<SgTable, DmaBufError> {
         Ok(SgTable {
             entries: vec![SgEntry {
                 dma_addr: 0x1_0000_0000,
@@ -101,7 +106,15 @@ fn bench_export_sync_file(c: &mut Criterion) {
         g.reserve_fences(16).unwrap();
         for i in 0..16 {
             let (f, h) = FenceContext::named("bench", &format!("ring{i}")).create();
-            g.add_fence(&f, if i % 2 == 0 { Usage::Write } else { Usage::Read }).unwrap();
+            g.add_fence(
+                &f,
+                if i % 2 == 0 {
+                    Usage::Write
+                } else {
+                    Usage::Read
+                },
+            )
+            .unwrap();
             handles.push(h);
         }
     }
@@ -119,5 +132,10 @@ fn bench_export_sync_file(c: &mut Criterion) {
     drop(handles);
 }
 
-criterion_group!(benches, bench_map_unmap, bench_invalidate, bench_export_sync_file);
+criterion_group!(
+    benches,
+    bench_map_unmap,
+    bench_invalidate,
+    bench_export_sync_file
+);
 criterion_main!(benches);
