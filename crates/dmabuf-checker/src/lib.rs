@@ -13,3 +13,5 @@ pub mod progress;
 pub mod property;
 pub mod scenario;
 pub mod token;
+#[cfg(test)]
+mod judge_tests;
