@@ -53,7 +53,7 @@ fn bench_map_unmap(c: &mut Criterion) {
     )
     .unwrap();
     c.bench_function("dma_buf/map_unmap_cycle_locked", |bn| {
-        let g = b.resv().lock();
+        let g = b.resv().lock(None).unwrap();
         bn.iter(|| {
             let m = map_attachment(&a, DmaDirection::Bidirectional, &g).unwrap();
             unmap_attachment(&a, black_box(m), &g).unwrap();
@@ -87,7 +87,7 @@ fn bench_invalidate(c: &mut Criterion) {
             })
             .collect();
         grp.bench_with_input(BenchmarkId::from_parameter(n), &n, |bn, _| {
-            let g = b.resv().lock();
+            let g = b.resv().lock(None).unwrap();
             bn.iter(|| invalidate_mappings(&b, &g).unwrap())
         });
         drop(atts);
@@ -102,7 +102,7 @@ fn bench_export_sync_file(c: &mut Criterion) {
     let fd = p.dma_buf_fd(b, O_CLOEXEC).unwrap();
     let mut handles = Vec::new();
     {
-        let g = keep.resv().lock();
+        let g = keep.resv().lock(None).unwrap();
         g.reserve_fences(16).unwrap();
         for i in 0..16 {
             let (f, h) = FenceContext::named("bench", &format!("ring{i}")).create();

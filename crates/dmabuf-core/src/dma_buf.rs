@@ -52,7 +52,7 @@
 //!   attachments and attachments without the op.
 
 use crate::dma_fence::{CancelToken, FenceError, MAX_SCHEDULE_TIMEOUT};
-use crate::dma_resv::{DmaResv, ResvGuard, Usage};
+use crate::dma_resv::{DmaResv, ResvError, ResvGuard, Usage};
 use crate::errno::{self, Errno};
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex, Weak};
@@ -196,6 +196,15 @@ impl Errno for DmaBufError {
             DmaBufError::Overflow { .. } => errno::EOVERFLOW,
             DmaBufError::Interrupted => errno::ERESTARTSYS,
             DmaBufError::Errno { errno, .. } => *errno,
+        }
+    }
+}
+
+impl From<ResvError> for DmaBufError {
+    fn from(e: ResvError) -> Self {
+        match e {
+            ResvError::Interrupted => DmaBufError::Interrupted,
+            other => DmaBufError::errno(other.errno(), other.to_string()),
         }
     }
 }
@@ -570,7 +579,7 @@ impl DmaBufRef {
     }
 
     fn check_not_held(&self, call: &'static str) -> Result<(), DmaBufError> {
-        if self.0.resv.is_held_by_current() {
+        if self.0.resv.is_held_by_current_thread() {
             Err(DmaBufError::LockHeld { call })
         } else {
             Ok(())
@@ -694,7 +703,7 @@ pub fn export(info: ExportInfo) -> Result<DmaBuf, DmaBufError> {
         return Err(DmaBufError::NoExporterName);
     }
     if let Some(r) = &info.resv
-        && r.is_held_by_current()
+        && r.is_held_by_current_thread()
     {
         return Err(DmaBufError::LockHeld {
             call: "dma_buf_export",
@@ -914,7 +923,7 @@ pub fn dynamic_attach(
         return Err(e);
     }
     {
-        let _g = buf.resv().lock();
+        let _g = buf.resv().lock(None)?;
         buf.0.attachments.lock().insert(0, a.clone());
     }
     trace_event!(
@@ -942,7 +951,7 @@ pub fn detach(buf: &DmaBuf, attach: &Attachment) -> Result<(), DmaBufError> {
     }
     attach.check_live()?;
     {
-        let _g = buf.resv().lock();
+        let _g = buf.resv().lock(None)?;
         buf.0.attachments.lock().retain(|a| a != attach);
         let mut st = attach.0.state.lock();
         st.detached = true;
@@ -1088,7 +1097,7 @@ pub fn map_attachment_unlocked(
 ) -> Result<Mapping, DmaBufError> {
     let buf = attach.dmabuf();
     buf.check_not_held("dma_buf_map_attachment_unlocked")?;
-    let g = buf.resv().lock();
+    let g = buf.resv().lock(None)?;
     map_attachment(attach, dir, &g)
 }
 
@@ -1134,7 +1143,7 @@ pub fn unmap_attachment(
 pub fn unmap_attachment_unlocked(attach: &Attachment, mapping: Mapping) -> Result<(), DmaBufError> {
     let buf = attach.dmabuf();
     buf.check_not_held("dma_buf_unmap_attachment_unlocked")?;
-    let g = buf.resv().lock();
+    let g = buf.resv().lock(None)?;
     unmap_attachment(attach, mapping, &g)
 }
 
@@ -1213,14 +1222,14 @@ pub fn vunmap(buf: &DmaBufRef, addr: u64, guard: &ResvGuard<'_>) -> Result<(), D
 /// `dma_buf_vmap_unlocked`.
 pub fn vmap_unlocked(buf: &DmaBufRef) -> Result<u64, DmaBufError> {
     buf.check_not_held("dma_buf_vmap_unlocked")?;
-    let g = buf.resv().lock();
+    let g = buf.resv().lock(None)?;
     vmap(buf, &g)
 }
 
 /// `dma_buf_vunmap_unlocked`.
 pub fn vunmap_unlocked(buf: &DmaBufRef, addr: u64) -> Result<(), DmaBufError> {
     buf.check_not_held("dma_buf_vunmap_unlocked")?;
-    let g = buf.resv().lock();
+    let g = buf.resv().lock(None)?;
     vunmap(buf, addr, &g)
 }
 
@@ -1318,7 +1327,9 @@ pub fn poll_dir(buf: &DmaBuf, dir: PollDir, wake: Arc<dyn Fn(PollDir) + Send + S
         PollDir::In => Usage::Write,
         PollDir::Out => Usage::Read,
     };
-    let _g = buf.resv().lock();
+    let Ok(_g) = buf.resv().lock(None) else {
+        return false;
+    };
     {
         let p = buf.0.poll.lock();
         let active = match dir {
@@ -1380,7 +1391,7 @@ pub fn bufinfo() -> String {
     let bufs = list_buffers();
     let mut total = 0u64;
     for b in &bufs {
-        let _g = b.resv().lock();
+        let g = b.resv().lock(None);
         s.push_str(&format!(
             "{:08}\t{:08x}\t{:08x}\t{:08}\t{}\t{:08}\t{}\n",
             b.size(),
@@ -1391,7 +1402,9 @@ pub fn bufinfo() -> String {
             b.ino(),
             b.name().unwrap_or_else(|| "<none>".into())
         ));
-        s.push_str(&b.resv().describe());
+        if let Ok(g) = &g {
+            s.push_str(&g.describe());
+        }
         s.push_str("\tAttached Devices:\n");
         let atts = b.attachments();
         for a in &atts {

@@ -60,7 +60,7 @@ impl DmaBufOps for MockExp {
     fn attach(&self, buf: &DmaBufRef, a: &Attachment) -> Result<(), DmaBufError> {
         self.attaches.fetch_add(1, Ordering::SeqCst);
         self.attach_saw_lock
-            .store(buf.resv().is_held_by_current(), Ordering::SeqCst);
+            .store(buf.resv().is_held_by_current_thread(), Ordering::SeqCst);
         self.attach_saw_listed
             .store(buf.attachments().contains(a), Ordering::SeqCst);
         if self.clear_p2p {
@@ -286,7 +286,7 @@ fn detach_unlists_and_does_not_unmap() {
             .any(|d| d.problem.contains("detached with 1 mapping"))
     );
     // Further calls on a detached attachment fail cleanly.
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     assert!(matches!(
         map_attachment(&a, DmaDirection::Bidirectional, &g),
         Err(DmaBufError::Detached { .. })
@@ -302,7 +302,7 @@ fn pin_from_static_importer_is_refused() {
         ..Default::default()
     });
     let a = attach(&b, "d1").unwrap();
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     assert_eq!(pin(&a, &g).unwrap_err().errno(), errno::EINVAL);
 }
 
@@ -310,7 +310,7 @@ fn pin_from_static_importer_is_refused() {
 fn pin_without_exporter_pin_op_succeeds() {
     let (b, _) = export_mock(MockExp::default());
     let a = dynamic_attach(&b, "d1", Some(dyn_ops(true, false))).unwrap();
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     pin(&a, &g).unwrap();
     assert_eq!(a.pin_count(), 1);
     unpin(&a, &g).unwrap();
@@ -324,7 +324,7 @@ fn pin_without_exporter_pin_op_succeeds() {
 fn each_map_returns_a_new_mapping_unmapped_individually() {
     let (b, ops) = export_mock(MockExp::default());
     let a = dynamic_attach(&b, "d1", Some(dyn_ops(true, true))).unwrap();
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     let m1 = map_attachment(&a, DmaDirection::Bidirectional, &g).unwrap();
     let m2 = map_attachment(&a, DmaDirection::Bidirectional, &g).unwrap();
     assert_ne!(m1.id(), m2.id());
@@ -343,7 +343,7 @@ fn static_importer_of_dynamic_exporter_is_pinned_on_map() {
         ..Default::default()
     });
     let a = attach(&b, "d1").unwrap();
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     let m = map_attachment(&a, DmaDirection::ToDevice, &g).unwrap();
     assert_eq!(ops.pins.load(Ordering::SeqCst), 1);
     unmap_attachment(&a, m, &g).unwrap();
@@ -357,7 +357,7 @@ fn dynamic_importer_is_not_pinned_on_map() {
         ..Default::default()
     });
     let a = dynamic_attach(&b, "d1", Some(dyn_ops(true, true))).unwrap();
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     let m = map_attachment(&a, DmaDirection::ToDevice, &g).unwrap();
     assert_eq!(ops.pins.load(Ordering::SeqCst), 0);
     unmap_attachment(&a, m, &g).unwrap();
@@ -371,7 +371,7 @@ fn failed_map_leaves_no_pin() {
         ..Default::default()
     });
     let a = attach(&b, "d1").unwrap();
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     assert_eq!(
         map_attachment(&a, DmaDirection::ToDevice, &g)
             .unwrap_err()
@@ -392,7 +392,7 @@ fn unaligned_sg_entries_are_refused_and_undone() {
         ..Default::default()
     });
     let a = attach(&b, "d1").unwrap();
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     assert!(matches!(
         map_attachment(&a, DmaDirection::ToDevice, &g),
         Err(DmaBufError::Unaligned { .. })
@@ -408,7 +408,7 @@ fn static_importer_map_waits_for_kernel_fences() {
     let ctx = FenceContext::named("mock", "move");
     let (f, h) = ctx.create();
     {
-        let g = b.resv().lock();
+        let g = b.resv().lock(None).unwrap();
         g.reserve_fences(1).unwrap();
         g.add_fence(&f, Usage::Kernel).unwrap();
     }
@@ -437,7 +437,7 @@ fn dynamic_importer_map_does_not_wait_for_fences() {
     let a = dynamic_attach(&b, "d1", Some(dyn_ops(true, true))).unwrap();
     let ctx = FenceContext::named("mock", "move");
     let (f, _h) = ctx.create();
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     g.reserve_fences(1).unwrap();
     g.add_fence(&f, Usage::Kernel).unwrap();
     let m = map_attachment(&a, DmaDirection::ToDevice, &g).unwrap();
@@ -450,7 +450,7 @@ fn unmap_of_foreign_mapping_is_refused() {
     let (b, _) = export_mock(MockExp::default());
     let a1 = dynamic_attach(&b, "d1", Some(dyn_ops(true, true))).unwrap();
     let a2 = dynamic_attach(&b, "d2", Some(dyn_ops(true, true))).unwrap();
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     let m = map_attachment(&a1, DmaDirection::ToDevice, &g).unwrap();
     let id = m.id();
     assert_eq!(
@@ -480,7 +480,7 @@ fn invalidate_notifies_newest_first_skipping_static_and_opless() {
     let _x = dynamic_attach(&b, "first", Some(mk("first"))).unwrap();
     let _n = dynamic_attach(&b, "opless", Some(dyn_ops(true, false))).unwrap();
     let _y = dynamic_attach(&b, "second", Some(mk("second"))).unwrap();
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     assert_eq!(invalidate_mappings(&b, &g).unwrap(), 2);
     assert_eq!(*order.lock(), vec!["second", "first"]);
 }
@@ -496,7 +496,7 @@ fn invalidate_callback_runs_with_lock_held_and_may_unmap() {
         Some(AttachOps {
             allow_peer2peer: true,
             invalidate_mappings: Some(Arc::new(move |a: &Attachment, g: &ResvGuard<'_>| {
-                assert!(a.dmabuf().resv().is_held_by_current());
+                assert!(a.dmabuf().resv().is_held_by_current_thread());
                 if let Some(m) = s2.lock().take() {
                     unmap_attachment(a, m, g).unwrap();
                 }
@@ -504,7 +504,7 @@ fn invalidate_callback_runs_with_lock_held_and_may_unmap() {
         }),
     )
     .unwrap();
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     *slot.lock() = Some(map_attachment(&a, DmaDirection::Bidirectional, &g).unwrap());
     invalidate_mappings(&b, &g).unwrap();
     assert_eq!(ops.unmaps.load(Ordering::SeqCst), 1);
@@ -517,7 +517,7 @@ fn vmap_is_refcounted() {
         vmap: true,
         ..Default::default()
     });
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     let p1 = vmap(&b, &g).unwrap();
     let p2 = vmap(&b, &g).unwrap();
     assert_eq!(p1, p2);
@@ -535,7 +535,7 @@ fn vmap_is_refcounted() {
 #[test]
 fn vmap_without_op_is_einval() {
     let (b, _) = export_mock(MockExp::default());
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     assert_eq!(vmap(&b, &g).unwrap_err().errno(), errno::EINVAL);
 }
 
@@ -594,7 +594,7 @@ fn begin_cpu_access_waits_per_direction() {
     let ctx = FenceContext::named("mock", "gpu");
     let (rf, rh) = ctx.create();
     {
-        let g = b.resv().lock();
+        let g = b.resv().lock(None).unwrap();
         g.reserve_fences(1).unwrap();
         g.add_fence(&rf, Usage::Read).unwrap();
     }
@@ -674,14 +674,14 @@ fn locking_convention_table() {
     ];
     let other = DmaResv::new();
     for (name, call) in &needs {
-        let og = other.lock();
+        let og = other.lock(None).unwrap();
         let r = call(&b, &a, &og);
         assert!(
             matches!(r, Err(DmaBufError::LockNotHeld { .. })),
             "{name} without the lock: {r:?}"
         );
         drop(og);
-        let g = b.resv().lock();
+        let g = b.resv().lock(None).unwrap();
         assert!(call(&b, &a, &g).is_ok(), "{name} with the lock");
     }
     type Unlocked = Box<dyn Fn(&DmaBuf, &Attachment) -> Result<(), DmaBufError>>;
@@ -721,7 +721,7 @@ fn locking_convention_table() {
         ),
     ];
     for (name, call) in &must_not {
-        let g = b.resv().lock();
+        let g = b.resv().lock(None).unwrap();
         let r = call(&b, &a);
         assert!(
             matches!(r, Err(DmaBufError::LockHeld { .. })),
@@ -733,7 +733,7 @@ fn locking_convention_table() {
     }
     // detach with the lock held.
     let x = attach(&b, "y").unwrap();
-    let g = b.resv().lock();
+    let g = b.resv().lock(None).unwrap();
     assert!(matches!(detach(&b, &x), Err(DmaBufError::LockHeld { .. })));
     drop(g);
     detach(&b, &x).unwrap();

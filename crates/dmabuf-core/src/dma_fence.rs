@@ -25,13 +25,17 @@
 //!
 //! # Rules
 //!
-//! * Signalling happens once. It stores a `CLOCK_MONOTONIC` timestamp, then
-//!   runs every callback exactly once in the order they were added. Unlike the
-//!   kernel, callbacks run *after* the fence's lock is released, so a callback
-//!   may add callbacks to other fences, or signal them, without deadlock.
+//! * Signalling happens once. It stores a `CLOCK_MONOTONIC` timestamp (read
+//!   through [`timestamp_ns`](crate::sync::time::timestamp_ns), the TSC-based
+//!   reading that keeps a signal with no listener cheaper than a
+//!   `clock_gettime`), then runs every callback exactly once in the order
+//!   they were added. Unlike the kernel, callbacks run *after* the fence's
+//!   lock is released, so a callback may add callbacks to other fences, or
+//!   signal them, without deadlock; [`Fence::flush_callbacks`] waits for
+//!   them to return.
 //! * Callbacks must not block: they run on whatever thread signals. A
 //!   blocking wait inside one is a wait inside a signalling section and is
-//!   reported by [`lockdep`](crate::lockdep).
+//!   reported by [`lockdep`].
 //! * [`Fence::is_signaled`] consults the driver's `signaled` hook but does not
 //!   enable signalling; adding a callback or waiting does.
 //! * A driver whose `enable_signaling` returns false has its fence signalled
@@ -61,9 +65,15 @@ pub const MAX_SCHEDULE_TIMEOUT: u64 = u64::MAX;
 const SIGNALED: u32 = 1 << 0;
 const TIMESTAMP: u32 = 1 << 1;
 const ENABLE_SIGNAL: u32 = 1 << 2;
-const SEQNO64: u32 = 1 << 3;
+/// Seqnos compare as plain 64-bit numbers (`dma_fence_init64`).
+pub(crate) const SEQNO64: u32 = 1 << 3;
 /// Callbacks have been added at some point: signalling must take the lock.
 const HAS_CB: u32 = 1 << 4;
+/// Every callback has returned (set with `TIMESTAMP` when there were none).
+/// Callbacks run outside the fence lock, so the kernel's "lock and unlock
+/// the fence to flush callbacks" idiom becomes a wait for this bit
+/// ([`Fence::flush_callbacks`]).
+const CB_DONE: u32 = 1 << 5;
 
 /// Errors of fence calls.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -290,6 +300,14 @@ pub(crate) struct FenceInner {
     imp: Box<dyn FenceImpl>,
 }
 
+impl FenceInner {
+    /// The behaviour behind the fence (containers look at each other's
+    /// while releasing, when no `Fence` exists any more).
+    pub(crate) fn imp(&self) -> &dyn FenceImpl {
+        &*self.imp
+    }
+}
+
 impl Drop for FenceInner {
     fn drop(&mut self) {
         trace_event!(
@@ -496,7 +514,8 @@ impl Fence {
     pub fn private_stub(ts_ns: u64) -> Fence {
         let f = Self::from_impl(Box::new(StubImpl), 0, 0, SEQNO64);
         f.0.timestamp.store(ts_ns, Ordering::Relaxed);
-        f.0.flags.fetch_or(SIGNALED | TIMESTAMP, Ordering::Release);
+        f.0.flags
+            .fetch_or(SIGNALED | TIMESTAMP | CB_DONE, Ordering::Release);
         f
     }
 
@@ -591,7 +610,7 @@ impl Fence {
     #[cold]
     fn is_signaled_slow(&self) -> bool {
         if self.0.imp.signaled(self) {
-            let _ = self.signal_timestamp_internal(crate::sync::time::now_ns());
+            let _ = self.signal_timestamp_internal(crate::sync::time::timestamp_ns());
             return true;
         }
         false
@@ -670,7 +689,7 @@ impl Fence {
             }
         }
         self.0.timestamp.store(ts_ns, Ordering::Relaxed);
-        flags.fetch_or(TIMESTAMP, Ordering::Release);
+        flags.fetch_or(TIMESTAMP | CB_DONE, Ordering::Release);
         self.trace_signaled();
         Ok(())
     }
@@ -688,12 +707,44 @@ impl Fence {
         self.0.timestamp.store(ts_ns, Ordering::Relaxed);
         self.0.flags.fetch_or(TIMESTAMP, Ordering::Release);
         self.trace_signaled();
-        let cookie = lockdep::begin_signalling_at("dma_fence callbacks");
+        // Ends the section and publishes CB_DONE even if a callback panics
+        // (lockdep in panic mode does that on purpose), so the thread's
+        // section depth stays balanced and `flush_callbacks` cannot hang.
+        struct Done<'a>(&'a Fence, lockdep::SignallingCookie);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                lockdep::end_signalling(self.1);
+                self.0.0.flags.fetch_or(CB_DONE, Ordering::Release);
+            }
+        }
+        let _done = Done(self, lockdep::begin_signalling_at("dma_fence callbacks"));
         for (_, cb) in list {
             cb(self);
         }
-        lockdep::end_signalling(cookie);
         Ok(())
+    }
+
+    /// Callbacks registered and not yet run (tests of the containers).
+    #[cfg(test)]
+    pub(crate) fn pending_callbacks(&self) -> usize {
+        self.0.cbs.lock().list.len()
+    }
+
+    /// Waits until every callback of a signalled fence has returned; returns
+    /// at once on an unsignalled fence. Callbacks run outside the fence lock,
+    /// so this replaces the kernel's idiom of locking and unlocking a
+    /// signalled fence to flush its callbacks. A blocking wait: calling it
+    /// from one of the fence's own callbacks would never return, and is
+    /// reported by [`lockdep`] like any wait inside a
+    /// signalling section.
+    pub fn flush_callbacks(&self) {
+        if !self.test_signaled_flag() {
+            return;
+        }
+        lockdep::might_wait("dma_fence_flush_callbacks");
+        while self.0.flags.load(Ordering::Acquire) & CB_DONE == 0 {
+            thread::yield_now();
+        }
     }
 
     fn trace_signaled(&self) {
@@ -725,7 +776,7 @@ impl Fence {
                 self.seqno()
             );
             if !self.0.imp.enable_signaling(self) {
-                let _ = self.signal_timestamp_internal(crate::sync::time::now_ns());
+                let _ = self.signal_timestamp_internal(crate::sync::time::timestamp_ns());
                 return false;
             }
         }
@@ -978,7 +1029,7 @@ impl SignalHandle {
     /// `dma_fence_signal`: signals now. Fails if the fence already signalled
     /// (through its driver's `signaled` hook).
     pub fn signal(self) -> Result<(), FenceError> {
-        self.signal_timestamp(crate::sync::time::now_ns())
+        self.signal_timestamp(crate::sync::time::timestamp_ns())
     }
 
     /// `dma_fence_signal_timestamp`.
@@ -1006,7 +1057,7 @@ impl Drop for SignalHandle {
             && !f.test_signaled_flag()
         {
             let _ = f.set_error_internal(-errno::ECANCELED);
-            let _ = f.signal_timestamp_internal(crate::sync::time::now_ns());
+            let _ = f.signal_timestamp_internal(crate::sync::time::timestamp_ns());
         }
     }
 }
@@ -1039,9 +1090,9 @@ impl Waiter {
         cancel: Option<&CancelToken>,
         timeout_ns: u64,
     ) -> Result<u64, FenceError> {
-        let start = crate::sync::time::now_ns();
-        let deadline =
-            (timeout_ns != MAX_SCHEDULE_TIMEOUT).then(|| start.saturating_add(timeout_ns));
+        // No clock read for an untimed wait.
+        let deadline = (timeout_ns != MAX_SCHEDULE_TIMEOUT)
+            .then(|| crate::sync::time::now_ns().saturating_add(timeout_ns));
         loop {
             if done() {
                 return Ok(match deadline {

@@ -1,51 +1,322 @@
-//! TEMPORARY minimal reservation object, replaced by the real `dma_resv`
-//! when that branch merges. Only the calls the dma-buf layer uses.
-use crate::dma_fence::{CancelToken, Fence, FenceError};
-use crate::sync::{Condvar, Mutex};
+//! `dma_resv`, the reservation object (kernel `drivers/dma-buf/dma-resv.c`):
+//! a wait-die [`WwMutex`] of [`RESERVATION_WW_CLASS`] plus a list of fences,
+//! each tagged with a [`Usage`].
+//!
+//! # The fence list
+//!
+//! | piece | kernel | who changes it |
+//! |---|---|---|
+//! | list pointer | `obj->fences` (RCU) | the lock holder, when reserving needs more room or on `copy_fences` |
+//! | `num_fences` | `dma_resv_list.num_fences` | the lock holder, after writing the new last slot |
+//! | slot | fence pointer with the usage in its low 2 bits | the lock holder (in-place replacement or append) |
+//! | reserved slots | `max_fences`, reset at unlock under `CONFIG_DEBUG_MUTEXES` | `reserve_fences`; forgotten at unlock |
+//!
+//! A query at usage X sees every entry whose usage is `<= X`
+//! (`Kernel < Write < Read < Bookkeep`).
+//!
+//! `add_fence` replaces in place the first entry that either is from the
+//! same context with a usage `>=` the new one and is not later than the new
+//! fence, or has signalled; otherwise it appends into a reserved slot.
+//! Containers (arrays, chains) are refused. `reserve_fences(n)` grows the
+//! list only when `num + n` exceeds its capacity, to `max(num + n, 2 * max)`
+//! (or `max(4, next_pow2(n))` for the first list), copying only the
+//! unsignalled entries with their usage. Unlike the kernel the capacity is
+//! exact (no rounding up to the allocator's bucket).
+//!
+//! # Readers never take the lock
+//!
+//! Unlocked readers (iteration, `get_fences`, `wait_timeout`,
+//! `test_signaled`) use an RCU-like scheme of their own, not the ww-mutex:
+//!
+//! * A reader enters a *read section* by incrementing the object's reader
+//!   count, loads the list pointer or a slot, takes what it needs (a
+//!   reference, a flag) and leaves by decrementing it. Sections are short and
+//!   never wait for the lock holder; the lock holder never waits for them.
+//! * The lock holder never frees what it unpublishes (a replaced list, a
+//!   fence replaced in place): it *retires* it, and drops retired objects
+//!   only after it has seen the reader count at zero after retiring them
+//!   (at its next operation or at unlock). Every reader that could have
+//!   loaded a retired pointer entered before it was unpublished, so a zero
+//!   count means all of them are done. No reader can observe a freed list or
+//!   fence, and neither side ever blocks on the other.
+//!
+//! Unlocked iteration snapshots the list (holding a reference to it) and its
+//! length, returns only unsignalled fences (each with its own reference),
+//! and restarts from the first entry, marking the entry `restarted`, when the
+//! object's list pointer changed. Appends after the snapshot may be missed;
+//! in-place replacements may be seen either way.
+//!
+//! # Lock rules
+//!
+//! * Calls that change the list need the lock and take a [`ResvGuard`],
+//!   which proves the calling thread holds it; each call re-checks that, so
+//!   a guard outliving an explicit [`DmaResv::unlock`] gets
+//!   [`ResvError::NotHeld`] instead of touching the list.
+//! * The lock belongs to the thread that took it; see [`crate::ww_mutex`]
+//!   for contexts and backoff. The dma-buf locking convention
+//!   (reference §2.1) is enforced by callers with [`DmaResv::assert_held`] /
+//!   [`DmaResv::assert_not_held`].
+//! * Reserved slots are valid until unlock.
+//! * Once added, a fence is visible to readers at once: for fence
+//!   signalling the critical section starts at `add_fence`, not at unlock.
 
-/// Usage levels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+use crate::dma_fence::{
+    CancelToken, Fence, FenceError, FenceInner, MAX_SCHEDULE_TIMEOUT, context_alloc,
+};
+use crate::dma_fence_array::FenceArray;
+use crate::errno::{self, Errno};
+use crate::sync::Arc;
+use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use crate::ww_mutex::{
+    LockMode, LockSet, RESERVATION_WW_CLASS, WwAcquireCtx, WwError, WwLockable, WwMutex,
+    thread_token,
+};
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::panic::Location;
+
+/// `enum dma_resv_usage`: how a fence uses the buffer. Ordered: a query at
+/// one level returns every fence at that level or below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
 pub enum Usage {
-    /// Kernel.
-    Kernel,
-    /// Write.
-    Write,
-    /// Read.
-    Read,
-    /// Bookkeep.
-    Bookkeep,
+    /// Kernel memory management (moves, clears): everybody waits for these.
+    Kernel = 0,
+    /// Implicit-sync writers.
+    Write = 1,
+    /// Implicit-sync readers.
+    Read = 2,
+    /// No implicit sync (preemption fences, page-table updates, TLB flushes).
+    Bookkeep = 3,
 }
 
 impl Usage {
-    /// dma_resv_usage_rw.
+    /// Every usage, lowest first.
+    pub const ALL: [Usage; 4] = [Usage::Kernel, Usage::Write, Usage::Read, Usage::Bookkeep];
+
+    /// `dma_resv_usage_rw`: what a new access must wait for: a write waits
+    /// for readers and writers (`Read`), a read only for writers (`Write`).
     pub fn usage_rw(write: bool) -> Usage {
         if write { Usage::Read } else { Usage::Write }
     }
+
+    /// The kernel's lowercase name (`kernel`, `write`, `read`, `bookkeep`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Usage::Kernel => "kernel",
+            Usage::Write => "write",
+            Usage::Read => "read",
+            Usage::Bookkeep => "bookkeep",
+        }
+    }
+
+    fn from_bits(b: usize) -> Usage {
+        match b & USAGE_MASK {
+            0 => Usage::Kernel,
+            1 => Usage::Write,
+            2 => Usage::Read,
+            _ => Usage::Bookkeep,
+        }
+    }
 }
 
-/// Errors.
-#[derive(Debug, thiserror::Error)]
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `dma_resv_usage_rw`.
+pub fn usage_rw(write: bool) -> Usage {
+    Usage::usage_rw(write)
+}
+
+/// Errors of reservation-object calls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResvError {
-    /// Interrupted.
-    #[error("interrupted")]
+    /// The ww-mutex refused or failed the lock operation.
+    #[error(transparent)]
+    Ww(#[from] WwError),
+    /// The call needs the lock and the calling thread does not hold it
+    /// (`dma_resv_assert_held` failed).
+    #[error("dma_resv lock not held by the calling thread (locked: {locked})")]
+    NotHeld {
+        /// Whether somebody else holds it.
+        locked: bool,
+    },
+    /// The call must be made without the lock and the calling thread holds
+    /// it.
+    #[error("dma_resv lock held by the calling thread")]
+    HeldByCaller,
+    /// `add_fence` needed a new slot and none was reserved (the kernel
+    /// BUGs).
+    #[error("no reserved fence slot: {num} fences, {reserved} reserved")]
+    NoSlotReserved {
+        /// Fences in the list.
+        num: u32,
+        /// Entries the current reservation allows.
+        reserved: u32,
+    },
+    /// A container fence (array or chain) given where only leaves may go.
+    #[error("container fence {context}:{seqno} cannot be added; add its leaves")]
+    ContainerFence {
+        /// Context of the container.
+        context: u64,
+        /// Seqno of the container.
+        seqno: u64,
+    },
+    /// `reserve_fences(0)`.
+    #[error("reserve_fences with zero fences")]
+    ZeroReserve,
+    /// A reservation beyond what a list can index.
+    #[error("cannot reserve {requested} more slots beyond {num}")]
+    TooManyFences {
+        /// Fences in the list.
+        num: u32,
+        /// Slots asked for.
+        requested: u32,
+    },
+    /// An interruptible wait was cancelled (`-ERESTARTSYS`).
+    #[error("wait interrupted")]
     Interrupted,
+    /// A fence call failed.
+    #[error(transparent)]
+    Fence(FenceError),
 }
 
-struct St {
-    owner: Option<std::thread::ThreadId>,
-    fences: Vec<(Fence, Usage)>,
+impl Errno for ResvError {
+    fn errno(&self) -> i32 {
+        match self {
+            ResvError::Ww(e) => e.errno(),
+            ResvError::NotHeld { .. } => errno::EPERM,
+            ResvError::HeldByCaller => errno::EDEADLK,
+            ResvError::NoSlotReserved { .. } => errno::EINVAL,
+            ResvError::ContainerFence { .. } => errno::EINVAL,
+            ResvError::ZeroReserve => errno::EINVAL,
+            ResvError::TooManyFences { .. } => errno::ENOMEM,
+            ResvError::Interrupted => errno::ERESTARTSYS,
+            ResvError::Fence(e) => e.errno(),
+        }
+    }
 }
 
-/// Reservation object.
+impl From<FenceError> for ResvError {
+    fn from(e: FenceError) -> Self {
+        match e {
+            FenceError::Interrupted => ResvError::Interrupted,
+            e => ResvError::Fence(e),
+        }
+    }
+}
+
+const USAGE_MASK: usize = 0x3;
+// Slots keep the usage in the pointer's low bits, as the kernel does.
+const _: () = assert!(std::mem::align_of::<FenceInner>() > USAGE_MASK);
+
+fn pack(f: Fence, usage: Usage) -> usize {
+    Arc::into_raw(f.0).expose_provenance() | usage as usize
+}
+
+fn fence_ptr(w: usize) -> *const FenceInner {
+    std::ptr::with_exposed_provenance(w & !USAGE_MASK)
+}
+
+/// A view of a slot's fence without touching its reference count.
+///
+/// # Safety
+/// `w` is a non-zero slot word whose fence is kept alive for the view's
+/// lifetime (the caller is in a read section or is the lock holder).
+unsafe fn borrow_fence(w: usize) -> ManuallyDrop<Fence> {
+    // SAFETY: the pointer came from `Arc::into_raw` and is alive (caller).
+    ManuallyDrop::new(Fence(unsafe { Arc::from_raw(fence_ptr(w)) }))
+}
+
+/// A new reference to a slot's fence.
+///
+/// # Safety
+/// As [`borrow_fence`].
+unsafe fn clone_fence(w: usize) -> Fence {
+    let p = fence_ptr(w);
+    // SAFETY: alive (caller); we add the reference we then own.
+    unsafe {
+        Arc::increment_strong_count(p);
+        Fence(Arc::from_raw(p))
+    }
+}
+
+/// `struct dma_resv_list`: a fixed-capacity table of packed slots.
+struct List {
+    num: AtomicU32,
+    slots: Box<[AtomicUsize]>,
+}
+
+impl List {
+    fn with_capacity(cap: u32) -> List {
+        List {
+            num: AtomicU32::new(0),
+            slots: (0..cap).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    fn cap(&self) -> u32 {
+        self.slots.len() as u32
+    }
+}
+
+impl Drop for List {
+    fn drop(&mut self) {
+        for s in self.slots.iter() {
+            let w = s.load(Ordering::Acquire);
+            if w != 0 {
+                // SAFETY: each non-zero slot owns one reference.
+                drop(unsafe { Arc::from_raw(fence_ptr(w)) });
+            }
+        }
+    }
+}
+
+/// State only the lock holder touches.
+#[derive(Default)]
+struct WriterState {
+    /// Entries the current reservation allows (kernel `max_fences` after
+    /// the debug reset); 0 after unlock.
+    reserved_upto: u32,
+    retired_lists: Vec<Arc<List>>,
+    retired_fences: Vec<Fence>,
+}
+
+/// Retired objects taken for freeing.
+struct Retired {
+    lists: Vec<Arc<List>>,
+    fences: Vec<Fence>,
+}
+
+/// A read section: while it lives, nothing retired after it began is freed.
+struct ReadSection<'a>(&'a AtomicUsize);
+
+impl Drop for ReadSection<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `struct dma_resv`.
 pub struct DmaResv {
-    st: Mutex<St>,
-    cv: Condvar,
+    lock: WwMutex,
+    /// `Arc::into_raw` of the current [`List`], 0 for none.
+    fences: AtomicUsize,
+    readers: AtomicUsize,
+    w: UnsafeCell<WriterState>,
 }
 
-/// Lock guard.
-pub struct ResvGuard<'a> {
-    resv: &'a DmaResv,
-}
+// SAFETY: `w` is touched only by the thread holding `lock`, inside
+// `with_w`, whose closures never call out of this module; the list and slots
+// are atomics published as described in the module docs.
+unsafe impl Sync for DmaResv {}
+// SAFETY: every field is Send (fences are Send + Sync).
+unsafe impl Send for DmaResv {}
 
 impl Default for DmaResv {
     fn default() -> Self {
@@ -53,96 +324,882 @@ impl Default for DmaResv {
     }
 }
 
+impl fmt::Debug for DmaResv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaResv")
+            .field("locked", &self.is_locked())
+            .field("ctx", &self.locking_ctx())
+            .field("fences", &self.get_fences(Usage::Bookkeep))
+            .finish()
+    }
+}
+
+impl Drop for DmaResv {
+    fn drop(&mut self) {
+        let p = self.fences.load(Ordering::Acquire);
+        if p != 0 {
+            // SAFETY: the published pointer owns one reference; `&mut self`
+            // means no reader is left.
+            drop(unsafe { Arc::from_raw(std::ptr::with_exposed_provenance::<List>(p)) });
+        }
+    }
+}
+
 impl DmaResv {
-    /// New.
+    /// `dma_resv_init`: unlocked, no fences.
     pub fn new() -> Self {
         Self {
-            st: Mutex::new(St {
-                owner: None,
-                fences: vec![],
-            }),
-            cv: Condvar::new(),
+            lock: WwMutex::new(&RESERVATION_WW_CLASS),
+            fences: AtomicUsize::new(0),
+            readers: AtomicUsize::new(0),
+            w: UnsafeCell::new(WriterState::default()),
         }
     }
-    /// Lock.
-    pub fn lock(&self) -> ResvGuard<'_> {
-        let mut g = self.st.lock();
-        while g.owner.is_some() {
-            g = self.cv.wait(g);
+
+    #[inline]
+    fn read_section(&self) -> ReadSection<'_> {
+        self.readers.fetch_add(1, Ordering::SeqCst);
+        ReadSection(&self.readers)
+    }
+
+    /// The current list, valid while `_rs` lives.
+    #[inline]
+    fn list_in<'s>(&'s self, _rs: &'s ReadSection<'_>) -> Option<&'s List> {
+        let p = self.fences.load(Ordering::SeqCst);
+        // SAFETY: a list published when the section was active is retired,
+        // not freed, until the section ends.
+        (p != 0).then(|| unsafe { &*std::ptr::with_exposed_provenance::<List>(p) })
+    }
+
+    /// A counted reference to the current list (and its pointer).
+    fn snapshot(&self) -> (usize, Option<Arc<List>>) {
+        let _rs = self.read_section();
+        let p = self.fences.load(Ordering::SeqCst);
+        if p == 0 {
+            return (0, None);
         }
-        g.owner = Some(std::thread::current().id());
-        ResvGuard { resv: self }
+        let ptr = std::ptr::with_exposed_provenance::<List>(p);
+        // SAFETY: alive during the section (see `list_in`); we add the
+        // reference we then own.
+        let arc = unsafe {
+            Arc::increment_strong_count(ptr);
+            Arc::from_raw(ptr)
+        };
+        (p, Some(arc))
     }
-    /// Held by the calling thread.
-    pub fn is_held_by_current(&self) -> bool {
-        self.st.lock().owner == Some(std::thread::current().id())
+
+    /// Reads slot `i` of `list` as a new reference.
+    fn read_slot(&self, list: &List, i: u32) -> Option<(Fence, Usage)> {
+        let _rs = self.read_section();
+        let w = list.slots.get(i as usize)?.load(Ordering::SeqCst);
+        // SAFETY: in a read section, and `list` is alive (caller holds it).
+        (w != 0).then(|| (unsafe { clone_fence(w) }, Usage::from_bits(w)))
     }
-    /// Wait.
+
+    /// Runs `f` on the writer state.
+    ///
+    /// # Safety
+    /// The calling thread holds the lock, and `f` calls nothing outside
+    /// this module (no fence method, no drop of a fence or list), so no
+    /// second borrow can start while it runs.
+    unsafe fn with_w<R>(&self, f: impl FnOnce(&mut WriterState) -> R) -> R {
+        // SAFETY: per the contract, this is the only live borrow.
+        f(unsafe { &mut *self.w.get() })
+    }
+
+    fn check_held(&self) -> Result<(), ResvError> {
+        if self.lock.is_held_by_current_thread() {
+            Ok(())
+        } else {
+            Err(ResvError::NotHeld {
+                locked: self.lock.is_locked(),
+            })
+        }
+    }
+
+    /// Takes the retired objects if no reader can still see them. Lock
+    /// holder only, outside read sections.
+    #[inline]
+    fn take_reclaimable(&self) -> Option<Box<Retired>> {
+        // SAFETY: lock held (callers check); the closure reads lengths and
+        // moves vectors, running no foreign code.
+        unsafe {
+            self.with_w(|w| {
+                if w.retired_lists.is_empty() && w.retired_fences.is_empty() {
+                    return None;
+                }
+                if self.readers.load(Ordering::SeqCst) != 0 {
+                    return None;
+                }
+                Some(Box::new(Retired {
+                    lists: std::mem::take(&mut w.retired_lists),
+                    fences: std::mem::take(&mut w.retired_fences),
+                }))
+            })
+        }
+    }
+
+    /// Drops retired objects (running whatever their release runs, outside
+    /// any borrow of the writer state), then hands the emptied vectors back
+    /// if the caller still holds the lock, so steady-state replacement does
+    /// not allocate.
+    #[inline]
+    fn release_retired(&self, r: Option<Box<Retired>>) {
+        let Some(mut r) = r else { return };
+        r.lists.clear();
+        r.fences.clear();
+        if self.lock.is_held_by_current_thread() {
+            // SAFETY: lock held; the closure only moves empty vectors.
+            unsafe {
+                self.with_w(|w| {
+                    if w.retired_lists.capacity() == 0 {
+                        w.retired_lists = r.lists;
+                    }
+                    if w.retired_fences.capacity() == 0 {
+                        w.retired_fences = r.fences;
+                    }
+                })
+            };
+        }
+    }
+
+    fn reclaim(&self) {
+        self.release_retired(self.take_reclaimable());
+    }
+
+    fn retire_fence(&self, f: Fence) {
+        // SAFETY: lock held (callers check); pushing a fence runs no code.
+        unsafe { self.with_w(|w| w.retired_fences.push(f)) };
+    }
+
+    /// Publishes `new` as the list and retires the old one.
+    fn publish(&self, new: Option<Arc<List>>) {
+        let raw = new.map_or(0, |l| Arc::into_raw(l).expose_provenance());
+        let old = self.fences.swap(raw, Ordering::SeqCst);
+        if old != 0 {
+            // SAFETY: the published pointer owned one reference, now ours.
+            let old = unsafe { Arc::from_raw(std::ptr::with_exposed_provenance::<List>(old)) };
+            // SAFETY: lock held (callers check); pushing runs no code.
+            unsafe { self.with_w(|w| w.retired_lists.push(old)) };
+        }
+    }
+
+    // ---- locking -------------------------------------------------------
+
+    #[inline]
+    fn lock_mode(
+        &self,
+        ctx: Option<&mut WwAcquireCtx>,
+        mode: LockMode<'_>,
+        site: &'static Location<'static>,
+    ) -> Result<ResvGuard<'_>, ResvError> {
+        self.lock.lock_at(ctx, mode, site)?;
+        Ok(ResvGuard::new(self, true))
+    }
+
+    /// `dma_resv_lock`: 0 / `-EDEADLK` / `-EALREADY` as
+    /// [`WwMutex::lock`]. The guard unlocks when dropped.
+    #[track_caller]
+    pub fn lock(&self, ctx: Option<&mut WwAcquireCtx>) -> Result<ResvGuard<'_>, ResvError> {
+        let mode = LockMode {
+            slow: false,
+            cancel: None,
+        };
+        self.lock_mode(ctx, mode, Location::caller())
+    }
+
+    /// `dma_resv_lock_interruptible` (`-EINTR` when `cancel` fires while
+    /// waiting).
+    #[track_caller]
+    pub fn lock_interruptible(
+        &self,
+        ctx: Option<&mut WwAcquireCtx>,
+        cancel: &CancelToken,
+    ) -> Result<ResvGuard<'_>, ResvError> {
+        let mode = LockMode {
+            slow: false,
+            cancel: Some(cancel),
+        };
+        self.lock_mode(ctx, mode, Location::caller())
+    }
+
+    /// `dma_resv_lock_slow`: the contended lock after backing off.
+    #[track_caller]
+    pub fn lock_slow(&self, ctx: &mut WwAcquireCtx) -> Result<ResvGuard<'_>, ResvError> {
+        let mode = LockMode {
+            slow: true,
+            cancel: None,
+        };
+        self.lock_mode(Some(ctx), mode, Location::caller())
+    }
+
+    /// `dma_resv_lock_slow_interruptible`.
+    #[track_caller]
+    pub fn lock_slow_interruptible(
+        &self,
+        ctx: &mut WwAcquireCtx,
+        cancel: &CancelToken,
+    ) -> Result<ResvGuard<'_>, ResvError> {
+        let mode = LockMode {
+            slow: true,
+            cancel: Some(cancel),
+        };
+        self.lock_mode(Some(ctx), mode, Location::caller())
+    }
+
+    /// `dma_resv_trylock`: the lock if it is free, without a context.
+    #[track_caller]
+    pub fn trylock(&self) -> Option<ResvGuard<'_>> {
+        self.lock.trylock().then(|| ResvGuard::new(self, true))
+    }
+
+    /// `dma_resv_unlock` for a lock taken without keeping the guard (see
+    /// [`ResvGuard::keep_locked`]): forgets the reserved slots, unlocks and
+    /// frees what readers no longer see. Do not mix with a live owning
+    /// guard: the guard would unlock whatever session holds the lock when
+    /// it drops.
+    #[inline]
+    pub fn unlock(&self) -> Result<(), ResvError> {
+        // The ww-mutex checks ownership (NotLocked, NotOwner, changing
+        // nothing) before running the closure with the lock still held.
+        let freed = self.lock.unlock_with(thread_token(), || {
+            // SAFETY: lock held; the closure only touches an integer.
+            unsafe {
+                self.with_w(|w| {
+                    if w.reserved_upto != 0 {
+                        w.reserved_upto = 0;
+                    }
+                })
+            };
+            self.take_reclaimable()
+        })?;
+        self.release_retired(freed);
+        Ok(())
+    }
+
+    /// `dma_resv_is_locked`.
+    pub fn is_locked(&self) -> bool {
+        self.lock.is_locked()
+    }
+
+    /// `dma_resv_locking_ctx`: the stamp of the context holding the lock.
+    pub fn locking_ctx(&self) -> Option<u64> {
+        self.lock.locking_ctx()
+    }
+
+    /// Whether the calling thread holds the lock.
+    pub fn is_held_by_current_thread(&self) -> bool {
+        self.lock.is_held_by_current_thread()
+    }
+
+    /// Whether the calling thread holds the lock under `ctx`.
+    pub fn is_held_by_ctx(&self, ctx: &WwAcquireCtx) -> bool {
+        self.is_held_by_current_thread() && self.locking_ctx() == Some(ctx.stamp())
+    }
+
+    /// `dma_resv_assert_held`, as a hard error: `Ok` iff the calling thread
+    /// holds the lock.
+    pub fn assert_held(&self) -> Result<(), ResvError> {
+        self.check_held()
+    }
+
+    /// The "must not hold" side of the locking convention: `Ok` iff the
+    /// calling thread does not hold the lock.
+    pub fn assert_not_held(&self) -> Result<(), ResvError> {
+        if self.is_held_by_current_thread() {
+            Err(ResvError::HeldByCaller)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A guard proving the calling thread holds the lock, without owning
+    /// it (dropping it does not unlock): for code called with the lock held.
+    pub fn held(&self) -> Result<ResvGuard<'_>, ResvError> {
+        self.check_held()?;
+        Ok(ResvGuard::new(self, false))
+    }
+
+    // ---- unlocked readers ----------------------------------------------
+
+    /// `dma_resv_iter_begin` + `dma_resv_for_each_fence_unlocked`: the
+    /// unsignalled fences with usage `<= usage`, without the lock.
+    pub fn iter_unlocked(&self, usage: Usage) -> ResvIter<'_> {
+        ResvIter {
+            resv: self,
+            usage,
+            list: None,
+            snap: 0,
+            num: 0,
+            index: 0,
+            started: false,
+            restarted: false,
+        }
+    }
+
+    /// `dma_resv_get_fences`: references to the unsignalled fences with
+    /// usage `<= usage`.
+    pub fn get_fences(&self, usage: Usage) -> Vec<Fence> {
+        let mut out = Vec::new();
+        for e in self.iter_unlocked(usage) {
+            if e.restarted {
+                out.clear();
+            }
+            out.push(e.fence);
+        }
+        out
+    }
+
+    /// `dma_resv_get_singleton`: `None` with no fence, the fence itself with
+    /// one, otherwise a new `dma_fence_array` on a fresh context at seqno 1
+    /// (a container: never add it back to a reservation object).
+    pub fn get_singleton(&self, usage: Usage) -> Result<Option<Fence>, ResvError> {
+        let mut fences = self.get_fences(usage);
+        match fences.len() {
+            0 => Ok(None),
+            1 => Ok(fences.pop()),
+            _ => {
+                let ctx = context_alloc(1)?;
+                Ok(Some(FenceArray::create(fences, ctx, 1)?))
+            }
+        }
+    }
+
+    /// `dma_resv_wait_timeout`: waits on each unsignalled fence with usage
+    /// `<= usage` in turn, passing the remaining time on. Returns the time
+    /// left (at least 1; 1 when `timeout_ns` is 0 and all had signalled), 0
+    /// on timeout, or [`ResvError::Interrupted`] when `cancel` fires. May be
+    /// called with or without the lock.
     pub fn wait_timeout(
         &self,
         usage: Usage,
         cancel: Option<&CancelToken>,
-        timeout_ns: u64,
-    ) -> Result<u64, FenceError> {
-        let fs = self.get_fences(usage);
-        let mut left = timeout_ns;
-        for f in fs {
-            left = f.wait_timeout(cancel, left)?;
-            if left == 0 {
+        mut timeout_ns: u64,
+    ) -> Result<u64, ResvError> {
+        let mut ret = if timeout_ns == 0 { 1 } else { timeout_ns };
+        for e in self.iter_unlocked(usage) {
+            ret = e.fence.wait_timeout(cancel, timeout_ns)?;
+            if ret == 0 {
                 return Ok(0);
             }
+            if timeout_ns != 0 {
+                timeout_ns = ret;
+            }
         }
-        Ok(if timeout_ns == 0 { 1 } else { left })
+        Ok(ret)
     }
-    /// Unsignalled fences of usage <= u.
-    pub fn get_fences(&self, usage: Usage) -> Vec<Fence> {
-        self.st
-            .lock()
-            .fences
-            .iter()
-            .filter(|(f, u)| *u <= usage && !f.is_signaled())
-            .map(|(f, _)| f.clone())
-            .collect()
+
+    /// `dma_resv_wait_timeout` without a deadline.
+    pub fn wait(&self, usage: Usage, cancel: Option<&CancelToken>) -> Result<(), ResvError> {
+        self.wait_timeout(usage, cancel, MAX_SCHEDULE_TIMEOUT)
+            .map(|_| ())
     }
-    /// Singleton.
-    pub fn get_singleton(&self, usage: Usage) -> Result<Option<Fence>, FenceError> {
-        Ok(self.get_fences(usage).into_iter().next())
-    }
-    /// Test signaled.
+
+    /// `dma_resv_test_signaled`: true iff no fence with usage `<= usage` is
+    /// unsignalled. One read section over the current list, no references
+    /// taken.
     pub fn test_signaled(&self, usage: Usage) -> bool {
-        self.get_fences(usage).is_empty()
+        let rs = self.read_section();
+        let Some(list) = self.list_in(&rs) else {
+            return true;
+        };
+        let num = list.num.load(Ordering::SeqCst) as usize;
+        for s in &list.slots[..num.min(list.slots.len())] {
+            let w = s.load(Ordering::SeqCst);
+            if w == 0 || Usage::from_bits(w) > usage {
+                continue;
+            }
+            // SAFETY: in a read section.
+            if !unsafe { borrow_fence(w) }.is_signaled() {
+                return false;
+            }
+        }
+        true
     }
-    /// Describe.
-    pub fn describe(&self) -> String {
-        String::new()
+
+    /// `dma_resv_set_deadline`: forwards the hint to every unsignalled fence
+    /// with usage `<= usage`.
+    pub fn set_deadline(&self, usage: Usage, deadline_ns: u64) {
+        for e in self.iter_unlocked(usage) {
+            e.fence.set_deadline(deadline_ns);
+        }
+    }
+
+    /// Objects retired and not yet freed (readers were active at every
+    /// chance to free them).
+    pub fn retired_pending(&self) -> Result<usize, ResvError> {
+        self.check_held()?;
+        // SAFETY: lock held; the closure only reads lengths.
+        Ok(unsafe { self.with_w(|w| w.retired_lists.len() + w.retired_fences.len()) })
     }
 }
 
-impl ResvGuard<'_> {
-    /// The object.
-    pub fn resv(&self) -> &DmaResv {
-        self.resv
+impl WwLockable for DmaResv {
+    fn ww_lock(
+        &self,
+        ctx: &mut WwAcquireCtx,
+        slow: bool,
+        site: &'static Location<'static>,
+    ) -> Result<(), WwError> {
+        self.lock
+            .lock_at(Some(ctx), LockMode { slow, cancel: None }, site)
     }
-    /// Reserve.
-    pub fn reserve_fences(&self, _n: usize) -> Result<(), ResvError> {
-        Ok(())
+
+    fn ww_unlock(&self) -> Result<(), WwError> {
+        self.unlock().map_err(|e| match e {
+            ResvError::Ww(w) => w,
+            _ => WwError::NotLocked,
+        })
     }
-    /// Add.
-    pub fn add_fence(&self, f: &Fence, u: Usage) -> Result<(), ResvError> {
-        self.resv.st.lock().fences.push((f.clone(), u));
-        Ok(())
+}
+
+/// A [`LockSet`] of reservation objects.
+pub type ResvLockSet<'a> = LockSet<'a, DmaResv>;
+
+impl<'a> LockSet<'a, DmaResv> {
+    /// A set with a fresh context of [`RESERVATION_WW_CLASS`].
+    pub fn new_resv() -> Self {
+        LockSet::new(&RESERVATION_WW_CLASS)
+    }
+
+    /// A guard for a member of the set (it must be held by the set).
+    pub fn guard(&self, obj: &'a DmaResv) -> Result<ResvGuard<'a>, ResvError> {
+        if !self
+            .held()
+            .iter()
+            .any(|h| std::ptr::eq(*h as *const DmaResv, obj as *const DmaResv))
+        {
+            return Err(ResvError::NotHeld {
+                locked: obj.is_locked(),
+            });
+        }
+        obj.held()
+    }
+}
+
+/// Locks every object in `objs` with one acquire context, backing off and
+/// retrying on contention; the returned set holds them all.
+pub fn lock_all<'a>(objs: &[&'a DmaResv]) -> Result<ResvLockSet<'a>, ResvError> {
+    let mut set = ResvLockSet::new_resv();
+    set.lock_all(|s| {
+        for &o in objs {
+            s.lock(o)?;
+        }
+        Ok::<(), ResvError>(())
+    })?;
+    Ok(set)
+}
+
+/// One entry from an iteration: the fence (a reference of its own), its
+/// usage, and whether the iteration (re)started at it.
+#[derive(Clone, Debug)]
+pub struct ResvEntry {
+    /// The fence.
+    pub fence: Fence,
+    /// Its usage (`dma_resv_iter_usage`).
+    pub usage: Usage,
+    /// `dma_resv_iter_is_restarted`: true on the first entry after a
+    /// (re)start; whoever accumulates must reset on it.
+    pub restarted: bool,
+}
+
+/// The unlocked cursor (`struct dma_resv_iter` used with
+/// `dma_resv_for_each_fence_unlocked`).
+pub struct ResvIter<'a> {
+    resv: &'a DmaResv,
+    usage: Usage,
+    list: Option<Arc<List>>,
+    snap: usize,
+    num: u32,
+    index: u32,
+    started: bool,
+    restarted: bool,
+}
+
+impl fmt::Debug for ResvIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResvIter")
+            .field("usage", &self.usage)
+            .field("index", &self.index)
+            .field("num", &self.num)
+            .finish()
+    }
+}
+
+impl ResvIter<'_> {
+    fn restart(&mut self) {
+        let (p, list) = self.resv.snapshot();
+        self.snap = p;
+        self.num = list.as_ref().map_or(0, |l| l.num.load(Ordering::SeqCst));
+        self.list = list;
+        self.index = 0;
+        self.started = true;
+        self.restarted = true;
+    }
+
+    /// Forces the next step to restart, as if the list had been replaced
+    /// (the kernel test corrupts `cursor.fences` for this).
+    pub fn force_restart(&mut self) {
+        self.snap = usize::MAX;
+    }
+
+    /// `cursor.num_fences`: entries in the current snapshot.
+    pub fn num_fences(&self) -> u32 {
+        self.num
+    }
+}
+
+impl Iterator for ResvIter<'_> {
+    type Item = ResvEntry;
+
+    fn next(&mut self) -> Option<ResvEntry> {
+        loop {
+            if !self.started || self.resv.fences.load(Ordering::SeqCst) != self.snap {
+                self.restart();
+            }
+            let mut found = None;
+            while let Some(list) = self.list.as_deref()
+                && self.index < self.num
+            {
+                let i = self.index;
+                self.index += 1;
+                if let Some((f, u)) = self.resv.read_slot(list, i)
+                    && u <= self.usage
+                    && !f.is_signaled()
+                {
+                    found = Some((f, u));
+                    break;
+                }
+            }
+            if self.resv.fences.load(Ordering::SeqCst) != self.snap {
+                continue;
+            }
+            let restarted = std::mem::replace(&mut self.restarted, false);
+            return found.map(|(fence, usage)| ResvEntry {
+                fence,
+                usage,
+                restarted,
+            });
+        }
+    }
+}
+
+/// The locked cursor (`dma_resv_for_each_fence`): every entry with usage
+/// `<= usage`, signalled ones included, in table order.
+pub struct ResvLockedIter<'a> {
+    resv: &'a DmaResv,
+    usage: Usage,
+    list: Option<Arc<List>>,
+    num: u32,
+    index: u32,
+    first: bool,
+}
+
+impl fmt::Debug for ResvLockedIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResvLockedIter")
+            .field("usage", &self.usage)
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+impl Iterator for ResvLockedIter<'_> {
+    type Item = ResvEntry;
+
+    fn next(&mut self) -> Option<ResvEntry> {
+        let list = self.list.as_deref()?;
+        while self.index < self.num {
+            let i = self.index;
+            self.index += 1;
+            if let Some((fence, usage)) = self.resv.read_slot(list, i)
+                && usage <= self.usage
+            {
+                let restarted = std::mem::replace(&mut self.first, false);
+                return Some(ResvEntry {
+                    fence,
+                    usage,
+                    restarted,
+                });
+            }
+        }
+        None
+    }
+}
+
+/// Proof that the calling thread holds a reservation object's lock, and
+/// the handle for every call that needs it. An owning guard (from
+/// [`DmaResv::lock`]) unlocks when dropped; a borrowed one (from
+/// [`DmaResv::held`]) does not. Not `Send`: the lock belongs to this thread.
+pub struct ResvGuard<'a> {
+    resv: &'a DmaResv,
+    owning: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl fmt::Debug for ResvGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResvGuard")
+            .field("owning", &self.owning)
+            .finish()
     }
 }
 
 impl Drop for ResvGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
-        self.resv.st.lock().owner = None;
-        self.resv.cv.notify_all();
+        if self.owning {
+            // Not held any more (an explicit unlock came first) is fine.
+            let _ = self.resv.unlock();
+        }
     }
 }
 
-impl crate::errno::Errno for ResvError {
-    fn errno(&self) -> i32 {
-        crate::errno::EINTR
+impl<'a> ResvGuard<'a> {
+    fn new(resv: &'a DmaResv, owning: bool) -> Self {
+        Self {
+            resv,
+            owning,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The locked object.
+    pub fn resv(&self) -> &'a DmaResv {
+        self.resv
+    }
+
+    /// `dma_resv_unlock` now, reporting errors.
+    pub fn unlock(mut self) -> Result<(), ResvError> {
+        self.owning = false;
+        self.resv.unlock()
+    }
+
+    /// Keeps the lock held past the guard (kernel-shaped code that unlocks
+    /// elsewhere with [`DmaResv::unlock`]).
+    pub fn keep_locked(mut self) {
+        self.owning = false;
+    }
+
+    /// `dma_resv_reserve_fences`: makes room for `num_fences` more entries,
+    /// valid until unlock.
+    pub fn reserve_fences(&self, num_fences: u32) -> Result<(), ResvError> {
+        let r = self.reserve_inner(num_fences);
+        self.resv.reclaim();
+        r
+    }
+
+    fn reserve_inner(&self, n: u32) -> Result<(), ResvError> {
+        let resv = self.resv;
+        resv.check_held()?;
+        if n == 0 {
+            return Err(ResvError::ZeroReserve);
+        }
+        let rs = resv.read_section();
+        let old = resv.list_in(&rs);
+        let num = old.map_or(0, |l| l.num.load(Ordering::Relaxed));
+        let too_many = ResvError::TooManyFences { num, requested: n };
+        let need = num.checked_add(n).ok_or(too_many.clone())?;
+        let max = match old {
+            Some(l) if l.cap() > 0 => {
+                if need <= l.cap() {
+                    // SAFETY: lock held; the closure only updates an integer.
+                    unsafe { resv.with_w(|w| w.reserved_upto = w.reserved_upto.max(need)) };
+                    return Ok(());
+                }
+                need.max(l.cap().saturating_mul(2))
+            }
+            _ => n.checked_next_power_of_two().ok_or(too_many)?.max(4),
+        };
+        let new = List::with_capacity(max);
+        let mut j = 0;
+        if let Some(old) = old {
+            for s in &old.slots[..num as usize] {
+                let w = s.load(Ordering::Relaxed);
+                if w == 0 {
+                    continue;
+                }
+                // SAFETY: in a read section, and we are the only writer.
+                let f = unsafe { borrow_fence(w) };
+                if !f.is_signaled() {
+                    new.slots[j as usize]
+                        .store(pack((*f).clone(), Usage::from_bits(w)), Ordering::Relaxed);
+                    j += 1;
+                }
+            }
+        }
+        new.num.store(j, Ordering::Relaxed);
+        drop(rs);
+        resv.publish(Some(Arc::new(new)));
+        // SAFETY: lock held; the closure only updates an integer.
+        unsafe {
+            resv.with_w(|w| {
+                let free = w.reserved_upto.saturating_sub(num);
+                w.reserved_upto = j + free.max(n);
+            })
+        };
+        Ok(())
+    }
+
+    /// `dma_resv_add_fence`: the replacement rules of the module docs.
+    /// Refuses containers, and an append without a reserved slot.
+    pub fn add_fence(&self, fence: &Fence, usage: Usage) -> Result<(), ResvError> {
+        let r = self.add_inner(fence, usage);
+        self.resv.reclaim();
+        r
+    }
+
+    fn add_inner(&self, fence: &Fence, usage: Usage) -> Result<(), ResvError> {
+        let resv = self.resv;
+        resv.check_held()?;
+        if fence.is_container() {
+            return Err(ResvError::ContainerFence {
+                context: fence.context(),
+                seqno: fence.seqno(),
+            });
+        }
+        let rs = resv.read_section();
+        // SAFETY: lock held; the closure only reads an integer.
+        let reserved = unsafe { resv.with_w(|w| w.reserved_upto) };
+        let Some(list) = resv.list_in(&rs) else {
+            return Err(ResvError::NoSlotReserved { num: 0, reserved });
+        };
+        let count = list.num.load(Ordering::Relaxed);
+        for s in &list.slots[..count as usize] {
+            let w = s.load(Ordering::Relaxed);
+            if w == 0 {
+                continue;
+            }
+            // SAFETY: in a read section.
+            let old = unsafe { borrow_fence(w) };
+            let old_usage = Usage::from_bits(w);
+            let same_timeline = old.context() == fence.context()
+                && old_usage >= usage
+                && fence.is_later_or_same(&old).unwrap_or(false);
+            if same_timeline || old.is_signaled() {
+                let prev = s.swap(pack(fence.clone(), usage), Ordering::SeqCst);
+                // SAFETY: the slot owned one reference, now ours.
+                let prev = unsafe { Arc::from_raw(fence_ptr(prev)) };
+                resv.retire_fence(Fence(prev));
+                return Ok(());
+            }
+        }
+        if count >= reserved.min(list.cap()) {
+            return Err(ResvError::NoSlotReserved {
+                num: count,
+                reserved,
+            });
+        }
+        list.slots[count as usize].store(pack(fence.clone(), usage), Ordering::SeqCst);
+        list.num.store(count + 1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// `dma_resv_replace_fences`: every entry from `context` becomes
+    /// `replacement` with `usage`.
+    pub fn replace_fences(
+        &self,
+        context: u64,
+        replacement: &Fence,
+        usage: Usage,
+    ) -> Result<(), ResvError> {
+        let r = self.replace_inner(context, replacement, usage);
+        self.resv.reclaim();
+        r
+    }
+
+    fn replace_inner(&self, context: u64, rep: &Fence, usage: Usage) -> Result<(), ResvError> {
+        let resv = self.resv;
+        resv.check_held()?;
+        if rep.is_container() {
+            return Err(ResvError::ContainerFence {
+                context: rep.context(),
+                seqno: rep.seqno(),
+            });
+        }
+        let rs = resv.read_section();
+        let Some(list) = resv.list_in(&rs) else {
+            return Ok(());
+        };
+        let count = list.num.load(Ordering::Relaxed) as usize;
+        for s in &list.slots[..count] {
+            let w = s.load(Ordering::Relaxed);
+            // SAFETY: the pointer is alive: we are in a read section.
+            if w == 0 || unsafe { borrow_fence(w) }.context() != context {
+                continue;
+            }
+            let prev = s.swap(pack(rep.clone(), usage), Ordering::SeqCst);
+            // SAFETY: the slot owned one reference, now ours.
+            resv.retire_fence(Fence(unsafe { Arc::from_raw(fence_ptr(prev)) }));
+        }
+        Ok(())
+    }
+
+    /// `dma_resv_copy_fences`: replaces this object's list by the
+    /// unsignalled fences of `src` with their usages (read without `src`'s
+    /// lock). Consumes the reserved slots.
+    pub fn copy_fences(&self, src: &DmaResv) -> Result<(), ResvError> {
+        self.resv.check_held()?;
+        let mut entries = Vec::new();
+        let mut cap = 0;
+        let mut it = src.iter_unlocked(Usage::Bookkeep);
+        while let Some(e) = it.next() {
+            if e.restarted {
+                entries.clear();
+                cap = it.num_fences();
+            }
+            entries.push((e.fence, e.usage));
+        }
+        let new = (!entries.is_empty()).then(|| {
+            let l = List::with_capacity(cap.max(entries.len() as u32));
+            for (i, (f, u)) in entries.into_iter().enumerate() {
+                l.slots[i].store(pack(f, u), Ordering::Relaxed);
+                l.num.store(i as u32 + 1, Ordering::Relaxed);
+            }
+            Arc::new(l)
+        });
+        let num = new.as_ref().map_or(0, |l| l.num.load(Ordering::Relaxed));
+        self.resv.publish(new);
+        // SAFETY: lock held; the closure only writes an integer.
+        unsafe { self.resv.with_w(|w| w.reserved_upto = num) };
+        self.resv.reclaim();
+        Ok(())
+    }
+
+    /// `dma_resv_for_each_fence`: every entry with usage `<= usage`,
+    /// signalled ones included, in table order.
+    pub fn for_each_fence(&self, usage: Usage) -> ResvLockedIter<'a> {
+        let (_, list) = self.resv.snapshot();
+        ResvLockedIter {
+            resv: self.resv,
+            usage,
+            num: list.as_ref().map_or(0, |l| l.num.load(Ordering::SeqCst)),
+            list,
+            index: 0,
+            first: true,
+        }
+    }
+
+    /// Entries in the list (`num_fences`), signalled ones included.
+    pub fn num_fences(&self) -> u32 {
+        let rs = self.resv.read_section();
+        self.resv
+            .list_in(&rs)
+            .map_or(0, |l| l.num.load(Ordering::SeqCst))
+    }
+
+    /// Capacity of the list (`max_fences` as allocated).
+    pub fn max_fences(&self) -> u32 {
+        let rs = self.resv.read_section();
+        self.resv.list_in(&rs).map_or(0, List::cap)
+    }
+
+    /// `dma_resv_describe`: one line per fence with usage `<= Read`:
+    /// `"\t<usage> fence:<dma_fence_describe>\n"` (the kernel prints no
+    /// space between `fence:` and the description).
+    pub fn describe(&self) -> String {
+        self.for_each_fence(Usage::Read)
+            .map(|e| format!("\t{} fence:{}\n", e.usage, e.fence.describe()))
+            .collect()
     }
 }

@@ -14,6 +14,9 @@
 
 pub mod dma_buf;
 pub mod dma_fence;
+pub mod dma_fence_array;
+pub mod dma_fence_chain;
+pub mod dma_fence_unwrap;
 pub mod dma_resv;
 pub mod errno;
 pub mod lockdep;
@@ -22,12 +25,23 @@ pub mod sync;
 pub mod sync_file;
 pub mod trace;
 pub mod uapi;
+pub mod ww_mutex;
+
+#[cfg(test)]
+mod kunit;
+#[cfg(test)]
+mod kunit_resv;
 
 pub use dma_fence::{
     Callback, CancelToken, Fence, FenceContext, FenceError, FenceKind, FenceOps,
     MAX_SCHEDULE_TIMEOUT, NamedOps, SignalHandle,
 };
+pub use dma_fence_array::FenceArray;
+pub use dma_fence_chain::FenceChain;
+pub use dma_resv::{DmaResv, ResvError, ResvGuard, Usage};
 pub use errno::Errno;
+pub use sync_file::SyncFile;
+pub use ww_mutex::{LockSet, RESERVATION_WW_CLASS, WwAcquireCtx, WwClass, WwError, WwMutex};
 
 #[cfg(test)]
 mod dma_buf_tests;

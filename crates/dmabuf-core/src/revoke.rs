@@ -266,7 +266,7 @@ impl Revocable {
         );
         let mut out = RevokeOutcome::default();
         {
-            let g = buf.resv().lock();
+            let g = buf.resv().lock(None)?;
             out.already_revoked = self.is_revoked();
             self.mark_revoked(&g);
             out.notified = dma_buf::invalidate_mappings(buf, &g)?;
@@ -298,7 +298,7 @@ impl Revocable {
             return Ok(());
         }
         {
-            let g = buf.resv().lock();
+            let g = buf.resv().lock(None)?;
             dma_buf::invalidate_mappings(buf, &g)?;
             buf.resv()
                 .wait_timeout(Usage::Bookkeep, None, MAX_SCHEDULE_TIMEOUT)?;
@@ -312,7 +312,7 @@ impl Revocable {
                 )));
             }
         }
-        let g = buf.resv().lock();
+        let g = buf.resv().lock(None)?;
         self.clear_revoked(&g);
         trace_event!(
             "dma_buf_unrevoke",

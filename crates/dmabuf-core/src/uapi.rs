@@ -473,11 +473,11 @@ impl Process {
                 } else {
                     Usage::Read
                 };
-                let leaves = sf.leaves();
+                let leaves: Vec<Fence> = crate::dma_fence_unwrap::leaves(sf.fence()).collect();
                 if !leaves.is_empty() {
-                    let g = b.resv().lock();
-                    g.reserve_fences(leaves.len())
-                        .map_err(|e| SysError::from_err(&e))?;
+                    let g = b.resv().lock(None).map_err(|e| SysError::from_err(&e))?;
+                    let n = u32::try_from(leaves.len()).map_err(|_| SysError(errno::ENOMEM))?;
+                    g.reserve_fences(n).map_err(|e| SysError::from_err(&e))?;
                     for f in &leaves {
                         g.add_fence(f, usage).map_err(|e| SysError::from_err(&e))?;
                     }
@@ -519,8 +519,7 @@ impl Process {
                 name[31] = 0;
                 let end = name.iter().position(|&c| c == 0).unwrap_or(31);
                 let name = String::from_utf8_lossy(&name[..end]).into_owned();
-                let merged =
-                    SyncFile::merge(&name, s, &other).map_err(|e| SysError::from_err(&e))?;
+                let merged = SyncFile::merge(&name, s, &other);
                 let fd = self.install(File::SyncFile(Arc::new(merged)), true)?;
                 let mut out = p.clone();
                 out[36..40].copy_from_slice(&fd.to_le_bytes());
@@ -539,7 +538,7 @@ impl Process {
                 if flags != 0 || pad != 0 {
                     return Err(SysError(errno::EINVAL));
                 }
-                let infos = s.fence_infos();
+                let infos = s.info().fences;
                 let n = infos.len() as u32;
                 let mut status: i32;
                 if want == 0 {
@@ -564,7 +563,7 @@ impl Process {
                     self.user_write(ptr, &arr)?;
                 }
                 let mut out = p.clone();
-                put_cstr(&mut out[..32], &s.name());
+                put_cstr(&mut out[..32], &s.get_name());
                 out[32..36].copy_from_slice(&status.to_le_bytes());
                 out[40..44].copy_from_slice(&n.to_le_bytes());
                 self.user_write(arg, &out)?;

@@ -25,7 +25,7 @@ fn proc_with_buf() -> (Arc<Process>, i32, DmaBuf, Arc<MockExp>) {
 fn add(buf: &DmaBuf, usage: Usage) -> (Fence, SignalHandle) {
     let ctx = FenceContext::named("drv", "tl");
     let (f, h) = ctx.create();
-    let g = buf.resv().lock();
+    let g = buf.resv().lock(None).unwrap();
     g.reserve_fences(1).unwrap();
     g.add_fence(&f, usage).unwrap();
     (f, h)

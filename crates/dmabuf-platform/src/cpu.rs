@@ -42,6 +42,9 @@ use std::fmt;
 /// reports success without inserting a PTE, or a zap racing every retry).
 const MAX_FAULT_RETRIES: u32 = 8;
 
+/// The largest CPU mapping, in pages (4 GiB).
+pub const MAX_MAPPING_PAGES: u64 = 1 << 20;
+
 /// A fault handler's failure (`VM_FAULT_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmFault {
@@ -126,6 +129,14 @@ pub enum CpuError {
     /// A mapping of zero pages.
     #[error("empty mapping {0}")]
     Empty(String),
+    /// A mapping larger than [`MAX_MAPPING_PAGES`].
+    #[error("mapping {vma} of {pages} pages is larger than {MAX_MAPPING_PAGES} pages")]
+    TooLarge {
+        /// Mapping name.
+        vma: String,
+        /// Pages asked for.
+        pages: u64,
+    },
 }
 
 impl Errno for CpuError {
@@ -136,6 +147,7 @@ impl Errno for CpuError {
             CpuError::OutOfRange { .. } | CpuError::Unmapped { .. } => errno::EFAULT,
             CpuError::FaultLoop { .. } => errno::EFAULT,
             CpuError::BadInsert { .. } | CpuError::Empty(_) => errno::EINVAL,
+            CpuError::TooLarge { .. } => errno::ENOMEM,
         }
     }
 }
@@ -187,6 +199,12 @@ impl CpuMapping {
     ) -> Result<Self, CpuError> {
         if pages == 0 {
             return Err(CpuError::Empty(name.into()));
+        }
+        if pages > MAX_MAPPING_PAGES {
+            return Err(CpuError::TooLarge {
+                vma: name.into(),
+                pages,
+            });
         }
         Ok(Self(Arc::new(VmaInner {
             id,

@@ -49,7 +49,9 @@
 //! lock (held while a job's operations or a read-ahead pass run) -> read-ahead
 //! lock -> domain IOTLB lock -> page byte lock. Fences are signalled with no
 //! engine lock held, so fence callbacks may submit, drain or stop the engine
-//! (stop from the engine's own thread does not join itself).
+//! (stop from the engine's own thread does not join itself). Running a job
+//! is a fence signalling section (`dma_fence_begin_signalling`), so an IOMMU
+//! fault handler that waits on a fence there shows up in lockdep.
 
 use crate::access::{Fabric, Io, OpState, Req, Target};
 use crate::iommu::{FaultResponse, Iommu, IommuFaultCause, IommuFaultEvent};
@@ -59,6 +61,7 @@ use crate::pci::{DeviceId, F_D3HOT, F_MASTER, F_PRESENT, F_RESET, F_UNPLUGGED};
 use crate::trace;
 use dmabuf_core::SignalHandle;
 use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::lockdep;
 use dmabuf_core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use dmabuf_core::sync::thread::{self, JoinHandle};
 use dmabuf_core::sync::{Arc, Condvar, Mutex};
@@ -67,6 +70,9 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
+
+/// The longest single operation (a job's buffers are allocated up front).
+pub const MAX_OP_LEN: usize = 1 << 28;
 
 /// A DMA address as the device issues it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -258,9 +264,9 @@ pub enum DmaFault {
         /// Why.
         why: &'static str,
     },
-    /// The address range wraps around.
-    #[error("range {addr:#x}+{len:#x} wraps")]
-    Wraps {
+    /// The address range wraps around, or is longer than [`MAX_OP_LEN`].
+    #[error("range {addr:#x}+{len:#x} wraps or is longer than MAX_OP_LEN")]
+    BadRange {
         /// Start.
         addr: u64,
         /// Length.
@@ -276,7 +282,7 @@ impl Errno for DmaFault {
         match self {
             DmaFault::DeviceGone { .. } => errno::ENODEV,
             DmaFault::Cancelled => errno::ECANCELED,
-            DmaFault::Wraps { .. } => errno::EFAULT,
+            DmaFault::BadRange { .. } => errno::EFAULT,
             _ => errno::EIO,
         }
     }
@@ -297,6 +303,14 @@ pub enum DmaError {
     /// No such device.
     #[error("no device {0}")]
     NoSuchDevice(DeviceId),
+    /// An operation longer than [`MAX_OP_LEN`].
+    #[error("operation {index} of the job is {len:#x} bytes, more than {MAX_OP_LEN:#x}")]
+    OpTooLong {
+        /// Index of the operation in the job.
+        index: usize,
+        /// Its length.
+        len: usize,
+    },
     /// `step` on an engine that has its own thread.
     #[error("engine {0} runs its own thread; step is for manual engines")]
     NotManual(String),
@@ -307,7 +321,7 @@ impl Errno for DmaError {
         match self {
             DmaError::Stopped(_) => errno::ECANCELED,
             DmaError::DeviceGone { .. } | DmaError::NoSuchDevice(_) => errno::ENODEV,
-            DmaError::NotManual(_) => errno::EINVAL,
+            DmaError::NotManual(_) | DmaError::OpTooLong { .. } => errno::EINVAL,
         }
     }
 }
@@ -369,6 +383,12 @@ impl DmaPort {
 
     /// A speculative read (data discarded): what read-ahead issues.
     pub fn read_speculative(&self, src: &DmaRef, len: usize) -> Result<(), DmaFault> {
+        if len > MAX_OP_LEN {
+            return Err(DmaFault::BadRange {
+                addr: src.addr.raw(),
+                len,
+            });
+        }
         let mut scratch = vec![0u8; len];
         self.access(&self.accessor, src, Io::Read(&mut scratch), true)
     }
@@ -402,7 +422,7 @@ impl DmaPort {
         let kind = io.kind();
         let start = r.addr.raw();
         if start.checked_add(len as u64).is_none() {
-            return Err(DmaFault::Wraps { addr: start, len });
+            return Err(DmaFault::BadRange { addr: start, len });
         }
         self.can_master()?;
         let fabric = &*self.fabric;
@@ -746,6 +766,10 @@ impl EngineInner {
             .unwrap_or_else(|| self.port.accessor.clone());
         let mut reads = Vec::new();
         let mut status = Ok(());
+        // From here until the fence is signalled this thread is on the
+        // fence's signalling path (the kernel's scheduler `run_job`): a fault
+        // handler that waits on a fence here is reported by lockdep.
+        let cookie = lockdep::begin_signalling_at("dma engine job");
         {
             let _x = self.exec.lock();
             trace_event!(
@@ -793,6 +817,7 @@ impl EngineInner {
             }
         }
         self.complete(id, job.fence, &slot, status, reads, &job.label);
+        lockdep::end_signalling(cookie);
     }
 
     fn complete(
@@ -966,7 +991,16 @@ impl DmaEngine {
     /// errno and the job is dropped.
     pub fn submit(&self, job: DmaJob) -> Result<JobTicket, DmaError> {
         let i = &self.inner;
-        let err = if i.q.lock().stopping {
+        let too_long = job.ops.iter().enumerate().find_map(|(index, op)| {
+            let len = match op {
+                DmaOp::Read { len, .. } | DmaOp::Fill { len, .. } | DmaOp::Copy { len, .. } => *len,
+                DmaOp::Write { data, .. } => data.len(),
+            };
+            (len > MAX_OP_LEN).then_some(DmaError::OpTooLong { index, len })
+        });
+        let err = if too_long.is_some() {
+            too_long
+        } else if i.q.lock().stopping {
             Some(DmaError::Stopped(i.name.clone()))
         } else if let Err(DmaFault::DeviceGone { device }) = i.port.can_master() {
             Some(DmaError::DeviceGone { device })

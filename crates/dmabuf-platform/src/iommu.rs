@@ -53,6 +53,8 @@ use std::fmt;
 /// The top of every domain's IOVA aperture (48-bit IOVAs).
 pub const IOVA_LIMIT: u64 = 1 << 48;
 const MAX_FAULT_LOG: usize = 4096;
+/// The largest IOTLB a domain gets, whatever the configuration asks.
+pub const MAX_IOTLB_ENTRIES: usize = 1 << 20;
 
 /// Identifies a domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -286,7 +288,7 @@ pub(crate) struct Iotlb {
 
 impl Iotlb {
     fn new(entries: usize) -> Self {
-        let n = entries.max(1).next_power_of_two();
+        let n = entries.clamp(1, MAX_IOTLB_ENTRIES).next_power_of_two();
         Self {
             slots: vec![None; n],
             mask: n as u64 - 1,

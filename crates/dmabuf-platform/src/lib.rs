@@ -43,7 +43,7 @@ pub mod trace;
 pub use cpu::{CpuError, CpuFaultHandler, CpuMapping, FixedPages, VmFault};
 pub use dma::{
     DmaAddr, DmaEngine, DmaError, DmaFault, DmaJob, DmaOp, DmaPort, DmaRef, EngineConfig, JobId,
-    JobOutcome, JobTicket, ReadaheadConfig,
+    JobOutcome, JobTicket, MAX_OP_LEN, ReadaheadConfig,
 };
 pub use iommu::{
     DomainId, FaultResponse, Iommu, IommuDomain, IommuError, IommuFaultCause, IommuFaultEvent,

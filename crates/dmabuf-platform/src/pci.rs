@@ -530,14 +530,18 @@ impl PciBus {
                 None => {
                     let base = inner.mem.mmio_base();
                     let end = base + inner.mem.mmio_size();
-                    let mut a = base.div_ceil(b.size) * b.size;
+                    let no_room = || PciError::NoMmioSpace {
+                        device: cfg.name.clone(),
+                        index: b.index,
+                        size: b.size,
+                    };
+                    let mut a = base
+                        .div_ceil(b.size)
+                        .checked_mul(b.size)
+                        .ok_or_else(no_room)?;
                     loop {
-                        if a + b.size > end {
-                            return Err(PciError::NoMmioSpace {
-                                device: cfg.name.clone(),
-                                index: b.index,
-                                size: b.size,
-                            });
+                        if a.checked_add(b.size).is_none_or(|e| e > end) {
+                            return Err(no_room());
                         }
                         if overlap(&taken, a, b.size).is_none() {
                             break a;
@@ -706,9 +710,9 @@ impl PciBus {
         if !self.inner.flr_delay.is_zero() {
             thread::sleep(self.inner.flr_delay);
         }
-        for d in &group {
-            d.end_reset()?;
-        }
+        // End every reset even if one device vanished meanwhile.
+        let ends: Vec<_> = group.iter().map(PciDevice::end_reset).collect();
+        ends.into_iter().collect::<Result<(), _>>()?;
         Ok(group.iter().map(|d| d.rec.id).collect())
     }
 }
@@ -929,6 +933,7 @@ mod tests {
             ),
             (DeviceConfig::new("a").bar_at(0, 0x1000, 0x1000), "window"),
             (DeviceConfig::new("a").bar_at(0, 0x20_0000, MMIO), "window"),
+            (DeviceConfig::new("a").bar(0, 1 << 63), "room"),
             (DeviceConfig::new("a").behind_switch("nope"), "switch"),
         ];
         for (cfg, what) in bad {
@@ -938,6 +943,7 @@ mod tests {
                 "size" => matches!(e, PciError::BarSize { .. }),
                 "unaligned" => matches!(e, PciError::BarUnaligned { .. }),
                 "window" => matches!(e, PciError::BarOutsideWindow { .. }),
+                "room" => matches!(e, PciError::NoMmioSpace { .. }),
                 _ => matches!(e, PciError::NoSuchSwitch(_)),
             };
             assert!(ok, "{what}: {e}");

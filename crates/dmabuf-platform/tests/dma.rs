@@ -381,3 +381,26 @@ fn a_threaded_engine_reads_ahead_while_idle_a_bounded_number_of_times() {
     assert_eq!(e.speculative_reads(), 4, "one after the job, then 3 idle");
     e.stop();
 }
+
+#[test]
+fn an_oversized_operation_is_refused_at_submit_with_its_fence_signalled() {
+    let m = machine();
+    let e = manual(&m);
+    let (f, h) = fences().create();
+    let r = e.submit(
+        DmaJob::new(vec![
+            DmaOp::fill(DmaAddr::Iova(0), 8, 0),
+            DmaOp::read(DmaAddr::Iova(0), MAX_OP_LEN + 1),
+        ])
+        .with_fence(h),
+    );
+    assert_eq!(
+        r.unwrap_err(),
+        DmaError::OpTooLong {
+            index: 1,
+            len: MAX_OP_LEN + 1
+        }
+    );
+    assert_eq!(f.get_status(), -dmabuf_core::errno::EINVAL);
+    assert_eq!(e.pending(), 0);
+}

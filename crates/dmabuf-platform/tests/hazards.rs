@@ -155,7 +155,7 @@ fn dma_outside_the_address_space_is_an_unsupported_request() {
     );
     assert!(matches!(
         m.gpu_port.read(&bus(u64::MAX - 1), &mut b),
-        Err(DmaFault::Wraps { .. })
+        Err(DmaFault::BadRange { .. })
     ));
 }
 

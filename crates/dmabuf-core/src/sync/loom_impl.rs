@@ -90,14 +90,14 @@ impl Condvar {
     pub fn new() -> Self {
         Self(loom::sync::Condvar::new())
     }
-    /// Waits for a notification.
-    pub fn wait<'a, T: ?Sized>(&self, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    /// Waits for a notification (loom's condvar needs a sized `T`).
+    pub fn wait<'a, T>(&self, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
         let MutexGuard { mutex, guard } = g;
         let guard = self.0.wait(guard).unwrap_or_else(|e| e.into_inner());
         MutexGuard { mutex, guard }
     }
     /// Waits for a notification; under loom this never reports a timeout.
-    pub fn wait_timeout<'a, T: ?Sized>(
+    pub fn wait_timeout<'a, T>(
         &self,
         g: MutexGuard<'a, T>,
         _d: Duration,
@@ -160,10 +160,24 @@ pub mod time {
     pub fn now_ns() -> u64 {
         0
     }
+    /// Zero under loom.
+    pub fn timestamp_ns() -> u64 {
+        0
+    }
 }
 
 /// Declares a thread-local (loom's, so each model thread has its own).
+/// Accepts std's `const { ... }` initialiser form, which loom's macro (an
+/// edition-2018 `expr` matcher) does not parse, by unwrapping it.
 #[macro_export]
 macro_rules! shim_thread_local {
-    ($($t:tt)*) => { loom::thread_local!($($t)*); };
+    () => {};
+    ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = const { $init:expr }; $($rest:tt)*) => {
+        loom::thread_local!($(#[$attr])* $vis static $name: $t = $init;);
+        $crate::shim_thread_local!($($rest)*);
+    };
+    ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = $init:expr; $($rest:tt)*) => {
+        loom::thread_local!($(#[$attr])* $vis static $name: $t = $init;);
+        $crate::shim_thread_local!($($rest)*);
+    };
 }

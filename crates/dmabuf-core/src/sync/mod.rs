@@ -30,12 +30,16 @@
 //!   operations (contended lock, condvar wait, park, join) hand the processor
 //!   to another task; the scheduler, not the OS, decides who runs next.
 //! * Time: [`time::now_ns`] is `CLOCK_MONOTONIC` on real threads and the
-//!   execution's virtual clock on controlled tasks. The virtual clock moves
+//!   execution's virtual clock on controlled tasks. [`time::timestamp_ns`]
+//!   is the same for hot paths, read from the TSC on real threads (a few
+//!   tens of ns from the real clock, monotonic per thread). The virtual clock moves
 //!   only when every task is blocked and one of them waits with a deadline.
 //! * Process-wide counters that are never part of a model (context ids, inode
 //!   numbers) use [`atomic::global`], which is always the std type, so they
 //!   can be `static` under loom too.
 
+#[cfg(not(loom))]
+mod fast_clock;
 #[cfg(not(loom))]
 mod std_impl;
 #[cfg(not(loom))]

@@ -480,6 +480,19 @@ pub mod time {
             .wrapping_add(ts.tv_nsec as u64)
     }
 
+    /// [`now_ns`] for hot paths (fence signal timestamps): on real threads a
+    /// TSC-extrapolated `CLOCK_MONOTONIC`, monotonic per thread and within
+    /// tens of nanoseconds of the real clock (see `fast_clock.rs`); the
+    /// virtual clock on controlled tasks.
+    #[inline]
+    pub fn timestamp_ns() -> u64 {
+        if sched::active() {
+            sched::now_ns()
+        } else {
+            super::super::fast_clock::now_ns()
+        }
+    }
+
     /// The time as the caller sees it: `CLOCK_MONOTONIC` on real threads, the
     /// execution's virtual clock on controlled tasks.
     #[inline]
