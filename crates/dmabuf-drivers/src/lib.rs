@@ -19,6 +19,7 @@ pub mod host;
 pub mod importers;
 pub mod job;
 pub mod policy;
+pub mod runner;
 pub mod system_heap;
 pub mod vfio;
 pub mod vfio_uapi;

@@ -303,6 +303,10 @@ pub struct TriggerReport {
     pub revoked: Vec<BufferRevoke>,
     /// Buffers un-revoked.
     pub unrevoked: Vec<u64>,
+    /// Buffers whose un-revoke was refused because a mapping from before
+    /// the revoke is still live (they stay revoked; a later un-revoke may
+    /// succeed once it is unmapped).
+    pub unrevoke_refused: Vec<u64>,
     /// Steps that failed after the revoke (the buffers stay revoked).
     pub errors: Vec<String>,
 }
@@ -863,6 +867,7 @@ impl VfioPciDevice {
                             report.unrevoked.push(file.ino());
                             self.0.unrevokes.fetch_add(1, Ordering::Relaxed);
                         }
+                        Err(VfioError::Unrevoke { ino, .. }) => report.unrevoke_refused.push(ino),
                         Err(e) => report.errors.push(e.to_string()),
                     }
                 }

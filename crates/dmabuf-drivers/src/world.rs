@@ -17,6 +17,8 @@
 //! `dmabuf_core::sync::sched::set_group`; on real threads stall mode is not
 //! available and `Normal` is the only mode.
 
+pub use crate::runner::{WorldProbe, run_world, run_world_with};
+
 use crate::policy::RevokePolicy;
 use dmabuf_platform::Hazard;
 use std::collections::BTreeMap;

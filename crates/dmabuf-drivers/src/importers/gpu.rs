@@ -53,7 +53,7 @@
 //! importer.
 
 use super::{
-    Counters, Declared, ImportError, Importer, Job, Stage, job_ops, map_and_declare,
+    Counters, Declared, ImportError, Importer, Job, Stage, job_ops, map_and_declare, read_page,
     unmap_declared,
 };
 use crate::host::Host;
@@ -534,14 +534,17 @@ impl Importer for GpuImport {
         self.ensure_bound(&attach, &g)?;
         let dev = &self.0.dev.0;
         let mut st = self.0.st.lock();
-        let at = st
-            .mapping
-            .as_ref()
-            .and_then(|m| m.dma_ref(page * PAGE_SIZE))
-            .ok_or_else(|| ImportError::Invalid {
-                stage: Stage::Job,
-                what: format!("page {page} outside the buffer"),
-            })?;
+        let refs = st.mapping.as_ref().and_then(|m| {
+            let pages = m.mapping().sg_table().len() / PAGE_SIZE;
+            Some((
+                m.dma_ref(page * PAGE_SIZE)?,
+                m.dma_ref(read_page(page, pages) * PAGE_SIZE)?,
+            ))
+        });
+        let (at, from) = refs.ok_or_else(|| ImportError::Invalid {
+            stage: Stage::Job,
+            what: format!("page {page} outside the buffer"),
+        })?;
         let mut deps = buf.resv().get_fences(Usage::Kernel);
         deps.extend(gate);
         let (fence, handle) = dev.fctx.create();
@@ -551,7 +554,7 @@ impl Importer for GpuImport {
         if dev.cfg.readahead {
             dev.engine.set_readahead(true);
         }
-        let job = DmaJob::new(job_ops(at, pattern)).with_label(format!("{} job", self.0.name));
+        let job = DmaJob::new(job_ops(at, from, pattern)).with_label(format!("{} job", self.0.name));
         let pj = submit_after(&dev.engine, deps, job, fence.clone(), handle);
         st.jobs.retain(|f| !f.is_signaled());
         st.jobs.push(fence);

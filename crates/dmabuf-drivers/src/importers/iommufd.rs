@@ -49,7 +49,7 @@
 //! Reservation lock → `pages->mutex` (the separate lockdep class iommufd
 //! gives dma-buf pages: for them this order, not mmap → mutex).
 
-use super::{Counters, ImportError, Importer, Job, Stage, job_ops};
+use super::{Counters, ImportError, Importer, Job, Stage, job_ops, read_page};
 use crate::host::Host;
 use crate::job::submit_after;
 use crate::vfio;
@@ -453,8 +453,9 @@ impl Importer for IommufdImporter {
         }
         // The guest device keeps using the IOVA whatever happened to it.
         let at = DmaAddr::Iova(GUEST_IOVA + page * PAGE_SIZE);
+        let from = DmaAddr::Iova(GUEST_IOVA + read_page(page, len / PAGE_SIZE) * PAGE_SIZE);
         let (f, h) = self.fctx.create();
-        let job = DmaJob::new(job_ops(at.into(), pattern)).with_label(format!("{} dma", self.name));
+        let job = DmaJob::new(job_ops(at.into(), from.into(), pattern)).with_label(format!("{} dma", self.name));
         self.counters.bump("jobs");
         Ok(Job::new(submit_after(
             &self.engine,

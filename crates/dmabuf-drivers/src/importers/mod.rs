@@ -266,18 +266,26 @@ pub fn unmap_declared(
     dma_buf::unmap_attachment(attach, d.mapping, guard)
 }
 
-/// The operations of one job: read what the page holds, write `pattern`.
-pub fn job_ops(at: DmaRef, pattern: u8) -> Vec<DmaOp> {
+/// The operations of one job: write `pattern` at `write_at`, then read
+/// what `read_at` holds (the page a previous job wrote, so data that
+/// survived a move can be checked). Writing first makes a job in flight
+/// across a revoke show whether a *write* got through.
+pub fn job_ops(write_at: DmaRef, read_at: DmaRef, pattern: u8) -> Vec<DmaOp> {
     vec![
-        DmaOp::Read {
-            src: at.clone(),
-            len: JOB_BYTES,
-        },
         DmaOp::Write {
-            dst: at,
+            dst: write_at,
             data: vec![pattern; JOB_BYTES],
         },
+        DmaOp::Read {
+            src: read_at,
+            len: JOB_BYTES,
+        },
     ]
+}
+
+/// The page a job that writes `page` reads: the next one, wrapping.
+pub fn read_page(page: u64, pages: u64) -> u64 {
+    (page + 1) % pages.max(1)
 }
 
 /// A job handed to an importer's device.
@@ -316,8 +324,8 @@ pub trait Importer: Send + Sync {
     /// dma-buf fd of `proc` before its device may use it.
     fn setup(&self, proc: &Arc<Process>, fd: i32) -> Result<(), ImportError>;
 
-    /// Queues a job on the device: read page `page`, then write `pattern`
-    /// to it; behind `gate` when given.
+    /// Queues a job on the device: write `pattern` to page `page`, then
+    /// read page [`read_page`]`(page)`; behind `gate` when given.
     fn submit(&self, page: u64, pattern: u8, gate: Option<Fence>) -> Result<Job, ImportError>;
 
     /// What userspace does after an un-revoke to use the buffer again

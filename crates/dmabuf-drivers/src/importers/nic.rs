@@ -21,7 +21,7 @@
 //! The MR table lock is a leaf. Fault handlers run on the engine thread
 //! with no platform lock held; they may take a reservation lock.
 
-use super::{ImportError, Job, Stage, job_ops};
+use super::{ImportError, Job, Stage, job_ops, read_page};
 use crate::host::Host;
 use crate::job::submit_after;
 use dmabuf_core::errno::{self, Errno};
@@ -191,12 +191,22 @@ impl Nic {
         }
     }
 
-    /// Posts a work request: read page `page` of the MR at `va`, then write
-    /// `pattern` there; behind `gate` when given.
-    pub fn post(&self, va: u64, page: u64, pattern: u8, gate: Option<Fence>, label: &str) -> Job {
+    /// Posts a work request on the MR at `va` of `pages` pages: write
+    /// `pattern` to page `page`, then read the next page; behind `gate`
+    /// when given.
+    pub fn post(
+        &self,
+        va: u64,
+        pages: u64,
+        page: u64,
+        pattern: u8,
+        gate: Option<Fence>,
+        label: &str,
+    ) -> Job {
         let at = DmaAddr::Iova(va + page * PAGE_SIZE);
+        let from = DmaAddr::Iova(va + read_page(page, pages) * PAGE_SIZE);
         let (f, h) = self.0.fctx.create();
-        let job = DmaJob::new(job_ops(at.into(), pattern)).with_label(label);
+        let job = DmaJob::new(job_ops(at.into(), from.into(), pattern)).with_label(label);
         Job::new(submit_after(
             &self.0.engine,
             gate.into_iter().collect(),

@@ -435,7 +435,14 @@ impl Importer for RdmaImporter {
         Ok(self
             .0
             .nic
-            .post(va, page, pattern, gate, &format!("{} wr", self.0.name)))
+            .post(
+                va,
+                len / dmabuf_platform::PAGE_SIZE,
+                page,
+                pattern,
+                gate,
+                &format!("{} wr", self.0.name),
+            ))
     }
 
     fn teardown(&self) -> Result<(), ImportError> {

@@ -23,7 +23,7 @@
 //! Reservation lock → the importer's state lock.
 
 use super::{
-    Counters, Declared, ImportError, Importer, Job, Stage, job_ops, map_and_declare,
+    Counters, Declared, ImportError, Importer, Job, Stage, job_ops, map_and_declare, read_page,
     unmap_declared,
 };
 use crate::host::Host;
@@ -131,15 +131,26 @@ impl Importer for StaticImporter {
     }
 
     fn submit(&self, page: u64, pattern: u8, gate: Option<Fence>) -> Result<Job, ImportError> {
-        let at = {
+        let (at, from) = {
             let st = self.st.lock();
-            st.mapped
+            let m = st
+                .mapped
                 .as_ref()
-                .and_then(|m| m.dma_ref(page * PAGE_SIZE))
-                .ok_or_else(|| ImportError::NotSetUp(self.name.clone()))?
+                .ok_or_else(|| ImportError::NotSetUp(self.name.clone()))?;
+            let pages = m.mapping().sg_table().len() / PAGE_SIZE;
+            let r = read_page(page, pages);
+            match (m.dma_ref(page * PAGE_SIZE), m.dma_ref(r * PAGE_SIZE)) {
+                (Some(a), Some(b)) => (a, b),
+                _ => {
+                    return Err(ImportError::Invalid {
+                        stage: Stage::Job,
+                        what: format!("page {page} outside the buffer"),
+                    });
+                }
+            }
         };
         let (f, h) = self.fctx.create();
-        let job = DmaJob::new(job_ops(at, pattern)).with_label(format!("{} job", self.name));
+        let job = DmaJob::new(job_ops(at, from, pattern)).with_label(format!("{} job", self.name));
         self.counters.bump("jobs");
         Ok(Job::new(submit_after(
             &self.engine,
