@@ -173,7 +173,9 @@ mod tests {
         unmap_phys(&host, b, iova, 4096).unwrap();
         assert_eq!(dom.iova_to_phys(iova), None);
         assert_eq!(
-            map_phys(&host, a, ram + 1, 4096, IommuPerm::RW).unwrap_err().errno(),
+            map_phys(&host, a, ram + 1, 4096, IommuPerm::RW)
+                .unwrap_err()
+                .errno(),
             errno::EINVAL
         );
     }

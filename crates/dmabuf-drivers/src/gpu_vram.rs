@@ -54,8 +54,8 @@ use dmabuf_core::sync::atomic::{AtomicU64, Ordering};
 use dmabuf_core::sync::{Arc, Mutex, Weak};
 use dmabuf_core::{Fence, FenceContext, trace_event};
 use dmabuf_platform::{
-    Accessor, Bar, DeviceId, DmaAddr, DmaEngine, DmaError, DmaJob, DmaOp, EngineConfig,
-    ExporterId, IommuPerm, MemoryError, MonitorError, P2pType, PAGE_SIZE, PciDevice,
+    Accessor, Bar, DeviceId, DmaAddr, DmaEngine, DmaError, DmaJob, DmaOp, EngineConfig, ExporterId,
+    IommuPerm, MemoryError, MonitorError, P2pType, PAGE_SIZE, PciDevice,
 };
 use std::any::Any;
 use std::fmt;
@@ -195,7 +195,10 @@ impl VramInner {
 
     fn page_addrs(&self, p: &Placement) -> Vec<u64> {
         match p {
-            Placement::Vram(pages) => pages.iter().map(|i| self.bar.addr + i * PAGE_SIZE).collect(),
+            Placement::Vram(pages) => pages
+                .iter()
+                .map(|i| self.bar.addr + i * PAGE_SIZE)
+                .collect(),
             Placement::System(frames) => frames.clone(),
         }
     }
@@ -415,7 +418,10 @@ impl VramBo {
             .and_then(|()| guard.add_fence(&fence, Usage::Kernel));
         if let Err(e) = added {
             gpu.free_placement(&new);
-            return Err(VramError::DmaBuf(DmaBufError::errno(e.errno(), e.to_string())));
+            return Err(VramError::DmaBuf(DmaBufError::errno(
+                e.errno(),
+                e.to_string(),
+            )));
         }
         let ops = gpu
             .page_addrs(&old)
@@ -481,7 +487,10 @@ impl DmaBufOps for VramBo {
     ) -> Result<SgTable, DmaBufError> {
         let gpu = self.gpu()?;
         let dev = Self::attach_dev(attach).ok_or_else(|| {
-            DmaBufError::errno(errno::EINVAL, format!("gpu_vram: no device {}", attach.dev()))
+            DmaBufError::errno(
+                errno::EINVAL,
+                format!("gpu_vram: no device {}", attach.dev()),
+            )
         })?;
         let (in_vram, pinned) = {
             let st = self.st.lock();
@@ -503,7 +512,9 @@ impl DmaBufOps for VramBo {
         for a in gpu.page_addrs(&placement) {
             let r = match (&placement, p2p) {
                 (Placement::Vram(_), P2pType::BusAddr) => Ok(a),
-                _ => dma_api::map_phys(&self.host, dev, a, PAGE_SIZE, IommuPerm::RW).map_err(api_err),
+                _ => {
+                    dma_api::map_phys(&self.host, dev, a, PAGE_SIZE, IommuPerm::RW).map_err(api_err)
+                }
             };
             match r {
                 Ok(d) => entries.push(SgEntry {
@@ -584,7 +595,11 @@ mod tests {
         let p = Platform::new(
             PlatformConfig::default()
                 .switch("sw0")
-                .device(DeviceConfig::new("vram0").bar(0, 0x4000).behind_switch("sw0"))
+                .device(
+                    DeviceConfig::new("vram0")
+                        .bar(0, 0x4000)
+                        .behind_switch("sw0"),
+                )
                 .device(DeviceConfig::new("peer0").behind_switch("sw0"))
                 .device(DeviceConfig::new("far0"))
                 .host_bridge_p2p(false),
@@ -611,7 +626,10 @@ mod tests {
         assert!(bar.contains(m.sg_table().entries[0].dma_addr, PAGE_SIZE));
         dma_buf::unmap_attachment_unlocked(&a, m).unwrap();
         let far = dma_buf::dynamic_attach(&buf, "far0", Some(p2p_ops())).unwrap();
-        assert!(!far.peer2peer(), "unreachable importer loses peer2peer at attach");
+        assert!(
+            !far.peer2peer(),
+            "unreachable importer loses peer2peer at attach"
+        );
         let m = dma_buf::map_attachment_unlocked(&far, DmaDirection::Bidirectional).unwrap();
         assert!(p.memory().is_ram(m.sg_table().entries[0].dma_addr));
         assert!(matches!(g.placement(&buf), Some(Placement::System(_))));
@@ -669,7 +687,11 @@ mod tests {
         let mut b = [0u8; 7];
         p.memory().peek(frames[0], &mut b).unwrap();
         assert_eq!(&b, b"payload");
-        assert_eq!(g.vram_free(), 4, "the old VRAM is free once the copy is done");
+        assert_eq!(
+            g.vram_free(),
+            4,
+            "the old VRAM is free once the copy is done"
+        );
         let back = g.migrate_all_to_vram();
         back[0].wait(None).unwrap();
         assert!(matches!(g.placement(&buf), Some(Placement::Vram(_))));

@@ -116,13 +116,21 @@ impl RevokePolicy {
     pub fn describe(self) -> &'static str {
         match self {
             RevokePolicy::V1CoreFlag => "v1 (11 Jan): core revoked flag; notify only, no waits",
-            RevokePolicy::V2InvalidateOnly => "baseline VFIO / v2: flag + invalidate under the lock, no wait",
+            RevokePolicy::V2InvalidateOnly => {
+                "baseline VFIO / v2: flag + invalidate under the lock, no wait"
+            }
             RevokePolicy::V3KernelWait => "v3 (20 Jan): + wait for Kernel-usage fences",
-            RevokePolicy::V4BookkeepWait => "v4 (21 Jan): + wait for Bookkeep fences ('hard barrier at fences')",
-            RevokePolicy::V5UnmapTimeout => "v5 (24 Jan): + wait for unmaps, 1 s timeout then proceed",
+            RevokePolicy::V4BookkeepWait => {
+                "v4 (21 Jan): + wait for Bookkeep fences ('hard barrier at fences')"
+            }
+            RevokePolicy::V5UnmapTimeout => {
+                "v5 (24 Jan): + wait for unmaps, 1 s timeout then proceed"
+            }
             RevokePolicy::V6Final => "v6/v7 (merged, 7.1): + unbounded wait for every unmap",
             RevokePolicy::V8bFinalNoGate => "v6 without refusing non-revocable importers at attach",
-            RevokePolicy::V9cGateInPin => "v6 with the revocability check in pin instead of attach (v2's idea)",
+            RevokePolicy::V9cGateInPin => {
+                "v6 with the revocability check in pin instead of attach (v2's idea)"
+            }
         }
     }
 }
@@ -168,7 +176,11 @@ mod tests {
             .collect();
         assert_eq!(
             unbounded,
-            vec![RevokePolicy::V6Final, RevokePolicy::V8bFinalNoGate, RevokePolicy::V9cGateInPin]
+            vec![
+                RevokePolicy::V6Final,
+                RevokePolicy::V8bFinalNoGate,
+                RevokePolicy::V9cGateInPin
+            ]
         );
         assert_eq!(RevokePolicy::V3KernelWait.fence_wait(), Some(Usage::Kernel));
         assert_eq!(RevokePolicy::V2InvalidateOnly.fence_wait(), None);

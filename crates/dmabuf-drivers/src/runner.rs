@@ -74,7 +74,7 @@ use crate::vfio_uapi::DmaRange;
 use crate::world::{
     ExporterKind, ImporterKind, ImporterSpec, Observation, Refusal, StallMode, Trigger, WorldSpec,
 };
-use dmabuf_core::dma_buf;
+use dmabuf_core::dma_buf::{self, DmaBufRef};
 use dmabuf_core::errno::Errno;
 use dmabuf_core::sync::sched;
 use dmabuf_core::sync::thread::{self, JoinHandle};
@@ -236,8 +236,16 @@ fn build_platform(spec: &WorldSpec) -> Result<Platform, String> {
     cfg.flr_delay = RESET_WINDOW;
     cfg.max_devices = 16 + spec.importers.iter().map(|s| s.count).sum::<usize>();
     cfg = match spec.exporter {
-        ExporterKind::Vfio => cfg.device(DeviceConfig::new("vfio0").bar(0, VFIO_BAR_SIZE).behind_switch("sw0")),
-        ExporterKind::GpuVram => cfg.device(DeviceConfig::new("vram0").bar(0, VFIO_BAR_SIZE).behind_switch("sw0")),
+        ExporterKind::Vfio => cfg.device(
+            DeviceConfig::new("vfio0")
+                .bar(0, VFIO_BAR_SIZE)
+                .behind_switch("sw0"),
+        ),
+        ExporterKind::GpuVram => cfg.device(
+            DeviceConfig::new("vram0")
+                .bar(0, VFIO_BAR_SIZE)
+                .behind_switch("sw0"),
+        ),
         ExporterKind::SystemHeap => cfg,
     };
     let mut index = 0;
@@ -255,7 +263,9 @@ fn make_importer(
     s: &ImporterSpec,
     name: &str,
 ) -> Result<Arc<dyn Importer>, ImportError> {
-    let dev = host.device_by_name(name).ok_or_else(|| ImportError::NotSetUp(name.into()))?;
+    let dev = host
+        .device_by_name(name)
+        .ok_or_else(|| ImportError::NotSetUp(name.into()))?;
     Ok(match s.kind {
         ImporterKind::Static => Arc::new(StaticImporter::new(host, name, dev)?),
         ImporterKind::Gpu | ImporterKind::GpuKernelFence => {
@@ -323,10 +333,10 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
     let gate_ctx = FenceContext::named("world", "gate");
     let (gate, gate_h) = gate_ctx.create();
     let vmm = Process::new(1);
-    let inos = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let bufs = Arc::new(Mutex::new(Vec::<DmaBufRef>::new()));
 
     let timer = spawn_timer(&coord, gate_h);
-    let vmm_thread = spawn_vmm(spec, &exporter, &instances, &vmm, &coord, probe, &inos);
+    let vmm_thread = spawn_vmm(spec, &exporter, &instances, &vmm, &coord, probe, &bufs);
     let user_threads: Vec<JoinHandle<()>> = instances
         .iter()
         .map(|inst| spawn_importer(spec, inst, &gate, &coord, probe))
@@ -344,7 +354,11 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
     for inst in &instances {
         inst.imp.shutdown();
     }
-    let spec_reads: usize = platform.engines().iter().map(|e| e.speculative_reads()).sum();
+    let spec_reads: usize = platform
+        .engines()
+        .iter()
+        .map(|e| e.speculative_reads())
+        .sum();
     bump(probe, "spec_reads", spec_reads as u64);
     platform.shutdown();
     if mode == StallMode::Normal {
@@ -353,7 +367,8 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
             inst.proc.close_all();
         }
     }
-    finish(mode, &host, &exporter, &instances, &inos.lock(), probe);
+    let bufs = bufs.lock().clone();
+    finish(mode, &host, &exporter, &instances, &bufs, probe);
     probe.snapshot()
 }
 
@@ -368,7 +383,9 @@ fn build_world(
             .ok_or_else(|| "no vfio0".to_string())
             .and_then(|d| VfioPciDevice::bind(host, d, spec.policy).map_err(|e| e.to_string()))
             .map(Exporter::Vfio),
-        ExporterKind::SystemHeap => SystemHeap::new(host).map(Exporter::Heap).map_err(|e| e.to_string()),
+        ExporterKind::SystemHeap => SystemHeap::new(host)
+            .map(Exporter::Heap)
+            .map_err(|e| e.to_string()),
         ExporterKind::GpuVram => host
             .device_by_name("vram0")
             .ok_or_else(|| "no vram0".to_string())
@@ -418,11 +435,11 @@ fn spawn_vmm(
     vmm: &Arc<Process>,
     coord: &Arc<Coord>,
     probe: &Arc<WorldProbe>,
-    inos: &Arc<Mutex<Vec<u64>>>,
+    bufs: &Arc<Mutex<Vec<DmaBufRef>>>,
 ) -> JoinHandle<()> {
     let exporter = exporter.clone();
     let procs: Vec<Arc<Process>> = instances.iter().map(|i| i.proc.clone()).collect();
-    let (vmm, coord, probe, inos) = (vmm.clone(), coord.clone(), probe.clone(), inos.clone());
+    let (vmm, coord, probe, bufs) = (vmm.clone(), coord.clone(), probe.clone(), bufs.clone());
     let cpu = spec.cpu_access;
     thread::spawn_named("vmm".into(), move || {
         sched::set_group("userspace");
@@ -436,7 +453,7 @@ fn spawn_vmm(
             }
         };
         if let Ok(b) = vmm.dma_buf_get(fd) {
-            inos.lock().push(b.ino());
+            bufs.lock().push(b.downgrade());
         }
         for p in &procs {
             if let Err(e) = vmm.send_fd(fd, p) {
@@ -454,7 +471,15 @@ fn export(exporter: &Exporter, vmm: &Process) -> Result<i32, String> {
     let len = BUF_PAGES * PAGE_SIZE;
     match exporter {
         Exporter::Vfio(v) => v
-            .export_dma_buf(vmm, 0, &[DmaRange { offset: 0, length: len }], 2)
+            .export_dma_buf(
+                vmm,
+                0,
+                &[DmaRange {
+                    offset: 0,
+                    length: len,
+                }],
+                2,
+            )
             .map_err(|e| e.to_string()),
         Exporter::Heap(h) => {
             let b = h.allocate(len, 2, 0).map_err(|e| e.to_string())?;
@@ -470,6 +495,11 @@ fn export(exporter: &Exporter, vmm: &Process) -> Result<i32, String> {
 fn cpu_touches(v: &VfioPciDevice, coord: &Coord, probe: &WorldProbe) {
     let m = match syscall(|| v.mmap_bar(0, Accessor::new("vmm"))) {
         Ok(m) => m,
+        // The trigger may have closed the device before the VMM got here.
+        Err(VfioError::Closed { .. }) => {
+            bump(probe, "cpu_mmap_refused", 1);
+            return;
+        }
         Err(e) => {
             probe.error(format!("mmap of BAR 0: {e}"));
             return;
@@ -506,7 +536,14 @@ struct Expect {
 
 impl Expect {
     /// A job wrote `pat` to `page` and read the next page.
-    fn check(&mut self, probe: &WorldProbe, name: &str, page: u64, pat: u8, r: &Result<Vec<u8>, i32>) {
+    fn check(
+        &mut self,
+        probe: &WorldProbe,
+        name: &str,
+        page: u64,
+        pat: u8,
+        r: &Result<Vec<u8>, i32>,
+    ) {
         let from = read_page(page, BUF_PAGES);
         match r {
             Ok(data) => {
@@ -551,7 +588,11 @@ fn spawn_importer(
     let cycle = spec.trigger == Trigger::UnrevokeCycle;
     let early = spec.map_during_invalidate;
     let single = spec.importers.iter().map(|s| s.count).sum::<usize>() == 1;
-    let check = single && matches!(spec.exporter, ExporterKind::SystemHeap | ExporterKind::GpuVram);
+    let check = single
+        && matches!(
+            spec.exporter,
+            ExporterKind::SystemHeap | ExporterKind::GpuVram
+        );
     thread::spawn_named(imp.name().to_owned(), move || {
         sched::set_group("userspace");
         let name = imp.name().to_owned();
@@ -585,7 +626,11 @@ fn spawn_importer(
             .map(|k| {
                 let page = k as u64 % BUF_PAGES;
                 let pat = pattern(index, k);
-                (page, pat, syscall(|| imp.submit(page, pat, Some(gate.clone()))))
+                (
+                    page,
+                    pat,
+                    syscall(|| imp.submit(page, pat, Some(gate.clone()))),
+                )
             })
             .collect();
         coord.update(|p| {
@@ -603,7 +648,10 @@ fn spawn_importer(
         if early {
             coord.wait(|p| p.trigger_begun, Some(POST_WAIT));
         } else {
-            coord.wait(|p| p.first_revoke_returned || p.trigger_done, Some(POST_WAIT));
+            coord.wait(
+                |p| p.first_revoke_returned || p.trigger_done,
+                Some(POST_WAIT),
+            );
             thread::sleep(POST_DELAY);
         }
         if cycle {
@@ -647,7 +695,8 @@ fn spawn_revoker(
     probe: &Arc<WorldProbe>,
     n: usize,
 ) -> JoinHandle<()> {
-    let (exporter, vmm, coord, probe) = (exporter.clone(), vmm.clone(), coord.clone(), probe.clone());
+    let (exporter, vmm, coord, probe) =
+        (exporter.clone(), vmm.clone(), coord.clone(), probe.clone());
     let spec = spec.clone();
     if let Exporter::Vfio(v) = &*exporter {
         let (coord2, probe2) = (coord.clone(), probe.clone());
@@ -673,7 +722,10 @@ fn spawn_revoker(
     }
     thread::spawn_named("revoker".into(), move || {
         sched::set_group("revoker");
-        coord.wait(|p| (p.fds_ready && p.setups_done >= n) || p.export_failed, None);
+        coord.wait(
+            |p| (p.fds_ready && p.setups_done >= n) || p.export_failed,
+            None,
+        );
         if mode == StallMode::StallUserspaceAtRevoke {
             sched::stall_group("userspace");
         }
@@ -721,11 +773,20 @@ fn run_trigger(
             }
             bump(probe, "migrations", 1);
         }
-        (_, t) => probe.error(format!("trigger {t:?} is not supported by {:?}", spec.exporter)),
+        (_, t) => probe.error(format!(
+            "trigger {t:?} is not supported by {:?}",
+            spec.exporter
+        )),
     }
 }
 
-fn vfio_trigger(spec: &WorldSpec, v: &VfioPciDevice, t: Trigger, coord: &Coord, probe: &WorldProbe) {
+fn vfio_trigger(
+    spec: &WorldSpec,
+    v: &VfioPciDevice,
+    t: Trigger,
+    coord: &Coord,
+    probe: &WorldProbe,
+) {
     match t {
         Trigger::Flr => report(probe, v.reset(ResetKind::Flr)),
         Trigger::DeviceReset => report(probe, v.reset(ResetKind::DeviceReset)),
@@ -767,7 +828,7 @@ fn finish(
     host: &Host,
     exporter: &Exporter,
     instances: &[Instance],
-    inos: &[u64],
+    bufs: &[DmaBufRef],
     probe: &WorldProbe,
 ) {
     let platform = host.platform();
@@ -789,27 +850,55 @@ fn finish(
         Exporter::Heap(_) => {}
     }
     let mut leaks = Vec::new();
-    let live: Vec<u64> = dma_buf::list_buffers().iter().map(|b| b.ino()).collect();
-    for &ino in inos {
-        let diags = dma_buf::take_diagnostics_for(ino);
+    // Inode numbers are per execution under the controlled scheduler, and
+    // the core's diagnostics are process-wide and keyed by inode: several
+    // executions running at once would take each other's. So they are read
+    // on real threads only; the buffer objects themselves say the rest.
+    let controlled = sched::active();
+    for b in bufs {
+        let diags = if controlled {
+            Vec::new()
+        } else {
+            dma_buf::take_diagnostics_for(b.ino())
+        };
         if mode != StallMode::Normal {
             continue;
         }
-        if live.contains(&ino) {
-            leaks.push(format!("dma-buf ino {ino} not released"));
+        if !b.is_released() {
+            leaks.push(format!("dma-buf ino {} not released", b.ino()));
         }
-        leaks.extend(diags.into_iter().map(|d| format!("dma-buf ino {ino}: {}", d.problem)));
+        let attached = b.attachments().len();
+        if attached != 0 {
+            leaks.push(format!(
+                "dma-buf ino {}: {attached} attachment(s) never detached",
+                b.ino()
+            ));
+        }
+        leaks.extend(
+            diags
+                .into_iter()
+                .map(|d| format!("dma-buf ino {}: {}", b.ino(), d.problem)),
+        );
     }
     if mode == StallMode::Normal {
         let stats = platform.stats();
         if stats.live_mappings != 0 {
-            leaks.push(format!("{} declared mapping(s) never unmapped", stats.live_mappings));
+            leaks.push(format!(
+                "{} declared mapping(s) never unmapped",
+                stats.live_mappings
+            ));
         }
         if stats.iommu_pages_mapped != 0 {
-            leaks.push(format!("{} IOVA page(s) still mapped", stats.iommu_pages_mapped));
+            leaks.push(format!(
+                "{} IOVA page(s) still mapped",
+                stats.iommu_pages_mapped
+            ));
         }
         if stats.frames_allocated != 0 {
-            leaks.push(format!("{} RAM frame(s) still allocated", stats.frames_allocated));
+            leaks.push(format!(
+                "{} RAM frame(s) still allocated",
+                stats.frames_allocated
+            ));
         }
     }
     probe.with(|o| {

@@ -25,8 +25,8 @@
 use crate::dma_api::{self, DmaApiError};
 use crate::host::Host;
 use dmabuf_core::dma_buf::{
-    self, Attachment, DmaBuf, DmaBufError, DmaBufOps, DmaBufRef, DmaDirection, ExportInfo,
-    SgEntry, SgTable,
+    self, Attachment, DmaBuf, DmaBufError, DmaBufOps, DmaBufRef, DmaDirection, ExportInfo, SgEntry,
+    SgTable,
 };
 use dmabuf_core::dma_resv::ResvGuard;
 use dmabuf_core::errno::{self, Errno};
@@ -48,7 +48,9 @@ pub enum HeapError {
     #[error("DMA_HEAP_IOCTL_ALLOC: zero length")]
     ZeroLength,
     /// `fd_flags` other than `O_ACCMODE | O_CLOEXEC`, or heap flags set.
-    #[error("DMA_HEAP_IOCTL_ALLOC: invalid flags fd_flags={fd_flags:#o} heap_flags={heap_flags:#x}")]
+    #[error(
+        "DMA_HEAP_IOCTL_ALLOC: invalid flags fd_flags={fd_flags:#o} heap_flags={heap_flags:#x}"
+    )]
     BadFlags {
         /// The fd flags given.
         fd_flags: u32,
@@ -170,9 +172,11 @@ impl DmaBufOps for HeapBuffer {
         _guard: &ResvGuard<'_>,
     ) -> Result<SgTable, DmaBufError> {
         let dev = dev_of(&self.host, attach)?;
-        let frames = self.frames.lock().clone().ok_or_else(|| {
-            DmaBufError::errno(errno::ENODEV, "system heap: buffer released")
-        })?;
+        let frames = self
+            .frames
+            .lock()
+            .clone()
+            .ok_or_else(|| DmaBufError::errno(errno::ENODEV, "system heap: buffer released"))?;
         let mut entries = Vec::with_capacity(frames.len());
         for f in frames {
             match dma_api::map_phys(&self.host, dev, f, PAGE_SIZE, IommuPerm::RW) {
@@ -233,13 +237,20 @@ mod tests {
     fn allocation_misuse_answers_with_the_kernel_errno() {
         let (p, h) = heap();
         assert_eq!(h.allocate(0, 0, 0).unwrap_err().errno(), errno::EINVAL);
-        assert_eq!(h.allocate(4096, 0o100, 0).unwrap_err().errno(), errno::EINVAL);
+        assert_eq!(
+            h.allocate(4096, 0o100, 0).unwrap_err().errno(),
+            errno::EINVAL
+        );
         assert_eq!(h.allocate(4096, 0, 1).unwrap_err().errno(), errno::EINVAL);
         assert_eq!(
             h.allocate(1 << 40, 0, 0).unwrap_err().errno(),
             errno::ENOMEM
         );
-        assert_eq!(p.memory().frames_allocated(), 0, "failures leave nothing allocated");
+        assert_eq!(
+            p.memory().frames_allocated(),
+            0,
+            "failures leave nothing allocated"
+        );
         let b = h.allocate(5000, O_CLOEXEC | 2, 0).unwrap();
         assert_eq!(b.size(), 8192, "rounded up to pages");
         assert_eq!(p.memory().frames_allocated(), 2);
@@ -253,7 +264,10 @@ mod tests {
         let m = dma_buf::map_attachment_unlocked(&a, DmaDirection::Bidirectional).unwrap();
         assert_eq!(m.sg_table().len(), 8192);
         let first = m.sg_table().entries[0].dma_addr;
-        assert!(p.memory().is_ram(first), "passthrough device sees physical addresses");
+        assert!(
+            p.memory().is_ram(first),
+            "passthrough device sees physical addresses"
+        );
         dma_buf::unmap_attachment_unlocked(&a, m).unwrap();
         dma_buf::detach(&b, &a).unwrap();
         drop(b);

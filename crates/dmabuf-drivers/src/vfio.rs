@@ -370,7 +370,10 @@ impl VfioDmaBuf {
     }
 
     fn ranges(&self) -> Vec<PhysRange> {
-        self.phys.iter().map(|&(a, l)| PhysRange::new(a, l)).collect()
+        self.phys
+            .iter()
+            .map(|&(a, l)| PhysRange::new(a, l))
+            .collect()
     }
 
     fn attach_priv(attach: &Attachment) -> Option<Arc<VfioAttachPriv>> {
@@ -381,7 +384,12 @@ impl VfioDmaBuf {
 
     /// Steps 2–8 for one buffer. `permanent` is cleanup: the device link is
     /// cleared under the lock and an already revoked buffer skips step 7.
-    fn revoke_one(&self, file: &DmaBuf, permanent: bool, obs: Option<&RevokeObserver>) -> BufferRevoke {
+    fn revoke_one(
+        &self,
+        file: &DmaBuf,
+        permanent: bool,
+        obs: Option<&RevokeObserver>,
+    ) -> BufferRevoke {
         let mon = self.host.monitor();
         let began_ns = dmabuf_core::sync::time::now_ns();
         if let Some(o) = obs {
@@ -477,7 +485,10 @@ impl VfioDmaBuf {
                     source,
                 })?;
         }
-        let seq = self.host.monitor().unrevoke(self.exporter, &self.ranges())?;
+        let seq = self
+            .host
+            .monitor()
+            .unrevoke(self.exporter, &self.ranges())?;
         trace_event!("vfio_pci_dma_buf_unrevoked", "ino={}", file.ino());
         if let Some(o) = obs {
             o(&RevokeEvent::Unrevoked {
@@ -514,14 +525,19 @@ impl DmaBufOps for VfioDmaBuf {
         guard: &ResvGuard<'_>,
     ) -> Result<SgTable, DmaBufError> {
         if self.revocable.is_revoked() {
-            return Err(DmaBufError::errno(errno::ENODEV, "vfio map_dma_buf: revoked"));
+            return Err(DmaBufError::errno(
+                errno::ENODEV,
+                "vfio map_dma_buf: revoked",
+            ));
         }
-        let dev = Self::attach_priv(attach).and_then(|p| p.dev).ok_or_else(|| {
-            DmaBufError::errno(
-                errno::EINVAL,
-                format!("vfio map_dma_buf: no device {}", attach.dev()),
-            )
-        })?;
+        let dev = Self::attach_priv(attach)
+            .and_then(|p| p.dev)
+            .ok_or_else(|| {
+                DmaBufError::errno(
+                    errno::EINVAL,
+                    format!("vfio map_dma_buf: no device {}", attach.dev()),
+                )
+            })?;
         let kind = self.host.platform().pci().p2p_distance(self.provider, dev);
         let mut entries = Vec::with_capacity(self.phys.len());
         for &(paddr, len) in &self.phys {
@@ -859,7 +875,9 @@ impl VfioPciDevice {
             };
             if p.revocable.is_revoked() != revoked {
                 if revoked {
-                    report.revoked.push(p.revoke_one(&file, false, obs.as_ref()));
+                    report
+                        .revoked
+                        .push(p.revoke_one(&file, false, obs.as_ref()));
                     self.0.revokes.fetch_add(1, Ordering::Relaxed);
                 } else {
                     match p.unrevoke_one(&file, obs.as_ref()) {

@@ -78,7 +78,13 @@ fn u64_at(b: &[u8], o: usize) -> Option<u64> {
 }
 
 /// Builds a payload (for tests and callers that speak the ABI).
-pub fn encode(flags: u32, region_index: u32, open_flags: u32, feature_flags: u32, ranges: &[DmaRange]) -> Vec<u8> {
+pub fn encode(
+    flags: u32,
+    region_index: u32,
+    open_flags: u32,
+    feature_flags: u32,
+    ranges: &[DmaRange],
+) -> Vec<u8> {
     let mut v = Vec::with_capacity(24 + 16 * ranges.len());
     let argsz = (24 + 16 * ranges.len()) as u32;
     v.extend_from_slice(&argsz.to_le_bytes());
@@ -103,12 +109,17 @@ pub fn parse(payload: &[u8]) -> Result<FeatureCall, i32> {
     if argsz < 8 {
         return Err(EINVAL);
     }
-    let known = VFIO_DEVICE_FEATURE_MASK | VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PROBE;
+    let known = VFIO_DEVICE_FEATURE_MASK
+        | VFIO_DEVICE_FEATURE_GET
+        | VFIO_DEVICE_FEATURE_SET
+        | VFIO_DEVICE_FEATURE_PROBE;
     if flags & !known != 0 {
         return Err(EINVAL);
     }
     let get_set = flags & (VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET);
-    if flags & VFIO_DEVICE_FEATURE_PROBE == 0 && get_set == (VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET) {
+    if flags & VFIO_DEVICE_FEATURE_PROBE == 0
+        && get_set == (VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET)
+    {
         return Err(EINVAL);
     }
     if flags & VFIO_DEVICE_FEATURE_MASK != VFIO_DEVICE_FEATURE_DMA_BUF {
@@ -193,7 +204,9 @@ mod tests {
     #[test]
     fn valid_request_parses() {
         let p = encode(GET, 0, 2, 0, &[r(0, 4096), r(8192, 8192)]);
-        let FeatureCall::GetDmaBuf(req) = parse(&p).unwrap() else { panic!("not a get") };
+        let FeatureCall::GetDmaBuf(req) = parse(&p).unwrap() else {
+            panic!("not a get")
+        };
         assert_eq!(req.size, 12288);
         assert_eq!(req.ranges.len(), 2);
         assert_eq!(req.open_flags, 2);
@@ -209,34 +222,95 @@ mod tests {
 
     #[test]
     fn each_validation_rule_has_its_errno() {
-        assert_eq!(parse(&encode(GET, 0, 0, 0, &[])), Err(EINVAL), "nr_ranges == 0");
-        assert_eq!(parse(&encode(GET, 0, 0, 1, &[r(0, 4096)])), Err(EINVAL), "flags != 0");
-        assert_eq!(parse(&encode(GET, 6, 0, 0, &[r(0, 4096)])), Err(ENODEV), "ROM is not a BAR");
-        assert_eq!(parse(&encode(GET, 0, 0, 0, &[r(0, 0)])), Err(EINVAL), "zero length");
-        assert_eq!(parse(&encode(GET, 0, 0, 0, &[r(1, 4096)])), Err(EINVAL), "unaligned offset");
-        assert_eq!(parse(&encode(GET, 0, 0, 0, &[r(0, 100)])), Err(EINVAL), "unaligned length");
+        assert_eq!(
+            parse(&encode(GET, 0, 0, 0, &[])),
+            Err(EINVAL),
+            "nr_ranges == 0"
+        );
+        assert_eq!(
+            parse(&encode(GET, 0, 0, 1, &[r(0, 4096)])),
+            Err(EINVAL),
+            "flags != 0"
+        );
+        assert_eq!(
+            parse(&encode(GET, 6, 0, 0, &[r(0, 4096)])),
+            Err(ENODEV),
+            "ROM is not a BAR"
+        );
+        assert_eq!(
+            parse(&encode(GET, 0, 0, 0, &[r(0, 0)])),
+            Err(EINVAL),
+            "zero length"
+        );
+        assert_eq!(
+            parse(&encode(GET, 0, 0, 0, &[r(1, 4096)])),
+            Err(EINVAL),
+            "unaligned offset"
+        );
+        assert_eq!(
+            parse(&encode(GET, 0, 0, 0, &[r(0, 100)])),
+            Err(EINVAL),
+            "unaligned length"
+        );
         assert_eq!(
             parse(&encode(GET, 0, 0, 0, &[r(0, u64::MAX - 4095), r(0, 8192)])),
             Err(EINVAL),
             "total overflows"
         );
-        assert_eq!(parse(&encode(GET, 0, 0, 0, &[r(0, 1 << 63)])), Err(EINVAL), "SWIOTLB bit");
         assert_eq!(
-            parse(&encode(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_BUF, 0, 0, 0, &[r(0, 4096)])),
+            parse(&encode(GET, 0, 0, 0, &[r(0, 1 << 63)])),
+            Err(EINVAL),
+            "SWIOTLB bit"
+        );
+        assert_eq!(
+            parse(&encode(
+                VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_BUF,
+                0,
+                0,
+                0,
+                &[r(0, 4096)]
+            )),
             Err(EINVAL),
             "SET is not supported"
         );
-        assert_eq!(parse(&encode(VFIO_DEVICE_FEATURE_GET | 12, 0, 0, 0, &[r(0, 4096)])), Err(ENOTTY), "other feature");
-        assert_eq!(parse(&encode(GET | (1 << 20), 0, 0, 0, &[r(0, 4096)])), Err(EINVAL), "unknown flag bits");
+        assert_eq!(
+            parse(&encode(
+                VFIO_DEVICE_FEATURE_GET | 12,
+                0,
+                0,
+                0,
+                &[r(0, 4096)]
+            )),
+            Err(ENOTTY),
+            "other feature"
+        );
+        assert_eq!(
+            parse(&encode(GET | (1 << 20), 0, 0, 0, &[r(0, 4096)])),
+            Err(EINVAL),
+            "unknown flag bits"
+        );
         let mut short = encode(GET, 0, 0, 0, &[r(0, 4096)]);
         short.truncate(30);
-        assert_eq!(parse(&short), Err(EFAULT), "payload shorter than its ranges");
+        assert_eq!(
+            parse(&short),
+            Err(EFAULT),
+            "payload shorter than its ranges"
+        );
     }
 
     #[test]
     fn ranges_must_stay_inside_the_bar() {
-        assert_eq!(fill_phys(&[r(0, 4096)], 0xe000_0000, 0x10000), Ok(vec![(0xe000_0000, 4096)]));
-        assert_eq!(fill_phys(&[r(0x10000, 4096)], 0xe000_0000, 0x10000), Err(EINVAL));
-        assert_eq!(fill_phys(&[r(u64::MAX - 4095, 8192)], 0x1000, 0x10000), Err(EOVERFLOW));
+        assert_eq!(
+            fill_phys(&[r(0, 4096)], 0xe000_0000, 0x10000),
+            Ok(vec![(0xe000_0000, 4096)])
+        );
+        assert_eq!(
+            fill_phys(&[r(0x10000, 4096)], 0xe000_0000, 0x10000),
+            Err(EINVAL)
+        );
+        assert_eq!(
+            fill_phys(&[r(u64::MAX - 4095, 8192)], 0x1000, 0x10000),
+            Err(EOVERFLOW)
+        );
     }
 }

@@ -146,7 +146,8 @@ impl GpuDevice {
     /// and its kernel worker (group `kernel`).
     pub fn new(host: &Host, pdev: PciDevice, cfg: GpuConfig) -> Result<Self, ImportError> {
         let name = pdev.name().to_owned();
-        let mut ec = EngineConfig::threaded(format!("{name}-gfx")).with_accessor(Accessor::new(&name));
+        let mut ec =
+            EngineConfig::threaded(format!("{name}-gfx")).with_accessor(Accessor::new(&name));
         if cfg.readahead {
             ec = ec.with_readahead(4);
             ec.readahead.idle_passes = 4;
@@ -554,7 +555,8 @@ impl Importer for GpuImport {
         if dev.cfg.readahead {
             dev.engine.set_readahead(true);
         }
-        let job = DmaJob::new(job_ops(at, from, pattern)).with_label(format!("{} job", self.0.name));
+        let job =
+            DmaJob::new(job_ops(at, from, pattern)).with_label(format!("{} job", self.0.name));
         let pj = submit_after(&dev.engine, deps, job, fence.clone(), handle);
         st.jobs.retain(|f| !f.is_signaled());
         st.jobs.push(fence);

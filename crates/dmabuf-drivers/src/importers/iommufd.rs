@@ -455,7 +455,8 @@ impl Importer for IommufdImporter {
         let at = DmaAddr::Iova(GUEST_IOVA + page * PAGE_SIZE);
         let from = DmaAddr::Iova(GUEST_IOVA + read_page(page, len / PAGE_SIZE) * PAGE_SIZE);
         let (f, h) = self.fctx.create();
-        let job = DmaJob::new(job_ops(at.into(), from.into(), pattern)).with_label(format!("{} dma", self.name));
+        let job = DmaJob::new(job_ops(at.into(), from.into(), pattern))
+            .with_label(format!("{} dma", self.name));
         self.counters.bump("jobs");
         Ok(Job::new(submit_after(
             &self.engine,

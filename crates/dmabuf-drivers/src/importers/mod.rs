@@ -39,10 +39,10 @@ use crate::job::PendingJob;
 use crate::vfio::VfioError;
 use crate::world::ImporterKind;
 use dmabuf_core::Fence;
-use dmabuf_core::sync::Arc;
 use dmabuf_core::dma_buf::{self, Attachment, DmaBufError, DmaDirection, Mapping};
 use dmabuf_core::dma_resv::ResvGuard;
 use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::sync::Arc;
 use dmabuf_core::uapi::{Process, SysError};
 use dmabuf_platform::{
     Accessor, DeclaredRange, DeviceId, DmaAddr, DmaOp, DmaRef, MappingDecl, MappingToken,

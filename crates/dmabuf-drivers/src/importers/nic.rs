@@ -159,10 +159,10 @@ impl Nic {
                     what: format!("sg entry {addr:#x} is an IOVA of another domain"),
                 });
             }
-            if let Err(e) = self
-                .0
-                .mtt
-                .map_tagged(va + off, addr, len, IommuPerm::RW, Some(token.clone()))
+            if let Err(e) =
+                self.0
+                    .mtt
+                    .map_tagged(va + off, addr, len, IommuPerm::RW, Some(token.clone()))
             {
                 self.zap(va, off, UnmapReason::Unmap);
                 return Err(ImportError::Device {

@@ -432,17 +432,14 @@ impl Importer for RdmaImporter {
             });
         }
         self.0.counters.bump("jobs");
-        Ok(self
-            .0
-            .nic
-            .post(
-                va,
-                len / dmabuf_platform::PAGE_SIZE,
-                page,
-                pattern,
-                gate,
-                &format!("{} wr", self.0.name),
-            ))
+        Ok(self.0.nic.post(
+            va,
+            len / dmabuf_platform::PAGE_SIZE,
+            page,
+            pattern,
+            gate,
+            &format!("{} wr", self.0.name),
+        ))
     }
 
     fn teardown(&self) -> Result<(), ImportError> {
@@ -463,7 +460,8 @@ impl Importer for RdmaImporter {
                     self.0.zap_and_unmap(&attach, &g, UnmapReason::Unmap);
                     let pinned = std::mem::take(&mut self.0.st.lock().pinned);
                     if pinned {
-                        dma_buf::unpin(&attach, &g).map_err(ImportError::dmabuf(Stage::Teardown))?;
+                        dma_buf::unpin(&attach, &g)
+                            .map_err(ImportError::dmabuf(Stage::Teardown))?;
                     }
                 }
             }

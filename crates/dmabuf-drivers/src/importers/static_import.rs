@@ -109,7 +109,13 @@ impl Importer for StaticImporter {
             dma_buf::attach(&buf, self.pdev.name()).map_err(ImportError::dmabuf(Stage::Attach))?;
         let mapped = {
             let g = buf.resv().lock();
-            map_and_declare(&self.host, &attach, Some(self.pdev.id()), &self.accessor, &g)
+            map_and_declare(
+                &self.host,
+                &attach,
+                Some(self.pdev.id()),
+                &self.accessor,
+                &g,
+            )
         };
         let mapped = match mapped {
             Ok(m) => m,
@@ -164,7 +170,12 @@ impl Importer for StaticImporter {
     fn teardown(&self) -> Result<(), ImportError> {
         let (proc, buf, attach, mapped) = {
             let mut st = self.st.lock();
-            (st.proc.take(), st.buf.take(), st.attach.take(), st.mapped.take())
+            (
+                st.proc.take(),
+                st.buf.take(),
+                st.attach.take(),
+                st.mapped.take(),
+            )
         };
         let (Some(buf), Some(attach)) = (buf, attach) else {
             return Ok(());
