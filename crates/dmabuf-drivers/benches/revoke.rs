@@ -43,17 +43,33 @@ fn machine() -> Machine {
         PlatformConfig::default()
             .switch("sw0")
             .ram_frames(64)
-            .device(DeviceConfig::new("vfio0").bar(0, 0x10000).behind_switch("sw0"))
+            .device(
+                DeviceConfig::new("vfio0")
+                    .bar(0, 0x10000)
+                    .behind_switch("sw0"),
+            )
             .device(DeviceConfig::new("gpu0").behind_switch("sw0"))
             .device(DeviceConfig::new("vm0").behind_switch("sw0")),
     )
     .unwrap();
     let host = Host::new(platform.clone());
-    let vfio = VfioPciDevice::bind(&host, platform.device("vfio0").unwrap(), RevokePolicy::V6Final)
-        .unwrap();
+    let vfio = VfioPciDevice::bind(
+        &host,
+        platform.device("vfio0").unwrap(),
+        RevokePolicy::V6Final,
+    )
+    .unwrap();
     let proc = Process::new(1);
     let fd = vfio
-        .export_dma_buf(&proc, 0, &[DmaRange { offset: 0, length: PAGES * 4096 }], 2)
+        .export_dma_buf(
+            &proc,
+            0,
+            &[DmaRange {
+                offset: 0,
+                length: PAGES * 4096,
+            }],
+            2,
+        )
         .unwrap();
     Machine {
         platform,
@@ -80,8 +96,14 @@ fn iommufd_revoke(n: usize) -> Duration {
     let ictx = Iommufd::new(&m.host, vec![dom]);
     let maps: Vec<_> = (0..n as u64)
         .map(|i| {
-            ictx.map_file(&m.proc, m.fd, 0, PAGES * 4096, 0x10_0000_0000 + i * 0x10_0000)
-                .unwrap()
+            ictx.map_file(
+                &m.proc,
+                m.fd,
+                0,
+                PAGES * 4096,
+                0x10_0000_0000 + i * 0x10_0000,
+            )
+            .unwrap()
         })
         .collect();
     let d = timed_revoke(&m);
@@ -134,7 +156,11 @@ fn gpu_inflight(jobs: usize, revoke: bool) -> Duration {
     let ctx = FenceContext::named("bench", "gate");
     let (gate, open) = ctx.create();
     let queued: Vec<_> = (0..jobs)
-        .map(|k| imports[0].submit(k as u64 % PAGES, k as u8, Some(gate.clone())).unwrap())
+        .map(|k| {
+            imports[0]
+                .submit(k as u64 % PAGES, k as u8, Some(gate.clone()))
+                .unwrap()
+        })
         .collect();
     open.signal().unwrap();
     let d = if revoke {

@@ -443,11 +443,12 @@ impl VramBo {
         gpu.moves.fetch_add(1, Ordering::Relaxed);
         trace_event!(
             "ttm_bo_move",
-            "exp={} ino={} to={:?} fence={}",
+            "exp={} ino={} to={:?} fence={}:{}",
             EXP_NAME,
             buf.ino(),
             to,
-            fence.describe()
+            fence.context(),
+            fence.seqno()
         );
         Ok(Some(fence))
     }

@@ -809,6 +809,9 @@ impl VfioPciDevice {
                     errno,
                 }
             })?;
+            // Trace arguments must not touch the shim (a scheduling point
+            // that only exists with tracing on would change the schedule).
+            let revoked = !self.memory_enabled();
             let priv_ = Arc::new_cyclic(|me| VfioDmaBuf {
                 me: me.clone(),
                 host: self.0.host.clone(),
@@ -817,7 +820,7 @@ impl VfioPciDevice {
                 provider: self.0.pdev.id(),
                 phys,
                 size: req.size,
-                revocable: Revocable::new(!self.memory_enabled()),
+                revocable: Revocable::new(revoked),
                 vdev: Mutex::new(Some(Arc::downgrade(&self.0))),
                 dmabuf: Mutex::new(None),
             });
@@ -838,7 +841,7 @@ impl VfioPciDevice {
                 buf.ino(),
                 req.region_index,
                 req.size,
-                !self.memory_enabled()
+                revoked
             );
             Ok((buf, req.open_flags))
         })?;

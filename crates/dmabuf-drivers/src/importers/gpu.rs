@@ -390,10 +390,11 @@ impl GpuImport {
         imp.0.counters.bump("unbinds");
         trace_event!(
             "gpu_evict",
-            "bo={} gen={} fence={} usage={:?}",
+            "bo={} gen={} fence={}:{} usage={:?}",
             imp.0.name,
             generation,
-            fence.describe(),
+            fence.context(),
+            fence.seqno(),
             usage
         );
         imp.0.dev.queue(Unbind {
