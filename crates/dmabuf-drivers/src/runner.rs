@@ -59,6 +59,19 @@
 //!
 //! An unsupported combination is reported in [`Observation::errors`]. Only
 //! VFIO revokes: the other exporters never set `revoke_started`.
+//!
+//! # Counters
+//!
+//! | key | meaning |
+//! |---|---|
+//! | `jobs_ok`, `jobs_failed` | DMA jobs by outcome (refused submissions count as failed) |
+//! | `data_mismatch` | a job read back other bytes than the last ones written (single-importer heap and VRAM worlds only: VFIO BARs lose their contents on reset) |
+//! | `spec_reads` | speculative read-ahead accesses, all engines |
+//! | `vfio_revokes`, `vfio_unrevokes`, `unrevoke_refused` | per buffer; a refused un-revoke leaves the buffer revoked |
+//! | `vram_moves`, `evictions`, `migrations` | GPU VRAM exporter |
+//! | `cpu_ok`, `cpu_sigbus`, `cpu_mmap_refused` | the VMM's CPU accesses to BAR 0 |
+//! | `remap_failed` | an un-revoke cycle's re-map was refused |
+//! | `maps`, `unmaps`, `invalidates`, `faults`, `revoked`, ... | summed over the importer instances ([`Importer::counters`]) |
 
 use crate::gpu_vram::GpuVram;
 use crate::host::Host;
