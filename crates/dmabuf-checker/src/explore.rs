@@ -21,7 +21,7 @@ use dmabuf_core::sync::sched::{
     self, Dfs, Outcome, Pct, Random, Replay, RunConfig, RunReport, Schedule, Strategy,
 };
 use dmabuf_core::sync::{Arc, Mutex};
-use dmabuf_drivers::world::{Observation, StallMode, WorldSpec, run_world};
+use dmabuf_drivers::world::{Observation, StallMode, WorldProbe, WorldSpec, run_world_with};
 use dmabuf_platform::{AccessKind, HazardClass};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -34,8 +34,8 @@ pub const MAX_STEPS: u64 = 200_000;
 pub struct RunOutcome {
     /// The scheduler's report.
     pub report: RunReport,
-    /// What the world observed (`None` if the run never finished building
-    /// it: a deadlock or a stall before `run_world` returned).
+    /// What the world observed (from the probe when the run never returned
+    /// from `run_world`: a deadlock, or a stall before it returned).
     pub obs: Option<Observation>,
     /// Normal or stalled.
     pub mode: RunMode,
@@ -54,21 +54,24 @@ fn stall_mode(m: RunMode) -> StallMode {
 /// already called).
 pub fn run_controlled(spec: &WorldSpec, mode: RunMode, strategy: &mut dyn Strategy) -> RunOutcome {
     let slot: Arc<Mutex<Option<Observation>>> = Arc::new(Mutex::new(None));
-    let (s2, spec2) = (slot.clone(), spec.clone());
+    let probe = WorldProbe::new();
+    let (s2, p2, spec2) = (slot.clone(), probe.clone(), spec.clone());
     let cfg = RunConfig {
         max_steps: MAX_STEPS,
         ..RunConfig::default()
     };
     lockdep::take_reports();
     let report = sched::run(strategy, &cfg, move || {
-        let obs = run_world(&spec2, stall_mode(mode));
+        let obs = run_world_with(&spec2, stall_mode(mode), &p2);
         *s2.lock() = Some(obs);
     });
     let lockdep = lockdep::take_reports()
         .iter()
         .map(|r| r.to_string())
         .collect();
-    let obs = slot.lock().take();
+    // A run that never finished building its observation (a deadlock, a
+    // stall before run_world returned) still has what the probe saw.
+    let obs = slot.lock().take().or_else(|| Some(probe.snapshot()));
     RunOutcome {
         report,
         obs,
@@ -100,9 +103,24 @@ fn outcome_detail(o: &Outcome) -> String {
     }
 }
 
+/// Whether `p` is judged on runs of `mode`. Safety properties must hold on
+/// every schedule, a stalled userspace included; `l-bounded` is about
+/// stalled runs only; a stalled run never finishes, so it says nothing
+/// about deadlocks or leaks.
+pub fn judged_in(p: Property, mode: RunMode) -> bool {
+    match p {
+        Property::LBounded => mode == RunMode::Stalled,
+        Property::NoDeadlock | Property::NoLeak => mode == RunMode::Normal,
+        Property::SFence | Property::SFinal | Property::SNoreuse | Property::Lockdep => true,
+    }
+}
+
 /// Judges one run against one property. `None` means the run does not
 /// contradict it (or the property is not judged on this kind of run).
 pub fn judge(run: &RunOutcome, p: Property) -> Option<Violation> {
+    if !judged_in(p, run.mode) {
+        return None;
+    }
     let after_return = |seq: u64| {
         run.obs
             .as_ref()
@@ -128,7 +146,8 @@ pub fn judge(run: &RunOutcome, p: Property) -> Option<Violation> {
                 ),
             })
         }
-        (Property::LBounded, RunMode::Normal) | (_, RunMode::Stalled) => None,
+        (Property::LBounded, RunMode::Normal)
+        | (Property::NoDeadlock | Property::NoLeak, RunMode::Stalled) => None,
         (Property::NoDeadlock, RunMode::Normal) => match &run.report.outcome {
             Outcome::Completed => None,
             o => Some(Violation {
@@ -136,7 +155,7 @@ pub fn judge(run: &RunOutcome, p: Property) -> Option<Violation> {
                 detail: outcome_detail(o),
             }),
         },
-        (Property::SFence, RunMode::Normal) => hazard(
+        (Property::SFence, _) => hazard(
             &|h| {
                 h.kind == AccessKind::Write
                     && matches!(
@@ -147,7 +166,7 @@ pub fn judge(run: &RunOutcome, p: Property) -> Option<Violation> {
             },
             "a write reached the exporter's memory after revoke returned",
         ),
-        (Property::SFinal, RunMode::Normal) => {
+        (Property::SFinal, _) => {
             if let Some(v) = hazard(
                 &|h| h.class == HazardClass::AccessAfterRevoke,
                 "an access reached the exporter's memory after revoke returned",
@@ -163,7 +182,7 @@ pub fn judge(run: &RunOutcome, p: Property) -> Option<Violation> {
                 ),
             })
         }
-        (Property::SNoreuse, RunMode::Normal) => hazard(
+        (Property::SNoreuse, _) => hazard(
             &|h| {
                 matches!(
                     h.class,
@@ -182,7 +201,7 @@ pub fn judge(run: &RunOutcome, p: Property) -> Option<Violation> {
                 detail: obs.leaks.join("; "),
             })
         }
-        (Property::Lockdep, RunMode::Normal) => (!run.lockdep.is_empty()).then(|| Violation {
+        (Property::Lockdep, _) => (!run.lockdep.is_empty()).then(|| Violation {
             hazard: None,
             detail: run.lockdep.join("; "),
         }),
@@ -475,11 +494,7 @@ pub fn check(
                     }
                 }
                 for &p in &opts.properties {
-                    let judged = match p {
-                        Property::LBounded => mode == RunMode::Stalled,
-                        _ => mode == RunMode::Normal,
-                    };
-                    if !judged {
+                    if !judged_in(p, mode) {
                         continue;
                     }
                     let r = results.entry(p).or_insert_with(|| PropertyResult {
@@ -505,13 +520,16 @@ pub fn check(
             k => format!("{k}(seed={})", opts.seed),
         };
         for r in results.values_mut() {
-            let judged_here = match r.property {
-                Property::LBounded => mode == RunMode::Stalled,
-                _ => mode == RunMode::Normal,
-            };
-            if judged_here {
+            if judged_in(r.property, mode) {
                 r.strategy = strategy_name.clone();
-                r.exhaustive = exhaustive && count > 0;
+                // Exhaustive only if every mode it was judged in was.
+                let ex = exhaustive && count > 0;
+                r.exhaustive = if mode == RunMode::Stalled && judged_in(r.property, RunMode::Normal)
+                {
+                    r.exhaustive && ex
+                } else {
+                    ex
+                };
             }
         }
     }

@@ -4,7 +4,7 @@
 use crate::explore::{RunOutcome, judge};
 use crate::property::Property;
 use crate::token::RunMode;
-use dmabuf_core::sync::sched::{Outcome, RunReport, Schedule, TaskInfo, BlockedOn};
+use dmabuf_core::sync::sched::{BlockedOn, Outcome, RunReport, Schedule, TaskInfo};
 use dmabuf_drivers::world::Observation;
 use dmabuf_platform::{AccessKind, AddrSpace, DeviceId, Hazard, HazardClass, Via};
 
@@ -27,7 +27,9 @@ fn hazard(class: HazardClass, kind: AccessKind, seq: u64) -> Hazard {
     Hazard {
         class,
         accessor: "gpu0".into(),
-        via: Via::Dma { device: DeviceId(2) },
+        via: Via::Dma {
+            device: DeviceId(2),
+        },
         space: AddrSpace::Bus,
         addr: 0xe000_0000,
         phys: Some(0xe000_0000),
@@ -65,33 +67,59 @@ fn normal(obs: Observation) -> RunOutcome {
 
 #[test]
 fn s_fence_catches_a_write_after_return_and_not_a_read_or_an_earlier_write() {
-    let bad = normal(returned_at(10, vec![hazard(HazardClass::AccessAfterRevoke, AccessKind::Write, 11)]));
+    let bad = normal(returned_at(
+        10,
+        vec![hazard(
+            HazardClass::AccessAfterRevoke,
+            AccessKind::Write,
+            11,
+        )],
+    ));
     assert!(judge(&bad, Property::SFence).is_some());
-    let read = normal(returned_at(10, vec![hazard(HazardClass::AccessAfterRevoke, AccessKind::Read, 11)]));
+    let read = normal(returned_at(
+        10,
+        vec![hazard(HazardClass::AccessAfterRevoke, AccessKind::Read, 11)],
+    ));
     assert!(judge(&read, Property::SFence).is_none());
-    let before = normal(returned_at(10, vec![hazard(HazardClass::WriteAfterFences, AccessKind::Write, 9)]));
+    let before = normal(returned_at(
+        10,
+        vec![hazard(HazardClass::WriteAfterFences, AccessKind::Write, 9)],
+    ));
     assert!(judge(&before, Property::SFence).is_none());
 }
 
 #[test]
 fn s_final_catches_any_access_after_return_and_outstanding_mappings() {
-    let read = normal(returned_at(10, vec![hazard(HazardClass::AccessAfterRevoke, AccessKind::Read, 11)]));
+    let read = normal(returned_at(
+        10,
+        vec![hazard(HazardClass::AccessAfterRevoke, AccessKind::Read, 11)],
+    ));
     assert!(judge(&read, Property::SFinal).is_some());
     let mut mapped = returned_at(10, vec![]);
     mapped.live_mappings_at_return = 1;
     assert!(judge(&normal(mapped), Property::SFinal).is_some());
     // A fault on a revoked IOVA is the intended outcome.
-    let stopped = normal(returned_at(10, vec![hazard(HazardClass::IommuFault, AccessKind::Write, 11)]));
+    let stopped = normal(returned_at(
+        10,
+        vec![hazard(HazardClass::IommuFault, AccessKind::Write, 11)],
+    ));
     assert!(judge(&stopped, Property::SFinal).is_none());
 }
 
 #[test]
 fn s_noreuse_catches_uaf_aer_and_misdirected_at_any_time() {
-    for c in [HazardClass::UseAfterFree, HazardClass::Aer, HazardClass::MisdirectedDma] {
+    for c in [
+        HazardClass::UseAfterFree,
+        HazardClass::Aer,
+        HazardClass::MisdirectedDma,
+    ] {
         let r = normal(returned_at(10, vec![hazard(c, AccessKind::Read, 3)]));
         assert!(judge(&r, Property::SNoreuse).is_some(), "{c:?}");
     }
-    let clean = normal(returned_at(10, vec![hazard(HazardClass::AccessAfterUnmap, AccessKind::Read, 3)]));
+    let clean = normal(returned_at(
+        10,
+        vec![hazard(HazardClass::AccessAfterUnmap, AccessKind::Read, 3)],
+    ));
     assert!(judge(&clean, Property::SNoreuse).is_none());
 }
 
@@ -103,7 +131,10 @@ fn l_bounded_is_judged_only_on_stalled_runs() {
                 id: 1,
                 name: "revoker".into(),
                 group: "revoker".into(),
-                blocked_on: BlockedOn::Resource { kind: "condvar", resource: 1 },
+                blocked_on: BlockedOn::Resource {
+                    kind: "condvar",
+                    resource: 1,
+                },
                 deadline_ns: None,
                 stalled: false,
             }],

@@ -8,10 +8,10 @@
 #![warn(missing_docs)]
 
 pub mod explore;
+#[cfg(test)]
+mod judge_tests;
 pub mod matrix;
 pub mod progress;
 pub mod property;
 pub mod scenario;
 pub mod token;
-#[cfg(test)]
-mod judge_tests;
