@@ -926,6 +926,10 @@ pub fn dynamic_attach(
         let _g = buf.resv().lock(None)?;
         buf.0.attachments.lock().insert(0, a.clone());
     }
+    // Read outside the trace point: a shim load there would be a
+    // scheduling point only when tracing is on, and a replay with tracing
+    // would then follow another schedule.
+    let p2p = a.peer2peer();
     trace_event!(
         "dma_buf_attach",
         "exp_name={} ino={} attach={} dev={} dynamic={} p2p={}",
@@ -934,7 +938,7 @@ pub fn dynamic_attach(
         a.id(),
         dev,
         a.is_dynamic(),
-        a.peer2peer()
+        p2p
     );
     Ok(a)
 }

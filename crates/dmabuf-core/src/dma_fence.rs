@@ -498,11 +498,13 @@ impl Fence {
             }),
             imp,
         }));
+        // The ops' names directly: `Fence::driver_name` loads the signalled
+        // flag, a scheduling point that would exist only with tracing on.
         trace_event!(
             "dma_fence_init",
             "driver={} timeline={} context={} seqno={}",
-            f.driver_name(),
-            f.timeline_name(),
+            f.0.imp.driver_name(),
+            f.0.imp.timeline_name(),
             context,
             seqno
         );

@@ -8,14 +8,34 @@
 //!
 //! | group | threads | stalled in `StallUserspaceAtRevoke` |
 //! |---|---|---|
-//! | `userspace` | one per importer instance: set up, submit DMA jobs, tear down; the VMM that exported the buffer | yes, from the moment revoke begins |
+//! | `userspace` | one per importer instance: set up, submit DMA jobs, tear down; the VMM that exported the buffer | yes, from the moment revoke begins (a thread inside a system call finishes it first, see below) |
 //! | `revoker` | the thread whose ioctl (FLR, reset, close, ...) runs the exporter's revoke | no |
-//! | `kernel` | importer kernel workers (GPU unmap worker, ...) | no |
-//! | `hw` | DMA engines (threaded), speculative read-ahead | no |
+//! | `kernel` | importer kernel workers (GPU unmap worker, ...); a userspace thread while it is inside a system call | no |
+//! | `hw` | DMA engines (threaded), speculative read-ahead, the timer that releases the in-flight jobs | no |
 //!
 //! Under the controlled scheduler the groups are set with
 //! `dmabuf_core::sync::sched::set_group`; on real threads stall mode is not
-//! available and `Normal` is the only mode.
+//! available and `Normal` is the only mode (a stall request is run normally
+//! and reported in [`Observation::errors`]).
+//!
+//! A userspace thread switches to `kernel` for each system call and back to
+//! `userspace` when it returns, so a stall takes effect at the return to user
+//! mode, as a stopped process still finishes the system call it is in.
+//!
+//! # Running a world
+//!
+//! [`run_world`] builds the machine, runs every thread and returns the
+//! [`Observation`]; the timeline, the machine and the triggers each
+//! exporter supports are in [`crate::runner`]. When a controlled execution
+//! may never finish (`l-bounded` runs where revoke waits for a stalled
+//! userspace), use [`run_world_with`] and read [`WorldProbe::snapshot`]
+//! after the execution ended: the probe is filled as things happen.
+//!
+//! Only the VFIO exporter revokes: worlds of the system heap and the GPU
+//! VRAM exporter leave `revoke_started` false (their triggers are a close
+//! and an eviction).
+
+pub use crate::runner::{WorldProbe, run_world, run_world_with};
 
 use crate::policy::RevokePolicy;
 use dmabuf_platform::Hazard;

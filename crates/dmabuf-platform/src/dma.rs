@@ -51,7 +51,8 @@
 //! engine lock held, so fence callbacks may submit, drain or stop the engine
 //! (stop from the engine's own thread does not join itself). Running a job
 //! is a fence signalling section (`dma_fence_begin_signalling`), so an IOMMU
-//! fault handler that waits on a fence there shows up in lockdep.
+//! fault handler that waits on a fence there shows up in lockdep; a job whose
+//! fence is private to its driver ([`DmaJob::with_private_fence`]) opens none.
 
 use crate::access::{Fabric, Io, OpState, Req, Target};
 use crate::iommu::{FaultResponse, Iommu, IommuFaultCause, IommuFaultEvent};
@@ -201,6 +202,10 @@ pub struct DmaJob {
     pub accessor: Option<Accessor>,
     /// A label for traces.
     pub label: String,
+    /// The fence is the driver's own completion and is never published to
+    /// other threads (an RDMA work request's completion): running the job
+    /// is then not a fence signalling section.
+    pub private_fence: bool,
 }
 
 impl DmaJob {
@@ -227,6 +232,13 @@ impl DmaJob {
     /// A label for traces.
     pub fn with_label(mut self, l: impl Into<String>) -> Self {
         self.label = l.into();
+        self
+    }
+
+    /// Marks the fence as private to the driver (see
+    /// [`private_fence`](Self::private_fence)).
+    pub fn with_private_fence(mut self) -> Self {
+        self.private_fence = true;
         self
     }
 }
@@ -768,8 +780,10 @@ impl EngineInner {
         let mut status = Ok(());
         // From here until the fence is signalled this thread is on the
         // fence's signalling path (the kernel's scheduler `run_job`): a fault
-        // handler that waits on a fence here is reported by lockdep.
-        let cookie = lockdep::begin_signalling_at("dma engine job");
+        // handler that waits on a fence here is reported by lockdep. A fence
+        // that is never published (RDMA work-request completions, whose
+        // page faults the kernel resolves from a work item) opens no section.
+        let cookie = (!job.private_fence).then(|| lockdep::begin_signalling_at("dma engine job"));
         {
             let _x = self.exec.lock();
             trace_event!(
@@ -817,7 +831,9 @@ impl EngineInner {
             }
         }
         self.complete(id, job.fence, &slot, status, reads, &job.label);
-        lockdep::end_signalling(cookie);
+        if let Some(c) = cookie {
+            lockdep::end_signalling(c);
+        }
     }
 
     fn complete(

@@ -1,0 +1,617 @@
+//! Exploration: run a scenario's world under the controlled scheduler, many
+//! schedules, judge every property on every run, shrink the first
+//! counterexample of each violated property, and replay tokens.
+//!
+//! # What a verdict means
+//!
+//! | verdict | meaning |
+//! |---|---|
+//! | `holds` (random / pct) | no violation in the stated number of explored schedules; not a proof |
+//! | `holds` (dfs, exhaustive) | every schedule within the decision bound was run and the bound was never hit |
+//! | `violated` | a schedule was found, with a replay token that reproduces it exactly |
+//!
+//! `l-bounded` is judged on dedicated runs in which the `userspace` group is
+//! stalled from the moment revoke begins; every other property on normal runs.
+
+use crate::property::Property;
+use crate::scenario::Scenario;
+use crate::token::{ReplayToken, RunMode, StrategyKind};
+use dmabuf_core::lockdep;
+use dmabuf_core::sync::sched::{
+    self, Dfs, Outcome, Pct, Random, Replay, RunConfig, RunReport, Schedule, Strategy,
+};
+use dmabuf_core::sync::{Arc, Mutex};
+use dmabuf_drivers::world::{Observation, StallMode, WorldProbe, WorldSpec, run_world_with};
+use dmabuf_platform::{AccessKind, HazardClass};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Steps after which a run counts as a livelock.
+pub const MAX_STEPS: u64 = 200_000;
+
+/// One controlled execution of a world.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The scheduler's report.
+    pub report: RunReport,
+    /// What the world observed (from the probe when the run never returned
+    /// from `run_world`: a deadlock, or a stall before it returned).
+    pub obs: Option<Observation>,
+    /// Normal or stalled.
+    pub mode: RunMode,
+    /// Validator reports filed during the run.
+    pub lockdep: Vec<String>,
+}
+
+fn stall_mode(m: RunMode) -> StallMode {
+    match m {
+        RunMode::Normal => StallMode::Normal,
+        RunMode::Stalled => StallMode::StallUserspaceAtRevoke,
+    }
+}
+
+/// Runs `spec` once under `strategy` (whose `next_execution` the caller has
+/// already called).
+pub fn run_controlled(spec: &WorldSpec, mode: RunMode, strategy: &mut dyn Strategy) -> RunOutcome {
+    let slot: Arc<Mutex<Option<Observation>>> = Arc::new(Mutex::new(None));
+    let probe = WorldProbe::new();
+    let (s2, p2, spec2) = (slot.clone(), probe.clone(), spec.clone());
+    let cfg = RunConfig {
+        max_steps: MAX_STEPS,
+        ..RunConfig::default()
+    };
+    lockdep::take_reports();
+    let report = sched::run(strategy, &cfg, move || {
+        let obs = run_world_with(&spec2, stall_mode(mode), &p2);
+        *s2.lock() = Some(obs);
+    });
+    let lockdep = lockdep::take_reports()
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    // A run that never finished building its observation (a deadlock, a
+    // stall before run_world returned) still has what the probe saw.
+    let obs = slot.lock().take().or_else(|| Some(probe.snapshot()));
+    RunOutcome {
+        report,
+        obs,
+        mode,
+        lockdep,
+    }
+}
+
+/// Why one run violates one property.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The hazard record, when a hazard is the evidence.
+    pub hazard: Option<String>,
+    /// What happened.
+    pub detail: String,
+}
+
+fn outcome_detail(o: &Outcome) -> String {
+    match o {
+        Outcome::Completed => "completed".into(),
+        Outcome::CompletedWithStalled { stalled } => {
+            format!("completed with {} stalled task(s)", stalled.len())
+        }
+        Outcome::Deadlock { tasks } => {
+            let t: Vec<String> = tasks.iter().map(|t| t.to_string()).collect();
+            format!("deadlock: {}", t.join("; "))
+        }
+        Outcome::StepLimit => format!("no progress within {MAX_STEPS} scheduling steps"),
+    }
+}
+
+/// Whether `p` is judged on runs of `mode`. Safety properties must hold on
+/// every schedule, a stalled userspace included; `l-bounded` is about
+/// stalled runs only; a stalled run never finishes, so it says nothing
+/// about deadlocks or leaks.
+pub fn judged_in(p: Property, mode: RunMode) -> bool {
+    match p {
+        Property::LBounded => mode == RunMode::Stalled,
+        Property::NoDeadlock | Property::NoLeak => mode == RunMode::Normal,
+        Property::SFence | Property::SFinal | Property::SNoreuse | Property::Lockdep => true,
+    }
+}
+
+/// Judges one run against one property. `None` means the run does not
+/// contradict it (or the property is not judged on this kind of run).
+pub fn judge(run: &RunOutcome, p: Property) -> Option<Violation> {
+    if !judged_in(p, run.mode) {
+        return None;
+    }
+    let after_return = |seq: u64| {
+        run.obs
+            .as_ref()
+            .and_then(|o| o.revoke_return_seq)
+            .is_some_and(|r| seq > r)
+    };
+    let hazard =
+        |pred: &dyn Fn(&dmabuf_platform::Hazard) -> bool, what: &str| -> Option<Violation> {
+            let obs = run.obs.as_ref()?;
+            obs.hazards.iter().find(|h| pred(h)).map(|h| Violation {
+                hazard: Some(h.to_string()),
+                detail: what.to_owned(),
+            })
+        };
+    match (p, run.mode) {
+        (Property::LBounded, RunMode::Stalled) => {
+            let returned = run.obs.as_ref().is_some_and(|o| o.revoke_returned);
+            (!returned).then(|| Violation {
+                hazard: None,
+                detail: format!(
+                    "revoke did not complete with userspace stalled ({})",
+                    outcome_detail(&run.report.outcome)
+                ),
+            })
+        }
+        (Property::LBounded, RunMode::Normal)
+        | (Property::NoDeadlock | Property::NoLeak, RunMode::Stalled) => None,
+        (Property::NoDeadlock, RunMode::Normal) => match &run.report.outcome {
+            Outcome::Completed => None,
+            o => Some(Violation {
+                hazard: None,
+                detail: outcome_detail(o),
+            }),
+        },
+        (Property::SFence, _) => hazard(
+            &|h| {
+                h.kind == AccessKind::Write
+                    && matches!(
+                        h.class,
+                        HazardClass::AccessAfterRevoke | HazardClass::WriteAfterFences
+                    )
+                    && after_return(h.seq)
+            },
+            "a write reached the exporter's memory after revoke returned",
+        ),
+        (Property::SFinal, _) => {
+            if let Some(v) = hazard(
+                &|h| h.class == HazardClass::AccessAfterRevoke,
+                "an access reached the exporter's memory after revoke returned",
+            ) {
+                return Some(v);
+            }
+            let obs = run.obs.as_ref()?;
+            (obs.revoke_returned && obs.live_mappings_at_return > 0).then(|| Violation {
+                hazard: None,
+                detail: format!(
+                    "{} mapping(s) still outstanding when revoke returned",
+                    obs.live_mappings_at_return
+                ),
+            })
+        }
+        (Property::SNoreuse, _) => hazard(
+            &|h| {
+                matches!(
+                    h.class,
+                    HazardClass::UseAfterFree | HazardClass::Aer | HazardClass::MisdirectedDma
+                )
+            },
+            "memory was freed, powered down, reset or re-assigned while still mapped",
+        ),
+        (Property::NoLeak, RunMode::Normal) => {
+            if run.report.outcome != Outcome::Completed {
+                return None;
+            }
+            let obs = run.obs.as_ref()?;
+            (!obs.leaks.is_empty()).then(|| Violation {
+                hazard: None,
+                detail: obs.leaks.join("; "),
+            })
+        }
+        (Property::Lockdep, _) => (!run.lockdep.is_empty()).then(|| Violation {
+            hazard: None,
+            detail: run.lockdep.join("; "),
+        }),
+    }
+}
+
+/// Errors of a run that are not property verdicts: panics, driver errors,
+/// replay divergence, leaked threads.
+pub fn run_errors(run: &RunOutcome) -> Vec<String> {
+    let mut e: Vec<String> = run
+        .report
+        .panics
+        .iter()
+        .map(|p| format!("task {} panicked: {}", p.task, p.message))
+        .collect();
+    if let Some(o) = &run.obs {
+        e.extend(o.errors.iter().cloned());
+    }
+    if let Some(d) = &run.report.divergence {
+        e.push(format!("schedule divergence: {d}"));
+    }
+    if run.report.leaked_threads > 0 {
+        e.push(format!(
+            "{} thread(s) did not unwind",
+            run.report.leaked_threads
+        ));
+    }
+    e
+}
+
+/// Exploration options.
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    /// Strategy.
+    pub strategy: StrategyKind,
+    /// Normal-mode schedules (for DFS: the most executions to run).
+    pub schedules: u64,
+    /// Stalled-mode schedules for `l-bounded` (0: skip).
+    pub stalled_schedules: u64,
+    /// Seed.
+    pub seed: u64,
+    /// DFS decision bound.
+    pub dfs_bound: usize,
+    /// Properties to judge.
+    pub properties: Vec<Property>,
+    /// Shrink counterexamples.
+    pub shrink: bool,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self {
+            strategy: StrategyKind::Pct(3),
+            schedules: 100,
+            stalled_schedules: 20,
+            seed: 1,
+            dfs_bound: 12,
+            properties: Property::ALL.to_vec(),
+            shrink: true,
+        }
+    }
+}
+
+/// A counterexample: one schedule that violates a property.
+#[derive(Clone, Debug)]
+pub struct Counterexample {
+    /// Why.
+    pub violation: Violation,
+    /// Replays it.
+    pub token: ReplayToken,
+    /// Trace events of the (shrunk) run.
+    pub trace_len: usize,
+    /// Scheduling decisions of the (shrunk) run.
+    pub decisions: u64,
+}
+
+/// The verdict on one property.
+#[derive(Clone, Debug)]
+pub struct PropertyResult {
+    /// Which.
+    pub property: Property,
+    /// Runs on which it was judged.
+    pub schedules: u64,
+    /// Runs that violated it.
+    pub violations: u64,
+    /// Strategy description.
+    pub strategy: String,
+    /// True only for a DFS that finished without hitting its bound.
+    pub exhaustive: bool,
+    /// The first violation found, shrunk.
+    pub counterexample: Option<Counterexample>,
+}
+
+impl PropertyResult {
+    /// Whether it held on every judged run.
+    pub fn holds(&self) -> bool {
+        self.violations == 0
+    }
+}
+
+/// The result of checking one scenario.
+#[derive(Clone, Debug)]
+pub struct CheckReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// Importers the exporter refused, as `importer: stage errno`.
+    pub refusals: Vec<String>,
+    /// Per property.
+    pub properties: Vec<PropertyResult>,
+    /// Runs made (all modes).
+    pub runs: u64,
+    /// Non-verdict errors (first few).
+    pub errors: Vec<String>,
+    /// Wall time.
+    pub elapsed_s: f64,
+}
+
+impl CheckReport {
+    /// Whether every judged property held and no run erred.
+    pub fn all_hold(&self) -> bool {
+        self.properties.iter().all(PropertyResult::holds) && self.errors.is_empty()
+    }
+}
+
+/// Runs up to `n` executions of `spec` in `mode`, keeping only what the
+/// judge needs (the outcome of each run is judged as it completes so the
+/// reports do not pile up).
+fn explore_mode(
+    spec: &WorldSpec,
+    mode: RunMode,
+    kind: StrategyKind,
+    seed: u64,
+    dfs_bound: usize,
+    n: u64,
+    mut on_run: impl FnMut(&RunOutcome),
+) -> (u64, bool) {
+    // DFS is kept concrete: its exhaustion is part of the verdict.
+    let mut dfs = Dfs::new(dfs_bound);
+    let mut other: Box<dyn Strategy> = match kind {
+        StrategyKind::Random | StrategyKind::Dfs => Box::new(Random::new(seed)),
+        StrategyKind::Pct(d) => Box::new(Pct::new(seed, d as usize, 2_000)),
+    };
+    let strat: &mut dyn Strategy = if kind == StrategyKind::Dfs {
+        &mut dfs
+    } else {
+        other.as_mut()
+    };
+    let mut count = 0;
+    while count < n && strat.next_execution() {
+        let run = run_controlled(spec, mode, strat);
+        count += 1;
+        on_run(&run);
+    }
+    let exhaustive = kind == StrategyKind::Dfs && dfs.is_exhausted() && !dfs.hit_bound();
+    (count, exhaustive)
+}
+
+/// Re-runs a schedule exactly (tracing on) and returns the run.
+pub fn replay_schedule(spec: &WorldSpec, mode: RunMode, schedule: Schedule) -> RunOutcome {
+    let was = dmabuf_core::trace::enabled();
+    dmabuf_core::trace::set_enabled(true);
+    let mut r = Replay::new(schedule);
+    r.next_execution();
+    let out = run_controlled(spec, mode, &mut r);
+    dmabuf_core::trace::set_enabled(was);
+    out
+}
+
+/// Shrinks a counterexample: first the workload (fewer DMA jobs), then the
+/// schedule (the shortest prefix of decisions that, completed with the
+/// scheduler's default choices, still violates). Returns the spec and the
+/// full schedule of the shortest run found.
+fn shrink(
+    spec: &WorldSpec,
+    mode: RunMode,
+    p: Property,
+    schedule: &Schedule,
+    opts: &CheckOptions,
+) -> (WorldSpec, Schedule) {
+    let mut best_spec = spec.clone();
+    let mut best = schedule.clone();
+    // Workload: fewer jobs, found again by a short search with the same seed.
+    for jobs in 1..spec.jobs {
+        let cand = WorldSpec {
+            jobs,
+            ..spec.clone()
+        };
+        let mut found = None;
+        explore_mode(
+            &cand,
+            mode,
+            opts.strategy,
+            opts.seed,
+            opts.dfs_bound,
+            20,
+            |run| {
+                if found.is_none() && judge(run, p).is_some() {
+                    found = Some(run.report.schedule.clone());
+                }
+            },
+        );
+        if let Some(s) = found {
+            best_spec = cand;
+            best = s;
+            break;
+        }
+    }
+    // Schedule: try prefixes, shortest first.
+    let choices = best.choices().to_vec();
+    let len = choices.len();
+    let mut cuts: Vec<usize> = vec![0, len / 8, len / 4, len / 2, 3 * len / 4];
+    cuts.dedup();
+    for cut in cuts {
+        if cut >= len {
+            continue;
+        }
+        let prefix = Schedule::new(choices[..cut].to_vec());
+        let mut r = Replay::new(prefix);
+        r.next_execution();
+        let run = run_controlled(&best_spec, mode, &mut r);
+        if judge(&run, p).is_some() {
+            best = run.report.schedule.clone();
+            break;
+        }
+    }
+    (best_spec, best)
+}
+
+/// Checks a scenario: explores, judges every property, shrinks.
+pub fn check(
+    scenario: &Scenario,
+    opts: &CheckOptions,
+    mut progress: impl FnMut(u64),
+) -> CheckReport {
+    let start = Instant::now();
+    lockdep::set_mode(lockdep::Mode::Collect);
+    let mut results: BTreeMap<Property, PropertyResult> = BTreeMap::new();
+    let mut first: BTreeMap<Property, (Violation, Schedule, RunMode)> = BTreeMap::new();
+    let mut errors = Vec::new();
+    let mut refusals = Vec::new();
+    let mut runs = 0;
+    for mode in [RunMode::Normal, RunMode::Stalled] {
+        let n = match mode {
+            RunMode::Normal => opts.schedules,
+            RunMode::Stalled => {
+                if opts.properties.contains(&Property::LBounded) {
+                    opts.stalled_schedules
+                } else {
+                    0
+                }
+            }
+        };
+        if n == 0 {
+            continue;
+        }
+        let seed = if mode == RunMode::Normal {
+            opts.seed
+        } else {
+            opts.seed.wrapping_add(0x9e37_79b9)
+        };
+        let (count, exhaustive) = explore_mode(
+            &scenario.spec,
+            mode,
+            opts.strategy,
+            seed,
+            opts.dfs_bound,
+            n,
+            |run| {
+                runs += 1;
+                progress(runs);
+                if refusals.is_empty()
+                    && let Some(o) = &run.obs
+                {
+                    refusals = o
+                        .refusals
+                        .iter()
+                        .map(|r| {
+                            format!(
+                                "{}: {} {}",
+                                r.importer,
+                                r.stage,
+                                dmabuf_core::errno::name(r.errno)
+                            )
+                        })
+                        .collect();
+                }
+                for e in run_errors(run) {
+                    if errors.len() < 5 && !errors.contains(&e) {
+                        errors.push(e);
+                    }
+                }
+                for &p in &opts.properties {
+                    if !judged_in(p, mode) {
+                        continue;
+                    }
+                    let r = results.entry(p).or_insert_with(|| PropertyResult {
+                        property: p,
+                        schedules: 0,
+                        violations: 0,
+                        strategy: String::new(),
+                        exhaustive: false,
+                        counterexample: None,
+                    });
+                    r.schedules += 1;
+                    if let Some(v) = judge(run, p) {
+                        r.violations += 1;
+                        first
+                            .entry(p)
+                            .or_insert_with(|| (v, run.report.schedule.clone(), mode));
+                    }
+                }
+            },
+        );
+        let strategy_name = match opts.strategy {
+            StrategyKind::Dfs => format!("dfs(bound={})", opts.dfs_bound),
+            k => format!("{k}(seed={})", opts.seed),
+        };
+        for r in results.values_mut() {
+            if judged_in(r.property, mode) {
+                r.strategy = strategy_name.clone();
+                // Exhaustive only if every mode it was judged in was.
+                let ex = exhaustive && count > 0;
+                r.exhaustive = if mode == RunMode::Stalled && judged_in(r.property, RunMode::Normal)
+                {
+                    r.exhaustive && ex
+                } else {
+                    ex
+                };
+            }
+        }
+    }
+    for (p, (v, sched, mode)) in first {
+        let (spec, sched) = if opts.shrink {
+            shrink(&scenario.spec, mode, p, &sched, opts)
+        } else {
+            (scenario.spec.clone(), sched)
+        };
+        let rerun = replay_schedule(&spec, mode, sched.clone());
+        let violation = judge(&rerun, p).unwrap_or(v);
+        let shrunk_name = if spec == scenario.spec {
+            scenario.name.clone()
+        } else {
+            format!("{}.jobs{}", scenario.name, spec.jobs)
+        };
+        let token = ReplayToken {
+            scenario: shrunk_name,
+            strategy: opts.strategy,
+            seed: opts.seed,
+            mode,
+            schedule: rerun.report.schedule.encode(),
+        };
+        if let Some(r) = results.get_mut(&p) {
+            r.counterexample = Some(Counterexample {
+                violation,
+                token,
+                trace_len: rerun.report.trace.len(),
+                decisions: rerun.report.decisions,
+            });
+        }
+    }
+    CheckReport {
+        scenario: scenario.name.clone(),
+        refusals,
+        properties: opts
+            .properties
+            .iter()
+            .filter_map(|p| results.remove(p))
+            .collect(),
+        runs,
+        errors,
+        elapsed_s: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// Resolves a token's scenario, including shrunk workloads
+/// (`<scenario>.jobs<N>`).
+pub fn token_spec(
+    token: &ReplayToken,
+) -> Result<(String, WorldSpec), crate::scenario::UnknownScenario> {
+    if let Ok(s) = crate::scenario::find(&token.scenario) {
+        return Ok((s.name, s.spec));
+    }
+    if let Some((base, jobs)) = token.scenario.rsplit_once(".jobs")
+        && let Ok(j) = jobs.parse::<usize>()
+        && let Ok(s) = crate::scenario::find(base)
+    {
+        return Ok((token.scenario.clone(), WorldSpec { jobs: j, ..s.spec }));
+    }
+    Err(crate::scenario::UnknownScenario(token.scenario.clone()))
+}
+
+/// Errors of `replay`.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The token names an unknown scenario.
+    #[error(transparent)]
+    Scenario(#[from] crate::scenario::UnknownScenario),
+    /// The schedule field does not decode.
+    #[error("malformed replay token: schedule: {0}")]
+    Schedule(#[from] dmabuf_core::sync::sched::ScheduleError),
+}
+
+/// Replays a token: the run and the verdict of every property on it.
+pub fn replay(
+    token: &ReplayToken,
+) -> Result<(RunOutcome, Vec<(Property, Option<Violation>)>), ReplayError> {
+    let (_, spec) = token_spec(token)?;
+    let schedule = Schedule::decode(&token.schedule)?;
+    lockdep::set_mode(lockdep::Mode::Collect);
+    let run = replay_schedule(&spec, token.mode, schedule);
+    let verdicts = Property::ALL.iter().map(|&p| (p, judge(&run, p))).collect();
+    Ok((run, verdicts))
+}

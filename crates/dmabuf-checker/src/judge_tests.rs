@@ -1,0 +1,178 @@
+//! The judge on synthetic runs: each property catches the violation it is
+//! about and holds on the correct twin of that run.
+
+use crate::explore::{RunOutcome, judge};
+use crate::property::Property;
+use crate::token::RunMode;
+use dmabuf_core::sync::sched::{BlockedOn, Outcome, RunReport, Schedule, TaskInfo};
+use dmabuf_drivers::world::Observation;
+use dmabuf_platform::{AccessKind, AddrSpace, DeviceId, Hazard, HazardClass, Via};
+
+fn report(outcome: Outcome) -> RunReport {
+    RunReport {
+        outcome,
+        schedule: Schedule::new(vec![]),
+        steps: 10,
+        decisions: 0,
+        switches: 0,
+        virtual_ns: 0,
+        trace: vec![],
+        panics: vec![],
+        leaked_threads: 0,
+        divergence: None,
+    }
+}
+
+fn hazard(class: HazardClass, kind: AccessKind, seq: u64) -> Hazard {
+    Hazard {
+        class,
+        accessor: "gpu0".into(),
+        via: Via::Dma {
+            device: DeviceId(2),
+        },
+        space: AddrSpace::Bus,
+        addr: 0xe000_0000,
+        phys: Some(0xe000_0000),
+        kind,
+        speculative: false,
+        mapping: None,
+        attachment: None,
+        exporter: Some("vfio".into()),
+        iommu_fault: None,
+        aer: None,
+        detail: String::new(),
+        seq,
+        ts_ns: 0,
+    }
+}
+
+fn returned_at(seq: u64, hazards: Vec<Hazard>) -> Observation {
+    Observation {
+        revoke_started: true,
+        revoke_returned: true,
+        revoke_return_seq: Some(seq),
+        hazards,
+        ..Observation::default()
+    }
+}
+
+fn normal(obs: Observation) -> RunOutcome {
+    RunOutcome {
+        report: report(Outcome::Completed),
+        obs: Some(obs),
+        mode: RunMode::Normal,
+        lockdep: vec![],
+    }
+}
+
+#[test]
+fn s_fence_catches_a_write_after_return_and_not_a_read_or_an_earlier_write() {
+    let bad = normal(returned_at(
+        10,
+        vec![hazard(
+            HazardClass::AccessAfterRevoke,
+            AccessKind::Write,
+            11,
+        )],
+    ));
+    assert!(judge(&bad, Property::SFence).is_some());
+    let read = normal(returned_at(
+        10,
+        vec![hazard(HazardClass::AccessAfterRevoke, AccessKind::Read, 11)],
+    ));
+    assert!(judge(&read, Property::SFence).is_none());
+    let before = normal(returned_at(
+        10,
+        vec![hazard(HazardClass::WriteAfterFences, AccessKind::Write, 9)],
+    ));
+    assert!(judge(&before, Property::SFence).is_none());
+}
+
+#[test]
+fn s_final_catches_any_access_after_return_and_outstanding_mappings() {
+    let read = normal(returned_at(
+        10,
+        vec![hazard(HazardClass::AccessAfterRevoke, AccessKind::Read, 11)],
+    ));
+    assert!(judge(&read, Property::SFinal).is_some());
+    let mut mapped = returned_at(10, vec![]);
+    mapped.live_mappings_at_return = 1;
+    assert!(judge(&normal(mapped), Property::SFinal).is_some());
+    // A fault on a revoked IOVA is the intended outcome.
+    let stopped = normal(returned_at(
+        10,
+        vec![hazard(HazardClass::IommuFault, AccessKind::Write, 11)],
+    ));
+    assert!(judge(&stopped, Property::SFinal).is_none());
+}
+
+#[test]
+fn s_noreuse_catches_uaf_aer_and_misdirected_at_any_time() {
+    for c in [
+        HazardClass::UseAfterFree,
+        HazardClass::Aer,
+        HazardClass::MisdirectedDma,
+    ] {
+        let r = normal(returned_at(10, vec![hazard(c, AccessKind::Read, 3)]));
+        assert!(judge(&r, Property::SNoreuse).is_some(), "{c:?}");
+    }
+    let clean = normal(returned_at(
+        10,
+        vec![hazard(HazardClass::AccessAfterUnmap, AccessKind::Read, 3)],
+    ));
+    assert!(judge(&clean, Property::SNoreuse).is_none());
+}
+
+#[test]
+fn l_bounded_is_judged_only_on_stalled_runs() {
+    let stuck = RunOutcome {
+        report: report(Outcome::Deadlock {
+            tasks: vec![TaskInfo {
+                id: 1,
+                name: "revoker".into(),
+                group: "revoker".into(),
+                blocked_on: BlockedOn::Resource {
+                    kind: "condvar",
+                    resource: 1,
+                },
+                deadline_ns: None,
+                stalled: false,
+            }],
+        }),
+        obs: None,
+        mode: RunMode::Stalled,
+        lockdep: vec![],
+    };
+    let v = judge(&stuck, Property::LBounded).expect("violated");
+    assert!(v.detail.contains("revoker"), "{}", v.detail);
+    let done = RunOutcome {
+        report: report(Outcome::CompletedWithStalled { stalled: vec![] }),
+        obs: Some(returned_at(5, vec![])),
+        mode: RunMode::Stalled,
+        lockdep: vec![],
+    };
+    assert!(judge(&done, Property::LBounded).is_none());
+    // Normal runs never judge it, stalled runs judge nothing else.
+    assert!(judge(&normal(Observation::default()), Property::LBounded).is_none());
+    assert!(judge(&stuck, Property::NoDeadlock).is_none());
+}
+
+#[test]
+fn no_deadlock_no_leak_and_lockdep() {
+    let dl = RunOutcome {
+        report: report(Outcome::StepLimit),
+        obs: None,
+        mode: RunMode::Normal,
+        lockdep: vec![],
+    };
+    assert!(judge(&dl, Property::NoDeadlock).is_some());
+    assert!(judge(&normal(returned_at(1, vec![])), Property::NoDeadlock).is_none());
+    let mut leaky = returned_at(1, vec![]);
+    leaky.leaks.push("buffer ino 3 not released".into());
+    assert!(judge(&normal(leaky), Property::NoLeak).is_some());
+    assert!(judge(&normal(returned_at(1, vec![])), Property::NoLeak).is_none());
+    let mut v = normal(returned_at(1, vec![]));
+    v.lockdep.push("lockdep: inversion".into());
+    assert!(judge(&v, Property::Lockdep).is_some());
+    assert!(judge(&normal(returned_at(1, vec![])), Property::Lockdep).is_none());
+}

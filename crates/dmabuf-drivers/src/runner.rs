@@ -1,0 +1,923 @@
+//! [`run_world`]: builds the machine a [`WorldSpec`] describes, runs its
+//! threads and the revoke trigger, and reports what the monitor and the
+//! drivers saw.
+//!
+//! # The machine
+//!
+//! | part | how |
+//! |---|---|
+//! | exporter device | `vfio0` (VFIO: a 64 KiB BAR 0) or `vram0` (GPU VRAM: BAR 0 is VRAM), below switch `sw0` |
+//! | importer devices | one per instance, named after it (`gpu0`, `iommufd0`, ...), below `sw0`, so peer-to-peer uses bus addresses |
+//! | iommufd | each instance has a domain its guest device is attached to |
+//! | RAM | 256 frames (system heap, VRAM eviction, GPU page tables) |
+//! | buffer | [`BUF_PAGES`] pages: BAR 0 offset 0 (VFIO), a heap allocation, or a VRAM BO |
+//!
+//! # The timeline
+//!
+//! 1. The VMM (`userspace`) exports the buffer and sends an fd to every
+//!    importer process. With `cpu_access` it also maps BAR 0 (VFIO) and
+//!    touches it until the trigger is done.
+//! 2. Each importer thread (`userspace`): `setup`; then queues `jobs` DMA
+//!    jobs behind the *gate* fence; then reports its setup done. Refusals
+//!    (`EOPNOTSUPP`/`ENODEV` at attach, pin, map, register) are recorded
+//!    and the thread ends.
+//! 3. The revoker (`revoker`) waits until every setup is done, stalls
+//!    `userspace` in [`StallMode::StallUserspaceAtRevoke`], and runs the
+//!    trigger. The gate fence signals [`INFLIGHT_DELAY`] after the trigger
+//!    began (a timer of group `hw`): the queued jobs are in flight across
+//!    the revoke whatever the schedule.
+//! 4. Importers wait for their queued jobs; then, [`POST_DELAY`] after the
+//!    first revoke returned (or the trigger finished, or [`POST_WAIT`]
+//!    passed), run `jobs` more jobs (with `map_during_invalidate`: as soon
+//!    as the trigger began instead). In an un-revoke cycle they first wait
+//!    for the un-revoke and `remap`.
+//! 5. Importers keep the buffer until the trigger is done (at most
+//!    [`POST_WAIT`]), then tear down. The root joins everything (not the stalled
+//!    userspace threads in stall mode), shuts kernel workers and DMA engines
+//!    down and fills the [`Observation`].
+//!
+//! # Syscalls and stalls
+//!
+//! A userspace thread runs each of its system calls (setup, job submission,
+//! waits, teardown) in group `kernel` and returns to `userspace` after it:
+//! a stall of `userspace` takes effect at the return to user mode, as a
+//! stopped process finishes the system call it is in. So `l-bounded`
+//! measures what it should: whether revoke needs userspace to *act*, not
+//! whether a kernel path that happened to be running on a userspace thread
+//! finishes.
+//!
+//! # Triggers
+//!
+//! | trigger | VFIO | system heap | GPU VRAM |
+//! |---|---|---|---|
+//! | `Flr`, `DeviceReset`, `HotReset` | [`VfioPciDevice::reset`] | unsupported | unsupported |
+//! | `DecodeOff` | decode off, [`OFF_WINDOW`], decode on | unsupported | unsupported |
+//! | `D3hot` | D3hot, [`OFF_WINDOW`], D0 | unsupported | unsupported |
+//! | `Close` | [`VfioPciDevice::close`], optionally a new device at the BAR | the VMM closes its fd | the VMM closes its fd |
+//! | `UnrevokeCycle` | decode off, on, wait for re-maps, off, close | unsupported | unsupported |
+//! | `Eviction` | unsupported | unsupported | evict to system, wait, migrate back |
+//!
+//! An unsupported combination is reported in [`Observation::errors`]. Only
+//! VFIO revokes: the other exporters never set `revoke_started`.
+//!
+//! # Counters
+//!
+//! | key | meaning |
+//! |---|---|
+//! | `jobs_ok`, `jobs_failed` | DMA jobs by outcome (refused submissions count as failed) |
+//! | `data_mismatch` | a job read back other bytes than the last ones written (single-importer heap and VRAM worlds only: VFIO BARs lose their contents on reset) |
+//! | `spec_reads` | speculative read-ahead accesses, all engines |
+//! | `vfio_revokes`, `vfio_unrevokes`, `unrevoke_refused` | per buffer; a refused un-revoke leaves the buffer revoked |
+//! | `vram_moves`, `evictions`, `migrations` | GPU VRAM exporter |
+//! | `cpu_ok`, `cpu_sigbus`, `cpu_mmap_refused` | the VMM's CPU accesses to BAR 0 |
+//! | `remap_failed` | an un-revoke cycle's re-map was refused |
+//! | `maps`, `unmaps`, `invalidates`, `faults`, `revoked`, ... | summed over the importer instances ([`Importer::counters`]) |
+
+use crate::gpu_vram::GpuVram;
+use crate::host::Host;
+use crate::importers::gpu::{GpuConfig, GpuDevice, GpuImport};
+use crate::importers::iommufd::IommufdImporter;
+use crate::importers::nic::Nic;
+use crate::importers::rdma::{MrFlavour, RdmaImporter};
+use crate::importers::static_import::StaticImporter;
+use crate::importers::{ImportError, Importer, JOB_BYTES, Job, read_page};
+use crate::system_heap::SystemHeap;
+use crate::vfio::{ResetKind, RevokeEvent, TriggerReport, VfioError, VfioPciDevice};
+use crate::vfio_uapi::DmaRange;
+use crate::world::{
+    ExporterKind, ImporterKind, ImporterSpec, Observation, Refusal, StallMode, Trigger, WorldSpec,
+};
+use dmabuf_core::dma_buf::{self, DmaBufRef};
+use dmabuf_core::errno::Errno;
+use dmabuf_core::sync::sched;
+use dmabuf_core::sync::thread::{self, JoinHandle};
+use dmabuf_core::sync::time::now_ns;
+use dmabuf_core::sync::{Arc, Condvar, Mutex};
+use dmabuf_core::uapi::Process;
+use dmabuf_core::{Fence, FenceContext, SignalHandle};
+use dmabuf_platform::{
+    Accessor, DeviceConfig, Monitor, PAGE_SIZE, Platform, PlatformConfig, PowerState,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Pages of the world's buffer.
+pub const BUF_PAGES: u64 = 2;
+/// How long after the trigger begins the gated jobs start.
+pub const INFLIGHT_DELAY: Duration = Duration::from_micros(30);
+/// How long decode stays off (or the device in D3hot) before it comes back.
+pub const OFF_WINDOW: Duration = Duration::from_micros(100);
+/// The reset window of FLR and hot reset.
+pub const RESET_WINDOW: Duration = Duration::from_micros(100);
+/// How long after the revoke returned an application submits again (its
+/// next frame, its next work request): long enough for a GPU's kernel
+/// worker to unmap on its own first.
+pub const POST_DELAY: Duration = Duration::from_micros(200);
+/// The longest an importer waits for the revoke before its later jobs.
+pub const POST_WAIT: Duration = Duration::from_millis(2);
+/// The longest the revoker waits for re-maps in an un-revoke cycle.
+pub const REMAP_WAIT: Duration = Duration::from_millis(2);
+const VFIO_BAR_SIZE: u64 = 0x10000;
+const CPU_TOUCHES: usize = 4;
+
+/// The observation under construction, readable at any time: after a run
+/// that never finished (a deadlocked controlled execution), [`snapshot`]
+/// still tells what happened up to then.
+///
+/// [`snapshot`]: WorldProbe::snapshot
+#[derive(Default)]
+pub struct WorldProbe {
+    // A plain lock, not the shim's: recording must never be a scheduling
+    // point (it would change schedules), and the checker reads it after the
+    // controlled execution ended.
+    st: parking_lot::Mutex<ProbeState>,
+}
+
+#[derive(Default)]
+struct ProbeState {
+    obs: Observation,
+    monitor: Option<Monitor>,
+    t0: Option<u64>,
+}
+
+impl std::fmt::Debug for WorldProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WorldProbe({:?})", self.st.lock().obs)
+    }
+}
+
+impl WorldProbe {
+    /// An empty probe.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The observation so far, with every hazard the monitor recorded.
+    pub fn snapshot(&self) -> Observation {
+        let (mut obs, mon) = {
+            let st = self.st.lock();
+            (st.obs.clone(), st.monitor.clone())
+        };
+        if let Some(m) = mon {
+            obs.hazards = m.hazards();
+        }
+        obs
+    }
+
+    fn with(&self, f: impl FnOnce(&mut Observation)) {
+        f(&mut self.st.lock().obs);
+    }
+
+    fn error(&self, e: String) {
+        self.with(|o| o.errors.push(e));
+    }
+}
+
+#[derive(Default)]
+struct Phase {
+    fds_ready: bool,
+    export_failed: bool,
+    setups_done: usize,
+    accepted: usize,
+    trigger_begun: bool,
+    first_revoke_returned: bool,
+    unrevoked: bool,
+    remapped: usize,
+    trigger_done: bool,
+}
+
+struct Coord {
+    st: Mutex<Phase>,
+    cv: Condvar,
+}
+
+impl Coord {
+    fn update(&self, f: impl FnOnce(&mut Phase)) {
+        f(&mut self.st.lock());
+        self.cv.notify_all();
+    }
+
+    /// Waits until `pred` holds (true) or `timeout` passes (false).
+    fn wait(&self, pred: impl Fn(&Phase) -> bool, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| now_ns().saturating_add(t.as_nanos() as u64));
+        let mut g = self.st.lock();
+        loop {
+            if pred(&g) {
+                return true;
+            }
+            match deadline {
+                None => g = self.cv.wait(g),
+                Some(d) => {
+                    let now = now_ns();
+                    if now >= d {
+                        return false;
+                    }
+                    g = self.cv.wait_timeout(g, Duration::from_nanos(d - now)).0;
+                }
+            }
+        }
+    }
+}
+
+/// Runs a system call of a userspace thread in group `kernel` (see the
+/// module docs).
+fn syscall<R>(f: impl FnOnce() -> R) -> R {
+    sched::set_group("kernel");
+    let r = f();
+    sched::set_group("userspace");
+    r
+}
+
+enum Exporter {
+    Vfio(VfioPciDevice),
+    Heap(SystemHeap),
+    Vram(GpuVram),
+}
+
+struct Instance {
+    imp: Arc<dyn Importer>,
+    proc: Arc<Process>,
+    index: usize,
+}
+
+fn instance_name(kind: ImporterKind, i: usize) -> String {
+    format!("{}{i}", kind.name())
+}
+
+fn build_platform(spec: &WorldSpec) -> Result<Platform, String> {
+    let mut cfg = PlatformConfig::default().switch("sw0").ram_frames(256);
+    cfg.flr_delay = RESET_WINDOW;
+    cfg.max_devices = 16 + spec.importers.iter().map(|s| s.count).sum::<usize>();
+    cfg = match spec.exporter {
+        ExporterKind::Vfio => cfg.device(
+            DeviceConfig::new("vfio0")
+                .bar(0, VFIO_BAR_SIZE)
+                .behind_switch("sw0"),
+        ),
+        ExporterKind::GpuVram => cfg.device(
+            DeviceConfig::new("vram0")
+                .bar(0, VFIO_BAR_SIZE)
+                .behind_switch("sw0"),
+        ),
+        ExporterKind::SystemHeap => cfg,
+    };
+    let mut index = 0;
+    for s in &spec.importers {
+        for _ in 0..s.count {
+            cfg = cfg.device(DeviceConfig::new(instance_name(s.kind, index)).behind_switch("sw0"));
+            index += 1;
+        }
+    }
+    Platform::new(cfg).map_err(|e| format!("platform: {e}"))
+}
+
+fn make_importer(
+    host: &Host,
+    s: &ImporterSpec,
+    name: &str,
+) -> Result<Arc<dyn Importer>, ImportError> {
+    let dev = host
+        .device_by_name(name)
+        .ok_or_else(|| ImportError::NotSetUp(name.into()))?;
+    Ok(match s.kind {
+        ImporterKind::Static => Arc::new(StaticImporter::new(host, name, dev)?),
+        ImporterKind::Gpu | ImporterKind::GpuKernelFence => {
+            let cfg = GpuConfig {
+                kernel_fence: s.kind == ImporterKind::GpuKernelFence,
+                writes_after_fences: s.writes_after_fences,
+                ..GpuConfig::default()
+            };
+            let g = GpuDevice::new(host, dev, cfg)?;
+            Arc::new(GpuImport::new(name, &g, true))
+        }
+        ImporterKind::RdmaOdp
+        | ImporterKind::RdmaPinned
+        | ImporterKind::RdmaPinnedRevocable
+        | ImporterKind::Lying => {
+            let flavour = match s.kind {
+                ImporterKind::RdmaOdp => MrFlavour::Odp,
+                ImporterKind::RdmaPinned => MrFlavour::Pinned,
+                ImporterKind::RdmaPinnedRevocable => MrFlavour::PinnedRevocable,
+                _ => MrFlavour::Lying,
+            };
+            let nic = Nic::new(host, dev)?;
+            Arc::new(RdmaImporter::new(host, name, flavour, &nic, true))
+        }
+        ImporterKind::Iommufd => Arc::new(IommufdImporter::new(host, name, dev)?),
+    })
+}
+
+/// Runs the world once and returns what it showed. On real threads only
+/// [`StallMode::Normal`] is possible (a stall request is reported as an
+/// error and the run is normal).
+pub fn run_world(spec: &WorldSpec, mode: StallMode) -> Observation {
+    run_world_with(spec, mode, &WorldProbe::new())
+}
+
+/// [`run_world`], recording into `probe` as it goes.
+pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>) -> Observation {
+    let mode = if mode == StallMode::StallUserspaceAtRevoke && !sched::active() {
+        probe.error("stall mode needs a controlled execution; ran normally".into());
+        StallMode::Normal
+    } else {
+        mode
+    };
+    let platform = match build_platform(spec) {
+        Ok(p) => p,
+        Err(e) => {
+            probe.error(e);
+            return probe.snapshot();
+        }
+    };
+    let host = Host::new(platform.clone());
+    probe.st.lock().monitor = Some(platform.monitor().clone());
+    // Engines and the timer belong to the hardware.
+    sched::set_group("hw");
+    let built = build_world(spec, &host, probe);
+    sched::set_group("main");
+    let Some((exporter, instances)) = built else {
+        platform.shutdown();
+        return probe.snapshot();
+    };
+    let coord = Arc::new(Coord {
+        st: Mutex::new(Phase::default()),
+        cv: Condvar::new(),
+    });
+    let gate_ctx = FenceContext::named("world", "gate");
+    let (gate, gate_h) = gate_ctx.create();
+    let vmm = Process::new(1);
+    let bufs = Arc::new(Mutex::new(Vec::<DmaBufRef>::new()));
+
+    let timer = spawn_timer(&coord, gate_h);
+    let vmm_thread = spawn_vmm(spec, &exporter, &instances, &vmm, &coord, probe, &bufs);
+    let user_threads: Vec<JoinHandle<()>> = instances
+        .iter()
+        .map(|inst| spawn_importer(spec, inst, &gate, &coord, probe))
+        .collect();
+    let revoker = spawn_revoker(spec, mode, &exporter, &vmm, &coord, probe, instances.len());
+
+    let _ = revoker.join();
+    if mode == StallMode::Normal {
+        let _ = vmm_thread.join();
+        for h in user_threads {
+            let _ = h.join();
+        }
+    }
+    let _ = timer.join();
+    for inst in &instances {
+        inst.imp.shutdown();
+    }
+    let spec_reads: usize = platform
+        .engines()
+        .iter()
+        .map(|e| e.speculative_reads())
+        .sum();
+    bump(probe, "spec_reads", spec_reads as u64);
+    platform.shutdown();
+    if mode == StallMode::Normal {
+        vmm.close_all();
+        for inst in &instances {
+            inst.proc.close_all();
+        }
+    }
+    let bufs = bufs.lock().clone();
+    finish(mode, &host, &exporter, &instances, &bufs, probe);
+    probe.snapshot()
+}
+
+fn build_world(
+    spec: &WorldSpec,
+    host: &Host,
+    probe: &Arc<WorldProbe>,
+) -> Option<(Arc<Exporter>, Vec<Instance>)> {
+    let exporter = match spec.exporter {
+        ExporterKind::Vfio => host
+            .device_by_name("vfio0")
+            .ok_or_else(|| "no vfio0".to_string())
+            .and_then(|d| VfioPciDevice::bind(host, d, spec.policy).map_err(|e| e.to_string()))
+            .map(Exporter::Vfio),
+        ExporterKind::SystemHeap => SystemHeap::new(host)
+            .map(Exporter::Heap)
+            .map_err(|e| e.to_string()),
+        ExporterKind::GpuVram => host
+            .device_by_name("vram0")
+            .ok_or_else(|| "no vram0".to_string())
+            .and_then(|d| GpuVram::new(host, d).map_err(|e| e.to_string()))
+            .map(Exporter::Vram),
+    };
+    let exporter = match exporter {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            probe.error(format!("exporter: {e}"));
+            return None;
+        }
+    };
+    let mut instances = Vec::new();
+    let mut index = 0;
+    for s in &spec.importers {
+        for _ in 0..s.count {
+            let name = instance_name(s.kind, index);
+            match make_importer(host, s, &name) {
+                Ok(imp) => instances.push(Instance {
+                    imp,
+                    proc: Process::new(100 + index as u32),
+                    index,
+                }),
+                Err(e) => probe.error(format!("{name}: {e}")),
+            }
+            index += 1;
+        }
+    }
+    Some((exporter, instances))
+}
+
+fn spawn_timer(coord: &Arc<Coord>, gate: SignalHandle) -> JoinHandle<()> {
+    let coord = coord.clone();
+    thread::spawn_named("gate-timer".into(), move || {
+        sched::set_group("hw");
+        coord.wait(|p| p.trigger_begun || p.export_failed, None);
+        thread::sleep(INFLIGHT_DELAY);
+        let _ = gate.signal();
+    })
+}
+
+fn spawn_vmm(
+    spec: &WorldSpec,
+    exporter: &Arc<Exporter>,
+    instances: &[Instance],
+    vmm: &Arc<Process>,
+    coord: &Arc<Coord>,
+    probe: &Arc<WorldProbe>,
+    bufs: &Arc<Mutex<Vec<DmaBufRef>>>,
+) -> JoinHandle<()> {
+    let exporter = exporter.clone();
+    let procs: Vec<Arc<Process>> = instances.iter().map(|i| i.proc.clone()).collect();
+    let (vmm, coord, probe, bufs) = (vmm.clone(), coord.clone(), probe.clone(), bufs.clone());
+    let cpu = spec.cpu_access;
+    thread::spawn_named("vmm".into(), move || {
+        sched::set_group("userspace");
+        let fd = syscall(|| export(&exporter, &vmm));
+        let fd = match fd {
+            Ok(fd) => fd,
+            Err(e) => {
+                probe.error(format!("export: {e}"));
+                coord.update(|p| p.export_failed = true);
+                return;
+            }
+        };
+        if let Ok(b) = vmm.dma_buf_get(fd) {
+            bufs.lock().push(b.downgrade());
+        }
+        for p in &procs {
+            if let Err(e) = vmm.send_fd(fd, p) {
+                probe.error(format!("send_fd: {e}"));
+            }
+        }
+        coord.update(|p| p.fds_ready = true);
+        if cpu && let Exporter::Vfio(v) = &*exporter {
+            cpu_touches(v, &coord, &probe);
+        }
+    })
+}
+
+fn export(exporter: &Exporter, vmm: &Process) -> Result<i32, String> {
+    let len = BUF_PAGES * PAGE_SIZE;
+    match exporter {
+        Exporter::Vfio(v) => v
+            .export_dma_buf(
+                vmm,
+                0,
+                &[DmaRange {
+                    offset: 0,
+                    length: len,
+                }],
+                2,
+            )
+            .map_err(|e| e.to_string()),
+        Exporter::Heap(h) => {
+            let b = h.allocate(len, 2, 0).map_err(|e| e.to_string())?;
+            vmm.dma_buf_fd(b, 0).map_err(|e| e.to_string())
+        }
+        Exporter::Vram(g) => {
+            let b = g.create_bo(BUF_PAGES, 2).map_err(|e| e.to_string())?;
+            vmm.dma_buf_fd(b, 0).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn cpu_touches(v: &VfioPciDevice, coord: &Coord, probe: &WorldProbe) {
+    let m = match syscall(|| v.mmap_bar(0, Accessor::new("vmm"))) {
+        Ok(m) => m,
+        // The trigger may have closed the device before the VMM got here.
+        Err(VfioError::Closed { .. }) => {
+            bump(probe, "cpu_mmap_refused", 1);
+            return;
+        }
+        Err(e) => {
+            probe.error(format!("mmap of BAR 0: {e}"));
+            return;
+        }
+    };
+    for i in 0..CPU_TOUCHES {
+        if coord.st.lock().trigger_done {
+            break;
+        }
+        let r = syscall(|| m.write(0, &[i as u8; 8]));
+        probe.with(|o| {
+            let k = if r.is_ok() { "cpu_ok" } else { "cpu_sigbus" };
+            *o.counters.entry(k.into()).or_default() += 1;
+        });
+        thread::sleep(Duration::from_micros(40));
+    }
+    m.munmap();
+}
+
+fn bump(probe: &WorldProbe, k: &str, n: u64) {
+    probe.with(|o| *o.counters.entry(k.into()).or_default() += n);
+}
+
+fn pattern(index: usize, job: usize) -> u8 {
+    (index as u8).wrapping_mul(32).wrapping_add(job as u8 + 1)
+}
+
+/// Tracks what each page should read back (single-importer worlds of the
+/// exporters whose memory survives).
+struct Expect {
+    on: bool,
+    pages: Vec<Option<u8>>,
+}
+
+impl Expect {
+    /// A job wrote `pat` to `page` and read the next page.
+    fn check(
+        &mut self,
+        probe: &WorldProbe,
+        name: &str,
+        page: u64,
+        pat: u8,
+        r: &Result<Vec<u8>, i32>,
+    ) {
+        let from = read_page(page, BUF_PAGES);
+        match r {
+            Ok(data) => {
+                if self.on
+                    && let Some(want) = self.pages[from as usize]
+                    && data.len() == JOB_BYTES
+                    && data.iter().any(|b| *b != want)
+                {
+                    bump(probe, "data_mismatch", 1);
+                    probe.error(format!(
+                        "{name}: page {from} read {:#04x}, expected {want:#04x}",
+                        data[0]
+                    ));
+                }
+                self.pages[page as usize] = Some(pat);
+            }
+            // Whether the write landed is unknown.
+            Err(_) => self.pages[page as usize] = None,
+        }
+    }
+}
+
+fn record_job(probe: &WorldProbe, r: &Result<Vec<u8>, i32>) {
+    match r {
+        Ok(_) => bump(probe, "jobs_ok", 1),
+        Err(_) => bump(probe, "jobs_failed", 1),
+    }
+}
+
+fn spawn_importer(
+    spec: &WorldSpec,
+    inst: &Instance,
+    gate: &Fence,
+    coord: &Arc<Coord>,
+    probe: &Arc<WorldProbe>,
+) -> JoinHandle<()> {
+    let imp = inst.imp.clone();
+    let proc = inst.proc.clone();
+    let index = inst.index;
+    let (gate, coord, probe) = (gate.clone(), coord.clone(), probe.clone());
+    let jobs = spec.jobs;
+    let cycle = spec.trigger == Trigger::UnrevokeCycle;
+    let early = spec.map_during_invalidate;
+    let single = spec.importers.iter().map(|s| s.count).sum::<usize>() == 1;
+    let check = single
+        && matches!(
+            spec.exporter,
+            ExporterKind::SystemHeap | ExporterKind::GpuVram
+        );
+    thread::spawn_named(imp.name().to_owned(), move || {
+        sched::set_group("userspace");
+        let name = imp.name().to_owned();
+        let mut expect = Expect {
+            on: check,
+            pages: vec![Some(0); BUF_PAGES as usize],
+        };
+        coord.wait(|p| p.fds_ready || p.export_failed, None);
+        let fd = proc.fds().into_iter().next();
+        let setup = match fd {
+            Some(fd) => syscall(|| imp.setup(&proc, fd)),
+            None => Err(ImportError::NotSetUp(name.clone())),
+        };
+        if let Err(e) = setup {
+            if e.is_refusal() {
+                probe.with(|o| {
+                    o.refusals.push(Refusal {
+                        importer: name.clone(),
+                        stage: e.stage().name(),
+                        errno: e.errno(),
+                    })
+                });
+            } else {
+                probe.error(format!("{name}: setup: {e}"));
+            }
+            proc.close_all();
+            coord.update(|p| p.setups_done += 1);
+            return;
+        }
+        let queued: Vec<(u64, u8, Result<Job, ImportError>)> = (0..jobs)
+            .map(|k| {
+                let page = k as u64 % BUF_PAGES;
+                let pat = pattern(index, k);
+                (
+                    page,
+                    pat,
+                    syscall(|| imp.submit(page, pat, Some(gate.clone()))),
+                )
+            })
+            .collect();
+        coord.update(|p| {
+            p.setups_done += 1;
+            p.accepted += 1;
+        });
+        for (page, pat, j) in queued {
+            let r = match j {
+                Ok(j) => syscall(|| j.wait()),
+                Err(e) => Err(e.errno()),
+            };
+            record_job(&probe, &r);
+            expect.check(&probe, &name, page, pat, &r);
+        }
+        if early {
+            coord.wait(|p| p.trigger_begun, Some(POST_WAIT));
+        } else {
+            coord.wait(
+                |p| p.first_revoke_returned || p.trigger_done,
+                Some(POST_WAIT),
+            );
+            thread::sleep(POST_DELAY);
+        }
+        if cycle {
+            coord.wait(|p| p.unrevoked || p.trigger_done, Some(POST_WAIT));
+            if let Err(e) = syscall(|| imp.remap()) {
+                bump(&probe, "remap_failed", 1);
+                if !e.is_refusal() {
+                    probe.error(format!("{name}: remap: {e}"));
+                }
+            }
+        }
+        for k in jobs..2 * jobs {
+            let page = k as u64 % BUF_PAGES;
+            let pat = pattern(index, k);
+            let r = syscall(|| match imp.submit(page, pat, None) {
+                Ok(j) => j.wait(),
+                Err(e) => Err(e.errno()),
+            });
+            record_job(&probe, &r);
+            expect.check(&probe, &name, page, pat, &r);
+        }
+        if cycle {
+            coord.update(|p| p.remapped += 1);
+        }
+        // The application keeps its buffer until the device event is over
+        // (or it gives up waiting): an importer that needs userspace to
+        // unmap is not let off by an early exit.
+        coord.wait(|p| p.trigger_done, Some(POST_WAIT));
+        if let Err(e) = syscall(|| imp.teardown()) {
+            probe.error(format!("{name}: teardown: {e}"));
+        }
+    })
+}
+
+fn spawn_revoker(
+    spec: &WorldSpec,
+    mode: StallMode,
+    exporter: &Arc<Exporter>,
+    vmm: &Arc<Process>,
+    coord: &Arc<Coord>,
+    probe: &Arc<WorldProbe>,
+    n: usize,
+) -> JoinHandle<()> {
+    let (exporter, vmm, coord, probe) =
+        (exporter.clone(), vmm.clone(), coord.clone(), probe.clone());
+    let spec = spec.clone();
+    if let Exporter::Vfio(v) = &*exporter {
+        let (coord2, probe2) = (coord.clone(), probe.clone());
+        v.set_revoke_observer(Some(Arc::new(move |ev: &RevokeEvent| {
+            if let RevokeEvent::Returned(r) = ev {
+                let first = {
+                    let mut st = probe2.st.lock();
+                    let first = !st.obs.revoke_returned;
+                    if first {
+                        let t0 = st.t0.unwrap_or(r.began_ns);
+                        st.obs.revoke_returned = true;
+                        st.obs.revoke_latency_ns = Some(r.returned_ns.saturating_sub(t0));
+                        st.obs.revoke_return_seq = Some(r.returned_seq);
+                        st.obs.live_mappings_at_return = r.live_mappings_at_return;
+                    }
+                    first
+                };
+                if first {
+                    coord2.update(|p| p.first_revoke_returned = true);
+                }
+            }
+        })));
+    }
+    thread::spawn_named("revoker".into(), move || {
+        sched::set_group("revoker");
+        coord.wait(
+            |p| (p.fds_ready && p.setups_done >= n) || p.export_failed,
+            None,
+        );
+        if mode == StallMode::StallUserspaceAtRevoke {
+            sched::stall_group("userspace");
+        }
+        if matches!(&*exporter, Exporter::Vfio(_)) {
+            let t0 = now_ns();
+            probe.with(|o| o.revoke_started = true);
+            probe.st.lock().t0 = Some(t0);
+        }
+        coord.update(|p| p.trigger_begun = true);
+        run_trigger(&spec, &exporter, &vmm, &coord, &probe);
+        coord.update(|p| p.trigger_done = true);
+    })
+}
+
+fn report(probe: &WorldProbe, r: Result<TriggerReport, VfioError>) {
+    match r {
+        Ok(rep) => {
+            bump(probe, "unrevoke_refused", rep.unrevoke_refused.len() as u64);
+            for e in rep.errors {
+                probe.error(format!("trigger: {e}"));
+            }
+        }
+        Err(e) => probe.error(format!("trigger: {e}")),
+    }
+}
+
+fn run_trigger(
+    spec: &WorldSpec,
+    exporter: &Exporter,
+    vmm: &Process,
+    coord: &Coord,
+    probe: &WorldProbe,
+) {
+    match (exporter, spec.trigger) {
+        (Exporter::Vfio(v), t) => vfio_trigger(spec, v, t, coord, probe),
+        (_, Trigger::Close) => vmm.close_all(),
+        (Exporter::Vram(g), Trigger::Eviction) => {
+            for f in g.evict_all() {
+                let _ = f.wait(None);
+            }
+            bump(probe, "evictions", 1);
+            thread::sleep(OFF_WINDOW);
+            for f in g.migrate_all_to_vram() {
+                let _ = f.wait(None);
+            }
+            bump(probe, "migrations", 1);
+        }
+        (_, t) => probe.error(format!(
+            "trigger {t:?} is not supported by {:?}",
+            spec.exporter
+        )),
+    }
+}
+
+fn vfio_trigger(
+    spec: &WorldSpec,
+    v: &VfioPciDevice,
+    t: Trigger,
+    coord: &Coord,
+    probe: &WorldProbe,
+) {
+    match t {
+        Trigger::Flr => report(probe, v.reset(ResetKind::Flr)),
+        Trigger::DeviceReset => report(probe, v.reset(ResetKind::DeviceReset)),
+        Trigger::HotReset => report(probe, v.reset(ResetKind::HotReset)),
+        Trigger::DecodeOff => {
+            report(probe, v.set_memory_decode(false));
+            thread::sleep(OFF_WINDOW);
+            report(probe, v.set_memory_decode(true));
+        }
+        Trigger::D3hot => {
+            report(probe, v.set_power_state(PowerState::D3hot));
+            thread::sleep(OFF_WINDOW);
+            report(probe, v.set_power_state(PowerState::D0));
+        }
+        Trigger::Close => {
+            report(probe, v.close());
+            if spec.hotplug_after_close
+                && let Err(e) = v.hotplug_replacement("newdev0")
+            {
+                probe.error(format!("hotplug: {e}"));
+            }
+        }
+        Trigger::UnrevokeCycle => {
+            report(probe, v.set_memory_decode(false));
+            thread::sleep(OFF_WINDOW);
+            report(probe, v.set_memory_decode(true));
+            coord.update(|p| p.unrevoked = true);
+            let accepted = coord.st.lock().accepted;
+            coord.wait(|p| p.remapped >= accepted, Some(REMAP_WAIT));
+            report(probe, v.set_memory_decode(false));
+            report(probe, v.close());
+        }
+        Trigger::Eviction => probe.error("trigger Eviction is not supported by VFIO".into()),
+    }
+}
+
+fn finish(
+    mode: StallMode,
+    host: &Host,
+    exporter: &Exporter,
+    instances: &[Instance],
+    bufs: &[DmaBufRef],
+    probe: &WorldProbe,
+) {
+    let platform = host.platform();
+    let mut counters: BTreeMap<String, u64> = BTreeMap::new();
+    for inst in instances {
+        for (k, v) in inst.imp.counters() {
+            *counters.entry(k.to_owned()).or_default() += v;
+        }
+    }
+    match exporter {
+        Exporter::Vfio(v) => {
+            let (r, u) = v.counts();
+            counters.insert("vfio_revokes".into(), r);
+            counters.insert("vfio_unrevokes".into(), u);
+        }
+        Exporter::Vram(g) => {
+            counters.insert("vram_moves".into(), g.moves());
+        }
+        Exporter::Heap(_) => {}
+    }
+    let mut leaks = Vec::new();
+    // Inode numbers are per execution under the controlled scheduler, and
+    // the core's diagnostics are process-wide and keyed by inode: several
+    // executions running at once would take each other's. So they are read
+    // on real threads only; the buffer objects themselves say the rest.
+    let controlled = sched::active();
+    for b in bufs {
+        let diags = if controlled {
+            Vec::new()
+        } else {
+            dma_buf::take_diagnostics_for(b.ino())
+        };
+        if mode != StallMode::Normal {
+            continue;
+        }
+        if !b.is_released() {
+            leaks.push(format!("dma-buf ino {} not released", b.ino()));
+        }
+        let attached = b.attachments().len();
+        if attached != 0 {
+            leaks.push(format!(
+                "dma-buf ino {}: {attached} attachment(s) never detached",
+                b.ino()
+            ));
+        }
+        leaks.extend(
+            diags
+                .into_iter()
+                .map(|d| format!("dma-buf ino {}: {}", b.ino(), d.problem)),
+        );
+    }
+    if mode == StallMode::Normal {
+        let stats = platform.stats();
+        if stats.live_mappings != 0 {
+            leaks.push(format!(
+                "{} declared mapping(s) never unmapped",
+                stats.live_mappings
+            ));
+        }
+        if stats.iommu_pages_mapped != 0 {
+            leaks.push(format!(
+                "{} IOVA page(s) still mapped",
+                stats.iommu_pages_mapped
+            ));
+        }
+        if stats.frames_allocated != 0 {
+            leaks.push(format!(
+                "{} RAM frame(s) still allocated",
+                stats.frames_allocated
+            ));
+        }
+    }
+    probe.with(|o| {
+        for (k, v) in counters {
+            *o.counters.entry(k).or_default() += v;
+        }
+        o.leaks = leaks;
+    });
+}

@@ -1,0 +1,1102 @@
+//! The VFIO PCI dma-buf exporter (`drivers/vfio/pci/vfio_pci_dmabuf.c`,
+//! Linux 7.1): a VMM exports ranges of a device BAR as dma-bufs through the
+//! `VFIO_DEVICE_FEATURE` ABI ([`crate::vfio_uapi`]), and the device's config
+//! writes, power transitions, resets and close revoke them.
+//!
+//! # Objects
+//!
+//! | Rust | kernel |
+//! |---|---|
+//! | [`VfioPciDevice`] | `struct vfio_pci_core_device` (its `memory_lock`, its `dmabufs` list) |
+//! | [`VfioDmaBuf`] | `struct vfio_pci_dma_buf` (`priv`: phys ranges, `revoked`, `kref` + `comp` as a [`Revocable`]) |
+//! | [`VfioPciDevice::device_feature`] | `vfio_pci_core_feature_dma_buf` |
+//! | [`iommufd_map`] | `vfio_pci_dma_buf_iommufd_map` (the private interface for iommufd) |
+//! | `VfioPciDevice::dma_buf_move` | `vfio_pci_dma_buf_move` |
+//! | [`VfioPciDevice::close`] | `vfio_pci_dma_buf_cleanup` + device unbind |
+//!
+//! # Buffer states
+//!
+//! | state | `revoked` | live count | attach | map |
+//! |---|---|---|---|---|
+//! | usable | false | 1 + mappings | per the policy's gate | sg table + one count |
+//! | revoking | true (v1: after notifying) | draining | `ENODEV` | `ENODEV` |
+//! | revoked (decode off, D3hot, reset window) | true | 1, re-armed (or base given back when the policy does not drain) | `ENODEV` | `ENODEV` |
+//! | gone (device closed) | true, for good; `vdev` cleared | 1 | `ENODEV` | `ENODEV` |
+//!
+//! A buffer is exported revoked when the device's memory is not enabled.
+//!
+//! # Ops (7.1)
+//!
+//! * `attach`: no `peer2peer` → `EOPNOTSUPP`; revoked → `ENODEV`; not
+//!   `dma_buf_attach_revocable` → `EOPNOTSUPP` when the policy's gate says
+//!   so ([`RevokePolicy::attach_gate`]). MMIO has no struct pages, so every
+//!   static importer is refused under every policy.
+//! * `pin`: absent (VFIO is not a dynamic exporter), except under
+//!   `v9c-gate-in-pin`, where `pin` refuses non-revocable importers (v2's
+//!   idea).
+//! * `map_dma_buf` (lock held): `ENODEV` while revoked; the sg table comes
+//!   from the physical ranges and `pci_p2pdma_distance` between the device and
+//!   the importer: `BusAddr` → bus addresses; `ThruHostBridge` → an IOVA in
+//!   the importer's DMA-API domain (or the physical address when it has
+//!   none); anything else → `EINVAL`. Counts one live mapping.
+//! * `unmap_dma_buf` (lock held): unmaps the IOVAs, drops the count; the last
+//!   unmap completes a draining revoke.
+//! * `release`: unlinks the buffer from its device, if still bound.
+//!
+//! # The revoke sequence of one buffer (`dma_buf_move(revoked = true)`)
+//!
+//! 1. Skip the buffer if its file is no longer live (`get_file_active`) or
+//!    it is already revoked.
+//! 2. Lock the reservation object.
+//! 3. Set `revoked` (all policies but v1, which sets it after step 4).
+//! 4. `dma_buf_invalidate_mappings`.
+//! 5. Wait for fences as the policy says (`None`, `Kernel` or `Bookkeep`,
+//!    non-interruptible, `MAX_SCHEDULE_TIMEOUT`); tell the monitor
+//!    (`fences_done`).
+//! 6. Unlock, so importers that unmap later (taking the lock) can finish.
+//! 7. Drop the base count and wait for every unmap as the policy says (not
+//!    at all, at most 1 s, or unbounded), then re-arm (the core's
+//!    [`Revocable::put_base_and_wait`]).
+//! 8. The revoke returns: tell the monitor (`revoke_returned`). Only now may
+//!    the caller reset, power down or unbind the device.
+//!
+//! # Un-revoke (`dma_buf_move(revoked = false)`)
+//!
+//! 1. Lock; invalidate (dynamic importers learn they may map again); wait as
+//!    the policy says; unlock.
+//! 2. For the draining policies (v5, v6, v8b, v9c): check the count was
+//!    re-armed; if an importer still holds a mapping from before (v5 gave up
+//!    waiting), the buffer stays revoked and the caller gets
+//!    [`VfioError::Unrevoke`]; nothing is half done.
+//! 3. Lock; clear `revoked`; unlock (after the re-arm: the v6 race fix).
+//! 4. Tell the monitor (`unrevoke`).
+//!
+//! # Triggers
+//!
+//! | call | before | revoke | after the revoke returns |
+//! |---|---|---|---|
+//! | [`VfioPciDevice::set_memory_decode`]`(false)` | zap CPU mappings | yes | clear `PCI_COMMAND_MEMORY` |
+//! | [`VfioPciDevice::set_memory_decode`]`(true)` | | | set it; un-revoke |
+//! | [`VfioPciDevice::set_power_state`]`(D3hot)` | zap | yes | power down |
+//! | [`VfioPciDevice::set_power_state`]`(D0)` | | | power up; un-revoke if decoding |
+//! | [`VfioPciDevice::reset`] (FLR, `VFIO_DEVICE_RESET`, hot reset) | save config, zap | yes | the reset window; restore config; un-revoke if decoding |
+//! | [`VfioPciDevice::close`] | zap | yes, for good (cleanup) | unlink every buffer; unbind (unplug) the device |
+//!
+//! A trigger checks its preconditions (device present, not closed, not in
+//! reset) before revoking anything, so a refused trigger leaves every buffer
+//! as it was. If the platform step after a completed revoke fails, the
+//! buffers stay revoked and consistent (flag set, count re-armed).
+//!
+//! Cleanup of a buffer that an earlier trigger already revoked skips the
+//! count drop and the wait (the April 2026 fix: a second base put would
+//! underflow and the wait would hang on a consumed completion).
+//!
+//! # Lock rules
+//!
+//! `memory_lock` (the kernel's rw_semaphore, write side) → reservation lock
+//! → the buffer's own small locks. Every trigger holds `memory_lock`
+//! throughout, so triggers are serialised and a CPU fault (which takes it)
+//! cannot insert a PTE between a zap and the revoke. `map`/`unmap` take no
+//! VFIO lock: an importer's later unmap never needs `memory_lock`. File
+//! references taken in step 1 are dropped only after `memory_lock` is
+//! released: the last one runs `release`, which takes `memory_lock` (the
+//! kernel defers that `fput` the same way).
+
+use crate::dma_api;
+use crate::host::Host;
+use crate::policy::RevokePolicy;
+use crate::vfio_uapi::{self, DmaRange, FeatureCall};
+use dmabuf_core::dma_buf::{
+    self, Attachment, DmaBuf, DmaBufError, DmaBufOps, DmaBufRef, DmaDirection, ExportInfo, PinOps,
+    SgEntry, SgTable,
+};
+use dmabuf_core::dma_fence::MAX_SCHEDULE_TIMEOUT;
+use dmabuf_core::dma_resv::ResvGuard;
+use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::revoke::{Revocable, UnmapWait};
+use dmabuf_core::sync::atomic::{AtomicU64, Ordering};
+use dmabuf_core::sync::{Arc, Mutex, Weak};
+use dmabuf_core::trace_event;
+use dmabuf_core::uapi::{Process, SysError};
+use dmabuf_platform::{
+    Accessor, CpuMapping, DeviceConfig, DeviceId, ExporterId, IommuPerm, MonitorError, P2pType,
+    PAGE_SIZE, PciDevice, PciError, PhysRange, PowerState, VmFault,
+};
+use std::any::Any;
+use std::fmt;
+
+/// The exporter name of VFIO dma-bufs (`exp_name`).
+pub const EXP_NAME: &str = "vfio_pci";
+
+/// Errors of the VFIO exporter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VfioError {
+    /// The `VFIO_DEVICE_FEATURE` payload was refused by the ABI checks.
+    #[error("VFIO_DEVICE_FEATURE: {} ({errno})", errno::name(*errno))]
+    Feature {
+        /// Positive errno of the failed check.
+        errno: i32,
+    },
+    /// The region index names no BAR of this device.
+    #[error("BAR{index} of {device} is not implemented")]
+    NoBar {
+        /// Device name.
+        device: String,
+        /// Region index.
+        index: u32,
+    },
+    /// A range leaves the BAR (`EINVAL`) or overflows (`EOVERFLOW`).
+    #[error("range outside BAR{index} of {device} ({:#x} bytes): {}", size, errno::name(*errno))]
+    Range {
+        /// Device name.
+        device: String,
+        /// Region index.
+        index: u32,
+        /// BAR size.
+        size: u64,
+        /// `EINVAL` or `EOVERFLOW`.
+        errno: i32,
+    },
+    /// The device was closed or unplugged.
+    #[error("VFIO device {device} is gone")]
+    DeviceGone {
+        /// Device name.
+        device: String,
+    },
+    /// The device fd was already closed.
+    #[error("VFIO device {device} is already closed")]
+    Closed {
+        /// Device name.
+        device: String,
+    },
+    /// The PCI layer refused a transition.
+    #[error("{device}: {source}")]
+    Pci {
+        /// Device name.
+        device: String,
+        /// What the PCI layer said.
+        source: PciError,
+    },
+    /// The dma-buf core refused.
+    #[error(transparent)]
+    DmaBuf(#[from] DmaBufError),
+    /// Installing the fd failed.
+    #[error("installing the dma-buf fd: {0}")]
+    Fd(SysError),
+    /// The private iommufd interface refused (`EOPNOTSUPP`, `ENODEV`).
+    #[error("vfio_pci_dma_buf_iommufd_map: {what} ({})", errno::name(*errno))]
+    Iommufd {
+        /// Positive errno.
+        errno: i32,
+        /// Why.
+        what: &'static str,
+    },
+    /// A buffer could not be un-revoked (a mapping from before the revoke
+    /// is still live); it stays revoked.
+    #[error("un-revoke of dma-buf ino {ino}: {source}")]
+    Unrevoke {
+        /// The buffer.
+        ino: u64,
+        /// The core's refusal.
+        source: DmaBufError,
+    },
+    /// The hazard monitor refused a declaration.
+    #[error("monitor: {0}")]
+    Monitor(#[from] MonitorError),
+    /// The device still owns its BARs (not closed yet).
+    #[error("VFIO device {device} is still bound")]
+    StillBound {
+        /// Device name.
+        device: String,
+    },
+}
+
+impl Errno for VfioError {
+    fn errno(&self) -> i32 {
+        match self {
+            VfioError::Feature { errno } | VfioError::Range { errno, .. } => *errno,
+            VfioError::NoBar { .. } | VfioError::DeviceGone { .. } => errno::ENODEV,
+            VfioError::Closed { .. } => errno::EBADF,
+            VfioError::Pci { source, .. } => source.errno(),
+            VfioError::DmaBuf(e) => e.errno(),
+            VfioError::Fd(e) => e.errno(),
+            VfioError::Iommufd { errno, .. } => *errno,
+            VfioError::Unrevoke { .. } => errno::EBUSY,
+            VfioError::Monitor(e) => e.errno(),
+            VfioError::StillBound { .. } => errno::EBUSY,
+        }
+    }
+}
+
+/// Which reset a [`VfioPciDevice::reset`] performs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetKind {
+    /// Function-level reset through a config write.
+    Flr,
+    /// `VFIO_DEVICE_RESET`.
+    DeviceReset,
+    /// `VFIO_DEVICE_PCI_HOT_RESET`: a secondary bus reset of the device set.
+    HotReset,
+}
+
+/// What one buffer's revoke did (steps 1–8 of the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BufferRevoke {
+    /// The buffer.
+    pub ino: u64,
+    /// It was already revoked (cleanup after an earlier trigger).
+    pub already_revoked: bool,
+    /// Attachments notified in step 4.
+    pub notified: usize,
+    /// Mappings counted live after step 6.
+    pub live_after_fences: usize,
+    /// Every mapping was unmapped before returning.
+    pub drained: bool,
+    /// When step 2 began.
+    pub began_ns: u64,
+    /// When step 8 happened.
+    pub returned_ns: u64,
+    /// Monitor sequence of `fences_done`.
+    pub fences_done_seq: u64,
+    /// Monitor sequence of `revoke_returned`.
+    pub returned_seq: u64,
+    /// Mappings the monitor still counted live at step 8.
+    pub live_mappings_at_return: i64,
+}
+
+/// Revoke progress, reported as it happens (the world runner records it
+/// even if a later step never completes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevokeEvent {
+    /// Step 2 of a buffer's revoke begins.
+    Begin {
+        /// The buffer.
+        ino: u64,
+        /// When.
+        ns: u64,
+    },
+    /// Step 5 ended.
+    FencesDone {
+        /// The buffer.
+        ino: u64,
+        /// Monitor sequence.
+        seq: u64,
+    },
+    /// Step 8: the revoke returned.
+    Returned(BufferRevoke),
+    /// An un-revoke completed.
+    Unrevoked {
+        /// The buffer.
+        ino: u64,
+        /// Monitor sequence.
+        seq: u64,
+    },
+}
+
+/// Receives [`RevokeEvent`]s.
+pub type RevokeObserver = Arc<dyn Fn(&RevokeEvent) + Send + Sync>;
+
+/// What a trigger did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TriggerReport {
+    /// Buffers revoked, in order.
+    pub revoked: Vec<BufferRevoke>,
+    /// Buffers un-revoked.
+    pub unrevoked: Vec<u64>,
+    /// Buffers whose un-revoke was refused because a mapping from before
+    /// the revoke is still live (they stay revoked; a later un-revoke may
+    /// succeed once it is unmapped).
+    pub unrevoke_refused: Vec<u64>,
+    /// Steps that failed after the revoke (the buffers stay revoked).
+    pub errors: Vec<String>,
+}
+
+/// Per-attachment exporter data: the buffer and the importer's device.
+struct VfioAttachPriv {
+    buf: Arc<VfioDmaBuf>,
+    dev: Option<DeviceId>,
+}
+
+/// `struct vfio_pci_dma_buf`: one exported buffer's private data and ops.
+pub struct VfioDmaBuf {
+    me: Weak<VfioDmaBuf>,
+    host: Host,
+    policy: RevokePolicy,
+    exporter: ExporterId,
+    provider: DeviceId,
+    phys: Vec<(u64, u64)>,
+    size: u64,
+    revocable: Revocable,
+    vdev: Mutex<Option<Weak<VfioInner>>>,
+    dmabuf: Mutex<Option<DmaBufRef>>,
+}
+
+impl fmt::Debug for VfioDmaBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "VfioDmaBuf(size={:#x} ranges={} {:?})",
+            self.size,
+            self.phys.len(),
+            self.revocable
+        )
+    }
+}
+
+impl VfioDmaBuf {
+    /// Whether the buffer is revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.revocable.is_revoked()
+    }
+
+    /// Mappings counted live.
+    pub fn live_mappings(&self) -> usize {
+        self.revocable.live_mappings()
+    }
+
+    /// The physical ranges.
+    pub fn phys(&self) -> &[(u64, u64)] {
+        &self.phys
+    }
+
+    /// The buffer's inode, once exported.
+    pub fn ino(&self) -> Option<u64> {
+        self.dmabuf.lock().as_ref().map(DmaBufRef::ino)
+    }
+
+    /// Whether the buffer is still linked to a device (not cleaned up).
+    pub fn is_bound(&self) -> bool {
+        self.vdev.lock().is_some()
+    }
+
+    fn ranges(&self) -> Vec<PhysRange> {
+        self.phys
+            .iter()
+            .map(|&(a, l)| PhysRange::new(a, l))
+            .collect()
+    }
+
+    fn attach_priv(attach: &Attachment) -> Option<Arc<VfioAttachPriv>> {
+        attach
+            .exporter_priv()
+            .and_then(|p| p.downcast::<VfioAttachPriv>().ok())
+    }
+
+    /// Steps 2–8 for one buffer. `permanent` is cleanup: the device link is
+    /// cleared under the lock and an already revoked buffer skips step 7.
+    fn revoke_one(
+        &self,
+        file: &DmaBuf,
+        permanent: bool,
+        obs: Option<&RevokeObserver>,
+    ) -> BufferRevoke {
+        let mon = self.host.monitor();
+        let began_ns = dmabuf_core::sync::time::now_ns();
+        if let Some(o) = obs {
+            o(&RevokeEvent::Begin {
+                ino: file.ino(),
+                ns: began_ns,
+            });
+        }
+        let resv = file.resv();
+        let g = crate::host::lock_resv(resv);
+        let already_revoked = self.revocable.is_revoked();
+        if permanent {
+            *self.vdev.lock() = None;
+        }
+        if !self.policy.flag_after_notify() {
+            self.revocable.mark_revoked(&g);
+        }
+        // The guard is this buffer's: invalidate cannot refuse it.
+        let notified = dma_buf::invalidate_mappings(file, &g).unwrap_or(0);
+        if self.policy.flag_after_notify() {
+            self.revocable.mark_revoked(&g);
+        }
+        if let Some(usage) = self.policy.fence_wait() {
+            // Non-interruptible and unbounded: it cannot fail.
+            let _ = resv.wait_timeout(usage, None, MAX_SCHEDULE_TIMEOUT);
+        }
+        let fences_done_seq = mon.fences_done(self.exporter, &self.ranges()).unwrap_or(0);
+        drop(g);
+        if let Some(o) = obs {
+            o(&RevokeEvent::FencesDone {
+                ino: file.ino(),
+                seq: fences_done_seq,
+            });
+        }
+        let live_after_fences = self.revocable.live_mappings();
+        let drained = if permanent && already_revoked {
+            self.revocable.live_mappings() == 0
+        } else {
+            self.revocable.put_base_and_wait(self.policy.unmap_wait())
+        };
+        let live_mappings_at_return = mon.live_mappings();
+        let returned_seq = mon
+            .revoke_returned(self.exporter, &self.ranges())
+            .unwrap_or(0);
+        let r = BufferRevoke {
+            ino: file.ino(),
+            already_revoked,
+            notified,
+            live_after_fences,
+            drained,
+            began_ns,
+            returned_ns: dmabuf_core::sync::time::now_ns(),
+            fences_done_seq,
+            returned_seq,
+            live_mappings_at_return,
+        };
+        trace_event!(
+            "vfio_pci_dma_buf_revoked",
+            "ino={} policy={} notified={} drained={} live_at_return={}",
+            r.ino,
+            self.policy,
+            r.notified,
+            r.drained,
+            r.live_mappings_at_return
+        );
+        if let Some(o) = obs {
+            o(&RevokeEvent::Returned(r.clone()));
+        }
+        r
+    }
+
+    /// Un-revoke steps 1–4.
+    fn unrevoke_one(&self, file: &DmaBuf, obs: Option<&RevokeObserver>) -> Result<(), VfioError> {
+        if !self.revocable.is_revoked() {
+            return Ok(());
+        }
+        if self.policy.unmap_wait() == UnmapWait::None {
+            // The policies without a drain have no count to re-arm.
+            {
+                let g = crate::host::lock_resv(file.resv());
+                let _ = dma_buf::invalidate_mappings(file, &g);
+                if let Some(usage) = self.policy.fence_wait() {
+                    let _ = file.resv().wait_timeout(usage, None, MAX_SCHEDULE_TIMEOUT);
+                }
+            }
+            let g = crate::host::lock_resv(file.resv());
+            self.revocable.clear_revoked(&g);
+        } else {
+            self.revocable
+                .unrevoke(file)
+                .map_err(|source| VfioError::Unrevoke {
+                    ino: file.ino(),
+                    source,
+                })?;
+        }
+        let seq = self
+            .host
+            .monitor()
+            .unrevoke(self.exporter, &self.ranges())?;
+        trace_event!("vfio_pci_dma_buf_unrevoked", "ino={}", file.ino());
+        if let Some(o) = obs {
+            o(&RevokeEvent::Unrevoked {
+                ino: file.ino(),
+                seq,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl DmaBufOps for VfioDmaBuf {
+    fn attach(&self, _buf: &DmaBufRef, attach: &Attachment) -> Result<(), DmaBufError> {
+        self.revocable
+            .check_attach(attach, self.policy.attach_gate())?;
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| DmaBufError::errno(errno::ENODEV, "vfio: buffer freed"))?;
+        let dev = self.host.device_by_name(attach.dev()).map(|d| d.id());
+        let p: Arc<dyn Any + Send + Sync> = Arc::new(VfioAttachPriv { buf: me, dev });
+        attach.set_exporter_priv(Some(p));
+        Ok(())
+    }
+
+    fn pin_ops(&self) -> Option<&dyn PinOps> {
+        self.policy.gate_in_pin().then_some(self as &dyn PinOps)
+    }
+
+    fn map_dma_buf(
+        &self,
+        attach: &Attachment,
+        _dir: DmaDirection,
+        guard: &ResvGuard<'_>,
+    ) -> Result<SgTable, DmaBufError> {
+        if self.revocable.is_revoked() {
+            return Err(DmaBufError::errno(
+                errno::ENODEV,
+                "vfio map_dma_buf: revoked",
+            ));
+        }
+        let dev = Self::attach_priv(attach)
+            .and_then(|p| p.dev)
+            .ok_or_else(|| {
+                DmaBufError::errno(
+                    errno::EINVAL,
+                    format!("vfio map_dma_buf: no device {}", attach.dev()),
+                )
+            })?;
+        let kind = self.host.platform().pci().p2p_distance(self.provider, dev);
+        let mut entries = Vec::with_capacity(self.phys.len());
+        for &(paddr, len) in &self.phys {
+            let dma_addr = match kind {
+                P2pType::BusAddr => Ok(paddr),
+                P2pType::ThruHostBridge => {
+                    dma_api::map_phys(&self.host, dev, paddr, len, IommuPerm::RW)
+                        .map_err(|e| DmaBufError::errno(e.errno(), e.to_string()))
+                }
+                P2pType::NotSupported => Err(DmaBufError::errno(
+                    errno::EINVAL,
+                    format!("vfio map_dma_buf: {} cannot reach the BAR", attach.dev()),
+                )),
+            };
+            match dma_addr {
+                Ok(a) => entries.push(SgEntry { dma_addr: a, len }),
+                Err(e) => {
+                    for s in &entries {
+                        let _ = dma_api::unmap_phys(&self.host, dev, s.dma_addr, s.len);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = self.revocable.map_get(guard) {
+            for s in &entries {
+                let _ = dma_api::unmap_phys(&self.host, dev, s.dma_addr, s.len);
+            }
+            return Err(e);
+        }
+        Ok(SgTable { entries })
+    }
+
+    fn unmap_dma_buf(
+        &self,
+        attach: &Attachment,
+        sgt: SgTable,
+        _dir: DmaDirection,
+        _guard: &ResvGuard<'_>,
+    ) {
+        if let Some(dev) = Self::attach_priv(attach).and_then(|p| p.dev) {
+            for e in &sgt.entries {
+                let _ = dma_api::unmap_phys(&self.host, dev, e.dma_addr, e.len);
+            }
+        }
+        self.revocable.map_put();
+    }
+
+    fn release(&self, _buf: &DmaBufRef) {
+        let vdev = self.vdev.lock().clone();
+        if let Some(v) = vdev.and_then(|w| w.upgrade()) {
+            let mut mem = v.memory_lock.lock();
+            mem.dmabufs.retain(|p| !std::ptr::eq(Arc::as_ptr(p), self));
+            *self.vdev.lock() = None;
+        }
+        trace_event!("vfio_pci_dma_buf_release", "size={:#x}", self.size);
+    }
+}
+
+impl PinOps for VfioDmaBuf {
+    fn pin(&self, attach: &Attachment, _guard: &ResvGuard<'_>) -> Result<(), DmaBufError> {
+        self.revocable.check_revocable_at_pin(attach)
+    }
+
+    fn unpin(&self, _attach: &Attachment, _guard: &ResvGuard<'_>) {}
+}
+
+/// `vfio_pci_dma_buf_iommufd_map`: the physical range of a VFIO dma-buf for
+/// iommufd, which maps it into IOMMU domains itself and never calls
+/// `map_dma_buf`. The reservation lock must be held.
+pub fn iommufd_map(attach: &Attachment, guard: &ResvGuard<'_>) -> Result<(u64, u64), VfioError> {
+    if !std::ptr::eq(guard.resv(), &**attach.dmabuf().resv()) {
+        return Err(VfioError::DmaBuf(DmaBufError::LockNotHeld {
+            call: "vfio_pci_dma_buf_iommufd_map",
+        }));
+    }
+    let Some(p) = VfioDmaBuf::attach_priv(attach) else {
+        return Err(VfioError::Iommufd {
+            errno: errno::EOPNOTSUPP,
+            what: "not a VFIO dma-buf",
+        });
+    };
+    if p.buf.revocable.is_revoked() {
+        return Err(VfioError::Iommufd {
+            errno: errno::ENODEV,
+            what: "revoked",
+        });
+    }
+    match p.buf.phys.as_slice() {
+        [one] => Ok(*one),
+        _ => Err(VfioError::Iommufd {
+            errno: errno::EOPNOTSUPP,
+            what: "more than one range",
+        }),
+    }
+}
+
+struct MemState {
+    dmabufs: Vec<Arc<VfioDmaBuf>>,
+    cpu_maps: Vec<CpuMapping>,
+    closed: bool,
+}
+
+struct VfioInner {
+    host: Host,
+    pdev: PciDevice,
+    policy: RevokePolicy,
+    owner: Accessor,
+    exporter: ExporterId,
+    /// `vdev->memory_lock` (write side).
+    memory_lock: Mutex<MemState>,
+    observer: Mutex<Option<RevokeObserver>>,
+    revokes: AtomicU64,
+    unrevokes: AtomicU64,
+}
+
+/// A PCI device bound to vfio-pci, opened by a VMM (cheap to clone handle).
+#[derive(Clone)]
+pub struct VfioPciDevice(Arc<VfioInner>);
+
+impl fmt::Debug for VfioPciDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VfioPciDevice({} {})", self.0.pdev.name(), self.0.policy)
+    }
+}
+
+impl VfioPciDevice {
+    /// Binds `pdev` to vfio-pci with a revoke policy, registering it as an
+    /// exporter with the monitor.
+    pub fn bind(host: &Host, pdev: PciDevice, policy: RevokePolicy) -> Result<Self, VfioError> {
+        let name = format!("vfio-pci:{}", pdev.name());
+        let owner = Accessor::new(&name);
+        let exporter = host.monitor().register_exporter(&name, &owner)?;
+        Ok(Self(Arc::new(VfioInner {
+            host: host.clone(),
+            pdev,
+            policy,
+            owner,
+            exporter,
+            memory_lock: Mutex::new(MemState {
+                dmabufs: Vec::new(),
+                cpu_maps: Vec::new(),
+                closed: false,
+            }),
+            observer: Mutex::new(None),
+            revokes: AtomicU64::new(0),
+            unrevokes: AtomicU64::new(0),
+        })))
+    }
+
+    /// The PCI device.
+    pub fn pci_device(&self) -> &PciDevice {
+        &self.0.pdev
+    }
+
+    /// The revoke policy.
+    pub fn policy(&self) -> RevokePolicy {
+        self.0.policy
+    }
+
+    /// The monitor's id of this exporter.
+    pub fn exporter_id(&self) -> ExporterId {
+        self.0.exporter
+    }
+
+    /// The accessor identity of the exporter's own accesses.
+    pub fn owner(&self) -> &Accessor {
+        &self.0.owner
+    }
+
+    /// Reports revoke progress to `obs` from now on.
+    pub fn set_revoke_observer(&self, obs: Option<RevokeObserver>) {
+        *self.0.observer.lock() = obs;
+    }
+
+    /// Buffers still linked to the device.
+    pub fn dmabufs(&self) -> Vec<Arc<VfioDmaBuf>> {
+        self.0.memory_lock.lock().dmabufs.clone()
+    }
+
+    /// Revokes and un-revokes performed (buffers, not triggers).
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.0.revokes.load(Ordering::Relaxed),
+            self.0.unrevokes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether the device fd was closed.
+    pub fn is_closed(&self) -> bool {
+        self.0.memory_lock.lock().closed
+    }
+
+    fn dev_name(&self) -> String {
+        self.0.pdev.name().to_owned()
+    }
+
+    /// `__vfio_pci_memory_enabled`: decoding, in D0, not in reset, present.
+    pub fn memory_enabled(&self) -> bool {
+        let s = self.0.pdev.state();
+        s.memory_decode && s.power == PowerState::D0 && !s.in_reset && !s.unplugged
+    }
+
+    fn pci_err(&self, source: PciError) -> VfioError {
+        VfioError::Pci {
+            device: self.dev_name(),
+            source,
+        }
+    }
+
+    /// Runs `f` with `memory_lock` held; file references it defers are
+    /// dropped after the lock is released.
+    fn with_memory_lock<R>(&self, f: impl FnOnce(&mut MemState, &mut Vec<DmaBuf>) -> R) -> R {
+        let mut deferred = Vec::new();
+        let r = {
+            let mut mem = self.0.memory_lock.lock();
+            f(&mut mem, &mut deferred)
+        };
+        drop(deferred);
+        r
+    }
+
+    fn check_usable(&self, mem: &MemState) -> Result<(), VfioError> {
+        if mem.closed {
+            return Err(VfioError::Closed {
+                device: self.dev_name(),
+            });
+        }
+        let s = self.0.pdev.state();
+        if s.unplugged {
+            return Err(VfioError::DeviceGone {
+                device: self.dev_name(),
+            });
+        }
+        if s.in_reset {
+            return Err(self.pci_err(PciError::InReset {
+                name: self.dev_name(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// `VFIO_DEVICE_FEATURE` on the device fd: `PROBE` answers 0; `GET` of
+    /// `DMA_BUF` exports the ranges and installs a new fd in `proc`.
+    pub fn device_feature(&self, proc: &Process, payload: &[u8]) -> Result<i32, VfioError> {
+        let req = match vfio_uapi::parse(payload).map_err(|errno| VfioError::Feature { errno })? {
+            FeatureCall::Probe => return Ok(0),
+            FeatureCall::GetDmaBuf(r) => r,
+        };
+        let (buf, open_flags) = self.with_memory_lock(|mem, _| -> Result<_, VfioError> {
+            if mem.closed || !self.0.pdev.is_present() {
+                return Err(VfioError::DeviceGone {
+                    device: self.dev_name(),
+                });
+            }
+            let bar = self
+                .0
+                .pdev
+                .bar(req.region_index as u8)
+                .ok_or_else(|| VfioError::NoBar {
+                    device: self.dev_name(),
+                    index: req.region_index,
+                })?;
+            let phys = vfio_uapi::fill_phys(&req.ranges, bar.addr, bar.size).map_err(|errno| {
+                VfioError::Range {
+                    device: self.dev_name(),
+                    index: req.region_index,
+                    size: bar.size,
+                    errno,
+                }
+            })?;
+            // Trace arguments must not touch the shim (a scheduling point
+            // that only exists with tracing on would change the schedule).
+            let revoked = !self.memory_enabled();
+            let priv_ = Arc::new_cyclic(|me| VfioDmaBuf {
+                me: me.clone(),
+                host: self.0.host.clone(),
+                policy: self.0.policy,
+                exporter: self.0.exporter,
+                provider: self.0.pdev.id(),
+                phys,
+                size: req.size,
+                revocable: Revocable::new(revoked),
+                vdev: Mutex::new(Some(Arc::downgrade(&self.0))),
+                dmabuf: Mutex::new(None),
+            });
+            let buf = dma_buf::export(ExportInfo {
+                exp_name: EXP_NAME.into(),
+                size: req.size,
+                flags: req.open_flags,
+                resv: None,
+                ops: priv_.clone(),
+            })?;
+            *priv_.dmabuf.lock() = Some(buf.downgrade());
+            self.0.host.register_buffer(buf.ino(), self.0.exporter);
+            mem.dmabufs.push(priv_);
+            trace_event!(
+                "vfio_pci_dma_buf_export",
+                "dev={} ino={} bar={} size={:#x} revoked={}",
+                self.dev_name(),
+                buf.ino(),
+                req.region_index,
+                req.size,
+                revoked
+            );
+            Ok((buf, req.open_flags))
+        })?;
+        // Outside memory_lock: a failed install drops the last reference,
+        // whose release takes memory_lock.
+        proc.dma_buf_fd(buf, open_flags).map_err(VfioError::Fd)
+    }
+
+    /// Exports `ranges` of BAR `region_index` (builds the ABI payload).
+    pub fn export_dma_buf(
+        &self,
+        proc: &Process,
+        region_index: u32,
+        ranges: &[DmaRange],
+        open_flags: u32,
+    ) -> Result<i32, VfioError> {
+        let flags = vfio_uapi::VFIO_DEVICE_FEATURE_GET | vfio_uapi::VFIO_DEVICE_FEATURE_DMA_BUF;
+        let payload = vfio_uapi::encode(flags, region_index, open_flags, 0, ranges);
+        self.device_feature(proc, &payload)
+    }
+
+    /// `vfio_pci_dma_buf_move`, with `memory_lock` held by the caller.
+    fn dma_buf_move(
+        &self,
+        mem: &mut MemState,
+        deferred: &mut Vec<DmaBuf>,
+        revoked: bool,
+        report: &mut TriggerReport,
+    ) {
+        let obs = self.0.observer.lock().clone();
+        for p in mem.dmabufs.clone() {
+            let Some(file) = p.dmabuf.lock().clone().and_then(|r| r.get_file_active()) else {
+                continue;
+            };
+            if p.revocable.is_revoked() != revoked {
+                if revoked {
+                    report
+                        .revoked
+                        .push(p.revoke_one(&file, false, obs.as_ref()));
+                    self.0.revokes.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    match p.unrevoke_one(&file, obs.as_ref()) {
+                        Ok(()) => {
+                            report.unrevoked.push(file.ino());
+                            self.0.unrevokes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(VfioError::Unrevoke { ino, .. }) => report.unrevoke_refused.push(ino),
+                        Err(e) => report.errors.push(e.to_string()),
+                    }
+                }
+            }
+            deferred.push(file);
+        }
+    }
+
+    fn zap_cpu(mem: &MemState) {
+        for m in &mem.cpu_maps {
+            m.zap_all();
+        }
+    }
+
+    /// A config write of `PCI_COMMAND_MEMORY`: clearing it revokes first,
+    /// setting it un-revokes after.
+    pub fn set_memory_decode(&self, on: bool) -> Result<TriggerReport, VfioError> {
+        self.with_memory_lock(|mem, deferred| {
+            self.check_usable(mem)?;
+            let mut report = TriggerReport::default();
+            if on {
+                self.0
+                    .pdev
+                    .set_memory_decode(true)
+                    .map_err(|e| self.pci_err(e))?;
+                if self.memory_enabled() {
+                    self.dma_buf_move(mem, deferred, false, &mut report);
+                }
+            } else {
+                Self::zap_cpu(mem);
+                self.dma_buf_move(mem, deferred, true, &mut report);
+                if let Err(e) = self.0.pdev.set_memory_decode(false) {
+                    report.errors.push(self.pci_err(e).to_string());
+                }
+            }
+            Ok(report)
+        })
+    }
+
+    /// A power transition: D3hot revokes first; D0 un-revokes after, if
+    /// decoding.
+    pub fn set_power_state(&self, p: PowerState) -> Result<TriggerReport, VfioError> {
+        self.with_memory_lock(|mem, deferred| {
+            self.check_usable(mem)?;
+            let mut report = TriggerReport::default();
+            match p {
+                PowerState::D3hot => {
+                    Self::zap_cpu(mem);
+                    self.dma_buf_move(mem, deferred, true, &mut report);
+                    if let Err(e) = self.0.pdev.set_power_state(PowerState::D3hot) {
+                        report.errors.push(self.pci_err(e).to_string());
+                    }
+                }
+                PowerState::D0 => {
+                    self.0
+                        .pdev
+                        .set_power_state(PowerState::D0)
+                        .map_err(|e| self.pci_err(e))?;
+                    if self.memory_enabled() {
+                        self.dma_buf_move(mem, deferred, false, &mut report);
+                    }
+                }
+            }
+            Ok(report)
+        })
+    }
+
+    /// FLR, `VFIO_DEVICE_RESET` or a hot reset: save config, revoke, reset
+    /// (the BAR does not answer for the reset window and loses its
+    /// contents), restore config, un-revoke if decoding.
+    pub fn reset(&self, kind: ResetKind) -> Result<TriggerReport, VfioError> {
+        self.with_memory_lock(|mem, deferred| {
+            self.check_usable(mem)?;
+            let pci = self.0.host.platform().pci();
+            let group: Vec<PciDevice> = match (kind, self.0.pdev.switch()) {
+                (ResetKind::HotReset, Some(sw)) => pci
+                    .devices()
+                    .into_iter()
+                    .filter(|d| d.switch() == Some(sw) && d.is_present())
+                    .collect(),
+                _ => vec![self.0.pdev.clone()],
+            };
+            if let Some(busy) = group.iter().find(|d| d.state().in_reset) {
+                return Err(self.pci_err(PciError::InReset {
+                    name: busy.name().to_owned(),
+                }));
+            }
+            let saved: Vec<_> = group.iter().map(|d| (d.clone(), d.save_state())).collect();
+            let mut report = TriggerReport::default();
+            Self::zap_cpu(mem);
+            self.dma_buf_move(mem, deferred, true, &mut report);
+            let r = match kind {
+                ResetKind::Flr | ResetKind::DeviceReset => self.0.pdev.flr(),
+                ResetKind::HotReset => pci.hot_reset(self.0.pdev.id()).map(|_| ()),
+            };
+            if let Err(e) = r {
+                report.errors.push(self.pci_err(e).to_string());
+                return Ok(report);
+            }
+            for (d, s) in &saved {
+                if let Err(e) = d.restore_state(s) {
+                    report.errors.push(self.pci_err(e).to_string());
+                }
+            }
+            if self.memory_enabled() {
+                self.dma_buf_move(mem, deferred, false, &mut report);
+            }
+            Ok(report)
+        })
+    }
+
+    /// Closing the device fd: `vfio_pci_dma_buf_cleanup` (every buffer is
+    /// revoked for good, draining its mappings, and unlinked), then the
+    /// device is unbound (unplugged: its BAR range becomes unassigned).
+    pub fn close(&self) -> Result<TriggerReport, VfioError> {
+        self.with_memory_lock(|mem, deferred| {
+            if mem.closed {
+                return Err(VfioError::Closed {
+                    device: self.dev_name(),
+                });
+            }
+            let obs = self.0.observer.lock().clone();
+            let mut report = TriggerReport::default();
+            Self::zap_cpu(mem);
+            for p in std::mem::take(&mut mem.dmabufs) {
+                let Some(file) = p.dmabuf.lock().clone().and_then(|r| r.get_file_active()) else {
+                    *p.vdev.lock() = None;
+                    continue;
+                };
+                report.revoked.push(p.revoke_one(&file, true, obs.as_ref()));
+                self.0.revokes.fetch_add(1, Ordering::Relaxed);
+                deferred.push(file);
+            }
+            for m in mem.cpu_maps.drain(..) {
+                m.munmap();
+            }
+            mem.closed = true;
+            if self.0.pdev.is_present()
+                && let Err(e) = self.0.host.platform().pci().unplug(self.0.pdev.id())
+            {
+                report.errors.push(self.pci_err(e).to_string());
+            }
+            trace_event!("vfio_pci_close", "dev={}", self.dev_name());
+            Ok(report)
+        })
+    }
+
+    /// After [`close`](Self::close): plugs a new device named `name` with
+    /// BARs at the closed device's addresses, as a driver reload or a new
+    /// hot-plugged card would get them.
+    pub fn hotplug_replacement(&self, name: &str) -> Result<PciDevice, VfioError> {
+        if !self.is_closed() {
+            return Err(VfioError::StillBound {
+                device: self.dev_name(),
+            });
+        }
+        let mut cfg = DeviceConfig::new(name);
+        if let Some(sw) = self.0.pdev.switch() {
+            cfg = cfg.behind_switch(sw);
+        }
+        for b in self.0.pdev.bars() {
+            cfg = cfg.bar_at(b.index, b.size, b.addr);
+        }
+        self.0
+            .host
+            .platform()
+            .pci()
+            .hotplug(cfg)
+            .map_err(|e| self.pci_err(e))
+    }
+
+    /// `mmap` of BAR `index` through the device fd: PTEs are inserted on
+    /// fault while the memory is enabled (checked under `memory_lock`), and
+    /// zapped by every revoking trigger.
+    pub fn mmap_bar(&self, index: u8, accessor: Accessor) -> Result<CpuMapping, VfioError> {
+        let bar = self.0.pdev.bar(index).ok_or_else(|| VfioError::NoBar {
+            device: self.dev_name(),
+            index: u32::from(index),
+        })?;
+        let weak = Arc::downgrade(&self.0);
+        let handler = Arc::new(move |vma: &CpuMapping, pgoff: u64| -> Result<(), VmFault> {
+            let Some(v) = weak.upgrade() else {
+                return Err(VmFault::Sigbus);
+            };
+            let dev = VfioPciDevice(v);
+            let mem = dev.0.memory_lock.lock();
+            if mem.closed || !dev.memory_enabled() {
+                return Err(VmFault::Sigbus);
+            }
+            vma.insert_pfn(pgoff, bar.addr + pgoff * PAGE_SIZE)
+                .map_err(|_| VmFault::Sigbus)
+        });
+        let name = format!("{}:bar{index}", self.dev_name());
+        let m = self
+            .0
+            .host
+            .platform()
+            .mmap(&name, accessor, bar.size / PAGE_SIZE, handler, None)
+            .map_err(|e| VfioError::DmaBuf(DmaBufError::errno(e.errno(), e.to_string())))?;
+        self.with_memory_lock(|mem, _| {
+            if mem.closed {
+                m.munmap();
+                return Err(VfioError::Closed {
+                    device: self.dev_name(),
+                });
+            }
+            mem.cpu_maps.push(m.clone());
+            Ok(m)
+        })
+    }
+}

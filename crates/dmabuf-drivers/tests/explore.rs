@@ -1,0 +1,100 @@
+//! A smoke exploration for the checker's sake: every (policy, importer,
+//! trigger) world under a random and a PCT schedule, in both stall modes,
+//! must end without a task panic, a step-limit, a leaked thread, a driver
+//! error, or (in normal mode) a deadlock or a leak. Verdicts about hazards
+//! are the checker's business, not asserted here.
+
+use dmabuf_core::sync::sched::{self, Outcome, Pct, Random, RunConfig, Strategy};
+use dmabuf_drivers::policy::RevokePolicy;
+use dmabuf_drivers::world::{
+    ExporterKind, ImporterKind, ImporterSpec, StallMode, Trigger, WorldProbe, WorldSpec,
+    run_world_with,
+};
+
+fn check(spec: &WorldSpec, mode: StallMode, s: &mut dyn Strategy, fails: &mut Vec<String>) -> u64 {
+    assert!(s.next_execution());
+    let probe = WorldProbe::new();
+    let (p2, sp) = (probe.clone(), spec.clone());
+    let r = sched::run(s, &RunConfig::default(), move || {
+        run_world_with(&sp, mode, &p2);
+    });
+    let o = probe.snapshot();
+    let dead = matches!(r.outcome, Outcome::Deadlock { .. });
+    if !r.panics.is_empty()
+        || r.outcome == Outcome::StepLimit
+        || r.leaked_threads > 0
+        || !o.errors.is_empty()
+        || (mode == StallMode::Normal && (dead || !o.leaks.is_empty()))
+    {
+        fails.push(format!(
+            "{:?} {} {:?} {mode:?} {}: {:?} panics={:?} leaks={:?} errors={:?}",
+            spec.exporter,
+            spec.policy,
+            spec.trigger,
+            s.name(),
+            r.outcome,
+            r.panics,
+            o.leaks,
+            o.errors
+        ));
+    }
+    r.steps
+}
+
+#[test]
+fn every_vfio_world_ends_cleanly_under_random_and_pct_schedules() {
+    let mut fails = Vec::new();
+    let mut max_steps = 0;
+    for (i, policy) in RevokePolicy::ALL.into_iter().enumerate() {
+        for kind in ImporterKind::ALL {
+            for trigger in [
+                Trigger::Flr,
+                Trigger::Close,
+                Trigger::UnrevokeCycle,
+                Trigger::HotReset,
+            ] {
+                for mode in [StallMode::Normal, StallMode::StallUserspaceAtRevoke] {
+                    let mut spec = WorldSpec {
+                        trigger,
+                        ..WorldSpec::vfio(policy, kind)
+                    };
+                    spec.map_during_invalidate = i % 2 == 1;
+                    spec.cpu_access = i % 3 == 1;
+                    let seed = i as u64;
+                    max_steps =
+                        max_steps.max(check(&spec, mode, &mut Random::new(seed), &mut fails));
+                    max_steps =
+                        max_steps.max(check(&spec, mode, &mut Pct::new(seed, 3, 1500), &mut fails));
+                }
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{:#?}", fails);
+    assert!(max_steps < 5000, "a world took {max_steps} steps");
+}
+
+#[test]
+fn heap_and_vram_worlds_end_cleanly_with_mixed_importers() {
+    let mut fails = Vec::new();
+    for (exporter, trigger) in [
+        (ExporterKind::SystemHeap, Trigger::Close),
+        (ExporterKind::GpuVram, Trigger::Eviction),
+        (ExporterKind::GpuVram, Trigger::Close),
+    ] {
+        for (i, kind) in ImporterKind::ALL.into_iter().enumerate() {
+            let mut spec = WorldSpec {
+                exporter,
+                trigger,
+                ..WorldSpec::vfio(RevokePolicy::V6Final, kind)
+            };
+            spec.importers.push(ImporterSpec::one(ImporterKind::Gpu));
+            check(
+                &spec,
+                StallMode::Normal,
+                &mut Random::new(i as u64),
+                &mut fails,
+            );
+        }
+    }
+    assert!(fails.is_empty(), "{:#?}", fails);
+}
