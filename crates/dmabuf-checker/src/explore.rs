@@ -50,34 +50,57 @@ fn stall_mode(m: RunMode) -> StallMode {
     }
 }
 
-/// Runs `spec` once under `strategy` (whose `next_execution` the caller has
-/// already called).
-pub fn run_controlled(spec: &WorldSpec, mode: RunMode, strategy: &mut dyn Strategy) -> RunOutcome {
+/// Runs `body` once under `strategy` (whose `next_execution` the caller has
+/// already called). `body` runs as the execution's root task and returns
+/// what it observed; if it never returns (a deadlock, a stall), `fallback`
+/// supplies the observation afterwards.
+pub fn run_body<F, G>(
+    mode: RunMode,
+    strategy: &mut dyn Strategy,
+    body: F,
+    fallback: G,
+) -> RunOutcome
+where
+    F: FnOnce() -> Observation + Send + 'static,
+    G: FnOnce() -> Option<Observation>,
+{
     let slot: Arc<Mutex<Option<Observation>>> = Arc::new(Mutex::new(None));
-    let probe = WorldProbe::new();
-    let (s2, p2, spec2) = (slot.clone(), probe.clone(), spec.clone());
+    let s2 = slot.clone();
     let cfg = RunConfig {
         max_steps: MAX_STEPS,
         ..RunConfig::default()
     };
     lockdep::take_reports();
     let report = sched::run(strategy, &cfg, move || {
-        let obs = run_world_with(&spec2, stall_mode(mode), &p2);
+        let obs = body();
         *s2.lock() = Some(obs);
     });
     let lockdep = lockdep::take_reports()
         .iter()
         .map(|r| r.to_string())
         .collect();
-    // A run that never finished building its observation (a deadlock, a
-    // stall before run_world returned) still has what the probe saw.
-    let obs = slot.lock().take().or_else(|| Some(probe.snapshot()));
+    let obs = slot.lock().take().or_else(fallback);
     RunOutcome {
         report,
         obs,
         mode,
         lockdep,
     }
+}
+
+/// Runs `spec` once under `strategy` (whose `next_execution` the caller has
+/// already called).
+pub fn run_controlled(spec: &WorldSpec, mode: RunMode, strategy: &mut dyn Strategy) -> RunOutcome {
+    let probe = WorldProbe::new();
+    let (p2, spec2) = (probe.clone(), spec.clone());
+    // A run that never finished building its observation (a deadlock, a
+    // stall before run_world returned) still has what the probe saw.
+    run_body(
+        mode,
+        strategy,
+        move || run_world_with(&spec2, stall_mode(mode), &p2),
+        || Some(probe.snapshot()),
+    )
 }
 
 /// Why one run violates one property.
@@ -593,6 +616,9 @@ pub fn token_spec(
     Err(crate::scenario::UnknownScenario(token.scenario.clone()))
 }
 
+/// Every property's verdict on one run.
+pub type Verdicts = Vec<(Property, Option<Violation>)>;
+
 /// Errors of `replay`.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -605,9 +631,7 @@ pub enum ReplayError {
 }
 
 /// Replays a token: the run and the verdict of every property on it.
-pub fn replay(
-    token: &ReplayToken,
-) -> Result<(RunOutcome, Vec<(Property, Option<Violation>)>), ReplayError> {
+pub fn replay(token: &ReplayToken) -> Result<(RunOutcome, Verdicts), ReplayError> {
     let (_, spec) = token_spec(token)?;
     let schedule = Schedule::decode(&token.schedule)?;
     lockdep::set_mode(lockdep::Mode::Collect);

@@ -88,8 +88,9 @@ enum Cmd {
     },
     /// Every revoke policy × importer kind.
     Matrix {
-        /// Normal-mode schedules per accepted cell.
-        #[arg(long, default_value_t = 24)]
+        /// Normal-mode schedules per accepted cell (a quarter as many
+        /// stalled-userspace schedules are added for l-bounded).
+        #[arg(long, default_value_t = 200)]
         schedules: u64,
         /// Seed.
         #[arg(long, default_value_t = 1)]

@@ -548,6 +548,8 @@ impl DmaBufOps for VramBo {
     }
 
     fn release(&self, buf: &DmaBufRef) {
+        // Drop the back-reference to our own buffer (see vfio.rs: release).
+        self.buf.lock().take();
         let (placement, last) = {
             let st = self.st.lock();
             (st.placement.clone(), st.last_move.clone())

@@ -587,6 +587,10 @@ impl DmaBufOps for VfioDmaBuf {
     }
 
     fn release(&self, _buf: &DmaBufRef) {
+        // The buffer's ops own this private data and it names the buffer
+        // back: drop that reference here, as the kernel frees `priv` in
+        // release, or neither would ever be freed.
+        self.dmabuf.lock().take();
         let vdev = self.vdev.lock().clone();
         if let Some(v) = vdev.and_then(|w| w.upgrade()) {
             let mut mem = v.memory_lock.lock();
