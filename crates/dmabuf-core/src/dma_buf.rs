@@ -430,6 +430,10 @@ pub struct Diagnostic {
 static DIAGNOSTICS: parking_lot::Mutex<Vec<Diagnostic>> = parking_lot::Mutex::new(Vec::new());
 static BUFFERS: parking_lot::Mutex<Vec<Weak<DmaBufInner>>> = parking_lot::Mutex::new(Vec::new());
 
+/// Diagnostics kept for readers; older ones are dropped past this (a checker
+/// making thousands of runs reads its own by inode and leaves the rest).
+const MAX_DIAGNOSTICS: usize = 4096;
+
 fn diagnose(inner: &DmaBufInner, problem: String) {
     trace_event!(
         "dma_buf_warn",
@@ -438,7 +442,11 @@ fn diagnose(inner: &DmaBufInner, problem: String) {
         inner.ino,
         problem
     );
-    DIAGNOSTICS.lock().push(Diagnostic {
+    let mut d = DIAGNOSTICS.lock();
+    if d.len() >= MAX_DIAGNOSTICS {
+        d.remove(0);
+    }
+    d.push(Diagnostic {
         ino: inner.ino,
         exp_name: inner.exp_name.clone(),
         problem,
@@ -674,9 +682,14 @@ pub fn list_buffers() -> Vec<DmaBufRef> {
         .collect()
 }
 
+/// Inode numbers handed out on real threads start here, so that they never
+/// collide with the per-execution numbers of controlled runs (which start at
+/// 1 so replays print identical traces).
+const REAL_INO_BASE: u64 = 1 << 32;
+
 fn next_ino() -> u64 {
     use crate::sync::atomic::global::AtomicU64 as G;
-    static NEXT: G = G::new(1);
+    static NEXT: G = G::new(REAL_INO_BASE);
     #[cfg(not(loom))]
     if let Some(v) = crate::sync::sched::local_counter("dmabuf_ino", 1) {
         return v;
@@ -750,7 +763,10 @@ pub(crate) struct AttachInner {
     dev: String,
     importer_ops: Option<AttachOps>,
     peer2peer: AtomicBool,
-    importer_priv: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
+    /// Non-owning, like the kernel's `importer_priv` pointer: the importer
+    /// usually holds a file reference to the buffer, so an owning pointer
+    /// here would make a cycle that only the importer's teardown breaks.
+    importer_priv: Mutex<Option<Weak<dyn Any + Send + Sync>>>,
     exporter_priv: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
     state: Mutex<AttachState>,
 }
@@ -813,14 +829,15 @@ impl Attachment {
     pub fn importer_ops(&self) -> Option<&AttachOps> {
         self.0.importer_ops.as_ref()
     }
-    /// Importer private data (`importer_priv`); may be unset while the
-    /// importer is still setting up.
+    /// Importer private data (`importer_priv`); `None` while the importer
+    /// is still setting up, or once its data is gone.
     pub fn importer_priv(&self) -> Option<Arc<dyn Any + Send + Sync>> {
-        self.0.importer_priv.lock().clone()
+        self.0.importer_priv.lock().as_ref().and_then(Weak::upgrade)
     }
-    /// Sets the importer's private data.
-    pub fn set_importer_priv(&self, p: Option<Arc<dyn Any + Send + Sync>>) {
-        *self.0.importer_priv.lock() = p;
+    /// Sets the importer's private data. The attachment does not own it
+    /// (the kernel's is a plain pointer): the importer keeps it alive.
+    pub fn set_importer_priv(&self, p: Option<&Arc<dyn Any + Send + Sync>>) {
+        *self.0.importer_priv.lock() = p.map(Arc::downgrade);
     }
     /// Exporter private data (`priv`).
     pub fn exporter_priv(&self) -> Option<Arc<dyn Any + Send + Sync>> {

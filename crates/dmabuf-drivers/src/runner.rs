@@ -382,7 +382,18 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
     }
     let bufs = bufs.lock().clone();
     finish(mode, &host, &exporter, &instances, &bufs, probe);
-    probe.snapshot()
+    let obs = probe.snapshot();
+    if mode == StallMode::StallUserspaceAtRevoke {
+        // The stalled processes never run again: once the observation is
+        // taken, let them exit (their fds close), as a killed process
+        // would, so the world they hold is freed instead of piling up over
+        // thousands of runs.
+        vmm.close_all();
+        for inst in &instances {
+            inst.proc.close_all();
+        }
+    }
+    obs
 }
 
 fn build_world(

@@ -514,7 +514,7 @@ impl Importer for GpuImport {
         *self.0.attach.lock() = Some(attach.clone());
         // Only now does the BO exist; an invalidate before this was a no-op.
         let p: Arc<dyn Any + Send + Sync> = self.0.clone();
-        attach.set_importer_priv(Some(p));
+        attach.set_importer_priv(Some(&p));
         let r = {
             let g = crate::host::lock_resv(buf.resv());
             self.ensure_bound(&attach, &g)

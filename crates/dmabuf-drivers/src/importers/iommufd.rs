@@ -249,7 +249,7 @@ impl Iommufd {
             revokes: Counters::new(&["revokes", "use_after_destroy"]),
         });
         let p: Arc<dyn Any + Send + Sync> = pages.clone();
-        attach.set_importer_priv(Some(p));
+        attach.set_importer_priv(Some(&p));
         let r = {
             let g = crate::host::lock_resv(buf.resv());
             let r = self.map_locked(&pages, &attach, &g, start, len, iova);

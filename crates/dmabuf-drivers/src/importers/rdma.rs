@@ -390,7 +390,7 @@ impl Importer for RdmaImporter {
             st.dying = false;
         }
         let p: Arc<dyn Any + Send + Sync> = self.0.clone();
-        attach.set_importer_priv(Some(p));
+        attach.set_importer_priv(Some(&p));
         if self.0.flavour == MrFlavour::Odp {
             let w: Weak<MrInner> = Arc::downgrade(&self.0);
             self.0.nic.set_mr_fault_handler(va, len, w);
