@@ -160,8 +160,12 @@ pub fn judge(run: &RunOutcome, p: Property) -> Option<Violation> {
         };
     match (p, run.mode) {
         (Property::LBounded, RunMode::Stalled) => {
+            // Only a revoke that began can fail to be bounded: worlds whose
+            // exporter never revokes (VRAM eviction, the system heap) have
+            // nothing to judge here.
+            let started = run.obs.as_ref().is_none_or(|o| o.revoke_started);
             let returned = run.obs.as_ref().is_some_and(|o| o.revoke_returned);
-            (!returned).then(|| Violation {
+            (started && !returned).then(|| Violation {
                 hazard: None,
                 detail: format!(
                     "revoke did not complete with userspace stalled ({})",
