@@ -39,10 +39,13 @@
 //! Reservation lock → the buffer's state lock (a leaf: never held while
 //! calling `invalidate_mappings`, whose importer callbacks may unmap, which
 //! takes it) → the VRAM allocator lock. The copy engine's fence callbacks
-//! take the allocator lock and the frame allocator only.
+//! take the allocator lock and the frame allocator only. The lock validator
+//! sees both as classes ([`BO_STATE_CLASS`], [`VRAM_MGR_CLASS`]): the
+//! allocator lock is taken inside a fence signalling section (the move
+//! fence's callback), so holding it across a fence wait would be reported.
 
 use crate::dma_api::{self, DmaApiError};
-use crate::host::Host;
+use crate::host::{ClassMutex, Host, LockClass};
 use crate::job::submit_after;
 use dmabuf_core::dma_buf::{
     self, Attachment, DmaBuf, DmaBufError, DmaBufOps, DmaBufRef, DmaDirection, ExportInfo, PinOps,
@@ -62,6 +65,16 @@ use std::fmt;
 
 /// The exporter name of VRAM buffer objects.
 pub const EXP_NAME: &str = "gpu_vram";
+
+/// The lock class of the VRAM manager (`amdgpu_vram_mgr.lock`, xe's
+/// `ttm_vram_mgr` lock): taken under the reservation lock to allocate and
+/// from the move fence's callback to free, so it must never be held while
+/// waiting for a fence.
+pub static VRAM_MGR_CLASS: LockClass = LockClass::new("amdgpu_vram_mgr lock");
+
+/// The lock class of a buffer object's placement state (a leaf under the
+/// reservation lock).
+pub static BO_STATE_CLASS: LockClass = LockClass::new("ttm_buffer_object placement");
 
 /// Errors of the VRAM exporter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,15 +161,15 @@ struct VramInner {
     engine: DmaEngine,
     fctx: FenceContext,
     exporter: ExporterId,
-    /// Free VRAM pages.
-    free: Mutex<Vec<bool>>,
+    /// Free VRAM pages, class [`VRAM_MGR_CLASS`].
+    free: ClassMutex<Vec<bool>>,
     bos: Mutex<Vec<Weak<VramBo>>>,
     moves: AtomicU64,
 }
 
 impl VramInner {
     fn alloc_vram(&self, n: u64) -> Result<Vec<u64>, VramError> {
-        let mut free = self.free.lock();
+        let mut free = self.free.lock("amdgpu_vram_mgr_new");
         let avail = free.iter().filter(|f| **f).count() as u64;
         if avail < n {
             return Err(VramError::NoVram {
@@ -180,7 +193,7 @@ impl VramInner {
     fn free_placement(&self, p: &Placement) {
         match p {
             Placement::Vram(pages) => {
-                let mut free = self.free.lock();
+                let mut free = self.free.lock("amdgpu_vram_mgr_del");
                 for &i in pages {
                     if let Some(f) = free.get_mut(i as usize) {
                         *f = true;
@@ -238,7 +251,7 @@ impl GpuVram {
             engine,
             fctx: FenceContext::named("gpu_vram", "ttm-move"),
             exporter,
-            free: Mutex::new(vec![true; pages]),
+            free: ClassMutex::new(&VRAM_MGR_CLASS, vec![true; pages]),
             bos: Mutex::new(Vec::new()),
             moves: AtomicU64::new(0),
         })))
@@ -261,7 +274,12 @@ impl GpuVram {
 
     /// Free VRAM pages.
     pub fn vram_free(&self) -> u64 {
-        self.0.free.lock().iter().filter(|f| **f).count() as u64
+        self.0
+            .free
+            .lock("amdgpu_vram_mgr usage")
+            .iter()
+            .filter(|f| **f)
+            .count() as u64
     }
 
     /// Creates a buffer object of `pages` pages in VRAM and exports it.
@@ -275,11 +293,14 @@ impl GpuVram {
             dev: Arc::downgrade(&self.0),
             host: self.0.host.clone(),
             pages,
-            st: Mutex::new(BoState {
-                placement: Placement::Vram(vram.clone()),
-                pins: 0,
-                last_move: None,
-            }),
+            st: ClassMutex::new(
+                &BO_STATE_CLASS,
+                BoState {
+                    placement: Placement::Vram(vram.clone()),
+                    pins: 0,
+                    last_move: None,
+                },
+            ),
             buf: Mutex::new(None),
         });
         let buf = match dma_buf::export(ExportInfo {
@@ -343,7 +364,7 @@ impl GpuVram {
         self.live_bos()
             .into_iter()
             .find(|(_, f)| f.ptr_eq(buf))
-            .map(|(b, _)| b.st.lock().placement.clone())
+            .map(|(b, _)| b.st.lock("gpu_vram placement").placement.clone())
     }
 }
 
@@ -363,7 +384,8 @@ struct VramBo {
     dev: Weak<VramInner>,
     host: Host,
     pages: u64,
-    st: Mutex<BoState>,
+    /// Class [`BO_STATE_CLASS`].
+    st: ClassMutex<BoState>,
     buf: Mutex<Option<DmaBufRef>>,
 }
 
@@ -387,7 +409,7 @@ impl VramBo {
     ) -> Result<Option<Fence>, VramError> {
         let gpu = self.gpu()?;
         let old = {
-            let st = self.st.lock();
+            let st = self.st.lock("ttm_bo_move check");
             let here = match st.placement {
                 Placement::Vram(_) => Domain::Vram,
                 Placement::System(_) => Domain::System,
@@ -436,7 +458,7 @@ impl VramBo {
             cb(&fence);
         }
         {
-            let mut st = self.st.lock();
+            let mut st = self.st.lock("ttm_bo_move placement");
             st.placement = new;
             st.last_move = Some(fence.clone());
         }
@@ -494,7 +516,7 @@ impl DmaBufOps for VramBo {
             )
         })?;
         let (in_vram, pinned) = {
-            let st = self.st.lock();
+            let st = self.st.lock("gpu_vram map_dma_buf");
             (matches!(st.placement, Placement::Vram(_)), st.pins > 0)
         };
         if in_vram && !attach.peer2peer() {
@@ -507,7 +529,11 @@ impl DmaBufOps for VramBo {
             let buf = attach.dmabuf().clone();
             self.move_locked(&buf, Domain::System, guard)?;
         }
-        let placement = self.st.lock().placement.clone();
+        let placement = self
+            .st
+            .lock("gpu_vram map_dma_buf placement")
+            .placement
+            .clone();
         let p2p = self.host.platform().pci().p2p_distance(gpu.pdev.id(), dev);
         let mut entries = Vec::new();
         for a in gpu.page_addrs(&placement) {
@@ -551,7 +577,7 @@ impl DmaBufOps for VramBo {
         // Drop the back-reference to our own buffer (see vfio.rs: release).
         self.buf.lock().take();
         let (placement, last) = {
-            let st = self.st.lock();
+            let st = self.st.lock("gpu_vram release");
             (st.placement.clone(), st.last_move.clone())
         };
         // The copy into the current placement must finish before its pages
@@ -574,16 +600,19 @@ impl PinOps for VramBo {
     fn pin(&self, attach: &Attachment, guard: &ResvGuard<'_>) -> Result<(), DmaBufError> {
         let buf = attach.dmabuf().clone();
         let all_p2p = buf.attachments().iter().all(Attachment::peer2peer) && attach.peer2peer();
-        let in_vram = matches!(self.st.lock().placement, Placement::Vram(_));
+        let in_vram = matches!(
+            self.st.lock("gpu_vram pin placement").placement,
+            Placement::Vram(_)
+        );
         if in_vram && !all_p2p {
             self.move_locked(&buf, Domain::System, guard)?;
         }
-        self.st.lock().pins += 1;
+        self.st.lock("gpu_vram pin").pins += 1;
         Ok(())
     }
 
     fn unpin(&self, _attach: &Attachment, _guard: &ResvGuard<'_>) {
-        let mut st = self.st.lock();
+        let mut st = self.st.lock("gpu_vram unpin");
         st.pins = st.pins.saturating_sub(1);
     }
 }

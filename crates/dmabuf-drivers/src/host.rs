@@ -8,6 +8,7 @@
 //! | [`Host::platform`] | the machine | built once | everyone |
 //! | DMA-API domains ([`Host::set_dma_domain`]) | `iommu_get_dma_domain(dev)` | the world builder, tests | [`crate::dma_api`] |
 //! | buffer owners ([`Host::register_buffer`]) | `dmabuf->ops` identifies the exporter | exporters, at export | importers, when declaring a mapping |
+//! | driver lock classes ([`LockClass`], [`ClassMutex`]) | `struct lock_class_key` + `lock_acquire`/`lock_release` | drivers, at each lock | the lock validator ([`dmabuf_core::lockdep`]) |
 //!
 //! A device may be attached to a domain that its own driver manages (an
 //! RDMA NIC's translation table, the domain iommufd fills for a guest): the
@@ -18,11 +19,27 @@
 //!
 //! Both tables are leaf locks taken for a lookup or an insert, never while
 //! calling out.
+//!
+//! # Driver lock classes
+//!
+//! Every driver lock that stands for a kernel lock (VFIO's `memory_lock`,
+//! iommufd's `pages->mutex`, an importer's BO or MR state, the VRAM
+//! manager's lock) is a [`ClassMutex`]: each acquisition is announced to the
+//! validator under the kernel's class name *before* it may block (as
+//! `lock_acquire` precedes the real lock in the kernel, so an inversion is
+//! reported even on the run that then deadlocks), and released after the
+//! unlock. The class is registered on first use while the validator is on;
+//! with the validator off an acquisition costs one relaxed load more than
+//! the bare mutex. Annotations make no shim operation, so they never change
+//! a schedule.
 
-use dmabuf_core::sync::{Arc, Mutex};
+use dmabuf_core::lockdep::{self, ClassId};
+use dmabuf_core::sync::{Arc, Mutex, MutexGuard};
 use dmabuf_platform::{DeviceId, ExporterId, IommuDomain, Monitor, PciDevice, Platform};
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::OnceLock;
 
 struct HostInner {
     platform: Platform,
@@ -104,5 +121,130 @@ pub(crate) fn lock_resv(
     match resv.lock(None) {
         Ok(g) => g,
         Err(e) => panic!("driver bug: reservation lock failed: {e}"),
+    }
+}
+
+/// A driver lock class (`struct lock_class_key`), named as the kernel names
+/// the lock; registered with the validator on first use.
+pub struct LockClass {
+    name: &'static str,
+    /// A process-wide registry entry, never a scheduling point: its one
+    /// initialisation makes no shim operation (`register_class` takes the
+    /// validator's own `parking_lot` lock), so no controlled task can be
+    /// preempted inside it and no other task ever waits on it.
+    id: OnceLock<ClassId>,
+}
+
+impl fmt::Debug for LockClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LockClass({})", self.name)
+    }
+}
+
+impl LockClass {
+    /// A class named `name` (usable in a `static`).
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            id: OnceLock::new(),
+        }
+    }
+
+    /// The kernel name of the class.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The validator's id of the class (registers it on first call).
+    pub fn id(&self) -> ClassId {
+        *self.id.get_or_init(|| lockdep::register_class(self.name))
+    }
+
+    /// Announces an acquisition of a lock of this class at `site`; the
+    /// returned guard announces the release when dropped. Nothing is
+    /// recorded while the validator is off.
+    #[inline]
+    pub fn acquire(&self, site: &'static str) -> ClassGuard {
+        if lockdep::mode() == lockdep::Mode::Off {
+            return ClassGuard(None);
+        }
+        let c = self.id();
+        lockdep::lock_acquired(c, site);
+        ClassGuard(Some(c))
+    }
+}
+
+/// A held lock of a [`LockClass`], as the validator sees it; dropping it
+/// announces the release.
+#[must_use = "dropping the guard announces the release at once"]
+#[derive(Debug)]
+pub struct ClassGuard(Option<ClassId>);
+
+impl Drop for ClassGuard {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            lockdep::lock_released(c);
+        }
+    }
+}
+
+/// A driver mutex whose acquisitions are announced to the validator under
+/// its [`LockClass`].
+pub struct ClassMutex<T> {
+    class: &'static LockClass,
+    inner: Mutex<T>,
+}
+
+impl<T: fmt::Debug> fmt::Debug for ClassMutex<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClassMutex({}, {:?})", self.class.name, self.inner)
+    }
+}
+
+impl<T> ClassMutex<T> {
+    /// An unlocked mutex of `class`.
+    pub const fn new(class: &'static LockClass, value: T) -> Self {
+        Self {
+            class,
+            inner: Mutex::new(value),
+        }
+    }
+
+    /// Its class.
+    pub fn class(&self) -> &'static LockClass {
+        self.class
+    }
+
+    /// Announces the acquisition at `site` (the kernel function taking the
+    /// lock), then locks.
+    #[inline]
+    pub fn lock(&self, site: &'static str) -> ClassMutexGuard<'_, T> {
+        let class = self.class.acquire(site);
+        ClassMutexGuard {
+            guard: self.inner.lock(),
+            _class: class,
+        }
+    }
+}
+
+/// Guard of a [`ClassMutex`]: unlocks, then announces the release.
+pub struct ClassMutexGuard<'a, T> {
+    // Field order is drop order: the mutex is released first.
+    guard: MutexGuard<'a, T>,
+    _class: ClassGuard,
+}
+
+impl<T> Deref for ClassMutexGuard<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> DerefMut for ClassMutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
     }
 }

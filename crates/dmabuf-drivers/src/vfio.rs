@@ -101,9 +101,16 @@
 //! references taken in step 1 are dropped only after `memory_lock` is
 //! released: the last one runs `release`, which takes `memory_lock` (the
 //! kernel defers that `fput` the same way).
+//!
+//! `memory_lock` is announced to the lock validator as class
+//! [`MEMORY_LOCK_CLASS`] (`vdev->memory_lock`), so the order above
+//! (`memory_lock` → `dma_resv` → the importers' classes taken in their
+//! callbacks) is recorded on every trigger, and a path taking `memory_lock`
+//! under a reservation lock or inside a fence signalling section is
+//! reported.
 
 use crate::dma_api;
-use crate::host::Host;
+use crate::host::{ClassMutex, Host, LockClass};
 use crate::policy::RevokePolicy;
 use crate::vfio_uapi::{self, DmaRange, FeatureCall};
 use dmabuf_core::dma_buf::{
@@ -127,6 +134,9 @@ use std::fmt;
 
 /// The exporter name of VFIO dma-bufs (`exp_name`).
 pub const EXP_NAME: &str = "vfio_pci";
+
+/// The lock class of every device's `memory_lock` (`vdev->memory_lock`).
+pub static MEMORY_LOCK_CLASS: LockClass = LockClass::new("vdev->memory_lock");
 
 /// Errors of the VFIO exporter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -593,7 +603,7 @@ impl DmaBufOps for VfioDmaBuf {
         self.dmabuf.lock().take();
         let vdev = self.vdev.lock().clone();
         if let Some(v) = vdev.and_then(|w| w.upgrade()) {
-            let mut mem = v.memory_lock.lock();
+            let mut mem = v.memory_lock.lock("vfio_pci_dma_buf_release");
             mem.dmabufs.retain(|p| !std::ptr::eq(Arc::as_ptr(p), self));
             *self.vdev.lock() = None;
         }
@@ -651,8 +661,8 @@ struct VfioInner {
     policy: RevokePolicy,
     owner: Accessor,
     exporter: ExporterId,
-    /// `vdev->memory_lock` (write side).
-    memory_lock: Mutex<MemState>,
+    /// `vdev->memory_lock` (write side), class [`MEMORY_LOCK_CLASS`].
+    memory_lock: ClassMutex<MemState>,
     observer: Mutex<Option<RevokeObserver>>,
     revokes: AtomicU64,
     unrevokes: AtomicU64,
@@ -681,11 +691,14 @@ impl VfioPciDevice {
             policy,
             owner,
             exporter,
-            memory_lock: Mutex::new(MemState {
-                dmabufs: Vec::new(),
-                cpu_maps: Vec::new(),
-                closed: false,
-            }),
+            memory_lock: ClassMutex::new(
+                &MEMORY_LOCK_CLASS,
+                MemState {
+                    dmabufs: Vec::new(),
+                    cpu_maps: Vec::new(),
+                    closed: false,
+                },
+            ),
             observer: Mutex::new(None),
             revokes: AtomicU64::new(0),
             unrevokes: AtomicU64::new(0),
@@ -719,7 +732,7 @@ impl VfioPciDevice {
 
     /// Buffers still linked to the device.
     pub fn dmabufs(&self) -> Vec<Arc<VfioDmaBuf>> {
-        self.0.memory_lock.lock().dmabufs.clone()
+        self.0.memory_lock.lock("vfio_pci dmabufs").dmabufs.clone()
     }
 
     /// Revokes and un-revokes performed (buffers, not triggers).
@@ -732,7 +745,7 @@ impl VfioPciDevice {
 
     /// Whether the device fd was closed.
     pub fn is_closed(&self) -> bool {
-        self.0.memory_lock.lock().closed
+        self.0.memory_lock.lock("vfio_pci is_closed").closed
     }
 
     fn dev_name(&self) -> String {
@@ -752,12 +765,16 @@ impl VfioPciDevice {
         }
     }
 
-    /// Runs `f` with `memory_lock` held; file references it defers are
-    /// dropped after the lock is released.
-    fn with_memory_lock<R>(&self, f: impl FnOnce(&mut MemState, &mut Vec<DmaBuf>) -> R) -> R {
+    /// Runs `f` with `memory_lock` held (taken at `site`); file references
+    /// it defers are dropped after the lock is released.
+    fn with_memory_lock<R>(
+        &self,
+        site: &'static str,
+        f: impl FnOnce(&mut MemState, &mut Vec<DmaBuf>) -> R,
+    ) -> R {
         let mut deferred = Vec::new();
         let r = {
-            let mut mem = self.0.memory_lock.lock();
+            let mut mem = self.0.memory_lock.lock(site);
             f(&mut mem, &mut deferred)
         };
         drop(deferred);
@@ -791,64 +808,67 @@ impl VfioPciDevice {
             FeatureCall::Probe => return Ok(0),
             FeatureCall::GetDmaBuf(r) => r,
         };
-        let (buf, open_flags) = self.with_memory_lock(|mem, _| -> Result<_, VfioError> {
-            if mem.closed || !self.0.pdev.is_present() {
-                return Err(VfioError::DeviceGone {
-                    device: self.dev_name(),
-                });
-            }
-            let bar = self
-                .0
-                .pdev
-                .bar(req.region_index as u8)
-                .ok_or_else(|| VfioError::NoBar {
-                    device: self.dev_name(),
-                    index: req.region_index,
-                })?;
-            let phys = vfio_uapi::fill_phys(&req.ranges, bar.addr, bar.size).map_err(|errno| {
-                VfioError::Range {
-                    device: self.dev_name(),
-                    index: req.region_index,
-                    size: bar.size,
-                    errno,
-                }
-            })?;
-            // Trace arguments must not touch the shim (a scheduling point
-            // that only exists with tracing on would change the schedule).
-            let revoked = !self.memory_enabled();
-            let priv_ = Arc::new_cyclic(|me| VfioDmaBuf {
-                me: me.clone(),
-                host: self.0.host.clone(),
-                policy: self.0.policy,
-                exporter: self.0.exporter,
-                provider: self.0.pdev.id(),
-                phys,
-                size: req.size,
-                revocable: Revocable::new(revoked),
-                vdev: Mutex::new(Some(Arc::downgrade(&self.0))),
-                dmabuf: Mutex::new(None),
-            });
-            let buf = dma_buf::export(ExportInfo {
-                exp_name: EXP_NAME.into(),
-                size: req.size,
-                flags: req.open_flags,
-                resv: None,
-                ops: priv_.clone(),
-            })?;
-            *priv_.dmabuf.lock() = Some(buf.downgrade());
-            self.0.host.register_buffer(buf.ino(), self.0.exporter);
-            mem.dmabufs.push(priv_);
-            trace_event!(
-                "vfio_pci_dma_buf_export",
-                "dev={} ino={} bar={} size={:#x} revoked={}",
-                self.dev_name(),
-                buf.ino(),
-                req.region_index,
-                req.size,
-                revoked
-            );
-            Ok((buf, req.open_flags))
-        })?;
+        let (buf, open_flags) =
+            self.with_memory_lock(
+                "vfio_pci_core_feature_dma_buf",
+                |mem, _| -> Result<_, VfioError> {
+                    if mem.closed || !self.0.pdev.is_present() {
+                        return Err(VfioError::DeviceGone {
+                            device: self.dev_name(),
+                        });
+                    }
+                    let bar = self.0.pdev.bar(req.region_index as u8).ok_or_else(|| {
+                        VfioError::NoBar {
+                            device: self.dev_name(),
+                            index: req.region_index,
+                        }
+                    })?;
+                    let phys =
+                        vfio_uapi::fill_phys(&req.ranges, bar.addr, bar.size).map_err(|errno| {
+                            VfioError::Range {
+                                device: self.dev_name(),
+                                index: req.region_index,
+                                size: bar.size,
+                                errno,
+                            }
+                        })?;
+                    // Trace arguments must not touch the shim (a scheduling point
+                    // that only exists with tracing on would change the schedule).
+                    let revoked = !self.memory_enabled();
+                    let priv_ = Arc::new_cyclic(|me| VfioDmaBuf {
+                        me: me.clone(),
+                        host: self.0.host.clone(),
+                        policy: self.0.policy,
+                        exporter: self.0.exporter,
+                        provider: self.0.pdev.id(),
+                        phys,
+                        size: req.size,
+                        revocable: Revocable::new(revoked),
+                        vdev: Mutex::new(Some(Arc::downgrade(&self.0))),
+                        dmabuf: Mutex::new(None),
+                    });
+                    let buf = dma_buf::export(ExportInfo {
+                        exp_name: EXP_NAME.into(),
+                        size: req.size,
+                        flags: req.open_flags,
+                        resv: None,
+                        ops: priv_.clone(),
+                    })?;
+                    *priv_.dmabuf.lock() = Some(buf.downgrade());
+                    self.0.host.register_buffer(buf.ino(), self.0.exporter);
+                    mem.dmabufs.push(priv_);
+                    trace_event!(
+                        "vfio_pci_dma_buf_export",
+                        "dev={} ino={} bar={} size={:#x} revoked={}",
+                        self.dev_name(),
+                        buf.ino(),
+                        req.region_index,
+                        req.size,
+                        revoked
+                    );
+                    Ok((buf, req.open_flags))
+                },
+            )?;
         // Outside memory_lock: a failed install drops the last reference,
         // whose release takes memory_lock.
         proc.dma_buf_fd(buf, open_flags).map_err(VfioError::Fd)
@@ -910,32 +930,35 @@ impl VfioPciDevice {
     /// A config write of `PCI_COMMAND_MEMORY`: clearing it revokes first,
     /// setting it un-revokes after.
     pub fn set_memory_decode(&self, on: bool) -> Result<TriggerReport, VfioError> {
-        self.with_memory_lock(|mem, deferred| {
-            self.check_usable(mem)?;
-            let mut report = TriggerReport::default();
-            if on {
-                self.0
-                    .pdev
-                    .set_memory_decode(true)
-                    .map_err(|e| self.pci_err(e))?;
-                if self.memory_enabled() {
-                    self.dma_buf_move(mem, deferred, false, &mut report);
+        self.with_memory_lock(
+            "vfio_basic_config_write PCI_COMMAND_MEMORY",
+            |mem, deferred| {
+                self.check_usable(mem)?;
+                let mut report = TriggerReport::default();
+                if on {
+                    self.0
+                        .pdev
+                        .set_memory_decode(true)
+                        .map_err(|e| self.pci_err(e))?;
+                    if self.memory_enabled() {
+                        self.dma_buf_move(mem, deferred, false, &mut report);
+                    }
+                } else {
+                    Self::zap_cpu(mem);
+                    self.dma_buf_move(mem, deferred, true, &mut report);
+                    if let Err(e) = self.0.pdev.set_memory_decode(false) {
+                        report.errors.push(self.pci_err(e).to_string());
+                    }
                 }
-            } else {
-                Self::zap_cpu(mem);
-                self.dma_buf_move(mem, deferred, true, &mut report);
-                if let Err(e) = self.0.pdev.set_memory_decode(false) {
-                    report.errors.push(self.pci_err(e).to_string());
-                }
-            }
-            Ok(report)
-        })
+                Ok(report)
+            },
+        )
     }
 
     /// A power transition: D3hot revokes first; D0 un-revokes after, if
     /// decoding.
     pub fn set_power_state(&self, p: PowerState) -> Result<TriggerReport, VfioError> {
-        self.with_memory_lock(|mem, deferred| {
+        self.with_memory_lock("vfio_pci_set_power_state", |mem, deferred| {
             self.check_usable(mem)?;
             let mut report = TriggerReport::default();
             match p {
@@ -964,7 +987,7 @@ impl VfioPciDevice {
     /// (the BAR does not answer for the reset window and loses its
     /// contents), restore config, un-revoke if decoding.
     pub fn reset(&self, kind: ResetKind) -> Result<TriggerReport, VfioError> {
-        self.with_memory_lock(|mem, deferred| {
+        self.with_memory_lock("vfio_pci_core_ioctl_reset", |mem, deferred| {
             self.check_usable(mem)?;
             let pci = self.0.host.platform().pci();
             let group: Vec<PciDevice> = match (kind, self.0.pdev.switch()) {
@@ -1008,7 +1031,7 @@ impl VfioPciDevice {
     /// revoked for good, draining its mappings, and unlinked), then the
     /// device is unbound (unplugged: its BAR range becomes unassigned).
     pub fn close(&self) -> Result<TriggerReport, VfioError> {
-        self.with_memory_lock(|mem, deferred| {
+        self.with_memory_lock("vfio_pci_dma_buf_cleanup", |mem, deferred| {
             if mem.closed {
                 return Err(VfioError::Closed {
                     device: self.dev_name(),
@@ -1078,7 +1101,7 @@ impl VfioPciDevice {
                 return Err(VmFault::Sigbus);
             };
             let dev = VfioPciDevice(v);
-            let mem = dev.0.memory_lock.lock();
+            let mem = dev.0.memory_lock.lock("vfio_pci_mmap_huge_fault");
             if mem.closed || !dev.memory_enabled() {
                 return Err(VmFault::Sigbus);
             }
@@ -1092,7 +1115,7 @@ impl VfioPciDevice {
             .platform()
             .mmap(&name, accessor, bar.size / PAGE_SIZE, handler, None)
             .map_err(|e| VfioError::DmaBuf(DmaBufError::errno(e.errno(), e.to_string())))?;
-        self.with_memory_lock(|mem, _| {
+        self.with_memory_lock("vfio_pci_core_mmap", |mem, _| {
             if mem.closed {
                 m.munmap();
                 return Err(VfioError::Closed {

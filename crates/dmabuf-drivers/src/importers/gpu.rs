@@ -50,13 +50,16 @@
 //! Reservation lock → BO state lock → the worker queue lock (a leaf). The
 //! BO state lock is never held across `dma_buf_map_attachment`: an
 //! exporter may move the buffer inside `map` and invalidate this very
-//! importer.
+//! importer. The BO state lock is announced to the lock validator as class
+//! [`BO_STATE_CLASS`]; it may be held across a fence wait (the invalidate
+//! that could not publish its unbind fence), so it must never be taken
+//! inside a fence signalling section.
 
 use super::{
     Counters, Declared, ImportError, Importer, Job, Stage, job_ops, map_and_declare, read_page,
     unmap_declared,
 };
-use crate::host::Host;
+use crate::host::{ClassMutex, Host, LockClass};
 use crate::job::submit_after;
 use crate::world::ImporterKind;
 use dmabuf_core::dma_buf::{self, AttachOps, Attachment, DmaBuf, InvalidateFn};
@@ -98,6 +101,11 @@ impl Default for GpuConfig {
         }
     }
 }
+
+/// The lock class of an imported BO's VM state (what amdgpu keeps under
+/// `vm->status_lock` and xe under the VM lock: bound or evicted, the
+/// mapping, the unbind in flight). It nests inside the reservation lock.
+pub static BO_STATE_CLASS: LockClass = LockClass::new("gpu vm->status_lock");
 
 struct Unbind {
     import: Weak<ImportInner>,
@@ -273,7 +281,8 @@ struct ImportInner {
     owns_device: bool,
     buf: Mutex<Option<DmaBuf>>,
     attach: Mutex<Option<Attachment>>,
-    st: Mutex<BoState>,
+    /// The BO's VM state, class [`BO_STATE_CLASS`].
+    st: ClassMutex<BoState>,
     counters: Counters,
 }
 
@@ -309,14 +318,17 @@ impl GpuImport {
             owns_device,
             buf: Mutex::new(None),
             attach: Mutex::new(None),
-            st: Mutex::new(BoState {
-                proc: None,
-                mapping: None,
-                bound: false,
-                generation: 0,
-                jobs: Vec::new(),
-                unbind: None,
-            }),
+            st: ClassMutex::new(
+                &BO_STATE_CLASS,
+                BoState {
+                    proc: None,
+                    mapping: None,
+                    bound: false,
+                    generation: 0,
+                    jobs: Vec::new(),
+                    unbind: None,
+                },
+            ),
             counters: Counters::new(COUNTERS),
         }))
     }
@@ -332,7 +344,7 @@ impl GpuImport {
 
     /// Whether the BO currently holds a mapping (stale or not).
     pub fn is_mapped(&self) -> bool {
-        self.0.st.lock().mapping.is_some()
+        self.0.st.lock("gpu bo is_mapped").mapping.is_some()
     }
 
     /// Step 2: the `invalidate_mappings` callback.
@@ -350,7 +362,7 @@ impl GpuImport {
         };
         let imp = GpuImport(imp);
         imp.0.counters.bump("invalidates");
-        let mut st = imp.0.st.lock();
+        let mut st = imp.0.st.lock("amdgpu_dma_buf_move_notify");
         st.bound = false;
         if st.mapping.is_none() {
             return;
@@ -408,7 +420,7 @@ impl GpuImport {
     /// stale mapping after the unbind fence signalled.
     fn write_after_fences(&self) {
         let at = {
-            let st = self.0.st.lock();
+            let st = self.0.st.lock("gpu worker writes-after-fences");
             st.mapping.as_ref().and_then(|m| m.dma_ref(0))
         };
         if let Some(at) = at {
@@ -424,7 +436,7 @@ impl GpuImport {
         };
         let g = crate::host::lock_resv(buf.resv());
         let stale = {
-            let mut st = self.0.st.lock();
+            let mut st = self.0.st.lock("gpu worker unbind");
             if st.generation != generation || st.bound {
                 return;
             }
@@ -443,7 +455,7 @@ impl GpuImport {
     /// is released across the map (see the lock rules).
     fn ensure_bound(&self, attach: &Attachment, g: &ResvGuard<'_>) -> Result<(), ImportError> {
         let stale = {
-            let mut st = self.0.st.lock();
+            let mut st = self.0.st.lock("amdgpu_bo_validate");
             if st.bound && st.mapping.is_some() {
                 return Ok(());
             }
@@ -466,7 +478,7 @@ impl GpuImport {
         match map_and_declare(&dev.host, attach, Some(dev.pdev.id()), &self.0.accessor, g) {
             Ok(m) => {
                 self.0.counters.bump("maps");
-                let mut st = self.0.st.lock();
+                let mut st = self.0.st.lock("amdgpu_bo_validate mapped");
                 st.mapping = Some(m);
                 st.bound = true;
                 Ok(())
@@ -526,7 +538,7 @@ impl Importer for GpuImport {
             *self.0.attach.lock() = None;
             return Err(e);
         }
-        self.0.st.lock().proc = Some((proc.clone(), fd));
+        self.0.st.lock("gpu setup").proc = Some((proc.clone(), fd));
         Ok(())
     }
 
@@ -535,7 +547,7 @@ impl Importer for GpuImport {
         let g = crate::host::lock_resv(buf.resv());
         self.ensure_bound(&attach, &g)?;
         let dev = &self.0.dev.0;
-        let mut st = self.0.st.lock();
+        let mut st = self.0.st.lock("amdgpu_cs_submit");
         let refs = st.mapping.as_ref().and_then(|m| {
             let pages = m.mapping().sg_table().len() / PAGE_SIZE;
             Some((
@@ -569,14 +581,14 @@ impl Importer for GpuImport {
         let Ok((buf, attach)) = self.handles() else {
             return Ok(());
         };
-        let jobs = self.0.st.lock().jobs.clone();
+        let jobs = self.0.st.lock("gpu teardown jobs").jobs.clone();
         for f in jobs {
             let _ = f.wait(None);
         }
         {
             let g = crate::host::lock_resv(buf.resv());
             let (m, unbind) = {
-                let mut st = self.0.st.lock();
+                let mut st = self.0.st.lock("gpu teardown unmap");
                 st.bound = false;
                 st.generation += 1;
                 (st.mapping.take(), st.unbind.take())
@@ -596,7 +608,7 @@ impl Importer for GpuImport {
         *self.0.attach.lock() = None;
         *self.0.buf.lock() = None;
         drop(buf);
-        let proc = self.0.st.lock().proc.take();
+        let proc = self.0.st.lock("gpu teardown fd").proc.take();
         if let Some((p, fd)) = proc {
             p.close(fd).map_err(ImportError::sys(Stage::Teardown))?;
         }

@@ -47,10 +47,12 @@
 //! # Lock rules
 //!
 //! Reservation lock → `pages->mutex` (the separate lockdep class iommufd
-//! gives dma-buf pages: for them this order, not mmap → mutex).
+//! gives dma-buf pages, [`PAGES_MUTEX_CLASS`]: for them this order, not
+//! mmap → mutex). The validator checks it: every acquisition of the mutex
+//! is announced under that class.
 
 use super::{Counters, ImportError, Importer, Job, Stage, job_ops, read_page};
-use crate::host::Host;
+use crate::host::{ClassMutex, Host, LockClass};
 use crate::job::submit_after;
 use crate::vfio;
 use crate::world::ImporterKind;
@@ -70,6 +72,11 @@ use std::collections::BTreeMap;
 /// The device name iommufd attaches as (`iommufd_global_device()`).
 pub const IOMMUFD_DEVICE: &str = "iommufd";
 
+/// The lock class of dma-buf pages' `pages->mutex`: separate from the class
+/// of user-memory pages, because here it nests inside the reservation lock
+/// (for user memory the order is `mmap_lock` → `pages->mutex`).
+pub static PAGES_MUTEX_CLASS: LockClass = LockClass::new("pages->mutex (dmabuf)");
+
 struct Tracked {
     domain: IommuDomain,
     iova: u64,
@@ -87,8 +94,8 @@ struct PagesState {
 struct Pages {
     host: Host,
     accessor: Accessor,
-    /// `pages->mutex`.
-    mutex: Mutex<PagesState>,
+    /// `pages->mutex`, class [`PAGES_MUTEX_CLASS`].
+    mutex: ClassMutex<PagesState>,
     attach: Mutex<Option<Attachment>>,
     buf: Mutex<Option<DmaBuf>>,
     revokes: Counters,
@@ -103,7 +110,7 @@ impl Pages {
         else {
             return;
         };
-        let mut st = pages.mutex.lock();
+        let mut st = pages.mutex.lock("iopt_revoke_notify");
         if st.destroyed {
             pages.revokes.bump("use_after_destroy");
             trace_event!("iommufd_pages_use_after_destroy", "attach={}", attach.id());
@@ -144,18 +151,18 @@ impl IoasMapping {
 
     /// Whether the exporter revoked it (for good).
     pub fn is_revoked(&self) -> bool {
-        self.pages.mutex.lock().phys.1 == 0
+        self.pages.mutex.lock("iopt_dmabuf_revoked").phys.1 == 0
     }
 
     /// Domains the range is mapped into now.
     pub fn mapped_domains(&self) -> usize {
-        self.pages.mutex.lock().tracker.len()
+        self.pages.mutex.lock("iopt_pages tracker").tracker.len()
     }
 
     /// `IOMMU_IOAS_UNMAP` of the area: unmaps from every domain (nothing to
     /// do once revoked).
     pub fn unmap(&self) {
-        let mut st = self.pages.mutex.lock();
+        let mut st = self.pages.mutex.lock("iopt_unmap_iova");
         for t in st.tracker.drain(..) {
             let _ = self.pages.host.monitor().mapping_unmapped(&t.token);
             let _ = t.domain.unmap(t.iova, t.len, UnmapReason::Unmap);
@@ -175,7 +182,7 @@ impl IoasMapping {
             dma_buf::detach(&buf, &attach).map_err(ImportError::dmabuf(Stage::Teardown))?;
             drop(buf);
         }
-        self.pages.mutex.lock().destroyed = true;
+        self.pages.mutex.lock("iopt_release_pages").destroyed = true;
         Ok(())
     }
 
@@ -239,11 +246,14 @@ impl Iommufd {
         let pages = Arc::new(Pages {
             host: self.host.clone(),
             accessor: self.accessor.clone(),
-            mutex: Mutex::new(PagesState {
-                phys: (0, 0),
-                tracker: Vec::new(),
-                destroyed: false,
-            }),
+            mutex: ClassMutex::new(
+                &PAGES_MUTEX_CLASS,
+                PagesState {
+                    phys: (0, 0),
+                    tracker: Vec::new(),
+                    destroyed: false,
+                },
+            ),
             attach: Mutex::new(Some(attach.clone())),
             buf: Mutex::new(Some(buf.clone())),
             revokes: Counters::new(&["revokes", "use_after_destroy"]),
@@ -262,7 +272,7 @@ impl Iommufd {
             let _ = dma_buf::detach(&buf, &attach);
             pages.attach.lock().take();
             pages.buf.lock().take();
-            pages.mutex.lock().destroyed = true;
+            pages.mutex.lock("iopt_map_dmabuf error").destroyed = true;
             return Err(e);
         }
         Ok(IoasMapping { pages, iova, len })
@@ -288,7 +298,7 @@ impl Iommufd {
                 what: format!("range {start:#x}+{len:#x} past the {plen:#x}-byte physical range"),
             });
         }
-        let mut st = pages.mutex.lock();
+        let mut st = pages.mutex.lock("iopt_map_dmabuf");
         st.phys = (paddr, plen);
         for d in &self.domains {
             let token = self

@@ -49,27 +49,33 @@
 //!
 //! # Lock rules
 //!
-//! Reservation lock → MR state lock. The fault handler takes the
-//! reservation lock on the NIC's engine thread; the invalidate path zaps
-//! under it, and a zap never waits for the engine, only for accesses in
-//! flight.
+//! Reservation lock → MR state lock (announced to the lock validator as
+//! class [`MR_STATE_CLASS`]; it is never held while taking the reservation
+//! lock). The fault handler takes the reservation lock on the NIC's engine
+//! thread; the invalidate path zaps under it, and a zap never waits for the
+//! engine, only for accesses in flight.
 
 use super::nic::{Nic, PageFault};
 use super::{
     Counters, Declared, ImportError, Importer, Job, Stage, map_and_declare, unmap_declared,
 };
-use crate::host::Host;
+use crate::host::{ClassMutex, Host, LockClass};
 use crate::world::ImporterKind;
 use dmabuf_core::dma_buf::{self, AttachOps, Attachment, DmaBuf, InvalidateFn};
 use dmabuf_core::dma_fence::MAX_SCHEDULE_TIMEOUT;
 use dmabuf_core::dma_resv::{ResvGuard, Usage};
 use dmabuf_core::errno::{self, Errno};
-use dmabuf_core::sync::{Arc, Mutex, Weak};
+use dmabuf_core::sync::{Arc, Weak};
 use dmabuf_core::uapi::Process;
 use dmabuf_core::{Fence, trace_event};
 use dmabuf_platform::{Accessor, FaultResponse, UnmapReason};
 use std::any::Any;
 use std::collections::BTreeMap;
+
+/// The lock class of an MR's state (`umem_dmabuf` and the mlx5 MR fields
+/// the kernel guards with the reservation lock: the sg table, `pinned`,
+/// `revoked`, `private`). It nests inside the reservation lock.
+pub static MR_STATE_CLASS: LockClass = LockClass::new("umem_dmabuf mr state");
 
 /// Which MR flavour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,7 +134,8 @@ struct MrInner {
     nic: Nic,
     accessor: Accessor,
     owns_nic: bool,
-    st: Mutex<MrState>,
+    /// The MR's state, class [`MR_STATE_CLASS`].
+    st: ClassMutex<MrState>,
     counters: Counters,
 }
 
@@ -173,30 +180,33 @@ impl RdmaImporter {
             nic: nic.clone(),
             accessor: Accessor::new(nic.pci_device().name()),
             owns_nic,
-            st: Mutex::new(MrState {
-                proc: None,
-                buf: None,
-                attach: None,
-                mapping: None,
-                va: 0,
-                len: 0,
-                pinned: false,
-                revoked: false,
-                revoke_installed: false,
-                dying: false,
-            }),
+            st: ClassMutex::new(
+                &MR_STATE_CLASS,
+                MrState {
+                    proc: None,
+                    buf: None,
+                    attach: None,
+                    mapping: None,
+                    va: 0,
+                    len: 0,
+                    pinned: false,
+                    revoked: false,
+                    revoke_installed: false,
+                    dying: false,
+                },
+            ),
             counters: Counters::new(COUNTERS),
         }))
     }
 
     /// Whether the MR holds a mapping now.
     pub fn is_mapped(&self) -> bool {
-        self.0.st.lock().mapping.is_some()
+        self.0.st.lock("mr is_mapped").mapping.is_some()
     }
 
     /// Whether a pinned-revocable MR was revoked.
     pub fn is_revoked(&self) -> bool {
-        self.0.st.lock().revoked
+        self.0.st.lock("mr is_revoked").revoked
     }
 }
 
@@ -222,20 +232,20 @@ impl MrInner {
             .dmabuf()
             .resv()
             .wait_timeout(Usage::Kernel, None, MAX_SCHEDULE_TIMEOUT);
-        let va = self.st.lock().va;
+        let va = self.st.lock("ib_umem_dmabuf_map_pages va").va;
         if let Err(e) = self.nic.map_mr(va, &entries(&d), d.token()) {
             let _ = unmap_declared(&self.host, attach, d, g);
             return Err(e);
         }
         self.counters.bump("maps");
-        self.st.lock().mapping = Some(d);
+        self.st.lock("ib_umem_dmabuf_map_pages mapped").mapping = Some(d);
         Ok(())
     }
 
     /// Zap and unmap (lock held); `reason` tags the zapped translations.
     fn zap_and_unmap(&self, attach: &Attachment, g: &ResvGuard<'_>, reason: UnmapReason) {
         let (va, len, m) = {
-            let mut st = self.st.lock();
+            let mut st = self.st.lock("mlx5_ib_dmabuf zap");
             (st.va, st.len, st.mapping.take())
         };
         if let Some(m) = m {
@@ -258,7 +268,7 @@ impl MrInner {
                 trace_event!("rdma_invalidate_ignored", "mr={}", me.name);
             }
             MrFlavour::Odp => {
-                if me.st.lock().dying {
+                if me.st.lock("mlx5_ib_dmabuf_invalidate_cb").dying {
                     return;
                 }
                 me.zap_and_unmap(attach, g, UnmapReason::Revoke);
@@ -273,7 +283,7 @@ impl MrInner {
     /// (zap) only if installed.
     fn revoke_locked(&self, attach: &Attachment, g: &ResvGuard<'_>) {
         let (installed, pinned) = {
-            let mut st = self.st.lock();
+            let mut st = self.st.lock("ib_umem_dmabuf_revoke_locked");
             if st.revoked {
                 return;
             }
@@ -284,7 +294,12 @@ impl MrInner {
         };
         if installed {
             self.zap_and_unmap(attach, g, UnmapReason::Revoke);
-        } else if let Some(m) = self.st.lock().mapping.take() {
+        } else if let Some(m) = self
+            .st
+            .lock("ib_umem_dmabuf_revoke_locked unmap")
+            .mapping
+            .take()
+        {
             let _ = unmap_declared(&self.host, attach, m, g);
         }
         if pinned {
@@ -297,7 +312,7 @@ impl MrInner {
     /// The registration steps under the lock, per flavour.
     fn register_locked(&self, attach: &Attachment, g: &ResvGuard<'_>) -> Result<(), ImportError> {
         if self.flavour.pins() {
-            if self.st.lock().revoked {
+            if self.st.lock("ib_umem_dmabuf_get_pinned revoked").revoked {
                 return Err(ImportError::Device {
                     stage: Stage::Register,
                     errno: errno::ENODEV,
@@ -305,9 +320,9 @@ impl MrInner {
                 });
             }
             dma_buf::pin(attach, g).map_err(ImportError::dmabuf(Stage::Pin))?;
-            self.st.lock().pinned = true;
+            self.st.lock("ib_umem_dmabuf_get_pinned pinned").pinned = true;
             if let Err(e) = self.map_pages(attach, g) {
-                self.st.lock().pinned = false;
+                self.st.lock("ib_umem_dmabuf_get_pinned unpin").pinned = false;
                 let _ = dma_buf::unpin(attach, g);
                 return Err(e);
             }
@@ -331,14 +346,14 @@ impl PageFault for MrInner {
     fn page_fault(&self, _va: u64) -> FaultResponse {
         self.counters.bump("faults");
         let (buf, attach) = {
-            let st = self.st.lock();
+            let st = self.st.lock("pagefault_dmabuf_mr");
             match (st.buf.clone(), st.attach.clone()) {
                 (Some(b), Some(a)) if !st.dying => (b, a),
                 _ => return FaultResponse::Abort,
             }
         };
         let g = crate::host::lock_resv(buf.resv());
-        if self.st.lock().mapping.is_some() {
+        if self.st.lock("pagefault_dmabuf_mr mapped").mapping.is_some() {
             return FaultResponse::Retry;
         }
         match self.map_pages(&attach, &g) {
@@ -381,7 +396,7 @@ impl Importer for RdmaImporter {
         let attach = dma_buf::dynamic_attach(&buf, self.0.nic.pci_device().name(), Some(ops))
             .map_err(ImportError::dmabuf(Stage::Attach))?;
         {
-            let mut st = self.0.st.lock();
+            let mut st = self.0.st.lock("mr register");
             st.buf = Some(buf.clone());
             st.attach = Some(attach.clone());
             st.va = va;
@@ -400,7 +415,10 @@ impl Importer for RdmaImporter {
             let r = self.0.register_locked(&attach, &g);
             if r.is_ok() && self.0.flavour == MrFlavour::PinnedRevocable {
                 // ib_umem_dmabuf_set_revoke_locked, before unlocking.
-                self.0.st.lock().revoke_installed = true;
+                self.0
+                    .st
+                    .lock("ib_umem_dmabuf_set_revoke_locked")
+                    .revoke_installed = true;
             }
             r
         };
@@ -408,18 +426,18 @@ impl Importer for RdmaImporter {
             self.0.nic.clear_mr_fault_handler(va);
             attach.set_importer_priv(None);
             let _ = dma_buf::detach(&buf, &attach);
-            let mut st = self.0.st.lock();
+            let mut st = self.0.st.lock("mr register error");
             st.buf = None;
             st.attach = None;
             return Err(e);
         }
-        self.0.st.lock().proc = Some((proc.clone(), fd));
+        self.0.st.lock("mr register fd").proc = Some((proc.clone(), fd));
         Ok(())
     }
 
     fn submit(&self, page: u64, pattern: u8, gate: Option<Fence>) -> Result<Job, ImportError> {
         let (va, len, registered) = {
-            let st = self.0.st.lock();
+            let st = self.0.st.lock("mr post");
             (st.va, st.len, st.attach.is_some())
         };
         if !registered {
@@ -444,7 +462,7 @@ impl Importer for RdmaImporter {
 
     fn teardown(&self) -> Result<(), ImportError> {
         let (buf, attach, proc, va) = {
-            let mut st = self.0.st.lock();
+            let mut st = self.0.st.lock("mlx5_ib_dereg_mr");
             st.dying = true;
             (st.buf.clone(), st.attach.clone(), st.proc.take(), st.va)
         };
@@ -458,7 +476,8 @@ impl Importer for RdmaImporter {
                 MrFlavour::PinnedRevocable => self.0.revoke_locked(&attach, &g),
                 _ => {
                     self.0.zap_and_unmap(&attach, &g, UnmapReason::Unmap);
-                    let pinned = std::mem::take(&mut self.0.st.lock().pinned);
+                    let pinned =
+                        std::mem::take(&mut self.0.st.lock("mlx5_ib_dereg_mr unpin").pinned);
                     if pinned {
                         dma_buf::unpin(&attach, &g)
                             .map_err(ImportError::dmabuf(Stage::Teardown))?;
@@ -469,7 +488,7 @@ impl Importer for RdmaImporter {
         attach.set_importer_priv(None);
         dma_buf::detach(&buf, &attach).map_err(ImportError::dmabuf(Stage::Teardown))?;
         {
-            let mut st = self.0.st.lock();
+            let mut st = self.0.st.lock("mlx5_ib_dereg_mr detached");
             st.buf = None;
             st.attach = None;
         }
