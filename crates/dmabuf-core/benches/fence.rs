@@ -130,16 +130,17 @@ impl OneShot for ListenerEvent {
         }
     }
     fn set(&self) {
-        self.done.store(true, std::sync::atomic::Ordering::Release);
+        self.done
+            .store(true, dmabuf_core::sync::atomic::Ordering::Release);
         self.event.notify(usize::MAX);
     }
     fn wait(&self) {
         loop {
-            if self.done.load(std::sync::atomic::Ordering::Acquire) {
+            if self.done.load(dmabuf_core::sync::atomic::Ordering::Acquire) {
                 return;
             }
             let l = self.event.listen();
-            if self.done.load(std::sync::atomic::Ordering::Acquire) {
+            if self.done.load(dmabuf_core::sync::atomic::Ordering::Acquire) {
                 return;
             }
             l.wait();
@@ -226,7 +227,7 @@ fn shim(c: &mut Criterion) {
     });
     let sa = std::sync::atomic::AtomicU64::new(7);
     g.bench_function("atomic_u64_load/std", |b| {
-        b.iter(|| black_box(&sa).load(std::sync::atomic::Ordering::Acquire))
+        b.iter(|| black_box(&sa).load(dmabuf_core::sync::atomic::Ordering::Acquire))
     });
     g.bench_function("clock/now_ns", |b| b.iter(sync::time::now_ns));
     g.bench_function("clock/timestamp_ns", |b| b.iter(sync::time::timestamp_ns));

@@ -694,7 +694,7 @@ fn next_ino() -> u64 {
     if let Some(v) = crate::sync::sched::local_counter("dmabuf_ino", 1) {
         return v;
     }
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    NEXT.fetch_add(1, crate::sync::atomic::Ordering::Relaxed)
 }
 
 fn next_id() -> u64 {
@@ -704,7 +704,7 @@ fn next_id() -> u64 {
     if let Some(v) = crate::sync::sched::local_counter("dmabuf_obj", 1) {
         return v;
     }
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    NEXT.fetch_add(1, crate::sync::atomic::Ordering::Relaxed)
 }
 
 /// `O_ACCMODE | O_NONBLOCK`: the file flags a dma-buf keeps.

@@ -365,7 +365,7 @@ pub fn context_alloc(n: u32) -> Result<u64, FenceError> {
     if let Some(base) = crate::sync::sched::local_counter("fence_context", n as u64) {
         return Ok(base);
     }
-    Ok(NEXT.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed))
+    Ok(NEXT.fetch_add(n as u64, crate::sync::atomic::Ordering::Relaxed))
 }
 
 /// A timeline: allocates one context and hands out fences with increasing
@@ -524,7 +524,7 @@ impl Fence {
     /// The shared, signalled stub fence (context 0, seqno 0) with the
     /// process start time as timestamp (`dma_fence_get_stub`).
     pub fn stub() -> Fence {
-        static STUB: std::sync::OnceLock<Fence> = std::sync::OnceLock::new();
+        static STUB: crate::sync::OnceLock<Fence> = crate::sync::OnceLock::new();
         STUB.get_or_init(|| Fence::private_stub(crate::sync::time::monotonic_ns()))
             .clone()
     }

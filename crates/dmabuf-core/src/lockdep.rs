@@ -60,12 +60,12 @@
 //! controlled scheduler (recording an annotation must not change which
 //! schedule runs), and no shim operation happens while they are held.
 
+use crate::sync::atomic::Ordering;
 use crate::sync::atomic::global::AtomicU32;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::panic::Location;
-use std::sync::atomic::Ordering;
 
 /// Validator mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,8 +14,8 @@
 //! Recording an event is never a scheduling point: turning tracing on must
 //! not change which schedule a replay token selects.
 
+use crate::sync::atomic::Ordering;
 use crate::sync::atomic::global::{AtomicBool, AtomicU64};
-use std::sync::atomic::Ordering;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static SEQ: AtomicU64 = AtomicU64::new(0);

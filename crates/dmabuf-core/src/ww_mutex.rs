@@ -176,7 +176,7 @@ pub(crate) fn thread_token() -> u64 {
     #[cold]
     fn fresh() -> u64 {
         static NEXT: GlobalU64 = GlobalU64::new(1);
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        NEXT.fetch_add(1, crate::sync::atomic::Ordering::Relaxed)
     }
     TOKEN
         .try_with(|t| match t.get() {
@@ -235,7 +235,7 @@ impl WwClass {
             return s.wrapping_add(1);
         }
         self.next_stamp
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .fetch_add(1, crate::sync::atomic::Ordering::Relaxed)
     }
 
     fn lockdep_class(&self) -> ClassId {
@@ -244,13 +244,13 @@ impl WwClass {
         }
         let cached = self
             .lockdep_cache
-            .load(std::sync::atomic::Ordering::Relaxed);
+            .load(crate::sync::atomic::Ordering::Relaxed);
         if cached != 0 {
             return ClassId::from_raw(cached - 1);
         }
         let c = lockdep::register_class(self.name);
         self.lockdep_cache
-            .store(c.raw() + 1, std::sync::atomic::Ordering::Relaxed);
+            .store(c.raw() + 1, crate::sync::atomic::Ordering::Relaxed);
         c
     }
 }

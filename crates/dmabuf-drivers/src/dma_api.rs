@@ -23,9 +23,9 @@
 
 use crate::host::Host;
 use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::sync::atomic::Ordering;
 use dmabuf_core::sync::atomic::global::AtomicU64;
 use dmabuf_platform::{DeviceId, DmaAddr, IommuError, IommuPerm, PAGE_SIZE, UnmapReason};
-use std::sync::atomic::Ordering;
 
 /// The lowest IOVA the DMA API hands out; above every physical address.
 pub const IOVA_BASE: u64 = 1 << 40;

@@ -34,12 +34,12 @@
 //! a schedule.
 
 use dmabuf_core::lockdep::{self, ClassId};
+use dmabuf_core::sync::OnceLock;
 use dmabuf_core::sync::{Arc, Mutex, MutexGuard};
 use dmabuf_platform::{DeviceId, ExporterId, IommuDomain, Monitor, PciDevice, Platform};
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::OnceLock;
 
 struct HostInner {
     platform: Platform,

@@ -54,10 +54,10 @@
 
 use crate::trace;
 use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::sync::Arc;
 use dmabuf_core::sync::Mutex;
 use dmabuf_core::sync::atomic::{AtomicU64, Ordering};
 use dmabuf_core::trace_event;
-use std::sync::Arc;
 
 /// log2 of the page size.
 pub const PAGE_SHIFT: u32 = 12;

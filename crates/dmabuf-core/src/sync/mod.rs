@@ -57,3 +57,9 @@ pub mod sched;
 /// which our `no-leak` property does at the object level), so `Arc` is std's
 /// in every world.
 pub use std::sync::{Arc, Weak};
+
+/// One-time initialisation of process-wide values (the stub fence, lockdep
+/// class ids). Never a scheduling point: an initialiser must not call into
+/// the shim, so under the controlled scheduler it runs to completion before
+/// any other task can observe it.
+pub use std::sync::OnceLock;
