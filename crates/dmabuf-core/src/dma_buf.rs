@@ -50,6 +50,9 @@
 //!   mapping. Dynamic importers wait for those fences themselves.
 //! * `invalidate_mappings` walks newest attachment first, skips static
 //!   attachments and attachments without the op.
+//! * Release empties the buffer's attachment list: an attachment never
+//!   detached is diagnosed, then reachable only through the importer's own
+//!   handle (which alone keeps the buffer object's memory).
 
 use crate::dma_fence::{CancelToken, FenceError, MAX_SCHEDULE_TIMEOUT};
 use crate::dma_resv::{DmaResv, ResvError, ResvGuard, Usage};
@@ -485,7 +488,8 @@ pub(crate) struct DmaBufInner {
     name: Mutex<Option<String>>,
     ops: Arc<dyn DmaBufOps>,
     resv: Arc<DmaResv>,
-    /// Newest first. Modified only with the reservation lock held.
+    /// Newest first. Modified only with the reservation lock held, or by
+    /// release (no file reference left), which empties it.
     attachments: Mutex<Vec<Attachment>>,
     vmap: Mutex<VmapState>,
     poll: Mutex<PollState>,
@@ -547,7 +551,7 @@ impl DmaBufRef {
     pub fn is_released(&self) -> bool {
         self.0.released.load(Ordering::Acquire)
     }
-    /// Current attachments, newest first (a snapshot).
+    /// Current attachments, newest first (a snapshot; empty once released).
     pub fn attachments(&self) -> Vec<Attachment> {
         self.0.attachments.lock().clone()
     }
@@ -661,11 +665,19 @@ fn release(inner: &Arc<DmaBufInner>) {
         inner.ino
     );
     inner.ops.release(&r);
-    let n = inner.attachments.lock().len();
-    if n != 0 {
+    // The kernel frees the buffer whatever is still on its list (it only
+    // warns). Here each listed attachment owns a reference to the buffer, so
+    // a list kept after release would be a cycle: an importer freed without
+    // detaching (a stalled process's, when it exits) would keep the buffer,
+    // its exporter and the whole machine behind them alive for ever. Nobody
+    // can detach from a released buffer (detach needs a file reference), so
+    // the list goes with it; an importer that still holds its attachment
+    // keeps just that.
+    let left = std::mem::take(&mut *inner.attachments.lock());
+    if !left.is_empty() {
         diagnose(
             inner,
-            format!("released with {n} attachment(s) still attached"),
+            format!("released with {} attachment(s) still attached", left.len()),
         );
     }
 }

@@ -217,6 +217,23 @@ fn release_with_attachment_outstanding_is_diagnosed() {
 }
 
 #[test]
+fn release_drops_the_list_so_an_undetached_attachment_does_not_keep_the_buffer() {
+    let (b, ops) = export_mock(MockExp::default());
+    let exporter = Arc::downgrade(&ops);
+    drop(ops);
+    let a = dynamic_attach(&b, "dev0", Some(dyn_ops(true, true))).unwrap();
+    drop(b);
+    assert!(a.dmabuf().is_released());
+    assert!(a.dmabuf().attachments().is_empty());
+    // The importer's own handle still works on the released buffer...
+    assert_eq!(a.dev(), "dev0");
+    assert!(exporter.upgrade().is_some());
+    // ...and once it goes, nothing keeps the buffer or its exporter.
+    drop(a);
+    assert!(exporter.upgrade().is_none());
+}
+
+#[test]
 fn static_attach_has_no_peer2peer_and_is_not_dynamic() {
     let (b, _) = export_mock(MockExp::default());
     let a = attach(&b, "dev0").unwrap();
