@@ -388,13 +388,10 @@ fn explore_mode(
 
 /// Re-runs a schedule exactly (tracing on) and returns the run.
 pub fn replay_schedule(spec: &WorldSpec, mode: RunMode, schedule: Schedule) -> RunOutcome {
-    let was = dmabuf_core::trace::enabled();
-    dmabuf_core::trace::set_enabled(true);
+    let _tracing = dmabuf_core::trace::enable_scoped();
     let mut r = Replay::new(schedule);
     r.next_execution();
-    let out = run_controlled(spec, mode, &mut r);
-    dmabuf_core::trace::set_enabled(was);
-    out
+    run_controlled(spec, mode, &mut r)
 }
 
 /// Shrinks a counterexample: first the workload (fewer DMA jobs), then the

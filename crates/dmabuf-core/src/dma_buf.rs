@@ -445,6 +445,7 @@ fn diagnose(inner: &DmaBufInner, problem: String) {
         inner.ino,
         problem
     );
+    inner.problems.lock().push(problem.clone());
     let mut d = DIAGNOSTICS.lock();
     if d.len() >= MAX_DIAGNOSTICS {
         d.remove(0);
@@ -495,6 +496,10 @@ pub(crate) struct DmaBufInner {
     poll: Mutex<PollState>,
     file_refs: AtomicUsize,
     released: AtomicBool,
+    /// This buffer's own diagnostics (also appended to the process-wide
+    /// list). A plain lock, never a scheduling point: recording a diagnostic
+    /// must not change which schedule a replay token selects.
+    problems: parking_lot::Mutex<Vec<String>>,
 }
 
 /// A reference to a dma-buf that is not a file reference: what exporter ops
@@ -554,6 +559,13 @@ impl DmaBufRef {
     /// Current attachments, newest first (a snapshot; empty once released).
     pub fn attachments(&self) -> Vec<Attachment> {
         self.0.attachments.lock().clone()
+    }
+    /// The problems found at release or detach time for this buffer
+    /// (attachments or vmaps outstanding at release, detach with mappings or
+    /// pins outstanding). Unlike the process-wide list, this cannot be mixed
+    /// up with another execution's buffers.
+    pub fn diagnostics(&self) -> Vec<String> {
+        self.0.problems.lock().clone()
     }
     /// Number of file references.
     pub fn file_count(&self) -> usize {
@@ -750,6 +762,7 @@ pub fn export(info: ExportInfo) -> Result<DmaBuf, DmaBufError> {
         }),
         file_refs: AtomicUsize::new(1),
         released: AtomicBool::new(false),
+        problems: parking_lot::Mutex::new(Vec::new()),
     });
     BUFFERS.lock().push(Arc::downgrade(&inner));
     trace_event!(

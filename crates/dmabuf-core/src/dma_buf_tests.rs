@@ -207,7 +207,13 @@ fn release_with_attachment_outstanding_is_diagnosed() {
     let (b, _) = export_mock(MockExp::default());
     let ino = b.ino();
     let _a = attach(&b, "dev0").unwrap();
+    let r = b.downgrade();
     drop(b);
+    assert!(
+        r.diagnostics().iter().any(|p| p.contains("attachment")),
+        "{:?}",
+        r.diagnostics()
+    );
     let d = take_diagnostics_for(ino);
     assert!(
         d.iter()

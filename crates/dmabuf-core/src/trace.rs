@@ -15,9 +15,13 @@
 //! not change which schedule a replay token selects.
 
 use crate::sync::atomic::Ordering;
-use crate::sync::atomic::global::{AtomicBool, AtomicU64};
+use crate::sync::atomic::global::AtomicU64;
 
-static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Bit 63: switched on for the whole process; the bits below count live
+/// [`TraceScope`]s, so concurrent scopes (parallel tests, nested replays)
+/// never switch each other off.
+static ENABLED: AtomicU64 = AtomicU64::new(0);
+const GLOBAL_ON: u64 = 1 << 63;
 static SEQ: AtomicU64 = AtomicU64::new(0);
 static LOG: parking_lot::Mutex<Vec<Event>> = parking_lot::Mutex::new(Vec::new());
 
@@ -54,12 +58,35 @@ impl std::fmt::Display for Event {
 /// Whether trace points record anything.
 #[inline(always)]
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    ENABLED.load(Ordering::Relaxed) != 0
 }
 
-/// Turns recording on or off for the whole process.
+/// Turns recording on or off for the whole process (scopes still in force
+/// keep it on).
 pub fn set_enabled(on: bool) {
-    ENABLED.store(on, Ordering::Relaxed);
+    if on {
+        ENABLED.fetch_or(GLOBAL_ON, Ordering::Relaxed);
+    } else {
+        ENABLED.fetch_and(!GLOBAL_ON, Ordering::Relaxed);
+    }
+}
+
+/// Keeps recording on while it lives, whatever other scopes or
+/// [`set_enabled`] do meanwhile.
+#[must_use = "recording stops when the scope is dropped"]
+#[derive(Debug)]
+pub struct TraceScope(());
+
+/// Turns recording on until the returned scope is dropped.
+pub fn enable_scoped() -> TraceScope {
+    ENABLED.fetch_add(1, Ordering::Relaxed);
+    TraceScope(())
+}
+
+impl Drop for TraceScope {
+    fn drop(&mut self) {
+        ENABLED.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Records an event (prefer the [`trace_event!`](crate::trace_event) macro,

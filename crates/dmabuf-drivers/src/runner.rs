@@ -87,7 +87,7 @@ use crate::vfio_uapi::DmaRange;
 use crate::world::{
     ExporterKind, ImporterKind, ImporterSpec, Observation, Refusal, StallMode, Trigger, WorldSpec,
 };
-use dmabuf_core::dma_buf::{self, DmaBufRef};
+use dmabuf_core::dma_buf::DmaBufRef;
 use dmabuf_core::errno::Errno;
 use dmabuf_core::sync::sched;
 use dmabuf_core::sync::thread::{self, JoinHandle};
@@ -874,17 +874,11 @@ fn finish(
         Exporter::Heap(_) => {}
     }
     let mut leaks = Vec::new();
-    // Inode numbers are per execution under the controlled scheduler, and
-    // the core's diagnostics are process-wide and keyed by inode: several
-    // executions running at once would take each other's. So they are read
-    // on real threads only; the buffer objects themselves say the rest.
-    let controlled = sched::active();
     for b in bufs {
-        let diags = if controlled {
-            Vec::new()
-        } else {
-            dma_buf::take_diagnostics_for(b.ino())
-        };
+        // Per-buffer diagnostics: unlike the process-wide list (keyed by
+        // inode, which is per execution under the scheduler) they cannot be
+        // mixed up with another execution's.
+        let diags = b.diagnostics();
         if mode != StallMode::Normal {
             continue;
         }
@@ -901,7 +895,7 @@ fn finish(
         leaks.extend(
             diags
                 .into_iter()
-                .map(|d| format!("dma-buf ino {}: {}", b.ino(), d.problem)),
+                .map(|d| format!("dma-buf ino {}: {d}", b.ino())),
         );
     }
     if mode == StallMode::Normal {
