@@ -14,59 +14,15 @@ use dmabuf_drivers::importers::nic::Nic;
 use dmabuf_drivers::importers::rdma::{MrFlavour, RdmaImporter};
 use dmabuf_drivers::importers::static_import::StaticImporter;
 use dmabuf_drivers::importers::{Importer, Stage};
-use dmabuf_drivers::policy::RevokePolicy;
 use dmabuf_drivers::system_heap::SystemHeap;
-use dmabuf_drivers::vfio::VfioPciDevice;
-use dmabuf_drivers::vfio_uapi::DmaRange;
 use dmabuf_platform::{DeviceConfig, DmaAddr, IommuFaultCause, Platform, PlatformConfig};
 use std::sync::{Arc, Mutex};
 
-struct Fx {
-    p: Platform,
-    host: Host,
-    vfio: VfioPciDevice,
-    proc: Arc<Process>,
-}
+mod common;
+use common::{Fx, fixture_with};
 
 fn fixture() -> Fx {
-    let mut cfg = PlatformConfig::default().switch("sw0");
-    for name in ["vfio0", "nic0", "gpu0", "vm0", "vm1", "disp0"] {
-        let mut d = DeviceConfig::new(name).behind_switch("sw0");
-        if name == "vfio0" {
-            d = d.bar(0, 0x10000);
-        }
-        cfg = cfg.device(d);
-    }
-    let p = Platform::new(cfg).unwrap();
-    let host = Host::new(p.clone());
-    let vfio =
-        VfioPciDevice::bind(&host, p.device("vfio0").unwrap(), RevokePolicy::V6Final).unwrap();
-    Fx {
-        p,
-        host,
-        vfio,
-        proc: Process::new(1),
-    }
-}
-
-impl Fx {
-    fn export(&self) -> i32 {
-        self.vfio
-            .export_dma_buf(
-                &self.proc,
-                0,
-                &[DmaRange {
-                    offset: 0,
-                    length: 8192,
-                }],
-                2,
-            )
-            .unwrap()
-    }
-
-    fn fd(&self, fd: i32) -> i32 {
-        self.proc.send_fd(fd, &self.proc).unwrap()
-    }
+    fixture_with(&["nic0", "gpu0", "vm0", "vm1", "disp0"])
 }
 
 #[test]

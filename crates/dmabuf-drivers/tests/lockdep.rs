@@ -11,19 +11,17 @@
 //! first.
 
 use dmabuf_core::lockdep::{self, ClassId, Mode, Report, ReportKind};
-use dmabuf_core::uapi::Process;
 use dmabuf_drivers::gpu_vram;
-use dmabuf_drivers::host::Host;
 use dmabuf_drivers::importers::iommufd::{self, Iommufd};
 use dmabuf_drivers::importers::{gpu, rdma};
 use dmabuf_drivers::policy::RevokePolicy;
-use dmabuf_drivers::vfio::{self, VfioPciDevice};
-use dmabuf_drivers::vfio_uapi::DmaRange;
+use dmabuf_drivers::vfio::{self};
 use dmabuf_drivers::world::{
     ExporterKind, ImporterKind, ImporterSpec, StallMode, Trigger, WorldSpec, run_world,
 };
-use dmabuf_platform::{DeviceConfig, Platform, PlatformConfig};
-use std::sync::Arc;
+
+mod common;
+use common::{Fx, fixture_with};
 
 /// Serialises the tests of this file. A plain lock of the test harness,
 /// never touched by the code under test.
@@ -173,48 +171,8 @@ fn normal_worlds_of_every_driver_produce_no_lockdep_report() {
     }
 }
 
-struct Fx {
-    p: Platform,
-    host: Host,
-    vfio: VfioPciDevice,
-    proc: Arc<Process>,
-}
-
 fn fixture() -> Fx {
-    let mut cfg = PlatformConfig::default().switch("sw0");
-    for name in ["vfio0", "vm0"] {
-        let mut d = DeviceConfig::new(name).behind_switch("sw0");
-        if name == "vfio0" {
-            d = d.bar(0, 0x10000);
-        }
-        cfg = cfg.device(d);
-    }
-    let p = Platform::new(cfg).unwrap();
-    let host = Host::new(p.clone());
-    let vfio =
-        VfioPciDevice::bind(&host, p.device("vfio0").unwrap(), RevokePolicy::V6Final).unwrap();
-    Fx {
-        p,
-        host,
-        vfio,
-        proc: Process::new(1),
-    }
-}
-
-impl Fx {
-    fn export(&self) -> i32 {
-        self.vfio
-            .export_dma_buf(
-                &self.proc,
-                0,
-                &[DmaRange {
-                    offset: 0,
-                    length: 8192,
-                }],
-                2,
-            )
-            .unwrap()
-    }
+    fixture_with(&["vm0"])
 }
 
 fn inversions_naming(reports: &[Report], a: &str, b: &str) -> usize {
