@@ -28,12 +28,15 @@ fn plan(task: usize, round: usize) -> Vec<usize> {
     order
 }
 
+/// Back-offs seen in one run: (dying stamp, older stamp).
+type Deaths = Vec<(u64, u64)>;
+
 struct Shared {
     locks: Vec<WwMutex>,
     /// Who holds each object, checked for exclusivity.
     holder: Vec<AtomicUsize>,
     /// Every back-off: (dying stamp, older stamp).
-    deaths: Mutex<Vec<(u64, u64)>>,
+    deaths: Mutex<Deaths>,
 }
 
 fn acquire(s: &Shared, me: usize, objs: &[usize]) {
@@ -115,7 +118,7 @@ fn explore(strategy: &mut dyn Strategy, runs: usize) -> usize {
     let mut deaths = 0;
     for _ in 0..runs {
         assert!(strategy.next_execution());
-        let out: Arc<Mutex<Option<Vec<(u64, u64)>>>> = Arc::new(Mutex::new(None));
+        let out: Arc<Mutex<Option<Deaths>>> = Arc::new(Mutex::new(None));
         let o2 = out.clone();
         let report = sched::run(strategy, &RunConfig::default(), move || {
             let s = world();
