@@ -68,7 +68,7 @@ use crate::errno::{self, Errno};
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use crate::ww_mutex::{
-    LockMode, LockSet, RESERVATION_WW_CLASS, WwAcquireCtx, WwError, WwLockable, WwMutex,
+    FastLock, LockMode, LockSet, RESERVATION_WW_CLASS, WwAcquireCtx, WwError, WwLockable, WwMutex,
     thread_token,
 };
 use std::cell::UnsafeCell;
@@ -421,13 +421,21 @@ impl DmaResv {
     /// holder only, outside read sections.
     #[inline]
     fn take_reclaimable(&self) -> Option<Box<Retired>> {
-        // SAFETY: lock held (callers check); the closure reads lengths and
+        // SAFETY: lock held (callers check); the closure reads lengths.
+        let none =
+            unsafe { self.with_w(|w| w.retired_lists.is_empty() && w.retired_fences.is_empty()) };
+        if none {
+            return None;
+        }
+        self.take_retired()
+    }
+
+    #[cold]
+    fn take_retired(&self) -> Option<Box<Retired>> {
+        // SAFETY: lock held (callers check); the closure reads a counter and
         // moves vectors, running no foreign code.
         unsafe {
             self.with_w(|w| {
-                if w.retired_lists.is_empty() && w.retired_fences.is_empty() {
-                    return None;
-                }
                 if self.readers.load(Ordering::SeqCst) != 0 {
                     return None;
                 }
@@ -486,26 +494,49 @@ impl DmaResv {
 
     // ---- locking -------------------------------------------------------
 
-    #[inline]
+    #[inline(never)]
     fn lock_mode(
         &self,
         ctx: Option<&mut WwAcquireCtx>,
         mode: LockMode<'_>,
         site: &'static Location<'static>,
     ) -> Result<ResvGuard<'_>, ResvError> {
-        self.lock.lock_at(ctx, mode, site)?;
+        let me = thread_token();
+        self.lock.lock_as(me, ctx, mode, site)?;
         Ok(ResvGuard::new(self, true))
     }
 
     /// `dma_resv_lock`: 0 / `-EDEADLK` / `-EALREADY` as
     /// [`WwMutex::lock`]. The guard unlocks when dropped.
+    #[inline(always)]
     #[track_caller]
     pub fn lock(&self, ctx: Option<&mut WwAcquireCtx>) -> Result<ResvGuard<'_>, ResvError> {
         let mode = LockMode {
             slow: false,
             cancel: None,
         };
+        if ctx.is_none() {
+            // Small enough to inline, so the guard is built in the caller's
+            // registers on the uncontended path.
+            let me = thread_token();
+            return match self.lock.lock_fast(me) {
+                FastLock::Taken => Ok(ResvGuard::new(self, true)),
+                step => self.lock_resume(me, step, mode, Location::caller()),
+            };
+        }
         self.lock_mode(ctx, mode, Location::caller())
+    }
+
+    #[inline(never)]
+    fn lock_resume(
+        &self,
+        me: u64,
+        step: FastLock,
+        mode: LockMode<'_>,
+        site: &'static Location<'static>,
+    ) -> Result<ResvGuard<'_>, ResvError> {
+        self.lock.lock_resume(me, step, mode, site)?;
+        Ok(ResvGuard::new(self, true))
     }
 
     /// `dma_resv_lock_interruptible` (`-EINTR` when `cancel` fires while
@@ -560,9 +591,15 @@ impl DmaResv {
     /// it drops.
     #[inline]
     pub fn unlock(&self) -> Result<(), ResvError> {
+        self.unlock_as(thread_token())
+    }
+
+    /// [`unlock`](Self::unlock) by the thread whose token is `me`.
+    #[inline]
+    fn unlock_as(&self, me: u64) -> Result<(), ResvError> {
         // The ww-mutex checks ownership (NotLocked, NotOwner, changing
         // nothing) before running the closure with the lock still held.
-        let freed = self.lock.unlock_with(thread_token(), || {
+        let freed = self.lock.unlock_with(me, || {
             // SAFETY: lock held; the closure only touches an integer.
             unsafe {
                 self.with_w(|w| {
@@ -932,15 +969,21 @@ impl Iterator for ResvLockedIter<'_> {
 /// [`DmaResv::lock`]) unlocks when dropped; a borrowed one (from
 /// [`DmaResv::held`]) does not. Not `Send`: the lock belongs to this thread.
 pub struct ResvGuard<'a> {
-    resv: &'a DmaResv,
-    owning: bool,
+    /// The locked object's address with bit 0 set when the guard owns the
+    /// lock. One word, so that moving the guard (out of a `Result`, into a
+    /// drop) is one load and one store of the same size.
+    tagged: usize,
+    _resv: PhantomData<&'a DmaResv>,
     _not_send: PhantomData<*const ()>,
 }
+
+const OWNING: usize = 1;
+const _: () = assert!(std::mem::align_of::<DmaResv>() > OWNING);
 
 impl fmt::Debug for ResvGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResvGuard")
-            .field("owning", &self.owning)
+            .field("owning", &self.owning())
             .finish()
     }
 }
@@ -948,49 +991,59 @@ impl fmt::Debug for ResvGuard<'_> {
 impl Drop for ResvGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        if self.owning {
+        if self.owning() {
             // Not held any more (an explicit unlock came first) is fine.
-            let _ = self.resv.unlock();
+            let _ = self.resv().unlock();
         }
     }
 }
 
 impl<'a> ResvGuard<'a> {
+    #[inline(always)]
     fn new(resv: &'a DmaResv, owning: bool) -> Self {
+        let addr = (resv as *const DmaResv).expose_provenance();
         Self {
-            resv,
-            owning,
+            tagged: addr | if owning { OWNING } else { 0 },
+            _resv: PhantomData,
             _not_send: PhantomData,
         }
     }
 
+    #[inline(always)]
+    fn owning(&self) -> bool {
+        self.tagged & OWNING != 0
+    }
+
     /// The locked object.
+    #[inline(always)]
     pub fn resv(&self) -> &'a DmaResv {
-        self.resv
+        let p = std::ptr::with_exposed_provenance::<DmaResv>(self.tagged & !OWNING);
+        // SAFETY: the address of a `&'a DmaResv` (see `new`), so valid for 'a.
+        unsafe { &*p }
     }
 
     /// `dma_resv_unlock` now, reporting errors.
     pub fn unlock(mut self) -> Result<(), ResvError> {
-        self.owning = false;
-        self.resv.unlock()
+        self.tagged &= !OWNING;
+        self.resv().unlock()
     }
 
     /// Keeps the lock held past the guard (kernel-shaped code that unlocks
     /// elsewhere with [`DmaResv::unlock`]).
     pub fn keep_locked(mut self) {
-        self.owning = false;
+        self.tagged &= !OWNING;
     }
 
     /// `dma_resv_reserve_fences`: makes room for `num_fences` more entries,
     /// valid until unlock.
     pub fn reserve_fences(&self, num_fences: u32) -> Result<(), ResvError> {
         let r = self.reserve_inner(num_fences);
-        self.resv.reclaim();
+        self.resv().reclaim();
         r
     }
 
     fn reserve_inner(&self, n: u32) -> Result<(), ResvError> {
-        let resv = self.resv;
+        let resv = self.resv();
         resv.check_held()?;
         if n == 0 {
             return Err(ResvError::ZeroReserve);
@@ -1045,12 +1098,12 @@ impl<'a> ResvGuard<'a> {
     /// Refuses containers, and an append without a reserved slot.
     pub fn add_fence(&self, fence: &Fence, usage: Usage) -> Result<(), ResvError> {
         let r = self.add_inner(fence, usage);
-        self.resv.reclaim();
+        self.resv().reclaim();
         r
     }
 
     fn add_inner(&self, fence: &Fence, usage: Usage) -> Result<(), ResvError> {
-        let resv = self.resv;
+        let resv = self.resv();
         resv.check_held()?;
         if fence.is_container() {
             return Err(ResvError::ContainerFence {
@@ -1104,12 +1157,12 @@ impl<'a> ResvGuard<'a> {
         usage: Usage,
     ) -> Result<(), ResvError> {
         let r = self.replace_inner(context, replacement, usage);
-        self.resv.reclaim();
+        self.resv().reclaim();
         r
     }
 
     fn replace_inner(&self, context: u64, rep: &Fence, usage: Usage) -> Result<(), ResvError> {
-        let resv = self.resv;
+        let resv = self.resv();
         resv.check_held()?;
         if rep.is_container() {
             return Err(ResvError::ContainerFence {
@@ -1139,7 +1192,7 @@ impl<'a> ResvGuard<'a> {
     /// unsignalled fences of `src` with their usages (read without `src`'s
     /// lock). Consumes the reserved slots.
     pub fn copy_fences(&self, src: &DmaResv) -> Result<(), ResvError> {
-        self.resv.check_held()?;
+        self.resv().check_held()?;
         let mut entries = Vec::new();
         let mut cap = 0;
         let mut it = src.iter_unlocked(Usage::Bookkeep);
@@ -1159,19 +1212,19 @@ impl<'a> ResvGuard<'a> {
             Arc::new(l)
         });
         let num = new.as_ref().map_or(0, |l| l.num.load(Ordering::Relaxed));
-        self.resv.publish(new);
+        self.resv().publish(new);
         // SAFETY: lock held; the closure only writes an integer.
-        unsafe { self.resv.with_w(|w| w.reserved_upto = num) };
-        self.resv.reclaim();
+        unsafe { self.resv().with_w(|w| w.reserved_upto = num) };
+        self.resv().reclaim();
         Ok(())
     }
 
     /// `dma_resv_for_each_fence`: every entry with usage `<= usage`,
     /// signalled ones included, in table order.
     pub fn for_each_fence(&self, usage: Usage) -> ResvLockedIter<'a> {
-        let (_, list) = self.resv.snapshot();
+        let (_, list) = self.resv().snapshot();
         ResvLockedIter {
-            resv: self.resv,
+            resv: self.resv(),
             usage,
             num: list.as_ref().map_or(0, |l| l.num.load(Ordering::SeqCst)),
             list,
@@ -1182,16 +1235,16 @@ impl<'a> ResvGuard<'a> {
 
     /// Entries in the list (`num_fences`), signalled ones included.
     pub fn num_fences(&self) -> u32 {
-        let rs = self.resv.read_section();
-        self.resv
+        let rs = self.resv().read_section();
+        self.resv()
             .list_in(&rs)
             .map_or(0, |l| l.num.load(Ordering::SeqCst))
     }
 
     /// Capacity of the list (`max_fences` as allocated).
     pub fn max_fences(&self) -> u32 {
-        let rs = self.resv.read_section();
-        self.resv.list_in(&rs).map_or(0, List::cap)
+        let rs = self.resv().read_section();
+        self.resv().list_in(&rs).map_or(0, List::cap)
     }
 
     /// `dma_resv_describe`: one line per fence with usage `<= Read`:

@@ -436,6 +436,19 @@ impl fmt::Debug for WwMutex {
     }
 }
 
+/// Where [`WwMutex::lock_fast`] stopped.
+#[derive(Clone, Copy)]
+pub(crate) enum FastLock {
+    /// The lock is ours.
+    Taken,
+    /// Lockdep is on: nothing done yet.
+    Skipped,
+    /// The loaded word (the one shim operation made) shows the lock held.
+    Held(u64),
+    /// The word was free but the compare-and-swap lost.
+    Contended,
+}
+
 /// How a lock call may block.
 #[derive(Clone, Copy)]
 pub(crate) struct LockMode<'c> {
@@ -530,17 +543,91 @@ impl WwMutex {
     #[inline]
     pub(crate) fn lock_at(
         &self,
+        ctx: Option<&mut WwAcquireCtx>,
+        mode: LockMode<'_>,
+        site: &'static Location<'static>,
+    ) -> Result<(), WwError> {
+        self.lock_as(thread_token(), ctx, mode, site)
+    }
+
+    /// [`lock_at`](Self::lock_at) for a caller that knows its thread token.
+    #[inline]
+    pub(crate) fn lock_as(
+        &self,
+        me: u64,
+        ctx: Option<&mut WwAcquireCtx>,
+        mode: LockMode<'_>,
+        site: &'static Location<'static>,
+    ) -> Result<(), WwError> {
+        if ctx.is_none() {
+            return match self.lock_fast(me) {
+                FastLock::Taken => Ok(()),
+                step => self.lock_resume(me, step, mode, site),
+            };
+        }
+        self.lock_general(me, None, ctx, mode, site)
+    }
+
+    /// The uncontended lock without a context: with lockdep off, a free
+    /// lock is taken here with no further bookkeeping. Otherwise the caller
+    /// goes on with [`lock_resume`](Self::lock_resume), which continues
+    /// where this stopped, so both paths make the same shim operations in
+    /// the same order (word load, compare-and-swap, owner store) and
+    /// controlled schedules are unchanged.
+    #[inline(always)]
+    pub(crate) fn lock_fast(&self, me: u64) -> FastLock {
+        if lockdep::mode() != lockdep::Mode::Off {
+            return FastLock::Skipped;
+        }
+        let word = self.word.load(Ordering::Relaxed);
+        if word & LOCKED != 0 {
+            return FastLock::Held(word);
+        }
+        if self
+            .word
+            .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return FastLock::Contended;
+        }
+        self.owner.store(me, Ordering::Relaxed);
+        FastLock::Taken
+    }
+
+    /// The context-free lock after [`lock_fast`](Self::lock_fast) did not
+    /// take it.
+    #[inline(never)]
+    pub(crate) fn lock_resume(
+        &self,
+        me: u64,
+        step: FastLock,
+        mode: LockMode<'_>,
+        site: &'static Location<'static>,
+    ) -> Result<(), WwError> {
+        match step {
+            FastLock::Taken => Ok(()),
+            FastLock::Contended => self.lock_contended(me, None, None, false, mode.cancel),
+            FastLock::Held(word) => self.lock_general(me, Some(word), None, mode, site),
+            FastLock::Skipped => self.lock_general(me, None, None, mode, site),
+        }
+    }
+
+    /// The full lock path; `word` is the lock word if the caller already
+    /// loaded it (and so made that scheduling point).
+    #[inline(never)]
+    fn lock_general(
+        &self,
+        me: u64,
+        word: Option<u64>,
         mut ctx: Option<&mut WwAcquireCtx>,
         mode: LockMode<'_>,
         site: &'static Location<'static>,
     ) -> Result<(), WwError> {
-        let me = thread_token();
         if let Some(c) = ctx.as_deref() {
             self.check_ctx(c, mode.slow)?;
         }
-        if self.word.load(Ordering::Relaxed) & LOCKED != 0
-            && self.owner.load(Ordering::Relaxed) == me
-        {
+        let word = word.unwrap_or_else(|| self.word.load(Ordering::Relaxed));
+        if word & LOCKED != 0 && self.owner.load(Ordering::Relaxed) == me {
             let holder = self.locking_ctx();
             return Err(match ctx.as_deref() {
                 Some(c) if holder == Some(c.stamp()) => WwError::AlreadyHeld { stamp: c.stamp() },
@@ -804,20 +891,39 @@ impl WwMutex {
         }
         let r = last();
         // SAFETY: the caller holds the lock (owner == me and LOCKED).
-        let ctx = unsafe { (*self.holder_ctx.get()).take() };
-        if let Some(c) = &ctx {
-            c.acquired.fetch_sub(1, Ordering::Relaxed);
+        if unsafe { (*self.holder_ctx.get()).is_some() } {
+            self.drop_holder_ctx();
         }
         self.owner.store(0, Ordering::Relaxed);
         if lockdep::mode() != lockdep::Mode::Off {
-            lockdep::release(self.class.lockdep_class(), self.addr());
+            self.lockdep_release();
         }
         // Clears the lock bit and the stamp, keeps the waiters bit.
         let prev = self.word.fetch_and(WAITERS, Ordering::AcqRel);
         if prev & WAITERS != 0 {
-            self.queue.lock().wake_all();
+            self.wake_waiters();
         }
         Ok(r)
+    }
+
+    #[cold]
+    fn wake_waiters(&self) {
+        self.queue.lock().wake_all();
+    }
+
+    /// Hands the holder's context its count back. Holder only.
+    #[cold]
+    fn drop_holder_ctx(&self) {
+        // SAFETY: called by the holder before it releases the lock.
+        let ctx = unsafe { (*self.holder_ctx.get()).take() };
+        if let Some(c) = &ctx {
+            c.acquired.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    #[cold]
+    fn lockdep_release(&self) {
+        lockdep::release(self.class.lockdep_class(), self.addr());
     }
 
     /// `ww_mutex_is_locked`.
