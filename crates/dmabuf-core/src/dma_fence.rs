@@ -1248,3 +1248,26 @@ pub fn wait_any_timeout(
         index: if remaining_ns > 0 { first() } else { None },
     })
 }
+
+/// Test doubles shared by the fence, container and sync_file tests.
+#[cfg(test)]
+pub(crate) mod test_ops {
+    use super::{Fence, FenceOps};
+    use crate::sync::Arc;
+    use crate::sync::atomic::{AtomicU64, Ordering};
+
+    /// Fence ops that record the last deadline they were given.
+    pub(crate) struct DeadlineRecorder(pub(crate) Arc<AtomicU64>);
+
+    impl FenceOps for DeadlineRecorder {
+        fn driver_name(&self) -> &str {
+            "d"
+        }
+        fn timeline_name(&self) -> &str {
+            "t"
+        }
+        fn set_deadline(&self, _: &Fence, d: u64) {
+            self.0.store(d, Ordering::SeqCst);
+        }
+    }
+}

@@ -489,20 +489,8 @@ mod tests {
 
     #[test]
     fn set_deadline_reaches_pending_payloads() {
-        use crate::dma_fence::FenceOps;
+        use crate::dma_fence::test_ops::DeadlineRecorder as D;
         use crate::sync::atomic::{AtomicU64, Ordering};
-        struct D(Arc<AtomicU64>);
-        impl FenceOps for D {
-            fn driver_name(&self) -> &str {
-                "d"
-            }
-            fn timeline_name(&self) -> &str {
-                "t"
-            }
-            fn set_deadline(&self, _: &Fence, d: u64) {
-                self.0.store(d, Ordering::SeqCst);
-            }
-        }
         let seen = Arc::new(AtomicU64::new(0));
         let (f0, _h0) = Fence::init(D(seen.clone()), 77, 1);
         let c0 = chain(None, f0, 1);

@@ -408,18 +408,7 @@ mod tests {
 
     #[test]
     fn set_deadline_reaches_the_fence() {
-        struct D(Arc<AtomicU64>);
-        impl FenceOps for D {
-            fn driver_name(&self) -> &str {
-                "d"
-            }
-            fn timeline_name(&self) -> &str {
-                "t"
-            }
-            fn set_deadline(&self, _: &Fence, d: u64) {
-                self.0.store(d, Ordering::SeqCst);
-            }
-        }
+        use crate::dma_fence::test_ops::DeadlineRecorder as D;
         let seen = Arc::new(AtomicU64::new(0));
         let (f, _h) = Fence::init(D(seen.clone()), 9, 1);
         SyncFile::create(f).set_deadline(42);

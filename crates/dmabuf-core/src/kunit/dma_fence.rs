@@ -688,18 +688,7 @@ fn flush_callbacks_waits_for_a_running_callback() {
 
 #[test]
 fn array_forwards_deadline_only_while_pending() {
-    struct D(Arc<AtomicU64>);
-    impl FenceOps for D {
-        fn driver_name(&self) -> &str {
-            "d"
-        }
-        fn timeline_name(&self) -> &str {
-            "t"
-        }
-        fn set_deadline(&self, _: &Fence, d: u64) {
-            self.0.store(d, Ordering::SeqCst);
-        }
-    }
+    use crate::dma_fence::test_ops::DeadlineRecorder as D;
     let seen = Arc::new(AtomicU64::new(0));
     let (c, hc) = Fence::init(D(seen.clone()), 3, 1);
     let a = FenceArray::create(vec![c], 4, 1).unwrap();
