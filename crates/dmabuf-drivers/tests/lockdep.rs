@@ -149,6 +149,8 @@ fn normal_worlds_of_every_driver_produce_no_lockdep_report() {
     // The worlds did take the driver classes, each in its kernel order.
     let resv = ClassId::DMA_RESV;
     for (outer, inner) in [
+        // The platform holds mmap_lock around the BAR mmap fault handler.
+        (ClassId::MMAP_LOCK, vfio::MEMORY_LOCK_CLASS.id()),
         (vfio::MEMORY_LOCK_CLASS.id(), resv),
         (resv, iommufd::PAGES_MUTEX_CLASS.id()),
         (resv, gpu::BO_STATE_CLASS.id()),

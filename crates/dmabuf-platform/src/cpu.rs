@@ -33,6 +33,7 @@ use crate::memory::{PAGE_SHIFT, PAGE_SIZE, page_chunks};
 use crate::monitor::{Accessor, AddrSpace, MappingToken, Via};
 use crate::trace;
 use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::lockdep;
 use dmabuf_core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dmabuf_core::sync::{Arc, Mutex};
 use dmabuf_core::trace_event;
@@ -399,7 +400,17 @@ impl CpuMapping {
                     pgoff,
                     kind.letter()
                 );
-                v.handler.fault(self, pgoff).map_err(|e| match e {
+                // The kernel runs `vm_ops->fault` with `mmap_lock` held for
+                // read: every lock the handler takes (VFIO's memory_lock, a
+                // reservation object) is ordered after it, and the validator
+                // should see that order.
+                lockdep::lock_acquired(
+                    lockdep::ClassId::MMAP_LOCK,
+                    "do_user_addr_fault: mmap_read_lock",
+                );
+                let r = v.handler.fault(self, pgoff);
+                lockdep::lock_released(lockdep::ClassId::MMAP_LOCK);
+                r.map_err(|e| match e {
                     VmFault::Sigbus => CpuError::Sigbus {
                         vma: v.name.clone(),
                         offset: pa + off as u64,
