@@ -70,15 +70,13 @@ where
         max_steps: MAX_STEPS,
         ..RunConfig::default()
     };
-    lockdep::take_reports();
     let report = sched::run(strategy, &cfg, move || {
         let obs = body();
         *s2.lock() = Some(obs);
     });
-    let lockdep = lockdep::take_reports()
-        .iter()
-        .map(|r| r.to_string())
-        .collect();
+    // The execution's own reports: other executions running at the same
+    // time (parallel tests) file theirs in their own reports.
+    let lockdep = report.lockdep.iter().map(|r| r.to_string()).collect();
     let obs = slot.lock().take().or_else(fallback);
     RunOutcome {
         report,

@@ -20,6 +20,7 @@ fn report(outcome: Outcome) -> RunReport {
         panics: vec![],
         leaked_threads: 0,
         divergence: None,
+        lockdep: vec![],
     }
 }
 

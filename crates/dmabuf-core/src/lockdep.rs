@@ -241,6 +241,13 @@ pub fn report_with_stacks(kind: ReportKind, detail: String, stacks: Vec<String>)
                 })
                 .unwrap_or(false);
             if !local {
+                // A controlled task's report belongs to its execution, so
+                // executions running side by side never see each other's.
+                #[cfg(not(loom))]
+                let r = match crate::sync::sched::lockdep_emit(r) {
+                    Ok(()) => return,
+                    Err(r) => r,
+                };
                 REPORTS.lock().push(r);
             }
         }

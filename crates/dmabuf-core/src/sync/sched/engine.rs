@@ -156,6 +156,8 @@ struct State {
     stalled_groups: Vec<String>,
     outcome: Option<Outcome>,
     trace: Vec<Event>,
+    /// Validator reports filed by this execution's tasks.
+    lockdep: Vec<crate::lockdep::Report>,
     counters: HashMap<&'static str, u64>,
     panics: Vec<TaskPanic>,
     /// OS threads of this execution that have not exited yet.
@@ -488,6 +490,10 @@ impl Execution {
         st.trace.push(ev);
     }
 
+    pub(super) fn lockdep_emit(&self, r: crate::lockdep::Report) {
+        self.lock().lockdep.push(r);
+    }
+
     pub(super) fn set_group(&self, me: TaskId, name: &str) {
         let stalled = {
             let mut st = self.lock();
@@ -731,6 +737,7 @@ pub(super) fn run<F: FnOnce() + Send + 'static>(
             stalled_groups: Vec::new(),
             outcome: None,
             trace: Vec::new(),
+            lockdep: Vec::new(),
             counters: HashMap::new(),
             panics: Vec::new(),
             live_threads: 1,
@@ -770,6 +777,7 @@ pub(super) fn run<F: FnOnce() + Send + 'static>(
         switches: st.switches,
         virtual_ns: st.clock - st.start_ns,
         trace: std::mem::take(&mut st.trace),
+        lockdep: std::mem::take(&mut st.lockdep),
         panics: std::mem::take(&mut st.panics),
         leaked_threads: st.live_threads,
         divergence: None,

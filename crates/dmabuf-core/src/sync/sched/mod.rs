@@ -262,6 +262,9 @@ pub struct RunReport {
     pub virtual_ns: u64,
     /// The execution's trace, in order.
     pub trace: Vec<crate::trace::Event>,
+    /// Validator reports filed by the execution's tasks in `Collect` mode
+    /// (kept apart from other executions running at the same time).
+    pub lockdep: Vec<crate::lockdep::Report>,
     /// Panics of tasks, in order.
     pub panics: Vec<TaskPanic>,
     /// OS threads that had not exited [`RunConfig::unwind_timeout`] after the
@@ -442,6 +445,18 @@ where
 /// (starting at 1); `None` on real threads.
 pub fn local_counter(key: &'static str, n: u64) -> Option<u64> {
     engine::ctx().map(|(e, _)| e.local_counter(key, n))
+}
+
+/// Files a validator report with the caller's execution; false if the
+/// caller is not a controlled task (not a scheduling point).
+pub fn lockdep_emit(r: crate::lockdep::Report) -> Result<(), crate::lockdep::Report> {
+    match engine::ctx() {
+        Some((e, _)) => {
+            e.lockdep_emit(r);
+            Ok(())
+        }
+        None => Err(r),
+    }
 }
 
 /// Appends a trace event to the caller's execution log (not a scheduling
