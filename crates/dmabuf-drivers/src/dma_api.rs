@@ -145,6 +145,16 @@ pub fn unmap_phys(host: &Host, dev: DeviceId, dma_addr: u64, len: u64) -> Result
         })
 }
 
+/// `dma_unmap_sgtable`: releases every entry of a table mapped for `dev`
+/// (the IOVAs a map built, or nothing for bus addresses). Used both by
+/// `unmap_dma_buf` and to roll back a map that failed part way; an entry
+/// that is already gone is not an error at this point.
+pub fn unmap_entries(host: &Host, dev: DeviceId, entries: &[dmabuf_core::dma_buf::SgEntry]) {
+    for e in entries {
+        let _ = unmap_phys(host, dev, e.dma_addr, e.len);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -549,9 +549,7 @@ impl DmaBufOps for VramBo {
                     len: PAGE_SIZE,
                 }),
                 Err(e) => {
-                    for s in &entries {
-                        let _ = dma_api::unmap_phys(&self.host, dev, s.dma_addr, s.len);
-                    }
+                    dma_api::unmap_entries(&self.host, dev, &entries);
                     return Err(e);
                 }
             }
@@ -567,9 +565,7 @@ impl DmaBufOps for VramBo {
         _guard: &ResvGuard<'_>,
     ) {
         if let Some(dev) = Self::attach_dev(attach) {
-            for e in &sgt.entries {
-                let _ = dma_api::unmap_phys(&self.host, dev, e.dma_addr, e.len);
-            }
+            dma_api::unmap_entries(&self.host, dev, &sgt.entries);
         }
     }
 

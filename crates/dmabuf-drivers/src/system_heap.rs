@@ -185,9 +185,7 @@ impl DmaBufOps for HeapBuffer {
                     len: PAGE_SIZE,
                 }),
                 Err(e) => {
-                    for s in &entries {
-                        let _ = dma_api::unmap_phys(&self.host, dev, s.dma_addr, s.len);
-                    }
+                    dma_api::unmap_entries(&self.host, dev, &entries);
                     return Err(api_err(e));
                 }
             }
@@ -203,9 +201,7 @@ impl DmaBufOps for HeapBuffer {
         _guard: &ResvGuard<'_>,
     ) {
         if let Ok(dev) = dev_of(&self.host, attach) {
-            for e in &sgt.entries {
-                let _ = dma_api::unmap_phys(&self.host, dev, e.dma_addr, e.len);
-            }
+            dma_api::unmap_entries(&self.host, dev, &sgt.entries);
         }
     }
 

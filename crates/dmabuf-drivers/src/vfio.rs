@@ -565,17 +565,13 @@ impl DmaBufOps for VfioDmaBuf {
             match dma_addr {
                 Ok(a) => entries.push(SgEntry { dma_addr: a, len }),
                 Err(e) => {
-                    for s in &entries {
-                        let _ = dma_api::unmap_phys(&self.host, dev, s.dma_addr, s.len);
-                    }
+                    dma_api::unmap_entries(&self.host, dev, &entries);
                     return Err(e);
                 }
             }
         }
         if let Err(e) = self.revocable.map_get(guard) {
-            for s in &entries {
-                let _ = dma_api::unmap_phys(&self.host, dev, s.dma_addr, s.len);
-            }
+            dma_api::unmap_entries(&self.host, dev, &entries);
             return Err(e);
         }
         Ok(SgTable { entries })
@@ -589,9 +585,7 @@ impl DmaBufOps for VfioDmaBuf {
         _guard: &ResvGuard<'_>,
     ) {
         if let Some(dev) = Self::attach_priv(attach).and_then(|p| p.dev) {
-            for e in &sgt.entries {
-                let _ = dma_api::unmap_phys(&self.host, dev, e.dma_addr, e.len);
-            }
+            dma_api::unmap_entries(&self.host, dev, &sgt.entries);
         }
         self.revocable.map_put();
     }
