@@ -63,6 +63,12 @@ use std::time::Duration;
 pub const MAX_SCHEDULE_TIMEOUT: u64 = u64::MAX;
 
 const SIGNALED: u32 = 1 << 0;
+/// Unit tests only: written into the flags of a fence being freed, so that a
+/// reader that reaches a freed fence through a reservation object (before
+/// the allocator reuses the memory) fails loudly instead of reading a
+/// plausible flag.
+#[cfg(all(test, not(loom)))]
+const FREED_POISON: u32 = 0xdead_0000;
 const TIMESTAMP: u32 = 1 << 1;
 const ENABLE_SIGNAL: u32 = 1 << 2;
 /// Seqnos compare as plain 64-bit numbers (`dma_fence_init64`).
@@ -301,6 +307,17 @@ pub(crate) struct FenceInner {
 }
 
 impl FenceInner {
+    /// The signalled flag alone, for a caller known to be a real thread
+    /// (no scheduling-point check).
+    #[cfg(not(loom))]
+    #[inline(always)]
+    pub(crate) fn signaled_flag_direct(&self) -> bool {
+        let f = self.flags.load_direct(Ordering::Acquire);
+        #[cfg(test)]
+        assert_ne!(f, FREED_POISON, "a reader reached a freed fence");
+        f & SIGNALED != 0
+    }
+
     /// The behaviour behind the fence (containers look at each other's
     /// while releasing, when no `Fence` exists any more).
     pub(crate) fn imp(&self) -> &dyn FenceImpl {
@@ -319,6 +336,10 @@ impl Drop for FenceInner {
             self.seqno
         );
         self.imp.release(self.context, self.seqno);
+        #[cfg(all(test, not(loom)))]
+        {
+            *self.flags.get_mut() = FREED_POISON;
+        }
     }
 }
 
@@ -604,6 +625,18 @@ impl Fence {
     #[inline]
     pub fn is_signaled(&self) -> bool {
         if self.test_signaled_flag() {
+            return true;
+        }
+        self.is_signaled_slow()
+    }
+
+    /// [`is_signaled`](Self::is_signaled) for a caller that has already
+    /// established it is a real thread (`sync::rcu::available()`): the flag
+    /// load skips the scheduling-point check, which would be a no-op.
+    #[cfg(not(loom))]
+    #[inline(always)]
+    pub(crate) fn is_signaled_direct(&self) -> bool {
+        if self.0.flags.load_direct(Ordering::Acquire) & SIGNALED != 0 {
             return true;
         }
         self.is_signaled_slow()

@@ -26,20 +26,30 @@
 //! # Readers never take the lock
 //!
 //! Unlocked readers (iteration, `get_fences`, `wait_timeout`,
-//! `test_signaled`) use an RCU-like scheme of their own, not the ww-mutex:
+//! `test_signaled`) use an RCU-like scheme, not the ww-mutex:
 //!
-//! * A reader enters a *read section* by incrementing the object's reader
-//!   count, loads the list pointer or a slot, takes what it needs (a
-//!   reference, a flag) and leaves by decrementing it. Sections are short and
-//!   never wait for the lock holder; the lock holder never waits for them.
+//! * A reader enters a *read section*, loads the list pointer or a slot,
+//!   takes what it needs (a reference, a flag) and leaves. On a real thread
+//!   the section is a [`crate::sync::rcu`] section: two plain stores to the
+//!   thread's own record, no read-modify-write. On a controlled task (and
+//!   under loom) it is the object's reader count instead, so that entering
+//!   and leaving are scheduling points as before.
 //! * The lock holder never frees what it unpublishes (a replaced list, a
-//!   fence replaced in place): it *retires* it, and drops retired objects
-//!   only after it has seen the reader count at zero after retiring them
-//!   (at its next operation or at unlock). Every reader that could have
-//!   loaded a retired pointer entered before it was unpublished, so a zero
-//!   count means all of them are done. No reader can observe a freed list or
-//!   fence, and neither side ever blocks on the other.
+//!   fence replaced in place): it *retires* it with the rcu epoch of the
+//!   moment, and frees it only once no reader can hold it:
 //!
+//! | who is reading | when retired objects are freed |
+//! |---|---|
+//! | nobody but possibly the lock holder's thread, outside its sections | at the end of the call that retired them, as before |
+//! | controlled tasks | when the reader count is zero, at the next call or at unlock |
+//! | other real threads | at an unlock with a retired list or 32 retired fences waiting, after a grace period (`membarrier`, then a scan of the records): those retired before every open section began |
+//! | anyone, on request | [`ResvGuard::reclaim_retired`] runs a grace period at once |
+//!
+//!   Neither side ever blocks on the other; the price of a reader that
+//!   stays long in its section is memory, not latency. `&mut self` in
+//!   `Drop` proves no section is open, so dropping the object frees
+//!   everything.
+
 //! Unlocked iteration snapshots the list (holding a reference to it) and its
 //! length, returns only unsignalled fences (each with its own reference),
 //! and restarts from the first entry, marking the entry `restarted`, when the
@@ -67,6 +77,8 @@ use crate::dma_fence_array::FenceArray;
 use crate::errno::{self, Errno};
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+#[cfg(not(loom))]
+use crate::sync::rcu;
 use crate::ww_mutex::{
     FastLock, LockMode, LockSet, RESERVATION_WW_CLASS, WwAcquireCtx, WwError, WwLockable, WwMutex,
     thread_token,
@@ -219,6 +231,7 @@ fn pack(f: Fence, usage: Usage) -> usize {
     Arc::into_raw(f.0).expose_provenance() | usage as usize
 }
 
+#[inline(always)]
 fn fence_ptr(w: usize) -> *const FenceInner {
     std::ptr::with_exposed_provenance(w & !USAGE_MASK)
 }
@@ -228,6 +241,7 @@ fn fence_ptr(w: usize) -> *const FenceInner {
 /// # Safety
 /// `w` is a non-zero slot word whose fence is kept alive for the view's
 /// lifetime (the caller is in a read section or is the lock holder).
+#[inline(always)]
 unsafe fn borrow_fence(w: usize) -> ManuallyDrop<Fence> {
     // SAFETY: the pointer came from `Arc::into_raw` and is alive (caller).
     ManuallyDrop::new(Fence(unsafe { Arc::from_raw(fence_ptr(w)) }))
@@ -283,22 +297,72 @@ struct WriterState {
     /// Entries the current reservation allows (kernel `max_fences` after
     /// the debug reset); 0 after unlock.
     reserved_upto: u32,
-    retired_lists: Vec<Arc<List>>,
-    retired_fences: Vec<Fence>,
+    /// Unpublished lists and fences, each with its retire tag (the rcu
+    /// epoch when it was unpublished; ascending): one may be freed once a
+    /// grace period's horizon has passed its tag.
+    retired_lists: Vec<(Arc<List>, u64)>,
+    retired_fences: Vec<(Fence, u64)>,
+}
+
+/// Retired objects that make an unlock start a grace period (a
+/// `membarrier` call) when other threads may be reading; fewer wait for a
+/// later unlock, like `call_rcu` batches. A retired list always does.
+const RETIRE_BATCH: usize = 32;
+
+/// Whether a reclaim may start a grace period on a real thread.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Grace {
+    /// Free only if no other thread can be reading (after each change).
+    No,
+    /// Also start a grace period for a batch (at unlock).
+    Batch,
+    /// Start one whatever is waiting ([`ResvGuard::reclaim_retired`]).
+    Now,
+}
+
+#[cfg(not(loom))]
+fn retire_tag() -> u64 {
+    rcu::retire_tag()
+}
+
+#[cfg(loom)]
+fn retire_tag() -> u64 {
+    0
 }
 
 /// Retired objects taken for freeing.
 struct Retired {
-    lists: Vec<Arc<List>>,
-    fences: Vec<Fence>,
+    lists: Vec<(Arc<List>, u64)>,
+    fences: Vec<(Fence, u64)>,
+}
+
+/// Takes the entries below `h` (all of them if `h` is `u64::MAX`), moving
+/// the whole vector when it can so that its buffer is reused.
+fn take_below<T>(v: &mut Vec<(T, u64)>, h: u64) -> Vec<(T, u64)> {
+    let n = v.partition_point(|(_, t)| *t < h);
+    if n == v.len() {
+        std::mem::take(v)
+    } else {
+        v.drain(..n).collect()
+    }
 }
 
 /// A read section: while it lives, nothing retired after it began is freed.
-struct ReadSection<'a>(&'a AtomicUsize);
+/// On a real thread it is an [`rcu`] section (two plain stores); on a
+/// controlled task it counts itself in the object's reader count, so that
+/// entering and leaving are scheduling points.
+enum ReadSection<'a> {
+    Counted(&'a AtomicUsize),
+    #[cfg(not(loom))]
+    Rcu(#[allow(dead_code)] rcu::ReadGuard),
+}
 
 impl Drop for ReadSection<'_> {
+    #[inline]
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        if let ReadSection::Counted(c) = self {
+            c.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -358,8 +422,12 @@ impl DmaResv {
 
     #[inline]
     fn read_section(&self) -> ReadSection<'_> {
+        #[cfg(not(loom))]
+        if rcu::available() {
+            return ReadSection::Rcu(rcu::read_lock());
+        }
         self.readers.fetch_add(1, Ordering::SeqCst);
-        ReadSection(&self.readers)
+        ReadSection::Counted(&self.readers)
     }
 
     /// The current list, valid while `_rs` lives.
@@ -418,31 +486,53 @@ impl DmaResv {
     }
 
     /// Takes the retired objects if no reader can still see them. Lock
-    /// holder only, outside read sections.
+    /// holder only, outside read sections. `grace`: on a real thread with
+    /// other readers about, start a grace period if `grace` allows it
+    /// (see [`Grace`]).
     #[inline]
-    fn take_reclaimable(&self) -> Option<Box<Retired>> {
+    fn take_reclaimable(&self, grace: Grace) -> Option<Box<Retired>> {
         // SAFETY: lock held (callers check); the closure reads lengths.
         let none =
             unsafe { self.with_w(|w| w.retired_lists.is_empty() && w.retired_fences.is_empty()) };
         if none {
             return None;
         }
-        self.take_retired()
+        self.take_retired(grace)
     }
 
     #[cold]
-    fn take_retired(&self) -> Option<Box<Retired>> {
-        // SAFETY: lock held (callers check); the closure reads a counter and
-        // moves vectors, running no foreign code.
+    fn take_retired(&self, grace: Grace) -> Option<Box<Retired>> {
+        // SAFETY: lock held (callers check); the closure reads counters,
+        // may run a grace period (a system call and the rcu registry's own
+        // lock) and moves vectors, running no foreign code.
         unsafe {
             self.with_w(|w| {
+                // Controlled readers (and, under loom, every reader).
                 if self.readers.load(Ordering::SeqCst) != 0 {
                     return None;
                 }
-                Some(Box::new(Retired {
-                    lists: std::mem::take(&mut w.retired_lists),
-                    fences: std::mem::take(&mut w.retired_fences),
-                }))
+                let mut h = u64::MAX;
+                #[cfg(not(loom))]
+                if rcu::available() && !rcu::quiescent_alone() {
+                    let due = match grace {
+                        Grace::No => false,
+                        Grace::Batch => {
+                            !w.retired_lists.is_empty() || w.retired_fences.len() >= RETIRE_BATCH
+                        }
+                        Grace::Now => true,
+                    };
+                    if !due {
+                        return None;
+                    }
+                    h = rcu::horizon();
+                }
+                #[cfg(loom)]
+                let _ = grace;
+                let r = Retired {
+                    lists: take_below(&mut w.retired_lists, h),
+                    fences: take_below(&mut w.retired_fences, h),
+                };
+                (!r.lists.is_empty() || !r.fences.is_empty()).then(|| Box::new(r))
             })
         }
     }
@@ -472,12 +562,16 @@ impl DmaResv {
     }
 
     fn reclaim(&self) {
-        self.release_retired(self.take_reclaimable());
+        self.release_retired(self.take_reclaimable(Grace::No));
     }
 
     fn retire_fence(&self, f: Fence) {
         // SAFETY: lock held (callers check); pushing a fence runs no code.
-        unsafe { self.with_w(|w| w.retired_fences.push(f)) };
+        unsafe {
+            self.with_w(|w| {
+                w.retired_fences.push((f, retire_tag()));
+            })
+        };
     }
 
     /// Publishes `new` as the list and retires the old one.
@@ -488,7 +582,11 @@ impl DmaResv {
             // SAFETY: the published pointer owned one reference, now ours.
             let old = unsafe { Arc::from_raw(std::ptr::with_exposed_provenance::<List>(old)) };
             // SAFETY: lock held (callers check); pushing runs no code.
-            unsafe { self.with_w(|w| w.retired_lists.push(old)) };
+            unsafe {
+                self.with_w(|w| {
+                    w.retired_lists.push((old, retire_tag()));
+                })
+            };
         }
     }
 
@@ -608,7 +706,7 @@ impl DmaResv {
                     }
                 })
             };
-            self.take_reclaimable()
+            self.take_reclaimable(Grace::Batch)
         })?;
         self.release_retired(freed);
         Ok(())
@@ -735,7 +833,51 @@ impl DmaResv {
     /// `dma_resv_test_signaled`: true iff no fence with usage `<= usage` is
     /// unsignalled. One read section over the current list, no references
     /// taken.
+    #[inline]
     pub fn test_signaled(&self, usage: Usage) -> bool {
+        #[cfg(not(loom))]
+        if rcu::available() {
+            return self.test_signaled_rcu(usage);
+        }
+        self.test_signaled_counted(usage)
+    }
+
+    /// [`test_signaled`](Self::test_signaled) on a real thread: an rcu
+    /// section, and loads that skip the (no-op) scheduling point.
+    #[cfg(not(loom))]
+    #[inline]
+    fn test_signaled_rcu(&self, usage: Usage) -> bool {
+        let _rs = rcu::read_lock();
+        let p = self.fences.load_direct(Ordering::SeqCst);
+        if p == 0 {
+            return true;
+        }
+        // SAFETY: a list published when the section was active is retired,
+        // not freed, until the section ends.
+        let list = unsafe { &*std::ptr::with_exposed_provenance::<List>(p) };
+        let num = list.num.load_direct(Ordering::SeqCst) as usize;
+        for s in &list.slots[..num.min(list.slots.len())] {
+            let w = s.load_direct(Ordering::SeqCst);
+            // Slots below `num` are never empty (written before `num`
+            // grows, replaced only by other fences); checked all the same.
+            if w == 0 || Usage::from_bits(w) > usage {
+                continue;
+            }
+            // SAFETY: in a read section, so the fence is alive.
+            if unsafe { &*fence_ptr(w) }.signaled_flag_direct() {
+                continue;
+            }
+            // SAFETY: as above.
+            if !unsafe { borrow_fence(w) }.is_signaled_direct() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// [`test_signaled`](Self::test_signaled) on a controlled task (every
+    /// load a scheduling point) and under loom.
+    fn test_signaled_counted(&self, usage: Usage) -> bool {
         let rs = self.read_section();
         let Some(list) = self.list_in(&rs) else {
             return true;
@@ -763,7 +905,8 @@ impl DmaResv {
     }
 
     /// Objects retired and not yet freed (readers were active at every
-    /// chance to free them).
+    /// chance to free them, or, with other reading threads about, fewer
+    /// than a batch was waiting at unlock).
     pub fn retired_pending(&self) -> Result<usize, ResvError> {
         self.check_held()?;
         // SAFETY: lock held; the closure only reads lengths.
@@ -1245,6 +1388,18 @@ impl<'a> ResvGuard<'a> {
     pub fn max_fences(&self) -> u32 {
         let rs = self.resv().read_section();
         self.resv().list_in(&rs).map_or(0, List::cap)
+    }
+
+    /// Frees every retired object that no reader can still see, starting a
+    /// grace period if other threads may be reading (`rcu_barrier`'s role
+    /// for this object). Returns how many stay retired: those a reader that
+    /// entered before their retirement may still hold.
+    pub fn reclaim_retired(&self) -> Result<usize, ResvError> {
+        let resv = self.resv();
+        resv.check_held()?;
+        let r = resv.take_reclaimable(Grace::Now);
+        resv.release_retired(r);
+        resv.retired_pending()
     }
 
     /// `dma_resv_describe`: one line per fence with usage `<= Read`:

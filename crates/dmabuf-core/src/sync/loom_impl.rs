@@ -181,3 +181,12 @@ macro_rules! shim_thread_local {
         $crate::shim_thread_local!($($rest)*);
     };
 }
+
+/// Under loom every reader uses the per-object count (as a controlled task
+/// does); this module only answers that question.
+pub mod rcu {
+    /// Never: loom models use the counted read sections.
+    pub fn available() -> bool {
+        false
+    }
+}

@@ -53,6 +53,9 @@ pub use loom_impl::*;
 #[cfg(not(loom))]
 pub mod sched;
 
+#[cfg(not(loom))]
+pub mod rcu;
+
 /// Reference counting is not modelled (loom's `Arc` only adds leak checks,
 /// which our `no-leak` property does at the object level), so `Arc` is std's
 /// in every world.

@@ -35,6 +35,13 @@ pub mod atomic {
                     sched::point();
                     self.0.load(o)
                 }
+                /// Loads the value without a scheduling point: only for
+                /// paths that have established the caller is a real thread
+                /// (`sync::rcu::available()`), so the point would be a no-op.
+                #[inline(always)]
+                pub fn load_direct(&self, o: Ordering) -> $prim {
+                    self.0.load(o)
+                }
                 /// Stores a value.
                 #[inline]
                 pub fn store(&self, v: $prim, o: Ordering) {
