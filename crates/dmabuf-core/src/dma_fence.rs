@@ -630,18 +630,6 @@ impl Fence {
         self.is_signaled_slow()
     }
 
-    /// [`is_signaled`](Self::is_signaled) for a caller that has already
-    /// established it is a real thread (`sync::rcu::available()`): the flag
-    /// load skips the scheduling-point check, which would be a no-op.
-    #[cfg(not(loom))]
-    #[inline(always)]
-    pub(crate) fn is_signaled_direct(&self) -> bool {
-        if self.0.flags.load_direct(Ordering::Acquire) & SIGNALED != 0 {
-            return true;
-        }
-        self.is_signaled_slow()
-    }
-
     #[cold]
     fn is_signaled_slow(&self) -> bool {
         if self.0.imp.signaled(self) {

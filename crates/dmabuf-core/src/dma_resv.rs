@@ -77,7 +77,6 @@ use crate::dma_fence_array::FenceArray;
 use crate::errno::{self, Errno};
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-#[cfg(not(loom))]
 use crate::sync::rcu;
 use crate::ww_mutex::{
     FastLock, LockMode, LockSet, RESERVATION_WW_CLASS, WwAcquireCtx, WwError, WwLockable, WwMutex,
@@ -307,6 +306,7 @@ struct WriterState {
 /// Retired objects that make an unlock start a grace period (a
 /// `membarrier` call) when other threads may be reading; fewer wait for a
 /// later unlock, like `call_rcu` batches. A retired list always does.
+#[cfg_attr(loom, allow(dead_code))]
 const RETIRE_BATCH: usize = 32;
 
 /// Whether a reclaim may start a grace period on a real thread.
@@ -318,16 +318,6 @@ enum Grace {
     Batch,
     /// Start one whatever is waiting ([`ResvGuard::reclaim_retired`]).
     Now,
-}
-
-#[cfg(not(loom))]
-fn retire_tag() -> u64 {
-    rcu::retire_tag()
-}
-
-#[cfg(loom)]
-fn retire_tag() -> u64 {
-    0
 }
 
 /// Retired objects taken for freeing.
@@ -360,6 +350,7 @@ enum ReadSection<'a> {
 impl Drop for ReadSection<'_> {
     #[inline]
     fn drop(&mut self) {
+        #[cfg_attr(loom, allow(irrefutable_let_patterns))]
         if let ReadSection::Counted(c) = self {
             c.fetch_sub(1, Ordering::SeqCst);
         }
@@ -511,6 +502,7 @@ impl DmaResv {
                 if self.readers.load(Ordering::SeqCst) != 0 {
                     return None;
                 }
+                #[cfg_attr(loom, allow(unused_mut))]
                 let mut h = u64::MAX;
                 #[cfg(not(loom))]
                 if rcu::available() && !rcu::quiescent_alone() {
@@ -569,7 +561,7 @@ impl DmaResv {
         // SAFETY: lock held (callers check); pushing a fence runs no code.
         unsafe {
             self.with_w(|w| {
-                w.retired_fences.push((f, retire_tag()));
+                w.retired_fences.push((f, rcu::retire_tag()));
             })
         };
     }
@@ -584,7 +576,7 @@ impl DmaResv {
             // SAFETY: lock held (callers check); pushing runs no code.
             unsafe {
                 self.with_w(|w| {
-                    w.retired_lists.push((old, retire_tag()));
+                    w.retired_lists.push((old, rcu::retire_tag()));
                 })
             };
         }
@@ -867,8 +859,8 @@ impl DmaResv {
             if unsafe { &*fence_ptr(w) }.signaled_flag_direct() {
                 continue;
             }
-            // SAFETY: as above.
-            if !unsafe { borrow_fence(w) }.is_signaled_direct() {
+            // SAFETY: as above. Not signalled yet: ask the driver (cold).
+            if !unsafe { borrow_fence(w) }.is_signaled() {
                 return false;
             }
         }

@@ -5,7 +5,7 @@
 mod dma_resv {
     use crate::dma_fence::{Fence, FenceContext, FenceKind, FenceOps, NamedOps, SignalHandle};
     use crate::dma_fence_array::FenceArray;
-    use crate::dma_resv::{DmaResv, ResvError, Usage, lock_all, usage_rw};
+    use crate::dma_resv::{DmaResv, ResvError, ResvGuard, Usage, lock_all, usage_rw};
     use crate::errno::{self, Errno};
     use crate::lockdep::{self, ClassId, ReportKind};
     use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +20,20 @@ mod dma_resv {
     /// st-dma-resv.c.
     fn mock_fence() -> (Fence, SignalHandle) {
         Fence::init(NamedOps::new("dma-resv-test", "mock"), 0, 0)
+    }
+
+    /// Grace periods until nothing stays retired (other tests' threads may
+    /// be inside a section for a moment); returns what is still pending.
+    fn reclaim_until_empty(g: &ResvGuard<'_>) -> usize {
+        let mut pending = g.reclaim_retired().unwrap();
+        for _ in 0..1000 {
+            if pending == 0 {
+                break;
+            }
+            thread::yield_now();
+            pending = g.reclaim_retired().unwrap();
+        }
+        pending
     }
 
     fn timeline() -> FenceContext {
@@ -618,14 +632,7 @@ mod dma_resv {
         // tests' threads may be inside a section of their own for a moment,
         // which only delays it).
         let g = resv.lock(None).unwrap();
-        let mut pending = g.reclaim_retired().unwrap();
-        for _ in 0..1000 {
-            if pending == 0 {
-                break;
-            }
-            thread::yield_now();
-            pending = g.reclaim_retired().unwrap();
-        }
+        let pending = reclaim_until_empty(&g);
         assert_eq!(pending, 0, "retired objects freed");
     }
 
@@ -678,14 +685,7 @@ mod dma_resv {
         let calls: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
         assert!(calls > 0);
         let g = resv.lock(None).unwrap();
-        let mut pending = g.reclaim_retired().unwrap();
-        for _ in 0..1000 {
-            if pending == 0 {
-                break;
-            }
-            thread::yield_now();
-            pending = g.reclaim_retired().unwrap();
-        }
+        let pending = reclaim_until_empty(&g);
         assert_eq!(pending, 0);
         assert!(g.num_fences() <= 4, "signalled entries are recycled");
     }
