@@ -76,7 +76,7 @@ use crate::dma_fence::{
 use crate::dma_fence_array::FenceArray;
 use crate::errno::{self, Errno};
 use crate::sync::Arc;
-use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use crate::sync::atomic::{self, AtomicUsize, Ordering};
 use crate::sync::rcu;
 use crate::ww_mutex::{
     FastLock, LockMode, LockSet, RESERVATION_WW_CLASS, WwAcquireCtx, WwError, WwLockable, WwMutex,
@@ -259,28 +259,84 @@ unsafe fn clone_fence(w: usize) -> Fence {
     }
 }
 
-/// `struct dma_resv_list`: a fixed-capacity table of packed slots.
-struct List {
-    num: AtomicU32,
-    slots: Box<[AtomicUsize]>,
-}
+/// `struct dma_resv_list`: a fixed-capacity table of packed slots in one
+/// allocation with its header, so that a reader goes from the published
+/// pointer straight to the slots. Words: [`NUM`] (`num_fences`), [`MAX`]
+/// (`max_fences`, fixed at allocation), then the slots.
+///
+/// Invariants readers rely on: `num_fences <= max_fences`, and every slot
+/// below `num_fences` holds a fence (a slot is written before `num_fences`
+/// grows past it, and is only ever swapped for another fence).
+#[repr(transparent)]
+struct List([AtomicUsize]);
+
+/// Word of [`List`] holding `num_fences`.
+const NUM: usize = 0;
+/// Word of [`List`] holding `max_fences`; never stored to after allocation.
+const MAX: usize = 1;
+/// Header words before the first slot of a [`List`].
+const HEAD: usize = 2;
 
 impl List {
-    fn with_capacity(cap: u32) -> List {
-        List {
-            num: AtomicU32::new(0),
-            slots: (0..cap).map(|_| AtomicUsize::new(0)).collect(),
-        }
+    fn with_capacity(cap: u32) -> Arc<List> {
+        let words: Arc<[AtomicUsize]> = (0..HEAD + cap as usize)
+            .map(|i| AtomicUsize::new(if i == MAX { cap as usize } else { 0 }))
+            .collect();
+        // SAFETY: `List` is a transparent wrapper of `[AtomicUsize]`, so the
+        // two reference-counted allocations have one layout, and the cast
+        // keeps the length.
+        unsafe { Arc::from_raw(Arc::into_raw(words) as *const List) }
+    }
+
+    /// The publication word of `l` (a thin pointer; see [`List::at`]).
+    fn into_word(l: Arc<List>) -> usize {
+        Arc::into_raw(l).cast::<AtomicUsize>().expose_provenance()
+    }
+
+    /// The list behind a publication word.
+    ///
+    /// # Safety
+    /// `w` came from [`List::into_word`] and the list stays alive for `'a`.
+    #[inline(always)]
+    unsafe fn at<'a>(w: usize) -> &'a List {
+        let p = std::ptr::with_exposed_provenance::<AtomicUsize>(w);
+        // SAFETY: alive (caller); the `MAX` word is immutable.
+        let cap = atomic::read_immutable(unsafe { &*p.add(MAX) });
+        // SAFETY: the allocation holds `HEAD + cap` words.
+        unsafe { &*(std::ptr::slice_from_raw_parts(p, HEAD + cap) as *const List) }
+    }
+
+    /// Takes back the reference a publication word owned.
+    ///
+    /// # Safety
+    /// As [`List::at`], and the caller owns the word's reference.
+    unsafe fn from_word(w: usize) -> Arc<List> {
+        // SAFETY: per the contract.
+        unsafe { Arc::from_raw(List::at(w) as *const List) }
+    }
+
+    #[inline(always)]
+    fn num(&self, o: Ordering) -> u32 {
+        self.0[NUM].load(o) as u32
+    }
+
+    fn set_num(&self, n: u32, o: Ordering) {
+        self.0[NUM].store(n as usize, o)
     }
 
     fn cap(&self) -> u32 {
-        self.slots.len() as u32
+        (self.0.len() - HEAD) as u32
+    }
+
+    #[inline(always)]
+    fn slots(&self) -> &[AtomicUsize] {
+        &self.0[HEAD..]
     }
 }
 
 impl Drop for List {
     fn drop(&mut self) {
-        for s in self.slots.iter() {
+        for s in self.slots() {
             let w = s.load(Ordering::Acquire);
             if w != 0 {
                 // SAFETY: each non-zero slot owns one reference.
@@ -395,7 +451,7 @@ impl Drop for DmaResv {
         if p != 0 {
             // SAFETY: the published pointer owns one reference; `&mut self`
             // means no reader is left.
-            drop(unsafe { Arc::from_raw(std::ptr::with_exposed_provenance::<List>(p)) });
+            drop(unsafe { List::from_word(p) });
         }
     }
 }
@@ -414,8 +470,8 @@ impl DmaResv {
     #[inline]
     fn read_section(&self) -> ReadSection<'_> {
         #[cfg(not(loom))]
-        if rcu::available() {
-            return ReadSection::Rcu(rcu::read_lock());
+        if let Some(g) = rcu::try_read_lock() {
+            return ReadSection::Rcu(g);
         }
         self.readers.fetch_add(1, Ordering::SeqCst);
         ReadSection::Counted(&self.readers)
@@ -427,7 +483,7 @@ impl DmaResv {
         let p = self.fences.load(Ordering::SeqCst);
         // SAFETY: a list published when the section was active is retired,
         // not freed, until the section ends.
-        (p != 0).then(|| unsafe { &*std::ptr::with_exposed_provenance::<List>(p) })
+        (p != 0).then(|| unsafe { List::at(p) })
     }
 
     /// A counted reference to the current list (and its pointer).
@@ -437,10 +493,10 @@ impl DmaResv {
         if p == 0 {
             return (0, None);
         }
-        let ptr = std::ptr::with_exposed_provenance::<List>(p);
         // SAFETY: alive during the section (see `list_in`); we add the
         // reference we then own.
         let arc = unsafe {
+            let ptr = List::at(p) as *const List;
             Arc::increment_strong_count(ptr);
             Arc::from_raw(ptr)
         };
@@ -450,7 +506,7 @@ impl DmaResv {
     /// Reads slot `i` of `list` as a new reference.
     fn read_slot(&self, list: &List, i: u32) -> Option<(Fence, Usage)> {
         let _rs = self.read_section();
-        let w = list.slots.get(i as usize)?.load(Ordering::SeqCst);
+        let w = list.slots().get(i as usize)?.load(Ordering::SeqCst);
         // SAFETY: in a read section, and `list` is alive (caller holds it).
         (w != 0).then(|| (unsafe { clone_fence(w) }, Usage::from_bits(w)))
     }
@@ -568,11 +624,11 @@ impl DmaResv {
 
     /// Publishes `new` as the list and retires the old one.
     fn publish(&self, new: Option<Arc<List>>) {
-        let raw = new.map_or(0, |l| Arc::into_raw(l).expose_provenance());
+        let raw = new.map_or(0, List::into_word);
         let old = self.fences.swap(raw, Ordering::SeqCst);
         if old != 0 {
             // SAFETY: the published pointer owned one reference, now ours.
-            let old = unsafe { Arc::from_raw(std::ptr::with_exposed_provenance::<List>(old)) };
+            let old = unsafe { List::from_word(old) };
             // SAFETY: lock held (callers check); pushing runs no code.
             unsafe {
                 self.with_w(|w| {
@@ -828,8 +884,8 @@ impl DmaResv {
     #[inline]
     pub fn test_signaled(&self, usage: Usage) -> bool {
         #[cfg(not(loom))]
-        if rcu::available() {
-            return self.test_signaled_rcu(usage);
+        if let Some(g) = rcu::try_read_lock() {
+            return self.test_signaled_rcu(usage, g);
         }
         self.test_signaled_counted(usage)
     }
@@ -838,21 +894,27 @@ impl DmaResv {
     /// section, and loads that skip the (no-op) scheduling point.
     #[cfg(not(loom))]
     #[inline]
-    fn test_signaled_rcu(&self, usage: Usage) -> bool {
-        let _rs = rcu::read_lock();
+    fn test_signaled_rcu(&self, usage: Usage, _rs: rcu::ReadGuard) -> bool {
         let p = self.fences.load_direct(Ordering::SeqCst);
         if p == 0 {
             return true;
         }
+        // Raw words rather than `List::at`: the loop needs neither the
+        // capacity nor slice bounds (`num <= max` is a list invariant).
+        let base = std::ptr::with_exposed_provenance::<AtomicUsize>(p);
         // SAFETY: a list published when the section was active is retired,
-        // not freed, until the section ends.
-        let list = unsafe { &*std::ptr::with_exposed_provenance::<List>(p) };
-        let num = list.num.load_direct(Ordering::SeqCst) as usize;
-        for s in &list.slots[..num.min(list.slots.len())] {
-            let w = s.load_direct(Ordering::SeqCst);
-            // Slots below `num` are never empty (written before `num`
-            // grows, replaced only by other fences); checked all the same.
-            if w == 0 || Usage::from_bits(w) > usage {
+        // not freed, until the section ends; its header is `HEAD` words.
+        let (num, slots) = unsafe {
+            (
+                (*base.add(NUM)).load_direct(Ordering::SeqCst),
+                base.add(HEAD),
+            )
+        };
+        for i in 0..num {
+            // SAFETY: `i < num <= max`, so the slot is in the allocation.
+            let w = unsafe { &*slots.add(i) }.load_direct(Ordering::SeqCst);
+            debug_assert_ne!(w, 0, "slots below num_fences are never empty");
+            if Usage::from_bits(w) > usage {
                 continue;
             }
             // SAFETY: in a read section, so the fence is alive.
@@ -874,8 +936,8 @@ impl DmaResv {
         let Some(list) = self.list_in(&rs) else {
             return true;
         };
-        let num = list.num.load(Ordering::SeqCst) as usize;
-        for s in &list.slots[..num.min(list.slots.len())] {
+        let num = list.num(Ordering::SeqCst) as usize;
+        for s in &list.slots()[..num] {
             let w = s.load(Ordering::SeqCst);
             if w == 0 || Usage::from_bits(w) > usage {
                 continue;
@@ -1002,7 +1064,7 @@ impl ResvIter<'_> {
     fn restart(&mut self) {
         let (p, list) = self.resv.snapshot();
         self.snap = p;
-        self.num = list.as_ref().map_or(0, |l| l.num.load(Ordering::SeqCst));
+        self.num = list.as_ref().map_or(0, |l| l.num(Ordering::SeqCst));
         self.list = list;
         self.index = 0;
         self.started = true;
@@ -1185,7 +1247,7 @@ impl<'a> ResvGuard<'a> {
         }
         let rs = resv.read_section();
         let old = resv.list_in(&rs);
-        let num = old.map_or(0, |l| l.num.load(Ordering::Relaxed));
+        let num = old.map_or(0, |l| l.num(Ordering::Relaxed));
         let too_many = ResvError::TooManyFences { num, requested: n };
         let need = num.checked_add(n).ok_or(too_many.clone())?;
         let max = match old {
@@ -1202,7 +1264,7 @@ impl<'a> ResvGuard<'a> {
         let new = List::with_capacity(max);
         let mut j = 0;
         if let Some(old) = old {
-            for s in &old.slots[..num as usize] {
+            for s in &old.slots()[..num as usize] {
                 let w = s.load(Ordering::Relaxed);
                 if w == 0 {
                     continue;
@@ -1210,15 +1272,15 @@ impl<'a> ResvGuard<'a> {
                 // SAFETY: in a read section, and we are the only writer.
                 let f = unsafe { borrow_fence(w) };
                 if !f.is_signaled() {
-                    new.slots[j as usize]
+                    new.slots()[j as usize]
                         .store(pack((*f).clone(), Usage::from_bits(w)), Ordering::Relaxed);
                     j += 1;
                 }
             }
         }
-        new.num.store(j, Ordering::Relaxed);
+        new.set_num(j, Ordering::Relaxed);
         drop(rs);
-        resv.publish(Some(Arc::new(new)));
+        resv.publish(Some(new));
         // SAFETY: lock held; the closure only updates an integer.
         unsafe {
             resv.with_w(|w| {
@@ -1252,8 +1314,8 @@ impl<'a> ResvGuard<'a> {
         let Some(list) = resv.list_in(&rs) else {
             return Err(ResvError::NoSlotReserved { num: 0, reserved });
         };
-        let count = list.num.load(Ordering::Relaxed);
-        for s in &list.slots[..count as usize] {
+        let count = list.num(Ordering::Relaxed);
+        for s in &list.slots()[..count as usize] {
             let w = s.load(Ordering::Relaxed);
             if w == 0 {
                 continue;
@@ -1278,8 +1340,8 @@ impl<'a> ResvGuard<'a> {
                 reserved,
             });
         }
-        list.slots[count as usize].store(pack(fence.clone(), usage), Ordering::SeqCst);
-        list.num.store(count + 1, Ordering::SeqCst);
+        list.slots()[count as usize].store(pack(fence.clone(), usage), Ordering::SeqCst);
+        list.set_num(count + 1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -1309,8 +1371,8 @@ impl<'a> ResvGuard<'a> {
         let Some(list) = resv.list_in(&rs) else {
             return Ok(());
         };
-        let count = list.num.load(Ordering::Relaxed) as usize;
-        for s in &list.slots[..count] {
+        let count = list.num(Ordering::Relaxed) as usize;
+        for s in &list.slots()[..count] {
             let w = s.load(Ordering::Relaxed);
             // SAFETY: the pointer is alive: we are in a read section.
             if w == 0 || unsafe { borrow_fence(w) }.context() != context {
@@ -1341,12 +1403,12 @@ impl<'a> ResvGuard<'a> {
         let new = (!entries.is_empty()).then(|| {
             let l = List::with_capacity(cap.max(entries.len() as u32));
             for (i, (f, u)) in entries.into_iter().enumerate() {
-                l.slots[i].store(pack(f, u), Ordering::Relaxed);
-                l.num.store(i as u32 + 1, Ordering::Relaxed);
+                l.slots()[i].store(pack(f, u), Ordering::Relaxed);
+                l.set_num(i as u32 + 1, Ordering::Relaxed);
             }
-            Arc::new(l)
+            l
         });
-        let num = new.as_ref().map_or(0, |l| l.num.load(Ordering::Relaxed));
+        let num = new.as_ref().map_or(0, |l| l.num(Ordering::Relaxed));
         self.resv().publish(new);
         // SAFETY: lock held; the closure only writes an integer.
         unsafe { self.resv().with_w(|w| w.reserved_upto = num) };
@@ -1361,7 +1423,7 @@ impl<'a> ResvGuard<'a> {
         ResvLockedIter {
             resv: self.resv(),
             usage,
-            num: list.as_ref().map_or(0, |l| l.num.load(Ordering::SeqCst)),
+            num: list.as_ref().map_or(0, |l| l.num(Ordering::SeqCst)),
             list,
             index: 0,
             first: true,
@@ -1373,7 +1435,7 @@ impl<'a> ResvGuard<'a> {
         let rs = self.resv().read_section();
         self.resv()
             .list_in(&rs)
-            .map_or(0, |l| l.num.load(Ordering::SeqCst))
+            .map_or(0, |l| l.num(Ordering::SeqCst))
     }
 
     /// Capacity of the list (`max_fences` as allocated).

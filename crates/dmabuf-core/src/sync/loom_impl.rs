@@ -14,6 +14,14 @@ pub mod atomic {
     pub mod global {
         pub use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize};
     }
+
+    /// Reads a word that no one stores to after the allocation holding it
+    /// was published to the caller: loom's unsynchronised load, which is no
+    /// branch point and which loom checks happens after the last store.
+    pub fn read_immutable(a: &AtomicUsize) -> usize {
+        // SAFETY: per the contract, no store can race with this load.
+        unsafe { a.unsync_load() }
+    }
 }
 
 /// A mutex without poisoning, over loom's.

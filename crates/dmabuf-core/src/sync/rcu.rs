@@ -6,20 +6,25 @@
 //!
 //! Every thread that reads owns a *record*, one word in a process-wide
 //! registry: 0 when the thread is outside any section, otherwise the
-//! process epoch it saw on entering its outermost section (the nesting
-//! depth is a plain thread-local).
+//! process epoch it saw on entering its outermost section (a nested entry
+//! finds the record active and leaves it alone).
 //!
 //! | step | reader (hot) | reclaimer (cold, holds whatever lock orders the retirements) |
 //! |---|---|---|
-//! | 1 | load the epoch `E`; store `E` (marked active) in its record (a plain store) | unpublish `X` (a `SeqCst` store or swap) |
+//! | 1 | load `E`, its record's copy of the epoch; store `E` (marked active) in its record (a plain store) | unpublish `X` (a `SeqCst` store or swap) |
 //! | 2 | compiler barrier, then load the published pointers | tag `X` with [`retire_tag`] (the epoch now) |
-//! | 3 | use what they point to | later: [`horizon`] increments the epoch, runs a process-wide memory barrier (`membarrier(2)`), then reads every record |
+//! | 3 | use what they point to | later: [`horizon`] increments the epoch, runs a process-wide memory barrier (`membarrier(2)`), then reads every record and refreshes its copy of the epoch |
 //! | 4 | store 0 in its record (a release store) | free `X` if its tag is below the horizon: no active record has an epoch `<=` the tag |
 //!
 //! Why step 4 is safe: a reader that can still use `X` loaded its pointer
-//! before step 1 of the reclaimer, so it read the epoch before the tag was
-//! taken (`e <= tag`): a reader that saw a later epoch loads its pointers
-//! after the unpublish. The heavy barrier in [`horizon`] runs a full memory
+//! before step 1 of the reclaimer, so the epoch copy it read was written
+//! before the tag was taken (`e <= tag`): a copy of a later epoch is written
+//! after the increment that made it, so a reader that saw it (acquire) loads
+//! its pointers after the unpublish. A copy is never ahead of the process
+//! epoch, only behind it, and behind is merely conservative (the reader
+//! holds back objects it could not reach); each grace period brings every
+//! copy up to date. Readers keep the copy in their own record, on their own
+//! cache line, so the fast path touches no shared line at all. The heavy barrier in [`horizon`] runs a full memory
 //! barrier on every thread of the process, so each reader's announcement is
 //! either visible to the scan, or was made after the barrier, in which case
 //! that reader's pointer loads see the unpublish. This is the "asymmetric
@@ -34,7 +39,10 @@
 //!
 //! * Only real threads use this module: a controlled task (see
 //!   [`super::sched`]) uses a per-object reader count instead, whose every
-//!   step is a scheduling point. [`available`] tells which applies.
+//!   step is a scheduling point. [`try_read_lock`] refuses a controlled
+//!   task (the scheduler flags its threads with [`set_controlled`], so a
+//!   real thread pays no extra test); [`available`] answers the same
+//!   question without entering a section.
 //! * A section must not block: reclaimers never wait for readers, they only
 //!   defer freeing.
 //! * Sections nest (a fence's `signaled` op may read another reservation
@@ -53,7 +61,12 @@ const EPOCH_SHIFT: u32 = 1;
 /// not share a line.
 #[repr(align(64))]
 struct Record {
+    /// 0 outside a section, else the announced epoch, marked active.
     word: AtomicU64,
+    /// The process epoch as last copied here (by [`horizon`], or at
+    /// registration); never ahead of [`EPOCH`]. What the fast path
+    /// announces.
+    epoch: AtomicU64,
 }
 
 /// The process epoch. Starts at 1 so that an active word is never 0.
@@ -79,14 +92,18 @@ const MODE_SYMMETRIC: u8 = 2;
 static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
 
 /// [`MINE`] when the thread has no record yet; a record address with this
-/// bit set means the portable (symmetric) mode. Records are 64-aligned, so
-/// the fast path tests one bit for both.
+/// bit set means the portable (symmetric) mode.
 const SLOW: usize = 1;
+/// Set in [`MINE`] while the thread runs as a controlled task (see
+/// [`set_controlled`]); the slow path then asks [`sched::active`].
+const TASK: usize = 2;
+/// Records are 64-aligned, so the fast path tests both bits at once.
+const FLAGS: usize = SLOW | TASK;
 
 thread_local! {
-    /// This thread's record address, or [`SLOW`] (no record yet), or the
-    /// address with [`SLOW`] set (symmetric mode: every entry takes the slow
-    /// path).
+    /// This thread's record address, or 0 (no record yet), with [`SLOW`]
+    /// set when there is no record or the mode is symmetric, and [`TASK`]
+    /// set while the thread is a controlled task.
     static MINE: Cell<usize> = const { Cell::new(SLOW) };
     /// Returns the record to the registry at thread exit.
     static OWNER: Owner = const { Owner };
@@ -96,7 +113,7 @@ struct Owner;
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        let Ok(m) = MINE.try_with(|m| m.replace(SLOW)) else {
+        let Ok(m) = MINE.try_with(|m| m.replace(SLOW | (m.get() & TASK))) else {
             return;
         };
         let Some(r) = record_at(m) else { return };
@@ -109,7 +126,7 @@ impl Drop for Owner {
 
 /// The record behind a [`MINE`] value.
 fn record_at(m: usize) -> Option<&'static Record> {
-    let p = std::ptr::with_exposed_provenance::<Record>(m & !SLOW);
+    let p = std::ptr::with_exposed_provenance::<Record>(m & !FLAGS);
     // SAFETY: a non-null address in MINE is a leaked record, so 'static.
     (!p.is_null()).then(|| unsafe { &*p })
 }
@@ -119,6 +136,14 @@ fn record_at(m: usize) -> Option<&'static Record> {
 #[inline(always)]
 pub fn available() -> bool {
     !sched::active()
+}
+
+/// Marks the calling thread as (possibly) a controlled task, or no longer
+/// one; the scheduler calls it when a thread takes or drops a task. While
+/// set, [`try_read_lock`] leaves its fast path and asks [`sched::active`],
+/// which also knows whether the task's execution is being torn down.
+pub fn set_controlled(on: bool) {
+    let _ = MINE.try_with(|m| m.set(if on { m.get() | TASK } else { m.get() & !TASK }));
 }
 
 fn detect_mode() -> u8 {
@@ -184,6 +209,7 @@ fn register() -> &'static Record {
             None => {
                 let r: &'static Record = Box::leak(Box::new(Record {
                     word: AtomicU64::new(0),
+                    epoch: AtomicU64::new(0),
                 }));
                 reg.all.push(r);
                 r
@@ -194,69 +220,91 @@ fn register() -> &'static Record {
     // locals are already being destroyed, the record stays counted as in
     // use, which only makes reclaimers more careful.
     let _ = OWNER.try_with(|_| ());
+    r.epoch
+        .store(EPOCH.load(Ordering::Acquire), Ordering::Release);
     let slow = if mode == MODE_ASYMMETRIC { 0 } else { SLOW };
-    let _ = MINE.try_with(|m| m.set((r as *const Record).expose_provenance() | slow));
+    let _ = MINE
+        .try_with(|m| m.set((r as *const Record).expose_provenance() | slow | (m.get() & TASK)));
     r
 }
 
 /// An open read section; leaving it (dropping) ends it. Not `Send`: the
 /// record belongs to this thread.
 pub struct ReadGuard {
-    /// The record if this is the outermost section, `None` if nested.
-    outer: Option<&'static Record>,
+    /// The thread's record if this is the outermost section; [`DISCARD`]
+    /// if nested, so that leaving is one unconditional store either way.
+    rec: &'static Record,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
+/// What a nested section's exit writes to: a record outside the registry,
+/// never scanned.
+static DISCARD: Record = Record {
+    word: AtomicU64::new(0),
+    epoch: AtomicU64::new(0),
+};
+
 impl ReadGuard {
     #[inline(always)]
-    fn new(outer: Option<&'static Record>) -> Self {
+    fn new(rec: &'static Record) -> Self {
         ReadGuard {
-            outer,
+            rec,
             _not_send: std::marker::PhantomData,
         }
     }
+
+    /// Whether this is the outermost section of its thread.
+    pub fn is_outermost(&self) -> bool {
+        !std::ptr::eq(self.rec, &DISCARD)
+    }
 }
 
-/// Enters a read section (`rcu_read_lock`). Real threads only (see
-/// [`available`]). Sections end in the reverse order of entry (guards are
-/// scoped): a nested section is recognised by the record being active
-/// already, and only the outermost one marks and clears the record.
+/// Enters a read section (`rcu_read_lock`) if the caller is a real thread,
+/// and returns `None` for a controlled task, which must use its own kind of
+/// section (see [`available`]). Sections end in the reverse order of entry
+/// (guards are scoped): a nested section is recognised by the record being
+/// active already, and only the outermost one marks and clears the record.
 ///
-/// The fast path is a thread-local load, a load of the record (which only
-/// feeds a predicted branch), a load of the epoch and one plain store; the
+/// The fast path is a thread-local load that answers "real thread, with a
+/// record, asymmetric mode" in one test, a load of the record (which only
+/// feeds a predicted branch), a load of the record's epoch copy and one
+/// plain store, all on the thread's own cache line; the
 /// exit is one plain store of 0. Both stores are constants with respect to
 /// the previous section, so consecutive sections are not chained through
 /// store-to-load forwarding.
 #[inline(always)]
-pub fn read_lock() -> ReadGuard {
+pub fn try_read_lock() -> Option<ReadGuard> {
     let m = MINE.try_with(|m| m.get()).unwrap_or(SLOW);
-    if m & SLOW != 0 {
-        return read_lock_slow(m);
+    if m & FLAGS == 0 {
+        // SAFETY: without flags, MINE holds a leaked record's address.
+        let rec: &'static Record = unsafe { &*std::ptr::with_exposed_provenance::<Record>(m) };
+        if rec.word.load(Ordering::Relaxed) == 0 {
+            rec.word.store(
+                (rec.epoch.load(Ordering::Acquire) << EPOCH_SHIFT) | 1,
+                Ordering::Release,
+            );
+            // The reclaimer's membarrier supplies the store-load ordering.
+            compiler_fence(Ordering::SeqCst);
+            return Some(ReadGuard::new(rec));
+        }
     }
-    // SAFETY: without SLOW, MINE holds a leaked record's address.
-    let rec: &'static Record = unsafe { &*std::ptr::with_exposed_provenance::<Record>(m) };
-    if rec.word.load(Ordering::Relaxed) != 0 {
-        return ReadGuard::new(None);
-    }
-    rec.word.store(
-        (EPOCH.load(Ordering::Acquire) << EPOCH_SHIFT) | 1,
-        Ordering::Release,
-    );
-    // The reclaimer's membarrier supplies the store-load ordering.
-    compiler_fence(Ordering::SeqCst);
-    ReadGuard::new(Some(rec))
+    try_read_lock_slow(m)
 }
 
-/// First section of a thread, or every section in symmetric mode.
+/// A controlled task, the first section of a thread, a nested section, or
+/// every section in symmetric mode.
 #[cold]
 #[inline(never)]
-fn read_lock_slow(m: usize) -> ReadGuard {
+fn try_read_lock_slow(m: usize) -> Option<ReadGuard> {
+    if m & TASK != 0 && sched::active() {
+        return None;
+    }
     let rec = match record_at(m) {
         Some(r) => r,
         None => register(),
     };
     if rec.word.load(Ordering::Relaxed) != 0 {
-        return ReadGuard::new(None);
+        return Some(ReadGuard::new(&DISCARD));
     }
     let word = (EPOCH.load(Ordering::Acquire) << EPOCH_SHIFT) | 1;
     if MODE.load(Ordering::Acquire) == MODE_ASYMMETRIC {
@@ -265,16 +313,14 @@ fn read_lock_slow(m: usize) -> ReadGuard {
     } else {
         rec.word.swap(word, Ordering::SeqCst);
     }
-    ReadGuard::new(Some(rec))
+    Some(ReadGuard::new(rec))
 }
 
 impl Drop for ReadGuard {
     #[inline(always)]
     fn drop(&mut self) {
-        if let Some(rec) = self.outer {
-            compiler_fence(Ordering::SeqCst);
-            rec.word.store(0, Ordering::Release);
-        }
+        compiler_fence(Ordering::SeqCst);
+        self.rec.word.store(0, Ordering::Release);
     }
 }
 
@@ -327,6 +373,9 @@ pub fn horizon() -> u64 {
         if w != 0 {
             h = h.min(w >> EPOCH_SHIFT);
         }
+        // A concurrent grace period may overwrite this with its own, older
+        // `next`: still not ahead of the epoch.
+        r.epoch.store(next, Ordering::Release);
     }
     h
 }
@@ -336,6 +385,11 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
+
+    /// A section on a real thread.
+    fn section() -> ReadGuard {
+        try_read_lock().expect("a test thread is a real thread")
+    }
 
     /// Whether grace periods get past `tag` once nothing of ours holds it
     /// (other tests' threads may be inside sections for a moment).
@@ -351,7 +405,7 @@ mod tests {
 
     #[test]
     fn a_section_entered_before_the_tag_holds_the_horizon_back() {
-        let g = read_lock();
+        let g = section();
         let tag = retire_tag();
         assert!(horizon() <= tag, "an open section from before the tag");
         drop(g);
@@ -365,22 +419,24 @@ mod tests {
     fn a_section_entered_after_the_tag_does_not_hold_it_back() {
         let tag = retire_tag();
         let _ = horizon(); // moves the epoch past the tag
-        let g = read_lock();
-        let e = g.outer.unwrap().word.load(Ordering::Relaxed) >> EPOCH_SHIFT;
+        let g = section();
+        assert!(g.is_outermost());
+        let e = g.rec.word.load(Ordering::Relaxed) >> EPOCH_SHIFT;
         assert!(e > tag, "entered at epoch {e}, tag {tag}");
         drop(g);
     }
 
     #[test]
     fn nested_sections_keep_the_outer_epoch_and_restore_on_exit() {
-        let outer = read_lock();
-        let rec = outer.outer.unwrap();
+        let outer = section();
+        assert!(outer.is_outermost());
+        let rec = outer.rec;
         let w1 = rec.word.load(Ordering::Relaxed);
         assert_eq!(w1 & 1, 1, "active");
         let tag = retire_tag();
         let _ = horizon();
-        let inner = read_lock();
-        assert!(inner.outer.is_none(), "a nested section touches no record");
+        let inner = section();
+        assert!(!inner.is_outermost(), "a nested section touches no record");
         assert_eq!(rec.word.load(Ordering::Relaxed), w1, "outer epoch kept");
         drop(inner);
         assert_eq!(rec.word.load(Ordering::Relaxed), w1);
@@ -395,7 +451,7 @@ mod tests {
         let leave = Arc::new(AtomicBool::new(false));
         let (i2, l2) = (inside.clone(), leave.clone());
         let t = std::thread::spawn(move || {
-            let g = read_lock();
+            let g = section();
             i2.store(true, Ordering::SeqCst);
             while !l2.load(Ordering::SeqCst) {
                 std::thread::yield_now();
@@ -420,8 +476,9 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..64 {
             let addr = std::thread::spawn(|| {
-                let g = read_lock();
-                g.outer.unwrap() as *const Record as usize
+                let g = section();
+                assert!(g.is_outermost());
+                g.rec as *const Record as usize
             })
             .join()
             .unwrap();
@@ -438,7 +495,7 @@ mod tests {
 
     #[test]
     fn quiescent_alone_is_false_inside_a_section() {
-        let g = read_lock();
+        let g = section();
         assert!(!quiescent_alone());
         drop(g);
     }

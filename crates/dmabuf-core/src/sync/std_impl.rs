@@ -102,6 +102,14 @@ pub mod atomic {
         };
     }
 
+    /// Reads a word that no one stores to after the allocation holding it
+    /// was published (with release ordering) to the caller: a plain load,
+    /// never a scheduling point.
+    #[inline(always)]
+    pub fn read_immutable(a: &AtomicUsize) -> usize {
+        a.0.load(Ordering::Relaxed)
+    }
+
     macro_rules! shim_atomic_int {
         ($name:ident, $std:ty, $prim:ty) => {
             shim_atomic_common!($name, $std, $prim);

@@ -229,6 +229,7 @@ pub(super) fn ctx() -> Option<(Arc<Execution>, TaskId)> {
 }
 
 fn set_ctx(v: Option<TaskCtx>) {
+    crate::sync::rcu::set_controlled(v.is_some());
     let old = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), v));
     drop(old);
 }

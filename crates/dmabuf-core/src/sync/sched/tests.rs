@@ -741,3 +741,22 @@ fn dfs_reports_a_program_that_is_not_deterministic() {
     }
     assert!(errors > 0, "nondeterminism went unnoticed");
 }
+
+/// `rcu::try_read_lock` refuses controlled tasks (their sections must be
+/// scheduling points) and serves real threads, including a plain thread a
+/// task starts and the test thread after the execution.
+#[test]
+fn rcu_sections_are_for_real_threads_only() {
+    use crate::sync::rcu;
+    assert!(rcu::try_read_lock().is_some(), "the test thread is real");
+    let (r, v) = run_once(&mut Random::new(9), &RunConfig::default(), || {
+        let task = rcu::try_read_lock().is_none();
+        let real = std::thread::spawn(|| rcu::try_read_lock().is_some())
+            .join()
+            .unwrap();
+        (task, real)
+    });
+    assert_eq!(r.outcome, Outcome::Completed);
+    assert_eq!(v, Some((true, true)), "(task refused, real thread served)");
+    assert!(rcu::try_read_lock().is_some());
+}
