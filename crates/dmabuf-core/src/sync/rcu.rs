@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | 1 | load `E`, its record's copy of the epoch; store `E` (marked active) in its record (a plain store) | unpublish `X` (a `SeqCst` store or swap) |
 //! | 2 | compiler barrier, then load the published pointers | tag `X` with [`retire_tag`] (the epoch now) |
-//! | 3 | use what they point to | later: [`horizon`] increments the epoch, runs a process-wide memory barrier (`membarrier(2)`), then reads every record and refreshes its copy of the epoch |
+//! | 3 | use what they point to | later: [`horizon`] increments the epoch, brings every record's copy of it up to date, runs a process-wide memory barrier (`membarrier(2)`), then reads every record |
 //! | 4 | store 0 in its record (a release store) | free `X` if its tag is below the horizon: no active record has an epoch `<=` the tag |
 //!
 //! Why step 4 is safe: a reader that can still use `X` loaded its pointer
@@ -47,21 +47,35 @@
 //!   defer freeing.
 //! * Sections nest (a fence's `signaled` op may read another reservation
 //!   object); the outermost entry's epoch stands for the whole nest.
-//! * A thread's record is returned to the registry when the thread exits and
-//!   reused by the next thread that reads.
+//! * A thread's record is one of its thread-locals, registered on its first
+//!   section and taken out of the registry by a thread-local destructor
+//!   before the thread's locals are freed. (A thread whose first section
+//!   comes from a destructor after that one ran gets a leaked record.)
 
 use super::sched;
 use std::cell::Cell;
+use std::marker::PhantomData;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering, compiler_fence, fence};
 
-/// An active record word is `(epoch << EPOCH_SHIFT) | 1`.
-const EPOCH_SHIFT: u32 = 1;
+/// Record word bit: inside a section.
+const ACTIVE: u64 = 1;
+/// Record word bit: take the slow path (no registration yet, or the
+/// portable symmetric mode).
+const SLOW: u64 = 2;
+/// Record word bit: the thread runs as a controlled task (see
+/// [`set_controlled`]); the slow path then asks [`sched::active`].
+const TASK: u64 = 4;
+/// An active word is `(epoch << EPOCH_SHIFT) | flags | ACTIVE`; an idle one
+/// is just the flags, so a registered real thread in asymmetric mode is idle
+/// at 0 and the fast path tests one word for everything.
+const EPOCH_SHIFT: u32 = 3;
 
 /// One thread's record. Cache-line aligned so readers on different CPUs do
 /// not share a line.
-#[repr(align(64))]
+#[repr(C, align(64))]
 struct Record {
-    /// 0 outside a section, else the announced epoch, marked active.
+    /// The flags, plus the announced epoch and [`ACTIVE`] inside a section.
     word: AtomicU64,
     /// The process epoch as last copied here (by [`horizon`], or at
     /// registration); never ahead of [`EPOCH`]. What the fast path
@@ -69,43 +83,56 @@ struct Record {
     epoch: AtomicU64,
 }
 
+impl Record {
+    const fn new(flags: u64) -> Record {
+        Record {
+            word: AtomicU64::new(flags),
+            epoch: AtomicU64::new(0),
+        }
+    }
+}
+
 /// The process epoch. Starts at 1 so that an active word is never 0.
 static EPOCH: AtomicU64 = AtomicU64::new(1);
 
-/// Records owned by live threads (a registering thread counts itself before
-/// its first load of anything a reclaimer unpublishes).
+/// Registered records (a registering thread counts itself before its first
+/// load of anything a reclaimer unpublishes).
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
 
-struct Registry {
-    all: Vec<&'static Record>,
-    free: Vec<&'static Record>,
-}
+/// Addresses of the registered records: thread-locals of live threads
+/// (each removes its own at exit, under the lock, before its locals' memory
+/// goes) and leaked fallbacks.
+struct Registry(Vec<*const Record>);
 
-static REGISTRY: parking_lot::Mutex<Registry> = parking_lot::Mutex::new(Registry {
-    all: Vec::new(),
-    free: Vec::new(),
-});
+// SAFETY: the pointers are only read under the registry lock, while their
+// records are alive (see the type's docs).
+unsafe impl Send for Registry {}
+
+static REGISTRY: parking_lot::Mutex<Registry> = parking_lot::Mutex::new(Registry(Vec::new()));
 
 const MODE_UNKNOWN: u8 = 0;
 const MODE_ASYMMETRIC: u8 = 1;
 const MODE_SYMMETRIC: u8 = 2;
 static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
 
-/// [`MINE`] when the thread has no record yet; a record address with this
-/// bit set means the portable (symmetric) mode.
-const SLOW: usize = 1;
-/// Set in [`MINE`] while the thread runs as a controlled task (see
-/// [`set_controlled`]); the slow path then asks [`sched::active`].
-const TASK: usize = 2;
-/// Records are 64-aligned, so the fast path tests both bits at once.
-const FLAGS: usize = SLOW | TASK;
+/// Where the calling thread's sections are announced.
+#[derive(Clone, Copy)]
+enum Home {
+    /// Not registered yet.
+    None,
+    /// [`REC`], registered; [`Owner`] removes it at thread exit.
+    Local,
+    /// A leaked record: the thread first read while its locals were being
+    /// destroyed, too late to arrange for [`REC`] to leave the registry.
+    Leaked(&'static Record),
+}
 
 thread_local! {
-    /// This thread's record address, or 0 (no record yet), with [`SLOW`]
-    /// set when there is no record or the mode is symmetric, and [`TASK`]
-    /// set while the thread is a controlled task.
-    static MINE: Cell<usize> = const { Cell::new(SLOW) };
-    /// Returns the record to the registry at thread exit.
+    /// This thread's record, in thread-local storage so that the fast path
+    /// reaches it without loading a pointer.
+    static REC: Record = const { Record::new(SLOW) };
+    static HOME: Cell<Home> = const { Cell::new(Home::None) };
+    /// Removes [`REC`] from the registry at thread exit.
     static OWNER: Owner = const { Owner };
 }
 
@@ -113,22 +140,24 @@ struct Owner;
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        let Ok(m) = MINE.try_with(|m| m.replace(SLOW | (m.get() & TASK))) else {
+        if !matches!(HOME.with(|h| h.replace(Home::None)), Home::Local) {
             return;
-        };
-        let Some(r) = record_at(m) else { return };
-        // A section cannot be open at thread exit; reset defensively.
-        r.word.store(0, Ordering::Release);
-        REGISTRY.lock().free.push(r);
+        }
+        let me = REC.with(|r| r as *const Record);
+        let mut reg = REGISTRY.lock();
+        if let Some(i) = reg.0.iter().position(|&r| r == me) {
+            reg.0.swap_remove(i);
+        }
+        drop(reg);
+        // Unregistered: any later section registers again (or falls back).
+        REC.with(|r| {
+            r.word.store(
+                SLOW | (r.word.load(Ordering::Relaxed) & TASK),
+                Ordering::Relaxed,
+            )
+        });
         IN_USE.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-/// The record behind a [`MINE`] value.
-fn record_at(m: usize) -> Option<&'static Record> {
-    let p = std::ptr::with_exposed_provenance::<Record>(m & !FLAGS);
-    // SAFETY: a non-null address in MINE is a leaked record, so 'static.
-    (!p.is_null()).then(|| unsafe { &*p })
 }
 
 /// Whether the calling thread uses these sections (a real thread) rather
@@ -139,11 +168,17 @@ pub fn available() -> bool {
 }
 
 /// Marks the calling thread as (possibly) a controlled task, or no longer
-/// one; the scheduler calls it when a thread takes or drops a task. While
-/// set, [`try_read_lock`] leaves its fast path and asks [`sched::active`],
-/// which also knows whether the task's execution is being torn down.
+/// one; the scheduler calls it when a thread takes or drops a task, outside
+/// any section. While set, [`try_read_lock`] leaves its fast path and asks
+/// [`sched::active`], which also knows whether the task's execution is
+/// being torn down.
 pub fn set_controlled(on: bool) {
-    let _ = MINE.try_with(|m| m.set(if on { m.get() | TASK } else { m.get() & !TASK }));
+    REC.with(|r| {
+        let w = r.word.load(Ordering::Relaxed);
+        debug_assert_eq!(w & ACTIVE, 0, "set_controlled inside a section");
+        r.word
+            .store(if on { w | TASK } else { w & !TASK }, Ordering::Relaxed);
+    });
 }
 
 fn detect_mode() -> u8 {
@@ -194,68 +229,88 @@ fn heavy_barrier() -> bool {
     false
 }
 
-/// Takes a record from the registry for the calling thread.
+/// The calling thread's registered record, registering it on first use.
 #[cold]
 #[inline(never)]
-fn register() -> &'static Record {
+fn home() -> *const Record {
+    match HOME.with(Cell::get) {
+        Home::Local => return REC.with(|r| r as *const Record),
+        Home::Leaked(r) => return r,
+        Home::None => {}
+    }
     let mode = detect_mode();
     // Count ourselves before any load a reclaimer's "nobody else reads"
     // shortcut could miss (see `quiescent_alone`).
     IN_USE.fetch_add(1, Ordering::SeqCst);
-    let r = {
-        let mut reg = REGISTRY.lock();
-        match reg.free.pop() {
-            Some(r) => r,
-            None => {
-                let r: &'static Record = Box::leak(Box::new(Record {
-                    word: AtomicU64::new(0),
-                    epoch: AtomicU64::new(0),
-                }));
-                reg.all.push(r);
-                r
-            }
-        }
+    let slow = if mode == MODE_ASYMMETRIC { 0 } else { SLOW };
+    // The thread-local record needs `Owner` to take it out of the registry
+    // before the thread's locals are freed; if this thread's destructors
+    // are already running, that cannot be arranged, so it gets a leaked
+    // record instead (rare: a section entered from a destructor).
+    let rec: *const Record = if OWNER.try_with(|_| ()).is_ok() {
+        HOME.with(|h| h.set(Home::Local));
+        REC.with(|r| r as *const Record)
+    } else {
+        let r: &'static Record = Box::leak(Box::new(Record::new(0)));
+        HOME.with(|h| h.set(Home::Leaked(r)));
+        r
     };
-    // Arrange for the record to go back at thread exit. If this thread's
-    // locals are already being destroyed, the record stays counted as in
-    // use, which only makes reclaimers more careful.
-    let _ = OWNER.try_with(|_| ());
+    // SAFETY: our own record, alive for the thread (or leaked).
+    let r = unsafe { &*rec };
     r.epoch
         .store(EPOCH.load(Ordering::Acquire), Ordering::Release);
-    let slow = if mode == MODE_ASYMMETRIC { 0 } else { SLOW };
-    let _ = MINE
-        .try_with(|m| m.set((r as *const Record).expose_provenance() | slow | (m.get() & TASK)));
-    r
+    let task = REC.with(|l| l.word.load(Ordering::Relaxed)) & TASK;
+    REGISTRY.lock().0.push(rec);
+    if !std::ptr::eq(rec, REC.with(|l| l as *const Record)) {
+        // The fast path keeps reading `REC`: leave that on the slow path.
+        REC.with(|l| l.word.store(SLOW | task, Ordering::Relaxed));
+    }
+    r.word.store(slow | task, Ordering::Release);
+    rec
 }
 
 /// An open read section; leaving it (dropping) ends it. Not `Send`: the
 /// record belongs to this thread.
 pub struct ReadGuard {
-    /// The thread's record if this is the outermost section; [`DISCARD`]
-    /// if nested, so that leaving is one unconditional store either way.
-    rec: &'static Record,
-    _not_send: std::marker::PhantomData<*const ()>,
+    /// The address of the thread's record if this is the outermost
+    /// section, of [`DISCARD`] if nested (so that leaving is one
+    /// unconditional store either way), with the record's idle word (its
+    /// flags, below [`IDLE_MASK`]) in the low bits that the record's
+    /// alignment leaves free. One non-zero word, so that an
+    /// `Option<ReadGuard>` stays in a register across the section.
+    tagged: NonZeroUsize,
+    _not_send: PhantomData<*const ()>,
 }
+
+/// The low bits of [`ReadGuard::tagged`] (records are 64-aligned).
+const IDLE_MASK: usize = 63;
+const _: () = assert!(std::mem::align_of::<Record>() > IDLE_MASK);
+const _: () = assert!(((SLOW | TASK) as usize) <= IDLE_MASK);
 
 /// What a nested section's exit writes to: a record outside the registry,
 /// never scanned.
-static DISCARD: Record = Record {
-    word: AtomicU64::new(0),
-    epoch: AtomicU64::new(0),
-};
+static DISCARD: Record = Record::new(0);
 
 impl ReadGuard {
     #[inline(always)]
-    fn new(rec: &'static Record) -> Self {
+    fn new(rec: &Record, idle: u64) -> Self {
+        debug_assert!(idle as usize <= IDLE_MASK && idle & ACTIVE == 0);
+        let addr = (rec as *const Record).expose_provenance() | idle as usize;
         ReadGuard {
-            rec,
-            _not_send: std::marker::PhantomData,
+            // A reference's address is never 0.
+            tagged: NonZeroUsize::new(addr).unwrap_or(NonZeroUsize::MAX),
+            _not_send: PhantomData,
         }
+    }
+
+    #[inline(always)]
+    fn rec(&self) -> *const Record {
+        std::ptr::with_exposed_provenance(self.tagged.get() & !IDLE_MASK)
     }
 
     /// Whether this is the outermost section of its thread.
     pub fn is_outermost(&self) -> bool {
-        !std::ptr::eq(self.rec, &DISCARD)
+        !std::ptr::eq(self.rec(), &DISCARD)
     }
 }
 
@@ -265,62 +320,63 @@ impl ReadGuard {
 /// (guards are scoped): a nested section is recognised by the record being
 /// active already, and only the outermost one marks and clears the record.
 ///
-/// The fast path is a thread-local load that answers "real thread, with a
-/// record, asymmetric mode" in one test, a load of the record (which only
-/// feeds a predicted branch), a load of the record's epoch copy and one
-/// plain store, all on the thread's own cache line; the
-/// exit is one plain store of 0. Both stores are constants with respect to
-/// the previous section, so consecutive sections are not chained through
-/// store-to-load forwarding.
+/// The fast path is one load of the thread-local record's word, which is 0
+/// exactly for "registered real thread, asymmetric mode, outside any
+/// section", a load of the record's epoch copy and one plain store, all on
+/// the thread's own cache line; the exit is one plain store of 0. Both
+/// stores are constants with respect to the previous section, so
+/// consecutive sections are not chained through store-to-load forwarding.
 #[inline(always)]
 pub fn try_read_lock() -> Option<ReadGuard> {
-    let m = MINE.try_with(|m| m.get()).unwrap_or(SLOW);
-    if m & FLAGS == 0 {
-        // SAFETY: without flags, MINE holds a leaked record's address.
-        let rec: &'static Record = unsafe { &*std::ptr::with_exposed_provenance::<Record>(m) };
-        if rec.word.load(Ordering::Relaxed) == 0 {
-            rec.word.store(
-                (rec.epoch.load(Ordering::Acquire) << EPOCH_SHIFT) | 1,
-                Ordering::Release,
-            );
-            // The reclaimer's membarrier supplies the store-load ordering.
-            compiler_fence(Ordering::SeqCst);
-            return Some(ReadGuard::new(rec));
-        }
+    let rec = REC.with(|r| r as *const Record);
+    // SAFETY: this thread's record, alive while the thread runs.
+    let r = unsafe { &*rec };
+    let w = r.word.load(Ordering::Relaxed);
+    if w == 0 {
+        r.word.store(
+            (r.epoch.load(Ordering::Acquire) << EPOCH_SHIFT) | ACTIVE,
+            Ordering::Release,
+        );
+        // The reclaimer's membarrier supplies the store-load ordering.
+        compiler_fence(Ordering::SeqCst);
+        return Some(ReadGuard::new(r, 0));
     }
-    try_read_lock_slow(m)
+    try_read_lock_slow(w)
 }
 
-/// A controlled task, the first section of a thread, a nested section, or
-/// every section in symmetric mode.
+/// A controlled task, the first section of a thread, a nested section, a
+/// thread on a leaked record, or every section in symmetric mode.
 #[cold]
 #[inline(never)]
-fn try_read_lock_slow(m: usize) -> Option<ReadGuard> {
-    if m & TASK != 0 && sched::active() {
+fn try_read_lock_slow(w: u64) -> Option<ReadGuard> {
+    if w & TASK != 0 && sched::active() {
         return None;
     }
-    let rec = match record_at(m) {
-        Some(r) => r,
-        None => register(),
-    };
-    if rec.word.load(Ordering::Relaxed) != 0 {
-        return Some(ReadGuard::new(&DISCARD));
+    // SAFETY: our own record, alive for the thread (or leaked).
+    let rec = unsafe { &*home() };
+    let idle = rec.word.load(Ordering::Relaxed);
+    if idle & ACTIVE != 0 {
+        return Some(ReadGuard::new(&DISCARD, 0));
     }
-    let word = (EPOCH.load(Ordering::Acquire) << EPOCH_SHIFT) | 1;
+    let word = (EPOCH.load(Ordering::Acquire) << EPOCH_SHIFT) | idle | ACTIVE;
     if MODE.load(Ordering::Acquire) == MODE_ASYMMETRIC {
         rec.word.store(word, Ordering::Release);
         compiler_fence(Ordering::SeqCst);
     } else {
         rec.word.swap(word, Ordering::SeqCst);
     }
-    Some(ReadGuard::new(rec))
+    Some(ReadGuard::new(rec, idle))
 }
 
 impl Drop for ReadGuard {
     #[inline(always)]
     fn drop(&mut self) {
         compiler_fence(Ordering::SeqCst);
-        self.rec.word.store(0, Ordering::Release);
+        // SAFETY: the record outlives the guard (the guard is not `Send`
+        // and the record lives as long as its thread, or forever).
+        unsafe { &*self.rec() }
+            .word
+            .store((self.tagged.get() & IDLE_MASK) as u64, Ordering::Release);
     }
 }
 
@@ -332,7 +388,7 @@ pub fn retire_tag() -> u64 {
 }
 
 /// True if the caller is outside every read section and no other live
-/// thread owns a record (has ever entered a section): then nothing the
+/// thread has a registered record (has entered a section): then nothing the
 /// caller unpublished can be in use by anybody, and it may be freed at once
 /// without a grace period.
 ///
@@ -340,11 +396,12 @@ pub fn retire_tag() -> u64 {
 /// section, and the caller unpublished (`SeqCst`) before asking.
 #[inline]
 pub fn quiescent_alone() -> bool {
-    let Ok(m) = MINE.try_with(|m| m.get()) else {
-        return false;
+    let mine = match HOME.with(Cell::get) {
+        Home::None => None,
+        Home::Local => Some(REC.with(|r| r.word.load(Ordering::Relaxed))),
+        Home::Leaked(r) => Some(r.word.load(Ordering::Relaxed)),
     };
-    let mine = record_at(m);
-    if mine.is_some_and(|r| r.word.load(Ordering::Relaxed) != 0) {
+    if mine.is_some_and(|w| w & ACTIVE != 0) {
         return false;
     }
     IN_USE.load(Ordering::SeqCst) <= usize::from(mine.is_some())
@@ -357,6 +414,13 @@ pub fn quiescent_alone() -> bool {
 pub fn horizon() -> u64 {
     let mode = detect_mode();
     let next = EPOCH.fetch_add(1, Ordering::SeqCst) + 1;
+    // Bring every epoch copy up to `next` first, so that a reader entering
+    // during the barrier below already announces the new epoch and does
+    // not hold this grace period back. `fetch_max`: a concurrent, older
+    // grace period never moves a copy back.
+    for_each_record(|r| {
+        r.epoch.fetch_max(next, Ordering::AcqRel);
+    });
     if mode == MODE_ASYMMETRIC {
         if !heavy_barrier() {
             // membarrier failed after succeeding once: treat every reader
@@ -366,18 +430,30 @@ pub fn horizon() -> u64 {
     } else {
         fence(Ordering::SeqCst);
     }
-    let reg = REGISTRY.lock();
     let mut h = next;
-    for r in &reg.all {
+    for_each_record(|r| {
         let w = r.word.load(Ordering::Acquire);
-        if w != 0 {
+        if w & ACTIVE != 0 {
             h = h.min(w >> EPOCH_SHIFT);
         }
-        // A concurrent grace period may overwrite this with its own, older
-        // `next`: still not ahead of the epoch.
-        r.epoch.store(next, Ordering::Release);
-    }
+    });
     h
+}
+
+/// Runs `f` on every registered record, under the registry lock.
+fn for_each_record(mut f: impl FnMut(&Record)) {
+    let reg = REGISTRY.lock();
+    for &p in &reg.0 {
+        // SAFETY: registered records are alive while listed (their threads
+        // take them out, under this lock, before they go).
+        f(unsafe { &*p });
+    }
+}
+
+/// Records in the registry (for tests).
+#[cfg(test)]
+fn registered() -> usize {
+    REGISTRY.lock().0.len()
 }
 
 #[cfg(test)]
@@ -389,6 +465,12 @@ mod tests {
     /// A section on a real thread.
     fn section() -> ReadGuard {
         try_read_lock().expect("a test thread is a real thread")
+    }
+
+    /// The word of a guard's record.
+    fn word(g: &ReadGuard) -> u64 {
+        // SAFETY: the calling thread's own record (or the discard record).
+        unsafe { &*g.rec() }.word.load(Ordering::Relaxed)
     }
 
     /// Whether grace periods get past `tag` once nothing of ours holds it
@@ -421,7 +503,7 @@ mod tests {
         let _ = horizon(); // moves the epoch past the tag
         let g = section();
         assert!(g.is_outermost());
-        let e = g.rec.word.load(Ordering::Relaxed) >> EPOCH_SHIFT;
+        let e = word(&g) >> EPOCH_SHIFT;
         assert!(e > tag, "entered at epoch {e}, tag {tag}");
         drop(g);
     }
@@ -430,9 +512,10 @@ mod tests {
     fn nested_sections_keep_the_outer_epoch_and_restore_on_exit() {
         let outer = section();
         assert!(outer.is_outermost());
-        let rec = outer.rec;
+        // SAFETY: the test thread's own record.
+        let rec = unsafe { &*outer.rec() };
         let w1 = rec.word.load(Ordering::Relaxed);
-        assert_eq!(w1 & 1, 1, "active");
+        assert_eq!(w1 & ACTIVE, ACTIVE, "active");
         let tag = retire_tag();
         let _ = horizon();
         let inner = section();
@@ -472,25 +555,54 @@ mod tests {
     }
 
     #[test]
-    fn records_of_exited_threads_are_reused() {
-        let mut seen = std::collections::HashSet::new();
+    fn exited_threads_leave_the_registry() {
+        let before = registered();
         for _ in 0..64 {
-            let addr = std::thread::spawn(|| {
+            let listed = std::thread::spawn(|| {
                 let g = section();
                 assert!(g.is_outermost());
-                g.rec as *const Record as usize
+                REGISTRY.lock().0.contains(&g.rec())
             })
             .join()
             .unwrap();
-            seen.insert(addr);
+            assert!(listed, "a reading thread's record is registered");
         }
-        // Threads of other tests may take a freed record in between, but 64
-        // threads one after the other do not need 64 records.
+        // Other tests' threads may be registered for a moment, but 64
+        // exited threads must not have stayed.
+        let after = registered();
         assert!(
-            seen.len() < 64,
-            "{} records for 64 sequential threads",
-            seen.len()
+            after < before + 32,
+            "{before} records before 64 sequential threads, {after} after"
         );
+    }
+
+    #[test]
+    fn a_section_from_a_late_destructor_gets_a_leaked_record() {
+        // 0: not run; 1: a leaked, registered, active record; 2: otherwise.
+        static SEEN: AtomicU8 = AtomicU8::new(0);
+        struct Late;
+        impl Drop for Late {
+            fn drop(&mut self) {
+                let g = section();
+                let leaked = matches!(HOME.with(Cell::get), Home::Leaked(_));
+                let ok = leaked
+                    && g.is_outermost()
+                    && word(&g) & ACTIVE != 0
+                    && REGISTRY.lock().0.contains(&g.rec());
+                drop(g);
+                SEEN.store(if ok { 1 } else { 2 }, Ordering::SeqCst);
+            }
+        }
+        thread_local!(static LATE: Late = const { Late });
+        std::thread::spawn(|| {
+            // Destructors run in reverse order of registration: `Late`'s
+            // after `Owner`'s, which has taken `REC` out already.
+            LATE.with(|_| ());
+            drop(section());
+        })
+        .join()
+        .unwrap();
+        assert_eq!(SEEN.load(Ordering::SeqCst), 1);
     }
 
     #[test]
