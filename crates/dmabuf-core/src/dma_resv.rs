@@ -884,17 +884,17 @@ impl DmaResv {
     #[inline]
     pub fn test_signaled(&self, usage: Usage) -> bool {
         #[cfg(not(loom))]
-        if let Some(g) = rcu::try_read_lock() {
-            return self.test_signaled_rcu(usage, g);
+        if let Some(r) = rcu::read_section(|| self.test_signaled_rcu(usage)) {
+            return r;
         }
         self.test_signaled_counted(usage)
     }
 
-    /// [`test_signaled`](Self::test_signaled) on a real thread: an rcu
-    /// section, and loads that skip the (no-op) scheduling point.
+    /// [`test_signaled`](Self::test_signaled) on a real thread, inside an
+    /// rcu section: loads that skip the (no-op) scheduling point.
     #[cfg(not(loom))]
-    #[inline]
-    fn test_signaled_rcu(&self, usage: Usage, _rs: rcu::ReadGuard) -> bool {
+    #[inline(always)]
+    fn test_signaled_rcu(&self, usage: Usage) -> bool {
         let p = self.fences.load_direct(Ordering::SeqCst);
         if p == 0 {
             return true;

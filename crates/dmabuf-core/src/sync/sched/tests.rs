@@ -750,7 +750,7 @@ fn rcu_sections_are_for_real_threads_only() {
     use crate::sync::rcu;
     assert!(rcu::try_read_lock().is_some(), "the test thread is real");
     let (r, v) = run_once(&mut Random::new(9), &RunConfig::default(), || {
-        let task = rcu::try_read_lock().is_none();
+        let task = rcu::try_read_lock().is_none() && rcu::read_section(|| ()).is_none();
         let real = std::thread::spawn(|| rcu::try_read_lock().is_some())
             .join()
             .unwrap();
@@ -759,4 +759,5 @@ fn rcu_sections_are_for_real_threads_only() {
     assert_eq!(r.outcome, Outcome::Completed);
     assert_eq!(v, Some((true, true)), "(task refused, real thread served)");
     assert!(rcu::try_read_lock().is_some());
+    assert_eq!(rcu::read_section(|| 7), Some(7));
 }
