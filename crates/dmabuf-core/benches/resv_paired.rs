@@ -26,28 +26,28 @@ use std::time::{Duration, Instant};
 
 const BLOCK: Duration = Duration::from_micros(100);
 
-/// Nanoseconds per call of `f` over `iters` calls. Generic, not `dyn`: the
-/// operation is inlined into the loop, as in criterion's `iter`, so no
-/// indirect call is added to either side.
-fn per_call(iters: u64, f: &mut impl FnMut()) -> f64 {
-    let t = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    t.elapsed().as_secs_f64() * 1e9 / iters as f64
-}
-
-/// Calls of `f` that take about [`BLOCK`].
-fn calibrate(f: &mut impl FnMut()) -> u64 {
-    let mut iters = 1u64;
-    loop {
+/// A block: `$body` run `$iters` times in a loop written out at the call
+/// site (so the loop body is the operation itself, whatever the compiler
+/// decides about inlining the closure that holds the block), returning
+/// nanoseconds per run.
+macro_rules! block {
+    ($iters:expr, $body:expr) => {{
+        let iters: u64 = $iters;
         let t = Instant::now();
         for _ in 0..iters {
-            f();
+            $body;
         }
-        if t.elapsed() >= BLOCK / 4 || iters >= 1 << 30 {
-            let ns = t.elapsed().as_nanos().max(1) as u64;
-            return (iters * BLOCK.as_nanos() as u64 / ns).max(1);
+        t.elapsed().as_secs_f64() * 1e9 / iters as f64
+    }};
+}
+
+/// Runs of a block that take about [`BLOCK`].
+fn calibrate(f: &mut impl FnMut(u64) -> f64) -> u64 {
+    let mut iters = 1u64;
+    loop {
+        let ns = f(iters) * iters as f64;
+        if ns >= BLOCK.as_nanos() as f64 / 4.0 || iters >= 1 << 30 {
+            return ((iters as f64 * BLOCK.as_nanos() as f64 / ns.max(1.0)) as u64).max(1);
         }
         iters *= 2;
     }
@@ -58,7 +58,13 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Runs `rounds` pairs of blocks and prints one line.
-fn paired(name: &str, rounds: usize, target: f64, mut op: impl FnMut(), mut base: impl FnMut()) {
+fn paired(
+    name: &str,
+    rounds: usize,
+    target: f64,
+    mut op: impl FnMut(u64) -> f64,
+    mut base: impl FnMut(u64) -> f64,
+) {
     let (op, base) = (&mut op, &mut base);
     // Warm both (caches, branch predictors, lazily registered records).
     let _ = calibrate(op);
@@ -68,11 +74,11 @@ fn paired(name: &str, rounds: usize, target: f64, mut op: impl FnMut(), mut base
         // Alternate which side goes first, so neither always follows the
         // other's cache footprint.
         let (x, y) = if i % 2 == 0 {
-            let x = per_call(n_op, op);
-            (x, per_call(n_base, base))
+            let x = op(n_op);
+            (x, base(n_base))
         } else {
-            let y = per_call(n_base, base);
-            (per_call(n_op, op), y)
+            let y = base(n_base);
+            (op(n_op), y)
         };
         a.push(x);
         b.push(y);
@@ -135,8 +141,13 @@ fn main() {
             &format!("test_signaled/{n}"),
             rounds,
             2.0,
-            || assert!(black_box(&resv).test_signaled(Usage::Bookkeep)),
-            || assert!(black_box(&fences).iter().all(Fence::is_signaled)),
+            |n| block!(n, assert!(black_box(&resv).test_signaled(Usage::Bookkeep))),
+            |n| {
+                block!(
+                    n,
+                    assert!(black_box(&fences).iter().all(Fence::is_signaled))
+                )
+            },
         );
     }
 
@@ -146,7 +157,7 @@ fn main() {
         "lock_unlock/dma_resv_guard",
         rounds,
         2.0,
-        || drop(black_box(&resv).lock(None).expect("uncontended")),
-        || drop(black_box(&pl).lock()),
+        |n| block!(n, drop(black_box(&resv).lock(None).expect("uncontended"))),
+        |n| block!(n, drop(black_box(&pl).lock())),
     );
 }

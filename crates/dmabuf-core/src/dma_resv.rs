@@ -11,6 +11,11 @@
 //! | slot | fence pointer with the usage in its low 2 bits | the lock holder (in-place replacement or append) |
 //! | reserved slots | `max_fences`, reset at unlock under `CONFIG_DEBUG_MUTEXES` | `reserve_fences`; forgotten at unlock |
 //!
+//! The list is one allocation, header words (`num_fences`, `max_fences`)
+//! then the slots, like the kernel's `struct dma_resv_list` with its
+//! flexible `table[]`: a reader goes from the object's pointer straight to
+//! the entries.
+//!
 //! A query at usage X sees every entry whose usage is `<= X`
 //! (`Kernel < Write < Read < Bookkeep`).
 //!
@@ -123,13 +128,17 @@ impl Usage {
         }
     }
 
+    /// The usage packed in a slot word (a table lookup, no branch).
+    #[inline(always)]
     fn from_bits(b: usize) -> Usage {
-        match b & USAGE_MASK {
-            0 => Usage::Kernel,
-            1 => Usage::Write,
-            2 => Usage::Read,
-            _ => Usage::Bookkeep,
-        }
+        Usage::ALL[b & USAGE_MASK]
+    }
+
+    /// Whether a slot word's usage is above `self`, i.e. outside a query
+    /// at `self` (one compare: the discriminants are the packed values).
+    #[inline(always)]
+    fn excludes(self, w: usize) -> bool {
+        w & USAGE_MASK > self as usize
     }
 }
 
@@ -914,7 +923,7 @@ impl DmaResv {
             // SAFETY: `i < num <= max`, so the slot is in the allocation.
             let w = unsafe { &*slots.add(i) }.load_direct(Ordering::SeqCst);
             debug_assert_ne!(w, 0, "slots below num_fences are never empty");
-            if Usage::from_bits(w) > usage {
+            if usage.excludes(w) {
                 continue;
             }
             // SAFETY: in a read section, so the fence is alive.
@@ -939,7 +948,7 @@ impl DmaResv {
         let num = list.num(Ordering::SeqCst) as usize;
         for s in &list.slots()[..num] {
             let w = s.load(Ordering::SeqCst);
-            if w == 0 || Usage::from_bits(w) > usage {
+            if w == 0 || usage.excludes(w) {
                 continue;
             }
             // SAFETY: in a read section.

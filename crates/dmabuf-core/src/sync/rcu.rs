@@ -361,20 +361,22 @@ pub fn read_section<R>(f: impl FnOnce() -> R) -> Option<R> {
             self.0.word.store(0, Ordering::Release);
         }
     }
-    REC.with(|r| {
-        let w = r.word.load(Ordering::Relaxed);
-        if w == 0 {
-            r.word.store(
-                (r.epoch.load(Ordering::Acquire) << EPOCH_SHIFT) | ACTIVE,
-                Ordering::Release,
-            );
-            compiler_fence(Ordering::SeqCst);
-            let _exit = FastExit(r);
-            return Some(f());
-        }
-        let _g = try_read_lock_slow(w)?;
-        Some(f())
-    })
+    // The address only, so that `with` (a call through the key when it is
+    // not inlined) stays trivial and `f` is inlined here.
+    // SAFETY: this thread's record, alive while the thread runs.
+    let r = unsafe { &*REC.with(|r| r as *const Record) };
+    let w = r.word.load(Ordering::Relaxed);
+    if w == 0 {
+        r.word.store(
+            (r.epoch.load(Ordering::Acquire) << EPOCH_SHIFT) | ACTIVE,
+            Ordering::Release,
+        );
+        compiler_fence(Ordering::SeqCst);
+        let _exit = FastExit(r);
+        return Some(f());
+    }
+    let _g = try_read_lock_slow(w)?;
+    Some(f())
 }
 
 /// A controlled task, the first section of a thread, a nested section, a
