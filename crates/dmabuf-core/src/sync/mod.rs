@@ -35,10 +35,11 @@
 //!   tens of ns from the real clock, monotonic per thread). The virtual clock moves
 //!   only when every task is blocked and one of them waits with a deadline.
 //! * [`rcu`] gives real threads read sections without a read-modify-write
-//!   (per-thread records and `membarrier` grace periods). Controlled tasks
-//!   and loom models must not use it: [`rcu::available`] says which applies,
-//!   and callers fall back to a counted section whose steps are scheduling
-//!   points.
+//!   (thread-local records and `membarrier` grace periods). Controlled tasks
+//!   and loom models must not use it: [`rcu::try_read_lock`] and
+//!   [`rcu::read_section`] refuse a controlled task ([`rcu::available`]
+//!   answers the same question), and callers fall back to a counted section
+//!   whose steps are scheduling points.
 //! * Process-wide counters that are never part of a model (context ids, inode
 //!   numbers) use [`atomic::global`], which is always the std type, so they
 //!   can be `static` under loom too.

@@ -4,10 +4,13 @@
 //!
 //! # Protocol
 //!
-//! Every thread that reads owns a *record*, one word in a process-wide
-//! registry: 0 when the thread is outside any section, otherwise the
-//! process epoch it saw on entering its outermost section (a nested entry
-//! finds the record active and leaves it alone).
+//! Every thread that reads owns a *record* (a thread-local, listed in a
+//! process-wide registry): a word that is 0 while the thread is outside any
+//! section (bits for "not registered yet", "symmetric mode" and "controlled
+//! task" send those threads to the slow path) and holds the epoch it
+//! announced, marked active, inside its outermost section (a nested entry
+//! finds the record active and leaves it alone); and its copy of the
+//! process epoch.
 //!
 //! | step | reader (hot) | reclaimer (cold, holds whatever lock orders the retirements) |
 //! |---|---|---|
@@ -24,10 +27,12 @@
 //! epoch, only behind it, and behind is merely conservative (the reader
 //! holds back objects it could not reach); each grace period brings every
 //! copy up to date. Readers keep the copy in their own record, on their own
-//! cache line, so the fast path touches no shared line at all. The heavy barrier in [`horizon`] runs a full memory
-//! barrier on every thread of the process, so each reader's announcement is
-//! either visible to the scan, or was made after the barrier, in which case
-//! that reader's pointer loads see the unpublish. This is the "asymmetric
+//! cache line, so the fast path touches no shared line at all.
+//!
+//! The heavy barrier in [`horizon`] runs a full memory barrier on every
+//! thread of the process, so each reader's announcement is either visible
+//! to the scan, or was made after the barrier, in which case that reader's
+//! pointer loads see the unpublish. This is the "asymmetric
 //! fence" scheme of userspace RCU's `membarrier` flavour: the reader pays two
 //! plain stores, the reclaimer a system call.
 //!
