@@ -148,7 +148,7 @@ impl Drop for Owner {
         if !matches!(HOME.with(|h| h.replace(Home::None)), Home::Local) {
             return;
         }
-        let me = REC.with(|r| r as *const Record);
+        let me = local();
         let mut reg = REGISTRY.lock();
         if let Some(i) = reg.0.iter().position(|&r| r == me) {
             reg.0.swap_remove(i);
@@ -238,8 +238,9 @@ fn heavy_barrier() -> bool {
 #[cold]
 #[inline(never)]
 fn home() -> *const Record {
+    let local = local();
     match HOME.with(Cell::get) {
-        Home::Local => return REC.with(|r| r as *const Record),
+        Home::Local => return local,
         Home::Leaked(r) => return r,
         Home::None => {}
     }
@@ -254,7 +255,7 @@ fn home() -> *const Record {
     // record instead (rare: a section entered from a destructor).
     let rec: *const Record = if OWNER.try_with(|_| ()).is_ok() {
         HOME.with(|h| h.set(Home::Local));
-        REC.with(|r| r as *const Record)
+        local
     } else {
         let r: &'static Record = Box::leak(Box::new(Record::new(0)));
         HOME.with(|h| h.set(Home::Leaked(r)));
@@ -264,14 +265,36 @@ fn home() -> *const Record {
     let r = unsafe { &*rec };
     r.epoch
         .store(EPOCH.load(Ordering::Acquire), Ordering::Release);
-    let task = REC.with(|l| l.word.load(Ordering::Relaxed)) & TASK;
+    // Unregistered, `REC` carries `SLOW` (so a thread on a leaked record
+    // stays on the slow path) and perhaps `TASK`.
+    let task = REC.with(|l| {
+        let w = l.word.load(Ordering::Relaxed);
+        debug_assert_eq!(w & !TASK, SLOW, "an unregistered record is idle and slow");
+        w & TASK
+    });
     REGISTRY.lock().0.push(rec);
-    if !std::ptr::eq(rec, REC.with(|l| l as *const Record)) {
-        // The fast path keeps reading `REC`: leave that on the slow path.
-        REC.with(|l| l.word.store(SLOW | task, Ordering::Relaxed));
-    }
     r.word.store(slow | task, Ordering::Release);
     rec
+}
+
+/// The address of this thread's [`REC`]. Only the address is taken inside
+/// `LocalKey::with` (a call through the key wherever `with` is not
+/// inlined), so that callers' section bodies inline where they are.
+#[inline(always)]
+fn local() -> *const Record {
+    REC.with(|r| r as *const Record)
+}
+
+/// The fast path's entry, once the caller has seen the record idle with
+/// no flags: announces the record's epoch copy, marked active.
+#[inline(always)]
+fn announce(r: &Record) {
+    r.word.store(
+        (r.epoch.load(Ordering::Acquire) << EPOCH_SHIFT) | ACTIVE,
+        Ordering::Release,
+    );
+    // The reclaimer's membarrier supplies the store-load ordering.
+    compiler_fence(Ordering::SeqCst);
 }
 
 /// An open read section; leaving it (dropping) ends it. Not `Send`: the
@@ -333,17 +356,12 @@ impl ReadGuard {
 /// consecutive sections are not chained through store-to-load forwarding.
 #[inline(always)]
 pub fn try_read_lock() -> Option<ReadGuard> {
-    let rec = REC.with(|r| r as *const Record);
-    // SAFETY: this thread's record, alive while the thread runs.
-    let r = unsafe { &*rec };
+    // SAFETY: this thread's record, alive while the thread runs (the guard
+    // is not `Send`).
+    let r = unsafe { &*local() };
     let w = r.word.load(Ordering::Relaxed);
     if w == 0 {
-        r.word.store(
-            (r.epoch.load(Ordering::Acquire) << EPOCH_SHIFT) | ACTIVE,
-            Ordering::Release,
-        );
-        // The reclaimer's membarrier supplies the store-load ordering.
-        compiler_fence(Ordering::SeqCst);
+        announce(r);
         return Some(ReadGuard::new(r, 0));
     }
     try_read_lock_slow(w)
@@ -366,17 +384,11 @@ pub fn read_section<R>(f: impl FnOnce() -> R) -> Option<R> {
             self.0.word.store(0, Ordering::Release);
         }
     }
-    // The address only, so that `with` (a call through the key when it is
-    // not inlined) stays trivial and `f` is inlined here.
-    // SAFETY: this thread's record, alive while the thread runs.
-    let r = unsafe { &*REC.with(|r| r as *const Record) };
+    // SAFETY: this thread's record, used only within this call.
+    let r = unsafe { &*local() };
     let w = r.word.load(Ordering::Relaxed);
     if w == 0 {
-        r.word.store(
-            (r.epoch.load(Ordering::Acquire) << EPOCH_SHIFT) | ACTIVE,
-            Ordering::Release,
-        );
-        compiler_fence(Ordering::SeqCst);
+        announce(r);
         let _exit = FastExit(r);
         return Some(f());
     }
