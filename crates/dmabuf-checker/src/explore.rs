@@ -21,8 +21,9 @@ use dmabuf_core::sync::sched::{
     self, Dfs, Outcome, Pct, Random, Replay, RunConfig, RunReport, Schedule, Strategy,
 };
 use dmabuf_core::sync::{Arc, Mutex};
-use dmabuf_drivers::world::{Observation, StallMode, WorldProbe, WorldSpec, run_world_with};
-use dmabuf_platform::{AccessKind, HazardClass};
+use dmabuf_scenario::builtin::Library;
+use dmabuf_scenario::file::Answer;
+use dmabuf_scenario::world::{Observation, StallMode, WorldProbe, WorldSpec, run_world_with};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -110,7 +111,8 @@ pub struct Violation {
     pub detail: String,
 }
 
-fn outcome_detail(o: &Outcome) -> String {
+/// The scheduler's outcome in words.
+pub fn outcome_detail(o: &Outcome) -> String {
     match o {
         Outcome::Completed => "completed".into(),
         Outcome::CompletedWithStalled { stalled } => {
@@ -129,11 +131,7 @@ fn outcome_detail(o: &Outcome) -> String {
 /// stalled runs only; a stalled run never finishes, so it says nothing
 /// about deadlocks or leaks.
 pub fn judged_in(p: Property, mode: RunMode) -> bool {
-    match p {
-        Property::LBounded => mode == RunMode::Stalled,
-        Property::NoDeadlock | Property::NoLeak => mode == RunMode::Normal,
-        Property::SFence | Property::SFinal | Property::SNoreuse | Property::Lockdep => true,
-    }
+    p.check().judged_in(mode)
 }
 
 /// Judges one run against one property. `None` means the run does not
@@ -142,95 +140,7 @@ pub fn judge(run: &RunOutcome, p: Property) -> Option<Violation> {
     if !judged_in(p, run.mode) {
         return None;
     }
-    let after_return = |seq: u64| {
-        run.obs
-            .as_ref()
-            .and_then(|o| o.revoke_return_seq)
-            .is_some_and(|r| seq > r)
-    };
-    let hazard =
-        |pred: &dyn Fn(&dmabuf_platform::Hazard) -> bool, what: &str| -> Option<Violation> {
-            let obs = run.obs.as_ref()?;
-            obs.hazards.iter().find(|h| pred(h)).map(|h| Violation {
-                hazard: Some(h.to_string()),
-                detail: what.to_owned(),
-            })
-        };
-    match (p, run.mode) {
-        (Property::LBounded, RunMode::Stalled) => {
-            // Only a revoke that began can fail to be bounded: worlds whose
-            // exporter never revokes (VRAM eviction, the system heap) have
-            // nothing to judge here.
-            let started = run.obs.as_ref().is_none_or(|o| o.revoke_started);
-            let returned = run.obs.as_ref().is_some_and(|o| o.revoke_returned);
-            (started && !returned).then(|| Violation {
-                hazard: None,
-                detail: format!(
-                    "revoke did not complete with userspace stalled ({})",
-                    outcome_detail(&run.report.outcome)
-                ),
-            })
-        }
-        (Property::LBounded, RunMode::Normal)
-        | (Property::NoDeadlock | Property::NoLeak, RunMode::Stalled) => None,
-        (Property::NoDeadlock, RunMode::Normal) => match &run.report.outcome {
-            Outcome::Completed => None,
-            o => Some(Violation {
-                hazard: None,
-                detail: outcome_detail(o),
-            }),
-        },
-        (Property::SFence, _) => hazard(
-            &|h| {
-                h.kind == AccessKind::Write
-                    && matches!(
-                        h.class,
-                        HazardClass::AccessAfterRevoke | HazardClass::WriteAfterFences
-                    )
-                    && after_return(h.seq)
-            },
-            "a write reached the exporter's memory after revoke returned",
-        ),
-        (Property::SFinal, _) => {
-            if let Some(v) = hazard(
-                &|h| h.class == HazardClass::AccessAfterRevoke,
-                "an access reached the exporter's memory after revoke returned",
-            ) {
-                return Some(v);
-            }
-            let obs = run.obs.as_ref()?;
-            (obs.revoke_returned && obs.live_mappings_at_return > 0).then(|| Violation {
-                hazard: None,
-                detail: format!(
-                    "{} mapping(s) still outstanding when revoke returned",
-                    obs.live_mappings_at_return
-                ),
-            })
-        }
-        (Property::SNoreuse, _) => hazard(
-            &|h| {
-                matches!(
-                    h.class,
-                    HazardClass::UseAfterFree | HazardClass::Aer | HazardClass::MisdirectedDma
-                )
-            },
-            "memory was freed, powered down, reset or re-assigned while still mapped",
-        ),
-        (Property::NoLeak, RunMode::Normal) => {
-            if run.report.outcome != Outcome::Completed {
-                return None;
-            }
-            let obs = run.obs.as_ref()?;
-            (!obs.leaks.is_empty()).then(|| Violation {
-                hazard: None,
-                detail: obs.leaks.join("; "),
-            })
-        }
-        (Property::Lockdep, _) => (!run.lockdep.is_empty()).then(|| Violation {
-            hazard: None,
-            detail: run.lockdep.join("; "),
-        }),
-    }
+    p.check().judge(run)
 }
 
 /// Errors of a run that are not property verdicts: panics, driver errors,
@@ -325,6 +235,66 @@ impl PropertyResult {
     pub fn holds(&self) -> bool {
         self.violations == 0
     }
+
+    /// herd7's answer about the violation: `Never` (no judged run violated
+    /// it), `Always` (every judged run did) or `Sometimes`.
+    pub fn answer(&self) -> Answer {
+        if self.violations == 0 {
+            Answer::Never
+        } else if self.violations >= self.schedules {
+            Answer::Always
+        } else {
+            Answer::Sometimes
+        }
+    }
+}
+
+/// A file's expectation and whether the run met it.
+#[derive(Clone, Debug)]
+pub struct ExpectationResult {
+    /// The property.
+    pub property: Property,
+    /// What the file expected.
+    pub expected: Answer,
+    /// What the exploration found.
+    pub found: Answer,
+    /// Where the file said it.
+    pub at: String,
+    /// Whether the answer meets the expectation. `Sometimes` is met by an
+    /// `Always` as well (a violation was found); `Never` and `Always` need
+    /// exactly that answer.
+    pub met: bool,
+}
+
+/// Compares a report with a scenario's expectations. Unknown property
+/// names are errors naming where they were written.
+pub fn expectations(
+    scenario: &Scenario,
+    report: &CheckReport,
+) -> Result<Vec<ExpectationResult>, String> {
+    let mut out = Vec::new();
+    for e in &scenario.expect {
+        let p: Property = e
+            .property
+            .parse()
+            .map_err(|u: crate::property::UnknownProperty| format!("{}: {u}", e.at))?;
+        let Some(r) = report.properties.iter().find(|r| r.property == p) else {
+            continue;
+        };
+        let found = r.answer();
+        let met = match e.answer {
+            Answer::Sometimes => found != Answer::Never,
+            a => found == a,
+        };
+        out.push(ExpectationResult {
+            property: p,
+            expected: e.answer,
+            found,
+            at: e.at.clone(),
+            met,
+        });
+    }
+    Ok(out)
 }
 
 /// The result of checking one scenario.
@@ -570,6 +540,7 @@ pub fn check(
         };
         let token = ReplayToken {
             scenario: shrunk_name,
+            hash: dmabuf_scenario::builtin::spec_hash(&spec),
             strategy: opts.strategy,
             seed: opts.seed,
             mode,
@@ -598,21 +569,20 @@ pub fn check(
     }
 }
 
-/// Resolves a token's scenario, including shrunk workloads
-/// (`<scenario>.jobs<N>`).
-pub fn token_spec(
-    token: &ReplayToken,
-) -> Result<(String, WorldSpec), crate::scenario::UnknownScenario> {
-    if let Ok(s) = crate::scenario::find(&token.scenario) {
-        return Ok((s.name, s.spec));
+/// Resolves a token's scenario in `lib` and checks that it is the question
+/// the token was made for (the hash of the protocol, importers and
+/// timeline).
+pub fn token_spec(lib: &Library, token: &ReplayToken) -> Result<(String, WorldSpec), ReplayError> {
+    let s = lib.find(&token.scenario).map_err(ReplayError::Scenario)?;
+    let now = s.hash();
+    if now != token.hash {
+        return Err(ReplayError::Changed {
+            scenario: token.scenario.clone(),
+            token: token.hash,
+            now,
+        });
     }
-    if let Some((base, jobs)) = token.scenario.rsplit_once(".jobs")
-        && let Ok(j) = jobs.parse::<usize>()
-        && let Ok(s) = crate::scenario::find(base)
-    {
-        return Ok((token.scenario.clone(), WorldSpec { jobs: j, ..s.spec }));
-    }
-    Err(crate::scenario::UnknownScenario(token.scenario.clone()))
+    Ok((s.name, s.spec))
 }
 
 /// Every property's verdict on one run.
@@ -622,16 +592,29 @@ pub type Verdicts = Vec<(Property, Option<Violation>)>;
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     /// The token names an unknown scenario.
-    #[error(transparent)]
-    Scenario(#[from] crate::scenario::UnknownScenario),
+    #[error("{0}")]
+    Scenario(dmabuf_scenario::file::FileError),
+    /// The scenario's protocol, importers or timeline changed since the
+    /// token was made: replaying it would answer another question.
+    #[error(
+        "the scenario '{scenario}' changed since this token was made (token hash {token:016x}, now {now:016x}): re-run check to get a new token"
+    )]
+    Changed {
+        /// Scenario name.
+        scenario: String,
+        /// The token's hash.
+        token: u64,
+        /// The scenario's hash now.
+        now: u64,
+    },
     /// The schedule field does not decode.
     #[error("malformed replay token: schedule: {0}")]
     Schedule(#[from] dmabuf_core::sync::sched::ScheduleError),
 }
 
 /// Replays a token: the run and the verdict of every property on it.
-pub fn replay(token: &ReplayToken) -> Result<(RunOutcome, Verdicts), ReplayError> {
-    let (_, spec) = token_spec(token)?;
+pub fn replay(lib: &Library, token: &ReplayToken) -> Result<(RunOutcome, Verdicts), ReplayError> {
+    let (_, spec) = token_spec(lib, token)?;
     let schedule = Schedule::decode(&token.schedule)?;
     lockdep::set_mode(lockdep::Mode::Collect);
     let run = replay_schedule(&spec, token.mode, schedule);

@@ -5,8 +5,8 @@ use crate::explore::{RunOutcome, judge};
 use crate::property::Property;
 use crate::token::RunMode;
 use dmabuf_core::sync::sched::{BlockedOn, Outcome, RunReport, Schedule, TaskInfo};
-use dmabuf_drivers::world::Observation;
 use dmabuf_platform::{AccessKind, AddrSpace, DeviceId, Hazard, HazardClass, Via};
+use dmabuf_scenario::world::Observation;
 
 fn report(outcome: Outcome) -> RunReport {
     RunReport {

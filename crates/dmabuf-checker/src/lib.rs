@@ -12,6 +12,7 @@ pub mod explore;
 mod judge_tests;
 pub mod matrix;
 pub mod progress;
+pub mod properties;
 pub mod property;
 pub mod scenario;
 pub mod token;

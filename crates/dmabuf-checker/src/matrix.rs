@@ -1,21 +1,20 @@
-//! The matrix: every revoke policy × every importer kind, each cell either
-//! refused at attach or, per property, holds / violated, all computed by
+//! The matrix: every revoke protocol (a VFIO exporter file) × every
+//! importer file of a [`Library`], each cell either refused at attach or,
+//! per property, Never / Sometimes / Always violated, all computed by
 //! running the cell's scenario.
 
 use crate::explore::{CheckOptions, CheckReport, check};
 use crate::property::Property;
-use crate::scenario::matrix_cell;
-use dmabuf_drivers::policy::RevokePolicy;
-use dmabuf_drivers::world::ImporterKind;
+use crate::scenario::Library;
 use std::time::Instant;
 
 /// One cell.
 #[derive(Clone, Debug)]
 pub struct Cell {
-    /// Policy (row).
-    pub variant: RevokePolicy,
-    /// Importer kind (column).
-    pub importer: ImporterKind,
+    /// Protocol (row).
+    pub policy: String,
+    /// Importer (column).
+    pub importer: String,
     /// `None` when accepted; else the refusal (`stage errno`).
     pub refused: Option<String>,
     /// The check (also present for refused cells: the runs that showed it).
@@ -25,6 +24,10 @@ pub struct Cell {
 /// The whole matrix.
 #[derive(Clone, Debug)]
 pub struct Matrix {
+    /// Row names, in order.
+    pub rows: Vec<String>,
+    /// Column names, in order.
+    pub columns: Vec<String>,
     /// Cells, row-major.
     pub cells: Vec<Cell>,
     /// Wall time.
@@ -44,16 +47,21 @@ impl Matrix {
     }
 }
 
-/// Runs the matrix with `opts` per accepted cell. A cell whose importer is
-/// refused in its first run is not explored further.
-pub fn run_matrix(opts: &CheckOptions, mut progress: impl FnMut(usize, usize, &str)) -> Matrix {
+/// Runs the matrix of `lib` with `opts` per accepted cell. A cell whose
+/// importer is refused in its first run is not explored further.
+pub fn run_matrix(
+    lib: &Library,
+    opts: &CheckOptions,
+    mut progress: impl FnMut(usize, usize, &str),
+) -> Matrix {
     let start = Instant::now();
-    let total = RevokePolicy::ALL.len() * ImporterKind::ALL.len();
+    let rows = lib.rows();
+    let total = rows.len() * lib.importers.len();
     let mut cells = Vec::with_capacity(total);
     let mut runs = 0;
-    for variant in RevokePolicy::ALL {
-        for importer in ImporterKind::ALL {
-            let sc = matrix_cell(variant, importer);
+    for e in &rows {
+        for i in &lib.importers {
+            let sc = lib.cell(e, i);
             progress(cells.len(), total, &sc.name);
             let probe = check(
                 &sc,
@@ -69,8 +77,8 @@ pub fn run_matrix(opts: &CheckOptions, mut progress: impl FnMut(usize, usize, &s
             runs += probe.runs;
             if !probe.refusals.is_empty() {
                 cells.push(Cell {
-                    variant,
-                    importer,
+                    policy: e.name.clone(),
+                    importer: i.spec.name.clone(),
                     refused: Some(probe.refusals.join(", ")),
                     report: probe,
                 });
@@ -79,14 +87,16 @@ pub fn run_matrix(opts: &CheckOptions, mut progress: impl FnMut(usize, usize, &s
             let report = check(&sc, opts, |_| {});
             runs += report.runs;
             cells.push(Cell {
-                variant,
-                importer,
+                policy: e.name.clone(),
+                importer: i.spec.name.clone(),
                 refused: None,
                 report,
             });
         }
     }
     Matrix {
+        rows: rows.iter().map(|e| e.name.clone()).collect(),
+        columns: lib.importers.iter().map(|i| i.spec.name.clone()).collect(),
         cells,
         elapsed_s: start.elapsed().as_secs_f64(),
         runs,
@@ -95,30 +105,23 @@ pub fn run_matrix(opts: &CheckOptions, mut progress: impl FnMut(usize, usize, &s
 
 /// One-letter codes for the human table.
 pub fn code(p: Property) -> char {
-    match p {
-        Property::SFence => 'F',
-        Property::SFinal => 'X',
-        Property::SNoreuse => 'N',
-        Property::LBounded => 'L',
-        Property::NoDeadlock => 'D',
-        Property::NoLeak => 'K',
-        Property::Lockdep => 'V',
-    }
+    p.code()
 }
 
 /// The human table: rows policies, columns importers.
 pub fn render(m: &Matrix) -> String {
-    let w = 12;
-    let mut s = format!("{:<20}", "");
-    for k in ImporterKind::ALL {
-        let n = k.name();
-        s.push_str(&format!(" {:<w$}", &n[..n.len().min(w)]));
+    let rw = m.rows.iter().map(|r| r.len()).max().unwrap_or(0).max(8);
+    let mut s = format!("{:<rw$}", "");
+    let widths: Vec<usize> = m.columns.iter().map(|c| c.len().max(7)).collect();
+    for (k, w) in m.columns.iter().zip(&widths) {
+        s.push_str(&format!(" {k:<w$}"));
     }
     s.push('\n');
-    for v in RevokePolicy::ALL {
-        s.push_str(&format!("{:<20}", v.name()));
-        for k in ImporterKind::ALL {
-            let c = m.cells.iter().find(|c| c.variant == v && c.importer == k);
+    for v in &m.rows {
+        s.push_str(&format!("{v:<rw$}"));
+        for (k, w) in m.columns.iter().zip(&widths) {
+            let w = *w;
+            let c = m.cells.iter().find(|c| &c.policy == v && &c.importer == k);
             let text = match c {
                 None => "?".to_owned(),
                 Some(c) if c.refused.is_some() => "refused".to_owned(),
@@ -143,9 +146,15 @@ pub fn render(m: &Matrix) -> String {
         s.push('\n');
     }
     s.push_str(
-        "\nok: every property held; letters: violated s-fence (F), s-final (X), s-noreuse (N), \
-         l-bounded (L), no-deadlock (D), no-leak (K), lockdep (V); !: runs reported errors; \
-         refused: the exporter refused the importer\n",
+        &format!(
+            "\nok: no explored run violated any property; letters: violated {}; !: runs reported errors; \
+             refused: the exporter refused the importer\n",
+            Property::ALL
+                .iter()
+                .map(|p| format!("{} ({})", p.name(), p.code()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     );
     s
 }

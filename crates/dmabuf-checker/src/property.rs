@@ -1,80 +1,109 @@
-//! The properties every explored schedule is checked against
-//! (reference: revoke-thread.md §7).
+//! The properties every explored schedule is judged against: a trait
+//! ([`Check`]) and a registry ([`REGISTRY`]). Adding a property is one file
+//! in `properties/` and one line in the registry; the explorer, the matrix,
+//! `check` and `replay` need no change.
 //!
 //! | name | holds when |
 //! |---|---|
-//! | `s-fence` | once revoke returns, no write reaches the exporter's memory |
+//! | `s-fence` | once the revoke's fence wait has completed, no write reaches the exporter's memory |
 //! | `s-final` | once revoke returns, no access of any kind (DMA or CPU, read or write) reaches the exporter's memory, and no mapping of it is outstanding |
 //! | `s-noreuse` | the exporter never frees, powers down, resets or hands to another device memory that is still mapped: no use-after-free, AER or misdirected DMA at any time |
 //! | `l-bounded` | revoke completes even when every userspace thread is stalled from the moment revoke begins (checked in dedicated runs) |
 //! | `no-deadlock` | the run ends with every task finished |
 //! | `no-leak` | every buffer is released and every attachment detached at the end |
 //! | `lockdep` | the validator reported nothing |
+//! | `no-warn` | the kernel printed no WARN: no `refcount_t` saturation, no timed-out unmap wait |
 
+use crate::explore::{RunOutcome, Violation};
+use crate::token::RunMode;
 use std::fmt;
 use std::str::FromStr;
 
-/// A checked property.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Property {
-    /// `s-fence`.
-    SFence,
-    /// `s-final`.
-    SFinal,
-    /// `s-noreuse`.
-    SNoreuse,
-    /// `l-bounded`.
-    LBounded,
-    /// `no-deadlock`.
-    NoDeadlock,
-    /// `no-leak`.
-    NoLeak,
-    /// `lockdep`.
-    Lockdep,
+/// One property: its name, meaning, where it is judged and the judge.
+pub trait Check: Sync {
+    /// The name used on the command line, in files and in JSON.
+    fn name(&self) -> &'static str;
+    /// One-letter code of the matrix table.
+    fn code(&self) -> char;
+    /// One line on what it means.
+    fn describe(&self) -> &'static str;
+    /// Whether runs of `mode` say anything about it.
+    fn judged_in(&self, mode: RunMode) -> bool;
+    /// `Some` when `run` contradicts it (only called for judged modes).
+    fn judge(&self, run: &RunOutcome) -> Option<Violation>;
 }
 
+/// Every property, in report order.
+pub static REGISTRY: [&dyn Check; 8] = [
+    &crate::properties::s_fence::SFence,
+    &crate::properties::s_final::SFinal,
+    &crate::properties::s_noreuse::SNoreuse,
+    &crate::properties::l_bounded::LBounded,
+    &crate::properties::no_deadlock::NoDeadlock,
+    &crate::properties::no_leak::NoLeak,
+    &crate::properties::lockdep::Lockdep,
+    &crate::properties::no_warn::NoWarn,
+];
+
+/// A handle on a registered property (its index in [`REGISTRY`]).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Property(u8);
+
+#[allow(non_upper_case_globals)]
 impl Property {
+    /// `s-fence`.
+    pub const SFence: Property = Property(0);
+    /// `s-final`.
+    pub const SFinal: Property = Property(1);
+    /// `s-noreuse`.
+    pub const SNoreuse: Property = Property(2);
+    /// `l-bounded`.
+    pub const LBounded: Property = Property(3);
+    /// `no-deadlock`.
+    pub const NoDeadlock: Property = Property(4);
+    /// `no-leak`.
+    pub const NoLeak: Property = Property(5);
+    /// `lockdep`.
+    pub const Lockdep: Property = Property(6);
+    /// `no-warn`.
+    pub const NoWarn: Property = Property(7);
+
     /// Every property, in report order.
-    pub const ALL: [Property; 7] = [
-        Property::SFence,
-        Property::SFinal,
-        Property::SNoreuse,
-        Property::LBounded,
-        Property::NoDeadlock,
-        Property::NoLeak,
-        Property::Lockdep,
+    pub const ALL: [Property; 8] = [
+        Property(0),
+        Property(1),
+        Property(2),
+        Property(3),
+        Property(4),
+        Property(5),
+        Property(6),
+        Property(7),
     ];
+
+    /// The registered check.
+    pub fn check(self) -> &'static dyn Check {
+        REGISTRY[usize::from(self.0)]
+    }
 
     /// The name used on the command line and in JSON.
     pub fn name(self) -> &'static str {
-        match self {
-            Property::SFence => "s-fence",
-            Property::SFinal => "s-final",
-            Property::SNoreuse => "s-noreuse",
-            Property::LBounded => "l-bounded",
-            Property::NoDeadlock => "no-deadlock",
-            Property::NoLeak => "no-leak",
-            Property::Lockdep => "lockdep",
-        }
+        self.check().name()
     }
 
     /// One line on what it means.
     pub fn describe(self) -> &'static str {
-        match self {
-            Property::SFence => "after revoke returns, no write reaches the exporter's memory",
-            Property::SFinal => {
-                "after revoke returns, no access reaches the exporter's memory and no mapping is outstanding"
-            }
-            Property::SNoreuse => {
-                "memory is never freed, powered down, reset or re-assigned while mapped"
-            }
-            Property::LBounded => {
-                "revoke completes with userspace stalled from the moment it begins"
-            }
-            Property::NoDeadlock => "every task finishes",
-            Property::NoLeak => "every buffer is released and every attachment detached at the end",
-            Property::Lockdep => "the lock validator reports nothing",
-        }
+        self.check().describe()
+    }
+
+    /// One-letter code.
+    pub fn code(self) -> char {
+        self.check().code()
+    }
+}
+
+impl fmt::Debug for Property {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -86,10 +115,16 @@ impl fmt::Display for Property {
 
 /// An unknown property name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown property '{0}' (known: s-fence, s-final, s-noreuse, l-bounded, no-deadlock, no-leak, lockdep)"
-)]
+#[error("unknown property '{0}' (known: {known})", known = known())]
 pub struct UnknownProperty(pub String);
+
+fn known() -> String {
+    Property::ALL
+        .iter()
+        .map(|p| p.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 impl FromStr for Property {
     type Err = UnknownProperty;
@@ -106,13 +141,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_round_trip_and_unknown_is_an_error() {
+    fn names_round_trip_codes_are_unique_and_unknown_is_an_error() {
         for p in Property::ALL {
             assert_eq!(p.name().parse::<Property>(), Ok(p));
         }
-        assert_eq!(
-            "s-finale".parse::<Property>(),
-            Err(UnknownProperty("s-finale".into()))
-        );
+        let mut codes: Vec<char> = Property::ALL.iter().map(|p| p.code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), Property::ALL.len());
+        let e = "s-finale".parse::<Property>().unwrap_err();
+        assert!(e.to_string().contains("no-warn"), "{e}");
     }
 }

@@ -1,11 +1,12 @@
 //! Replay tokens: everything needed to re-run one schedule exactly.
 //!
 //! Format (shell-safe, one word):
-//! `dmabuf1,<scenario>,<strategy>,<seed>,<mode>,<schedule>`
+//! `dmabuf2,<scenario>,<hash>,<strategy>,<seed>,<mode>,<schedule>`
 //!
 //! | field | values |
 //! |---|---|
-//! | scenario | a built-in scenario name (`vfio-iommufd-flr`, `matrix.v6-final.gpu`, ...) |
+//! | scenario | a scenario name (`vfio-iommufd-flr`, `matrix.v6-final.gpu`, a file's scenario, ...) |
+//! | hash | 16 hex digits: the hash of the protocol, importers and timeline the schedule ran against; replaying against anything else is refused |
 //! | strategy | `random`, `pct<depth>` (e.g. `pct3`), `dfs` |
 //! | seed | decimal u64 |
 //! | mode | `normal`, or `stalled` (userspace never runs again once revoke begins) |
@@ -59,11 +60,16 @@ impl fmt::Display for RunMode {
 /// A malformed token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    /// Not six comma-separated fields starting with `dmabuf1`.
+    /// Not seven comma-separated fields starting with `dmabuf2`.
     #[error(
-        "malformed replay token: expected dmabuf1,<scenario>,<strategy>,<seed>,<mode>,<schedule>; got '{0}'"
+        "malformed replay token: expected dmabuf2,<scenario>,<hash>,<strategy>,<seed>,<mode>,<schedule>; got '{0}'"
     )]
     Shape(String),
+    /// A token of an earlier version (its schedules do not replay here).
+    #[error(
+        "replay token of an earlier version (dmabuf1): its schedule does not replay on this version; re-run check for a new token"
+    )]
+    Version,
     /// A field that does not parse.
     #[error("malformed replay token: bad {field} '{value}'")]
     Field {
@@ -79,6 +85,8 @@ pub enum TokenError {
 pub struct ReplayToken {
     /// Scenario name.
     pub scenario: String,
+    /// Hash of what ran ([`dmabuf_scenario::builtin::spec_hash`]).
+    pub hash: u64,
     /// Strategy that found the schedule.
     pub strategy: StrategyKind,
     /// Seed of that strategy.
@@ -93,8 +101,8 @@ impl fmt::Display for ReplayToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "dmabuf1,{},{},{},{},{}",
-            self.scenario, self.strategy, self.seed, self.mode, self.schedule
+            "dmabuf2,{},{:016x},{},{},{},{}",
+            self.scenario, self.hash, self.strategy, self.seed, self.mode, self.schedule
         )
     }
 }
@@ -102,10 +110,14 @@ impl fmt::Display for ReplayToken {
 impl FromStr for ReplayToken {
     type Err = TokenError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.trim().split(',').collect();
-        if parts.len() != 6 || parts[0] != "dmabuf1" {
+        let mut parts: Vec<&str> = s.trim().split(',').collect();
+        if parts.first() == Some(&"dmabuf1") {
+            return Err(TokenError::Version);
+        }
+        if parts.len() != 7 || parts[0] != "dmabuf2" {
             return Err(TokenError::Shape(s.to_owned()));
         }
+        let hash_text = parts.remove(2);
         let bad = |field: &'static str, value: &str| TokenError::Field {
             field,
             value: value.to_owned(),
@@ -126,6 +138,10 @@ impl FromStr for ReplayToken {
                 _ => return Err(bad("strategy", p)),
             },
         };
+        if hash_text.len() != 16 || !hash_text.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad("hash", hash_text));
+        }
+        let hash = u64::from_str_radix(hash_text, 16).map_err(|_| bad("hash", hash_text))?;
         let seed = parts[3].parse().map_err(|_| bad("seed", parts[3]))?;
         let mode = match parts[4] {
             "normal" => RunMode::Normal,
@@ -134,6 +150,7 @@ impl FromStr for ReplayToken {
         };
         Ok(ReplayToken {
             scenario: scenario.to_owned(),
+            hash,
             strategy,
             seed,
             mode,
@@ -150,6 +167,7 @@ mod tests {
     fn token_round_trips() {
         let t = ReplayToken {
             scenario: "matrix.v6-final.gpu".into(),
+            hash: 0x0123_4567_89ab_cdef,
             strategy: StrategyKind::Pct(3),
             seed: 42,
             mode: RunMode::Stalled,
@@ -164,26 +182,34 @@ mod tests {
             "x".parse::<ReplayToken>(),
             Err(TokenError::Shape(_))
         ));
+        assert_eq!(
+            "dmabuf1,a,dfs,1,normal,".parse::<ReplayToken>(),
+            Err(TokenError::Version)
+        );
         assert!(matches!(
-            "dmabuf1,a,pct0,1,normal,".parse::<ReplayToken>(),
+            "dmabuf2,a,12345,dfs,1,normal,".parse::<ReplayToken>(),
+            Err(TokenError::Field { field: "hash", .. })
+        ));
+        assert!(matches!(
+            "dmabuf2,a,0000000000000000,pct0,1,normal,".parse::<ReplayToken>(),
             Err(TokenError::Field {
                 field: "strategy",
                 ..
             })
         ));
         assert!(matches!(
-            "dmabuf1,a,dfs,-1,normal,".parse::<ReplayToken>(),
+            "dmabuf2,a,0000000000000000,dfs,-1,normal,".parse::<ReplayToken>(),
             Err(TokenError::Field { field: "seed", .. })
         ));
         assert!(matches!(
-            "dmabuf1,a b,dfs,1,normal,".parse::<ReplayToken>(),
+            "dmabuf2,a b,0000000000000000,dfs,1,normal,".parse::<ReplayToken>(),
             Err(TokenError::Field {
                 field: "scenario",
                 ..
             })
         ));
         assert!(matches!(
-            "dmabuf1,a,dfs,1,sleepy,".parse::<ReplayToken>(),
+            "dmabuf2,a,0000000000000000,dfs,1,sleepy,".parse::<ReplayToken>(),
             Err(TokenError::Field { field: "mode", .. })
         ));
     }

@@ -9,7 +9,7 @@ use dmabuf_checker::scenario::find;
 use dmabuf_checker::token::{ReplayToken, RunMode, StrategyKind};
 use dmabuf_core::sync::sched::{Random, Strategy};
 use dmabuf_core::sync::{Arc, Mutex, thread};
-use dmabuf_drivers::world::Observation;
+use dmabuf_scenario::world::Observation;
 
 fn opts(schedules: u64) -> CheckOptions {
     CheckOptions {
@@ -204,8 +204,9 @@ fn replaying_a_token_reproduces_the_identical_trace() {
         .and_then(|p| p.counterexample.clone())
         .expect("v4 with a GPU importer violates s-final");
     let token: ReplayToken = ce.token.to_string().parse().unwrap();
-    let (a, va) = explore::replay(&token).unwrap();
-    let (b, _) = explore::replay(&token).unwrap();
+    let lib = dmabuf_checker::scenario::Library::builtin().unwrap();
+    let (a, va) = explore::replay(&lib, &token).unwrap();
+    let (b, _) = explore::replay(&lib, &token).unwrap();
     assert!(!a.report.trace.is_empty());
     assert_eq!(a.report.trace, b.report.trace, "replays differ");
     assert_eq!(a.report.trace.len(), ce.trace_len);

@@ -2,25 +2,26 @@
 //!
 //! | command | what |
 //! |---|---|
-//! | `scenarios` | list and describe the built-in scenarios |
-//! | `run SCENARIO` | one run on real threads with real timing |
-//! | `check SCENARIO` | explore schedules; exit 0 if every property holds, 1 on a violation, 2 on bad usage |
-//! | `matrix` | every revoke policy × importer kind |
+//! | `scenarios` | list the protocols, importers, scenarios and properties of the library |
+//! | `run SCENARIO\|FILE` | one run on real threads with real timing |
+//! | `check SCENARIO\|FILE` | explore schedules; herd7-style answers; exit 0 if every property holds or meets the file's expectation, 1 otherwise, 2 on bad usage |
+//! | `matrix [DIR...]` | every revoke protocol × importer |
 //! | `replay TOKEN` | re-run one schedule exactly and print its trace |
 //! | `fences` | a small demonstration of the fence core on real threads |
 
 use clap::{Parser, Subcommand};
-use dmabuf_checker::explore::{self, CheckOptions, CheckReport, PropertyResult};
+use dmabuf_checker::explore::{self, CheckOptions, CheckReport, ExpectationResult, PropertyResult};
 use dmabuf_checker::matrix::{self, Matrix};
 use dmabuf_checker::progress::Progress;
 use dmabuf_checker::property::Property;
-use dmabuf_checker::scenario;
+use dmabuf_checker::scenario::{Library, Scenario};
 use dmabuf_checker::token::{ReplayToken, StrategyKind};
 use dmabuf_core::sync::{Arc, thread};
 use dmabuf_core::{FenceContext, MAX_SCHEDULE_TIMEOUT};
-use dmabuf_drivers::policy::RevokePolicy;
-use dmabuf_drivers::world::{ImporterKind, StallMode, run_world};
+use dmabuf_scenario::file::{self, Answer, ProtocolFile};
+use dmabuf_scenario::world::{StallMode, run_world};
 use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -30,6 +31,9 @@ use std::process::ExitCode;
     about = "Linux 7.1 dma-buf revoke, in userspace Rust: which revoke sequence is safe with which importer"
 )]
 struct Cli {
+    /// Protocol files or folders to add to the built-in library (repeatable).
+    #[arg(long = "lib", short = 'L', global = true)]
+    lib: Vec<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -51,7 +55,7 @@ enum Cmd {
     },
     /// One run on real threads with real timing.
     Run {
-        /// Scenario name (see `dmabuf scenarios`).
+        /// Scenario name (see `dmabuf scenarios`) or a protocol file.
         scenario: String,
         /// Machine-readable output.
         #[arg(long)]
@@ -62,7 +66,8 @@ enum Cmd {
     },
     /// Explore schedules and judge every property.
     Check {
-        /// Scenario name.
+        /// Scenario name, or a protocol file (its scenario, or its exporter
+        /// or importers crossed with the library).
         scenario: String,
         /// Exploration strategy.
         #[arg(long, value_enum, default_value = "pct")]
@@ -86,8 +91,12 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
-    /// Every revoke policy × importer kind.
+    /// Every revoke protocol × importer.
     Matrix {
+        /// Folders (or files) whose exporters become the rows and whose
+        /// importers become the columns (the built-in ones where a folder
+        /// defines none). Without any: the built-in matrix.
+        dirs: Vec<PathBuf>,
         /// Normal-mode schedules per accepted cell (a quarter as many
         /// stalled-userspace schedules are added for l-bounded).
         #[arg(long, default_value_t = 200)]
@@ -101,11 +110,11 @@ enum Cmd {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
-        /// Exit 1 if this policy violates any property for an accepted
+        /// Exit 1 if this protocol violates any property for an accepted
         /// importer (other than those given with --allow-unsafe).
         #[arg(long)]
         require_safe: Option<String>,
-        /// Importer kinds exempt from --require-safe (comma-separated).
+        /// Importers exempt from --require-safe (comma-separated).
         #[arg(long, value_delimiter = ',')]
         allow_unsafe: Vec<String>,
     },
@@ -135,13 +144,27 @@ fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut lib = match Library::builtin() {
+        Ok(l) => l,
+        Err(e) => return usage_error(format!("built-in protocol files: {e}")),
+    };
+    for p in &cli.lib {
+        let r = if p.is_dir() {
+            lib.add_dir(p).map(|_| ())
+        } else {
+            lib.add_file(p).map(|_| ())
+        };
+        if let Err(e) = r {
+            return usage_error(e);
+        }
+    }
     match cli.cmd {
-        Cmd::Scenarios { json } => scenarios(json),
+        Cmd::Scenarios { json } => scenarios(&lib, json),
         Cmd::Run {
             scenario,
             json,
             trace,
-        } => run(&scenario, json, trace),
+        } => run(&mut lib, &scenario, json, trace),
         Cmd::Check {
             scenario,
             strategy,
@@ -159,9 +182,6 @@ fn main() -> ExitCode {
                     Err(e) => return usage_error(e),
                 }
             }
-            if props.is_empty() {
-                props = Property::ALL.to_vec();
-            }
             let strategy = match strategy {
                 StrategyArg::Pct => StrategyKind::Pct(depth.unwrap_or(3).max(1)),
                 StrategyArg::Random => StrategyKind::Random,
@@ -176,9 +196,10 @@ fn main() -> ExitCode {
                 properties: props,
                 shrink: true,
             };
-            check(&scenario, &opts, json, quiet)
+            check(&mut lib, &scenario, &opts, json, quiet)
         }
         Cmd::Matrix {
+            dirs,
             schedules,
             seed,
             json,
@@ -186,15 +207,18 @@ fn main() -> ExitCode {
             require_safe,
             allow_unsafe,
         } => {
-            let require = match require_safe.map(|s| s.parse::<RevokePolicy>()).transpose() {
-                Ok(r) => r,
+            let lib = match matrix_library(lib, &dirs) {
+                Ok(l) => l,
                 Err(e) => return usage_error(e),
             };
-            let mut allow = Vec::new();
+            if let Some(r) = &require_safe
+                && !lib.rows().iter().any(|e| &e.name == r)
+            {
+                return usage_error(format!("unknown protocol '{r}' in --require-safe"));
+            }
             for k in &allow_unsafe {
-                match k.parse::<ImporterKind>() {
-                    Ok(k) => allow.push(k),
-                    Err(e) => return usage_error(e),
+                if lib.importer(k).is_none() {
+                    return usage_error(format!("unknown importer '{k}' in --allow-unsafe"));
                 }
             }
             let opts = CheckOptions {
@@ -203,37 +227,114 @@ fn main() -> ExitCode {
                 seed,
                 ..CheckOptions::default()
             };
-            run_matrix(&opts, json, quiet, require, &allow)
+            run_matrix(&lib, &opts, json, quiet, require_safe, &allow_unsafe)
         }
-        Cmd::Replay { token, json } => replay(&token, json),
+        Cmd::Replay { token, json } => replay(&lib, &token, json),
         Cmd::Fences { count, waiters } => fences_demo(count, waiters),
     }
 }
 
-fn scenarios(json: bool) -> ExitCode {
-    let all = scenario::builtins();
+/// Whether a command-line word names a file rather than a scenario.
+fn is_file_arg(a: &str) -> bool {
+    a.ends_with(".toml") || a.contains('/') || Path::new(a).is_file()
+}
+
+/// The scenarios a command-line word asks about: a named scenario, or the
+/// questions of a protocol file (added to the library first, so that its
+/// names resolve and its tokens replay with `--lib FILE`).
+fn questions(lib: &mut Library, arg: &str) -> Result<Vec<Scenario>, String> {
+    if is_file_arg(arg) {
+        let f: ProtocolFile = lib.add_file(Path::new(arg)).map_err(|e| e.to_string())?;
+        let q = lib.questions(&f).map_err(|e| e.to_string())?;
+        if q.is_empty() {
+            return Err(format!(
+                "{arg}: nothing to check (an exporter without importers to cross it with?)"
+            ));
+        }
+        Ok(q)
+    } else {
+        lib.find(arg).map(|s| vec![s]).map_err(|e| e.message)
+    }
+}
+
+/// The matrix's library: with no folders, the built-ins; else the built-ins
+/// plus the folders, with rows and columns restricted to what the folders
+/// define (each side falls back to the built-ins when they define none).
+fn matrix_library(mut lib: Library, dirs: &[PathBuf]) -> Result<Library, String> {
+    if dirs.is_empty() {
+        return Ok(lib);
+    }
+    let mut files = Vec::new();
+    for d in dirs {
+        let added = if d.is_dir() {
+            lib.add_dir(d).map_err(|e| e.to_string())?
+        } else {
+            vec![lib.add_file(d).map_err(|e| e.to_string())?]
+        };
+        files.extend(added);
+    }
+    let rows: Vec<String> = files
+        .iter()
+        .filter_map(|f| f.exporter.as_ref().map(|e| e.name.clone()))
+        .collect();
+    let cols: Vec<String> = files
+        .iter()
+        .flat_map(|f| f.importers.iter().map(|i| i.spec.name.clone()))
+        .collect();
+    if !rows.is_empty() {
+        lib.exporters.retain(|e| {
+            rows.contains(&e.name) || e.kind != dmabuf_scenario::world::ExporterKind::Vfio
+        });
+    }
+    if !cols.is_empty() {
+        lib.importers.retain(|i| cols.contains(&i.spec.name));
+    }
+    Ok(lib)
+}
+
+fn scenarios(lib: &Library, json: bool) -> ExitCode {
+    let mut all = match lib.named() {
+        Ok(n) => n,
+        Err(e) => return usage_error(e),
+    };
+    for e in lib.rows() {
+        for i in &lib.importers {
+            all.push(lib.cell(e, i));
+        }
+    }
     if json {
-        let v: Vec<Value> = all
-            .iter()
-            .map(|s| {
-                json!({
-                    "name": s.name,
-                    "description": s.description,
-                    "exporter": format!("{:?}", s.spec.exporter),
-                    "policy": s.spec.policy.name(),
-                    "importers": s.spec.importers.iter().map(|i| json!({"kind": i.kind.name(), "count": i.count})).collect::<Vec<_>>(),
-                    "trigger": format!("{:?}", s.spec.trigger),
-                })
-            })
-            .collect();
-        println!("{}", Value::Array(v));
+        let v = json!({
+            "scenarios": all.iter().map(|s| json!({
+                "name": s.name,
+                "description": s.description,
+                "exporter": file::exporter_kind_name(s.spec.exporter),
+                "policy": s.spec.protocol.name,
+                "importers": s.spec.importers.iter().map(|i| json!({"name": i.name, "base": i.base.name(), "count": i.count})).collect::<Vec<_>>(),
+                "trigger": file::trigger_name(s.spec.trigger),
+                "hash": format!("{:016x}", s.hash()),
+            })).collect::<Vec<_>>(),
+            "policies": lib.exporters.iter().map(|e| json!({
+                "name": e.name, "kind": file::exporter_kind_name(e.kind), "description": e.description,
+                "file": e.path, "revoke": e.protocol.revoke.to_string(),
+                "unrevoke": e.protocol.unrevoke.to_string(), "cleanup": e.protocol.cleanup.to_string(),
+            })).collect::<Vec<_>>(),
+            "importers": lib.importers.iter().map(|i| json!({
+                "name": i.spec.name, "base": i.spec.base.name(), "description": i.description, "file": i.path,
+            })).collect::<Vec<_>>(),
+            "properties": Property::ALL.iter().map(|p| json!({"name": p.name(), "description": p.describe()})).collect::<Vec<_>>(),
+        });
+        println!("{v}");
     } else {
         for s in &all {
-            println!("{:<40} {}", s.name, s.description);
+            println!("{:<44} {}", s.name, s.description);
         }
-        println!("\nrevoke policies:");
-        for p in RevokePolicy::ALL {
-            println!("  {:<20} {}", p.name(), p.describe());
+        println!("\nrevoke protocols (matrix rows):");
+        for e in lib.rows() {
+            println!("  {:<22} {}  [{}]", e.name, e.description, e.path);
+        }
+        println!("\nimporters (matrix columns):");
+        for i in &lib.importers {
+            println!("  {:<22} {}  [{}]", i.spec.name, i.description, i.path);
         }
         println!("\nproperties:");
         for p in Property::ALL {
@@ -243,9 +344,16 @@ fn scenarios(json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(name: &str, json: bool, trace: bool) -> ExitCode {
-    let sc = match scenario::find(name) {
-        Ok(s) => s,
+fn run(lib: &mut Library, name: &str, json: bool, trace: bool) -> ExitCode {
+    let sc = match questions(lib, name) {
+        Ok(mut q) if q.len() == 1 => q.remove(0),
+        Ok(q) => {
+            return usage_error(format!(
+                "{name} asks {} questions; `run` takes one scenario (e.g. {})",
+                q.len(),
+                q[0].name
+            ));
+        }
         Err(e) => return usage_error(e),
     };
     if trace {
@@ -264,6 +372,7 @@ fn run(name: &str, json: bool, trace: bool) -> ExitCode {
         let v = json!({
             "scenario": sc.name,
             "revoke_latency_us": latency_us,
+            "revoke_started": obs.revoke_started,
             "revoke_returned": obs.revoke_returned,
             "hazards": obs.hazards.iter().map(|h| json!({
                 "class": h.class.name(), "accessor": h.accessor, "kind": format!("{:?}", h.kind),
@@ -271,6 +380,7 @@ fn run(name: &str, json: bool, trace: bool) -> ExitCode {
                 "text": h.to_string(),
             })).collect::<Vec<_>>(),
             "refusals": obs.refusals.iter().map(|r| json!({"importer": r.importer, "stage": r.stage, "errno": dmabuf_core::errno::name(r.errno)})).collect::<Vec<_>>(),
+            "warnings": obs.warnings,
             "counters": obs.counters,
             "leaks": obs.leaks,
             "errors": obs.errors,
@@ -280,9 +390,10 @@ fn run(name: &str, json: bool, trace: bool) -> ExitCode {
         println!("{v}");
     } else {
         println!("scenario {}: {}", sc.name, sc.description);
-        match latency_us {
-            Some(us) => println!("revoke latency: {us:.1} us (real threads)"),
-            None => println!("revoke: did not return"),
+        match (obs.revoke_started, latency_us) {
+            (_, Some(us)) => println!("revoke latency: {us:.1} us (real threads)"),
+            (true, None) => println!("revoke: did not return"),
+            (false, None) => println!("revoke: none in this scenario"),
         }
         for r in &obs.refusals {
             println!(
@@ -295,6 +406,9 @@ fn run(name: &str, json: bool, trace: bool) -> ExitCode {
         println!("hazards: {}", obs.hazards.len());
         for h in &obs.hazards {
             println!("  {h}");
+        }
+        for w in &obs.warnings {
+            println!("  {w}");
         }
         for (k, v) in &obs.counters {
             println!("  {k}: {v}");
@@ -320,6 +434,7 @@ fn run(name: &str, json: bool, trace: bool) -> ExitCode {
 fn prop_json(p: &PropertyResult) -> Value {
     let mut v = json!({
         "result": if p.holds() { "holds" } else { "violated" },
+        "answer": p.answer().name(),
         "schedules": p.schedules,
         "violations": p.violations,
         "strategy": p.strategy,
@@ -339,7 +454,7 @@ fn prop_json(p: &PropertyResult) -> Value {
     v
 }
 
-fn report_json(r: &CheckReport) -> Value {
+fn report_json(r: &CheckReport, ex: &[ExpectationResult]) -> Value {
     let props: serde_json::Map<String, Value> = r
         .properties
         .iter()
@@ -349,14 +464,32 @@ fn report_json(r: &CheckReport) -> Value {
         "scenario": r.scenario,
         "refusals": r.refusals,
         "properties": props,
+        "expectations": ex.iter().map(|e| json!({
+            "property": e.property.name(), "expected": e.expected.name(),
+            "found": e.found.name(), "met": e.met, "at": e.at,
+        })).collect::<Vec<_>>(),
         "runs": r.runs,
         "errors": r.errors,
         "elapsed_s": r.elapsed_s,
         "all_hold": r.all_hold(),
+        "verdict": if passes(r, ex) { "ok" } else { "fail" },
     })
 }
 
-fn print_report(r: &CheckReport) {
+/// A report passes when every property either held or was expected to be
+/// violated (and was), every expectation was met, and no run erred.
+fn passes(r: &CheckReport, ex: &[ExpectationResult]) -> bool {
+    r.errors.is_empty()
+        && ex.iter().all(|e| e.met)
+        && r.properties.iter().all(|p| {
+            p.holds()
+                || ex
+                    .iter()
+                    .any(|e| e.property == p.property && e.expected != Answer::Never)
+        })
+}
+
+fn print_report(r: &CheckReport, ex: &[ExpectationResult]) {
     println!(
         "scenario {}: {} runs in {:.1}s",
         r.scenario, r.runs, r.elapsed_s
@@ -366,56 +499,105 @@ fn print_report(r: &CheckReport) {
     }
     for p in &r.properties {
         let how = if p.exhaustive {
-            format!("exhaustive over {} schedules, {}", p.schedules, p.strategy)
+            format!("exhaustive, {}", p.strategy)
         } else {
-            format!("{} schedules, {}", p.schedules, p.strategy)
+            format!("sampled, {}", p.strategy)
         };
-        if p.holds() {
-            println!("  {:<12} holds      ({how})", p.property.name());
-        } else {
-            println!(
-                "  {:<12} VIOLATED   ({} of {how})",
-                p.property.name(),
-                p.violations
-            );
-            if let Some(c) = &p.counterexample {
-                println!("      {}", c.violation.detail);
-                if let Some(h) = &c.violation.hazard {
-                    println!("      hazard: {h}");
-                }
-                println!("      replay: dmabuf replay {}", c.token);
-                println!(
-                    "      ({} trace events, {} decisions after shrinking)",
-                    c.trace_len, c.decisions
-                );
+        let expect = ex
+            .iter()
+            .find(|e| e.property == p.property)
+            .map(|e| {
+                format!(
+                    "  expected {}: {}",
+                    e.expected.name(),
+                    if e.met { "ok" } else { "NOT MET" }
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "  {:<12} {:<9} violated in {} of {} runs ({how}){expect}",
+            p.property.name(),
+            p.answer().name(),
+            p.violations,
+            p.schedules
+        );
+        if let Some(c) = &p.counterexample {
+            println!("      {}", c.violation.detail);
+            if let Some(h) = &c.violation.hazard {
+                println!("      hazard: {h}");
             }
+            println!("      replay: dmabuf replay {}", c.token);
+            println!(
+                "      ({} trace events, {} decisions after shrinking)",
+                c.trace_len, c.decisions
+            );
         }
     }
     for e in &r.errors {
         println!("  error: {e}");
     }
+    println!(
+        "  verdict: {}",
+        if passes(r, ex) {
+            "ok"
+        } else {
+            "FAIL (a property violated without an expectation saying so, an expectation not met, or a run error)"
+        }
+    );
 }
 
-fn check(name: &str, opts: &CheckOptions, json: bool, quiet: bool) -> ExitCode {
-    let sc = match scenario::find(name) {
-        Ok(s) => s,
+fn check(lib: &mut Library, name: &str, opts: &CheckOptions, json: bool, quiet: bool) -> ExitCode {
+    let qs = match questions(lib, name) {
+        Ok(q) => q,
         Err(e) => return usage_error(e),
     };
-    let total = opts.schedules
-        + if opts.properties.contains(&Property::LBounded) {
-            opts.stalled_schedules
-        } else {
-            0
+    let mut all_pass = true;
+    let mut out = Vec::new();
+    for sc in &qs {
+        let mut opts = opts.clone();
+        if opts.properties.is_empty() {
+            opts.properties = match &sc.properties {
+                None => Property::ALL.to_vec(),
+                Some(list) => {
+                    let mut v = Vec::new();
+                    for (n, at) in list {
+                        match n.parse::<Property>() {
+                            Ok(p) => v.push(p),
+                            Err(e) => return usage_error(format!("{at}: {e}")),
+                        }
+                    }
+                    v
+                }
+            };
+        }
+        let total = opts.schedules
+            + if opts.properties.contains(&Property::LBounded) {
+                opts.stalled_schedules
+            } else {
+                0
+            };
+        let mut bar = Progress::new("check", total, quiet || json);
+        let r = explore::check(sc, &opts, |n| bar.inc(1, &format!("run {n}")));
+        bar.finish();
+        let ex = match explore::expectations(sc, &r) {
+            Ok(x) => x,
+            Err(e) => return usage_error(e),
         };
-    let mut bar = Progress::new("check", total, quiet || json);
-    let r = explore::check(&sc, opts, |n| bar.inc(1, &format!("run {n}")));
-    bar.finish();
-    if json {
-        println!("{}", report_json(&r));
-    } else {
-        print_report(&r);
+        all_pass &= passes(&r, &ex);
+        if json {
+            out.push(report_json(&r, &ex));
+        } else {
+            print_report(&r, &ex);
+        }
     }
-    if r.all_hold() {
+    if json {
+        if out.len() == 1 {
+            println!("{}", out.remove(0));
+        } else {
+            println!("{}", Value::Array(out));
+        }
+    }
+    if all_pass {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -423,25 +605,26 @@ fn check(name: &str, opts: &CheckOptions, json: bool, quiet: bool) -> ExitCode {
 }
 
 fn run_matrix(
+    lib: &Library,
     opts: &CheckOptions,
     json: bool,
     quiet: bool,
-    require: Option<RevokePolicy>,
-    allow: &[ImporterKind],
+    require: Option<String>,
+    allow: &[String],
 ) -> ExitCode {
-    let total = (RevokePolicy::ALL.len() * ImporterKind::ALL.len()) as u64;
+    let total = (lib.rows().len() * lib.importers.len()) as u64;
     let mut bar = Progress::new("matrix", total, quiet || json);
-    let m: Matrix = matrix::run_matrix(opts, |_, _, name| bar.inc(1, name));
+    let m: Matrix = matrix::run_matrix(lib, opts, |_, _, name| bar.inc(1, name));
     bar.finish();
     let mut failed = Vec::new();
-    if let Some(p) = require {
+    if let Some(p) = &require {
         for c in m
             .cells
             .iter()
-            .filter(|c| c.variant == p && c.refused.is_none() && !allow.contains(&c.importer))
+            .filter(|c| &c.policy == p && c.refused.is_none() && !allow.contains(&c.importer))
         {
             if !c.report.all_hold() {
-                failed.push(format!("{}.{}", c.variant, c.importer));
+                failed.push(format!("{}.{}", c.policy, c.importer));
             }
         }
     }
@@ -451,8 +634,8 @@ fn run_matrix(
             .iter()
             .map(|c| {
                 let mut v = json!({
-                    "variant": c.variant.name(),
-                    "importer": c.importer.name(),
+                    "policy": c.policy,
+                    "importer": c.importer,
                     "attach": if c.refused.is_some() { "refused" } else { "accepted" },
                 });
                 if let Some(r) = &c.refused {
@@ -473,6 +656,8 @@ fn run_matrix(
         println!(
             "{}",
             json!({
+                "policies": m.rows,
+                "importers": m.columns,
                 "cells": cells,
                 "elapsed_s": m.elapsed_s,
                 "schedules_per_s": m.schedules_per_s(),
@@ -495,15 +680,24 @@ fn run_matrix(
             for p in c.report.properties.iter().filter(|p| !p.holds()) {
                 if let Some(ce) = &p.counterexample {
                     println!(
-                        "{}.{} {}: {}",
-                        c.variant, c.importer, p.property, ce.violation.detail
+                        "{}.{} {} ({}, {} of {}): {}",
+                        c.policy,
+                        c.importer,
+                        p.property,
+                        p.answer().name(),
+                        p.violations,
+                        p.schedules,
+                        ce.violation.detail
                     );
                     println!("    dmabuf replay {}", ce.token);
                 }
             }
         }
         if !failed.is_empty() {
-            println!("\nrequired-safe policy violated for: {}", failed.join(", "));
+            println!(
+                "\nrequired-safe protocol violated for: {}",
+                failed.join(", ")
+            );
         }
     }
     if failed.is_empty() {
@@ -513,12 +707,12 @@ fn run_matrix(
     }
 }
 
-fn replay(token: &str, json: bool) -> ExitCode {
+fn replay(lib: &Library, token: &str, json: bool) -> ExitCode {
     let t: ReplayToken = match token.parse() {
         Ok(t) => t,
         Err(e) => return usage_error(e),
     };
-    let (run, verdicts) = match explore::replay(&t) {
+    let (run, verdicts) = match explore::replay(lib, &t) {
         Ok(x) => x,
         Err(e) => return usage_error(e),
     };

@@ -4,7 +4,7 @@ use crate::dma_buf::*;
 use crate::dma_fence::FenceContext;
 use crate::dma_resv::{DmaResv, ResvGuard, Usage};
 use crate::errno::{self, Errno};
-use crate::revoke::{AttachGate, Revocable, UnmapWait};
+use crate::revoke::{Gate, NoHooks, Protocol, Revocable, SeqOutcome, Sequence};
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex, thread};
 
@@ -762,12 +762,12 @@ fn locking_convention_table() {
     detach(&b, &x).unwrap();
 }
 
-// ---- revoke helper ------------------------------------------------------
+// ---- revoke interpreter --------------------------------------------------
 
-/// An exporter using the revoke helper, VFIO-style.
+/// An exporter using the revoke interpreter, VFIO-style.
 struct RevExp {
     rev: Revocable,
-    gate: AttachGate,
+    gate: Gate,
 }
 
 impl DmaBufOps for RevExp {
@@ -794,7 +794,7 @@ impl DmaBufOps for RevExp {
     fn release(&self, _b: &DmaBufRef) {}
 }
 
-fn rev_buf(gate: AttachGate) -> (DmaBuf, Arc<RevExp>) {
+fn rev_buf(gate: Gate) -> (DmaBuf, Arc<RevExp>) {
     let ops = Arc::new(RevExp {
         rev: Revocable::new(false),
         gate,
@@ -810,9 +810,14 @@ fn rev_buf(gate: AttachGate) -> (DmaBuf, Arc<RevExp>) {
     (b, ops)
 }
 
+fn revoke(b: &DmaBuf, ops: &RevExp, seq: &Sequence) -> SeqOutcome {
+    ops.rev.run(seq, b, &mut NoHooks).unwrap()
+}
+
 #[test]
 fn revoke_gate_refuses_static_opless_and_revoked() {
-    let (b, ops) = rev_buf(AttachGate::Revocable);
+    let p = Protocol::merged();
+    let (b, ops) = rev_buf(p.attach);
     assert_eq!(attach(&b, "static").unwrap_err().errno(), errno::EOPNOTSUPP);
     assert_eq!(
         dynamic_attach(&b, "nop2p", Some(dyn_ops(false, true)))
@@ -827,7 +832,7 @@ fn revoke_gate_refuses_static_opless_and_revoked() {
         errno::EOPNOTSUPP
     );
     dynamic_attach(&b, "ok", Some(dyn_ops(true, true))).unwrap();
-    ops.rev.revoke(&b, UnmapWait::Unbounded).unwrap();
+    revoke(&b, &ops, &p.revoke);
     assert_eq!(
         dynamic_attach(&b, "late", Some(dyn_ops(true, true)))
             .unwrap_err()
@@ -838,7 +843,8 @@ fn revoke_gate_refuses_static_opless_and_revoked() {
 
 #[test]
 fn revoke_waits_for_late_unmap_then_maps_fail_with_enodev() {
-    let (b, ops) = rev_buf(AttachGate::Revocable);
+    let p = Protocol::merged();
+    let (b, ops) = rev_buf(p.attach);
     let a = dynamic_attach(&b, "gpu", Some(dyn_ops(true, true))).unwrap();
     let m = map_attachment_unlocked(&a, DmaDirection::Bidirectional).unwrap();
     assert_eq!(ops.rev.live_mappings(), 1);
@@ -849,12 +855,12 @@ fn revoke_waits_for_late_unmap_then_maps_fail_with_enodev() {
         u2.store(true, Ordering::SeqCst);
         unmap_attachment_unlocked(&a2, m).unwrap();
     });
-    let out = ops.rev.revoke(&b, UnmapWait::Unbounded).unwrap();
+    let out = revoke(&b, &ops, &p.revoke);
     assert!(
         unmapped.load(Ordering::SeqCst),
         "revoke returned before the unmap"
     );
-    assert!(out.drained);
+    assert!(!out.timed_out);
     assert_eq!(out.live_after_fences, 1);
     worker.join().unwrap();
     assert_eq!(
@@ -866,39 +872,68 @@ fn revoke_waits_for_late_unmap_then_maps_fail_with_enodev() {
 }
 
 #[test]
-fn revoke_with_timeout_gives_up_and_stays_consistent() {
-    let (b, ops) = rev_buf(AttachGate::Revocable);
+fn wait_for_completion_timeout_gives_up_with_the_mapping_live() {
+    let p = Protocol::merged();
+    let (b, ops) = rev_buf(p.attach);
     let a = dynamic_attach(&b, "lying", Some(dyn_ops(true, true))).unwrap();
     let m = map_attachment_unlocked(&a, DmaDirection::Bidirectional).unwrap();
-    let out = ops.rev.revoke(&b, UnmapWait::Timeout(5_000_000)).unwrap();
-    assert!(!out.drained);
+    let v5 = Sequence::parse(&[
+        "dma_resv_lock",
+        "set_revoked",
+        "dma_buf_invalidate_mappings",
+        "dma_resv_wait_timeout(bookkeep, MAX_SCHEDULE_TIMEOUT)",
+        "dma_resv_unlock",
+        "kref_put",
+        "wait_for_completion_timeout(5ms)",
+    ])
+    .unwrap();
+    let out = revoke(&b, &ops, &v5);
+    assert!(out.timed_out);
     assert_eq!(ops.rev.live_mappings(), 1);
     unmap_attachment_unlocked(&a, m).unwrap();
     assert_eq!(ops.rev.live_mappings(), 0);
-    // A second revoke (cleanup) now drains at once and does not hang.
-    let out2 = ops.rev.revoke(&b, UnmapWait::Unbounded).unwrap();
-    assert!(out2.already_revoked && out2.drained);
+    assert_eq!(ops.rev.refcount(), (0, false));
 }
 
 #[test]
-fn revoke_twice_does_not_hang_and_unrevoke_rearms_first() {
-    let (b, ops) = rev_buf(AttachGate::Revocable);
+fn vfio_cleanup_after_revoke_skips_the_second_put_c64a647c84f3() {
+    let p = Protocol::merged();
+    let (b, ops) = rev_buf(p.attach);
+    dynamic_attach(&b, "gpu", Some(dyn_ops(true, true))).unwrap();
+    revoke(&b, &ops, &p.revoke);
+    // Fixed cleanup: the buffer was already revoked, so no second kref_put
+    // and no wait on the consumed completion; nothing hangs or WARNs.
+    let out = revoke(&b, &ops, &p.cleanup);
+    assert!(out.was_revoked);
+    assert_eq!(out.skipped, 2);
+    assert_eq!(ops.rev.refcount(), (0, false));
+    // The buggy cleanup puts again: refcount_t saturates.
+    let buggy = Sequence::parse(&["kref_put", "wait_for_completion_timeout(1ms)"]).unwrap();
+    let out = revoke(&b, &ops, &buggy);
+    assert!(out.timed_out, "the second wait cannot end");
+    assert_eq!(ops.rev.refcount(), (0, true));
+}
+
+#[test]
+fn unrevoke_rearms_before_clearing_and_maps_work_again() {
+    let p = Protocol::merged();
+    let (b, ops) = rev_buf(p.attach);
     let a = dynamic_attach(&b, "gpu", Some(dyn_ops(true, true))).unwrap();
-    ops.rev.revoke(&b, UnmapWait::Unbounded).unwrap();
-    let second = ops.rev.revoke(&b, UnmapWait::Unbounded).unwrap();
-    assert!(second.already_revoked && second.drained);
-    ops.rev.unrevoke(&b).unwrap();
+    revoke(&b, &ops, &p.revoke);
+    revoke(&b, &ops, &p.unrevoke);
     assert!(!ops.rev.is_revoked());
+    assert_eq!(ops.rev.refcount(), (1, false));
     let m = map_attachment_unlocked(&a, DmaDirection::Bidirectional).unwrap();
     assert_eq!(ops.rev.live_mappings(), 1);
     unmap_attachment_unlocked(&a, m).unwrap();
-    let again = ops.rev.revoke(&b, UnmapWait::Unbounded).unwrap();
-    assert!(!again.already_revoked && again.drained);
+    let again = revoke(&b, &ops, &p.revoke);
+    assert!(!again.was_revoked && !again.timed_out);
 }
 
 #[test]
 fn revoke_waits_for_bookkeep_fences_before_returning() {
-    let (b, ops) = rev_buf(AttachGate::Revocable);
+    let p = Protocol::merged();
+    let (b, ops) = rev_buf(p.attach);
     let ctx = FenceContext::named("gpu", "tlb");
     let (f, h) = ctx.create();
     let fc = f.clone();
@@ -918,7 +953,7 @@ fn revoke_waits_for_bookkeep_fences_before_returning() {
         thread::sleep(std::time::Duration::from_millis(20));
         h.signal().unwrap();
     });
-    ops.rev.revoke(&b, UnmapWait::Unbounded).unwrap();
+    revoke(&b, &ops, &p.revoke);
     assert!(
         f.is_signaled(),
         "revoke returned before the Bookkeep fence signalled"

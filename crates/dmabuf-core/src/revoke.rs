@@ -1,108 +1,701 @@
-//! Revoke, as the Linux 7.1 kdoc of `dma_buf_invalidate_mappings` and the
-//! VFIO exporter define it, packaged so any exporter can carry it out
-//! correctly. The kernel leaves this to each exporter; VFIO got it wrong
-//! twice after merge (a kref underflow after revoke, fixed by c64a647c84f3,
-//! and a cleanup that put the base reference twice and then waited on a
-//! consumed completion).
+//! Revoke as data: the exporter's revoke, un-revoke and cleanup sequences
+//! are lists of kernel steps ([`Step`]), checked once ([`Sequence::new`])
+//! and carried out by one interpreter ([`Revocable::run`]). Every exporter
+//! that can revoke calls it with its protocol's sequences; the unit tests,
+//! the drivers and the checker's matrix therefore exercise the same code.
 //!
-//! # The sequence (revoke)
+//! The kernel leaves the sequence to each exporter, and VFIO got it wrong
+//! after merge (a second `kref_put` on a buffer an earlier trigger had
+//! already revoked, then a wait on a consumed completion: fixed upstream by
+//! c64a647c84f3, "vfio: Fix kref underflow after revoke"). Writing the
+//! sequence as data makes such orders something one can state, run and
+//! compare (`docs/protocol-files.md` in the repository).
 //!
-//! 1. Lock the reservation object.
-//! 2. Mark the buffer revoked: from now on the exporter's `attach` fails with
-//!    `ENODEV` and its `map_dma_buf` fails with `ENODEV` (they call
-//!    [`Revocable::check_attach`] / [`Revocable::map_get`] under the lock).
-//! 3. `dma_buf_invalidate_mappings`.
-//! 4. `dma_resv_wait_timeout(Bookkeep, non-interruptible, MAX)`: every fence
-//!    retires; after this no importer accesses the memory under fenced work
-//!    (it may still read speculatively until it unmaps).
-//! 5. Unlock (so importers that unmap later, taking the lock, can finish).
-//! 6. Drop the base reference of the live-mapping count and wait for its
-//!    completion: every mapping handed out has been unmapped.
-//! 7. Re-arm the count and the completion while still revoked (nothing can
-//!    map while revoked, so the count stays at its base).
+//! # The vocabulary
 //!
-//! After step 4 no fenced access remains; after step 6 no access at all.
+//! | step | kernel | rule |
+//! |---|---|---|
+//! | `dma_resv_lock` / `dma_resv_unlock` | `dma_resv_lock(resv, NULL)` / `dma_resv_unlock` | balanced; no nesting; a sequence ends unlocked |
+//! | `set_revoked` / `clear_revoked` | `priv->revoked = true / false` | with the lock held (attach and map read it under the lock) |
+//! | `dma_buf_invalidate_mappings` | `dma_buf_invalidate_mappings(dmabuf)` | with the lock held (`dma_resv_assert_held`) |
+//! | `dma_resv_wait_timeout(usage, timeout)` | `dma_resv_wait_timeout(resv, usage, false, timeout)` | usage `kernel`, `write`, `read` or `bookkeep`; timeout `MAX_SCHEDULE_TIMEOUT` or a duration (`1s`, `500us`) |
+//! | `kref_get` / `kref_put` / `kref_init` | on `priv->kref` | `refcount_t` semantics, see below |
+//! | `wait_for_completion` / `wait_for_completion_timeout(t)` | on `priv->comp` | a counting completion, see below |
+//! | `reinit_completion` | `reinit_completion(&priv->comp)` | |
+//! | `unmap_mapping_range` | zap the CPU page tables of the buffer's mmaps | the exporter does it ([`SequenceHooks::unmap_mapping_range`]) |
 //!
-//! # Un-revoke
+//! Any step may end in ` if COND`: `was_revoked` (the buffer was already
+//! revoked when the sequence began), `timed_out` (the last timed wait of
+//! this run gave up), or their negation with `!`.
 //!
-//! Lock; invalidate (dynamic importers learn they may map again); wait
-//! Bookkeep; unlock; check the count is re-armed; lock; clear the flag;
-//! unlock. The count is re-armed *before* the flag is cleared (the v6 race
-//! fix), so a concurrent attach or map can never see a cleared flag with a
-//! stale count.
+//! A sequence that is legal but wrong, such as `wait_for_completion` with the
+//! reservation lock held (the importers' unmap needs that lock), is not
+//! refused here: it runs, and the checker reports what happens (a deadlock).
 //!
-//! # States
+//! # The live-mapping count (`refcount_t`) and the completion
 //!
-//! | state | `revoked` | live count | map | attach |
+//! | event | count | completion |
+//! |---|---|---|
+//! | a new buffer | 1 (the base reference) | 0 |
+//! | `map_dma_buf` ([`Revocable::map_get`]) / `kref_get` | +1; from 0: WARN "addition on 0", saturated | |
+//! | `unmap_dma_buf` ([`Revocable::map_put`]) / `kref_put` | -1; to 0: the release callback calls `complete`; at 0: WARN "underflow", saturated | +1 on release |
+//! | `kref_init` | 1 (saturation cleared) | |
+//! | `wait_for_completion` | | waits for > 0, then takes one |
+//! | `reinit_completion` | | 0 |
+//!
+//! A saturated count never reaches zero again: as in the kernel, the
+//! buffer's memory is leaked rather than freed twice, and a later wait for
+//! the last unmap never ends. Each WARN goes to the buffer's warning sink
+//! ([`Revocable::with_warn_sink`]) and to the trace (`WARN`); the checker
+//! judges them (`no-warn`).
+//!
+//! # States of one buffer
+//!
+//! | state | `revoked` | count | map | attach |
 //! |---|---|---|---|---|
-//! | usable | false | 1 + mappings | counts a mapping | allowed (if the gate admits) |
-//! | revoking (steps 2–6) | true | draining to 0 | `ENODEV` | `ENODEV` |
-//! | revoked | true | 1 (re-armed) | `ENODEV` | `ENODEV` |
-//! | gone (device closed) | true, for good | 1 | `ENODEV` | `ENODEV` |
+//! | usable | false | 1 + mappings | counts a mapping | allowed if the gate admits |
+//! | revoking | true | draining | `ENODEV` | `ENODEV` |
+//! | revoked | true | 0 after a drain (until `kref_init`), else unchanged | `ENODEV` | `ENODEV` |
 //!
-//! Revoking an already revoked buffer (cleanup after a decode-off revoke) is
-//! safe: the base reference goes to zero at once and nothing hangs.
+//! # Lock rules
+//!
+//! The interpreter takes the buffer's reservation lock only through
+//! `dma_resv_lock` steps. The count has its own small lock (a leaf), never
+//! held across a wait.
 
 use crate::dma_buf::{self, Attachment, DmaBufError, DmaBufRef};
 use crate::dma_fence::MAX_SCHEDULE_TIMEOUT;
 use crate::dma_resv::{ResvGuard, Usage};
 use crate::errno;
 use crate::sync::atomic::{AtomicBool, Ordering};
-use crate::sync::{Condvar, Mutex};
+use crate::sync::{Arc, Condvar, Mutex};
 use crate::trace_event;
+use std::fmt;
+use std::str::FromStr;
 
-/// Which attach-time checks the exporter applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachGate {
-    /// `!peer2peer` → `EOPNOTSUPP`; revoked → `ENODEV`; not
-    /// `dma_buf_attach_revocable` → `EOPNOTSUPP` (7.1 VFIO).
-    Revocable,
-    /// Peer-to-peer and revoked checks only (VFIO before the series).
-    PeerToPeerOnly,
+/// How long a wait step may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Timeout {
+    /// `MAX_SCHEDULE_TIMEOUT`: no bound.
+    Max,
+    /// At most this many nanoseconds.
+    Ns(u64),
 }
 
-/// How long step 6 may wait.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnmapWait {
-    /// Do not wait for unmaps at all.
-    None,
-    /// Wait at most this many nanoseconds, then proceed (v5; NAK'd).
-    Timeout(u64),
-    /// Wait for every unmap, however long it takes (v6, merged).
-    Unbounded,
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Timeout::Max => f.write_str("MAX_SCHEDULE_TIMEOUT"),
+            Timeout::Ns(ns) if ns % 1_000_000_000 == 0 => write!(f, "{}s", ns / 1_000_000_000),
+            Timeout::Ns(ns) if ns % 1_000_000 == 0 => write!(f, "{}ms", ns / 1_000_000),
+            Timeout::Ns(ns) if ns % 1_000 == 0 => write!(f, "{}us", ns / 1_000),
+            Timeout::Ns(ns) => write!(f, "{ns}ns"),
+        }
+    }
 }
 
-/// What a revoke did, for tests and the checker.
+/// The largest timeout a file may state (one hour): anything longer is
+/// `MAX_SCHEDULE_TIMEOUT` in all but name, and a typo.
+pub const MAX_TIMEOUT_NS: u64 = 3_600_000_000_000;
+
+impl FromStr for Timeout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "MAX_SCHEDULE_TIMEOUT" || s == "max" {
+            return Ok(Timeout::Max);
+        }
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("timeout '{s}' needs a unit (ns, us, ms or s)"))?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| {
+            format!("expected a timeout such as 1s, 500us or MAX_SCHEDULE_TIMEOUT; got '{s}'")
+        })?;
+        let mul = match unit {
+            "ns" => 1,
+            "us" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            _ => {
+                return Err(format!(
+                    "unknown time unit '{unit}' (expected ns, us, ms or s)"
+                ));
+            }
+        };
+        match n.checked_mul(mul) {
+            Some(ns) if ns <= MAX_TIMEOUT_NS => Ok(Timeout::Ns(ns)),
+            _ => Err(format!(
+                "timeout '{s}' is longer than one hour; write MAX_SCHEDULE_TIMEOUT for no bound"
+            )),
+        }
+    }
+}
+
+/// A condition on a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cond {
+    /// The buffer was already revoked when the sequence began.
+    WasRevoked,
+    /// The last timed wait of this run gave up.
+    TimedOut,
+}
+
+/// What one step does (see the module table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StepKind {
+    /// `dma_resv_lock`.
+    ResvLock,
+    /// `dma_resv_unlock`.
+    ResvUnlock,
+    /// `priv->revoked = true`.
+    SetRevoked,
+    /// `priv->revoked = false`.
+    ClearRevoked,
+    /// `dma_buf_invalidate_mappings`.
+    Invalidate,
+    /// `dma_resv_wait_timeout(usage, timeout)`.
+    WaitFences(Usage, Timeout),
+    /// `kref_get`.
+    KrefGet,
+    /// `kref_put`.
+    KrefPut,
+    /// `kref_init`.
+    KrefInit,
+    /// `wait_for_completion` (`Max`) or `wait_for_completion_timeout`.
+    WaitForCompletion(Timeout),
+    /// `reinit_completion`.
+    ReinitCompletion,
+    /// `unmap_mapping_range`: the CPU page tables of the buffer's mmaps.
+    UnmapMappingRange,
+}
+
+/// The step names, in the order of the module table (for error messages).
+pub const STEP_NAMES: &[&str] = &[
+    "dma_resv_lock",
+    "dma_resv_unlock",
+    "set_revoked",
+    "clear_revoked",
+    "dma_buf_invalidate_mappings",
+    "dma_resv_wait_timeout(usage, timeout)",
+    "kref_get",
+    "kref_put",
+    "kref_init",
+    "wait_for_completion",
+    "wait_for_completion_timeout(timeout)",
+    "reinit_completion",
+    "unmap_mapping_range",
+];
+
+impl StepKind {
+    /// The kernel name (also the trace event's name).
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            StepKind::ResvLock => "dma_resv_lock",
+            StepKind::ResvUnlock => "dma_resv_unlock",
+            StepKind::SetRevoked => "set_revoked",
+            StepKind::ClearRevoked => "clear_revoked",
+            StepKind::Invalidate => "dma_buf_invalidate_mappings",
+            StepKind::WaitFences(..) => "dma_resv_wait_timeout",
+            StepKind::KrefGet => "kref_get",
+            StepKind::KrefPut => "kref_put",
+            StepKind::KrefInit => "kref_init",
+            StepKind::WaitForCompletion(Timeout::Max) => "wait_for_completion",
+            StepKind::WaitForCompletion(_) => "wait_for_completion_timeout",
+            StepKind::ReinitCompletion => "reinit_completion",
+            StepKind::UnmapMappingRange => "unmap_mapping_range",
+        }
+    }
+}
+
+/// One step: what it does and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Step {
+    /// What.
+    pub kind: StepKind,
+    /// Only when this holds (`Some((cond, wanted))`).
+    pub when: Option<(Cond, bool)>,
+}
+
+impl Step {
+    /// An unconditional step.
+    pub const fn new(kind: StepKind) -> Self {
+        Self { kind, when: None }
+    }
+}
+
+fn usage_name(u: Usage) -> &'static str {
+    match u {
+        Usage::Kernel => "kernel",
+        Usage::Write => "write",
+        Usage::Read => "read",
+        Usage::Bookkeep => "bookkeep",
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            StepKind::WaitFences(u, t) => {
+                write!(f, "dma_resv_wait_timeout({}, {t})", usage_name(u))?
+            }
+            StepKind::WaitForCompletion(t @ Timeout::Ns(_)) => {
+                write!(f, "wait_for_completion_timeout({t})")?
+            }
+            k => f.write_str(k.kernel_name())?,
+        }
+        if let Some((c, want)) = self.when {
+            let name = match c {
+                Cond::WasRevoked => "was_revoked",
+                Cond::TimedOut => "timed_out",
+            };
+            write!(f, " if {}{name}", if want { "" } else { "!" })?;
+        }
+        Ok(())
+    }
+}
+
+/// A step's text that does not parse: where (a byte offset into the text)
+/// and what was expected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StepParseError {
+    /// Byte offset into the step's text.
+    pub offset: usize,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+fn perr(offset: usize, message: impl Into<String>) -> StepParseError {
+    StepParseError {
+        offset,
+        message: message.into(),
+    }
+}
+
+fn parse_usage(s: &str, at: usize) -> Result<Usage, StepParseError> {
+    match s
+        .trim()
+        .to_ascii_lowercase()
+        .trim_start_matches("dma_resv_usage_")
+    {
+        "kernel" => Ok(Usage::Kernel),
+        "write" => Ok(Usage::Write),
+        "read" => Ok(Usage::Read),
+        "bookkeep" => Ok(Usage::Bookkeep),
+        other => Err(perr(
+            at,
+            format!("unknown usage '{other}' (expected kernel, write, read or bookkeep)"),
+        )),
+    }
+}
+
+impl FromStr for Step {
+    type Err = StepParseError;
+    fn from_str(text: &str) -> Result<Self, StepParseError> {
+        let lead = text.len() - text.trim_start().len();
+        let body = text.trim();
+        let (call, when) = match body.find(" if ") {
+            Some(i) => (&body[..i], Some((i + 4, body[i + 4..].trim()))),
+            None => (body, None),
+        };
+        let call = call.trim_end();
+        let (name, args) = match call.find('(') {
+            Some(open) => {
+                if !call.ends_with(')') {
+                    return Err(perr(
+                        lead + call.len(),
+                        "expected ')' to close the arguments",
+                    ));
+                }
+                let inner = &call[open + 1..call.len() - 1];
+                let mut args = Vec::new();
+                let mut off = lead + open + 1;
+                for a in inner.split(',') {
+                    args.push((off, a.trim()));
+                    off += a.len() + 1;
+                }
+                (call[..open].trim(), args)
+            }
+            None => (call, Vec::new()),
+        };
+        let no_args = |kind: StepKind| -> Result<StepKind, StepParseError> {
+            if args.is_empty() {
+                Ok(kind)
+            } else {
+                Err(perr(
+                    lead + name.len(),
+                    format!("{name} takes no arguments"),
+                ))
+            }
+        };
+        let kind = match name {
+            "dma_resv_lock" => no_args(StepKind::ResvLock)?,
+            "dma_resv_unlock" => no_args(StepKind::ResvUnlock)?,
+            "set_revoked" => no_args(StepKind::SetRevoked)?,
+            "clear_revoked" => no_args(StepKind::ClearRevoked)?,
+            "dma_buf_invalidate_mappings" => no_args(StepKind::Invalidate)?,
+            "kref_get" => no_args(StepKind::KrefGet)?,
+            "kref_put" => no_args(StepKind::KrefPut)?,
+            "kref_init" => no_args(StepKind::KrefInit)?,
+            "wait_for_completion" => no_args(StepKind::WaitForCompletion(Timeout::Max))?,
+            "reinit_completion" => no_args(StepKind::ReinitCompletion)?,
+            "unmap_mapping_range" => no_args(StepKind::UnmapMappingRange)?,
+            "dma_resv_wait_timeout" => match args.as_slice() {
+                [(uo, u), (to, t)] => StepKind::WaitFences(
+                    parse_usage(u, *uo)?,
+                    t.parse::<Timeout>().map_err(|m| perr(*to, m))?,
+                ),
+                _ => {
+                    return Err(perr(
+                        lead + name.len(),
+                        "dma_resv_wait_timeout takes (usage, timeout), e.g. dma_resv_wait_timeout(bookkeep, MAX_SCHEDULE_TIMEOUT)",
+                    ));
+                }
+            },
+            "wait_for_completion_timeout" => match args.as_slice() {
+                [(to, t)] => match t.parse::<Timeout>().map_err(|m| perr(*to, m))? {
+                    Timeout::Max => StepKind::WaitForCompletion(Timeout::Max),
+                    t => StepKind::WaitForCompletion(t),
+                },
+                _ => {
+                    return Err(perr(
+                        lead + name.len(),
+                        "wait_for_completion_timeout takes (timeout), e.g. wait_for_completion_timeout(1s)",
+                    ));
+                }
+            },
+            "" => return Err(perr(lead, "empty step")),
+            other => {
+                return Err(perr(
+                    lead,
+                    format!(
+                        "unknown step '{other}' (expected one of: {})",
+                        STEP_NAMES.join(", ")
+                    ),
+                ));
+            }
+        };
+        let when = match when {
+            None => None,
+            Some((at, c)) => {
+                let (want, c) = match c.strip_prefix('!') {
+                    Some(rest) => (false, rest.trim()),
+                    None => (true, c),
+                };
+                let cond = match c {
+                    "was_revoked" => Cond::WasRevoked,
+                    "timed_out" => Cond::TimedOut,
+                    other => {
+                        return Err(perr(
+                            lead + at,
+                            format!(
+                                "unknown condition '{other}' (expected was_revoked, timed_out, !was_revoked or !timed_out)"
+                            ),
+                        ));
+                    }
+                };
+                Some((cond, want))
+            }
+        };
+        Ok(Step { kind, when })
+    }
+}
+
+/// A sequence that breaks a structural rule: which step and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("step {}: {message}", index + 1)]
+pub struct SequenceError {
+    /// Index of the offending step (the step count for "ends locked").
+    pub index: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The most steps one sequence may have.
+pub const MAX_STEPS: usize = 256;
+
+/// A checked list of steps.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Sequence {
+    steps: Vec<Step>,
+    /// After which step the exporter's fence point lies
+    /// ([`SequenceHooks::fences_done`]): the last fence wait, or without
+    /// one the first unlock.
+    fence_point: Option<usize>,
+}
+
+impl Sequence {
+    /// Checks the structural rules: the lock is taken and released in
+    /// balance, never twice, and is held for `set_revoked`,
+    /// `clear_revoked` and `dma_buf_invalidate_mappings`; the sequence ends
+    /// unlocked. Conditional lock steps are refused (their balance would
+    /// depend on the run).
+    pub fn new(steps: Vec<Step>) -> Result<Self, SequenceError> {
+        if steps.len() > MAX_STEPS {
+            return Err(SequenceError {
+                index: MAX_STEPS,
+                message: format!("more than {MAX_STEPS} steps"),
+            });
+        }
+        let mut locked = false;
+        let mut last_wait = None;
+        let mut first_unlock = None;
+        for (i, s) in steps.iter().enumerate() {
+            let err = |m: &str| SequenceError {
+                index: i,
+                message: m.to_owned(),
+            };
+            match s.kind {
+                StepKind::ResvLock | StepKind::ResvUnlock if s.when.is_some() => {
+                    return Err(err(
+                        "dma_resv_lock and dma_resv_unlock cannot be conditional",
+                    ));
+                }
+                StepKind::ResvLock if locked => {
+                    return Err(err(
+                        "dma_resv_lock while the reservation lock is already held (it would deadlock on itself)",
+                    ));
+                }
+                StepKind::ResvLock => locked = true,
+                StepKind::ResvUnlock if !locked => {
+                    return Err(err("dma_resv_unlock without a dma_resv_lock before it"));
+                }
+                StepKind::ResvUnlock => {
+                    locked = false;
+                    first_unlock.get_or_insert(i);
+                }
+                StepKind::SetRevoked | StepKind::ClearRevoked | StepKind::Invalidate if !locked => {
+                    return Err(err(&format!(
+                        "{} needs the reservation lock: put a dma_resv_lock before it",
+                        s.kind.kernel_name()
+                    )));
+                }
+                StepKind::WaitFences(..) => last_wait = Some(i),
+                _ => {}
+            }
+        }
+        if locked {
+            return Err(SequenceError {
+                index: steps.len().saturating_sub(1),
+                message: "the sequence ends with the reservation lock held: add dma_resv_unlock"
+                    .into(),
+            });
+        }
+        Ok(Self {
+            fence_point: last_wait.or(first_unlock),
+            steps,
+        })
+    }
+
+    /// Parses and checks a list of step texts.
+    pub fn parse<S: AsRef<str>>(texts: &[S]) -> Result<Self, SequenceError> {
+        let steps = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.as_ref().parse::<Step>().map_err(|e| SequenceError {
+                    index: i,
+                    message: e.message,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(steps)
+    }
+
+    /// The steps.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Whether the sequence is empty.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+impl fmt::Display for Sequence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.steps.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{s}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The checks an exporter's `attach` (or `pin`) applies, in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Gate {
+    /// `!attach->peer2peer` → `EOPNOTSUPP`.
+    pub peer2peer: bool,
+    /// revoked → `ENODEV`.
+    pub not_revoked: bool,
+    /// `!dma_buf_attach_revocable()` → `EOPNOTSUPP`.
+    pub revocable: bool,
+}
+
+impl Gate {
+    /// The names a file uses.
+    pub const NAMES: [&'static str; 3] = ["peer2peer", "not_revoked", "revocable"];
+
+    /// Parses a list of check names; `Err` names the unknown one.
+    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, (usize, String)> {
+        let mut g = Gate::default();
+        for (i, n) in names.iter().enumerate() {
+            match n.as_ref() {
+                "peer2peer" => g.peer2peer = true,
+                "not_revoked" => g.not_revoked = true,
+                "revocable" => g.revocable = true,
+                other => {
+                    return Err((
+                        i,
+                        format!(
+                            "unknown check '{other}' (expected peer2peer, not_revoked or revocable)"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(g)
+    }
+}
+
+/// An exporter's revoke protocol: its gates and its three sequences.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Protocol {
+    /// Name (`v6-final`, ...).
+    pub name: String,
+    /// `attach` checks.
+    pub attach: Gate,
+    /// `pin` checks, when the exporter has a `pin` op at all.
+    pub pin: Option<Gate>,
+    /// `dma_buf_move(revoked = true)` of one buffer.
+    pub revoke: Sequence,
+    /// `dma_buf_move(revoked = false)` of one buffer.
+    pub unrevoke: Sequence,
+    /// Cleanup of one buffer when the device closes (a permanent revoke).
+    pub cleanup: Sequence,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+fn seq(texts: &[&str]) -> Sequence {
+    match Sequence::parse(texts) {
+        Ok(s) => s,
+        // The texts below are fixed and covered by the tests.
+        Err(e) => unreachable!("built-in sequence: {e}"),
+    }
+}
+
+impl Protocol {
+    /// The sequence merged in Linux 7.1 (v6/v7 of the series, with the
+    /// c64a647c84f3 cleanup fix): lock, mark revoked, invalidate, wait for
+    /// every `Bookkeep` fence, unlock, drop the base reference and wait for
+    /// the last unmap; un-revoke re-arms before it clears the flag.
+    pub fn merged() -> Self {
+        Self {
+            name: "v6-final".into(),
+            attach: Gate {
+                peer2peer: true,
+                not_revoked: true,
+                revocable: true,
+            },
+            pin: None,
+            revoke: seq(&[
+                "dma_resv_lock",
+                "set_revoked",
+                "dma_buf_invalidate_mappings",
+                "dma_resv_wait_timeout(bookkeep, MAX_SCHEDULE_TIMEOUT)",
+                "dma_resv_unlock",
+                "kref_put",
+                "wait_for_completion",
+            ]),
+            unrevoke: seq(&[
+                "dma_resv_lock",
+                "dma_buf_invalidate_mappings",
+                "dma_resv_wait_timeout(bookkeep, MAX_SCHEDULE_TIMEOUT)",
+                "dma_resv_unlock",
+                "kref_init",
+                "reinit_completion",
+                "dma_resv_lock",
+                "clear_revoked",
+                "dma_resv_unlock",
+            ]),
+            cleanup: seq(&[
+                "dma_resv_lock",
+                "set_revoked",
+                "dma_buf_invalidate_mappings",
+                "dma_resv_wait_timeout(bookkeep, MAX_SCHEDULE_TIMEOUT)",
+                "dma_resv_unlock",
+                "kref_put if !was_revoked",
+                "wait_for_completion if !was_revoked",
+            ]),
+        }
+    }
+}
+
+/// What the exporter does at the points of a sequence that are its own.
+pub trait SequenceHooks {
+    /// The fence point passed: after the last fence wait of the sequence
+    /// (or its first unlock when it has none). Called at most once.
+    fn fences_done(&mut self) {}
+    /// `unmap_mapping_range`: zap the CPU page tables of the buffer.
+    fn unmap_mapping_range(&mut self) {}
+}
+
+/// Hooks that do nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHooks;
+impl SequenceHooks for NoHooks {}
+
+/// What one run of a sequence did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RevokeOutcome {
-    /// Whether the buffer was already revoked.
-    pub already_revoked: bool,
-    /// Attachments notified by `invalidate_mappings`.
+pub struct SeqOutcome {
+    /// The buffer was revoked when the sequence began.
+    pub was_revoked: bool,
+    /// Attachments notified by `dma_buf_invalidate_mappings` (all calls).
     pub notified: usize,
-    /// Mappings still live after the fence wait.
-    pub live_after_fences: usize,
-    /// Whether every mapping was unmapped before returning.
-    pub drained: bool,
+    /// Some timed wait gave up.
+    pub timed_out: bool,
+    /// Mappings live at the fence point.
+    pub live_after_fences: i64,
+    /// Steps skipped by their condition.
+    pub skipped: usize,
 }
+
+/// A WARN sink: receives each `refcount_t` (or other) warning text.
+pub type WarnSink = Arc<dyn Fn(&str) + Send + Sync>;
 
 struct Count {
-    /// kref: the base reference plus one per live mapping.
-    refs: usize,
-    /// The completion.
-    done: bool,
+    /// `refcount_t` value.
+    refs: u32,
+    /// Saturated after a misuse: never reaches zero again.
+    saturated: bool,
+    /// `struct completion`'s `done`.
+    done: u32,
+    /// Mappings handed out and not yet returned (for observation).
+    live: i64,
 }
 
-/// Revoke state of one exported buffer: the `revoked` flag (read and written
-/// under the buffer's reservation lock) and the live-mapping count with its
+/// Revoke state of one exported buffer: the `revoked` flag (read and
+/// written under the buffer's reservation lock), the `kref` and the
 /// completion.
 pub struct Revocable {
     revoked: AtomicBool,
     count: Mutex<Count>,
     cv: Condvar,
+    warn: Option<WarnSink>,
 }
 
-impl std::fmt::Debug for Revocable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Revocable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "Revocable(revoked={}, live={})",
@@ -113,16 +706,34 @@ impl std::fmt::Debug for Revocable {
 }
 
 impl Revocable {
-    /// A new state; `revoked` is the initial state (VFIO starts revoked when
-    /// memory decode is off).
+    /// A new state; `revoked` is the initial state (VFIO exports a buffer
+    /// revoked when memory decode is off).
     pub fn new(revoked: bool) -> Self {
         Self {
             revoked: AtomicBool::new(revoked),
             count: Mutex::new(Count {
                 refs: 1,
-                done: false,
+                saturated: false,
+                done: 0,
+                live: 0,
             }),
             cv: Condvar::new(),
+            warn: None,
+        }
+    }
+
+    /// As [`Revocable::new`], reporting WARNs to `sink`.
+    pub fn with_warn_sink(revoked: bool, sink: WarnSink) -> Self {
+        Self {
+            warn: Some(sink),
+            ..Self::new(revoked)
+        }
+    }
+
+    fn warn(&self, msg: &str) {
+        trace_event!("WARN", "{msg}");
+        if let Some(w) = &self.warn {
+            w(msg);
         }
     }
 
@@ -131,26 +742,32 @@ impl Revocable {
         self.revoked.load(Ordering::Acquire)
     }
 
-    /// Mappings currently counted (the base reference excluded).
+    /// Mappings handed out and not yet returned.
     pub fn live_mappings(&self) -> usize {
-        self.count.lock().refs.saturating_sub(1)
+        usize::try_from(self.count.lock().live).unwrap_or(0)
+    }
+
+    /// The `refcount_t` value and whether it saturated (for tests).
+    pub fn refcount(&self) -> (u32, bool) {
+        let c = self.count.lock();
+        (c.refs, c.saturated)
     }
 
     /// The exporter's `attach` checks. Call from `DmaBufOps::attach`.
-    pub fn check_attach(&self, attach: &Attachment, gate: AttachGate) -> Result<(), DmaBufError> {
-        if !attach.peer2peer() {
+    pub fn check_attach(&self, attach: &Attachment, gate: Gate) -> Result<(), DmaBufError> {
+        if gate.peer2peer && !attach.peer2peer() {
             return Err(DmaBufError::errno(
                 errno::EOPNOTSUPP,
                 format!("attach of {}: no peer-to-peer", attach.dev()),
             ));
         }
-        if self.is_revoked() {
+        if gate.not_revoked && self.is_revoked() {
             return Err(DmaBufError::errno(
                 errno::ENODEV,
                 format!("attach of {}: buffer revoked", attach.dev()),
             ));
         }
-        if gate == AttachGate::Revocable && !dma_buf::attach_revocable(attach) {
+        if gate.revocable && !dma_buf::attach_revocable(attach) {
             return Err(DmaBufError::errno(
                 errno::EOPNOTSUPP,
                 format!("attach of {}: importer cannot be revoked", attach.dev()),
@@ -159,9 +776,15 @@ impl Revocable {
         Ok(())
     }
 
-    /// The check that pin-time gating (v2's `.pin`) applies.
-    pub fn check_revocable_at_pin(&self, attach: &Attachment) -> Result<(), DmaBufError> {
-        if !dma_buf::attach_revocable(attach) {
+    /// The exporter's `pin` checks (a gate in `pin`, v2's idea).
+    pub fn check_pin(&self, attach: &Attachment, gate: Gate) -> Result<(), DmaBufError> {
+        if gate.not_revoked && self.is_revoked() {
+            return Err(DmaBufError::errno(
+                errno::ENODEV,
+                format!("pin by {}: buffer revoked", attach.dev()),
+            ));
+        }
+        if gate.revocable && !dma_buf::attach_revocable(attach) {
             return Err(DmaBufError::errno(
                 errno::EOPNOTSUPP,
                 format!("pin by {}: importer cannot be revoked", attach.dev()),
@@ -171,7 +794,7 @@ impl Revocable {
     }
 
     /// In `map_dma_buf`, with the lock held: `ENODEV` while revoked,
-    /// otherwise counts one more live mapping.
+    /// otherwise `kref_get` for the new mapping.
     pub fn map_get(&self, _guard: &ResvGuard<'_>) -> Result<(), DmaBufError> {
         if self.is_revoked() {
             return Err(DmaBufError::errno(
@@ -179,147 +802,274 @@ impl Revocable {
                 "map_dma_buf: buffer revoked",
             ));
         }
-        let mut c = self.count.lock();
-        c.refs += 1;
+        self.kref_get();
+        self.count.lock().live += 1;
         Ok(())
     }
 
-    /// In `unmap_dma_buf`: one live mapping fewer; the last completes.
+    /// In `unmap_dma_buf`: `kref_put` for the mapping.
     pub fn map_put(&self) {
-        self.put();
+        self.count.lock().live -= 1;
+        self.kref_put();
     }
 
-    fn put(&self) {
+    fn kref_get(&self) {
         let mut c = self.count.lock();
+        if c.saturated {
+            return;
+        }
         if c.refs == 0 {
-            // An unbalanced put is a caller bug; never underflow.
+            c.saturated = true;
+            drop(c);
+            self.warn("refcount_t: addition on 0; use-after-free (kref_get)");
+            return;
+        }
+        c.refs += 1;
+    }
+
+    fn kref_put(&self) {
+        let mut c = self.count.lock();
+        if c.saturated {
+            return;
+        }
+        if c.refs == 0 {
+            c.saturated = true;
+            drop(c);
+            self.warn("refcount_t: underflow; use-after-free (kref_put)");
             return;
         }
         c.refs -= 1;
         if c.refs == 0 {
-            c.done = true;
+            // The release callback completes the revoke's wait.
+            c.done = c.done.saturating_add(1);
             drop(c);
             self.cv.notify_all();
         }
     }
 
-    /// Step 2 alone (for sequences that compose the steps themselves).
+    /// Waits for the completion as `t` says; `true` if it was completed
+    /// (and one completion taken), `false` on a timeout.
+    fn wait_for_completion(&self, t: Timeout) -> bool {
+        let deadline = match t {
+            Timeout::Max => None,
+            Timeout::Ns(ns) => Some(crate::sync::time::now_ns().saturating_add(ns)),
+        };
+        let mut c = self.count.lock();
+        loop {
+            if c.done > 0 {
+                c.done -= 1;
+                return true;
+            }
+            match deadline {
+                None => c = self.cv.wait(c),
+                Some(d) => {
+                    let now = crate::sync::time::now_ns();
+                    if now >= d {
+                        return false;
+                    }
+                    c = self
+                        .cv
+                        .wait_timeout(c, std::time::Duration::from_nanos(d - now))
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Sets the flag (with the lock held).
     pub fn mark_revoked(&self, _guard: &ResvGuard<'_>) {
         self.revoked.store(true, Ordering::Release);
     }
 
-    /// Clears the flag (un-revoke's last step), with the lock held.
+    /// Clears the flag (with the lock held).
     pub fn clear_revoked(&self, _guard: &ResvGuard<'_>) {
         self.revoked.store(false, Ordering::Release);
     }
 
-    /// Step 6: drops the base reference and waits as told. Returns whether
-    /// every mapping was unmapped. Step 7 (re-arm) follows when drained; when
-    /// a timed wait gives up, the count is left as it is, so the late unmaps
-    /// still balance it, and the next drain waits for them.
-    pub fn put_base_and_wait(&self, wait: UnmapWait) -> bool {
-        self.put();
-        let drained = match wait {
-            UnmapWait::None => self.count.lock().done,
-            UnmapWait::Unbounded => {
-                let mut c = self.count.lock();
-                while !c.done {
-                    c = self.cv.wait(c);
-                }
-                true
-            }
-            UnmapWait::Timeout(ns) => {
-                let deadline = crate::sync::time::now_ns().saturating_add(ns);
-                let mut c = self.count.lock();
-                while !c.done {
-                    let now = crate::sync::time::now_ns();
-                    if now >= deadline {
-                        break;
-                    }
-                    let (g, _) = self
-                        .cv
-                        .wait_timeout(c, std::time::Duration::from_nanos(deadline - now));
-                    c = g;
-                }
-                c.done
-            }
+    /// Carries out `seq` on `buf` (whose exporter owns this state). Errors
+    /// only when the reservation lock cannot be taken or a fence wait is
+    /// refused; the lock is released on every path.
+    pub fn run(
+        &self,
+        seq: &Sequence,
+        buf: &DmaBufRef,
+        hooks: &mut dyn SequenceHooks,
+    ) -> Result<SeqOutcome, DmaBufError> {
+        let mut out = SeqOutcome {
+            was_revoked: self.is_revoked(),
+            ..SeqOutcome::default()
         };
-        let mut c = self.count.lock();
-        if c.done {
-            c.refs = 1;
-            c.done = false;
-        } else {
-            // Give the base reference back so late unmaps cannot reach zero
-            // while nobody waits, and a later revoke can drain again.
-            c.refs += 1;
+        let mut guard: Option<ResvGuard<'_>> = None;
+        let mut last_timed_out = false;
+        let resv = buf.resv();
+        for (i, step) in seq.steps.iter().enumerate() {
+            let run = match step.when {
+                None => true,
+                Some((Cond::WasRevoked, want)) => out.was_revoked == want,
+                Some((Cond::TimedOut, want)) => last_timed_out == want,
+            };
+            if !run {
+                out.skipped += 1;
+            } else {
+                trace_event!(step.kind.kernel_name(), "ino={} step={}", buf.ino(), step);
+                match step.kind {
+                    StepKind::ResvLock => guard = Some(resv.lock(None)?),
+                    StepKind::ResvUnlock => guard = None,
+                    StepKind::SetRevoked => self.revoked.store(true, Ordering::Release),
+                    StepKind::ClearRevoked => self.revoked.store(false, Ordering::Release),
+                    StepKind::Invalidate => {
+                        // Sequence::new guarantees the lock here.
+                        if let Some(g) = &guard {
+                            out.notified += dma_buf::invalidate_mappings(buf, g)?;
+                        }
+                    }
+                    StepKind::WaitFences(usage, t) => {
+                        let ns = match t {
+                            Timeout::Max => MAX_SCHEDULE_TIMEOUT,
+                            Timeout::Ns(ns) => ns,
+                        };
+                        let left = resv.wait_timeout(usage, None, ns)?;
+                        last_timed_out = left == 0;
+                        out.timed_out |= last_timed_out;
+                    }
+                    StepKind::KrefGet => self.kref_get(),
+                    StepKind::KrefPut => self.kref_put(),
+                    StepKind::KrefInit => {
+                        let mut c = self.count.lock();
+                        c.refs = 1;
+                        c.saturated = false;
+                    }
+                    StepKind::WaitForCompletion(t) => {
+                        last_timed_out = !self.wait_for_completion(t);
+                        if last_timed_out {
+                            self.warn("wait_for_completion_timeout expired: an importer did not unmap in time (its invalidate_mappings is broken)");
+                        }
+                        out.timed_out |= last_timed_out;
+                    }
+                    StepKind::ReinitCompletion => self.count.lock().done = 0,
+                    StepKind::UnmapMappingRange => hooks.unmap_mapping_range(),
+                }
+            }
+            if seq.fence_point == Some(i) {
+                out.live_after_fences = self.count.lock().live;
+                hooks.fences_done();
+            }
         }
-        drained
-    }
-
-    /// The merged 7.1 sequence (steps 1–7) with the given unmap wait.
-    pub fn revoke(&self, buf: &DmaBufRef, wait: UnmapWait) -> Result<RevokeOutcome, DmaBufError> {
-        trace_event!(
-            "dma_buf_revoke_begin",
-            "exp_name={} ino={}",
-            buf.exp_name(),
-            buf.ino()
-        );
-        let mut out = RevokeOutcome::default();
-        {
-            let g = buf.resv().lock(None)?;
-            out.already_revoked = self.is_revoked();
-            self.mark_revoked(&g);
-            out.notified = dma_buf::invalidate_mappings(buf, &g)?;
-            buf.resv()
-                .wait_timeout(Usage::Bookkeep, None, MAX_SCHEDULE_TIMEOUT)?;
-            trace_event!(
-                "dma_buf_revoke_fences_done",
-                "exp_name={} ino={}",
-                buf.exp_name(),
-                buf.ino()
-            );
-        }
-        out.live_after_fences = self.live_mappings();
-        out.drained = self.put_base_and_wait(wait);
-        trace_event!(
-            "dma_buf_revoke_end",
-            "exp_name={} ino={} drained={}",
-            buf.exp_name(),
-            buf.ino(),
-            out.drained
-        );
+        drop(guard);
         Ok(out)
     }
+}
 
-    /// Un-revoke in the safe order: invalidate and wait, re-armed count
-    /// checked, then the flag cleared under the lock.
-    pub fn unrevoke(&self, buf: &DmaBufRef) -> Result<(), DmaBufError> {
-        if !self.is_revoked() {
-            return Ok(());
-        }
-        {
-            let g = buf.resv().lock(None)?;
-            dma_buf::invalidate_mappings(buf, &g)?;
-            buf.resv()
-                .wait_timeout(Usage::Bookkeep, None, MAX_SCHEDULE_TIMEOUT)?;
-        }
-        {
-            let c = self.count.lock();
-            if c.refs != 1 || c.done {
-                return Err(DmaBufError::Invalid(format!(
-                    "unrevoke with the live-mapping count not re-armed (refs={}, done={})",
-                    c.refs, c.done
-                )));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_print_and_parse_back() {
+        for p in [Protocol::merged()] {
+            for s in p
+                .revoke
+                .steps()
+                .iter()
+                .chain(p.unrevoke.steps())
+                .chain(p.cleanup.steps())
+            {
+                assert_eq!(s.to_string().parse::<Step>().unwrap(), *s);
             }
         }
-        let g = buf.resv().lock(None)?;
-        self.clear_revoked(&g);
-        trace_event!(
-            "dma_buf_unrevoke",
-            "exp_name={} ino={}",
-            buf.exp_name(),
-            buf.ino()
+        let s: Step = "wait_for_completion_timeout(1s) if !timed_out"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            s.kind,
+            StepKind::WaitForCompletion(Timeout::Ns(1_000_000_000))
         );
-        Ok(())
+        assert_eq!(s.when, Some((Cond::TimedOut, false)));
+        assert_eq!(
+            s.to_string(),
+            "wait_for_completion_timeout(1s) if !timed_out"
+        );
+    }
+
+    #[test]
+    fn bad_steps_say_where_and_what_was_expected() {
+        let e = "dma_resv_wiat".parse::<Step>().unwrap_err();
+        assert_eq!(e.offset, 0);
+        assert!(e.message.contains("unknown step 'dma_resv_wiat'"), "{e}");
+        assert!(e.message.contains("dma_resv_lock"), "{e}");
+        let e = "dma_resv_wait_timeout(bookeep, 1s)"
+            .parse::<Step>()
+            .unwrap_err();
+        assert_eq!(e.offset, 22);
+        assert!(e.message.contains("unknown usage 'bookeep'"), "{e}");
+        let e = "dma_resv_wait_timeout(bookkeep, 5 s)"
+            .parse::<Step>()
+            .unwrap_err();
+        assert!(e.message.contains("unit"), "{e}");
+        let e = "wait_for_completion_timeout(99999999s)"
+            .parse::<Step>()
+            .unwrap_err();
+        assert!(e.message.contains("one hour"), "{e}");
+        let e = "kref_put if sometimes".parse::<Step>().unwrap_err();
+        assert_eq!(e.offset, 12);
+        assert!("kref_put(1)".parse::<Step>().is_err());
+        assert!("dma_resv_wait_timeout(bookkeep".parse::<Step>().is_err());
+    }
+
+    #[test]
+    fn sequences_refuse_unbalanced_locks_and_unlocked_invalidate() {
+        let e = Sequence::parse(&["dma_resv_unlock"]).unwrap_err();
+        assert_eq!(e.index, 0);
+        assert!(e.message.contains("without a dma_resv_lock"));
+        let e = Sequence::parse(&["dma_resv_lock", "dma_resv_lock"]).unwrap_err();
+        assert_eq!(e.index, 1);
+        let e = Sequence::parse(&["dma_buf_invalidate_mappings"]).unwrap_err();
+        assert!(e.message.contains("needs the reservation lock"));
+        let e = Sequence::parse(&["dma_resv_lock", "set_revoked"]).unwrap_err();
+        assert!(e.message.contains("ends with the reservation lock held"));
+        let e = Sequence::parse(&["dma_resv_lock if was_revoked"]).unwrap_err();
+        assert!(e.message.contains("conditional"));
+        // Legal but wrong is not refused: the checker finds it.
+        Sequence::parse(&[
+            "dma_resv_lock",
+            "kref_put",
+            "wait_for_completion",
+            "dma_resv_unlock",
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn fence_point_is_the_last_wait_or_the_first_unlock() {
+        let p = Protocol::merged();
+        assert_eq!(p.revoke.fence_point, Some(3));
+        let s = Sequence::parse(&["dma_resv_lock", "set_revoked", "dma_resv_unlock"]).unwrap();
+        assert_eq!(s.fence_point, Some(2));
+    }
+
+    #[test]
+    fn refcount_saturates_and_warns_on_underflow_and_addition_on_zero() {
+        let warns = Arc::new(Mutex::new(Vec::<String>::new()));
+        let w2 = warns.clone();
+        let r = Revocable::with_warn_sink(false, Arc::new(move |m: &str| w2.lock().push(m.into())));
+        r.kref_put();
+        assert_eq!(r.refcount(), (0, false));
+        assert!(r.wait_for_completion(Timeout::Ns(1)), "release completes");
+        assert!(
+            !r.wait_for_completion(Timeout::Ns(1)),
+            "one completion, taken once"
+        );
+        r.kref_put();
+        assert_eq!(r.refcount(), (0, true));
+        assert!(warns.lock()[0].contains("underflow"));
+        r.kref_get();
+        assert_eq!(r.refcount(), (0, true), "saturated stays saturated");
+        let r2 = Revocable::with_warn_sink(false, {
+            let w = warns.clone();
+            Arc::new(move |m: &str| w.lock().push(m.into()))
+        });
+        r2.kref_put();
+        r2.kref_get();
+        assert!(warns.lock()[1].contains("addition on 0"));
     }
 }

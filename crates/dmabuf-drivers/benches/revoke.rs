@@ -16,12 +16,12 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dmabuf_core::FenceContext;
+use dmabuf_core::revoke::Protocol;
 use dmabuf_core::uapi::Process;
 use dmabuf_drivers::host::Host;
 use dmabuf_drivers::importers::Importer;
 use dmabuf_drivers::importers::gpu::{GpuConfig, GpuDevice, GpuImport};
 use dmabuf_drivers::importers::iommufd::Iommufd;
-use dmabuf_drivers::policy::RevokePolicy;
 use dmabuf_drivers::vfio::VfioPciDevice;
 use dmabuf_drivers::vfio_uapi::DmaRange;
 use dmabuf_platform::{DeviceConfig, Platform, PlatformConfig};
@@ -56,7 +56,7 @@ fn machine() -> Machine {
     let vfio = VfioPciDevice::bind(
         &host,
         platform.device("vfio0").unwrap(),
-        RevokePolicy::V6Final,
+        std::sync::Arc::new(Protocol::merged()),
     )
     .unwrap();
     let proc = Process::new(1);

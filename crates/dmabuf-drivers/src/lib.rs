@@ -1,7 +1,9 @@
 //! The drivers from the revoke thread, on the simulated platform: the VFIO,
 //! system-heap and GPU-VRAM exporters, the static, GPU, RDMA, iommufd and
-//! misbehaving importers, the revoke-sequence policies, and [`world`], the
-//! contract with the checker (a whole scenario run as one unit).
+//! misbehaving importers. The revoke sequence is data
+//! ([`dmabuf_core::revoke::Protocol`]), chosen when an exporter is bound;
+//! the drivers know nothing of scenarios or matrix columns (those live in
+//! `dmabuf-scenario`).
 //!
 //! | module | kernel counterpart |
 //! |---|---|
@@ -9,7 +11,6 @@
 //! | [`system_heap`] | `drivers/dma-buf/heaps/system_heap.c` |
 //! | [`gpu_vram`] | amdgpu/xe as exporters (`amdgpu_dma_buf.c`, `xe_dma_buf.c`) |
 //! | [`importers`] | amdgpu/xe importers, `umem_dmabuf.c` + mlx5, iommufd `pages.c`, plain `dma_buf_attach` users |
-//! | [`policy`] | the sequences proposed on the list (reference/revoke-thread.md §3, §7) |
 //! | [`dma_api`], [`job`], [`host`] | the DMA API, `drm_sched` dependencies, shared host state |
 #![warn(missing_docs)]
 
@@ -18,9 +19,7 @@ pub mod gpu_vram;
 pub mod host;
 pub mod importers;
 pub mod job;
-pub mod policy;
-pub mod runner;
+
 pub mod system_heap;
 pub mod vfio;
 pub mod vfio_uapi;
-pub mod world;

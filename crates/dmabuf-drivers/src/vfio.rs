@@ -111,16 +111,14 @@
 
 use crate::dma_api;
 use crate::host::{ClassMutex, Host, LockClass};
-use crate::policy::RevokePolicy;
 use crate::vfio_uapi::{self, DmaRange, FeatureCall};
 use dmabuf_core::dma_buf::{
     self, Attachment, DmaBuf, DmaBufError, DmaBufOps, DmaBufRef, DmaDirection, ExportInfo, PinOps,
     SgEntry, SgTable,
 };
-use dmabuf_core::dma_fence::MAX_SCHEDULE_TIMEOUT;
 use dmabuf_core::dma_resv::ResvGuard;
 use dmabuf_core::errno::{self, Errno};
-use dmabuf_core::revoke::{Revocable, UnmapWait};
+use dmabuf_core::revoke::{Protocol, Revocable, SeqOutcome, SequenceHooks};
 use dmabuf_core::sync::atomic::{AtomicU64, Ordering};
 use dmabuf_core::sync::{Arc, Mutex, Weak};
 use dmabuf_core::trace_event;
@@ -294,6 +292,8 @@ pub enum RevokeEvent {
     },
     /// Step 8: the revoke returned.
     Returned(BufferRevoke),
+    /// A kernel WARN (refcount_t misuse, a timed-out wait).
+    Warn(String),
     /// An un-revoke completed.
     Unrevoked {
         /// The buffer.
@@ -331,7 +331,8 @@ struct VfioAttachPriv {
 pub struct VfioDmaBuf {
     me: Weak<VfioDmaBuf>,
     host: Host,
-    policy: RevokePolicy,
+    protocol: Arc<Protocol>,
+    owner_dev: Weak<VfioInner>,
     exporter: ExporterId,
     provider: DeviceId,
     phys: Vec<(u64, u64)>,
@@ -392,12 +393,14 @@ impl VfioDmaBuf {
             .and_then(|p| p.downcast::<VfioAttachPriv>().ok())
     }
 
-    /// Steps 2–8 for one buffer. `permanent` is cleanup: the device link is
-    /// cleared under the lock and an already revoked buffer skips step 7.
+    /// Steps 2–8 for one buffer: the protocol's revoke sequence, or its
+    /// cleanup sequence when `permanent` (the device link is cleared
+    /// first).
     fn revoke_one(
         &self,
         file: &DmaBuf,
         permanent: bool,
+        cpu: &[CpuMapping],
         obs: Option<&RevokeObserver>,
     ) -> BufferRevoke {
         let mon = self.host.monitor();
@@ -408,48 +411,48 @@ impl VfioDmaBuf {
                 ns: began_ns,
             });
         }
-        let resv = file.resv();
-        let g = crate::host::lock_resv(resv);
-        let already_revoked = self.revocable.is_revoked();
         if permanent {
             *self.vdev.lock() = None;
         }
-        if !self.policy.flag_after_notify() {
-            self.revocable.mark_revoked(&g);
+        let seq = if permanent {
+            &self.protocol.cleanup
+        } else {
+            &self.protocol.revoke
+        };
+        let mut hooks = MoveHooks {
+            buf: self,
+            cpu,
+            fences_done_seq: 0,
+            fences_done: false,
+        };
+        let out = match self.revocable.run(seq, file, &mut hooks) {
+            Ok(o) => o,
+            Err(e) => {
+                self.warn(&format!("revoke sequence failed: {e}"));
+                SeqOutcome::default()
+            }
+        };
+        let fences_done_seq = hooks.fences_done_seq;
+        if !hooks.fences_done {
+            // A sequence without a lock or a wait: its fence point is its end.
+            let _ = mon.fences_done(self.exporter, &self.ranges());
         }
-        // The guard is this buffer's: invalidate cannot refuse it.
-        let notified = dma_buf::invalidate_mappings(file, &g).unwrap_or(0);
-        if self.policy.flag_after_notify() {
-            self.revocable.mark_revoked(&g);
-        }
-        if let Some(usage) = self.policy.fence_wait() {
-            // Non-interruptible and unbounded: it cannot fail.
-            let _ = resv.wait_timeout(usage, None, MAX_SCHEDULE_TIMEOUT);
-        }
-        let fences_done_seq = mon.fences_done(self.exporter, &self.ranges()).unwrap_or(0);
-        drop(g);
         if let Some(o) = obs {
             o(&RevokeEvent::FencesDone {
                 ino: file.ino(),
                 seq: fences_done_seq,
             });
         }
-        let live_after_fences = self.revocable.live_mappings();
-        let drained = if permanent && already_revoked {
-            self.revocable.live_mappings() == 0
-        } else {
-            self.revocable.put_base_and_wait(self.policy.unmap_wait())
-        };
         let live_mappings_at_return = mon.live_mappings();
         let returned_seq = mon
             .revoke_returned(self.exporter, &self.ranges())
             .unwrap_or(0);
         let r = BufferRevoke {
             ino: file.ino(),
-            already_revoked,
-            notified,
-            live_after_fences,
-            drained,
+            already_revoked: out.was_revoked,
+            notified: out.notified,
+            live_after_fences: usize::try_from(out.live_after_fences).unwrap_or(0),
+            drained: self.revocable.live_mappings() == 0,
             began_ns,
             returned_ns: dmabuf_core::sync::time::now_ns(),
             fences_done_seq,
@@ -458,9 +461,9 @@ impl VfioDmaBuf {
         };
         trace_event!(
             "vfio_pci_dma_buf_revoked",
-            "ino={} policy={} notified={} drained={} live_at_return={}",
+            "ino={:#x} protocol={} notified={} drained={} live_at_return={}",
             r.ino,
-            self.policy,
+            self.protocol.name,
             r.notified,
             r.drained,
             r.live_mappings_at_return
@@ -471,35 +474,43 @@ impl VfioDmaBuf {
         r
     }
 
-    /// Un-revoke steps 1–4.
-    fn unrevoke_one(&self, file: &DmaBuf, obs: Option<&RevokeObserver>) -> Result<(), VfioError> {
+    /// Un-revoke: the protocol's un-revoke sequence.
+    fn unrevoke_one(
+        &self,
+        file: &DmaBuf,
+        cpu: &[CpuMapping],
+        obs: Option<&RevokeObserver>,
+    ) -> Result<(), VfioError> {
         if !self.revocable.is_revoked() {
             return Ok(());
         }
-        if self.policy.unmap_wait() == UnmapWait::None {
-            // The policies without a drain have no count to re-arm.
-            {
-                let g = crate::host::lock_resv(file.resv());
-                let _ = dma_buf::invalidate_mappings(file, &g);
-                if let Some(usage) = self.policy.fence_wait() {
-                    let _ = file.resv().wait_timeout(usage, None, MAX_SCHEDULE_TIMEOUT);
-                }
-            }
-            let g = crate::host::lock_resv(file.resv());
-            self.revocable.clear_revoked(&g);
-        } else {
-            self.revocable
-                .unrevoke(file)
-                .map_err(|source| VfioError::Unrevoke {
-                    ino: file.ino(),
-                    source,
-                })?;
+        let mut hooks = MoveHooks {
+            buf: self,
+            cpu,
+            fences_done_seq: 0,
+            fences_done: true,
+        };
+        self.revocable
+            .run(&self.protocol.unrevoke, file, &mut hooks)
+            .map_err(|source| VfioError::Unrevoke {
+                ino: file.ino(),
+                source,
+            })?;
+        if self.revocable.is_revoked() {
+            // The sequence left the flag set (it has no clear_revoked): the
+            // buffer stays revoked.
+            return Err(VfioError::Unrevoke {
+                ino: file.ino(),
+                source: DmaBufError::Invalid(
+                    "the un-revoke sequence left the buffer revoked".into(),
+                ),
+            });
         }
         let seq = self
             .host
             .monitor()
             .unrevoke(self.exporter, &self.ranges())?;
-        trace_event!("vfio_pci_dma_buf_unrevoked", "ino={}", file.ino());
+        trace_event!("vfio_pci_dma_buf_unrevoked", "ino={:#x}", file.ino());
         if let Some(o) = obs {
             o(&RevokeEvent::Unrevoked {
                 ino: file.ino(),
@@ -508,12 +519,50 @@ impl VfioDmaBuf {
         }
         Ok(())
     }
+
+    /// A kernel WARN from this buffer (refcount_t misuse, a timed-out wait).
+    fn warn(&self, msg: &str) {
+        let ino = self.ino().unwrap_or(0);
+        if let Some(v) = self.vdev.lock().clone().and_then(|w| w.upgrade()) {
+            v.warn(ino, msg);
+        } else if let Some(v) = self.owner_dev.upgrade() {
+            v.warn(ino, msg);
+        }
+    }
+}
+
+/// The exporter's own points of a sequence.
+struct MoveHooks<'a> {
+    buf: &'a VfioDmaBuf,
+    cpu: &'a [CpuMapping],
+    fences_done_seq: u64,
+    fences_done: bool,
+}
+
+impl SequenceHooks for MoveHooks<'_> {
+    fn fences_done(&mut self) {
+        if self.fences_done {
+            return;
+        }
+        self.fences_done = true;
+        self.fences_done_seq = self
+            .buf
+            .host
+            .monitor()
+            .fences_done(self.buf.exporter, &self.buf.ranges())
+            .unwrap_or(0);
+    }
+
+    fn unmap_mapping_range(&mut self) {
+        for m in self.cpu {
+            m.zap_all();
+        }
+    }
 }
 
 impl DmaBufOps for VfioDmaBuf {
     fn attach(&self, _buf: &DmaBufRef, attach: &Attachment) -> Result<(), DmaBufError> {
-        self.revocable
-            .check_attach(attach, self.policy.attach_gate())?;
+        self.revocable.check_attach(attach, self.protocol.attach)?;
         let me = self
             .me
             .upgrade()
@@ -525,7 +574,7 @@ impl DmaBufOps for VfioDmaBuf {
     }
 
     fn pin_ops(&self) -> Option<&dyn PinOps> {
-        self.policy.gate_in_pin().then_some(self as &dyn PinOps)
+        self.protocol.pin.is_some().then_some(self as &dyn PinOps)
     }
 
     fn map_dma_buf(
@@ -607,7 +656,8 @@ impl DmaBufOps for VfioDmaBuf {
 
 impl PinOps for VfioDmaBuf {
     fn pin(&self, attach: &Attachment, _guard: &ResvGuard<'_>) -> Result<(), DmaBufError> {
-        self.revocable.check_revocable_at_pin(attach)
+        self.revocable
+            .check_pin(attach, self.protocol.pin.unwrap_or_default())
     }
 
     fn unpin(&self, _attach: &Attachment, _guard: &ResvGuard<'_>) {}
@@ -652,7 +702,7 @@ struct MemState {
 struct VfioInner {
     host: Host,
     pdev: PciDevice,
-    policy: RevokePolicy,
+    protocol: Arc<Protocol>,
     owner: Accessor,
     exporter: ExporterId,
     /// `vdev->memory_lock` (write side), class [`MEMORY_LOCK_CLASS`].
@@ -660,6 +710,19 @@ struct VfioInner {
     observer: Mutex<Option<RevokeObserver>>,
     revokes: AtomicU64,
     unrevokes: AtomicU64,
+    /// Kernel WARNs (a diagnostic record: never a scheduling point).
+    warnings: parking_lot::Mutex<Vec<String>>,
+}
+
+impl VfioInner {
+    fn warn(&self, ino: u64, msg: &str) {
+        let line = format!("WARN: dma-buf ino {ino:#x}: {msg}");
+        self.warnings.lock().push(line.clone());
+        let obs = self.observer.lock().clone();
+        if let Some(o) = obs {
+            o(&RevokeEvent::Warn(line));
+        }
+    }
 }
 
 /// A PCI device bound to vfio-pci, opened by a VMM (cheap to clone handle).
@@ -668,21 +731,26 @@ pub struct VfioPciDevice(Arc<VfioInner>);
 
 impl fmt::Debug for VfioPciDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VfioPciDevice({} {})", self.0.pdev.name(), self.0.policy)
+        write!(
+            f,
+            "VfioPciDevice({} {})",
+            self.0.pdev.name(),
+            self.0.protocol.name
+        )
     }
 }
 
 impl VfioPciDevice {
-    /// Binds `pdev` to vfio-pci with a revoke policy, registering it as an
-    /// exporter with the monitor.
-    pub fn bind(host: &Host, pdev: PciDevice, policy: RevokePolicy) -> Result<Self, VfioError> {
+    /// Binds `pdev` to vfio-pci with a revoke protocol, registering it as
+    /// an exporter with the monitor.
+    pub fn bind(host: &Host, pdev: PciDevice, protocol: Arc<Protocol>) -> Result<Self, VfioError> {
         let name = format!("vfio-pci:{}", pdev.name());
         let owner = Accessor::new(&name);
         let exporter = host.monitor().register_exporter(&name, &owner)?;
         Ok(Self(Arc::new(VfioInner {
             host: host.clone(),
             pdev,
-            policy,
+            protocol,
             owner,
             exporter,
             memory_lock: ClassMutex::new(
@@ -696,6 +764,7 @@ impl VfioPciDevice {
             observer: Mutex::new(None),
             revokes: AtomicU64::new(0),
             unrevokes: AtomicU64::new(0),
+            warnings: parking_lot::Mutex::new(Vec::new()),
         })))
     }
 
@@ -704,9 +773,14 @@ impl VfioPciDevice {
         &self.0.pdev
     }
 
-    /// The revoke policy.
-    pub fn policy(&self) -> RevokePolicy {
-        self.0.policy
+    /// The revoke protocol.
+    pub fn protocol(&self) -> &Arc<Protocol> {
+        &self.0.protocol
+    }
+
+    /// Kernel WARNs so far (refcount_t misuse, timed-out waits).
+    pub fn warnings(&self) -> Vec<String> {
+        self.0.warnings.lock().clone()
     }
 
     /// The monitor's id of this exporter.
@@ -832,12 +906,24 @@ impl VfioPciDevice {
                     let priv_ = Arc::new_cyclic(|me| VfioDmaBuf {
                         me: me.clone(),
                         host: self.0.host.clone(),
-                        policy: self.0.policy,
+                        protocol: self.0.protocol.clone(),
+                        owner_dev: Arc::downgrade(&self.0),
                         exporter: self.0.exporter,
                         provider: self.0.pdev.id(),
                         phys,
                         size: req.size,
-                        revocable: Revocable::new(revoked),
+                        revocable: Revocable::with_warn_sink(revoked, {
+                            let (me, v) = (me.clone(), Arc::downgrade(&self.0));
+                            Arc::new(move |msg: &str| {
+                                let ino = me
+                                    .upgrade()
+                                    .and_then(|b: Arc<VfioDmaBuf>| b.ino())
+                                    .unwrap_or(0);
+                                if let Some(v) = v.upgrade() {
+                                    v.warn(ino, msg);
+                                }
+                            })
+                        }),
                         vdev: Mutex::new(Some(Arc::downgrade(&self.0))),
                         dmabuf: Mutex::new(None),
                     });
@@ -898,10 +984,10 @@ impl VfioPciDevice {
                 if revoked {
                     report
                         .revoked
-                        .push(p.revoke_one(&file, false, obs.as_ref()));
+                        .push(p.revoke_one(&file, false, &mem.cpu_maps, obs.as_ref()));
                     self.0.revokes.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    match p.unrevoke_one(&file, obs.as_ref()) {
+                    match p.unrevoke_one(&file, &mem.cpu_maps, obs.as_ref()) {
                         Ok(()) => {
                             report.unrevoked.push(file.ino());
                             self.0.unrevokes.fetch_add(1, Ordering::Relaxed);
@@ -1039,7 +1125,9 @@ impl VfioPciDevice {
                     *p.vdev.lock() = None;
                     continue;
                 };
-                report.revoked.push(p.revoke_one(&file, true, obs.as_ref()));
+                report
+                    .revoked
+                    .push(p.revoke_one(&file, true, &mem.cpu_maps, obs.as_ref()));
                 self.0.revokes.fetch_add(1, Ordering::Relaxed);
                 deferred.push(file);
             }

@@ -61,7 +61,6 @@ use super::{
 };
 use crate::host::{ClassMutex, Host, LockClass};
 use crate::job::submit_after;
-use crate::world::ImporterKind;
 use dmabuf_core::dma_buf::{self, AttachOps, Attachment, DmaBuf, InvalidateFn};
 use dmabuf_core::dma_resv::{ResvGuard, Usage};
 use dmabuf_core::errno::{self, Errno};
@@ -89,6 +88,21 @@ pub struct GpuConfig {
     pub worker_latency: Duration,
     /// Speculative read-ahead.
     pub readahead: bool,
+    /// What a job does after a map failed with `ENODEV`.
+    pub remap: Remap,
+}
+
+/// When the importer maps again after an invalidate or a refused map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Remap {
+    /// Every job that finds the BO unbound tries to map (amdgpu, xe).
+    #[default]
+    Lazy,
+    /// A map refused with `ENODEV` is remembered: later jobs fail at once,
+    /// without asking the exporter, until the next `invalidate_mappings`
+    /// clears the note (a driver that treats ENODEV as "gone until told
+    /// otherwise").
+    CacheEnodev,
 }
 
 impl Default for GpuConfig {
@@ -98,6 +112,7 @@ impl Default for GpuConfig {
             writes_after_fences: false,
             worker_latency: Duration::from_micros(120),
             readahead: true,
+            remap: Remap::Lazy,
         }
     }
 }
@@ -272,6 +287,8 @@ struct BoState {
     jobs: Vec<Fence>,
     /// The unbind of the current generation, once queued.
     unbind: Option<(u64, Fence)>,
+    /// [`Remap::CacheEnodev`]: the last map was refused with `ENODEV`.
+    enodev_cached: bool,
 }
 
 struct ImportInner {
@@ -304,6 +321,7 @@ const COUNTERS: &[&str] = &[
     "unbinds",
     "jobs",
     "map_enodev",
+    "map_enodev_cached",
     "writes_after_fences",
 ];
 
@@ -327,6 +345,7 @@ impl GpuImport {
                     generation: 0,
                     jobs: Vec::new(),
                     unbind: None,
+                    enodev_cached: false,
                 },
             ),
             counters: Counters::new(COUNTERS),
@@ -364,6 +383,7 @@ impl GpuImport {
         imp.0.counters.bump("invalidates");
         let mut st = imp.0.st.lock("amdgpu_dma_buf_move_notify");
         st.bound = false;
+        st.enodev_cached = false;
         if st.mapping.is_none() {
             return;
         }
@@ -459,6 +479,17 @@ impl GpuImport {
             if st.bound && st.mapping.is_some() {
                 return Ok(());
             }
+            if st.enodev_cached {
+                drop(st);
+                self.0.counters.bump("map_enodev_cached");
+                return Err(ImportError::DmaBuf {
+                    stage: Stage::Map,
+                    source: dmabuf_core::dma_buf::DmaBufError::errno(
+                        errno::ENODEV,
+                        "cached ENODEV from an earlier map (no invalidate since)",
+                    ),
+                });
+            }
             let unbind = st.unbind.clone().filter(|(gen_, _)| *gen_ == st.generation);
             st.generation += 1;
             (st.mapping.take(), unbind)
@@ -486,6 +517,9 @@ impl GpuImport {
             Err(e) => {
                 if e.errno() == errno::ENODEV {
                     self.0.counters.bump("map_enodev");
+                    if dev.cfg.remap == Remap::CacheEnodev {
+                        self.0.st.lock("amdgpu_bo_validate enodev").enodev_cached = true;
+                    }
                 }
                 Err(ImportError::DmaBuf {
                     stage: Stage::Map,
@@ -499,14 +533,6 @@ impl GpuImport {
 impl Importer for GpuImport {
     fn name(&self) -> &str {
         &self.0.name
-    }
-
-    fn kind(&self) -> ImporterKind {
-        if self.0.dev.0.cfg.kernel_fence {
-            ImporterKind::GpuKernelFence
-        } else {
-            ImporterKind::Gpu
-        }
     }
 
     fn setup(&self, proc: &Arc<Process>, fd: i32) -> Result<(), ImportError> {

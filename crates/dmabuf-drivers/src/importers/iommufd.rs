@@ -55,7 +55,6 @@ use super::{Counters, ImportError, Importer, Job, Stage, job_ops, read_page};
 use crate::host::{ClassMutex, Host, LockClass};
 use crate::job::submit_after;
 use crate::vfio;
-use crate::world::ImporterKind;
 use dmabuf_core::dma_buf::{self, AttachOps, Attachment, DmaBuf, InvalidateFn};
 use dmabuf_core::dma_resv::ResvGuard;
 use dmabuf_core::errno::{self, Errno};
@@ -434,10 +433,6 @@ impl IommufdImporter {
 impl Importer for IommufdImporter {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    fn kind(&self) -> ImporterKind {
-        ImporterKind::Iommufd
     }
 
     fn setup(&self, proc: &Arc<Process>, fd: i32) -> Result<(), ImportError> {

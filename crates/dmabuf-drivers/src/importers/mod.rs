@@ -37,7 +37,6 @@ use crate::dma_api;
 use crate::host::Host;
 use crate::job::PendingJob;
 use crate::vfio::VfioError;
-use crate::world::ImporterKind;
 use dmabuf_core::Fence;
 use dmabuf_core::dma_buf::{self, Attachment, DmaBufError, DmaDirection, Mapping};
 use dmabuf_core::dma_resv::ResvGuard;
@@ -316,9 +315,6 @@ impl Job {
 pub trait Importer: Send + Sync {
     /// Instance name (`gpu0`, `iommufd1`, ...).
     fn name(&self) -> &str;
-
-    /// The matrix column it belongs to.
-    fn kind(&self) -> ImporterKind;
 
     /// Attach, pin, map, register: whatever this importer does with a
     /// dma-buf fd of `proc` before its device may use it.

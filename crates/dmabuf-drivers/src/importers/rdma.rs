@@ -60,7 +60,6 @@ use super::{
     Counters, Declared, ImportError, Importer, Job, Stage, map_and_declare, unmap_declared,
 };
 use crate::host::{ClassMutex, Host, LockClass};
-use crate::world::ImporterKind;
 use dmabuf_core::dma_buf::{self, AttachOps, Attachment, DmaBuf, InvalidateFn};
 use dmabuf_core::dma_fence::MAX_SCHEDULE_TIMEOUT;
 use dmabuf_core::dma_resv::{ResvGuard, Usage};
@@ -91,16 +90,6 @@ pub enum MrFlavour {
 }
 
 impl MrFlavour {
-    /// The matrix column.
-    pub fn kind(self) -> ImporterKind {
-        match self {
-            MrFlavour::Odp => ImporterKind::RdmaOdp,
-            MrFlavour::Pinned => ImporterKind::RdmaPinned,
-            MrFlavour::PinnedRevocable => ImporterKind::RdmaPinnedRevocable,
-            MrFlavour::Lying => ImporterKind::Lying,
-        }
-    }
-
     fn pins(self) -> bool {
         matches!(self, MrFlavour::Pinned | MrFlavour::PinnedRevocable)
     }
@@ -375,10 +364,6 @@ impl PageFault for MrInner {
 impl Importer for RdmaImporter {
     fn name(&self) -> &str {
         &self.0.name
-    }
-
-    fn kind(&self) -> ImporterKind {
-        self.0.flavour.kind()
     }
 
     fn setup(&self, proc: &Arc<Process>, fd: i32) -> Result<(), ImportError> {

@@ -28,7 +28,6 @@ use super::{
 };
 use crate::host::Host;
 use crate::job::submit_after;
-use crate::world::ImporterKind;
 use dmabuf_core::dma_buf::{self, Attachment, DmaBuf};
 use dmabuf_core::sync::{Arc, Mutex};
 use dmabuf_core::uapi::Process;
@@ -97,10 +96,6 @@ impl StaticImporter {
 impl Importer for StaticImporter {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    fn kind(&self) -> ImporterKind {
-        ImporterKind::Static
     }
 
     fn setup(&self, proc: &Arc<Process>, fd: i32) -> Result<(), ImportError> {

@@ -1,9 +1,9 @@
 //! A VFIO device on a small platform, shared by the driver tests.
 
+use dmabuf_core::revoke::Protocol;
 use dmabuf_core::sync::Arc;
 use dmabuf_core::uapi::Process;
 use dmabuf_drivers::host::Host;
-use dmabuf_drivers::policy::RevokePolicy;
 use dmabuf_drivers::vfio::VfioPciDevice;
 use dmabuf_drivers::vfio_uapi::DmaRange;
 use dmabuf_platform::{DeviceConfig, Platform, PlatformConfig};
@@ -28,8 +28,12 @@ pub fn fixture_with(peers: &[&str]) -> Fx {
     }
     let p = Platform::new(cfg).unwrap();
     let host = Host::new(p.clone());
-    let vfio =
-        VfioPciDevice::bind(&host, p.device("vfio0").unwrap(), RevokePolicy::V6Final).unwrap();
+    let vfio = VfioPciDevice::bind(
+        &host,
+        p.device("vfio0").unwrap(),
+        Arc::new(Protocol::merged()),
+    )
+    .unwrap();
     Fx {
         p,
         host,

@@ -4,11 +4,10 @@
 //! error, or (in normal mode) a deadlock or a leak. Verdicts about hazards
 //! are the checker's business, not asserted here.
 
+mod common;
 use dmabuf_core::sync::sched::{self, Outcome, Pct, Random, RunConfig, Strategy};
-use dmabuf_drivers::policy::RevokePolicy;
-use dmabuf_drivers::world::{
-    ExporterKind, ImporterKind, ImporterSpec, StallMode, Trigger, WorldProbe, WorldSpec,
-    run_world_with,
+use dmabuf_scenario::world::{
+    ExporterKind, StallMode, Trigger, WorldProbe, WorldSpec, run_world_with,
 };
 
 fn check(spec: &WorldSpec, mode: StallMode, s: &mut dyn Strategy, fails: &mut Vec<String>) -> u64 {
@@ -29,7 +28,7 @@ fn check(spec: &WorldSpec, mode: StallMode, s: &mut dyn Strategy, fails: &mut Ve
         fails.push(format!(
             "{:?} {} {:?} {mode:?} {}: {:?} panics={:?} leaks={:?} errors={:?}",
             spec.exporter,
-            spec.policy,
+            spec.protocol,
             spec.trigger,
             s.name(),
             r.outcome,
@@ -45,8 +44,8 @@ fn check(spec: &WorldSpec, mode: StallMode, s: &mut dyn Strategy, fails: &mut Ve
 fn every_vfio_world_ends_cleanly_under_random_and_pct_schedules() {
     let mut fails = Vec::new();
     let mut max_steps = 0;
-    for (i, policy) in RevokePolicy::ALL.into_iter().enumerate() {
-        for kind in ImporterKind::ALL {
+    for (i, policy) in common::policies().into_iter().enumerate() {
+        for kind in common::kinds() {
             for trigger in [
                 Trigger::Flr,
                 Trigger::Close,
@@ -56,7 +55,7 @@ fn every_vfio_world_ends_cleanly_under_random_and_pct_schedules() {
                 for mode in [StallMode::Normal, StallMode::StallUserspaceAtRevoke] {
                     let mut spec = WorldSpec {
                         trigger,
-                        ..WorldSpec::vfio(policy, kind)
+                        ..WorldSpec::vfio(policy.clone(), kind.clone())
                     };
                     spec.map_during_invalidate = i % 2 == 1;
                     spec.cpu_access = i % 3 == 1;
@@ -81,13 +80,13 @@ fn heap_and_vram_worlds_end_cleanly_with_mixed_importers() {
         (ExporterKind::GpuVram, Trigger::Eviction),
         (ExporterKind::GpuVram, Trigger::Close),
     ] {
-        for (i, kind) in ImporterKind::ALL.into_iter().enumerate() {
+        for (i, kind) in common::kinds().into_iter().enumerate() {
             let mut spec = WorldSpec {
                 exporter,
                 trigger,
-                ..WorldSpec::vfio(RevokePolicy::V6Final, kind)
+                ..WorldSpec::vfio(common::p("v6-final"), kind)
             };
-            spec.importers.push(ImporterSpec::one(ImporterKind::Gpu));
+            spec.importers.push(common::k("gpu"));
             check(
                 &spec,
                 StallMode::Normal,

@@ -73,21 +73,12 @@
 //! | `remap_failed` | an un-revoke cycle's re-map was refused |
 //! | `maps`, `unmaps`, `invalidates`, `faults`, `revoked`, ... | summed over the importer instances ([`Importer::counters`]) |
 
-use crate::gpu_vram::GpuVram;
-use crate::host::Host;
-use crate::importers::gpu::{GpuConfig, GpuDevice, GpuImport};
-use crate::importers::iommufd::IommufdImporter;
-use crate::importers::nic::Nic;
-use crate::importers::rdma::{MrFlavour, RdmaImporter};
-use crate::importers::static_import::StaticImporter;
-use crate::importers::{ImportError, Importer, JOB_BYTES, Job, read_page};
-use crate::system_heap::SystemHeap;
-use crate::vfio::{ResetKind, RevokeEvent, TriggerReport, VfioError, VfioPciDevice};
-use crate::vfio_uapi::DmaRange;
 use crate::world::{
-    ExporterKind, ImporterKind, ImporterSpec, Observation, Refusal, StallMode, Trigger, WorldSpec,
+    ExporterKind, ImporterBase, ImporterSpec, Observation, OnInvalidate, Refusal, StallMode,
+    Trigger, WorldSpec,
 };
 use dmabuf_core::dma_buf::DmaBufRef;
+use dmabuf_core::dma_resv::Usage;
 use dmabuf_core::errno::Errno;
 use dmabuf_core::sync::sched;
 use dmabuf_core::sync::thread::{self, JoinHandle};
@@ -95,6 +86,17 @@ use dmabuf_core::sync::time::now_ns;
 use dmabuf_core::sync::{Arc, Condvar, Mutex};
 use dmabuf_core::uapi::Process;
 use dmabuf_core::{Fence, FenceContext, SignalHandle};
+use dmabuf_drivers::gpu_vram::GpuVram;
+use dmabuf_drivers::host::Host;
+use dmabuf_drivers::importers::gpu::{GpuConfig, GpuDevice, GpuImport};
+use dmabuf_drivers::importers::iommufd::IommufdImporter;
+use dmabuf_drivers::importers::nic::Nic;
+use dmabuf_drivers::importers::rdma::RdmaImporter;
+use dmabuf_drivers::importers::static_import::StaticImporter;
+use dmabuf_drivers::importers::{ImportError, Importer, JOB_BYTES, Job, Stage, read_page};
+use dmabuf_drivers::system_heap::SystemHeap;
+use dmabuf_drivers::vfio::{ResetKind, RevokeEvent, TriggerReport, VfioError, VfioPciDevice};
+use dmabuf_drivers::vfio_uapi::DmaRange;
 use dmabuf_platform::{
     Accessor, DeviceConfig, Monitor, PAGE_SIZE, Platform, PlatformConfig, PowerState,
 };
@@ -240,8 +242,8 @@ struct Instance {
     index: usize,
 }
 
-fn instance_name(kind: ImporterKind, i: usize) -> String {
-    format!("{}{i}", kind.name())
+fn instance_name(spec: &ImporterSpec, i: usize) -> String {
+    format!("{}{i}", spec.name)
 }
 
 fn build_platform(spec: &WorldSpec) -> Result<Platform, String> {
@@ -264,7 +266,7 @@ fn build_platform(spec: &WorldSpec) -> Result<Platform, String> {
     let mut index = 0;
     for s in &spec.importers {
         for _ in 0..s.count {
-            cfg = cfg.device(DeviceConfig::new(instance_name(s.kind, index)).behind_switch("sw0"));
+            cfg = cfg.device(DeviceConfig::new(instance_name(s, index)).behind_switch("sw0"));
             index += 1;
         }
     }
@@ -279,31 +281,28 @@ fn make_importer(
     let dev = host
         .device_by_name(name)
         .ok_or_else(|| ImportError::NotSetUp(name.into()))?;
-    Ok(match s.kind {
-        ImporterKind::Static => Arc::new(StaticImporter::new(host, name, dev)?),
-        ImporterKind::Gpu | ImporterKind::GpuKernelFence => {
+    Ok(match s.base {
+        ImporterBase::Static => Arc::new(StaticImporter::new(host, name, dev)?),
+        ImporterBase::Gpu => {
             let cfg = GpuConfig {
-                kernel_fence: s.kind == ImporterKind::GpuKernelFence,
+                kernel_fence: s.invalidate == OnInvalidate::Evict(Usage::Kernel),
                 writes_after_fences: s.writes_after_fences,
-                ..GpuConfig::default()
+                worker_latency: s.unmap_latency,
+                readahead: s.read_ahead,
+                remap: s.remap,
             };
             let g = GpuDevice::new(host, dev, cfg)?;
             Arc::new(GpuImport::new(name, &g, true))
         }
-        ImporterKind::RdmaOdp
-        | ImporterKind::RdmaPinned
-        | ImporterKind::RdmaPinnedRevocable
-        | ImporterKind::Lying => {
-            let flavour = match s.kind {
-                ImporterKind::RdmaOdp => MrFlavour::Odp,
-                ImporterKind::RdmaPinned => MrFlavour::Pinned,
-                ImporterKind::RdmaPinnedRevocable => MrFlavour::PinnedRevocable,
-                _ => MrFlavour::Lying,
-            };
+        ImporterBase::Rdma => {
+            let flavour = s.mr_flavour().ok_or_else(|| ImportError::Invalid {
+                stage: Stage::Attach,
+                what: format!("{name}: no RDMA model has this behaviour"),
+            })?;
             let nic = Nic::new(host, dev)?;
             Arc::new(RdmaImporter::new(host, name, flavour, &nic, true))
         }
-        ImporterKind::Iommufd => Arc::new(IommufdImporter::new(host, name, dev)?),
+        ImporterBase::Iommufd => Arc::new(IommufdImporter::new(host, name, dev)?),
     })
 }
 
@@ -405,7 +404,9 @@ fn build_world(
         ExporterKind::Vfio => host
             .device_by_name("vfio0")
             .ok_or_else(|| "no vfio0".to_string())
-            .and_then(|d| VfioPciDevice::bind(host, d, spec.policy).map_err(|e| e.to_string()))
+            .and_then(|d| {
+                VfioPciDevice::bind(host, d, spec.protocol.clone()).map_err(|e| e.to_string())
+            })
             .map(Exporter::Vfio),
         ExporterKind::SystemHeap => SystemHeap::new(host)
             .map(Exporter::Heap)
@@ -427,7 +428,7 @@ fn build_world(
     let mut index = 0;
     for s in &spec.importers {
         for _ in 0..s.count {
-            let name = instance_name(s.kind, index);
+            let name = instance_name(s, index);
             match make_importer(host, s, &name) {
                 Ok(imp) => instances.push(Instance {
                     imp,
@@ -725,6 +726,9 @@ fn spawn_revoker(
     if let Exporter::Vfio(v) = &*exporter {
         let (coord2, probe2) = (coord.clone(), probe.clone());
         v.set_revoke_observer(Some(Arc::new(move |ev: &RevokeEvent| {
+            if let RevokeEvent::Warn(w) = ev {
+                probe2.with(|o| o.warnings.push(w.clone()));
+            }
             if let RevokeEvent::Returned(r) = ev {
                 let first = {
                     let mut st = probe2.st.lock();

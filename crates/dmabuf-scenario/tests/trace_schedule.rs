@@ -2,11 +2,9 @@
 //! replays tokens with `--trace`. (Its own test binary, because the trace
 //! switch is process-wide and other tests turn it on.)
 
+mod common;
 use dmabuf_core::sync::sched::{self, Random, RunConfig, Strategy};
-use dmabuf_drivers::policy::RevokePolicy;
-use dmabuf_drivers::world::{
-    ImporterKind, StallMode, Trigger, WorldProbe, WorldSpec, run_world_with,
-};
+use dmabuf_scenario::world::{StallMode, Trigger, WorldProbe, WorldSpec, run_world_with};
 
 fn run(spec: &WorldSpec) -> (sched::RunReport, Vec<dmabuf_platform::Hazard>) {
     let mut s = Random::new(5);
@@ -22,14 +20,14 @@ fn run(spec: &WorldSpec) -> (sched::RunReport, Vec<dmabuf_platform::Hazard>) {
 #[test]
 fn tracing_does_not_change_the_schedule() {
     for (policy, kind) in [
-        (RevokePolicy::V6Final, ImporterKind::Gpu),
-        (RevokePolicy::V4BookkeepWait, ImporterKind::Gpu),
-        (RevokePolicy::V6Final, ImporterKind::Iommufd),
-        (RevokePolicy::V2InvalidateOnly, ImporterKind::RdmaOdp),
+        (common::p("v6-final"), common::k("gpu")),
+        (common::p("v4-bookkeep-wait"), common::k("gpu")),
+        (common::p("v6-final"), common::k("iommufd")),
+        (common::p("v2-invalidate-only"), common::k("rdma-odp")),
     ] {
         let spec = WorldSpec {
             trigger: Trigger::UnrevokeCycle,
-            ..WorldSpec::vfio(policy, kind)
+            ..WorldSpec::vfio(policy.clone(), kind.clone())
         };
         dmabuf_core::trace::set_enabled(false);
         let (r1, h1) = run(&spec);

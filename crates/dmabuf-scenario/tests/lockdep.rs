@@ -14,10 +14,9 @@ use dmabuf_core::lockdep::{self, ClassId, Mode, Report, ReportKind};
 use dmabuf_drivers::gpu_vram;
 use dmabuf_drivers::importers::iommufd::{self, Iommufd};
 use dmabuf_drivers::importers::{gpu, rdma};
-use dmabuf_drivers::policy::RevokePolicy;
 use dmabuf_drivers::vfio::{self};
-use dmabuf_drivers::world::{
-    ExporterKind, ImporterKind, ImporterSpec, StallMode, Trigger, WorldSpec, run_world,
+use dmabuf_scenario::world::{
+    ExporterKind, ImporterSpec, StallMode, Trigger, WorldSpec, run_world,
 };
 
 mod common;
@@ -54,63 +53,53 @@ fn show(reports: &[Report]) -> String {
         .join("\n")
 }
 
-fn vfio_world(kind: ImporterKind, trigger: Trigger) -> WorldSpec {
+fn vfio_world(kind: ImporterSpec, trigger: Trigger) -> WorldSpec {
     WorldSpec {
         trigger,
         cpu_access: true,
-        ..WorldSpec::vfio(RevokePolicy::V6Final, kind)
+        ..WorldSpec::vfio(common::p("v6-final"), kind)
     }
 }
 
-fn other_world(exporter: ExporterKind, kinds: &[ImporterKind], trigger: Trigger) -> WorldSpec {
+fn other_world(exporter: ExporterKind, kinds: &[ImporterSpec], trigger: Trigger) -> WorldSpec {
     WorldSpec {
         exporter,
-        importers: kinds.iter().map(|k| ImporterSpec::one(*k)).collect(),
+        importers: kinds.to_vec(),
         trigger,
-        ..WorldSpec::vfio(RevokePolicy::V6Final, ImporterKind::Gpu)
+        ..WorldSpec::vfio(common::p("v6-final"), common::k("gpu"))
     }
 }
 
 fn normal_worlds() -> Vec<WorldSpec> {
     let mut worlds = Vec::new();
     for kind in [
-        ImporterKind::Gpu,
-        ImporterKind::GpuKernelFence,
-        ImporterKind::RdmaOdp,
-        ImporterKind::RdmaPinnedRevocable,
-        ImporterKind::Iommufd,
+        common::k("gpu"),
+        common::k("gpu-kernel-fence"),
+        common::k("rdma-odp"),
+        common::k("rdma-pinned-revocable"),
+        common::k("iommufd"),
     ] {
         for trigger in [Trigger::Flr, Trigger::UnrevokeCycle, Trigger::Close] {
-            worlds.push(vfio_world(kind, trigger));
+            worlds.push(vfio_world(kind.clone(), trigger));
         }
     }
     // Every accepted importer of VFIO on one buffer at once.
     worlds.push(WorldSpec {
         importers: [
-            ImporterKind::Gpu,
-            ImporterKind::RdmaOdp,
-            ImporterKind::RdmaPinnedRevocable,
-            ImporterKind::Iommufd,
+            common::k("gpu"),
+            common::k("rdma-odp"),
+            common::k("rdma-pinned-revocable"),
+            common::k("iommufd"),
         ]
-        .into_iter()
-        .map(ImporterSpec::one)
-        .collect(),
-        ..vfio_world(ImporterKind::Gpu, Trigger::D3hot)
+        .to_vec(),
+        ..vfio_world(common::k("gpu"), Trigger::D3hot)
     });
     worlds.push(other_world(
         ExporterKind::SystemHeap,
-        &[
-            ImporterKind::Static,
-            ImporterKind::Gpu,
-            ImporterKind::RdmaOdp,
-        ],
+        &[common::k("static"), common::k("gpu"), common::k("rdma-odp")],
         Trigger::Close,
     ));
-    for kind in [
-        ImporterKind::Gpu,
-        ImporterKind::RdmaOdp,
-        ImporterKind::Static,
-    ] {
+    for kind in [common::k("gpu"), common::k("rdma-odp"), common::k("static")] {
         worlds.push(other_world(
             ExporterKind::GpuVram,
             &[kind],
@@ -119,7 +108,7 @@ fn normal_worlds() -> Vec<WorldSpec> {
     }
     worlds.push(other_world(
         ExporterKind::GpuVram,
-        &[ImporterKind::Gpu, ImporterKind::RdmaOdp],
+        &[common::k("gpu"), common::k("rdma-odp")],
         Trigger::Close,
     ));
     worlds

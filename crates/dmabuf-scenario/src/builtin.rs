@@ -1,0 +1,581 @@
+//! The library of protocols: the built-in files (shipped inside the binary,
+//! from the repository's `protocols/` folder) plus any files or folders a
+//! user adds, and the resolution of names into runnable [`Scenario`]s.
+//!
+//! # Names
+//!
+//! | name | scenario |
+//! |---|---|
+//! | a `[scenario]`'s name | that scenario, its references resolved |
+//! | `matrix.<exporter>.<importer>` | one matrix cell: the exporter with one importer, FLR with DMA in flight |
+//! | either, ending in `.jobs<N>` | the same with `N` DMA jobs per importer (a shrunk counterexample) |
+//!
+//! A name defined twice (a user file that redefines a built-in, or two user
+//! files) is an error naming both files: a question must have one meaning.
+
+use crate::file::{self, Expect, ExporterDef, FileError, ImporterDef, ProtocolFile, ScenarioDef};
+use crate::world::{ExporterKind, ImporterSpec, Trigger, WorldSpec};
+use dmabuf_core::sync::Arc;
+use std::path::Path;
+
+/// The built-in files, in matrix order (rows, then columns, then the named
+/// scenarios).
+pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        "protocols/exporters/v1-core-flag.toml",
+        include_str!("../../../protocols/exporters/v1-core-flag.toml"),
+    ),
+    (
+        "protocols/exporters/v2-invalidate-only.toml",
+        include_str!("../../../protocols/exporters/v2-invalidate-only.toml"),
+    ),
+    (
+        "protocols/exporters/v3-kernel-wait.toml",
+        include_str!("../../../protocols/exporters/v3-kernel-wait.toml"),
+    ),
+    (
+        "protocols/exporters/v4-bookkeep-wait.toml",
+        include_str!("../../../protocols/exporters/v4-bookkeep-wait.toml"),
+    ),
+    (
+        "protocols/exporters/v5-unmap-timeout.toml",
+        include_str!("../../../protocols/exporters/v5-unmap-timeout.toml"),
+    ),
+    (
+        "protocols/exporters/v6-final.toml",
+        include_str!("../../../protocols/exporters/v6-final.toml"),
+    ),
+    (
+        "protocols/exporters/v8b-final-no-gate.toml",
+        include_str!("../../../protocols/exporters/v8b-final-no-gate.toml"),
+    ),
+    (
+        "protocols/exporters/v9c-gate-in-pin.toml",
+        include_str!("../../../protocols/exporters/v9c-gate-in-pin.toml"),
+    ),
+    (
+        "protocols/exporters/gpu-vram.toml",
+        include_str!("../../../protocols/exporters/gpu-vram.toml"),
+    ),
+    (
+        "protocols/exporters/system-heap.toml",
+        include_str!("../../../protocols/exporters/system-heap.toml"),
+    ),
+    (
+        "protocols/importers/static.toml",
+        include_str!("../../../protocols/importers/static.toml"),
+    ),
+    (
+        "protocols/importers/gpu.toml",
+        include_str!("../../../protocols/importers/gpu.toml"),
+    ),
+    (
+        "protocols/importers/gpu-kernel-fence.toml",
+        include_str!("../../../protocols/importers/gpu-kernel-fence.toml"),
+    ),
+    (
+        "protocols/importers/rdma-odp.toml",
+        include_str!("../../../protocols/importers/rdma-odp.toml"),
+    ),
+    (
+        "protocols/importers/rdma-pinned.toml",
+        include_str!("../../../protocols/importers/rdma-pinned.toml"),
+    ),
+    (
+        "protocols/importers/rdma-pinned-revocable.toml",
+        include_str!("../../../protocols/importers/rdma-pinned-revocable.toml"),
+    ),
+    (
+        "protocols/importers/iommufd.toml",
+        include_str!("../../../protocols/importers/iommufd.toml"),
+    ),
+    (
+        "protocols/importers/lying.toml",
+        include_str!("../../../protocols/importers/lying.toml"),
+    ),
+    (
+        "protocols/scenarios/vfio-iommufd-flr.toml",
+        include_str!("../../../protocols/scenarios/vfio-iommufd-flr.toml"),
+    ),
+    (
+        "protocols/scenarios/vfio-gpu-reset.toml",
+        include_str!("../../../protocols/scenarios/vfio-gpu-reset.toml"),
+    ),
+    (
+        "protocols/scenarios/two-importers.toml",
+        include_str!("../../../protocols/scenarios/two-importers.toml"),
+    ),
+    (
+        "protocols/scenarios/map-during-invalidate.toml",
+        include_str!("../../../protocols/scenarios/map-during-invalidate.toml"),
+    ),
+    (
+        "protocols/scenarios/unrevoke-cycle.toml",
+        include_str!("../../../protocols/scenarios/unrevoke-cycle.toml"),
+    ),
+    (
+        "protocols/scenarios/close-with-mappings.toml",
+        include_str!("../../../protocols/scenarios/close-with-mappings.toml"),
+    ),
+    (
+        "protocols/scenarios/runtime-pm.toml",
+        include_str!("../../../protocols/scenarios/runtime-pm.toml"),
+    ),
+    (
+        "protocols/scenarios/vram-eviction.toml",
+        include_str!("../../../protocols/scenarios/vram-eviction.toml"),
+    ),
+];
+
+/// A runnable scenario: a world and what its file expects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scenario {
+    /// Name (see the module table).
+    pub name: String,
+    /// What it exercises.
+    pub description: String,
+    /// The world.
+    pub spec: WorldSpec,
+    /// Its file's expectations.
+    pub expect: Vec<Expect>,
+    /// Properties to judge (all when `None`).
+    pub properties: Option<Vec<(String, String)>>,
+    /// The file(s) it came from.
+    pub origin: String,
+}
+
+impl Scenario {
+    /// A stable hash of what runs (protocol, importers, timeline): a replay
+    /// token carries it, so a token is never replayed against a changed
+    /// question.
+    pub fn hash(&self) -> u64 {
+        spec_hash(&self.spec)
+    }
+}
+
+/// A stable hash of a world.
+pub fn spec_hash(spec: &WorldSpec) -> u64 {
+    // Debug output of these plain data types is deterministic and names
+    // every field; the protocol's steps print as the file wrote them.
+    let p = &spec.protocol;
+    let text = format!(
+        "{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{}|{}|{}|{}",
+        spec.exporter,
+        p.attach,
+        p.pin,
+        p.revoke,
+        p.unrevoke,
+        p.cleanup,
+        spec.importers,
+        spec.trigger,
+        spec.jobs,
+        spec.cpu_access,
+        spec.map_during_invalidate,
+        spec.hotplug_after_close
+    );
+    file::fnv1a(text.as_bytes())
+}
+
+/// Exporters, importers and scenarios by name.
+#[derive(Clone, Debug, Default)]
+pub struct Library {
+    /// Exporters, in the order they were added.
+    pub exporters: Vec<ExporterDef>,
+    /// Importers, in the order they were added.
+    pub importers: Vec<ImporterDef>,
+    /// Scenarios with their files' expectations.
+    pub scenarios: Vec<(ScenarioDef, Vec<Expect>, ProtocolFile)>,
+}
+
+fn dup(kind: &str, name: &str, a: &str, b: &str) -> FileError {
+    FileError {
+        path: b.to_owned(),
+        line: 0,
+        col: 0,
+        message: format!("{kind} '{name}' is already defined in {a}"),
+    }
+}
+
+fn resolve_err(at: &str, message: String) -> FileError {
+    // `at` is "path:line:col".
+    let mut it = at.rsplitn(3, ':');
+    let col = it.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let line = it.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+    let path = it.next().unwrap_or(at).to_owned();
+    FileError {
+        path,
+        line,
+        col,
+        message,
+    }
+}
+
+impl Library {
+    /// The built-in files. An error here is a defect of the shipped files
+    /// (a test parses them all), reported rather than panicking.
+    pub fn builtin() -> Result<Self, FileError> {
+        let mut lib = Library::default();
+        for (path, text) in BUILTIN {
+            lib.add_text(path, text)?;
+        }
+        Ok(lib)
+    }
+
+    /// Adds one file's definitions.
+    pub fn add_text(&mut self, path: &str, text: &str) -> Result<ProtocolFile, FileError> {
+        let f = file::parse(path, text)?;
+        self.add_parsed(f.clone())?;
+        Ok(f)
+    }
+
+    fn add_parsed(&mut self, f: ProtocolFile) -> Result<(), FileError> {
+        if let Some(e) = &f.exporter {
+            if let Some(old) = self.exporters.iter().find(|x| x.name == e.name) {
+                return Err(dup("exporter", &e.name, &old.path, &f.path));
+            }
+            self.exporters.push(e.clone());
+        }
+        for i in &f.importers {
+            if let Some(old) = self.importers.iter().find(|x| x.spec.name == i.spec.name) {
+                return Err(dup("importer", &i.spec.name, &old.path, &f.path));
+            }
+            self.importers.push(i.clone());
+        }
+        if let Some(s) = &f.scenario {
+            if let Some((old, ..)) = self.scenarios.iter().find(|(x, ..)| x.name == s.name) {
+                return Err(dup("scenario", &s.name, &old.path, &f.path));
+            }
+            self.scenarios
+                .push((s.clone(), f.expect.clone(), f.clone()));
+        }
+        Ok(())
+    }
+
+    /// Adds a file from disk.
+    pub fn add_file(&mut self, path: &Path) -> Result<ProtocolFile, FileError> {
+        let shown = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|e| FileError {
+            path: shown.clone(),
+            line: 0,
+            col: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        if meta.len() > file::MAX_FILE_BYTES as u64 {
+            return Err(FileError {
+                path: shown,
+                line: 0,
+                col: 0,
+                message: format!("file larger than {} bytes", file::MAX_FILE_BYTES),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| FileError {
+            path: shown.clone(),
+            line: 0,
+            col: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        self.add_text(&shown, &text)
+    }
+
+    /// Adds every `*.toml` below `dir` (sorted, recursively); returns the
+    /// files added.
+    pub fn add_dir(&mut self, dir: &Path) -> Result<Vec<ProtocolFile>, FileError> {
+        let mut paths = Vec::new();
+        collect(dir, &mut paths, 0).map_err(|e| FileError {
+            path: dir.display().to_string(),
+            line: 0,
+            col: 0,
+            message: format!("cannot read the folder: {e}"),
+        })?;
+        paths.sort();
+        paths.iter().map(|p| self.add_file(p)).collect()
+    }
+
+    /// An exporter by name.
+    pub fn exporter(&self, name: &str) -> Option<&ExporterDef> {
+        self.exporters.iter().find(|e| e.name == name)
+    }
+
+    /// An importer by name.
+    pub fn importer(&self, name: &str) -> Option<&ImporterDef> {
+        self.importers.iter().find(|i| i.spec.name == name)
+    }
+
+    /// The VFIO exporters (matrix rows).
+    pub fn rows(&self) -> Vec<&ExporterDef> {
+        self.exporters
+            .iter()
+            .filter(|e| e.kind == ExporterKind::Vfio)
+            .collect()
+    }
+
+    /// One matrix cell.
+    pub fn cell(&self, e: &ExporterDef, i: &ImporterDef) -> Scenario {
+        let mut imp = i.spec.clone();
+        imp.count = 1;
+        Scenario {
+            name: format!("matrix.{}.{}", e.name, i.spec.name),
+            description: format!(
+                "{} exporting a BAR to one {} importer; FLR with DMA in flight",
+                e.name, i.spec.name
+            ),
+            spec: WorldSpec::vfio(Arc::new(e.protocol.clone()), imp),
+            expect: Vec::new(),
+            properties: None,
+            origin: format!("{} x {}", e.path, i.path),
+        }
+    }
+
+    /// Resolves a scenario's references. `own` is the file that defined it
+    /// (its own `[exporter]` and `[[importer]]`s come first).
+    pub fn resolve(&self, s: &ScenarioDef, own: &ProtocolFile) -> Result<Scenario, FileError> {
+        let exporter = match (&s.exporter, &own.exporter) {
+            (Some((name, at)), _) => self.exporter(name).cloned().ok_or_else(|| {
+                resolve_err(
+                    at,
+                    format!("unknown exporter '{name}' (see `dmabuf scenarios`)"),
+                )
+            })?,
+            (None, Some(e)) => e.clone(),
+            (None, None) => {
+                return Err(FileError {
+                    path: s.path.clone(),
+                    line: 0,
+                    col: 0,
+                    message: format!(
+                        "scenario '{}' names no exporter: add exporter = \"NAME\" or an [exporter] section",
+                        s.name
+                    ),
+                });
+            }
+        };
+        let mut importers: Vec<ImporterSpec> =
+            own.importers.iter().map(|i| i.spec.clone()).collect();
+        for (name, at) in &s.importers {
+            let i = self.importer(name).ok_or_else(|| {
+                resolve_err(
+                    at,
+                    format!("unknown importer '{name}' (see `dmabuf scenarios`)"),
+                )
+            })?;
+            importers.push(i.spec.clone());
+        }
+        if importers.is_empty() {
+            return Err(FileError {
+                path: s.path.clone(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "scenario '{}' has no importer: add importers = [\"NAME\"] or an [[importer]] section",
+                    s.name
+                ),
+            });
+        }
+        let revokes = exporter.kind == ExporterKind::Vfio;
+        if !revokes && !matches!(s.trigger, Trigger::Close | Trigger::Eviction) {
+            return Err(FileError {
+                path: s.path.clone(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "trigger '{}' needs a vfio-bar exporter; '{}' supports close{}",
+                    file::trigger_name(s.trigger),
+                    exporter.name,
+                    if exporter.kind == ExporterKind::GpuVram {
+                        " and eviction"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        if revokes && s.trigger == Trigger::Eviction {
+            return Err(FileError {
+                path: s.path.clone(),
+                line: 0,
+                col: 0,
+                message: "trigger 'eviction' needs a gpu-vram exporter".into(),
+            });
+        }
+        Ok(Scenario {
+            name: s.name.clone(),
+            description: s.description.clone(),
+            spec: WorldSpec {
+                exporter: exporter.kind,
+                protocol: Arc::new(exporter.protocol.clone()),
+                importers,
+                trigger: s.trigger,
+                jobs: s.jobs,
+                cpu_access: s.cpu_access,
+                map_during_invalidate: s.map_during_invalidate,
+                hotplug_after_close: s.hotplug_after_close,
+            },
+            expect: own.expect.clone(),
+            properties: s.properties.clone(),
+            origin: s.path.clone(),
+        })
+    }
+
+    /// The scenarios one file asks about: its `[scenario]`; else its
+    /// exporter against every built-in importer and every importer it
+    /// defines against every VFIO exporter of the library (the file's own
+    /// definitions crossed with the others).
+    pub fn questions(&self, f: &ProtocolFile) -> Result<Vec<Scenario>, FileError> {
+        if let Some(s) = &f.scenario {
+            return Ok(vec![self.resolve(s, f)?]);
+        }
+        let mut out = Vec::new();
+        if let Some(e) = &f.exporter {
+            let imps: Vec<&ImporterDef> = if f.importers.is_empty() {
+                self.importers.iter().collect()
+            } else {
+                f.importers.iter().collect()
+            };
+            for i in imps {
+                out.push(self.cell(e, i));
+            }
+        } else {
+            for i in &f.importers {
+                for e in self.rows() {
+                    out.push(self.cell(e, i));
+                }
+            }
+        }
+        for s in &mut out {
+            s.expect = f.expect.clone();
+        }
+        Ok(out)
+    }
+
+    /// Every named scenario, resolved.
+    pub fn named(&self) -> Result<Vec<Scenario>, FileError> {
+        self.scenarios
+            .iter()
+            .map(|(s, _, f)| self.resolve(s, f))
+            .collect()
+    }
+
+    /// Looks a scenario up by name (see the module table).
+    pub fn find(&self, name: &str) -> Result<Scenario, FileError> {
+        let unknown = || FileError {
+            path: "<scenario name>".into(),
+            line: 0,
+            col: 0,
+            message: format!("unknown scenario '{name}' (see `dmabuf scenarios`)"),
+        };
+        if let Some((base, jobs)) = name.rsplit_once(".jobs")
+            && let Ok(j) = jobs.parse::<usize>()
+            && (1..=file::MAX_JOBS as usize).contains(&j)
+        {
+            let mut s = self.find(base)?;
+            s.spec.jobs = j;
+            s.name = name.to_owned();
+            return Ok(s);
+        }
+        if let Some(rest) = name.strip_prefix("matrix.") {
+            // Exporter names may contain dots only if a file says so; split
+            // at the first dot that leaves a known exporter.
+            for (i, _) in rest.match_indices('.') {
+                if let (Some(e), Some(imp)) =
+                    (self.exporter(&rest[..i]), self.importer(&rest[i + 1..]))
+                {
+                    return Ok(self.cell(e, imp));
+                }
+            }
+            return Err(unknown());
+        }
+        let (s, _, f) = self
+            .scenarios
+            .iter()
+            .find(|(s, ..)| s.name == name)
+            .ok_or_else(unknown)?;
+        self.resolve(s, f)
+    }
+}
+
+fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>, depth: usize) -> std::io::Result<()> {
+    if depth > 8 {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        if p.is_dir() {
+            collect(&p, out, depth + 1)?;
+        } else if p.extension().is_some_and(|x| x == "toml") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_file_parses_and_the_list_matches_the_folder() {
+        let lib = Library::builtin().unwrap();
+        assert_eq!(lib.rows().len(), 8);
+        assert_eq!(lib.importers.len(), 8);
+        assert_eq!(lib.named().unwrap().len(), 8);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../protocols");
+        let mut on_disk = Vec::new();
+        collect(&root, &mut on_disk, 0).unwrap();
+        assert_eq!(
+            on_disk.len(),
+            BUILTIN.len(),
+            "a file in protocols/ is missing from BUILTIN"
+        );
+        for p in on_disk {
+            let rel = p.strip_prefix(root.parent().unwrap()).unwrap();
+            assert!(
+                BUILTIN.iter().any(|(n, _)| Path::new(n) == rel),
+                "{} is not in BUILTIN",
+                rel.display()
+            );
+        }
+    }
+
+    #[test]
+    fn names_resolve_including_cells_and_shrunk_workloads() {
+        let lib = Library::builtin().unwrap();
+        let c = lib.find("matrix.v6-final.gpu").unwrap();
+        assert_eq!(c.spec.protocol.name, "v6-final");
+        assert_eq!(c.spec.importers[0].name, "gpu");
+        let s = lib.find("matrix.v6-final.gpu.jobs1").unwrap();
+        assert_eq!(s.spec.jobs, 1);
+        assert_ne!(s.hash(), c.hash(), "the workload is part of the hash");
+        assert!(lib.find("matrix.v6-final.nope").is_err());
+        assert!(lib.find("vfio-iommufd-flr").is_ok());
+        assert!(lib.find("vfio-iommufd-flr.jobs0").is_err());
+    }
+
+    #[test]
+    fn redefining_a_builtin_is_an_error_naming_both_files() {
+        let mut lib = Library::builtin().unwrap();
+        let e = lib
+            .add_text(
+                "mine.toml",
+                "[[importer]]\nname = \"gpu\"\nbase = \"gpu\"\n",
+            )
+            .unwrap_err();
+        assert!(
+            e.message
+                .contains("already defined in protocols/importers/gpu.toml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_reference_points_at_it() {
+        let lib = Library::builtin().unwrap();
+        let f = file::parse(
+            "s.toml",
+            "[scenario]\nname = \"s\"\nexporter = \"v6-final\"\nimporters = [\"gpu\", \"gpuu\"]\n",
+        )
+        .unwrap();
+        let e = lib.questions(&f).unwrap_err();
+        assert_eq!((e.path.as_str(), e.line, e.col), ("s.toml", 4, 22), "{e}");
+        assert!(e.message.contains("unknown importer 'gpuu'"));
+    }
+}

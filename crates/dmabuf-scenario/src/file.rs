@@ -1,0 +1,803 @@
+//! Protocol files: the exporter's revoke protocol, importer behaviours and
+//! whole scenarios, as TOML a kernel engineer writes without touching Rust.
+//! The format, every field and worked examples are in
+//! `docs/protocol-files.md`; this module is its parser.
+//!
+//! # Sections
+//!
+//! | section | what | required fields |
+//! |---|---|---|
+//! | `[exporter]` | an exporter and its revoke protocol (a matrix row) | `name`, `kind`; for `vfio-bar` also `attach`, `revoke`, `unrevoke` |
+//! | `[[importer]]` | an importer: a base model and behaviour fields (a matrix column) | `name`, `base` |
+//! | `[scenario]` | a timeline: which exporter and importers, the trigger, the workload | `name` |
+//! | `[expect]` | herd7-style expectations: `never`, `sometimes`, `always` lists of properties | |
+//!
+//! A file holds any of them. A scenario names its exporter and importers
+//! (`exporter = "v6-final"`, `importers = ["gpu"]`) or uses the ones the
+//! file itself defines.
+//!
+//! # Errors
+//!
+//! Every error carries `path:line:column` and says what was expected:
+//! unknown sections and fields (TOML's own errors, with `deny_unknown_fields`),
+//! unknown steps and step arguments (a column inside the step's string),
+//! structural mistakes in a sequence (an unlock without a lock), missing
+//! sections and absurd numbers. Nothing here panics on any input.
+
+use crate::world::{ExporterKind, ImporterBase, ImporterSpec, OnInvalidate, Trigger, UnmapWhen};
+use dmabuf_core::dma_resv::Usage;
+use dmabuf_core::revoke::{Gate, Protocol, Sequence, Step, Timeout};
+use dmabuf_drivers::importers::gpu::Remap;
+use serde::Deserialize;
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+use toml::Spanned;
+
+/// The largest workload a file may ask for (DMA jobs per importer).
+pub const MAX_JOBS: i64 = 64;
+/// The most instances of one importer.
+pub const MAX_COUNT: i64 = 8;
+/// The largest file accepted.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// An error in a protocol file, with its position.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct FileError {
+    /// The file.
+    pub path: String,
+    /// 1-based line (0 when the error has no position).
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.path, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.path, self.line, self.col, self.message
+            )
+        }
+    }
+}
+
+/// Where a byte offset is, as (line, column), both 1-based.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let col = String::from_utf8_lossy(&before[start..]).chars().count() + 1;
+    (line, col)
+}
+
+/// A herd7-style answer about a property's violation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Answer {
+    /// No explored execution violates it.
+    Never,
+    /// Some do, some do not.
+    Sometimes,
+    /// Every judged execution violates it.
+    Always,
+}
+
+impl Answer {
+    /// The word herd7 prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Answer::Never => "Never",
+            Answer::Sometimes => "Sometimes",
+            Answer::Always => "Always",
+        }
+    }
+}
+
+/// One expectation of a file: `property`'s violation is `answer`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Expect {
+    /// Property name (the checker validates it).
+    pub property: String,
+    /// Expected answer.
+    pub answer: Answer,
+    /// Where it was written (`path:line:col`).
+    pub at: String,
+}
+
+/// An exporter defined by a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExporterDef {
+    /// Name (a matrix row).
+    pub name: String,
+    /// One line on it.
+    pub description: String,
+    /// Where it came from (Message-IDs, commits).
+    pub sources: Vec<String>,
+    /// Which exporter model.
+    pub kind: ExporterKind,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// The file.
+    pub path: String,
+}
+
+/// An importer defined by a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImporterDef {
+    /// One line on it.
+    pub description: String,
+    /// Where it came from.
+    pub sources: Vec<String>,
+    /// The behaviour.
+    pub spec: ImporterSpec,
+    /// The file.
+    pub path: String,
+}
+
+/// A scenario defined by a file (references not yet resolved).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScenarioDef {
+    /// Name.
+    pub name: String,
+    /// One line on it.
+    pub description: String,
+    /// The exporter by name, or `None` for the file's own `[exporter]`.
+    pub exporter: Option<(String, String)>,
+    /// Importers by name (with where they were named), after the file's own.
+    pub importers: Vec<(String, String)>,
+    /// The trigger.
+    pub trigger: Trigger,
+    /// DMA jobs per importer.
+    pub jobs: usize,
+    /// The VMM maps the BAR and touches it.
+    pub cpu_access: bool,
+    /// An importer maps concurrently with the invalidation.
+    pub map_during_invalidate: bool,
+    /// A new device is plugged at the old BAR range after close.
+    pub hotplug_after_close: bool,
+    /// Properties to judge (all when `None`), with where they were named.
+    pub properties: Option<Vec<(String, String)>>,
+    /// The file.
+    pub path: String,
+}
+
+/// Everything one file defines.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ProtocolFile {
+    /// The file.
+    pub path: String,
+    /// Its `[exporter]`.
+    pub exporter: Option<ExporterDef>,
+    /// Its `[[importer]]`s.
+    pub importers: Vec<ImporterDef>,
+    /// Its `[scenario]`.
+    pub scenario: Option<ScenarioDef>,
+    /// Its `[expect]`.
+    pub expect: Vec<Expect>,
+    /// A stable hash of the file's text.
+    pub hash: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    exporter: Option<Spanned<ExporterDoc>>,
+    importer: Option<Vec<Spanned<ImporterDoc>>>,
+    scenario: Option<Spanned<ScenarioDoc>>,
+    expect: Option<ExpectDoc>,
+}
+
+type S = Spanned<String>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExporterDoc {
+    name: S,
+    description: Option<String>,
+    sources: Option<Vec<String>>,
+    kind: S,
+    attach: Option<Spanned<Vec<S>>>,
+    pin: Option<Spanned<Vec<S>>>,
+    revoke: Option<Spanned<Vec<S>>>,
+    unrevoke: Option<Spanned<Vec<S>>>,
+    cleanup: Option<Spanned<Vec<S>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImporterDoc {
+    name: S,
+    description: Option<String>,
+    sources: Option<Vec<String>>,
+    base: S,
+    invalidate: Option<S>,
+    unmap: Option<S>,
+    unmap_latency: Option<S>,
+    remap: Option<S>,
+    pin: Option<bool>,
+    writes_after_fences: Option<bool>,
+    read_ahead: Option<bool>,
+    count: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioDoc {
+    name: S,
+    description: Option<String>,
+    exporter: Option<S>,
+    importers: Option<Vec<S>>,
+    trigger: Option<S>,
+    jobs: Option<Spanned<i64>>,
+    cpu_access: Option<bool>,
+    map_during_invalidate: Option<bool>,
+    hotplug_after_close: Option<bool>,
+    properties: Option<Vec<S>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectDoc {
+    never: Option<Vec<S>>,
+    sometimes: Option<Vec<S>>,
+    always: Option<Vec<S>>,
+}
+
+/// 64-bit FNV-1a: a stable hash (the same on every machine and release,
+/// unlike `std`'s `DefaultHasher`), for replay tokens.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+struct Ctx<'a> {
+    path: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> FileError {
+        let (line, col) = line_col(self.text, span.start);
+        FileError {
+            path: self.path.to_owned(),
+            line,
+            col,
+            message: message.into(),
+        }
+    }
+
+    /// `path:line:col` of a string value's content.
+    fn at(&self, s: &S) -> String {
+        let (l, c) = line_col(self.text, self.inner(s));
+        format!("{}:{l}:{c}", self.path)
+    }
+
+    /// The byte offset of a string value's content (after its quote).
+    fn inner(&self, s: &S) -> usize {
+        let sp = s.span();
+        match self.text.as_bytes().get(sp.start) {
+            Some(b'"') | Some(b'\'') => sp.start + 1,
+            _ => sp.start,
+        }
+    }
+
+    fn name(&self, s: &S, what: &str) -> Result<String, FileError> {
+        let n = s.get_ref();
+        let ok = !n.is_empty()
+            && n.len() <= 64
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            return Err(self.err(
+                s.span(),
+                format!(
+                    "{what} name '{n}' must be 1 to 64 characters of letters, digits, '-' or '_'"
+                ),
+            ));
+        }
+        Ok(n.clone())
+    }
+
+    fn sequence(&self, list: &Spanned<Vec<S>>, what: &str) -> Result<Sequence, FileError> {
+        let mut steps = Vec::with_capacity(list.get_ref().len().min(256));
+        for s in list.get_ref() {
+            let step = s.get_ref().parse::<Step>().map_err(|e| {
+                let at = self.inner(s) + e.offset;
+                self.err(at..at, format!("in {what}: {}", e.message))
+            })?;
+            steps.push(step);
+        }
+        Sequence::new(steps).map_err(|e| {
+            let span = list
+                .get_ref()
+                .get(e.index)
+                .map_or(list.span(), |s| s.span());
+            self.err(
+                span,
+                format!("in {what}: step {}: {}", e.index + 1, e.message),
+            )
+        })
+    }
+
+    fn gate(&self, list: &Spanned<Vec<S>>) -> Result<Gate, FileError> {
+        let names: Vec<&str> = list
+            .get_ref()
+            .iter()
+            .map(|s| s.get_ref().as_str())
+            .collect();
+        Gate::parse(&names).map_err(|(i, m)| self.err(list.get_ref()[i].span(), m))
+    }
+}
+
+fn exporter_kind(s: &str) -> Option<ExporterKind> {
+    match s {
+        "vfio-bar" => Some(ExporterKind::Vfio),
+        "system-heap" => Some(ExporterKind::SystemHeap),
+        "gpu-vram" => Some(ExporterKind::GpuVram),
+        _ => None,
+    }
+}
+
+/// The file name of an exporter kind.
+pub fn exporter_kind_name(k: ExporterKind) -> &'static str {
+    match k {
+        ExporterKind::Vfio => "vfio-bar",
+        ExporterKind::SystemHeap => "system-heap",
+        ExporterKind::GpuVram => "gpu-vram",
+    }
+}
+
+/// The trigger names of a file.
+pub const TRIGGERS: &[(&str, Trigger)] = &[
+    ("flr", Trigger::Flr),
+    ("device-reset", Trigger::DeviceReset),
+    ("hot-reset", Trigger::HotReset),
+    ("decode-off", Trigger::DecodeOff),
+    ("d3hot", Trigger::D3hot),
+    ("close", Trigger::Close),
+    ("unrevoke-cycle", Trigger::UnrevokeCycle),
+    ("eviction", Trigger::Eviction),
+];
+
+/// The file name of a trigger.
+pub fn trigger_name(t: Trigger) -> &'static str {
+    TRIGGERS
+        .iter()
+        .find(|(_, x)| *x == t)
+        .map_or("?", |(n, _)| n)
+}
+
+fn parse_usage(s: &str) -> Option<Usage> {
+    match s.trim() {
+        "kernel" => Some(Usage::Kernel),
+        "bookkeep" => Some(Usage::Bookkeep),
+        _ => None,
+    }
+}
+
+fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileError> {
+    let e = d.get_ref();
+    let name = c.name(&e.name, "exporter")?;
+    let kind = exporter_kind(e.kind.get_ref()).ok_or_else(|| {
+        c.err(
+            e.kind.span(),
+            format!(
+                "unknown exporter kind '{}' (expected vfio-bar, system-heap or gpu-vram)",
+                e.kind.get_ref()
+            ),
+        )
+    })?;
+    let missing = |field: &str| {
+        c.err(
+            d.span(),
+            format!("[exporter] '{name}' of kind vfio-bar needs '{field}'"),
+        )
+    };
+    let protocol = if kind == ExporterKind::Vfio {
+        let attach = c.gate(e.attach.as_ref().ok_or_else(|| missing("attach"))?)?;
+        let pin = e.pin.as_ref().map(|p| c.gate(p)).transpose()?;
+        let revoke = c.sequence(
+            e.revoke.as_ref().ok_or_else(|| missing("revoke"))?,
+            "revoke",
+        )?;
+        let unrevoke = c.sequence(
+            e.unrevoke.as_ref().ok_or_else(|| missing("unrevoke"))?,
+            "unrevoke",
+        )?;
+        let cleanup = match &e.cleanup {
+            Some(l) => c.sequence(l, "cleanup")?,
+            None => revoke.clone(),
+        };
+        Protocol {
+            name: name.clone(),
+            attach,
+            pin,
+            revoke,
+            unrevoke,
+            cleanup,
+        }
+    } else {
+        for (f, v) in [
+            ("attach", &e.attach),
+            ("pin", &e.pin),
+            ("revoke", &e.revoke),
+            ("unrevoke", &e.unrevoke),
+            ("cleanup", &e.cleanup),
+        ] {
+            if let Some(v) = v {
+                return Err(c.err(
+                    v.span(),
+                    format!("'{f}' is for vfio-bar exporters: only VFIO revokes in this model"),
+                ));
+            }
+        }
+        Protocol {
+            name: name.clone(),
+            ..Protocol::merged()
+        }
+    };
+    Ok(ExporterDef {
+        name,
+        description: e.description.clone().unwrap_or_default(),
+        sources: e.sources.clone().unwrap_or_default(),
+        kind,
+        protocol,
+        path: c.path.to_owned(),
+    })
+}
+
+fn importer(c: &Ctx<'_>, d: &Spanned<ImporterDoc>) -> Result<ImporterDef, FileError> {
+    let i = d.get_ref();
+    let name = c.name(&i.name, "importer")?;
+    let base = ImporterBase::ALL
+        .into_iter()
+        .find(|b| b.name() == i.base.get_ref())
+        .ok_or_else(|| {
+            c.err(
+                i.base.span(),
+                format!(
+                    "unknown importer base '{}' (expected static, gpu, rdma or iommufd)",
+                    i.base.get_ref()
+                ),
+            )
+        })?;
+    let mut spec = ImporterSpec::base(&name, base);
+    let mut blame: Vec<(&str, Range<usize>)> = Vec::new();
+    if let Some(v) = &i.invalidate {
+        let t = v.get_ref().trim();
+        spec.invalidate = match t {
+            "none" => OnInvalidate::NoOp,
+            "stop-and-unmap" => OnInvalidate::StopAndUnmap,
+            "ignore" => OnInvalidate::Ignore,
+            _ => match t
+                .strip_prefix("evict(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(parse_usage)
+            {
+                Some(u) => OnInvalidate::Evict(u),
+                None => {
+                    return Err(c.err(
+                        v.span(),
+                        format!(
+                            "unknown invalidate '{t}' (expected none, stop-and-unmap, ignore, evict(bookkeep) or evict(kernel))"
+                        ),
+                    ));
+                }
+            },
+        };
+        blame.push(("invalidate", v.span()));
+    }
+    if let Some(v) = &i.unmap {
+        spec.unmap = match v.get_ref().as_str() {
+            "in-callback" => UnmapWhen::InCallback,
+            "worker-after-fences" => UnmapWhen::WorkerAfterFences,
+            "on-free" => UnmapWhen::OnFree,
+            other => {
+                return Err(c.err(
+                    v.span(),
+                    format!(
+                        "unknown unmap '{other}' (expected in-callback, worker-after-fences or on-free)"
+                    ),
+                ));
+            }
+        };
+        blame.push(("unmap", v.span()));
+    }
+    if let Some(v) = &i.unmap_latency {
+        let ns = match v.get_ref().parse::<Timeout>() {
+            Ok(Timeout::Ns(ns)) if ns <= 1_000_000_000 => ns,
+            Ok(_) => {
+                return Err(c.err(v.span(), "unmap_latency must be at most 1s"));
+            }
+            Err(m) => return Err(c.err(v.span(), m)),
+        };
+        spec.unmap_latency = Duration::from_nanos(ns);
+    }
+    if let Some(v) = &i.remap {
+        spec.remap = match v.get_ref().as_str() {
+            "lazy" => Remap::Lazy,
+            "cache-enodev" => Remap::CacheEnodev,
+            other => {
+                return Err(c.err(
+                    v.span(),
+                    format!("unknown remap '{other}' (expected lazy or cache-enodev)"),
+                ));
+            }
+        };
+        blame.push(("remap", v.span()));
+    }
+    if let Some(p) = i.pin {
+        spec.pin = p;
+    }
+    if let Some(w) = i.writes_after_fences {
+        spec.writes_after_fences = w;
+    }
+    if let Some(r) = i.read_ahead {
+        spec.read_ahead = r;
+    }
+    if let Some(n) = &i.count {
+        if !(1..=MAX_COUNT).contains(n.get_ref()) {
+            return Err(c.err(n.span(), format!("count must be 1 to {MAX_COUNT}")));
+        }
+        spec.count = *n.get_ref() as usize;
+    }
+    if let Err((field, m)) = spec.validate() {
+        let span = blame
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or(i.base.span(), |(_, s)| s.clone());
+        return Err(c.err(span, format!("importer '{name}': {m}")));
+    }
+    Ok(ImporterDef {
+        description: i.description.clone().unwrap_or_default(),
+        sources: i.sources.clone().unwrap_or_default(),
+        spec,
+        path: c.path.to_owned(),
+    })
+}
+
+fn scenario(c: &Ctx<'_>, d: &Spanned<ScenarioDoc>) -> Result<ScenarioDef, FileError> {
+    let s = d.get_ref();
+    let name = c.name(&s.name, "scenario")?;
+    let trigger = match &s.trigger {
+        None => Trigger::Flr,
+        Some(t) => TRIGGERS
+            .iter()
+            .find(|(n, _)| n == t.get_ref())
+            .map(|(_, x)| *x)
+            .ok_or_else(|| {
+                let names: Vec<&str> = TRIGGERS.iter().map(|(n, _)| *n).collect();
+                c.err(
+                    t.span(),
+                    format!(
+                        "unknown trigger '{}' (expected one of: {})",
+                        t.get_ref(),
+                        names.join(", ")
+                    ),
+                )
+            })?,
+    };
+    let jobs = match &s.jobs {
+        None => 2,
+        Some(j) if (1..=MAX_JOBS).contains(j.get_ref()) => *j.get_ref() as usize,
+        Some(j) => return Err(c.err(j.span(), format!("jobs must be 1 to {MAX_JOBS}"))),
+    };
+    let refs = |v: &Option<Vec<S>>| -> Vec<(String, String)> {
+        v.iter()
+            .flatten()
+            .map(|x| (x.get_ref().clone(), c.at(x)))
+            .collect()
+    };
+    Ok(ScenarioDef {
+        name,
+        description: s.description.clone().unwrap_or_default(),
+        exporter: s.exporter.as_ref().map(|e| (e.get_ref().clone(), c.at(e))),
+        importers: refs(&s.importers),
+        trigger,
+        jobs,
+        cpu_access: s.cpu_access.unwrap_or(false),
+        map_during_invalidate: s.map_during_invalidate.unwrap_or(false),
+        hotplug_after_close: s.hotplug_after_close.unwrap_or(false),
+        properties: s.properties.as_ref().map(|_| refs(&s.properties)),
+        path: c.path.to_owned(),
+    })
+}
+
+/// Parses one file. `path` is only used in messages.
+pub fn parse(path: &str, text: &str) -> Result<ProtocolFile, FileError> {
+    let c = Ctx { path, text };
+    if text.len() > MAX_FILE_BYTES {
+        return Err(c.err(0..0, format!("file larger than {MAX_FILE_BYTES} bytes")));
+    }
+    let doc: Doc = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let msg = e.message().trim().replace('\n', " ");
+        c.err(span, msg)
+    })?;
+    let mut out = ProtocolFile {
+        path: path.to_owned(),
+        hash: fnv1a(text.as_bytes()),
+        ..ProtocolFile::default()
+    };
+    if let Some(e) = &doc.exporter {
+        out.exporter = Some(exporter(&c, e)?);
+    }
+    for i in doc.importer.iter().flatten() {
+        let def = importer(&c, i)?;
+        if out.importers.iter().any(|x| x.spec.name == def.spec.name) {
+            return Err(c.err(
+                i.get_ref().name.span(),
+                format!("importer '{}' is defined twice in this file", def.spec.name),
+            ));
+        }
+        out.importers.push(def);
+    }
+    if let Some(s) = &doc.scenario {
+        out.scenario = Some(scenario(&c, s)?);
+    }
+    if let Some(x) = &doc.expect {
+        for (list, answer) in [
+            (&x.never, Answer::Never),
+            (&x.sometimes, Answer::Sometimes),
+            (&x.always, Answer::Always),
+        ] {
+            for p in list.iter().flatten() {
+                if out.expect.iter().any(|e| &e.property == p.get_ref()) {
+                    return Err(c.err(
+                        p.span(),
+                        format!("property '{}' has two expectations", p.get_ref()),
+                    ));
+                }
+                out.expect.push(Expect {
+                    property: p.get_ref().clone(),
+                    answer,
+                    at: c.at(p),
+                });
+            }
+        }
+    }
+    if out.exporter.is_none() && out.importers.is_empty() && out.scenario.is_none() {
+        return Err(c.err(
+            0..0,
+            "the file defines nothing: expected an [exporter], [[importer]] or [scenario] section",
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V6: &str = r#"
+[exporter]
+name = "v6-test"
+kind = "vfio-bar"
+attach = ["peer2peer", "not_revoked", "revocable"]
+revoke = [
+  "dma_resv_lock",
+  "set_revoked",
+  "dma_buf_invalidate_mappings",
+  "dma_resv_wait_timeout(bookkeep, MAX_SCHEDULE_TIMEOUT)",
+  "dma_resv_unlock",
+  "kref_put",
+  "wait_for_completion",
+]
+unrevoke = ["dma_resv_lock", "clear_revoked", "dma_resv_unlock"]
+"#;
+
+    fn err(text: &str) -> FileError {
+        parse("t.toml", text).unwrap_err()
+    }
+
+    #[test]
+    fn a_vfio_exporter_parses_with_its_sequences() {
+        let f = parse("t.toml", V6).unwrap();
+        let e = f.exporter.unwrap();
+        assert_eq!(e.name, "v6-test");
+        assert_eq!(e.protocol.revoke.steps().len(), 7);
+        assert_eq!(
+            e.protocol.cleanup, e.protocol.revoke,
+            "cleanup defaults to revoke"
+        );
+        assert!(e.protocol.attach.revocable);
+    }
+
+    #[test]
+    fn an_unknown_step_points_into_the_string() {
+        let e = err(&V6.replace("\"kref_put\"", "\"kref_putt\""));
+        assert_eq!((e.line, e.col), (12, 4), "{e}");
+        assert!(e.message.contains("unknown step 'kref_putt'"), "{e}");
+        assert!(e.to_string().starts_with("t.toml:12:4: "), "{e}");
+    }
+
+    #[test]
+    fn a_bad_argument_points_at_the_argument() {
+        let e = err(&V6.replace("bookkeep, MAX", "bookeep, MAX"));
+        assert_eq!((e.line, e.col), (10, 26), "{e}");
+        assert!(e.message.contains("unknown usage"), "{e}");
+    }
+
+    #[test]
+    fn an_unlock_without_a_lock_is_refused_with_its_step() {
+        let e = err(&V6.replace(
+            r#"unrevoke = ["dma_resv_lock", "clear_revoked", "dma_resv_unlock"]"#,
+            r#"unrevoke = ["clear_revoked", "dma_resv_unlock"]"#,
+        ));
+        assert_eq!(e.line, 15);
+        assert!(e.message.contains("in unrevoke: step 1"), "{e}");
+        assert!(e.message.contains("needs the reservation lock"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_and_sections_and_missing_ones_are_errors() {
+        let e = err(&V6.replace("kind = ", "knd = \"x\"\nkind = "));
+        assert!(e.message.contains("unknown field `knd`"), "{e}");
+        assert_eq!(e.line, 4);
+        let e = err("[exporterr]\nname = \"x\"\n");
+        assert!(e.message.contains("unknown field `exporterr`"), "{e}");
+        let e = err(&V6.replace(
+            r#"unrevoke = ["dma_resv_lock", "clear_revoked", "dma_resv_unlock"]"#,
+            "",
+        ));
+        assert!(e.message.contains("needs 'unrevoke'"), "{e}");
+        let e = err("# nothing\n");
+        assert!(e.message.contains("defines nothing"), "{e}");
+    }
+
+    #[test]
+    fn importers_are_checked_against_their_base() {
+        let f = parse(
+            "i.toml",
+            "[[importer]]\nname = \"gpu-enodev\"\nbase = \"gpu\"\nremap = \"cache-enodev\"\n",
+        )
+        .unwrap();
+        assert_eq!(f.importers[0].spec.remap, Remap::CacheEnodev);
+        let e =
+            err("[[importer]]\nname = \"x\"\nbase = \"rdma\"\ninvalidate = \"evict(bookkeep)\"\n");
+        assert_eq!((e.line, e.col), (4, 14), "{e}");
+        assert!(e.message.contains("an rdma importer is one of"), "{e}");
+        let e = err("[[importer]]\nname = \"x\"\nbase = \"gpu\"\ncount = 100000\n");
+        assert!(e.message.contains("count must be 1 to 8"), "{e}");
+        let e = err("[[importer]]\nname = \"x y\"\nbase = \"gpu\"\n");
+        assert!(e.message.contains("name 'x y'"), "{e}");
+    }
+
+    #[test]
+    fn scenarios_check_numbers_and_triggers() {
+        let e = err("[scenario]\nname = \"s\"\njobs = 0\n");
+        assert!(e.message.contains("jobs must be 1 to 64"), "{e}");
+        let e = err("[scenario]\nname = \"s\"\ntrigger = \"flr2\"\n");
+        assert!(e.message.contains("unknown trigger 'flr2'"), "{e}");
+        let f = parse(
+            "s.toml",
+            "[scenario]\nname = \"s\"\nexporter = \"v6-final\"\nimporters = [\"gpu\"]\n[expect]\nnever = [\"s-final\"]\nsometimes = [\"l-bounded\"]\n",
+        )
+        .unwrap();
+        assert_eq!(f.expect.len(), 2);
+        assert_eq!(f.expect[1].answer, Answer::Sometimes);
+        assert_eq!(f.expect[1].at, "s.toml:7:15");
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\ncé\nd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncé\nd", 3), (2, 1));
+        assert_eq!(line_col("ab\ncé\nd", 7), (3, 1));
+        assert_eq!(line_col("ab", 99), (1, 3));
+    }
+}

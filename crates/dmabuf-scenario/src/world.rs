@@ -1,0 +1,368 @@
+//! A world: one platform, one exporter, its importers, the userspace that
+//! drives them and the revoke trigger, run as a whole. This is the contract
+//! between the drivers and the checker: the checker chooses a [`WorldSpec`]
+//! and a [`StallMode`], runs [`run_world`] on real threads or inside a
+//! controlled execution, and judges the [`Observation`].
+//!
+//! # Threads and groups
+//!
+//! | group | threads | stalled in `StallUserspaceAtRevoke` |
+//! |---|---|---|
+//! | `userspace` | one per importer instance: set up, submit DMA jobs, tear down; the VMM that exported the buffer | yes, from the moment revoke begins (a thread inside a system call finishes it first, see below) |
+//! | `revoker` | the thread whose ioctl (FLR, reset, close, ...) runs the exporter's revoke | no |
+//! | `kernel` | importer kernel workers (GPU unmap worker, ...); a userspace thread while it is inside a system call | no |
+//! | `hw` | DMA engines (threaded), speculative read-ahead, the timer that releases the in-flight jobs | no |
+//!
+//! Under the controlled scheduler the groups are set with
+//! `dmabuf_core::sync::sched::set_group`; on real threads stall mode is not
+//! available and `Normal` is the only mode (a stall request is run normally
+//! and reported in [`Observation::errors`]).
+//!
+//! A userspace thread switches to `kernel` for each system call and back to
+//! `userspace` when it returns, so a stall takes effect at the return to user
+//! mode, as a stopped process still finishes the system call it is in.
+//!
+//! # Running a world
+//!
+//! [`run_world`] builds the machine, runs every thread and returns the
+//! [`Observation`]; the timeline, the machine and the triggers each
+//! exporter supports are in [`crate::runner`]. When a controlled execution
+//! may never finish (`l-bounded` runs where revoke waits for a stalled
+//! userspace), use [`run_world_with`] and read [`WorldProbe::snapshot`]
+//! after the execution ended: the probe is filled as things happen.
+//!
+//! Only the VFIO exporter revokes: worlds of the system heap and the GPU
+//! VRAM exporter leave `revoke_started` false (their triggers are a close
+//! and an eviction).
+
+pub use crate::runner::{WorldProbe, run_world, run_world_with};
+
+use dmabuf_core::dma_resv::Usage;
+use dmabuf_core::revoke::Protocol;
+use dmabuf_core::sync::Arc;
+use dmabuf_drivers::importers::gpu::{GpuConfig, Remap};
+use dmabuf_drivers::importers::rdma::MrFlavour;
+use dmabuf_platform::Hazard;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Which exporter owns the memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExporterKind {
+    /// VFIO exporting a PCI BAR range (7.1), with a revoke policy.
+    Vfio,
+    /// The system heap: RAM pages, static, frees its frames on release.
+    SystemHeap,
+    /// GPU VRAM: dynamic, evicts and migrates under pressure.
+    GpuVram,
+}
+
+/// The driver model an importer is built on; its behaviour fields choose
+/// the variant (see [`ImporterSpec`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ImporterBase {
+    /// `dma_buf_attach`, no ops (v4l2, display, ...).
+    Static,
+    /// amdgpu/xe-like dynamic importer.
+    Gpu,
+    /// An RDMA MR (mlx5): ODP, pinned, pinned with a revoke callback, or a
+    /// liar.
+    Rdma,
+    /// iommufd `IOMMU_IOAS_MAP_FILE`.
+    Iommufd,
+}
+
+impl ImporterBase {
+    /// Every base.
+    pub const ALL: [ImporterBase; 4] = [
+        ImporterBase::Static,
+        ImporterBase::Gpu,
+        ImporterBase::Rdma,
+        ImporterBase::Iommufd,
+    ];
+
+    /// File name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImporterBase::Static => "static",
+            ImporterBase::Gpu => "gpu",
+            ImporterBase::Rdma => "rdma",
+            ImporterBase::Iommufd => "iommufd",
+        }
+    }
+}
+
+/// What an importer's `invalidate_mappings` callback does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OnInvalidate {
+    /// No callback at all (a static or pinned importer without the op).
+    NoOp,
+    /// Evicts behind a fence of this usage (page-table update and TLB
+    /// flush on the device's engine); unmaps later from a worker.
+    Evict(Usage),
+    /// Stops the hardware and unmaps inside the callback.
+    StopAndUnmap,
+    /// Declares the op and ignores it.
+    Ignore,
+}
+
+/// When an importer gives its mapping back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnmapWhen {
+    /// Inside the callback.
+    InCallback,
+    /// From a kernel worker once its eviction fences signalled, after a
+    /// latency.
+    WorkerAfterFences,
+    /// Only when userspace frees the buffer (deregisters, closes).
+    OnFree,
+}
+
+/// One importer group of a world: a base model plus behaviour fields.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ImporterSpec {
+    /// Name (a matrix column: `gpu`, `rdma-odp`, a file's own name).
+    pub name: String,
+    /// The driver model.
+    pub base: ImporterBase,
+    /// The callback.
+    pub invalidate: OnInvalidate,
+    /// When it unmaps.
+    pub unmap: UnmapWhen,
+    /// The worker's latency after the fences (GPU).
+    pub unmap_latency: Duration,
+    /// Re-map policy (GPU).
+    pub remap: Remap,
+    /// Pins its attachment.
+    pub pin: bool,
+    /// Misbehaviour: keeps writing after its fences signalled (GPU).
+    pub writes_after_fences: bool,
+    /// Speculative read-ahead (GPU).
+    pub read_ahead: bool,
+    /// Number of instances.
+    pub count: usize,
+}
+
+impl std::fmt::Display for ImporterSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl ImporterSpec {
+    /// The default behaviour of `base` under `name`.
+    pub fn base(name: &str, base: ImporterBase) -> Self {
+        let (invalidate, unmap, pin) = match base {
+            ImporterBase::Static => (OnInvalidate::NoOp, UnmapWhen::OnFree, false),
+            ImporterBase::Gpu => (
+                OnInvalidate::Evict(Usage::Bookkeep),
+                UnmapWhen::WorkerAfterFences,
+                false,
+            ),
+            ImporterBase::Rdma => (OnInvalidate::StopAndUnmap, UnmapWhen::InCallback, false),
+            ImporterBase::Iommufd => (OnInvalidate::StopAndUnmap, UnmapWhen::InCallback, true),
+        };
+        Self {
+            name: name.to_owned(),
+            base,
+            invalidate,
+            unmap,
+            unmap_latency: GpuConfig::default().worker_latency,
+            remap: Remap::Lazy,
+            pin,
+            writes_after_fences: false,
+            read_ahead: base == ImporterBase::Gpu,
+            count: 1,
+        }
+    }
+
+    /// The RDMA MR flavour these fields select, if the base is RDMA and the
+    /// combination is one the model has.
+    pub fn mr_flavour(&self) -> Option<MrFlavour> {
+        if self.base != ImporterBase::Rdma {
+            return None;
+        }
+        match (self.invalidate, self.unmap, self.pin) {
+            (OnInvalidate::StopAndUnmap, UnmapWhen::InCallback, false) => Some(MrFlavour::Odp),
+            (OnInvalidate::NoOp, UnmapWhen::OnFree, true) => Some(MrFlavour::Pinned),
+            (OnInvalidate::StopAndUnmap, UnmapWhen::InCallback, true) => {
+                Some(MrFlavour::PinnedRevocable)
+            }
+            (OnInvalidate::Ignore, UnmapWhen::OnFree, false) => Some(MrFlavour::Lying),
+            _ => None,
+        }
+    }
+
+    /// Checks that the base model has this behaviour; `Err` names the field
+    /// and says what the base supports.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let base = self.base.name();
+        match self.base {
+            ImporterBase::Static | ImporterBase::Iommufd => {
+                let d = ImporterSpec::base(&self.name, self.base);
+                if self.invalidate != d.invalidate {
+                    return Err((
+                        "invalidate",
+                        format!("a {base} importer's invalidate is fixed"),
+                    ));
+                }
+                if self.unmap != d.unmap {
+                    return Err(("unmap", format!("a {base} importer's unmap is fixed")));
+                }
+                if self.pin != d.pin {
+                    return Err(("pin", format!("a {base} importer's pin is fixed")));
+                }
+            }
+            ImporterBase::Gpu => {
+                if !matches!(self.invalidate, OnInvalidate::Evict(_)) {
+                    return Err((
+                        "invalidate",
+                        "a gpu importer evicts: invalidate = \"evict(bookkeep)\" or \"evict(kernel)\""
+                            .into(),
+                    ));
+                }
+                if self.unmap != UnmapWhen::WorkerAfterFences {
+                    return Err((
+                        "unmap",
+                        "a gpu importer unmaps from its worker: unmap = \"worker-after-fences\""
+                            .into(),
+                    ));
+                }
+                if self.pin {
+                    return Err(("pin", "the gpu model does not pin".into()));
+                }
+            }
+            ImporterBase::Rdma => {
+                if self.mr_flavour().is_none() {
+                    return Err((
+                        "invalidate",
+                        "an rdma importer is one of: stop-and-unmap + in-callback (ODP); none + on-free + pin (pinned); stop-and-unmap + in-callback + pin (pinned revocable); ignore + on-free (a liar)".into(),
+                    ));
+                }
+            }
+        }
+        if self.base != ImporterBase::Gpu {
+            for (set, field) in [
+                (self.writes_after_fences, "writes_after_fences"),
+                (self.remap != Remap::Lazy, "remap"),
+                (self.read_ahead, "read_ahead"),
+            ] {
+                if set {
+                    return Err((field, format!("{field} is a gpu field, not a {base} one")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What makes the exporter revoke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// Function-level reset (revoke, reset window, un-revoke).
+    Flr,
+    /// `VFIO_DEVICE_RESET`.
+    DeviceReset,
+    /// Bus/slot hot reset.
+    HotReset,
+    /// A config write clearing `PCI_COMMAND_MEMORY` (then setting it again).
+    DecodeOff,
+    /// A power transition to D3hot and back (runtime PM).
+    D3hot,
+    /// Device close: a permanent revoke that drains every mapping; then the
+    /// BAR range may be given to a newly plugged device.
+    Close,
+    /// Revoke, un-revoke, re-map, revoke again, then close.
+    UnrevokeCycle,
+    /// Memory pressure: the GPU VRAM exporter evicts (moves) the buffer.
+    Eviction,
+}
+
+/// A whole scenario, as data.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WorldSpec {
+    /// Exporter.
+    pub exporter: ExporterKind,
+    /// Its revoke protocol (VFIO only; ignored by the others).
+    pub protocol: Arc<Protocol>,
+    /// Importers.
+    pub importers: Vec<ImporterSpec>,
+    /// What triggers the revoke.
+    pub trigger: Trigger,
+    /// DMA jobs each importer's userspace submits.
+    pub jobs: usize,
+    /// Userspace also maps the buffer into the CPU and touches it.
+    pub cpu_access: bool,
+    /// An importer maps concurrently with the invalidation.
+    pub map_during_invalidate: bool,
+    /// After close, a new device is hot-plugged at the old BAR range.
+    pub hotplug_after_close: bool,
+}
+
+impl WorldSpec {
+    /// A VFIO world with one `importer` under `protocol`, revoked by FLR
+    /// with DMA in flight.
+    pub fn vfio(protocol: Arc<Protocol>, importer: ImporterSpec) -> Self {
+        Self {
+            exporter: ExporterKind::Vfio,
+            protocol,
+            importers: vec![importer],
+            trigger: Trigger::Flr,
+            jobs: 2,
+            cpu_access: false,
+            map_during_invalidate: false,
+            hotplug_after_close: false,
+        }
+    }
+}
+
+/// Whether userspace keeps running once revoke begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StallMode {
+    /// Every thread runs.
+    Normal,
+    /// The `userspace` group is never scheduled again once revoke begins
+    /// (controlled execution only).
+    StallUserspaceAtRevoke,
+}
+
+/// An importer that the exporter turned away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Importer instance name.
+    pub importer: String,
+    /// `attach`, `pin`, `map` or `register`.
+    pub stage: &'static str,
+    /// Positive errno.
+    pub errno: i32,
+}
+
+/// What a run of a world showed.
+#[derive(Clone, Debug, Default)]
+pub struct Observation {
+    /// Importers refused, and where.
+    pub refusals: Vec<Refusal>,
+    /// Whether the revoke began.
+    pub revoke_started: bool,
+    /// Whether the (first) revoke returned.
+    pub revoke_returned: bool,
+    /// Time from revoke start to return (virtual under the scheduler).
+    pub revoke_latency_ns: Option<u64>,
+    /// The monitor's sequence number when the revoke returned.
+    pub revoke_return_seq: Option<u64>,
+    /// Mappings of the exporter's memory still declared live when the
+    /// revoke returned (dma-buf mappings and IOMMU mappings).
+    pub live_mappings_at_return: i64,
+    /// Every hazard the monitor recorded, in order.
+    pub hazards: Vec<Hazard>,
+    /// End-of-run leaks: buffers not released, attachments not detached,
+    /// release/detach diagnostics (empty in stall mode, where userspace
+    /// never tears down).
+    pub leaks: Vec<String>,
+    /// Kernel WARNs (refcount_t misuse, timed-out waits), in order.
+    pub warnings: Vec<String>,
+    /// Counters: jobs done, faults, maps, unmaps, speculative reads...
+    pub counters: BTreeMap<String, u64>,
+    /// Unexpected errors (not refusals) from drivers or userspace.
+    pub errors: Vec<String>,
+}
