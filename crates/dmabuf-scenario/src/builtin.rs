@@ -442,7 +442,17 @@ impl Library {
             }
         }
         for s in &mut out {
-            s.expect = f.expect.clone();
+            let other = if f.exporter.is_some() {
+                s.spec.importers.first().map(|i| i.name.clone())
+            } else {
+                Some(s.spec.protocol.name.clone())
+            };
+            s.expect = f
+                .expect
+                .iter()
+                .filter(|e| e.with.is_none() || e.with == other)
+                .cloned()
+                .collect();
         }
         Ok(out)
     }

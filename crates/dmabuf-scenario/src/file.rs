@@ -106,6 +106,9 @@ impl Answer {
 /// One expectation of a file: `property`'s violation is `answer`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Expect {
+    /// Only for the cell whose other side has this name (`[[expect.cell]]`
+    /// with `with = NAME`); `None` for every question of the file.
+    pub with: Option<String>,
     /// Property name (the checker validates it).
     pub property: String,
     /// Expected answer.
@@ -248,6 +251,16 @@ struct ScenarioDoc {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExpectDoc {
+    never: Option<Vec<S>>,
+    sometimes: Option<Vec<S>>,
+    always: Option<Vec<S>>,
+    cell: Option<Vec<CellExpectDoc>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CellExpectDoc {
+    with: S,
     never: Option<Vec<S>>,
     sometimes: Option<Vec<S>>,
     always: Option<Vec<S>>,
@@ -650,23 +663,39 @@ pub fn parse(path: &str, text: &str) -> Result<ProtocolFile, FileError> {
         out.scenario = Some(scenario(&c, s)?);
     }
     if let Some(x) = &doc.expect {
-        for (list, answer) in [
-            (&x.never, Answer::Never),
-            (&x.sometimes, Answer::Sometimes),
-            (&x.always, Answer::Always),
-        ] {
-            for p in list.iter().flatten() {
-                if out.expect.iter().any(|e| &e.property == p.get_ref()) {
-                    return Err(c.err(
-                        p.span(),
-                        format!("property '{}' has two expectations", p.get_ref()),
-                    ));
+        let mut groups = vec![(None, &x.never, &x.sometimes, &x.always)];
+        for c in x.cell.iter().flatten() {
+            groups.push((
+                Some(c.with.get_ref().clone()),
+                &c.never,
+                &c.sometimes,
+                &c.always,
+            ));
+        }
+        for (with, never, sometimes, always) in groups {
+            for (list, answer) in [
+                (never, Answer::Never),
+                (sometimes, Answer::Sometimes),
+                (always, Answer::Always),
+            ] {
+                for p in list.iter().flatten() {
+                    if out
+                        .expect
+                        .iter()
+                        .any(|e| &e.property == p.get_ref() && e.with == with)
+                    {
+                        return Err(c.err(
+                            p.span(),
+                            format!("property '{}' has two expectations", p.get_ref()),
+                        ));
+                    }
+                    out.expect.push(Expect {
+                        with: with.clone(),
+                        property: p.get_ref().clone(),
+                        answer,
+                        at: c.at(p),
+                    });
                 }
-                out.expect.push(Expect {
-                    property: p.get_ref().clone(),
-                    answer,
-                    at: c.at(p),
-                });
             }
         }
     }
