@@ -961,3 +961,22 @@ fn revoke_waits_for_bookkeep_fences_before_returning() {
     signaller.join().unwrap();
     drop(a);
 }
+
+/// `DmaBufError::errno` is total: an exporter handing back `i32::MIN` or 0
+/// gets `EINVAL`, never an overflow or a negative "positive errno".
+#[test]
+fn dma_buf_error_errno_is_total() {
+    use crate::errno::Errno as _;
+    assert_eq!(DmaBufError::errno(i32::MIN, "x").errno(), errno::EINVAL);
+    assert_eq!(DmaBufError::errno(0, "x").errno(), errno::EINVAL);
+    assert_eq!(DmaBufError::errno(-errno::EBUSY, "x").errno(), errno::EBUSY);
+    assert_eq!(
+        DmaBufError::errno(errno::ENODEV, "x").errno(),
+        errno::ENODEV
+    );
+    assert!(
+        DmaBufError::errno(i32::MIN, "x")
+            .to_string()
+            .contains("EINVAL")
+    );
+}

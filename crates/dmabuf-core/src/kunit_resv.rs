@@ -427,8 +427,50 @@ mod dma_resv {
         let g = fresh.lock(None).unwrap();
         g.reserve_fences(5).unwrap();
         assert_eq!(g.max_fences(), 8, "first list: max(4, pow2(5))");
-        assert_eq!(g.reserve_fences(0), Err(ResvError::ZeroReserve));
-        assert_eq!(ResvError::ZeroReserve.errno(), errno::EINVAL);
+    }
+
+    /// Linux 7.x `dma_resv_reserve_fences(obj, 0)`: returns 0 and changes
+    /// nothing (no new list, no reserved slot).
+    #[test]
+    fn dma_resv_reserve_fences_zero_succeeds_and_changes_nothing() {
+        let resv = DmaResv::new();
+        let g = resv.lock(None).unwrap();
+        assert_eq!(g.reserve_fences(0), Ok(()));
+        assert_eq!(g.max_fences(), 0, "no list allocated for zero fences");
+        let (f, _h) = timeline().create();
+        assert!(
+            g.add_fence(&f, Usage::Write).is_err(),
+            "zero reserved slots: the add is still refused"
+        );
+        g.reserve_fences(2).unwrap();
+        assert_eq!(g.reserve_fences(0), Ok(()));
+        assert_eq!(g.max_fences(), 4);
+        g.add_fence(&f, Usage::Write).unwrap();
+        assert_eq!(g.num_fences(), 1);
+    }
+
+    /// `dma_resv_reserve_fences` answers `-ENOMEM` when its list cannot be
+    /// allocated (`kmalloc` beyond `KMALLOC_MAX_SIZE`), and the object
+    /// keeps its old list and stays usable.
+    #[test]
+    fn dma_resv_reserve_fences_huge_is_enomem_not_abort() {
+        let resv = DmaResv::new();
+        let g = resv.lock(None).unwrap();
+        g.reserve_fences(1).unwrap();
+        let (f, _h) = timeline().create();
+        g.add_fence(&f, Usage::Read).unwrap();
+        for n in [
+            1 << 30,
+            u32::MAX,
+            (crate::dma_resv::KMALLOC_MAX_SIZE / 8) as u32,
+        ] {
+            let e = g.reserve_fences(n).unwrap_err();
+            assert_eq!(e.errno(), errno::ENOMEM, "reserve_fences({n})");
+        }
+        assert_eq!(g.num_fences(), 1);
+        assert_eq!(g.max_fences(), 4);
+        g.reserve_fences(100).unwrap();
+        assert!(g.max_fences() >= 101);
     }
 
     #[test]
