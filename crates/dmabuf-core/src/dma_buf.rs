@@ -54,6 +54,8 @@
 //!   detached is diagnosed, then reachable only through the importer's own
 //!   handle (which alone keeps the buffer object's memory).
 
+pub mod examples;
+
 use crate::dma_fence::{CancelToken, FenceError, MAX_SCHEDULE_TIMEOUT};
 use crate::dma_resv::{DmaResv, ResvError, ResvGuard, Usage};
 use crate::errno::{self, Errno};
