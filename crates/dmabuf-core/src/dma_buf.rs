@@ -12,7 +12,7 @@
 //! | [`AttachOps`] | `struct dma_buf_attach_ops` | `allow_peer2peer`, optional `invalidate_mappings` |
 //! | [`Mapping`] | an `sg_table` handed to the importer | each map returns a new one, unmapped individually; never cached |
 //!
-//! # Locking convention (kernel §2.1), enforced on every call
+//! # Locking convention (DOC "locking convention" in dma-buf.c), enforced on every call
 //!
 //! | caller must hold the reservation lock | caller must not hold it |
 //! |---|---|

@@ -69,7 +69,7 @@
 //!   [`ResvError::NotHeld`] instead of touching the list.
 //! * The lock belongs to the thread that took it; see [`crate::ww_mutex`]
 //!   for contexts and backoff. The dma-buf locking convention
-//!   (reference §2.1) is enforced by callers with [`DmaResv::assert_held`] /
+//!   (docs/kernel-semantics.md, "locking convention") is enforced by callers with [`DmaResv::assert_held`] /
 //!   [`DmaResv::assert_not_held`].
 //! * Reserved slots are valid until unlock.
 //! * Once added, a fence is visible to readers at once: for fence

@@ -1,4 +1,4 @@
-//! The kernel's `dma-buf-resv` KUnit suite (`st-dma-resv.c`, reference §4)
+//! The kernel's `dma-buf-resv` KUnit suite (`st-dma-resv.c`; docs/kernel-semantics.md)
 //! and the tests it lacks: usage filtering, the replacement rules, reserve
 //! growth, concurrent restarts, wait-die, bad input and the validator.
 
@@ -205,7 +205,7 @@ mod dma_resv {
         assert!(Usage::Read < Usage::Bookkeep);
     }
 
-    // ---- replacement rules (§3.2) ----------------------------------------
+    // ---- replacement rules (docs/kernel-semantics.md) --------------------
 
     fn entries(resv: &DmaResv) -> Vec<(Fence, Usage)> {
         let g = resv.held().unwrap();
