@@ -639,10 +639,10 @@ fn begin_cpu_access_waits_per_direction() {
 #[test]
 fn set_name_length_rule() {
     let (b, _) = export_mock(MockExp::default());
-    set_name(&b, &"x".repeat(31)).unwrap();
+    set_name(&b, "x".repeat(31)).unwrap();
     assert_eq!(b.name().unwrap().len(), 31);
     assert_eq!(
-        set_name(&b, &"x".repeat(32)).unwrap_err().errno(),
+        set_name(&b, "x".repeat(32)).unwrap_err().errno(),
         errno::EINVAL
     );
     // Renaming while attached is allowed in 7.x.

@@ -774,7 +774,7 @@ mod dma_resv {
         while round < 3000 || (!during() && start.elapsed() < LIVENESS) {
             round += 1;
             let g = resv.lock(None).unwrap();
-            if round % 97 == 0 {
+            if round.is_multiple_of(97) {
                 g.copy_fences(&resv).unwrap();
             }
             g.reserve_fences(2).unwrap();

@@ -61,8 +61,8 @@ impl SimpleExporter {
     /// must not wrap.
     pub fn new(dma_addr: u64, size: u64) -> Result<Arc<Self>, DmaBufError> {
         if size == 0
-            || size % PAGE_SIZE != 0
-            || dma_addr % PAGE_SIZE != 0
+            || !size.is_multiple_of(PAGE_SIZE)
+            || !dma_addr.is_multiple_of(PAGE_SIZE)
             || dma_addr.checked_add(size).is_none()
         {
             return Err(DmaBufError::Invalid(format!(
