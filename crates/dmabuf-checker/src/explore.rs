@@ -345,7 +345,8 @@ fn explore_mode(
         other.as_mut()
     };
     let mut count = 0;
-    while count < n && strat.next_execution() {
+    // A stop request (Ctrl-C) ends the loop after the current execution.
+    while count < n && !crate::progress::stop_requested() && strat.next_execution() {
         let run = run_controlled(spec, mode, strat);
         count += 1;
         on_run(&run);
@@ -526,6 +527,25 @@ pub fn check(
         }
     }
     for (p, (v, sched, mode)) in first {
+        if crate::progress::stop_requested() {
+            // Interrupted: no shrinking and no re-run, the schedule as found.
+            if let Some(r) = results.get_mut(&p) {
+                r.counterexample = Some(Counterexample {
+                    violation: v,
+                    token: ReplayToken {
+                        scenario: scenario.name.clone(),
+                        hash: dmabuf_scenario::builtin::spec_hash(&scenario.spec),
+                        strategy: opts.strategy,
+                        seed: opts.seed,
+                        mode,
+                        schedule: sched.encode(),
+                    },
+                    trace_len: 0,
+                    decisions: sched.len() as u64,
+                });
+            }
+            continue;
+        }
         let (spec, sched) = if opts.shrink {
             shrink(&scenario.spec, mode, p, &sched, opts)
         } else {

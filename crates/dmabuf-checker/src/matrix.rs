@@ -59,8 +59,12 @@ pub fn run_matrix(
     let total = rows.len() * lib.importers.len();
     let mut cells = Vec::with_capacity(total);
     let mut runs = 0;
-    for e in &rows {
+    'rows: for e in &rows {
         for i in &lib.importers {
+            // Ctrl-C: stop before the next cell; the cells run so far stay.
+            if crate::progress::stop_requested() {
+                break 'rows;
+            }
             let sc = lib.cell(e, i);
             progress(cells.len(), total, &sc.name);
             let probe = check(
@@ -123,7 +127,7 @@ pub fn render(m: &Matrix) -> String {
             let w = *w;
             let c = m.cells.iter().find(|c| &c.policy == v && &c.importer == k);
             let text = match c {
-                None => "?".to_owned(),
+                None => "-".to_owned(),
                 Some(c) if c.refused.is_some() => "refused".to_owned(),
                 Some(c) => {
                     let bad: String = c
@@ -148,7 +152,7 @@ pub fn render(m: &Matrix) -> String {
     s.push_str(
         &format!(
             "\nok: no explored run violated any property; letters: violated {}; !: runs reported errors; \
-             refused: the exporter refused the importer\n",
+             refused: the exporter refused the importer; -: not run (interrupted)\n",
             Property::ALL
                 .iter()
                 .map(|p| format!("{} ({})", p.name(), p.code()))

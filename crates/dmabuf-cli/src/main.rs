@@ -8,18 +8,34 @@
 //! | `matrix [DIR...]` | every revoke protocol × importer |
 //! | `replay TOKEN` | re-run one schedule exactly and print its trace |
 //! | `fences` | a small demonstration of the fence core on real threads |
+//!
+//! # Exit codes (the same for every command)
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | every judged property holds (or meets the file's expectation), no run reported an error |
+//! | 1 | a property was violated (its replay token is printed) or a run reported an error; for `matrix`, a `--require-safe` expectation failed or a cell's runs reported errors |
+//! | 2 | bad usage (unknown name, malformed or edited token, refused budget), or a replay that diverged from its token (no verdicts are printed then) |
+//! | 130 | interrupted (Ctrl-C): the partial result was printed, marked partial |
+//!
+//! Output never panics: a closed pipe (`dmabuf scenarios | head -1`) ends
+//! the process quietly by `SIGPIPE`, as for any Unix filter.
 
 use clap::{Parser, Subcommand};
-use dmabuf_checker::explore::{self, CheckOptions, CheckReport, ExpectationResult, PropertyResult};
+use dmabuf_checker::explore::{
+    self, CheckOptions, CheckReport, ExpectationResult, PropertyResult, RunOutcome,
+};
 use dmabuf_checker::matrix::{self, Matrix};
-use dmabuf_checker::progress::Progress;
+use dmabuf_checker::progress::{self, Progress};
 use dmabuf_checker::property::Property;
 use dmabuf_checker::scenario::{Library, Scenario};
-use dmabuf_checker::token::{ReplayToken, StrategyKind};
+use dmabuf_checker::token::{self, ReplayToken, RunMode, StrategyKind};
+use dmabuf_core::lockdep;
+use dmabuf_core::sync::sched::{Outcome, RunReport, Schedule};
 use dmabuf_core::sync::{Arc, thread};
 use dmabuf_core::{FenceContext, MAX_SCHEDULE_TIMEOUT};
 use dmabuf_scenario::file::{self, Answer, ProtocolFile};
-use dmabuf_scenario::world::{StallMode, run_world};
+use dmabuf_scenario::world::{Observation, StallMode, run_world};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,7 +54,28 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+/// Every judged property holds.
+const EXIT_OK: u8 = 0;
+/// A violation (or a run error).
+const EXIT_VIOLATION: u8 = 1;
+/// Bad usage, or a replay that diverged.
+const EXIT_USAGE: u8 = 2;
+/// Interrupted by Ctrl-C (128 + SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Budgets above this are refused: at thousands of schedules per second
+/// at best, they would run for days.
+const MAX_SCHEDULES: u64 = 10_000_000;
+/// Budgets above this run, with a warning that they take long.
+const WARN_SCHEDULES: u64 = 100_000;
+/// The largest PCT depth or DFS decision bound accepted.
+const MAX_DEPTH: u32 = 1_000;
+/// Most fences of the `fences` demonstration.
+const MAX_FENCES: u64 = 1_000_000;
+/// Most waiter threads of the `fences` demonstration.
+const MAX_WAITERS: usize = 64;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum StrategyArg {
     Pct,
     Random,
@@ -72,10 +109,13 @@ enum Cmd {
         /// Exploration strategy.
         #[arg(long, value_enum, default_value = "pct")]
         strategy: StrategyArg,
-        /// Normal-mode schedules (DFS: at most this many executions).
+        /// Normal-mode schedules, at least 1 (DFS: at most this many
+        /// executions); a quarter as many stalled-userspace schedules are
+        /// added for l-bounded.
         #[arg(long, default_value_t = 100)]
         schedules: u64,
-        /// PCT depth, or the DFS decision bound.
+        /// PCT depth (default 3), or the DFS decision bound (default 12);
+        /// 1 to 1000. Not accepted with --strategy random.
         #[arg(long)]
         depth: Option<u32>,
         /// Seed.
@@ -128,10 +168,10 @@ enum Cmd {
     },
     /// Signal fences from one thread while others wait on them.
     Fences {
-        /// Number of fences on the timeline.
+        /// Number of fences on the timeline (1 to 1,000,000).
         #[arg(long, default_value_t = 8)]
         count: u64,
-        /// Number of waiting threads.
+        /// Number of waiting threads (0 to 64).
         #[arg(long, default_value_t = 2)]
         waiters: usize,
     },
@@ -139,10 +179,103 @@ enum Cmd {
 
 fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("dmabuf: {msg}");
-    ExitCode::from(2)
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Restores the default `SIGPIPE` action (Rust ignores it, so a write to a
+/// closed pipe would be an `EPIPE` error and `println!` would panic): a
+/// closed reader ends the process quietly, like `cat` or `grep`.
+fn quiet_on_closed_pipe() {
+    // SAFETY: setting a signal's disposition to its default has no
+    // preconditions; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Ctrl-C asks the exploration to stop after the current execution (the
+/// partial result is then printed); a second Ctrl-C exits at once.
+fn stop_on_interrupt() {
+    let r = ctrlc::set_handler(|| {
+        if progress::stop_requested() {
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+        progress::request_stop();
+    });
+    if let Err(e) = r {
+        eprintln!("dmabuf: warning: Ctrl-C will not print a partial result: {e}");
+    }
+}
+
+/// Refuses budgets that mean nothing or could never finish, and warns
+/// about long ones. `schedules` is the total over every cell.
+fn check_budget(schedules: u64, depth: Option<u32>, strategy: StrategyArg) -> Result<(), String> {
+    if schedules == 0 {
+        return Err(
+            "--schedules 0 explores nothing: no property could be judged (give at least 1)".into(),
+        );
+    }
+    if schedules > MAX_SCHEDULES {
+        return Err(format!(
+            "--schedules {schedules} is beyond {MAX_SCHEDULES} schedules: at a few thousand \
+             schedules per second at best it would run for days"
+        ));
+    }
+    match (strategy, depth) {
+        (StrategyArg::Random, Some(_)) => {
+            return Err(
+                "--depth has no meaning with --strategy random (it is the PCT depth or the DFS bound)"
+                    .into(),
+            );
+        }
+        (_, Some(0)) => {
+            return Err("--depth 0 is neither a PCT depth nor a DFS bound (give 1 to 1000)".into());
+        }
+        (_, Some(d)) if d > MAX_DEPTH => {
+            return Err(format!("--depth {d} is beyond {MAX_DEPTH}"));
+        }
+        _ => {}
+    }
+    if schedules > WARN_SCHEDULES {
+        eprintln!(
+            "dmabuf: warning: {schedules} schedules may take hours; progress and an estimate of \
+             the time left go to stderr, and Ctrl-C stops after the current execution and prints \
+             the partial result"
+        );
+    }
+    Ok(())
+}
+
+/// `VramEviction` -> `vram-eviction`; `writes_after_fences` ->
+/// `writes-after-fences`: the JSON's one naming style.
+fn kebab(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for (i, c) in s.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else if c == '_' || c == ' ' {
+            out.push('-');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Completed => "completed",
+        Outcome::CompletedWithStalled { .. } => "completed-with-stalled",
+        Outcome::Deadlock { .. } => "deadlock",
+        Outcome::StepLimit => "step-limit",
+    }
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     let mut lib = match Library::builtin() {
         Ok(l) => l,
@@ -182,8 +315,11 @@ fn main() -> ExitCode {
                     Err(e) => return usage_error(e),
                 }
             }
+            if let Err(e) = check_budget(schedules, depth, strategy) {
+                return usage_error(e);
+            }
             let strategy = match strategy {
-                StrategyArg::Pct => StrategyKind::Pct(depth.unwrap_or(3).max(1)),
+                StrategyArg::Pct => StrategyKind::Pct(depth.unwrap_or(3)),
                 StrategyArg::Random => StrategyKind::Random,
                 StrategyArg::Dfs => StrategyKind::Dfs,
             };
@@ -220,6 +356,10 @@ fn main() -> ExitCode {
                 if lib.importer(k).is_none() {
                     return usage_error(format!("unknown importer '{k}' in --allow-unsafe"));
                 }
+            }
+            let cells = (lib.rows().len() * lib.importers.len()) as u64;
+            if let Err(e) = check_budget(schedules.saturating_mul(cells), None, StrategyArg::Pct) {
+                return usage_error(format!("{e} (the matrix runs {cells} cells)"));
             }
             let opts = CheckOptions {
                 schedules,
@@ -341,7 +481,52 @@ fn scenarios(lib: &Library, json: bool) -> ExitCode {
             println!("  {:<12} {}", p.name(), p.describe());
         }
     }
-    ExitCode::SUCCESS
+    ExitCode::from(EXIT_OK)
+}
+
+/// A real-thread run as the checker's judge sees runs: it returned, so it
+/// completed; lockdep reports are those the run filed.
+fn real_thread_outcome(obs: Observation, lockdep_reports: Vec<lockdep::Report>) -> RunOutcome {
+    let lockdep: Vec<String> = lockdep_reports.iter().map(|r| r.to_string()).collect();
+    RunOutcome {
+        report: RunReport {
+            outcome: Outcome::Completed,
+            schedule: Schedule::default(),
+            steps: 0,
+            decisions: 0,
+            switches: 0,
+            virtual_ns: 0,
+            trace: Vec::new(),
+            lockdep: lockdep_reports,
+            panics: Vec::new(),
+            leaked_threads: 0,
+            divergence: None,
+        },
+        obs: Some(obs),
+        mode: RunMode::Normal,
+        lockdep,
+    }
+}
+
+fn verdict_json(v: Option<&explore::Violation>) -> Value {
+    match v {
+        None => json!({"result": "holds"}),
+        Some(v) => json!({"result": "violated", "detail": v.detail, "hazard": v.hazard}),
+    }
+}
+
+fn print_verdicts(verdicts: &[(Property, Option<explore::Violation>)], holds: &str) {
+    for (p, v) in verdicts {
+        match v {
+            None => println!("  {:<12} holds {holds}", p.name()),
+            Some(v) => {
+                println!("  {:<12} VIOLATED: {}", p.name(), v.detail);
+                if let Some(h) = &v.hazard {
+                    println!("      hazard: {h}");
+                }
+            }
+        }
+    }
 }
 
 fn run(lib: &mut Library, name: &str, json: bool, trace: bool) -> ExitCode {
@@ -359,6 +544,8 @@ fn run(lib: &mut Library, name: &str, json: bool, trace: bool) -> ExitCode {
     if trace {
         dmabuf_core::trace::set_enabled(true);
     }
+    lockdep::set_mode(lockdep::Mode::Collect);
+    let _ = lockdep::take_reports();
     let t0 = std::time::Instant::now();
     let obs = run_world(&sc.spec, StallMode::Normal);
     let wall = t0.elapsed();
@@ -367,24 +554,42 @@ fn run(lib: &mut Library, name: &str, json: bool, trace: bool) -> ExitCode {
     } else {
         Vec::new()
     };
+    let outcome = real_thread_outcome(obs, lockdep::take_reports());
+    let verdicts: Vec<(Property, Option<explore::Violation>)> = Property::ALL
+        .iter()
+        .filter(|&&p| explore::judged_in(p, RunMode::Normal))
+        .map(|&p| (p, explore::judge(&outcome, p)))
+        .collect();
+    let Some(obs) = outcome.obs.as_ref() else {
+        return usage_error("internal: the run left no observation");
+    };
+    let violated = verdicts.iter().any(|(_, v)| v.is_some());
     let latency_us = obs.revoke_latency_ns.map(|n| n as f64 / 1000.0);
+    let revoke = if !obs.revoke_started {
+        "not-started"
+    } else if obs.revoke_returned {
+        "returned"
+    } else {
+        "did-not-return"
+    };
     if json {
         let v = json!({
             "scenario": sc.name,
-            "revoke_latency_us": latency_us,
-            "revoke_started": obs.revoke_started,
-            "revoke_returned": obs.revoke_returned,
+            "revoke": revoke,
+            "revoke-latency-us": latency_us,
             "hazards": obs.hazards.iter().map(|h| json!({
-                "class": h.class.name(), "accessor": h.accessor, "kind": format!("{:?}", h.kind),
+                "class": kebab(h.class.name()), "accessor": h.accessor, "kind": kebab(&format!("{:?}", h.kind)),
                 "addr": h.addr, "speculative": h.speculative, "seq": h.seq, "detail": h.detail,
                 "text": h.to_string(),
             })).collect::<Vec<_>>(),
             "refusals": obs.refusals.iter().map(|r| json!({"importer": r.importer, "stage": r.stage, "errno": dmabuf_core::errno::name(r.errno)})).collect::<Vec<_>>(),
             "warnings": obs.warnings,
-            "counters": obs.counters,
+            "counters": obs.counters.iter().map(|(k, v)| (kebab(k), json!(v))).collect::<serde_json::Map<String, Value>>(),
+            "verdicts": verdicts.iter().map(|(p, v)| (p.name().to_owned(), verdict_json(v.as_ref()))).collect::<serde_json::Map<String, Value>>(),
+            "not-judged": Property::ALL.iter().filter(|&&p| !explore::judged_in(p, RunMode::Normal)).map(|p| p.name()).collect::<Vec<_>>(),
             "leaks": obs.leaks,
             "errors": obs.errors,
-            "wall_ms": wall.as_secs_f64() * 1000.0,
+            "wall-ms": wall.as_secs_f64() * 1000.0,
             "trace": events.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
         });
         println!("{v}");
@@ -393,7 +598,9 @@ fn run(lib: &mut Library, name: &str, json: bool, trace: bool) -> ExitCode {
         match (obs.revoke_started, latency_us) {
             (_, Some(us)) => println!("revoke latency: {us:.1} us (real threads)"),
             (true, None) => println!("revoke: did not return"),
-            (false, None) => println!("revoke: none in this scenario"),
+            (false, None) => {
+                println!("revoke: not started (this scenario's exporter never revokes)")
+            }
         }
         for r in &obs.refusals {
             println!(
@@ -410,6 +617,7 @@ fn run(lib: &mut Library, name: &str, json: bool, trace: bool) -> ExitCode {
         for w in &obs.warnings {
             println!("  {w}");
         }
+        println!("counters:");
         for (k, v) in &obs.counters {
             println!("  {k}: {v}");
         }
@@ -422,12 +630,24 @@ fn run(lib: &mut Library, name: &str, json: bool, trace: bool) -> ExitCode {
         for e in &events {
             println!("{e}");
         }
+        println!("properties (one real-thread run, not an exploration):");
+        print_verdicts(&verdicts, "on this run");
+        for p in Property::ALL
+            .iter()
+            .filter(|&&p| !explore::judged_in(p, RunMode::Normal))
+        {
+            println!(
+                "  {:<12} not judged (needs stalled runs: dmabuf check {})",
+                p.name(),
+                sc.name
+            );
+        }
         println!("wall time: {:.1} ms", wall.as_secs_f64() * 1000.0);
     }
-    if obs.errors.is_empty() {
-        ExitCode::SUCCESS
+    if violated || !obs.errors.is_empty() {
+        ExitCode::from(EXIT_VIOLATION)
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(EXIT_OK)
     }
 }
 
@@ -449,12 +669,13 @@ fn prop_json(p: &PropertyResult) -> Value {
             .unwrap_or(Value::Null);
         v["detail"] = Value::String(c.violation.detail.clone());
         v["replay"] = Value::String(c.token.to_string());
-        v["trace_events"] = json!(c.trace_len);
+        v["trace-events"] = json!(c.trace_len);
+        v["decisions"] = json!(c.decisions);
     }
     v
 }
 
-fn report_json(r: &CheckReport, ex: &[ExpectationResult]) -> Value {
+fn report_json(r: &CheckReport, ex: &[ExpectationResult], partial: bool) -> Value {
     let props: serde_json::Map<String, Value> = r
         .properties
         .iter()
@@ -462,6 +683,7 @@ fn report_json(r: &CheckReport, ex: &[ExpectationResult]) -> Value {
         .collect();
     json!({
         "scenario": r.scenario,
+        "partial": partial,
         "refusals": r.refusals,
         "properties": props,
         "expectations": ex.iter().map(|e| json!({
@@ -470,8 +692,8 @@ fn report_json(r: &CheckReport, ex: &[ExpectationResult]) -> Value {
         })).collect::<Vec<_>>(),
         "runs": r.runs,
         "errors": r.errors,
-        "elapsed_s": r.elapsed_s,
-        "all_hold": r.all_hold(),
+        "elapsed-s": r.elapsed_s,
+        "all-hold": r.all_hold(),
         "verdict": if passes(r, ex) { "ok" } else { "fail" },
     })
 }
@@ -489,10 +711,17 @@ fn passes(r: &CheckReport, ex: &[ExpectationResult]) -> bool {
         })
 }
 
-fn print_report(r: &CheckReport, ex: &[ExpectationResult]) {
+fn print_report(r: &CheckReport, ex: &[ExpectationResult], partial: bool) {
     println!(
-        "scenario {}: {} runs in {:.1}s",
-        r.scenario, r.runs, r.elapsed_s
+        "scenario {}: {} runs in {:.1}s{}",
+        r.scenario,
+        r.runs,
+        r.elapsed_s,
+        if partial {
+            " (PARTIAL: interrupted; the verdicts cover only these runs)"
+        } else {
+            ""
+        }
     );
     for x in &r.refusals {
         println!("  refused: {x}");
@@ -527,10 +756,14 @@ fn print_report(r: &CheckReport, ex: &[ExpectationResult]) {
                 println!("      hazard: {h}");
             }
             println!("      replay: dmabuf replay {}", c.token);
-            println!(
-                "      ({} trace events, {} decisions after shrinking)",
-                c.trace_len, c.decisions
-            );
+            if c.trace_len > 0 {
+                println!(
+                    "      ({} trace events, {} decisions after shrinking)",
+                    c.trace_len, c.decisions
+                );
+            } else {
+                println!("      ({} decisions, not shrunk: interrupted)", c.decisions);
+            }
         }
     }
     for e in &r.errors {
@@ -551,9 +784,13 @@ fn check(lib: &mut Library, name: &str, opts: &CheckOptions, json: bool, quiet: 
         Ok(q) => q,
         Err(e) => return usage_error(e),
     };
+    stop_on_interrupt();
     let mut all_pass = true;
     let mut out = Vec::new();
     for sc in &qs {
+        if progress::stop_requested() {
+            break;
+        }
         let mut opts = opts.clone();
         if opts.properties.is_empty() {
             opts.properties = match &sc.properties {
@@ -584,10 +821,11 @@ fn check(lib: &mut Library, name: &str, opts: &CheckOptions, json: bool, quiet: 
             Err(e) => return usage_error(e),
         };
         all_pass &= passes(&r, &ex);
+        let partial = progress::stop_requested();
         if json {
-            out.push(report_json(&r, &ex));
+            out.push(report_json(&r, &ex, partial));
         } else {
-            print_report(&r, &ex);
+            print_report(&r, &ex, partial);
         }
     }
     if json {
@@ -597,10 +835,12 @@ fn check(lib: &mut Library, name: &str, opts: &CheckOptions, json: bool, quiet: 
             println!("{}", Value::Array(out));
         }
     }
-    if all_pass {
-        ExitCode::SUCCESS
+    if progress::stop_requested() {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if all_pass {
+        ExitCode::from(EXIT_OK)
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(EXIT_VIOLATION)
     }
 }
 
@@ -612,10 +852,24 @@ fn run_matrix(
     require: Option<String>,
     allow: &[String],
 ) -> ExitCode {
+    stop_on_interrupt();
     let total = (lib.rows().len() * lib.importers.len()) as u64;
     let mut bar = Progress::new("matrix", total, quiet || json);
-    let m: Matrix = matrix::run_matrix(lib, opts, |_, _, name| bar.inc(1, name));
+    let m: Matrix = matrix::run_matrix(lib, opts, |done, _, name| {
+        if done > 0 {
+            bar.inc(1, name)
+        }
+    });
     bar.finish();
+    let partial = progress::stop_requested();
+    // Runs that erred (a panic, a driver error) are defects whatever the
+    // expectation: the cell reads `!` and the exit code is 1.
+    let erred: Vec<String> = m
+        .cells
+        .iter()
+        .filter(|c| c.refused.is_none() && !c.report.errors.is_empty())
+        .map(|c| format!("{}.{}", c.policy, c.importer))
+        .collect();
     let mut failed = Vec::new();
     if let Some(p) = &require {
         for c in m
@@ -656,16 +910,30 @@ fn run_matrix(
         println!(
             "{}",
             json!({
+                "partial": partial,
                 "policies": m.rows,
                 "importers": m.columns,
                 "cells": cells,
-                "elapsed_s": m.elapsed_s,
-                "schedules_per_s": m.schedules_per_s(),
+                "cells-total": total,
+                "elapsed-s": m.elapsed_s,
+                "schedules-per-s": m.schedules_per_s(),
                 "runs": m.runs,
-                "require_safe_failed": failed,
+                "schedules": opts.schedules,
+                "stalled-schedules": opts.stalled_schedules,
+                "strategy": opts.strategy.to_string(),
+                "seed": opts.seed,
+                "require-safe": require,
+                "require-safe-failed": failed,
+                "cells-with-errors": erred,
             })
         );
     } else {
+        if partial {
+            println!(
+                "PARTIAL: interrupted after {} of {total} cells; cells not run read '-'\n",
+                m.cells.len()
+            );
+        }
         print!("{}", matrix::render(&m));
         println!(
             "\n{} controlled runs in {:.1}s ({:.1} schedules/s); {} normal + {} stalled schedules per accepted cell, {}",
@@ -699,64 +967,76 @@ fn run_matrix(
                 failed.join(", ")
             );
         }
+        if !erred.is_empty() {
+            println!("\nruns reported errors in: {}", erred.join(", "));
+        }
     }
-    if failed.is_empty() {
-        ExitCode::SUCCESS
+    if partial {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if failed.is_empty() && erred.is_empty() {
+        ExitCode::from(EXIT_OK)
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(EXIT_VIOLATION)
     }
 }
 
-fn replay(lib: &Library, token: &str, json: bool) -> ExitCode {
-    let t: ReplayToken = match token.parse() {
+fn replay(lib: &Library, text: &str, json: bool) -> ExitCode {
+    let t: ReplayToken = match text.parse() {
         Ok(t) => t,
         Err(e) => return usage_error(e),
     };
+    if token::is_legacy(text) {
+        eprintln!("dmabuf: note: a dmabuf2 token carries no check; its current form is {t}");
+    }
     let (run, verdicts) = match explore::replay(lib, &t) {
         Ok(x) => x,
         Err(e) => return usage_error(e),
     };
+    if let Some(d) = &run.report.divergence {
+        // The run is not the recorded one: its verdicts would describe
+        // some other schedule, so none is printed.
+        return usage_error(format!(
+            "replay diverged: the schedule does not fit scenario {} in {} mode ({d}); no verdicts",
+            t.scenario, t.mode
+        ));
+    }
     let violated = verdicts.iter().any(|(_, v)| v.is_some());
+    let errors = explore::run_errors(&run);
     if json {
         let v = json!({
             "token": t.to_string(),
-            "outcome": format!("{:?}", run.report.outcome),
+            "outcome": outcome_name(&run.report.outcome),
             "trace": run.report.trace.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-            "verdicts": verdicts.iter().map(|(p, v)| (p.name().to_owned(), json!(match v {
-                None => json!({"result": "holds"}),
-                Some(v) => json!({"result": "violated", "detail": v.detail, "hazard": v.hazard}),
-            }))).collect::<serde_json::Map<String, Value>>(),
-            "errors": explore::run_errors(&run),
+            "verdicts": verdicts.iter().map(|(p, v)| (p.name().to_owned(), verdict_json(v.as_ref()))).collect::<serde_json::Map<String, Value>>(),
+            "errors": errors,
         });
         println!("{v}");
     } else {
         for e in &run.report.trace {
             println!("{e}");
         }
-        println!("\noutcome: {:?}", run.report.outcome);
-        for (p, v) in &verdicts {
-            match v {
-                None => println!("  {:<12} holds on this schedule", p.name()),
-                Some(v) => {
-                    println!("  {:<12} VIOLATED: {}", p.name(), v.detail);
-                    if let Some(h) = &v.hazard {
-                        println!("      hazard: {h}");
-                    }
-                }
-            }
-        }
-        for e in explore::run_errors(&run) {
+        println!("\noutcome: {}", outcome_name(&run.report.outcome));
+        print_verdicts(&verdicts, "on this schedule");
+        for e in &errors {
             println!("  error: {e}");
         }
     }
-    if violated {
-        ExitCode::FAILURE
+    if violated || !errors.is_empty() {
+        ExitCode::from(EXIT_VIOLATION)
     } else {
-        ExitCode::SUCCESS
+        ExitCode::from(EXIT_OK)
     }
 }
 
 fn fences_demo(count: u64, waiters: usize) -> ExitCode {
+    if count == 0 || count > MAX_FENCES {
+        return usage_error(format!("--count {count}: give 1 to {MAX_FENCES} fences"));
+    }
+    if waiters > MAX_WAITERS {
+        return usage_error(format!(
+            "--waiters {waiters}: give 0 to {MAX_WAITERS} waiters"
+        ));
+    }
     let ctx = FenceContext::named("demo-gpu", "ring0");
     let (fences, handles): (Vec<_>, Vec<_>) = (0..count).map(|_| ctx.create()).unzip();
     let fences = Arc::new(fences);
@@ -772,7 +1052,7 @@ fn fences_demo(count: u64, waiters: usize) -> ExitCode {
             for f in fences.iter() {
                 let t0 = dmabuf_core::sync::time::now_ns();
                 let r = f.wait_timeout(None, MAX_SCHEDULE_TIMEOUT);
-                let waited = dmabuf_core::sync::time::now_ns() - t0;
+                let waited = dmabuf_core::sync::time::now_ns().saturating_sub(t0);
                 seen.push((f.seqno(), r.is_ok(), f.get_status(), waited));
             }
             seen
@@ -794,7 +1074,7 @@ fn fences_demo(count: u64, waiters: usize) -> ExitCode {
     });
     if signaller.join().is_err() {
         eprintln!("signaller panicked");
-        return ExitCode::FAILURE;
+        return ExitCode::from(EXIT_VIOLATION);
     }
     let mut ok = true;
     for (w, j) in joins.into_iter().enumerate() {
@@ -819,8 +1099,33 @@ fn fences_demo(count: u64, waiters: usize) -> ExitCode {
         println!("{}", f.describe());
     }
     if ok {
-        ExitCode::SUCCESS
+        ExitCode::from(EXIT_OK)
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(EXIT_VIOLATION)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kebab_names_are_the_cli_words() {
+        assert_eq!(kebab("VramEviction"), "vram-eviction");
+        assert_eq!(kebab("Flr"), "flr");
+        assert_eq!(kebab("writes_after_fences"), "writes-after-fences");
+        assert_eq!(kebab("already-kebab"), "already-kebab");
+    }
+
+    #[test]
+    fn budgets_that_mean_nothing_are_refused() {
+        assert!(check_budget(0, None, StrategyArg::Pct).is_err());
+        assert!(check_budget(10, Some(0), StrategyArg::Pct).is_err());
+        assert!(check_budget(10, Some(0), StrategyArg::Dfs).is_err());
+        assert!(check_budget(10, Some(u32::MAX), StrategyArg::Dfs).is_err());
+        assert!(check_budget(10, Some(3), StrategyArg::Random).is_err());
+        assert!(check_budget(MAX_SCHEDULES + 1, None, StrategyArg::Pct).is_err());
+        assert!(check_budget(10, Some(3), StrategyArg::Pct).is_ok());
+        assert!(check_budget(1, None, StrategyArg::Random).is_ok());
     }
 }

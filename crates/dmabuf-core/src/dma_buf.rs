@@ -12,7 +12,7 @@
 //! | [`AttachOps`] | `struct dma_buf_attach_ops` | `allow_peer2peer`, optional `invalidate_mappings` |
 //! | [`Mapping`] | an `sg_table` handed to the importer | each map returns a new one, unmapped individually; never cached |
 //!
-//! # Locking convention (kernel §2.1), enforced on every call
+//! # Locking convention (DOC "locking convention" in dma-buf.c), enforced on every call
 //!
 //! | caller must hold the reservation lock | caller must not hold it |
 //! |---|---|
@@ -53,6 +53,8 @@
 //! * Release empties the buffer's attachment list: an attachment never
 //!   detached is diagnosed, then reachable only through the importer's own
 //!   handle (which alone keeps the buffer object's memory).
+
+pub mod examples;
 
 use crate::dma_fence::{CancelToken, FenceError, MAX_SCHEDULE_TIMEOUT};
 use crate::dma_resv::{DmaResv, ResvError, ResvGuard, Usage};
@@ -172,10 +174,12 @@ pub enum DmaBufError {
 }
 
 impl DmaBufError {
-    /// An error carrying an errno, for exporter and importer ops.
+    /// An error carrying an errno, for exporter and importer ops. The errno
+    /// may be given either way round; a value that is no errno (0,
+    /// `i32::MIN`, beyond `MAX_ERRNO`) becomes `EINVAL` ([`errno::positive`]).
     pub fn errno(errno: i32, what: impl Into<String>) -> Self {
         DmaBufError::Errno {
-            errno: errno.abs(),
+            errno: errno::positive(errno),
             what: what.into(),
         }
     }
@@ -486,7 +490,7 @@ pub(crate) struct DmaBufInner {
     size: u64,
     flags: u32,
     exp_name: String,
-    name: Mutex<Option<String>>,
+    name: Mutex<Option<Vec<u8>>>,
     ops: Arc<dyn DmaBufOps>,
     resv: Arc<DmaResv>,
     /// Newest first. Modified only with the reservation lock held, or by
@@ -536,8 +540,17 @@ impl DmaBufRef {
     pub fn exp_name(&self) -> &str {
         &self.0.exp_name
     }
-    /// The userspace-set name, if any.
+    /// The userspace-set name, if any, for display (bytes that are not
+    /// UTF-8 shown as U+FFFD; [`DmaBufRef::name_bytes`] has them as set).
     pub fn name(&self) -> Option<String> {
+        self.0
+            .name
+            .lock()
+            .as_deref()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+    }
+    /// The userspace-set name exactly as given: any bytes but NUL.
+    pub fn name_bytes(&self) -> Option<Vec<u8>> {
         self.0.name.lock().clone()
     }
     /// The reservation object.
@@ -1342,16 +1355,19 @@ pub fn end_cpu_access(buf: &DmaBufRef, dir: DmaDirection) -> Result<(), DmaBufEr
     Ok(())
 }
 
-/// `DMA_BUF_SET_NAME`: the name must fit in [`DMA_BUF_NAME_LEN`] bytes
-/// including the NUL; renaming is allowed at any time (7.x).
-pub fn set_name(buf: &DmaBufRef, name: &str) -> Result<(), DmaBufError> {
-    if name.len() >= DMA_BUF_NAME_LEN || name.contains('\0') {
+/// `DMA_BUF_SET_NAME`: the name is any bytes but NUL (the kernel copies a C
+/// string, `strndup_user`, and never asks for UTF-8) and must fit in
+/// [`DMA_BUF_NAME_LEN`] bytes including the NUL; renaming is allowed at any
+/// time (7.x). A `&str` is one way to give the bytes.
+pub fn set_name(buf: &DmaBufRef, name: impl AsRef<[u8]>) -> Result<(), DmaBufError> {
+    let name = name.as_ref();
+    if name.len() >= DMA_BUF_NAME_LEN || name.contains(&0) {
         return Err(DmaBufError::Invalid(format!(
             "name of {} bytes does not fit in {DMA_BUF_NAME_LEN} with its NUL",
             name.len()
         )));
     }
-    *buf.0.name.lock() = Some(name.to_owned());
+    *buf.0.name.lock() = Some(name.to_vec());
     Ok(())
 }
 

@@ -639,10 +639,10 @@ fn begin_cpu_access_waits_per_direction() {
 #[test]
 fn set_name_length_rule() {
     let (b, _) = export_mock(MockExp::default());
-    set_name(&b, &"x".repeat(31)).unwrap();
+    set_name(&b, "x".repeat(31)).unwrap();
     assert_eq!(b.name().unwrap().len(), 31);
     assert_eq!(
-        set_name(&b, &"x".repeat(32)).unwrap_err().errno(),
+        set_name(&b, "x".repeat(32)).unwrap_err().errno(),
         errno::EINVAL
     );
     // Renaming while attached is allowed in 7.x.
@@ -960,4 +960,23 @@ fn revoke_waits_for_bookkeep_fences_before_returning() {
     );
     signaller.join().unwrap();
     drop(a);
+}
+
+/// `DmaBufError::errno` is total: an exporter handing back `i32::MIN` or 0
+/// gets `EINVAL`, never an overflow or a negative "positive errno".
+#[test]
+fn dma_buf_error_errno_is_total() {
+    use crate::errno::Errno as _;
+    assert_eq!(DmaBufError::errno(i32::MIN, "x").errno(), errno::EINVAL);
+    assert_eq!(DmaBufError::errno(0, "x").errno(), errno::EINVAL);
+    assert_eq!(DmaBufError::errno(-errno::EBUSY, "x").errno(), errno::EBUSY);
+    assert_eq!(
+        DmaBufError::errno(errno::ENODEV, "x").errno(),
+        errno::ENODEV
+    );
+    assert!(
+        DmaBufError::errno(i32::MIN, "x")
+            .to_string()
+            .contains("EINVAL")
+    );
 }

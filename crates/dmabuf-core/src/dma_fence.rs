@@ -579,18 +579,21 @@ impl Fence {
         &*self.0.imp
     }
 
-    /// Driver name; `detached-driver` once signalled (7.1 detaches ops).
+    /// `dma_fence_driver_name`: `detached-driver` once signalled, for every
+    /// kind of fence (leaves, stubs, arrays, chains: 7.x detaches the ops
+    /// of any signalled fence).
     pub fn driver_name(&self) -> &str {
-        if self.test_signaled_flag() && self.kind() == FenceKind::Plain {
+        if self.test_signaled_flag() {
             "detached-driver"
         } else {
             self.0.imp.driver_name()
         }
     }
 
-    /// Timeline name; `signaled-timeline` once signalled.
+    /// `dma_fence_timeline_name`: `signaled-timeline` once signalled, for
+    /// every kind of fence.
     pub fn timeline_name(&self) -> &str {
-        if self.test_signaled_flag() && self.kind() == FenceKind::Plain {
+        if self.test_signaled_flag() {
             "signaled-timeline"
         } else {
             self.0.imp.timeline_name()
@@ -912,9 +915,12 @@ impl Fence {
     }
 
     /// `dma_fence_set_deadline`: forwards the hint to the driver while the
-    /// fence is pending (arrays forward it to their children).
+    /// fence is pending (arrays forward it to their children). Pending means
+    /// `dma_fence_is_signaled` is false: the driver's `signaled` hook is
+    /// asked first, and a fence it reports done is signalled instead of
+    /// being given a deadline.
     pub fn set_deadline(&self, deadline_ns: u64) {
-        if !self.test_signaled_flag() {
+        if !self.is_signaled() {
             self.0.imp.set_deadline(self, deadline_ns);
         }
     }

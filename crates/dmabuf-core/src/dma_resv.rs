@@ -69,7 +69,7 @@
 //!   [`ResvError::NotHeld`] instead of touching the list.
 //! * The lock belongs to the thread that took it; see [`crate::ww_mutex`]
 //!   for contexts and backoff. The dma-buf locking convention
-//!   (reference §2.1) is enforced by callers with [`DmaResv::assert_held`] /
+//!   (docs/kernel-semantics.md, "locking convention") is enforced by callers with [`DmaResv::assert_held`] /
 //!   [`DmaResv::assert_not_held`].
 //! * Reserved slots are valid until unlock.
 //! * Once added, a fence is visible to readers at once: for fence
@@ -187,11 +187,10 @@ pub enum ResvError {
         /// Seqno of the container.
         seqno: u64,
     },
-    /// `reserve_fences(0)`.
-    #[error("reserve_fences with zero fences")]
-    ZeroReserve,
-    /// A reservation beyond what a list can index.
-    #[error("cannot reserve {requested} more slots beyond {num}")]
+    /// A reservation whose list cannot be allocated (`-ENOMEM`): beyond what
+    /// a list can index, beyond [`KMALLOC_MAX_SIZE`], or refused by the
+    /// allocator.
+    #[error("cannot allocate room for {requested} more fences beyond {num} (ENOMEM)")]
     TooManyFences {
         /// Fences in the list.
         num: u32,
@@ -214,7 +213,6 @@ impl Errno for ResvError {
             ResvError::HeldByCaller => errno::EDEADLK,
             ResvError::NoSlotReserved { .. } => errno::EINVAL,
             ResvError::ContainerFence { .. } => errno::EINVAL,
-            ResvError::ZeroReserve => errno::EINVAL,
             ResvError::TooManyFences { .. } => errno::ENOMEM,
             ResvError::Interrupted => errno::ERESTARTSYS,
             ResvError::Fence(e) => e.errno(),
@@ -285,16 +283,28 @@ const NUM: usize = 0;
 const MAX: usize = 1;
 /// Header words before the first slot of a [`List`].
 const HEAD: usize = 2;
+/// The largest `kmalloc` on x86-64 (`KMALLOC_MAX_SIZE`, order-10 pages):
+/// a fence list larger than this fails with `-ENOMEM` in the kernel, and
+/// here.
+pub const KMALLOC_MAX_SIZE: usize = 4 << 20;
 
 impl List {
-    fn with_capacity(cap: u32) -> Arc<List> {
-        let words: Arc<[AtomicUsize]> = (0..HEAD + cap as usize)
-            .map(|i| AtomicUsize::new(if i == MAX { cap as usize } else { 0 }))
-            .collect();
+    /// A list with room for `cap` fences, allocated fallibly like the
+    /// kernel's `kmalloc`: `None` (the caller answers `-ENOMEM`) when the
+    /// list would exceed [`KMALLOC_MAX_SIZE`] or the allocator refuses.
+    fn with_capacity(cap: u32) -> Option<Arc<List>> {
+        let len = HEAD.checked_add(cap as usize)?;
+        if len.checked_mul(std::mem::size_of::<AtomicUsize>())? > KMALLOC_MAX_SIZE {
+            return None;
+        }
+        let mut v: Vec<AtomicUsize> = Vec::new();
+        v.try_reserve_exact(len).ok()?;
+        v.extend((0..len).map(|i| AtomicUsize::new(if i == MAX { cap as usize } else { 0 })));
+        let words: Arc<[AtomicUsize]> = v.into();
         // SAFETY: `List` is a transparent wrapper of `[AtomicUsize]`, so the
         // two reference-counted allocations have one layout, and the cast
         // keeps the length.
-        unsafe { Arc::from_raw(Arc::into_raw(words) as *const List) }
+        Some(unsafe { Arc::from_raw(Arc::into_raw(words) as *const List) })
     }
 
     /// The publication word of `l` (a thin pointer; see [`List::at`]).
@@ -1252,7 +1262,8 @@ impl<'a> ResvGuard<'a> {
         let resv = self.resv();
         resv.check_held()?;
         if n == 0 {
-            return Err(ResvError::ZeroReserve);
+            // Linux 7.x: nothing to make room for, nothing to do.
+            return Ok(());
         }
         let rs = resv.read_section();
         let old = resv.list_in(&rs);
@@ -1268,9 +1279,12 @@ impl<'a> ResvGuard<'a> {
                 }
                 need.max(l.cap().saturating_mul(2))
             }
-            _ => n.checked_next_power_of_two().ok_or(too_many)?.max(4),
+            _ => n
+                .checked_next_power_of_two()
+                .ok_or(too_many.clone())?
+                .max(4),
         };
-        let new = List::with_capacity(max);
+        let new = List::with_capacity(max).ok_or(too_many)?;
         let mut j = 0;
         if let Some(old) = old {
             for s in &old.slots()[..num as usize] {
@@ -1409,14 +1423,20 @@ impl<'a> ResvGuard<'a> {
             }
             entries.push((e.fence, e.usage));
         }
-        let new = (!entries.is_empty()).then(|| {
-            let l = List::with_capacity(cap.max(entries.len() as u32));
+        let new = if entries.is_empty() {
+            None
+        } else {
+            let want = cap.max(entries.len() as u32);
+            let l = List::with_capacity(want).ok_or(ResvError::TooManyFences {
+                num: 0,
+                requested: want,
+            })?;
             for (i, (f, u)) in entries.into_iter().enumerate() {
                 l.slots()[i].store(pack(f, u), Ordering::Relaxed);
                 l.set_num(i as u32 + 1, Ordering::Relaxed);
             }
-            l
-        });
+            Some(l)
+        };
         let num = new.as_ref().map_or(0, |l| l.num(Ordering::Relaxed));
         self.resv().publish(new);
         // SAFETY: lock held; the closure only writes an integer.

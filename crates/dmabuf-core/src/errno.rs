@@ -51,9 +51,24 @@ pub trait Errno {
     fn errno(&self) -> i32;
 }
 
-/// The symbolic name of an errno, for messages and traces.
+/// The positive errno of `errno`, which may be given either way round
+/// (`EINVAL` or `-EINVAL`). Total: a value that is no kernel errno at all
+/// (0, or beyond [`MAX_ERRNO`] either way, `i32::MIN` included) is
+/// `EINVAL`, never a negative or overflowed number.
+pub fn positive(errno: i32) -> i32 {
+    match errno.checked_abs() {
+        Some(e) if (1..=MAX_ERRNO).contains(&e) => e,
+        _ => EINVAL,
+    }
+}
+
+/// The symbolic name of an errno, for messages and traces. Total: `E?` for
+/// any value that is not one of the errnos above (`i32::MIN` included).
 pub fn name(errno: i32) -> &'static str {
-    match errno.abs() {
+    let Ok(errno) = i32::try_from(errno.unsigned_abs()) else {
+        return "E?";
+    };
+    match errno {
         EPERM => "EPERM",
         ENOENT => "ENOENT",
         EINTR => "EINTR",
@@ -75,5 +90,31 @@ pub fn name(errno: i32) -> &'static str {
         ECANCELED => "ECANCELED",
         ERESTARTSYS => "ERESTARTSYS",
         _ => "E?",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_is_total_and_sign_blind() {
+        assert_eq!(name(EINVAL), "EINVAL");
+        assert_eq!(name(-ENOMEM), "ENOMEM");
+        assert_eq!(name(i32::MIN), "E?");
+        assert_eq!(name(i32::MAX), "E?");
+        assert_eq!(name(0), "E?");
+    }
+
+    #[test]
+    fn positive_is_total_and_never_negative() {
+        assert_eq!(positive(-EIO), EIO);
+        assert_eq!(positive(EBUSY), EBUSY);
+        assert_eq!(positive(-ERESTARTSYS), ERESTARTSYS);
+        assert_eq!(positive(i32::MIN), EINVAL);
+        assert_eq!(positive(i32::MAX), EINVAL);
+        assert_eq!(positive(0), EINVAL);
+        assert_eq!(positive(-MAX_ERRNO), MAX_ERRNO);
+        assert_eq!(positive(MAX_ERRNO + 1), EINVAL);
     }
 }

@@ -1,4 +1,4 @@
-//! The kernel's `dma-buf-resv` KUnit suite (`st-dma-resv.c`, reference §4)
+//! The kernel's `dma-buf-resv` KUnit suite (`st-dma-resv.c`; docs/kernel-semantics.md)
 //! and the tests it lacks: usage filtering, the replacement rules, reserve
 //! growth, concurrent restarts, wait-die, bad input and the validator.
 
@@ -24,13 +24,20 @@ mod dma_resv {
 
     /// Grace periods until nothing stays retired (other tests' threads may
     /// be inside a section for a moment); returns what is still pending.
+    /// How long a liveness wait in these tests may take before it counts as
+    /// a failure: far beyond any scheduling delay on a loaded machine, so
+    /// reaching it means a reader is stuck, not that the machine is slow.
+    const LIVENESS: Duration = Duration::from_secs(60);
+
+    /// Runs grace periods until nothing retired is left. Other tests'
+    /// threads may be inside sections of their own (and preempted there on
+    /// a loaded machine), which only delays it: the bound is [`LIVENESS`],
+    /// not a count of attempts.
     fn reclaim_until_empty(g: &ResvGuard<'_>) -> usize {
+        let start = std::time::Instant::now();
         let mut pending = g.reclaim_retired().unwrap();
-        for _ in 0..1000 {
-            if pending == 0 {
-                break;
-            }
-            thread::yield_now();
+        while pending != 0 && start.elapsed() < LIVENESS {
+            thread::sleep(Duration::from_micros(100));
             pending = g.reclaim_retired().unwrap();
         }
         pending
@@ -198,7 +205,7 @@ mod dma_resv {
         assert!(Usage::Read < Usage::Bookkeep);
     }
 
-    // ---- replacement rules (§3.2) ----------------------------------------
+    // ---- replacement rules (docs/kernel-semantics.md) --------------------
 
     fn entries(resv: &DmaResv) -> Vec<(Fence, Usage)> {
         let g = resv.held().unwrap();
@@ -427,8 +434,50 @@ mod dma_resv {
         let g = fresh.lock(None).unwrap();
         g.reserve_fences(5).unwrap();
         assert_eq!(g.max_fences(), 8, "first list: max(4, pow2(5))");
-        assert_eq!(g.reserve_fences(0), Err(ResvError::ZeroReserve));
-        assert_eq!(ResvError::ZeroReserve.errno(), errno::EINVAL);
+    }
+
+    /// Linux 7.x `dma_resv_reserve_fences(obj, 0)`: returns 0 and changes
+    /// nothing (no new list, no reserved slot).
+    #[test]
+    fn dma_resv_reserve_fences_zero_succeeds_and_changes_nothing() {
+        let resv = DmaResv::new();
+        let g = resv.lock(None).unwrap();
+        assert_eq!(g.reserve_fences(0), Ok(()));
+        assert_eq!(g.max_fences(), 0, "no list allocated for zero fences");
+        let (f, _h) = timeline().create();
+        assert!(
+            g.add_fence(&f, Usage::Write).is_err(),
+            "zero reserved slots: the add is still refused"
+        );
+        g.reserve_fences(2).unwrap();
+        assert_eq!(g.reserve_fences(0), Ok(()));
+        assert_eq!(g.max_fences(), 4);
+        g.add_fence(&f, Usage::Write).unwrap();
+        assert_eq!(g.num_fences(), 1);
+    }
+
+    /// `dma_resv_reserve_fences` answers `-ENOMEM` when its list cannot be
+    /// allocated (`kmalloc` beyond `KMALLOC_MAX_SIZE`), and the object
+    /// keeps its old list and stays usable.
+    #[test]
+    fn dma_resv_reserve_fences_huge_is_enomem_not_abort() {
+        let resv = DmaResv::new();
+        let g = resv.lock(None).unwrap();
+        g.reserve_fences(1).unwrap();
+        let (f, _h) = timeline().create();
+        g.add_fence(&f, Usage::Read).unwrap();
+        for n in [
+            1 << 30,
+            u32::MAX,
+            (crate::dma_resv::KMALLOC_MAX_SIZE / 8) as u32,
+        ] {
+            let e = g.reserve_fences(n).unwrap_err();
+            assert_eq!(e.errno(), errno::ENOMEM, "reserve_fences({n})");
+        }
+        assert_eq!(g.num_fences(), 1);
+        assert_eq!(g.max_fences(), 4);
+        g.reserve_fences(100).unwrap();
+        assert!(g.max_fences() >= 101);
     }
 
     #[test]
@@ -555,12 +604,20 @@ mod dma_resv {
         assert!(rest[1].fence.ptr_eq(&made[2].0));
     }
 
+    /// Deterministic whatever the machine's load: the writer starts only
+    /// once the reader has made a pass, and after its 300 rounds keeps
+    /// going (each further round waits for the reader to make two more
+    /// passes, so the reader's sections all began after the round's first
+    /// grace period) until a grace period has freed something while the
+    /// reader ran. Only a reader that stops making progress, or grace
+    /// periods that never complete, can fail it ([`LIVENESS`]).
     #[test]
     fn unlocked_readers_restart_while_another_thread_reserves_and_adds() {
         let resv = Arc::new(DmaResv::new());
         let stop = Arc::new(AtomicUsize::new(0));
+        let passes = Arc::new(AtomicUsize::new(0));
         let writer = {
-            let (resv, stop) = (resv.clone(), stop.clone());
+            let (resv, stop, passes) = (resv.clone(), stop.clone(), passes.clone());
             thread::spawn(move || {
                 let tl = timeline();
                 let mut rounds = 0u32;
@@ -568,7 +625,11 @@ mod dma_resv {
                 // Grace periods that freed something while the reader kept
                 // reading.
                 let mut frees = 0;
-                while rounds < 300 {
+                let start = std::time::Instant::now();
+                while passes.load(Ordering::SeqCst) == 0 && start.elapsed() < LIVENESS {
+                    thread::yield_now();
+                }
+                while rounds < 300 || (frees == 0 && start.elapsed() < LIVENESS) {
                     let g = resv.lock(None).unwrap();
                     // Both calls publish a new list: readers must restart.
                     g.copy_fences(&resv).unwrap();
@@ -594,6 +655,19 @@ mod dma_resv {
                     // unlock frees what the round retired.
                     let retired = g.resv().retired_pending().unwrap();
                     drop(g);
+                    if rounds >= 300 {
+                        // One grace period, then two full reader passes:
+                        // every section the reader is in from then on
+                        // began after that grace period's epoch.
+                        let g = resv.lock(None).unwrap();
+                        let _ = g.reclaim_retired().unwrap();
+                        drop(g);
+                        let seen = passes.load(Ordering::SeqCst);
+                        while passes.load(Ordering::SeqCst) < seen + 2 && start.elapsed() < LIVENESS
+                        {
+                            thread::yield_now();
+                        }
+                    }
                     let g = resv.lock(None).unwrap();
                     let before = g.resv().retired_pending().unwrap();
                     frees += usize::from(before < retired);
@@ -605,8 +679,7 @@ mod dma_resv {
                 (handles, frees)
             })
         };
-        let mut passes = 0;
-        while stop.load(Ordering::SeqCst) == 0 || passes == 0 {
+        while stop.load(Ordering::SeqCst) == 0 || passes.load(Ordering::SeqCst) == 0 {
             let mut seen: Vec<Fence> = Vec::new();
             for e in resv.iter_unlocked(Usage::Bookkeep) {
                 if e.restarted {
@@ -620,10 +693,10 @@ mod dma_resv {
                 seen.push(e.fence);
             }
             let _ = resv.test_signaled(Usage::Bookkeep);
-            passes += 1;
+            passes.fetch_add(1, Ordering::SeqCst);
         }
         let (handles, frees) = writer.join().unwrap();
-        assert!(passes > 0);
+        assert!(passes.load(Ordering::SeqCst) > 0);
         // The reader is almost always inside a section, yet grace periods
         // keep freeing what was retired before them: every round retires a
         // list, so each unlock starts one, and the explicit one follows.
@@ -646,13 +719,22 @@ mod dma_resv {
     /// reference is often the last. A freed fence is poisoned in unit-test
     /// builds and the reader's flag check asserts on it; a freed list would
     /// hand the reader garbage pointers.
+    ///
+    /// Deterministic whatever the machine's load: each reader counts its
+    /// calls where the writer sees them, the writer starts only once every
+    /// reader has made a call and runs until it has done its 3000 rounds
+    /// and every reader has made calls during them (not a fixed number of
+    /// rounds that a descheduled reader might sleep through).
     #[test]
     fn rcu_readers_never_reach_freed_fences_or_lists() {
+        const READERS: usize = 2;
         let resv = Arc::new(DmaResv::new());
         let stop = Arc::new(AtomicUsize::new(0));
-        let readers: Vec<_> = (0..2)
-            .map(|_| {
-                let (resv, stop) = (resv.clone(), stop.clone());
+        let counts: Arc<Vec<AtomicU64>> =
+            Arc::new((0..READERS).map(|_| AtomicU64::new(0)).collect());
+        let readers: Vec<_> = (0..READERS)
+            .map(|i| {
+                let (resv, stop, counts) = (resv.clone(), stop.clone(), counts.clone());
                 thread::spawn(move || {
                     let mut calls = 0u64;
                     while stop.load(Ordering::SeqCst) == 0 {
@@ -660,15 +742,39 @@ mod dma_resv {
                             let _ = resv.test_signaled(u);
                         }
                         calls += 1;
+                        counts[i].store(calls, Ordering::SeqCst);
                     }
                     calls
                 })
             })
             .collect();
+        let min_calls = || {
+            counts
+                .iter()
+                .map(|c| c.load(Ordering::SeqCst))
+                .min()
+                .unwrap_or(0)
+        };
+        let start = std::time::Instant::now();
+        while min_calls() == 0 && start.elapsed() < LIVENESS {
+            thread::yield_now();
+        }
+        let at_start = counts
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .collect::<Vec<_>>();
+        let during = || {
+            counts
+                .iter()
+                .zip(&at_start)
+                .all(|(c, &s)| c.load(Ordering::SeqCst) > s)
+        };
         let tl = timeline();
-        for round in 0..3000u32 {
+        let mut round = 0u32;
+        while round < 3000 || (!during() && start.elapsed() < LIVENESS) {
+            round += 1;
             let g = resv.lock(None).unwrap();
-            if round % 97 == 0 {
+            if round.is_multiple_of(97) {
                 g.copy_fences(&resv).unwrap();
             }
             g.reserve_fences(2).unwrap();
@@ -685,9 +791,13 @@ mod dma_resv {
             drop(f);
             drop(g);
         }
+        let overlapped = during();
         stop.store(1, Ordering::SeqCst);
-        let calls: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
-        assert!(calls > 0);
+        let calls: Vec<u64> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+        assert!(
+            overlapped,
+            "every reader made calls while the writer ran: {calls:?}"
+        );
         let g = resv.lock(None).unwrap();
         let pending = reclaim_until_empty(&g);
         assert_eq!(pending, 0);

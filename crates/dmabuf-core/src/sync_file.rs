@@ -38,6 +38,22 @@ use std::time::Duration;
 /// `EPOLLIN`: the fence has signalled.
 pub const EPOLLIN: u32 = libc::EPOLLIN as u32;
 
+/// Most bytes of a sync_file name: `sync_file_info.name` and
+/// `sync_merge_data.name` are 32 bytes with the NUL.
+pub const SYNC_NAME_MAX: usize = 31;
+
+/// Cuts `name` to at most [`SYNC_NAME_MAX`] bytes, at a character boundary.
+fn cut_name(mut name: String) -> String {
+    if name.len() > SYNC_NAME_MAX {
+        let mut end = SYNC_NAME_MAX;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
+}
+
 /// Per-leaf information (`struct sync_fence_info`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyncFenceInfo {
@@ -142,9 +158,13 @@ impl SyncFile {
         self.fence.clone()
     }
 
-    /// `sync_file_get_name`.
+    /// `sync_file_get_name`: the merge name, or one made of the fence's
+    /// driver, timeline, context and seqno, cut like the kernel's
+    /// `snprintf` into the 32-byte `sync_file_info.name` to at most
+    /// [`SYNC_NAME_MAX`] bytes (so an idle buffer's exported fence on 7.x
+    /// reads `detached-driver-signaled-timeli`).
     pub fn get_name(&self) -> String {
-        match &self.name {
+        let full = match &self.name {
             Some(n) => n.clone(),
             None => format!(
                 "{}-{}{}-{}",
@@ -153,7 +173,8 @@ impl SyncFile {
                 self.fence.context(),
                 self.fence.seqno() as i64
             ),
-        }
+        };
+        cut_name(full)
     }
 
     /// `SYNC_IOC_FILE_INFO` without the byte layout.
@@ -275,6 +296,23 @@ mod tests {
         assert_eq!(sf.get_name(), format!("drv-ring0{}-1", f.context()));
         let (big, _hb) = Fence::init(crate::NamedOps::new("d", "t"), 3, u64::MAX);
         assert_eq!(SyncFile::create(big).get_name(), "d-t3--1");
+    }
+
+    /// `sync_file_get_name` writes into the 32-byte `sync_file_info.name`:
+    /// a merge name or a made-up name is cut to 31 bytes.
+    #[test]
+    fn sync_file_get_name_is_cut_to_31_bytes() {
+        let (f, h) = leaf("a-very-long-timeline-name");
+        let sf = SyncFile::create(f);
+        assert_eq!(sf.get_name().len(), SYNC_NAME_MAX);
+        assert!(sf.get_name().starts_with("drv-a-very-long-timeline-name"));
+        h.signal().unwrap();
+        assert_eq!(sf.get_name(), "detached-driver-signaled-timeli");
+        let m = SyncFile::merge(&"n".repeat(40), &sf, &sf);
+        assert_eq!(m.get_name(), "n".repeat(31));
+        // Never inside a character.
+        let m = SyncFile::merge(&"é".repeat(20), &sf, &sf);
+        assert_eq!(m.get_name(), "é".repeat(15));
     }
 
     #[test]

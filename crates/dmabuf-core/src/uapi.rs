@@ -85,6 +85,12 @@ pub const SEEK_SET: i32 = 0;
 pub const SEEK_CUR: i32 = 1;
 /// `SEEK_END`.
 pub const SEEK_END: i32 = 2;
+/// `PROT_READ`.
+pub const PROT_READ: u32 = 0x1;
+/// `PROT_WRITE`.
+pub const PROT_WRITE: u32 = 0x2;
+/// `PROT_EXEC`.
+pub const PROT_EXEC: u32 = 0x4;
 /// `O_CLOEXEC`.
 pub const O_CLOEXEC: u32 = 0o2000000;
 
@@ -318,11 +324,23 @@ impl Process {
         }
     }
 
-    /// `mmap` on a dma-buf fd: range checks, then the exporter.
+    /// `mmap` on a dma-buf fd, shared and read-write: range checks, then
+    /// the exporter ([`Process::mmap_prot`] with `PROT_READ | PROT_WRITE`).
     pub fn mmap(&self, fd: i32, pgoff: u64, pages: u64) -> Result<(), SysError> {
+        self.mmap_prot(fd, pgoff, pages, PROT_READ | PROT_WRITE)
+    }
+
+    /// `mmap(2)` of `pages` pages at page offset `pgoff`, `MAP_SHARED`, with
+    /// protection `prot`. Linux 7.2 mounts the dma-buf pseudo filesystem
+    /// `noexec`, so `do_mmap` refuses `PROT_EXEC` with `EPERM` before the
+    /// exporter is asked (6.x allowed it).
+    pub fn mmap_prot(&self, fd: i32, pgoff: u64, pages: u64, prot: u32) -> Result<(), SysError> {
         let File::DmaBuf(b) = self.get_file(fd)? else {
             return Err(SysError(errno::ENODEV));
         };
+        if prot & PROT_EXEC != 0 {
+            return Err(SysError(errno::EPERM));
+        }
         dma_buf::mmap(&b, MmapRequest { pgoff, pages }).map_err(|e| SysError::from_err(&e))
     }
 
@@ -488,14 +506,14 @@ impl Process {
         }
     }
 
-    /// `strndup_user(arg, n)`: `EFAULT` if unreadable, `EINVAL` if no NUL
-    /// within `n` bytes.
-    fn strndup_user(&self, addr: u64, n: usize) -> Result<String, SysError> {
+    /// `strndup_user(arg, n)`: the bytes before the NUL, whatever they are;
+    /// `EFAULT` if unreadable, `EINVAL` if no NUL within `n` bytes.
+    fn strndup_user(&self, addr: u64, n: usize) -> Result<Vec<u8>, SysError> {
         let mut out = Vec::new();
         for i in 0..n as u64 {
-            let b = self.user_read(addr + i, 1)?[0];
+            let b = self.user_read(addr.wrapping_add(i), 1)?[0];
             if b == 0 {
-                return String::from_utf8(out).map_err(|_| SysError(errno::EINVAL));
+                return Ok(out);
             }
             out.push(b);
         }

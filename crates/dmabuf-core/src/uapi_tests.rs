@@ -519,3 +519,78 @@ mod fuzz {
         }
     }
 }
+
+/// Linux 7.2 `DMA_BUF_IOCTL_EXPORT_SYNC_FILE` on an idle buffer: one
+/// signalled fence whose `SYNC_IOC_FILE_INFO` reports driver
+/// `detached-driver` and timeline `signaled-timeline`, and whose sync_file
+/// name (`detached-driver-signaled-timeline0-0`, 36 bytes) is cut to 31.
+#[test]
+fn export_sync_file_idle_reports_detached_driver_and_cut_name() {
+    let (p, fd, _b, _) = proc_with_buf();
+    let sfd = export_sync_file(&p, fd, DMA_BUF_SYNC_RW as u32).unwrap();
+    let File::SyncFile(sf) = p.get_file(sfd).unwrap() else {
+        panic!("EXPORT_SYNC_FILE installed no sync_file");
+    };
+    let info = sf.info();
+    assert_eq!(info.fences.len(), 1);
+    assert_eq!(info.fences[0].driver_name, "detached-driver");
+    assert_eq!(info.fences[0].obj_name, "signaled-timeline");
+    assert_eq!(info.fences[0].status, 1);
+    assert_eq!(info.name, "detached-driver-signaled-timeli");
+    assert_eq!(info.name.len(), crate::sync_file::SYNC_NAME_MAX);
+    // The same through the ABI: the 32-byte name field holds 31 bytes + NUL.
+    let out = file_info(&p, sfd, 0, 0, 0).unwrap();
+    assert_eq!(&out[..31], b"detached-driver-signaled-timeli");
+    assert_eq!(out[31], 0);
+}
+
+/// `DMA_BUF_SET_NAME` copies the name with `strndup_user` and never asks
+/// for UTF-8: any bytes but NUL are a name.
+#[test]
+fn dma_buf_set_name_takes_any_bytes_not_only_utf8() {
+    let (p, fd, b, _) = proc_with_buf();
+    let raw = [0xffu8, 0xfe, b'x', 0x80, 0];
+    let s = p.user_alloc(&raw);
+    assert_eq!(p.ioctl(fd, DMA_BUF_SET_NAME_B, s), Ok(0));
+    assert_eq!(b.name_bytes().as_deref(), Some(&raw[..4]));
+    assert!(p.fdinfo(fd).unwrap().contains("name:\t"));
+    // 31 arbitrary bytes still fit; 32 do not.
+    let mut long = vec![0xc3u8; 31];
+    long.push(0);
+    let s = p.user_alloc(&long);
+    assert_eq!(p.ioctl(fd, DMA_BUF_SET_NAME_A, s), Ok(0));
+    assert_eq!(b.name_bytes().map(|n| n.len()), Some(31));
+    let mut too_long = vec![0xc3u8; 32];
+    too_long.push(0);
+    let s = p.user_alloc(&too_long);
+    assert_eq!(
+        p.ioctl(fd, DMA_BUF_SET_NAME_A, s).unwrap_err(),
+        SysError(errno::EINVAL)
+    );
+}
+
+/// Linux 7.2: `mmap(PROT_EXEC)` of a dma-buf fd is `EPERM` (the dma-buf
+/// filesystem is `noexec`, checked in `do_mmap` before the exporter); read
+/// and read-write shared mappings still work.
+#[test]
+fn mmap_prot_exec_of_dma_buf_is_eperm() {
+    let (p, fd, _b, _) = proc_with_buf();
+    assert_eq!(
+        p.mmap_prot(fd, 0, 1, PROT_READ | PROT_EXEC).unwrap_err(),
+        SysError(errno::EPERM)
+    );
+    assert_eq!(
+        p.mmap_prot(fd, 0, 1, PROT_EXEC).unwrap_err(),
+        SysError(errno::EPERM)
+    );
+    assert_eq!(p.mmap_prot(fd, 0, 1, PROT_READ), Ok(()));
+    assert_eq!(p.mmap_prot(fd, 0, 1, PROT_READ | PROT_WRITE), Ok(()));
+}
+
+/// `SysError` formats any value, `i32::MIN` included, without overflow.
+#[test]
+fn sys_error_display_is_total() {
+    assert_eq!(SysError(i32::MIN).to_string(), format!("E? ({})", i32::MIN));
+    assert_eq!(SysError(errno::EPERM).to_string(), "EPERM (1)");
+    assert_eq!(SysError(-errno::EPERM).to_string(), "EPERM (-1)");
+}

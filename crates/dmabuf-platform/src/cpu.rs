@@ -13,7 +13,7 @@
 //!
 //! After [`CpuMapping::munmap`] every access is [`CpuError::Unmapped`].
 //!
-//! # The fault/zap race (reference/revoke-thread.md §5.13)
+//! # The fault/zap race (docs/hazards.md, hazard 13)
 //!
 //! The handler must check its revoke state and insert the PFN under the same
 //! lock the revoke path holds while it sets the state and zaps; otherwise a

@@ -29,7 +29,7 @@
 //! (a window of the most recent ones) and, after each job's fence has been
 //! signalled, and up to `idle_passes` more times while idle, re-reads them
 //! and throws the data away: reads only, never writes, covered by no fence.
-//! That is the GPU behaviour of reference/revoke-thread.md §5.5.
+//! That is the GPU behaviour of docs/hazards.md, hazard 5.
 //! [`DmaEngine::stop_readahead`] is the driver telling its device to stop:
 //! when it returns, no speculative read is running and none will start, and
 //! the window is forgotten. Speculative faults are reported but never retried.

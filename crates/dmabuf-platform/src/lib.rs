@@ -4,7 +4,7 @@
 //!
 //! # The problem
 //!
-//! The revoke discussion (reference/revoke-thread.md §5) names hazards that
+//! The revoke discussion (docs/hazards.md) names hazards that
 //! only exist on real hardware: a use-after-free of exporter memory, a PCI
 //! AER from DMA into a BAR that is disabled or asleep, an IOMMU fault on a
 //! torn-down IOVA, DMA landing in a BAR that now belongs to another device,

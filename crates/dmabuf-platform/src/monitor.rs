@@ -2,7 +2,7 @@
 //! and keeps what drivers and the core declare about mappings and revokes.
 //!
 //! There is no kernel counterpart: this is the oracle the checker's verdicts
-//! rest on (reference/revoke-thread.md §5).
+//! rest on (docs/hazards.md).
 //!
 //! # Hazard classes
 //!

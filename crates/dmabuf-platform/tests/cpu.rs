@@ -1,5 +1,5 @@
 //! CPU mappings: fault-in, zap, SIGBUS after revoke, hazards through stale
-//! PTEs (reference/revoke-thread.md §5.13, V12).
+//! PTEs (docs/hazards.md, hazard 13).
 
 mod common;
 use common::*;

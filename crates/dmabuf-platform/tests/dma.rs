@@ -246,7 +246,7 @@ fn an_odp_style_fault_handler_maps_on_demand_and_the_access_retries() {
     assert_eq!(m.gpu_dom.take_faults().len(), 1, "but it is a fault event");
 }
 
-// ---- Speculative read-ahead (§5.5) ----
+// ---- Speculative read-ahead (docs/hazards.md, hazard 5) ----
 
 fn ra_engine(m: &Machine) -> DmaEngine {
     m.p.dma_engine(

@@ -1,11 +1,11 @@
 //! One minimal deterministic scenario per hazard class, each with its
-//! legitimate twin that records nothing (reference/revoke-thread.md §5).
+//! legitimate twin that records nothing (docs/hazards.md).
 
 mod common;
 use common::*;
 use dmabuf_platform::*;
 
-// ---- UseAfterFree (§5.1) ----
+// ---- UseAfterFree (docs/hazards.md, hazard 1) ----
 
 #[test]
 fn dma_to_a_still_owned_frame_is_not_a_hazard() {
@@ -50,7 +50,7 @@ fn dma_to_a_freed_frame_by_bus_address_is_use_after_free() {
     assert_eq!(m.classes(), vec![HazardClass::UseAfterFree]);
 }
 
-// ---- Aer (§5.2) ----
+// ---- Aer (docs/hazards.md, hazard 2) ----
 
 #[test]
 fn dma_to_a_decoding_bar_is_fine_and_with_decode_off_is_aer() {
@@ -159,7 +159,7 @@ fn dma_outside_the_address_space_is_an_unsupported_request() {
     ));
 }
 
-// ---- MisdirectedDma (§5.4) ----
+// ---- MisdirectedDma (docs/hazards.md, hazard 4) ----
 
 #[test]
 fn dma_after_hotplug_of_another_device_at_the_same_range_is_misdirected() {
@@ -209,7 +209,7 @@ fn unplugged_range_with_no_new_owner_is_aer_not_misdirected() {
     assert_eq!(hz[0].aer, Some(AerReason::Unplugged));
 }
 
-// ---- IommuFault (§5.3) ----
+// ---- IommuFault (docs/hazards.md, hazard 3) ----
 
 #[test]
 fn iommu_fault_records_never_mapped_versus_stopped_by_revoke() {

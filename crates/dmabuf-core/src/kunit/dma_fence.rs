@@ -703,3 +703,71 @@ fn array_forwards_deadline_only_while_pending() {
         "a signalled array forwards nothing"
     );
 }
+
+/// Fence ops whose hardware has already passed every fence (`signaled`
+/// always true) and that count the deadlines they are given.
+struct DoneHw(Arc<AtomicU32>);
+impl FenceOps for DoneHw {
+    fn driver_name(&self) -> &str {
+        "done"
+    }
+    fn timeline_name(&self) -> &str {
+        "done"
+    }
+    fn signaled(&self, _: &Fence) -> bool {
+        true
+    }
+    fn set_deadline(&self, _: &Fence, _: u64) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// `dma_fence_set_deadline` asks `dma_fence_is_signaled` first: when the
+/// driver's `signaled` hook reports the fence done, the fence is signalled
+/// and the driver's `set_deadline` is never called.
+#[test]
+fn dma_fence_set_deadline_skips_driver_once_signaled_hook_reports_done() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let (f, _h) = Fence::init(DoneHw(calls.clone()), 9, 1);
+    assert!(!f.test_signaled_flag(), "nobody has asked the driver yet");
+    f.set_deadline(1_000);
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "set_deadline was called");
+    assert!(
+        f.test_signaled_flag(),
+        "the signaled hook's answer signalled the fence"
+    );
+    // A pending fence of a driver that is not done still gets the hint.
+    use crate::dma_fence::test_ops::DeadlineRecorder as D;
+    let seen = Arc::new(AtomicU64::new(0));
+    let (g, _hg) = Fence::init(D(seen.clone()), 10, 1);
+    g.set_deadline(77);
+    assert_eq!(seen.load(Ordering::SeqCst), 77);
+}
+
+/// Linux 7.x `dma_fence_driver_name` / `dma_fence_timeline_name`: every
+/// signalled fence reads `detached-driver` / `signaled-timeline`, whatever
+/// its kind: leaves, the shared and private stubs, arrays and chains.
+#[test]
+fn dma_fence_names_of_every_signalled_fence_are_detached() {
+    let check = |f: &Fence, what: &str| {
+        assert!(f.is_signaled(), "{what} is signalled");
+        assert_eq!(f.driver_name(), "detached-driver", "{what}");
+        assert_eq!(f.timeline_name(), "signaled-timeline", "{what}");
+    };
+    check(&Fence::stub(), "dma_fence_get_stub");
+    check(&Fence::private_stub(5), "dma_fence_allocate_private_stub");
+    let (leaf, h) = mock_fence();
+    assert_eq!(leaf.driver_name(), "mock", "pending: the driver's name");
+    h.signal().unwrap();
+    check(&leaf, "a leaf");
+    let (c1, h1) = Fence::init(MockOps, 21, 1);
+    let array = FenceArray::create(vec![c1.clone()], 22, 1).unwrap();
+    assert_eq!(array.driver_name(), "dma_fence_array");
+    h1.signal().unwrap();
+    check(&array, "an array");
+    let (c2, h2) = Fence::init(MockOps, 23, 1);
+    let chain = crate::dma_fence_chain::FenceChain::create(None, c2, 1);
+    assert_eq!(chain.driver_name(), "dma_fence_chain");
+    h2.signal().unwrap();
+    check(&chain, "a chain");
+}

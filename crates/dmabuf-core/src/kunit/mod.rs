@@ -1,4 +1,4 @@
-//! The kernel's KUnit fence suites (reference/kernel-dmabuf.md §4), one
+//! The kernel's KUnit fence suites (docs/kernel-semantics.md, "KUnit suites reproduced"), one
 //! module per suite, each test named as the kernel's.
 mod dma_fence;
 mod dma_fence_chain;

@@ -11,7 +11,7 @@
 //! | [`GpuImport`] | an imported BO (`ttm_bo_type_sg`) sharing the dma-buf's reservation object |
 //!
 //! # The importer's obligations, as this model honours them
-//! (reference/revoke-thread.md §4, §7 V6)
+//! (docs/importers.md; docs/revoke-sequences.md, `v6-final`)
 //!
 //! 1. Jobs: under the reservation lock, (re)map if needed, then publish the
 //!    job's fence as `Bookkeep` (VM-bound work, explicit sync) and queue the

@@ -1,5 +1,5 @@
-//! The importers of the revoke thread (reference/revoke-thread.md §4,
-//! reference/kernel-dmabuf.md §5), each on a simulated device whose DMA goes
+//! The importers of the revoke thread (docs/importers.md), each on a
+//! simulated device whose DMA goes
 //! through the platform, so the monitor sees every access.
 //!
 //! | module | kind | kernel counterpart |

@@ -2,7 +2,7 @@
 //! and mlx5 `mr.c`/`odp.c`), on a [`Nic`], in the flavours the thread
 //! discussed, plus the `lying` importer.
 //!
-//! # Flavours and their obligations (reference/revoke-thread.md §4, kernel-dmabuf.md §5.3–5.4)
+//! # Flavours and their obligations (docs/importers.md)
 //!
 //! **`rdma-odp`** (mlx5 dma-buf MR, `mlx5_ib_dmabuf_attach_ops`):
 //! 1. Register: dynamic attach with `invalidate_mappings`; then the initial

@@ -1,7 +1,7 @@
 //! A static importer: any driver that uses plain `dma_buf_attach` (a
 //! display engine, a video decoder).
 //!
-//! # Obligations and behaviour (reference/revoke-thread.md §4)
+//! # Obligations and behaviour (docs/importers.md)
 //!
 //! 1. Attach without importer ops: not dynamic, never notified, not
 //!    revocable, no `peer2peer`. VFIO refuses it (`EOPNOTSUPP`, MMIO has no
