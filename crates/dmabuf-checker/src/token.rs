@@ -7,7 +7,7 @@
 //! |---|---|
 //! | scenario | a scenario name (`vfio-iommufd-flr`, `matrix.v6-final.gpu`, a file's scenario, ...) |
 //! | hash | 16 hex digits: the hash of the protocol, importers and timeline the schedule ran against; replaying against anything else is refused |
-//! | strategy | `random`, `pct<depth>` (e.g. `pct3`), `dfs` |
+//! | strategy | `random`, `pct<depth>` (e.g. `pct3`), `dfs`, `dpor` |
 //! | seed | decimal u64 |
 //! | mode | `normal`, or `stalled` (userspace never runs again once revoke begins) |
 //! | schedule | the scheduler's encoded decision list |
@@ -27,6 +27,8 @@ pub enum StrategyKind {
     Pct(u32),
     /// Bounded depth-first enumeration.
     Dfs,
+    /// Source-set dynamic partial-order reduction with sleep sets.
+    Dpor,
 }
 
 impl fmt::Display for StrategyKind {
@@ -35,6 +37,7 @@ impl fmt::Display for StrategyKind {
             StrategyKind::Random => f.write_str("random"),
             StrategyKind::Pct(d) => write!(f, "pct{d}"),
             StrategyKind::Dfs => f.write_str("dfs"),
+            StrategyKind::Dpor => f.write_str("dpor"),
         }
     }
 }
@@ -133,6 +136,7 @@ impl FromStr for ReplayToken {
         let strategy = match parts[2] {
             "random" => StrategyKind::Random,
             "dfs" => StrategyKind::Dfs,
+            "dpor" => StrategyKind::Dpor,
             p => match p.strip_prefix("pct").map(str::parse::<u32>) {
                 Some(Ok(d)) if d >= 1 => StrategyKind::Pct(d),
                 _ => return Err(bad("strategy", p)),
@@ -174,6 +178,14 @@ mod tests {
             schedule: "0a1b".into(),
         };
         assert_eq!(t.to_string().parse::<ReplayToken>(), Ok(t));
+        let d = "dmabuf2,vfio-iommufd-flr,0000000000000001,dpor,1,normal,1.ab"
+            .parse::<ReplayToken>()
+            .unwrap();
+        assert_eq!(d.strategy, StrategyKind::Dpor);
+        assert_eq!(
+            d.to_string(),
+            "dmabuf2,vfio-iommufd-flr,0000000000000001,dpor,1,normal,1.ab"
+        );
     }
 
     #[test]

@@ -51,6 +51,15 @@ pub trait Errno {
     fn errno(&self) -> i32;
 }
 
+/// A malformed schedule token or a replay that does not fit its program is
+/// bad input.
+#[cfg(not(loom))]
+impl Errno for crate::sync::sched::ScheduleError {
+    fn errno(&self) -> i32 {
+        EINVAL
+    }
+}
+
 /// The symbolic name of an errno, for messages and traces.
 pub fn name(errno: i32) -> &'static str {
     match errno.abs() {
