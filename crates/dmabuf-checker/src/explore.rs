@@ -7,7 +7,8 @@
 //! | verdict | meaning |
 //! |---|---|
 //! | `holds` (random / pct) | no violation in the stated number of explored schedules; not a proof |
-//! | `holds` (dfs, exhaustive) | every schedule within the decision bound was run and the bound was never hit |
+//! | `holds` (dfs / dpor, exhaustive) | the search finished without hitting any bound (decisions, steps, executions): every schedule (dfs) or every Mazurkiewicz trace class (dpor) was run |
+//! | `holds` (dfs / dpor, not exhaustive) | the search stopped at the bound named in `bounds_hit` |
 //! | `violated` | a schedule was found, with a replay token that reproduces it exactly |
 //!
 //! `l-bounded` is judged on dedicated runs in which the `userspace` group is
@@ -18,7 +19,7 @@ use crate::scenario::Scenario;
 use crate::token::{ReplayToken, RunMode, StrategyKind};
 use dmabuf_core::lockdep;
 use dmabuf_core::sync::sched::{
-    self, Dfs, Outcome, Pct, Random, Replay, RunConfig, RunReport, Schedule, Strategy,
+    self, Bound, Dfs, Dpor, Outcome, Pct, Random, Replay, RunConfig, RunReport, Schedule, Strategy,
 };
 use dmabuf_core::sync::{Arc, Mutex};
 use dmabuf_scenario::builtin::Library;
@@ -224,8 +225,17 @@ pub struct PropertyResult {
     pub violations: u64,
     /// Strategy description.
     pub strategy: String,
-    /// True only for a DFS that finished without hitting its bound.
+    /// True only for a systematic search (dfs, dpor) that finished without
+    /// hitting any bound, in every mode the property is judged in.
     pub exhaustive: bool,
+    /// The bounds that cut the search (`depth`, `steps`, `executions`,
+    /// `nondeterminism`); empty for an exhaustive search and for sampling
+    /// strategies.
+    pub bounds_hit: Vec<Bound>,
+    /// DPOR: executions whose useful part was cut by sleep sets.
+    pub sleep_blocked: u64,
+    /// Systematic searches: the most decisions an execution made.
+    pub max_depth: usize,
     /// The first violation found, shrunk.
     pub counterexample: Option<Counterexample>,
 }
@@ -321,6 +331,15 @@ impl CheckReport {
     }
 }
 
+/// What one mode's search did.
+#[derive(Clone, Debug, Default)]
+struct Explored {
+    exhaustive: bool,
+    bounds_hit: Vec<Bound>,
+    sleep_blocked: u64,
+    max_depth: usize,
+}
+
 /// Runs up to `n` executions of `spec` in `mode`, keeping only what the
 /// judge needs (the outcome of each run is judged as it completes so the
 /// reports do not pile up).
@@ -332,27 +351,59 @@ fn explore_mode(
     dfs_bound: usize,
     n: u64,
     mut on_run: impl FnMut(&RunOutcome),
-) -> (u64, bool) {
-    // DFS is kept concrete: its exhaustion is part of the verdict.
+) -> Explored {
+    // Systematic searches are kept concrete: their completeness is part of
+    // the verdict.
     let mut dfs = Dfs::new(dfs_bound);
+    let mut dpor = Dpor::new(dfs_bound);
     let mut other: Box<dyn Strategy> = match kind {
-        StrategyKind::Random | StrategyKind::Dfs => Box::new(Random::new(seed)),
+        StrategyKind::Random | StrategyKind::Dfs | StrategyKind::Dpor => {
+            Box::new(Random::new(seed))
+        }
         StrategyKind::Pct(d) => Box::new(Pct::new(seed, d as usize, 2_000)),
     };
-    let strat: &mut dyn Strategy = if kind == StrategyKind::Dfs {
-        &mut dfs
-    } else {
-        other.as_mut()
+    let strat: &mut dyn Strategy = match kind {
+        StrategyKind::Dfs => &mut dfs,
+        StrategyKind::Dpor => &mut dpor,
+        _ => other.as_mut(),
     };
     let mut count = 0;
-    // A stop request (Ctrl-C) ends the loop after the current execution.
-    while count < n && !crate::progress::stop_requested() && strat.next_execution() {
+    let mut finished = false;
+    while count < n {
+        // A stop request (Ctrl-C) ends the loop after the current execution.
+        if crate::progress::stop_requested() {
+            break;
+        }
+        if !strat.next_execution() {
+            finished = true;
+            break;
+        }
         let run = run_controlled(spec, mode, strat);
         count += 1;
         on_run(&run);
     }
-    let exhaustive = kind == StrategyKind::Dfs && dfs.is_exhausted() && !dfs.hit_bound();
-    (count, exhaustive)
+    // At the budget: finished only if there is no further branch (asking
+    // runs nothing).
+    if !finished && count == n {
+        finished = !strat.next_execution();
+    }
+    let (mut bounds_hit, sleep_blocked, max_depth) = match kind {
+        StrategyKind::Dfs => (dfs.bounds_hit(), 0, dfs.max_depth()),
+        StrategyKind::Dpor => {
+            let st = dpor.stats();
+            (dpor.bounds_hit(), st.sleep_blocked, st.max_depth)
+        }
+        _ => return Explored::default(),
+    };
+    if !finished {
+        bounds_hit.push(Bound::Executions);
+    }
+    Explored {
+        exhaustive: bounds_hit.is_empty() && count > 0,
+        bounds_hit,
+        sleep_blocked,
+        max_depth,
+    }
 }
 
 /// Re-runs a schedule exactly (tracing on) and returns the run.
@@ -455,7 +506,7 @@ pub fn check(
         } else {
             opts.seed.wrapping_add(0x9e37_79b9)
         };
-        let (count, exhaustive) = explore_mode(
+        let explored = explore_mode(
             &scenario.spec,
             mode,
             opts.strategy,
@@ -496,6 +547,9 @@ pub fn check(
                         violations: 0,
                         strategy: String::new(),
                         exhaustive: false,
+                        bounds_hit: Vec::new(),
+                        sleep_blocked: 0,
+                        max_depth: 0,
                         counterexample: None,
                     });
                     r.schedules += 1;
@@ -510,19 +564,23 @@ pub fn check(
         );
         let strategy_name = match opts.strategy {
             StrategyKind::Dfs => format!("dfs(bound={})", opts.dfs_bound),
+            StrategyKind::Dpor => format!("dpor(bound={})", opts.dfs_bound),
             k => format!("{k}(seed={})", opts.seed),
         };
         for r in results.values_mut() {
             if judged_in(r.property, mode) {
                 r.strategy = strategy_name.clone();
                 // Exhaustive only if every mode it was judged in was.
-                let ex = exhaustive && count > 0;
-                r.exhaustive = if mode == RunMode::Stalled && judged_in(r.property, RunMode::Normal)
-                {
-                    r.exhaustive && ex
-                } else {
-                    ex
-                };
+                let ex = explored.exhaustive;
+                let both = mode == RunMode::Stalled && judged_in(r.property, RunMode::Normal);
+                r.exhaustive = if both { r.exhaustive && ex } else { ex };
+                for &b in &explored.bounds_hit {
+                    if !r.bounds_hit.contains(&b) {
+                        r.bounds_hit.push(b);
+                    }
+                }
+                r.sleep_blocked += explored.sleep_blocked;
+                r.max_depth = r.max_depth.max(explored.max_depth);
             }
         }
     }

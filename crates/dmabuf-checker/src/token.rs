@@ -7,7 +7,7 @@
 //! |---|---|
 //! | scenario | a scenario name (`vfio-iommufd-flr`, `matrix.v6-final.gpu`, a file's scenario, ...), optionally `.jobsN` |
 //! | hash | 16 hex digits: the hash of the protocol, importers and timeline the schedule ran against; replaying against anything else is refused |
-//! | strategy | `random`, `pct<depth>` (e.g. `pct3`), `dfs` |
+//! | strategy | `random`, `pct<depth>` (e.g. `pct3`), `dfs`, `dpor` |
 //! | seed | decimal u64, no sign, no leading zeros |
 //! | mode | `normal`, or `stalled` (userspace never runs again once revoke begins) |
 //! | schedule | the scheduler's encoded decision list, in canonical form |
@@ -44,6 +44,8 @@ pub enum StrategyKind {
     Pct(u32),
     /// Bounded depth-first enumeration.
     Dfs,
+    /// Source-set dynamic partial-order reduction with sleep sets.
+    Dpor,
 }
 
 impl fmt::Display for StrategyKind {
@@ -52,6 +54,7 @@ impl fmt::Display for StrategyKind {
             StrategyKind::Random => f.write_str("random"),
             StrategyKind::Pct(d) => write!(f, "pct{d}"),
             StrategyKind::Dfs => f.write_str("dfs"),
+            StrategyKind::Dpor => f.write_str("dpor"),
         }
     }
 }
@@ -294,9 +297,16 @@ impl FromStr for ReplayToken {
         let strategy = match parts[2] {
             "random" => StrategyKind::Random,
             "dfs" => StrategyKind::Dfs,
+            "dpor" => StrategyKind::Dpor,
             p => match p.strip_prefix("pct").map(str::parse::<u32>) {
                 Some(Ok(d)) if d >= 1 && !p[3..].starts_with('0') => StrategyKind::Pct(d),
-                _ => return Err(bad("strategy", p, "random, dfs or pct<depth>, depth >= 1")),
+                _ => {
+                    return Err(bad(
+                        "strategy",
+                        p,
+                        "random, dfs, dpor or pct<depth>, depth >= 1",
+                    ));
+                }
             },
         };
         if hash_text.len() != 16 || !hash_text.chars().all(|c| c.is_ascii_hexdigit()) {

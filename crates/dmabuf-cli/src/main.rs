@@ -80,6 +80,37 @@ enum StrategyArg {
     Pct,
     Random,
     Dfs,
+    /// Dynamic partial-order reduction (source sets and sleep sets): one
+    /// execution per class of equivalent schedules.
+    Dpor,
+}
+
+/// The largest PCT depth `--depth` accepts (a bug of depth d needs d - 1
+/// preemptions; the scenarios' bugs need two or three).
+const MAX_PCT_DEPTH: u32 = 1024;
+
+/// Checks `--schedules` and `--depth` for `check`; a message naming the
+/// flag when they are out of range.
+fn validate_bounds(
+    strategy: &StrategyArg,
+    schedules: u64,
+    depth: Option<u32>,
+) -> Result<(), String> {
+    if schedules == 0 {
+        return Err("--schedules must be at least 1".into());
+    }
+    match (strategy, depth) {
+        (StrategyArg::Pct, Some(d)) if !(1..=MAX_PCT_DEPTH).contains(&d) => Err(format!(
+            "--depth {d}: the PCT depth must be between 1 and {MAX_PCT_DEPTH}"
+        )),
+        (StrategyArg::Dfs | StrategyArg::Dpor, Some(0)) => {
+            Err("--depth 0: the decision bound of dfs/dpor must be at least 1".into())
+        }
+        (StrategyArg::Random, Some(_)) => {
+            Err("--depth has no meaning for --strategy random".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 #[derive(Subcommand)]
@@ -114,8 +145,8 @@ enum Cmd {
         /// added for l-bounded.
         #[arg(long, default_value_t = 100)]
         schedules: u64,
-        /// PCT depth (default 3), or the DFS decision bound (default 12);
-        /// 1 to 1000. Not accepted with --strategy random.
+        /// PCT depth (1..=1024, default 3), or the dfs/dpor decision bound
+        /// (default 12 for dfs, 10000 for dpor); at most 1000 when given.
         #[arg(long)]
         depth: Option<u32>,
         /// Seed.
@@ -318,17 +349,27 @@ fn main() -> ExitCode {
             if let Err(e) = check_budget(schedules, depth, strategy) {
                 return usage_error(e);
             }
+            if let Err(e) = validate_bounds(&strategy, schedules, depth) {
+                return usage_error(e);
+            }
+            let default_bound = if matches!(strategy, StrategyArg::Dpor) {
+                10_000
+            } else {
+                12
+            };
+            let dfs_bound = depth.unwrap_or(default_bound) as usize;
             let strategy = match strategy {
                 StrategyArg::Pct => StrategyKind::Pct(depth.unwrap_or(3)),
                 StrategyArg::Random => StrategyKind::Random,
                 StrategyArg::Dfs => StrategyKind::Dfs,
+                StrategyArg::Dpor => StrategyKind::Dpor,
             };
             let opts = CheckOptions {
                 strategy,
                 schedules,
                 stalled_schedules: (schedules / 4).max(1),
                 seed,
-                dfs_bound: depth.unwrap_or(12) as usize,
+                dfs_bound,
                 properties: props,
                 shrink: true,
             };
@@ -343,6 +384,9 @@ fn main() -> ExitCode {
             require_safe,
             allow_unsafe,
         } => {
+            if schedules == 0 {
+                return usage_error("--schedules must be at least 1");
+            }
             let lib = match matrix_library(lib, &dirs) {
                 Ok(l) => l,
                 Err(e) => return usage_error(e),
@@ -659,6 +703,9 @@ fn prop_json(p: &PropertyResult) -> Value {
         "violations": p.violations,
         "strategy": p.strategy,
         "exhaustive": p.exhaustive,
+        "bounds_hit": p.bounds_hit.iter().map(|b| b.name()).collect::<Vec<_>>(),
+        "max_depth": p.max_depth,
+        "sleep_blocked": p.sleep_blocked,
     });
     if let Some(c) = &p.counterexample {
         v["hazard"] = c
@@ -729,6 +776,13 @@ fn print_report(r: &CheckReport, ex: &[ExpectationResult], partial: bool) {
     for p in &r.properties {
         let how = if p.exhaustive {
             format!("exhaustive, {}", p.strategy)
+        } else if !p.bounds_hit.is_empty() {
+            let b: Vec<&str> = p.bounds_hit.iter().map(|b| b.name()).collect();
+            format!(
+                "{}, not exhaustive: hit the {} bound",
+                p.strategy,
+                b.join(" and ")
+            )
         } else {
             format!("sampled, {}", p.strategy)
         };

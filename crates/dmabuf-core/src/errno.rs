@@ -51,6 +51,15 @@ pub trait Errno {
     fn errno(&self) -> i32;
 }
 
+/// A malformed schedule token or a replay that does not fit its program is
+/// bad input.
+#[cfg(not(loom))]
+impl Errno for crate::sync::sched::ScheduleError {
+    fn errno(&self) -> i32 {
+        EINVAL
+    }
+}
+
 /// The positive errno of `errno`, which may be given either way round
 /// (`EINVAL` or `-EINVAL`). Total: a value that is no kernel errno at all
 /// (0, or beyond [`MAX_ERRNO`] either way, `i32::MIN` included) is

@@ -131,6 +131,9 @@ pub mod errno;
 pub mod lockdep;
 pub mod revoke;
 pub mod sync;
+/// Declares a thread-local through the shim (std's, or loom's under
+/// `--cfg loom`).
+pub use dmabuf_sync::shim_thread_local;
 pub mod sync_file;
 pub mod trace;
 pub mod uapi;
@@ -151,6 +154,9 @@ pub use dma_resv::{DmaResv, ResvError, ResvGuard, Usage};
 pub use errno::Errno;
 pub use sync_file::SyncFile;
 pub use ww_mutex::{LockSet, RESERVATION_WW_CLASS, WwAcquireCtx, WwClass, WwError, WwMutex};
+
+#[cfg(all(test, not(loom)))]
+mod sched_tests;
 
 #[cfg(test)]
 mod dma_buf_tests;

@@ -244,9 +244,15 @@ pub fn report_with_stacks(kind: ReportKind, detail: String, stacks: Vec<String>)
                 // A controlled task's report belongs to its execution, so
                 // executions running side by side never see each other's.
                 #[cfg(not(loom))]
-                let r = match crate::sync::sched::lockdep_emit(r) {
-                    Ok(()) => return,
-                    Err(r) => r,
+                let r = {
+                    let mut r = Some(r);
+                    let filed = crate::sync::sched::with_extension(
+                        |log: &mut crate::sync::sched::LockdepLog, _| log.0.extend(r.take()),
+                    );
+                    match (filed, r) {
+                        (Some(()), _) | (None, None) => return,
+                        (None, Some(r)) => r,
+                    }
                 };
                 REPORTS.lock().push(r);
             }

@@ -92,11 +92,32 @@ impl Drop for TraceScope {
 /// Records an event (prefer the [`trace_event!`](crate::trace_event) macro,
 /// which skips formatting when tracing is off).
 pub fn emit(name: &'static str, args: String) {
+    // A controlled task's event goes to its execution's own log (an
+    // extension slot of the engine), with the virtual time.
     #[cfg(not(loom))]
     if crate::sync::sched::active() {
-        crate::sync::sched::trace_emit(name, args);
-        return;
+        let mut args = Some(args);
+        let stored =
+            crate::sync::sched::with_extension(|log: &mut crate::sync::sched::TraceLog, here| {
+                let seq = log.0.len() as u64;
+                log.0.push(Event {
+                    seq,
+                    ts_ns: here.now_ns,
+                    who: here.task_name.to_owned(),
+                    name,
+                    args: args.take().unwrap_or_default(),
+                });
+            });
+        if stored.is_some() {
+            return;
+        }
+        let Some(a) = args.take() else { return };
+        return emit_real(name, a);
     }
+    emit_real(name, args)
+}
+
+fn emit_real(name: &'static str, args: String) {
     let who = std::thread::current()
         .name()
         .map(str::to_owned)

@@ -1,7 +1,7 @@
 //! Real threads (parking_lot and std) with per-operation dispatch to the
 //! controlled scheduler in [`super::sched`].
 
-use super::sched;
+use crate::sched;
 use std::cell::UnsafeCell;
 use std::mem::ManuallyDrop;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 /// Atomics: std atomics whose every operation is a scheduling point when the
 /// caller is a controlled task.
 pub mod atomic {
-    use super::sched;
+    use crate::sched;
     pub use std::sync::atomic::{Ordering, fence};
 
     /// Process-wide atomics that are never part of a model (always std).
@@ -29,10 +29,14 @@ pub mod atomic {
                 pub const fn new(v: $prim) -> Self {
                     Self(<$std>::new(v))
                 }
+                #[inline(always)]
+                fn addr(&self) -> usize {
+                    self as *const Self as usize
+                }
                 /// Loads the value.
                 #[inline]
                 pub fn load(&self, o: Ordering) -> $prim {
-                    sched::point();
+                    sched::point_on(self.addr(), sched::Access::Read);
                     self.0.load(o)
                 }
                 /// Loads the value without a scheduling point: only for
@@ -45,13 +49,13 @@ pub mod atomic {
                 /// Stores a value.
                 #[inline]
                 pub fn store(&self, v: $prim, o: Ordering) {
-                    sched::point();
+                    sched::point_on(self.addr(), sched::Access::Write);
                     self.0.store(v, o)
                 }
                 /// Swaps in a value, returning the old one.
                 #[inline]
                 pub fn swap(&self, v: $prim, o: Ordering) -> $prim {
-                    sched::point();
+                    sched::point_on(self.addr(), sched::Access::Write);
                     self.0.swap(v, o)
                 }
                 /// Compare-and-exchange.
@@ -63,7 +67,7 @@ pub mod atomic {
                     s: Ordering,
                     f: Ordering,
                 ) -> Result<$prim, $prim> {
-                    sched::point();
+                    sched::point_on(self.addr(), sched::Access::Write);
                     self.0.compare_exchange(cur, new, s, f)
                 }
                 /// Weak compare-and-exchange (may fail spuriously on real threads).
@@ -75,19 +79,19 @@ pub mod atomic {
                     s: Ordering,
                     f: Ordering,
                 ) -> Result<$prim, $prim> {
-                    sched::point();
+                    sched::point_on(self.addr(), sched::Access::Write);
                     self.0.compare_exchange_weak(cur, new, s, f)
                 }
                 /// Bitwise or, returning the old value.
                 #[inline]
                 pub fn fetch_or(&self, v: $prim, o: Ordering) -> $prim {
-                    sched::point();
+                    sched::point_on(self.addr(), sched::Access::Write);
                     self.0.fetch_or(v, o)
                 }
                 /// Bitwise and, returning the old value.
                 #[inline]
                 pub fn fetch_and(&self, v: $prim, o: Ordering) -> $prim {
-                    sched::point();
+                    sched::point_on(self.addr(), sched::Access::Write);
                     self.0.fetch_and(v, o)
                 }
                 /// Exclusive access without synchronisation.
@@ -117,19 +121,19 @@ pub mod atomic {
                 /// Wrapping add, returning the old value.
                 #[inline]
                 pub fn fetch_add(&self, v: $prim, o: Ordering) -> $prim {
-                    sched::point();
+                    sched::point_on(self.addr(), sched::Access::Write);
                     self.0.fetch_add(v, o)
                 }
                 /// Wrapping subtract, returning the old value.
                 #[inline]
                 pub fn fetch_sub(&self, v: $prim, o: Ordering) -> $prim {
-                    sched::point();
+                    sched::point_on(self.addr(), sched::Access::Write);
                     self.0.fetch_sub(v, o)
                 }
                 /// Maximum, returning the old value.
                 #[inline]
                 pub fn fetch_max(&self, v: $prim, o: Ordering) -> $prim {
-                    sched::point();
+                    sched::point_on(self.addr(), sched::Access::Write);
                     self.0.fetch_max(v, o)
                 }
             }
@@ -199,7 +203,7 @@ impl<T: ?Sized> Mutex<T> {
     #[cold]
     fn lock_controlled(&self) -> MutexGuard<'_, T> {
         loop {
-            sched::yield_point();
+            sched::yield_point_on(self.addr(), sched::Access::Write);
             if let Some(g) = self.inner.try_lock() {
                 return MutexGuard {
                     mutex: self,
@@ -213,7 +217,7 @@ impl<T: ?Sized> Mutex<T> {
     /// Acquires the lock if it is free.
     #[inline]
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        sched::point();
+        sched::point_on(self.addr(), sched::Access::Write);
         self.inner.try_lock().map(|g| MutexGuard {
             mutex: self,
             guard: ManuallyDrop::new(g),
@@ -323,7 +327,7 @@ impl Condvar {
     /// Wakes one waiter.
     pub fn notify_one(&self) {
         if sched::active() {
-            sched::yield_point();
+            sched::yield_point_on(self.addr(), sched::Access::Write);
             sched::unblock_one(self.addr());
             return;
         }
@@ -333,7 +337,7 @@ impl Condvar {
     /// Wakes every waiter.
     pub fn notify_all(&self) {
         if sched::active() {
-            sched::yield_point();
+            sched::yield_point_on(self.addr(), sched::Access::Write);
             sched::unblock_all(self.addr());
             return;
         }
@@ -349,7 +353,7 @@ pub fn duration_ns(d: Duration) -> u64 {
 /// Threads: std threads, registered with the scheduler when spawned from a
 /// controlled task.
 pub mod thread {
-    use super::sched;
+    use crate::sched;
     use std::time::Duration;
 
     /// Handle to a spawned thread.
@@ -479,7 +483,7 @@ pub mod thread {
 
 /// Clocks.
 pub mod time {
-    use super::sched;
+    use crate::sched;
 
     /// Real `CLOCK_MONOTONIC` in nanoseconds, whatever the caller is.
     #[inline]
@@ -504,7 +508,7 @@ pub mod time {
         if sched::active() {
             sched::now_ns()
         } else {
-            super::super::fast_clock::now_ns()
+            crate::fast_clock::now_ns()
         }
     }
 

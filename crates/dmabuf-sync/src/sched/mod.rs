@@ -75,20 +75,40 @@
 //!
 //! Same strategy, same seed, same program: same schedule, same trace. Ids a
 //! program sees must not depend on the process either: [`local_counter`]
-//! hands out per-execution numbers (fence contexts, inode numbers) and trace
-//! events ([`trace_emit`]) go to the execution's own log with virtual
-//! timestamps. Task ids are given in spawn order, the root being 0.
+//! hands out per-execution numbers (fence contexts, inode numbers), and
+//! per-execution state of higher layers (the trace log and the validator's
+//! reports of `dmabuf-core`) lives in the execution's extension slots
+//! ([`with_extension`], returned in [`RunReport::extensions`]). Task ids are
+//! given in spawn order, the root being 0.
+//!
+//! # What the engine reports to a strategy
+//!
+//! A strategy that asks for it ([`Strategy::observes_events`]) is told, for
+//! every *segment* (what one task runs between two of its scheduling points,
+//! the unit the engine makes atomic), which objects the segment touched and
+//! how ([`StepEvent`]): the shim announces the operation at the scheduling
+//! point that precedes it (atomic load = read, store and read-modify-write =
+//! write, mutex acquire/release, condvar wait/notify, park/unpark,
+//! spawn/join/finish of a task, joining and stalling a group, per-execution
+//! counters), and a wake-up is an access of the woken task's next segment to
+//! what woke it. A jump of the virtual clock is a segment of its own that
+//! conflicts with every other ([`StepEvent::task`] is `None`). Objects are
+//! numbered in the order the execution first touches them, so the numbers of
+//! a replayed prefix are the same in every execution. This is what the DPOR
+//! strategy ([`Dpor`]) builds happens-before from.
 
 mod engine;
+mod extension;
 mod schedule;
 pub mod strategy;
 #[cfg(test)]
 mod tests;
 
+pub use extension::{Extensions, Here};
 pub use schedule::{Schedule, ScheduleError};
-pub use strategy::{Dfs, Pct, Random, Replay};
+pub use strategy::{Bound, Dfs, Dpor, DporStats, Pct, Random, Replay};
 
-use engine::{LIVE_EXECUTIONS, Wait};
+use engine::{LIVE_EXECUTIONS, ObjKey, Wait};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -122,6 +142,51 @@ pub trait Strategy: Send {
     fn end_execution(&mut self, _steps: u64) -> Result<(), ScheduleError> {
         Ok(())
     }
+
+    /// Whether the engine should report every segment's accesses through
+    /// [`on_event`](Self::on_event) (costs a few allocations per step).
+    fn observes_events(&self) -> bool {
+        false
+    }
+
+    /// A segment ended (only if [`observes_events`](Self::observes_events)).
+    /// The segment reported right after a [`choose`](Self::choose) is the
+    /// chosen task's; a segment with no `choose` before it was forced (its
+    /// task was the only one that could run). Called with the engine's lock
+    /// held: must not call into the shim.
+    fn on_event(&mut self, _ev: &StepEvent<'_>) {}
+
+    /// How the execution ended; called once, before
+    /// [`end_execution`](Self::end_execution).
+    fn on_outcome(&mut self, _outcome: &Outcome) {}
+}
+
+/// How a segment touched an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Access {
+    /// Observes the object only (atomic load, `is_finished`, joining a
+    /// finished task, being a member of a group).
+    Read,
+    /// Was woken through it (by an unlock, a notify, an unpark, a finish, a
+    /// spawn): ordered after the segments that wrote it, but never a race
+    /// with them, since the task could not run before.
+    Wake,
+    /// Changes it, or its waiters (store, read-modify-write, lock, unlock,
+    /// wait, notify, park, unpark, spawn, finish, stall).
+    Write,
+}
+
+/// One segment of an execution, as reported to [`Strategy::on_event`].
+#[derive(Clone, Copy, Debug)]
+pub struct StepEvent<'a> {
+    /// The task that ran it; `None` for a jump of the virtual clock, which
+    /// conflicts with every other segment.
+    pub task: Option<TaskId>,
+    /// Objects touched, by execution-local number (first-touch order),
+    /// ascending, each once (a read and a write of one object is a write).
+    pub accesses: &'a [(u32, Access)],
+    /// Objects numbered at or above this were first touched by this segment.
+    pub fresh_from: u32,
 }
 
 /// Parameters of one execution.
@@ -246,7 +311,7 @@ pub struct TaskPanic {
 }
 
 /// Everything one execution produced.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RunReport {
     /// How it ended.
     pub outcome: Outcome,
@@ -260,11 +325,9 @@ pub struct RunReport {
     pub switches: u64,
     /// Virtual time elapsed.
     pub virtual_ns: u64,
-    /// The execution's trace, in order.
-    pub trace: Vec<crate::trace::Event>,
-    /// Validator reports filed by the execution's tasks in `Collect` mode
-    /// (kept apart from other executions running at the same time).
-    pub lockdep: Vec<crate::lockdep::Report>,
+    /// The per-execution state higher layers kept in extension slots
+    /// ([`with_extension`]).
+    pub extensions: Extensions,
     /// Panics of tasks, in order.
     pub panics: Vec<TaskPanic>,
     /// OS threads that had not exited [`RunConfig::unwind_timeout`] after the
@@ -322,7 +385,33 @@ pub fn point() {
 /// A scheduling point (no effect unless the caller is a controlled task).
 pub fn yield_point() {
     if let Some((e, me)) = engine::ctx() {
-        e.yield_now(me, false);
+        e.yield_now(me, false, None);
+    }
+}
+
+/// A scheduling point before an operation on the object at `addr` (an
+/// atomic, a mutex, a condvar) that accesses it as `access`: the access
+/// belongs to the caller's next segment. Nothing outside an execution.
+#[inline(always)]
+pub fn point_on(addr: usize, access: Access) {
+    if active() {
+        yield_point_on(addr, access);
+    }
+}
+
+/// [`point_on`] without the fast check.
+pub fn yield_point_on(addr: usize, access: Access) {
+    if let Some((e, me)) = engine::ctx() {
+        e.yield_now(me, false, Some((ObjKey::Addr(addr), access)));
+    }
+}
+
+/// Records that the running segment of the caller touched the object at
+/// `addr` (an operation that is not a scheduling point of its own, such as
+/// a mutex release). Not a scheduling point; nothing outside an execution.
+pub fn access(addr: usize, access: Access) {
+    if let Some((e, me)) = engine::ctx() {
+        e.access(me, ObjKey::Addr(addr), access);
     }
 }
 
@@ -332,7 +421,7 @@ pub fn yield_point() {
 /// prefer the current task (DFS's first branch, PCT's highest priority).
 pub fn yield_now() {
     if let Some((e, me)) = engine::ctx() {
-        e.yield_now(me, true);
+        e.yield_now(me, true, None);
     }
 }
 
@@ -353,15 +442,15 @@ pub fn block_on_until(resource: usize, kind: &'static str, deadline_ns: u64) -> 
 
 /// Makes every task blocked on `resource` runnable.
 pub fn unblock_all(resource: usize) {
-    if let Some((e, _)) = engine::ctx() {
-        e.unblock(resource, false);
+    if let Some((e, me)) = engine::ctx() {
+        e.unblock(me, resource, false);
     }
 }
 
 /// Makes the lowest-numbered task blocked on `resource` runnable.
 pub fn unblock_one(resource: usize) {
-    if let Some((e, _)) = engine::ctx() {
-        e.unblock(resource, true);
+    if let Some((e, me)) = engine::ctx() {
+        e.unblock(me, resource, true);
     }
 }
 
@@ -369,7 +458,7 @@ pub fn unblock_one(resource: usize) {
 pub fn now_ns() -> u64 {
     match engine::ctx() {
         Some((e, _)) => e.now_ns(),
-        None => super::time::monotonic_ns(),
+        None => crate::time::monotonic_ns(),
     }
 }
 
@@ -384,8 +473,8 @@ pub fn current_task() -> Option<TaskId> {
 pub fn unpark(task: TaskId) -> bool {
     match engine::ctx() {
         Some((e, me)) => {
-            e.yield_now(me, false);
-            e.unpark(task)
+            e.yield_now(me, false, None);
+            e.unpark(me, task)
         }
         None => false,
     }
@@ -417,7 +506,7 @@ pub fn join(task: TaskId) {
 /// execution). Unlike the OS thread's state this does not depend on real
 /// timing, so polling it keeps replays identical.
 pub fn is_finished(task: TaskId) -> Option<bool> {
-    engine::ctx().map(|(e, _)| e.is_finished(task))
+    engine::ctx().map(|(e, me)| e.is_finished(me, task))
 }
 
 /// Spawns a task of the caller's execution (a scheduling point right after
@@ -444,25 +533,18 @@ where
 /// identical numbers: returns the first of `n` consecutive values of `key`
 /// (starting at 1); `None` on real threads.
 pub fn local_counter(key: &'static str, n: u64) -> Option<u64> {
-    engine::ctx().map(|(e, _)| e.local_counter(key, n))
+    engine::ctx().map(|(e, me)| e.local_counter(me, key, n))
 }
 
-/// Files a validator report with the caller's execution; false if the
-/// caller is not a controlled task (not a scheduling point).
-pub fn lockdep_emit(r: crate::lockdep::Report) -> Result<(), crate::lockdep::Report> {
-    match engine::ctx() {
-        Some((e, _)) => {
-            e.lockdep_emit(r);
-            Ok(())
-        }
-        None => Err(r),
-    }
-}
-
-/// Appends a trace event to the caller's execution log (not a scheduling
-/// point).
-pub fn trace_emit(name: &'static str, args: String) {
-    if let Some((e, me)) = engine::ctx() {
-        e.trace_emit(me, name, args);
-    }
+/// Runs `f` on the caller's execution's extension slot of type `T`
+/// (created with `T::default()` on first use), with `here` describing the
+/// caller; `None` on real threads. Not a scheduling point. `f` runs with
+/// the engine's lock held: it must not call into the shim or block. Higher
+/// layers keep their per-execution state here (the trace log, validator
+/// reports); [`RunReport::extensions`] hands the slots back after the run.
+pub fn with_extension<T, R>(f: impl FnOnce(&mut T, &Here<'_>) -> R) -> Option<R>
+where
+    T: Default + Send + 'static,
+{
+    engine::ctx().map(|(e, me)| e.with_extension(me, f))
 }

@@ -7,8 +7,14 @@
 //! an untried branch advances to its next branch and everything below it is
 //! forgotten. Decisions beyond `max_decisions` take the first branch without
 //! branching, and `hit_bound` records that the tree was cut.
+//!
+//! Exhaustive ([`Dfs::bounds_hit`] empty after [`Dfs::is_exhausted`]) means
+//! every branch was run, no execution had more decisions than the bound, no
+//! execution ended at the step limit (its tail was never explored) and the
+//! program behaved deterministically.
 
-use super::super::{ScheduleError, Strategy, TaskId};
+use super::super::{Outcome, ScheduleError, Strategy, TaskId};
+use super::Bound;
 
 #[derive(Clone, Debug)]
 struct Node {
@@ -25,7 +31,10 @@ pub struct Dfs {
     started: bool,
     exhausted: bool,
     hit_bound: bool,
+    hit_steps: bool,
+    nondeterministic: bool,
     executions: u64,
+    max_depth: usize,
     error: Option<ScheduleError>,
 }
 
@@ -40,9 +49,33 @@ impl Dfs {
             started: false,
             exhausted: false,
             hit_bound: false,
+            hit_steps: false,
+            nondeterministic: false,
             executions: 0,
+            max_depth: 0,
             error: None,
         }
+    }
+
+    /// The bounds some execution hit so far (empty and
+    /// [`is_exhausted`](Self::is_exhausted): the search was exhaustive).
+    pub fn bounds_hit(&self) -> Vec<Bound> {
+        let mut v = Vec::new();
+        if self.hit_bound {
+            v.push(Bound::Depth);
+        }
+        if self.hit_steps {
+            v.push(Bound::Steps);
+        }
+        if self.nondeterministic {
+            v.push(Bound::Nondeterminism);
+        }
+        v
+    }
+
+    /// The most decisions any execution made.
+    pub fn max_depth(&self) -> usize {
+        self.max_depth
     }
 
     /// Whether every branch within the bound has been run.
@@ -125,7 +158,14 @@ impl Strategy for Dfs {
         first
     }
 
+    fn on_outcome(&mut self, outcome: &Outcome) {
+        if *outcome == Outcome::StepLimit {
+            self.hit_steps = true;
+        }
+    }
+
     fn end_execution(&mut self, _steps: u64) -> Result<(), ScheduleError> {
+        self.max_depth = self.max_depth.max(self.pos);
         if let Some(n) = self.path.get(self.pos)
             && self.error.is_none()
         {
@@ -134,6 +174,9 @@ impl Strategy for Dfs {
                 expected: n.options.clone(),
                 found: Vec::new(),
             });
+        }
+        if self.error.is_some() {
+            self.nondeterministic = true;
         }
         self.error.take().map_or(Ok(()), Err)
     }

@@ -19,7 +19,6 @@
 //! | 2 60 60 | `1.c_60_2` |
 
 use super::TaskId;
-use crate::errno::{EINVAL, Errno};
 
 /// The version prefix of the text form.
 const VERSION: &str = "1.";
@@ -97,12 +96,6 @@ pub enum ScheduleError {
         /// Runnable tasks seen now (empty: the execution ended before).
         found: Vec<TaskId>,
     },
-}
-
-impl Errno for ScheduleError {
-    fn errno(&self) -> i32 {
-        EINVAL
-    }
 }
 
 /// The tasks chosen at each decision point of one execution.
@@ -323,9 +316,5 @@ mod tests {
             Err(ScheduleError::Overflow { .. })
         ));
         assert_eq!(Schedule::decode("1.a9").unwrap().len(), 9);
-        assert_eq!(
-            ScheduleError::BadVersion { token: "x".into() }.errno(),
-            EINVAL
-        );
     }
 }

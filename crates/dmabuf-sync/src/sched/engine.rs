@@ -14,10 +14,11 @@
 //! futex call per side). While aborting, every unfinished task's flag is set
 //! at once and each of them unwinds.
 
+use super::extension::{Extensions, Here};
 use super::{
-    BlockedOn, Outcome, RunConfig, RunReport, Schedule, Strategy, TaskId, TaskInfo, TaskPanic,
+    Access, BlockedOn, Outcome, RunConfig, RunReport, Schedule, StepEvent, Strategy, TaskId,
+    TaskInfo, TaskPanic,
 };
-use crate::trace::Event;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -44,6 +45,22 @@ pub(super) enum Wait {
     Sleep,
     /// Another task finishing.
     Join(TaskId),
+}
+
+/// An object a segment touches, as the engine keys it within one execution
+/// (see "What the engine reports to a strategy" in the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum ObjKey {
+    /// A shim object (atomic, mutex, condvar) by address.
+    Addr(usize),
+    /// A task's park token.
+    Park(TaskId),
+    /// A task's existence and completion (spawn, finish, join).
+    Task(TaskId),
+    /// A group's membership and stall (by index in `State::groups`).
+    Group(usize),
+    /// A per-execution counter, by its key's address.
+    Counter(usize),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,23 +104,30 @@ impl Baton {
 struct Task {
     name: String,
     group: String,
+    /// Index of `group` in `State::groups` (only kept when recording).
+    group_ix: usize,
     state: TaskState,
     stalled: bool,
     park_token: bool,
     timed_out: bool,
     baton: Arc<Baton>,
+    /// Accesses that belong to this task's next segment (an announced
+    /// operation, what woke it).
+    pending: Vec<(ObjKey, Access)>,
 }
 
 impl Task {
-    fn new(name: String, group: String, stalled: bool) -> Self {
+    fn new(name: String, group: String, group_ix: usize, stalled: bool) -> Self {
         Self {
             name,
             group,
+            group_ix,
             state: TaskState::Runnable,
             stalled,
             park_token: false,
             timed_out: false,
             baton: Baton::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -155,10 +179,19 @@ struct State {
     strategy: Option<StrategyPtr>,
     stalled_groups: Vec<String>,
     outcome: Option<Outcome>,
-    trace: Vec<Event>,
-    /// Validator reports filed by this execution's tasks.
-    lockdep: Vec<crate::lockdep::Report>,
+    /// Extension slots of higher layers.
+    extensions: Extensions,
     counters: HashMap<&'static str, u64>,
+    /// Whether segments are reported to the strategy.
+    record: bool,
+    /// Accesses of the running segment (when recording).
+    cur: Vec<(ObjKey, Access)>,
+    /// Execution-local object numbers, in first-touch order.
+    objs: HashMap<ObjKey, u32>,
+    /// Group names by index (when recording).
+    groups: Vec<String>,
+    /// Reused buffer for a segment's numbered accesses.
+    ev_buf: Vec<(u32, Access)>,
     panics: Vec<TaskPanic>,
     /// OS threads of this execution that have not exited yet.
     live_threads: usize,
@@ -229,7 +262,7 @@ pub(super) fn ctx() -> Option<(Arc<Execution>, TaskId)> {
 }
 
 fn set_ctx(v: Option<TaskCtx>) {
-    crate::sync::rcu::set_controlled(v.is_some());
+    crate::rcu::set_controlled(v.is_some());
     let old = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), v));
     drop(old);
 }
@@ -257,6 +290,62 @@ impl Execution {
     /// has already recorded its own new state.
     fn pick(&self, st: &mut State, me: TaskId) -> Next {
         self.pick_excluding(st, me, None)
+    }
+
+    /// The running segment of `me` ends here: number its accesses and
+    /// report it (when recording).
+    fn end_segment(&self, st: &mut State, me: TaskId) {
+        if !st.record {
+            return;
+        }
+        let g = st.tasks[me].group_ix;
+        let mut cur = std::mem::take(&mut st.cur);
+        cur.push((ObjKey::Group(g), Access::Read));
+        Self::report(st, Some(me), &cur);
+        cur.clear();
+        st.cur = cur;
+    }
+
+    fn report(st: &mut State, task: Option<TaskId>, accesses: &[(ObjKey, Access)]) {
+        let fresh_from = st.objs.len() as u32;
+        let mut buf = std::mem::take(&mut st.ev_buf);
+        buf.clear();
+        for &(k, a) in accesses {
+            let n = st.objs.len() as u32;
+            let id = *st.objs.entry(k).or_insert(n);
+            buf.push((id, a));
+        }
+        // Ascending, one entry per object, a write wins over a read.
+        buf.sort_unstable_by(|x, y| x.0.cmp(&y.0).then(y.1.cmp(&x.1)));
+        buf.dedup_by_key(|x| x.0);
+        if let Some(p) = &st.strategy {
+            let ev = StepEvent {
+                task,
+                accesses: &buf,
+                fresh_from,
+            };
+            // SAFETY: see `StrategyPtr`: the state lock is held.
+            unsafe { (*p.0).on_event(&ev) };
+        }
+        st.ev_buf = buf;
+    }
+
+    /// Records an access of the running segment of `me`.
+    pub(super) fn access(&self, _me: TaskId, k: ObjKey, a: Access) {
+        let mut st = self.lock();
+        if st.record {
+            st.cur.push((k, a));
+        }
+    }
+
+    fn group_ix(st: &mut State, name: &str) -> usize {
+        match st.groups.iter().position(|g| g == name) {
+            Some(i) => i,
+            None => {
+                st.groups.push(name.to_owned());
+                st.groups.len() - 1
+            }
+        }
     }
 
     /// As [`pick`](Self::pick); `avoid` is not chosen while another task
@@ -298,6 +387,12 @@ impl Execution {
                 c
             };
             st.scratch = runnable;
+            if st.record {
+                // The chosen task's segment starts: what was announced for
+                // it, what woke it.
+                let p = std::mem::take(&mut st.tasks[chosen].pending);
+                st.cur = p;
+            }
             if chosen == me {
                 return Next::Same;
             }
@@ -322,6 +417,11 @@ impl Execution {
             return false;
         };
         st.clock = st.clock.max(d);
+        if st.record {
+            // A jump of the clock is a segment of its own, ordered with
+            // every other (it happens only when nothing else can run).
+            Self::report(st, None, &[]);
+        }
         let now = st.clock;
         for t in st.tasks.iter_mut().filter(|t| !t.stalled) {
             if let TaskState::Blocked {
@@ -384,11 +484,21 @@ impl Execution {
     /// A scheduling point. `explicit` (`thread::yield_now`) lets another
     /// task run if there is one: a spin-wait loop then makes progress under
     /// every strategy instead of spinning until the step limit.
-    pub(super) fn yield_now(&self, me: TaskId, explicit: bool) {
+    /// `announce` is the access of the operation the task performs right
+    /// after this point, which belongs to its next segment.
+    pub(super) fn yield_now(&self, me: TaskId, explicit: bool, announce: Option<(ObjKey, Access)>) {
         let mut st = self.lock();
         let next = match self.step(&mut st, me) {
             Some(n) => n,
-            None => self.pick_excluding(&mut st, me, explicit.then_some(me)),
+            None => {
+                self.end_segment(&mut st, me);
+                if st.record
+                    && let Some(a) = announce
+                {
+                    st.tasks[me].pending.push(a);
+                }
+                self.pick_excluding(&mut st, me, explicit.then_some(me))
+            }
         };
         self.hand_over(st, me, next);
     }
@@ -416,6 +526,16 @@ impl Execution {
         };
         let expired = !ready && deadline.is_some_and(|d| d <= st.clock);
         st.tasks[me].timed_out = expired;
+        if st.record {
+            let k = match wait {
+                Wait::Park => Some((ObjKey::Park(me), Access::Write)),
+                Wait::Join(t) => Some((ObjKey::Task(t), Access::Read)),
+                Wait::Resource { resource, .. } => Some((ObjKey::Addr(resource), Access::Write)),
+                Wait::Sleep => None,
+            };
+            st.cur.extend(k);
+        }
+        self.end_segment(&mut st, me);
         if !ready && !expired {
             st.tasks[me].state = TaskState::Blocked { wait, deadline };
         }
@@ -424,8 +544,13 @@ impl Execution {
         self.lock().tasks[me].timed_out
     }
 
-    pub(super) fn unblock(&self, resource: usize, only_one: bool) {
+    pub(super) fn unblock(&self, _me: TaskId, resource: usize, only_one: bool) {
         let mut st = self.lock();
+        let record = st.record;
+        let key = ObjKey::Addr(resource);
+        if record {
+            st.cur.push((key, Access::Write));
+        }
         for t in st.tasks.iter_mut() {
             if let TaskState::Blocked {
                 wait: Wait::Resource { resource: r, .. },
@@ -435,6 +560,9 @@ impl Execution {
             {
                 t.state = TaskState::Runnable;
                 t.timed_out = false;
+                if record {
+                    t.pending.push((key, Access::Wake));
+                }
                 if only_one {
                     break;
                 }
@@ -442,17 +570,25 @@ impl Execution {
         }
     }
 
-    pub(super) fn unpark(&self, task: TaskId) -> bool {
+    pub(super) fn unpark(&self, _me: TaskId, task: TaskId) -> bool {
         let mut st = self.lock();
-        let Some(t) = st.tasks.get_mut(task) else {
+        let record = st.record;
+        if task >= st.tasks.len() {
             return false;
-        };
+        }
+        if record {
+            st.cur.push((ObjKey::Park(task), Access::Write));
+        }
+        let t = &mut st.tasks[task];
         match t.state {
             TaskState::Blocked {
                 wait: Wait::Park, ..
             } => {
                 t.state = TaskState::Runnable;
                 t.timed_out = false;
+                if record {
+                    t.pending.push((ObjKey::Park(task), Access::Wake));
+                }
             }
             TaskState::Finished => {}
             _ => t.park_token = true,
@@ -464,54 +600,72 @@ impl Execution {
         self.lock().clock
     }
 
-    pub(super) fn is_finished(&self, task: TaskId) -> bool {
-        self.lock()
-            .tasks
+    pub(super) fn is_finished(&self, _me: TaskId, task: TaskId) -> bool {
+        let mut st = self.lock();
+        if st.record {
+            st.cur.push((ObjKey::Task(task), Access::Read));
+        }
+        st.tasks
             .get(task)
             .is_none_or(|t| t.state == TaskState::Finished)
     }
 
-    pub(super) fn local_counter(&self, key: &'static str, n: u64) -> u64 {
+    pub(super) fn local_counter(&self, _me: TaskId, key: &'static str, n: u64) -> u64 {
         let mut st = self.lock();
+        if st.record {
+            st.cur
+                .push((ObjKey::Counter(key.as_ptr() as usize), Access::Write));
+        }
         let c = st.counters.entry(key).or_insert(1);
         let v = *c;
         *c = c.saturating_add(n);
         v
     }
 
-    pub(super) fn trace_emit(&self, me: TaskId, name: &'static str, args: String) {
-        let mut st = self.lock();
-        let ev = Event {
-            seq: st.trace.len() as u64,
-            ts_ns: st.clock,
-            who: st.tasks[me].name.clone(),
-            name,
-            args,
+    pub(super) fn with_extension<T, R>(
+        &self,
+        me: TaskId,
+        f: impl FnOnce(&mut T, &Here<'_>) -> R,
+    ) -> R
+    where
+        T: Default + Send + 'static,
+    {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let here = Here {
+            task: me,
+            task_name: &st.tasks[me].name,
+            now_ns: st.clock,
         };
-        st.trace.push(ev);
-    }
-
-    pub(super) fn lockdep_emit(&self, r: crate::lockdep::Report) {
-        self.lock().lockdep.push(r);
+        f(st.extensions.get_or_default::<T>(), &here)
     }
 
     pub(super) fn set_group(&self, me: TaskId, name: &str) {
         let stalled = {
             let mut st = self.lock();
             let stalled = st.stalled_groups.iter().any(|g| g == name);
+            if st.record {
+                let g = Self::group_ix(&mut st, name);
+                st.cur.push((ObjKey::Group(g), Access::Read));
+                st.tasks[me].group_ix = g;
+            }
             let t = &mut st.tasks[me];
             t.group = name.to_owned();
             t.stalled = stalled;
             stalled
         };
         if stalled {
-            self.yield_now(me, false);
+            self.yield_now(me, false, None);
         }
     }
 
     pub(super) fn stall_group(&self, me: TaskId, name: &str) {
         {
             let mut st = self.lock();
+            if st.record {
+                let g = Self::group_ix(&mut st, name);
+                st.cur.push((ObjKey::Group(g), Access::Write));
+            }
             if !st.stalled_groups.iter().any(|g| g == name) {
                 st.stalled_groups.push(name.to_owned());
             }
@@ -519,7 +673,7 @@ impl Execution {
                 t.stalled = true;
             }
         }
-        self.yield_now(me, false);
+        self.yield_now(me, false, None);
     }
 
     pub(super) fn spawn<F, T>(
@@ -541,8 +695,14 @@ impl Execution {
                 name
             };
             let group = st.tasks[me].group.clone();
+            let group_ix = st.tasks[me].group_ix;
             let stalled = st.stalled_groups.contains(&group);
-            let task = Task::new(name.clone(), group, stalled);
+            let mut task = Task::new(name.clone(), group, group_ix, stalled);
+            if st.record {
+                // The child's first segment is ordered after the spawn.
+                st.cur.push((ObjKey::Task(id), Access::Write));
+                task.pending.push((ObjKey::Task(id), Access::Wake));
+            }
             let baton = task.baton.clone();
             st.tasks.push(task);
             st.live_threads += 1;
@@ -566,7 +726,7 @@ impl Execution {
         // the baton holder (this task, until its next scheduling point) or
         // the end of the execution (also caused by the holder) gives batons.
         let _ = baton.thread.set(h.thread().clone());
-        self.yield_now(me, false);
+        self.yield_now(me, false, None);
         (id, h)
     }
 
@@ -581,6 +741,10 @@ impl Execution {
             st.panics.push(TaskPanic { task, message });
         }
         st.tasks[me].state = TaskState::Finished;
+        let record = st.record;
+        if record {
+            st.cur.push((ObjKey::Task(me), Access::Write));
+        }
         for t in st.tasks.iter_mut() {
             if let TaskState::Blocked {
                 wait: Wait::Join(j),
@@ -590,8 +754,12 @@ impl Execution {
             {
                 t.state = TaskState::Runnable;
                 t.timed_out = false;
+                if record {
+                    t.pending.push((ObjKey::Task(me), Access::Wake));
+                }
             }
         }
+        self.end_segment(&mut st, me);
         let next = self.pick(&mut st, me);
         drop(st);
         match next {
@@ -720,7 +888,8 @@ pub(super) fn run<F: FnOnce() + Send + 'static>(
     // SAFETY: only the lifetime bound changes (same fat-pointer layout); see
     // `StrategyPtr` for why the pointer never outlives the borrow.
     let ptr: *mut (dyn Strategy + 'static) = unsafe { std::mem::transmute(ptr) };
-    let root = Task::new("main".to_owned(), "main".to_owned(), false);
+    let record = strategy.observes_events();
+    let root = Task::new("main".to_owned(), "main".to_owned(), 0, false);
     let baton = root.baton.clone();
     let exec = Arc::new(Execution {
         aborting: AtomicBool::new(false),
@@ -737,9 +906,13 @@ pub(super) fn run<F: FnOnce() + Send + 'static>(
             strategy: Some(StrategyPtr(ptr)),
             stalled_groups: Vec::new(),
             outcome: None,
-            trace: Vec::new(),
-            lockdep: Vec::new(),
+            extensions: Extensions::default(),
             counters: HashMap::new(),
+            record,
+            cur: Vec::new(),
+            objs: HashMap::new(),
+            groups: vec!["main".to_owned()],
+            ev_buf: Vec::new(),
             panics: Vec::new(),
             live_threads: 1,
             scratch: Vec::new(),
@@ -777,14 +950,14 @@ pub(super) fn run<F: FnOnce() + Send + 'static>(
         steps,
         switches: st.switches,
         virtual_ns: st.clock - st.start_ns,
-        trace: std::mem::take(&mut st.trace),
-        lockdep: std::mem::take(&mut st.lockdep),
+        extensions: std::mem::take(&mut st.extensions),
         panics: std::mem::take(&mut st.panics),
         leaked_threads: st.live_threads,
         divergence: None,
     };
     drop(st);
     LIVE_EXECUTIONS.fetch_sub(1, Ordering::Relaxed);
+    strategy.on_outcome(&report.outcome);
     report.divergence = strategy.end_execution(steps).err();
     report
 }

@@ -27,13 +27,19 @@ pub struct Pct {
 }
 
 impl Pct {
-    /// PCT for bugs of depth `depth` (at least 1: depth 1 has no change
-    /// point), with `steps_estimate` scheduling points per execution as the
-    /// initial `k`.
+    /// The largest depth [`new`](Self::new) keeps: a change point per
+    /// scheduling point of the longest execution the checker allows is
+    /// already more than PCT's analysis needs, and the per-execution list of
+    /// change points must not grow with a number a user typed.
+    pub const MAX_DEPTH: usize = 1 << 16;
+
+    /// PCT for bugs of depth `depth` (clamped to `1..=MAX_DEPTH`: depth 1
+    /// has no change point), with `steps_estimate` scheduling points per
+    /// execution as the initial `k`.
     pub fn new(seed: u64, depth: usize, steps_estimate: u64) -> Self {
         Self {
             seed,
-            depth: depth.max(1),
+            depth: depth.clamp(1, Self::MAX_DEPTH),
             k: steps_estimate.max(1),
             executions: 0,
             rng: execution_rng(seed, 0),

@@ -28,7 +28,7 @@ mod imp {
     use std::cell::Cell;
     use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-    use super::super::time::monotonic_ns;
+    use crate::time::monotonic_ns;
 
     /// Longest extrapolation from one pair.
     const REFRESH_NS: u64 = 1_000_000;
@@ -181,7 +181,7 @@ mod imp {
     /// No cheap counter known here: the real clock.
     #[inline]
     pub fn now_ns() -> u64 {
-        super::super::time::monotonic_ns()
+        crate::time::monotonic_ns()
     }
 }
 
@@ -190,7 +190,7 @@ pub use imp::now_ns;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::time::monotonic_ns;
+    use crate::time::monotonic_ns;
     use std::time::Duration;
 
     #[test]
@@ -209,7 +209,7 @@ mod tests {
                 t + 20_000 >= before && t <= after + 20_000,
                 "{before} <= {t} <= {after} off by more than 20 us"
             );
-            crate::sync::thread::sleep(Duration::from_micros(300));
+            crate::thread::sleep(Duration::from_micros(300));
         }
     }
 }

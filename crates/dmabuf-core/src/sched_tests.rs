@@ -1,9 +1,9 @@
 //! Tests of the engine and the strategies, through the shim as real code
 //! uses it.
 
-use super::*;
 use crate::sync::atomic::global::AtomicUsize as GlobalUsize;
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use crate::sync::sched::*;
 use crate::sync::{Arc, Condvar, Mutex, thread, time};
 use std::collections::HashSet;
 
@@ -107,12 +107,12 @@ fn two_by_two() {
     let h = thread::spawn_named("b".into(), move || {
         for k in 0..2 {
             x2.fetch_add(1, SeqCst);
-            trace_emit("op", format!("b{k}"));
+            crate::trace::emit("op", format!("b{k}"));
         }
     });
     for k in 0..2 {
         x.fetch_add(1, SeqCst);
-        trace_emit("op", format!("a{k}"));
+        crate::trace::emit("op", format!("a{k}"));
     }
     h.join().unwrap();
 }

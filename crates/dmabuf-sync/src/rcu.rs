@@ -43,7 +43,7 @@
 //! # Rules
 //!
 //! * Only real threads use this module: a controlled task (see
-//!   [`super::sched`]) uses a per-object reader count instead, whose every
+//!   [`crate::sched`]) uses a per-object reader count instead, whose every
 //!   step is a scheduling point. [`try_read_lock`] refuses a controlled
 //!   task (the scheduler flags its threads with [`set_controlled`], so a
 //!   real thread pays no extra test); [`available`] answers the same
@@ -57,7 +57,7 @@
 //!   before the thread's locals are freed. (A thread whose first section
 //!   comes from a destructor after that one ran gets a leaked record.)
 
-use super::sched;
+use crate::sched;
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::num::NonZeroUsize;

@@ -181,11 +181,11 @@ pub mod time {
 macro_rules! shim_thread_local {
     () => {};
     ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = const { $init:expr }; $($rest:tt)*) => {
-        loom::thread_local!($(#[$attr])* $vis static $name: $t = $init;);
+        $crate::__loom::thread_local!($(#[$attr])* $vis static $name: $t = $init;);
         $crate::shim_thread_local!($($rest)*);
     };
     ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = $init:expr; $($rest:tt)*) => {
-        loom::thread_local!($(#[$attr])* $vis static $name: $t = $init;);
+        $crate::__loom::thread_local!($(#[$attr])* $vis static $name: $t = $init;);
         $crate::shim_thread_local!($($rest)*);
     };
 }

@@ -1,5 +1,19 @@
-//! The synchronisation shim. Every lock, atomic, condition variable, thread
-//! spawn, park and clock read in the project goes through this module.
+//! `dmabuf-sync`: the synchronisation runtime of the project, below
+//! `dmabuf-core`. Every lock, atomic, condition variable, thread spawn, park
+//! and clock read in the project goes through this crate (re-exported as
+//! `dmabuf_core::sync`, the path the other crates use).
+//!
+//! | module | what |
+//! |---|---|
+//! | this facade (`Mutex`, `Condvar`, `atomic`, `thread`, `time`) | the shim: std/parking_lot, or loom under `--cfg loom` |
+//! | [`sched`] | the controlled engine: executions, virtual time, stalls, per-execution extension slots |
+//! | [`sched::strategy`] | schedule-choosing strategies (random, PCT, DFS, DPOR, replay) |
+//! | [`rcu`] | read sections without a read-modify-write for real threads |
+//!
+//! The crate names no kernel object, no lockdep type and no trace type: the
+//! kernel objects live in `dmabuf-core`, which registers its per-execution
+//! state (trace log, validator reports) in the engine's extension slots
+//! ([`sched::with_extension`]).
 //!
 //! # Why a shim
 //!
@@ -61,6 +75,10 @@ pub mod sched;
 
 #[cfg(not(loom))]
 pub mod rcu;
+
+#[cfg(loom)]
+#[doc(hidden)]
+pub use loom as __loom;
 
 /// Reference counting is not modelled (loom's `Arc` only adds leak checks,
 /// which our `no-leak` property does at the object level), so `Arc` is std's

@@ -1,0 +1,606 @@
+//! Dynamic partial-order reduction: source-set DPOR with sleep sets
+//! (Abdulla, Aronis, Jonsson, Sagonas, "Source Sets: A Foundation for
+//! Optimal Dynamic Partial Order Reduction", JACM 64(4), 2017, Algorithm 1).
+//!
+//! # What is explored
+//!
+//! Two executions are equivalent (the same Mazurkiewicz trace) when one is
+//! obtained from the other by swapping adjacent independent segments. A
+//! segment is what one task runs between two of its scheduling points; the
+//! engine reports which objects it touched and how ([`StepEvent`]). Two
+//! segments are *dependent* when they belong to the same task, or touch a
+//! common object and one of them writes it, or one of them is a jump of the
+//! virtual clock. Equivalent executions end in the same state, so running one
+//! execution per class gives every outcome and every violation plain DFS
+//! would find (the tests in `dmabuf-core/src/dpor_tests.rs` check this against
+//! [`Dfs`](super::Dfs) on every program small enough for both).
+//!
+//! # The algorithm
+//!
+//! The search keeps the stack of decisions of the current execution. Each
+//! node has the runnable tasks, a *backtrack set* (tasks to run from there),
+//! the tasks already run from there with their first segment, and a *sleep
+//! set* (tasks whose next segment was already explored from an equivalent
+//! state). After every execution, happens-before is built with vector clocks
+//! over its segments, and every race `e ⋖ e'` (dependent, different tasks,
+//! not ordered through a third segment) whose later half is new is reversed:
+//! with `v` the segments after `e` not ordered after it, followed by `e'`, some
+//! task among the initials of `v` is added to the backtrack set of the node
+//! where `e` was chosen, unless one is already there. Sleep sets are carried
+//! down each execution (a sleeper wakes when a segment dependent with its
+//! next one runs); a decision at which every runnable task sleeps ends the
+//! useful part of the execution ("cut by sleep sets"; the engine still runs
+//! it to the end, so its verdicts are real but redundant).
+//!
+//! # Soundness: what is and is not reduced
+//!
+//! * Time and stalls. The virtual clock moves only when no task can run, so a
+//!   clock jump (and the timeouts it fires) is ordered with every segment:
+//!   nothing is reordered across it, which is exactly the engine's semantics
+//!   (a timeout cannot fire while the task that would satisfy the wait can
+//!   run). A timed wait racing its signal is thus explored through the races
+//!   that decide whether the signaller is blocked when everybody waits.
+//!   Stalling a group writes the group, and every segment of a member reads
+//!   it, so a stall is reordered against each member's steps: where it falls
+//!   is a choice the search explores.
+//! * Wake-ups. A woken task's next segment accesses what woke it (the mutex,
+//!   condvar, park token, finished task), so it is ordered after the waker.
+//! * Not reduced, conservatively ordered: every access to one object by a
+//!   writer (a failed compare-exchange counts as a write; a mutex acquire
+//!   and release are writes of the mutex).
+//! * Objects are numbered per execution in first-touch order; a replayed
+//!   prefix numbers them identically. A sleeper's accesses to objects first
+//!   touched by its own segment are compared conservatively with every
+//!   object first touched after it. **Not covered**: an object freed during
+//!   an execution whose address another shim object reuses is one object to
+//!   the search; within one execution this only adds dependencies, but a
+//!   sleep-set entry recorded in one execution could then fail to wake in
+//!   another whose allocator placed things differently. Programs that free
+//!   shim objects while tasks still run are explored with that caveat.
+//! * `thread::yield_now` removes the yielder from the runnable set while
+//!   another task can run (a fairness rule for spin loops, not a dependency):
+//!   spin-waiting programs are explored, but the reduction's completeness
+//!   argument assumes no task yields.
+//! * Untracked shared state (plain memory shared without the shim, real
+//!   threads outside the execution) is invisible, as for every strategy.
+//!
+//! # Bounds
+//!
+//! Decisions past `max_decisions` take the default branch without creating
+//! a node ([`Bound::Depth`]); an execution at the step limit leaves its tail
+//! unexplored ([`Bound::Steps`]); a replayed prefix that meets different
+//! runnable tasks means the program is not deterministic
+//! ([`Bound::Nondeterminism`]). [`Dpor::bounds_hit`] lists them; the search
+//! is exhaustive only when it is finished and the list is empty.
+
+use super::super::{Access, Outcome, ScheduleError, StepEvent, Strategy, TaskId};
+use super::Bound;
+
+/// What a task's next segment touches, for sleep sets.
+#[derive(Clone, Debug)]
+struct Sleeper {
+    task: TaskId,
+    accesses: Vec<(u32, Access)>,
+    /// Objects numbered at or above this were new to that segment.
+    fresh_from: u32,
+}
+
+impl Sleeper {
+    /// Whether the segment `ev` (of the current execution) is independent
+    /// of the sleeper's next segment.
+    fn independent_of(&self, task: Option<TaskId>, acc: &[(u32, Access)]) -> bool {
+        let Some(t) = task else {
+            return false;
+        };
+        if t == self.task {
+            return false;
+        }
+        let fresh_write = self
+            .accesses
+            .iter()
+            .filter(|a| a.0 >= self.fresh_from)
+            .map(|a| a.1)
+            .max();
+        // A wake-up observes the object like a read does.
+        for &(o, a) in acc {
+            if o >= self.fresh_from {
+                // Numbered after the sleeper was recorded: may be one of the
+                // objects that were new to the sleeper's own segment.
+                if let Some(b) = fresh_write
+                    && (a == Access::Write || b == Access::Write)
+                {
+                    return false;
+                }
+            } else if let Ok(i) = self.accesses.binary_search_by_key(&o, |x| x.0)
+                && (a == Access::Write || self.accesses[i].1 == Access::Write)
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    /// Runnable tasks at this decision.
+    enabled: Vec<TaskId>,
+    /// The task run from here in the current execution.
+    chosen: TaskId,
+    /// Tasks to run from here.
+    backtrack: Vec<TaskId>,
+    /// Tasks already run from here, with their first segment.
+    done: Vec<Sleeper>,
+    /// The sleep set when the search reached this node.
+    sleep: Vec<Sleeper>,
+    /// Index of the chosen task's segment in the current execution.
+    event: usize,
+}
+
+#[derive(Clone, Debug)]
+struct Ev {
+    task: Option<TaskId>,
+    accesses: Vec<(u32, Access)>,
+    fresh_from: u32,
+    /// The decision node that chose it (`None`: forced, or past the bound).
+    node: Option<usize>,
+}
+
+/// Counters of a DPOR search.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DporStats {
+    /// Executions started.
+    pub executions: u64,
+    /// Executions whose useful part ended because every runnable task was
+    /// asleep (redundant with an explored one).
+    pub sleep_blocked: u64,
+    /// Races reversed (backtrack points added).
+    pub backtracks: u64,
+    /// The most decisions any execution made.
+    pub max_depth: usize,
+    /// The most segments any execution had.
+    pub max_events: usize,
+}
+
+/// Source-set DPOR with sleep sets (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct Dpor {
+    max_decisions: usize,
+    nodes: Vec<Node>,
+    /// Decisions made in the current execution.
+    pos: usize,
+    /// The node whose chosen segment is reported next.
+    awaiting: Option<usize>,
+    events: Vec<Ev>,
+    sleep: Vec<Sleeper>,
+    /// Index of the first segment whose races are new in this execution.
+    analyse_from: usize,
+    /// Segment index at which the execution became sleep-blocked.
+    blocked_at: Option<usize>,
+    started: bool,
+    exhausted: bool,
+    hit_depth: bool,
+    hit_steps: bool,
+    nondeterministic: bool,
+    error: Option<ScheduleError>,
+    stats: DporStats,
+}
+
+impl Dpor {
+    /// A DPOR search that branches on at most `max_decisions` decisions per
+    /// execution. Memory is proportional to the decisions and segments of
+    /// the executions actually run, never to the bound.
+    pub fn new(max_decisions: usize) -> Self {
+        Self {
+            max_decisions,
+            nodes: Vec::new(),
+            pos: 0,
+            awaiting: None,
+            events: Vec::new(),
+            sleep: Vec::new(),
+            analyse_from: 0,
+            blocked_at: None,
+            started: false,
+            exhausted: false,
+            hit_depth: false,
+            hit_steps: false,
+            nondeterministic: false,
+            error: None,
+            stats: DporStats::default(),
+        }
+    }
+
+    /// Whether every backtrack point has been run.
+    pub fn is_exhausted(&self) -> bool {
+        self.exhausted
+    }
+
+    /// The bounds some execution hit so far; exhaustive means
+    /// [`is_exhausted`](Self::is_exhausted) and none.
+    pub fn bounds_hit(&self) -> Vec<Bound> {
+        let mut v = Vec::new();
+        if self.hit_depth {
+            v.push(Bound::Depth);
+        }
+        if self.hit_steps {
+            v.push(Bound::Steps);
+        }
+        if self.nondeterministic {
+            v.push(Bound::Nondeterminism);
+        }
+        v
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> DporStats {
+        self.stats
+    }
+
+    fn asleep(&self, t: TaskId) -> bool {
+        self.sleep.iter().any(|s| s.task == t)
+    }
+
+    /// Builds happens-before over the current execution's segments and
+    /// reverses the new races (those whose later segment is at or after
+    /// `analyse_from` and before the sleep-blocked point).
+    fn analyse(&mut self) {
+        let limit = self.blocked_at.unwrap_or(self.events.len());
+        let n = self.events.len().min(limit);
+        let ntasks = self
+            .events
+            .iter()
+            .filter_map(|e| e.task)
+            .max()
+            .map_or(0, |m| m + 1);
+        // vc[i][t]: how many segments of task t happen before or are segment i.
+        let mut vc: Vec<Vec<u32>> = Vec::with_capacity(n);
+        let mut last_of_task: Vec<Option<usize>> = vec![None; ntasks];
+        let mut barrier: Vec<u32> = vec![0; ntasks];
+        // Per object: the last write and the reads since.
+        let mut last_write: Vec<Option<usize>> = Vec::new();
+        let mut reads: Vec<Vec<usize>> = Vec::new();
+        let mut cands: Vec<usize> = Vec::new();
+        let mut wakers: Vec<usize> = Vec::new();
+        for j in 0..n {
+            let Some(t) = self.events[j].task else {
+                // A clock jump: after everything so far, before everything
+                // after.
+                let mut c = barrier.clone();
+                for i in last_of_task.iter().flatten() {
+                    join(&mut c, &vc[*i]);
+                }
+                barrier = c.clone();
+                vc.push(c);
+                continue;
+            };
+            let mut pre = match last_of_task[t] {
+                Some(i) => vc[i].clone(),
+                None => vec![0; ntasks],
+            };
+            join(&mut pre, &barrier);
+            cands.clear();
+            wakers.clear();
+            for &(o, a) in &self.events[j].accesses {
+                let o = o as usize;
+                if last_write.len() <= o {
+                    last_write.resize(o + 1, None);
+                    reads.resize(o + 1, Vec::new());
+                }
+                let consider = |i: usize, cands: &mut Vec<usize>| {
+                    let Some(ti) = self.events[i].task else {
+                        return;
+                    };
+                    if ti != t && vc[i][ti] > pre[ti] && !cands.contains(&i) {
+                        cands.push(i);
+                    }
+                };
+                if a == Access::Wake {
+                    // Ordered after what woke it, never reversed with it.
+                    if let Some(w) = last_write[o] {
+                        wakers.push(w);
+                    }
+                    continue;
+                }
+                if let Some(w) = last_write[o] {
+                    consider(w, &mut cands);
+                }
+                if a == Access::Write {
+                    for &r in &reads[o] {
+                        consider(r, &mut cands);
+                    }
+                    last_write[o] = Some(j);
+                    reads[o].clear();
+                } else {
+                    reads[o].push(j);
+                }
+            }
+            let mut c = pre;
+            for &i in cands.iter().chain(&wakers) {
+                join(&mut c, &vc[i]);
+            }
+            c[t] += 1;
+            // Races: candidates not ordered before another candidate.
+            if j >= self.analyse_from {
+                let races: Vec<usize> = cands
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        let ti = self.events[i].task.unwrap_or(0);
+                        !cands.iter().any(|&k| k != i && vc[k][ti] >= vc[i][ti])
+                    })
+                    .collect();
+                for i in races {
+                    self.reverse(i, j, &vc, &c);
+                }
+            }
+            vc.push(c);
+            last_of_task[t] = Some(j);
+        }
+    }
+
+    /// Reverses the race between segments `i` and `j` (`cj` is `j`'s clock).
+    fn reverse(&mut self, i: usize, j: usize, vc: &[Vec<u32>], cj: &[u32]) {
+        if std::env::var_os("DPOR_DEBUG").is_some() {
+            eprintln!("race {i} {j} vc_i {:?} cj {:?}", vc[i], cj);
+        }
+        let Some(d) = self.events[i].node else {
+            return; // forced: nothing else could run there
+        };
+        let ti = self.events[i].task.unwrap_or(0);
+        let after_i = |k: usize, ck: &[u32]| ck[ti] >= vc[i][ti] && k != i;
+        // v = the segments after i not ordered after it, then j.
+        let mut v: Vec<usize> = (i + 1..j).filter(|&k| !after_i(k, &vc[k])).collect();
+        v.push(j);
+        let clock = |k: usize| -> &[u32] { if k == j { cj } else { &vc[k] } };
+        let mut initials: Vec<TaskId> = Vec::new();
+        let mut seen: Vec<TaskId> = Vec::new();
+        for (x, &k) in v.iter().enumerate() {
+            let Some(tk) = self.events[k].task else {
+                continue;
+            };
+            if seen.contains(&tk) {
+                continue;
+            }
+            seen.push(tk);
+            let ck = clock(k);
+            let first = v[..x].iter().all(|&p| match self.events[p].task {
+                Some(tp) => ck[tp] < vc[p][tp],
+                None => false,
+            });
+            if first {
+                initials.push(tk);
+            }
+        }
+        let node = &mut self.nodes[d];
+        if initials.iter().any(|q| node.backtrack.contains(q)) {
+            return;
+        }
+        let asleep = |q: &TaskId| node.sleep.iter().any(|s| s.task == *q);
+        let tj = self.events[j].task.unwrap_or(0);
+        let pick = if initials.contains(&tj) && node.enabled.contains(&tj) && !asleep(&tj) {
+            Some(tj)
+        } else {
+            initials
+                .iter()
+                .copied()
+                .find(|q| node.enabled.contains(q) && !asleep(q))
+        };
+        match pick {
+            Some(q) => {
+                node.backtrack.push(q);
+                self.stats.backtracks += 1;
+            }
+            None if initials.iter().any(|q| node.enabled.contains(q)) => {
+                // Every candidate sleeps: that order is already covered.
+            }
+            None => {
+                // No initial can run there (a yield, a wake-up the search
+                // cannot see): fall back to every runnable task.
+                let add: Vec<TaskId> = node
+                    .enabled
+                    .iter()
+                    .copied()
+                    .filter(|q| !node.backtrack.contains(q) && !asleep(q))
+                    .collect();
+                self.stats.backtracks += add.len() as u64;
+                node.backtrack.extend(add);
+            }
+        }
+    }
+
+    /// Moves the search to the next branch; false when there is none.
+    fn advance(&mut self) -> bool {
+        // The path below the last decision of the previous execution is
+        // gone; the deepest node with an unexplored backtrack task is next.
+        self.nodes.truncate(self.pos.min(self.nodes.len()));
+        while let Some(d) = self.nodes.len().checked_sub(1) {
+            let ev = self.nodes[d].event;
+            let (acc, fresh) = match self.events.get(ev) {
+                Some(e) => (e.accesses.clone(), e.fresh_from),
+                None => (Vec::new(), 0),
+            };
+            let node = &mut self.nodes[d];
+            if !node.done.iter().any(|s| s.task == node.chosen) {
+                node.done.push(Sleeper {
+                    task: node.chosen,
+                    accesses: acc,
+                    fresh_from: fresh,
+                });
+            }
+            let next = node.backtrack.iter().copied().find(|q| {
+                !node.done.iter().any(|s| s.task == *q) && !node.sleep.iter().any(|s| s.task == *q)
+            });
+            match next {
+                Some(q) => {
+                    node.chosen = q;
+                    self.analyse_from = ev;
+                    return true;
+                }
+                None => {
+                    self.nodes.pop();
+                }
+            }
+        }
+        false
+    }
+}
+
+fn join(a: &mut Vec<u32>, b: &[u32]) {
+    if a.len() < b.len() {
+        a.resize(b.len(), 0);
+    }
+    for (x, y) in a.iter_mut().zip(b) {
+        *x = (*x).max(*y);
+    }
+}
+
+impl Strategy for Dpor {
+    fn name(&self) -> String {
+        format!("dpor(max_decisions={})", self.max_decisions)
+    }
+
+    fn next_execution(&mut self) -> bool {
+        if self.exhausted {
+            return false;
+        }
+        if self.started && !self.advance() {
+            self.exhausted = true;
+            return false;
+        }
+        self.started = true;
+        self.pos = 0;
+        self.awaiting = None;
+        self.events.clear();
+        self.sleep.clear();
+        self.blocked_at = None;
+        self.stats.executions += 1;
+        if self.nodes.is_empty() {
+            self.analyse_from = 0;
+        }
+        true
+    }
+
+    fn choose(&mut self, runnable: &[TaskId], current: Option<TaskId>, _step: u64) -> TaskId {
+        let d = self.pos;
+        let default = current
+            .filter(|c| runnable.contains(c))
+            .unwrap_or(runnable[0]);
+        if self.blocked_at.is_some() {
+            return default;
+        }
+        if let Some(node) = self.nodes.get(d) {
+            if node.enabled != runnable {
+                self.error.get_or_insert(ScheduleError::Nondeterministic {
+                    decision: d,
+                    expected: node.enabled.clone(),
+                    found: runnable.to_vec(),
+                });
+                self.nodes.truncate(d);
+                self.blocked_at = Some(self.events.len());
+                return default;
+            }
+            let mut sleep = node.sleep.clone();
+            sleep.extend(node.done.iter().filter(|s| s.task != node.chosen).cloned());
+            self.sleep = sleep;
+            self.pos += 1;
+            self.awaiting = Some(d);
+            return node.chosen;
+        }
+        if d >= self.max_decisions {
+            self.hit_depth = true;
+            self.pos += 1;
+            return default;
+        }
+        let awake = |t: &TaskId| !self.asleep(*t);
+        let chosen = match current.filter(|c| runnable.contains(c) && awake(c)) {
+            Some(c) => c,
+            None => match runnable.iter().copied().find(awake) {
+                Some(t) => t,
+                None => {
+                    self.blocked_at = Some(self.events.len());
+                    self.stats.sleep_blocked += 1;
+                    return default;
+                }
+            },
+        };
+        self.nodes.push(Node {
+            enabled: runnable.to_vec(),
+            chosen,
+            backtrack: vec![chosen],
+            done: Vec::new(),
+            sleep: self.sleep.clone(),
+            event: usize::MAX,
+        });
+        self.pos += 1;
+        self.awaiting = Some(d);
+        chosen
+    }
+
+    fn observes_events(&self) -> bool {
+        true
+    }
+
+    fn on_event(&mut self, ev: &StepEvent<'_>) {
+        if std::env::var_os("DPOR_DEBUG").is_some() {
+            eprintln!(
+                "ev {} {:?} {:?} fresh {} awaiting {:?}",
+                self.events.len(),
+                ev.task,
+                ev.accesses,
+                ev.fresh_from,
+                self.awaiting
+            );
+        }
+        let node = self.awaiting.take();
+        let idx = self.events.len();
+        if let Some(d) = node
+            && let Some(n) = self.nodes.get_mut(d)
+        {
+            n.event = idx;
+        }
+        if self.blocked_at.is_none()
+            && node.is_none()
+            && let Some(t) = ev.task
+            && self.asleep(t)
+        {
+            // A forced step of a sleeping task: the rest is redundant.
+            self.blocked_at = Some(idx);
+            self.stats.sleep_blocked += 1;
+        }
+        self.sleep
+            .retain(|s| s.independent_of(ev.task, ev.accesses));
+        self.events.push(Ev {
+            task: ev.task,
+            accesses: ev.accesses.to_vec(),
+            fresh_from: ev.fresh_from,
+            node,
+        });
+    }
+
+    fn on_outcome(&mut self, outcome: &Outcome) {
+        if *outcome == Outcome::StepLimit {
+            self.hit_steps = true;
+        }
+    }
+
+    fn end_execution(&mut self, _steps: u64) -> Result<(), ScheduleError> {
+        self.stats.max_depth = self.stats.max_depth.max(self.pos);
+        self.stats.max_events = self.stats.max_events.max(self.events.len());
+        if self.error.is_none()
+            && let Some(n) = self.nodes.get(self.pos)
+        {
+            self.error = Some(ScheduleError::Nondeterministic {
+                decision: self.pos,
+                expected: n.enabled.clone(),
+                found: Vec::new(),
+            });
+            self.nodes.truncate(self.pos);
+        }
+        if self.error.is_some() {
+            self.nondeterministic = true;
+        } else {
+            self.analyse();
+        }
+        self.error.take().map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,340 @@
+//! The reduction on programs whose number of Mazurkiewicz traces is known,
+//! checked against plain DFS (same outcomes, same violations), and the
+//! completeness flags of both systematic strategies. The engine's other
+//! tests (timeouts, stalls, deadlocks, replay) run through `dmabuf-core`'s
+//! re-export of this crate, in `dmabuf-core/src/sched_tests.rs`.
+
+use super::*;
+use crate::atomic::{AtomicUsize, Ordering::SeqCst};
+use crate::{Arc, Condvar, Mutex, thread};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What one execution observed: per task name, what it recorded. Kept in a
+/// real (non-shim) mutex, so recording is not an operation of the model.
+type Seen = Arc<std::sync::Mutex<BTreeMap<String, String>>>;
+
+fn record(seen: &Seen, who: &str, what: String) {
+    seen.lock().unwrap().insert(who.to_owned(), what);
+}
+
+/// One execution's observations (task, record) and its panics.
+type Observed = (Vec<(String, String)>, Vec<String>);
+
+/// Result of a search: executions run, distinct outcomes (with the panics of
+/// each run), whether it finished.
+struct Search {
+    executions: u64,
+    outcomes: BTreeSet<Observed>,
+    finished: bool,
+}
+
+fn search(
+    s: &mut dyn Strategy,
+    limit: u64,
+    prog: &dyn Fn(Seen) -> Box<dyn FnOnce() + Send>,
+) -> Search {
+    let cfg = RunConfig {
+        max_steps: 10_000,
+        ..RunConfig::default()
+    };
+    let mut out = Search {
+        executions: 0,
+        outcomes: BTreeSet::new(),
+        finished: false,
+    };
+    while out.executions < limit {
+        if !s.next_execution() {
+            out.finished = true;
+            return out;
+        }
+        let seen: Seen = Arc::default();
+        let body = prog(seen.clone());
+        let r = run(s, &cfg, body);
+        assert_eq!(r.divergence, None, "{}", s.name());
+        assert!(
+            matches!(r.outcome, Outcome::Completed),
+            "{}: {:?}",
+            s.name(),
+            r.outcome
+        );
+        out.executions += 1;
+        let seen: Vec<(String, String)> = std::mem::take(&mut *seen.lock().unwrap())
+            .into_iter()
+            .collect();
+        let mut panics: Vec<String> = r
+            .panics
+            .iter()
+            .map(|p| {
+                // The message without its source location.
+                let m = p.message.split(" at ").next().unwrap_or("");
+                format!("{}: {m}", p.task)
+            })
+            .collect();
+        panics.sort();
+        out.outcomes.insert((seen, panics));
+    }
+    out.finished = !s.next_execution();
+    out
+}
+
+fn binomial(n: u64, k: u64) -> u64 {
+    (1..=k).fold(1, |acc, i| acc * (n + 1 - i) / i)
+}
+
+/// `n` tasks, each storing to its own atomic `k` times.
+fn own_atomics(n: usize, k: usize) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
+        Box::new(move || {
+            for t in 0..n {
+                let seen = seen.clone();
+                thread::spawn(move || {
+                    let a = AtomicUsize::new(0);
+                    for i in 0..k {
+                        a.store(i, SeqCst);
+                    }
+                    record(&seen, &format!("t{t}"), a.load(SeqCst).to_string());
+                });
+            }
+        })
+    }
+}
+
+/// Two tasks, each swapping `k` values into one shared atomic and recording
+/// what each swap returned: every interleaving is a different trace and a
+/// different outcome. Task `b` panics when it saw exactly the alternation
+/// a1 b1 a2 b2 ... (one interleaving among C(2k, k)) if `plant` is set.
+fn conflicting(k: usize, plant: bool) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
+        Box::new(move || {
+            let x = Arc::new(AtomicUsize::new(0));
+            for (name, base) in [("a", 1), ("b", 100)] {
+                let (x, seen) = (x.clone(), seen.clone());
+                thread::spawn(move || {
+                    let got: Vec<usize> = (0..k).map(|i| x.swap(base + i, SeqCst)).collect();
+                    record(&seen, name, format!("{got:?}"));
+                    let alternation: Vec<usize> = (1..=k).collect();
+                    if plant && name == "b" && got == alternation {
+                        panic!("planted bug: strict alternation");
+                    }
+                });
+            }
+        })
+    }
+}
+
+/// `n` tasks each incrementing a mutex-protected counter and recording the
+/// value it saw.
+fn locked_counter(n: usize) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
+        Box::new(move || {
+            let m = Arc::new(Mutex::new(0usize));
+            for t in 0..n {
+                let (m, seen) = (m.clone(), seen.clone());
+                thread::spawn(move || {
+                    let v = {
+                        let mut g = m.lock();
+                        *g += 1;
+                        *g
+                    };
+                    record(&seen, &format!("t{t}"), v.to_string());
+                });
+            }
+        })
+    }
+}
+
+/// A producer hands a value to a consumer through a mutex and a condvar.
+fn handoff() -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    |seen| {
+        Box::new(move || {
+            let p = Arc::new((Mutex::new(None::<u32>), Condvar::new()));
+            let (p2, s2) = (p.clone(), seen.clone());
+            thread::spawn(move || {
+                let (m, cv) = &*p2;
+                let mut g = m.lock();
+                let mut waits = 0;
+                while g.is_none() {
+                    g = cv.wait(g);
+                    waits += 1;
+                }
+                record(&s2, "consumer", format!("{:?} after {waits} wait(s)", *g));
+            });
+            let (m, cv) = &*p;
+            *m.lock() = Some(7);
+            cv.notify_one();
+        })
+    }
+}
+
+/// A timed wait racing its signal: the signaller sleeps exactly as long as
+/// the waiter's timeout, so both wake at the same clock jump and either may
+/// get the lock first.
+fn timed_race() -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    |seen| {
+        Box::new(move || {
+            let p = Arc::new((Mutex::new(false), Condvar::new()));
+            let (p2, s2) = (p.clone(), seen.clone());
+            thread::spawn(move || {
+                let (m, cv) = &*p2;
+                let mut g = m.lock();
+                let mut timed_out = false;
+                while !*g && !timed_out {
+                    let (g2, t) = cv.wait_timeout(g, std::time::Duration::from_millis(10));
+                    g = g2;
+                    timed_out = t;
+                }
+                record(&s2, "waiter", format!("flag={} timed_out={timed_out}", *g));
+            });
+            thread::sleep(std::time::Duration::from_millis(10));
+            let (m, cv) = &*p;
+            *m.lock() = true;
+            cv.notify_all();
+        })
+    }
+}
+
+/// DPOR and DFS on `prog`: both must finish, see the same outcomes, and
+/// DPOR must not run more executions. Returns (DPOR, DFS) executions.
+fn same_as_dfs(prog: &dyn Fn(Seen) -> Box<dyn FnOnce() + Send>) -> (Search, Search) {
+    let mut dpor = Dpor::new(1000);
+    let a = search(&mut dpor, 200_000, prog);
+    let mut dfs = Dfs::new(1000);
+    let b = search(&mut dfs, 200_000, prog);
+    assert!(
+        a.finished && dpor.bounds_hit().is_empty(),
+        "dpor did not finish"
+    );
+    assert!(
+        b.finished && dfs.bounds_hit().is_empty(),
+        "dfs did not finish"
+    );
+    assert_eq!(
+        a.outcomes, b.outcomes,
+        "dpor and dfs saw different outcomes"
+    );
+    assert!(a.executions <= b.executions);
+    (a, b)
+}
+
+#[test]
+fn dpor_runs_one_execution_when_every_task_writes_its_own_atomic() {
+    let (a, b) = same_as_dfs(&own_atomics(2, 2));
+    assert_eq!(a.executions, 1, "2 independent tasks");
+    assert!(b.executions > 1, "dfs should branch: {}", b.executions);
+    // Too many interleavings for DFS, one trace for DPOR.
+    for n in [3, 4, 8] {
+        let mut dpor = Dpor::new(1000);
+        let a = search(&mut dpor, 1000, &own_atomics(n, 3));
+        assert!(a.finished && dpor.bounds_hit().is_empty());
+        assert_eq!(a.executions, 1, "{n} independent tasks");
+    }
+}
+
+#[test]
+fn dpor_runs_one_execution_per_interleaving_of_two_conflicting_sequences() {
+    for k in 1..=4u64 {
+        let (a, b) = same_as_dfs(&conflicting(k as usize, false));
+        let traces = binomial(2 * k, k);
+        assert_eq!(a.outcomes.len() as u64, traces, "k={k}: distinct outcomes");
+        assert_eq!(a.executions, traces, "k={k}: C(2k,k) executions");
+        assert!(b.executions >= a.executions);
+    }
+}
+
+#[test]
+fn dpor_finds_every_order_of_a_lock_protected_counter() {
+    let (a, b) = same_as_dfs(&locked_counter(3));
+    // Each task saw a distinct value 1..=3, in every one of the 3! orders.
+    assert_eq!(a.outcomes.len(), 6);
+    assert!(
+        a.executions < b.executions,
+        "{} vs {}",
+        a.executions,
+        b.executions
+    );
+}
+
+#[test]
+fn dpor_explores_a_condvar_handoff_like_dfs() {
+    let (a, _) = same_as_dfs(&handoff());
+    // Value already there (no wait), or handed over after one wait.
+    let seen: BTreeSet<String> = a.outcomes.iter().map(|(o, _)| o[0].1.clone()).collect();
+    assert!(seen.contains("Some(7) after 0 wait(s)"), "{seen:?}");
+    assert!(seen.contains("Some(7) after 1 wait(s)"), "{seen:?}");
+}
+
+#[test]
+fn dpor_explores_a_timed_wait_racing_its_signal_like_dfs() {
+    let (a, _) = same_as_dfs(&timed_race());
+    let seen: BTreeSet<String> = a.outcomes.iter().map(|(o, _)| o[0].1.clone()).collect();
+    assert!(seen.contains("flag=false timed_out=true"), "{seen:?}");
+    assert!(seen.contains("flag=true timed_out=true"), "{seen:?}");
+}
+
+#[test]
+fn dpor_finds_a_bug_only_one_interleaving_in_924_reaches() {
+    let k = 6;
+    assert_eq!(binomial(12, 6), 924);
+    let mut dpor = Dpor::new(1000);
+    let r = search(&mut dpor, 10_000, &conflicting(k, true));
+    assert!(r.finished && dpor.bounds_hit().is_empty());
+    assert_eq!(r.executions, 924);
+    let buggy: Vec<_> = r.outcomes.iter().filter(|(_, p)| !p.is_empty()).collect();
+    assert_eq!(buggy.len(), 1, "exactly one interleaving reaches the bug");
+    assert_eq!(
+        buggy[0].1,
+        vec!["task2: planted bug: strict alternation".to_owned()]
+    );
+}
+
+#[test]
+fn searches_cut_by_their_depth_bound_say_so() {
+    let mut dpor = Dpor::new(2);
+    let a = search(&mut dpor, 100_000, &conflicting(3, false));
+    assert!(a.finished);
+    assert_eq!(dpor.bounds_hit(), vec![Bound::Depth]);
+    let mut dfs = Dfs::new(2);
+    let b = search(&mut dfs, 100_000, &conflicting(3, false));
+    assert!(b.finished);
+    assert_eq!(dfs.bounds_hit(), vec![Bound::Depth]);
+}
+
+#[test]
+fn searches_with_executions_at_the_step_limit_say_so() {
+    let cfg = RunConfig {
+        max_steps: 50,
+        ..RunConfig::default()
+    };
+    let spin = || {
+        let x = Arc::new(AtomicUsize::new(0));
+        let x2 = x.clone();
+        thread::spawn(move || {
+            while x2.load(SeqCst) == 0 {
+                thread::yield_now();
+            }
+        });
+        x.load(SeqCst);
+    };
+    let mut dpor = Dpor::new(1000);
+    let mut dfs = Dfs::new(1000);
+    for s in [&mut dpor as &mut dyn Strategy, &mut dfs] {
+        let mut n = 0;
+        while n < 200 && s.next_execution() {
+            let r = run(s, &cfg, spin);
+            assert_eq!(r.outcome, Outcome::StepLimit);
+            n += 1;
+        }
+    }
+    assert!(dpor.bounds_hit().contains(&Bound::Steps));
+    assert!(dfs.bounds_hit().contains(&Bound::Steps));
+}
+
+#[test]
+fn dpor_stats_count_executions_and_depth() {
+    let mut dpor = Dpor::new(1000);
+    let a = search(&mut dpor, 1000, &conflicting(2, false));
+    let st = dpor.stats();
+    assert_eq!(st.executions, a.executions);
+    assert!(st.max_depth >= 4, "{st:?}");
+    assert!(st.max_events >= 8, "{st:?}");
+}
