@@ -333,9 +333,18 @@ impl Process {
             let e = t.get(&fd).ok_or(SysError(errno::EBADF))?;
             (e.file.clone(), e.cloexec)
         };
+        // `seq_show` (fs/proc/fd.c) prints `f_flags` with a leading 0 and
+        // adds O_CLOEXEC from the fd table. A dma-buf's `f_flags` are the
+        // export flags it kept (`dma_buf_getfile`: O_ACCMODE | O_NONBLOCK);
+        // a sync_file's are O_RDONLY (`anon_inode_getfile(..., 0)`).
+        let f_flags = match &e.0 {
+            File::DmaBuf(b) => b.flags(),
+            File::SyncFile(_) => 0,
+            File::Other(_) => 0o2,
+        };
         let mut s = format!(
-            "pos:\t0\nflags:\t{:o}\nmnt_id:\t15\n",
-            if e.1 { O_CLOEXEC } else { 0 } | 0o2
+            "pos:\t0\nflags:\t0{:o}\nmnt_id:\t15\n",
+            if e.1 { O_CLOEXEC } else { 0 } | f_flags
         );
         match e.0 {
             File::DmaBuf(b) => {

@@ -455,6 +455,21 @@ fn fds_take_the_lowest_free_number_and_emfile() {
 }
 
 #[test]
+fn seq_show_prints_f_flags_in_octal_with_the_fd_close_on_exec() {
+    // fs/proc/fd.c seq_show: "flags:\t0%o", f_flags | O_CLOEXEC if the fd has it.
+    let (p, fd, b, _) = proc_with_buf();
+    let want = format!("flags:\t0{:o}\n", b.flags() | O_CLOEXEC);
+    assert!(p.fdinfo(fd).unwrap().contains(&want), "{}", p.fdinfo(fd).unwrap());
+    let plain = p.install(File::DmaBuf(b.clone()), false).unwrap();
+    let want = format!("flags:\t0{:o}\n", b.flags());
+    assert!(p.fdinfo(plain).unwrap().contains(&want));
+    let sf = p
+        .install(File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))), true)
+        .unwrap();
+    assert!(p.fdinfo(sf).unwrap().contains("flags:\t02000000\n"));
+}
+
+#[test]
 fn fdinfo_and_bufinfo_formats() {
     let (p, fd, b, _) = proc_with_buf();
     dma_buf::set_name(&b, "fb0").unwrap();
