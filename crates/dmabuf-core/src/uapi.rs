@@ -307,14 +307,53 @@ impl Process {
     }
 
     /// `llseek` on a dma-buf: only `SEEK_SET` or `SEEK_END` with offset 0.
+    /// A sync_file has no `llseek` and no `FMODE_LSEEK`, so `vfs_llseek`
+    /// answers `ESPIPE`.
     pub fn lseek(&self, fd: i32, offset: i64, whence: i32) -> Result<u64, SysError> {
-        let File::DmaBuf(b) = self.get_file(fd)? else {
-            return Err(SysError(errno::EBADF));
+        let b = match self.get_file(fd)? {
+            File::DmaBuf(b) => b,
+            File::SyncFile(_) => return Err(SysError(errno::ESPIPE)),
+            File::Other(_) => return Err(SysError(errno::EBADF)),
         };
         match (whence, offset) {
             (SEEK_END, 0) => Ok(b.size()),
             (SEEK_SET, 0) => Ok(0),
             _ => Err(SysError(errno::EINVAL)),
+        }
+    }
+
+    /// `read(2)`: neither a dma-buf nor a sync_file has `read` or
+    /// `read_iter`, so `vfs_read` refuses with `EINVAL` (no
+    /// `FMODE_CAN_READ`).
+    pub fn read(&self, fd: i32, _len: usize) -> Result<usize, SysError> {
+        match self.get_file(fd)? {
+            File::DmaBuf(_) | File::SyncFile(_) => Err(SysError(errno::EINVAL)),
+            File::Other(_) => Ok(0),
+        }
+    }
+
+    /// `write(2)`: `EINVAL` as for `read` (no `FMODE_CAN_WRITE`).
+    pub fn write(&self, fd: i32, data: &[u8]) -> Result<usize, SysError> {
+        match self.get_file(fd)? {
+            File::DmaBuf(_) | File::SyncFile(_) => Err(SysError(errno::EINVAL)),
+            File::Other(_) => Ok(data.len()),
+        }
+    }
+
+    /// `pread64(2)`: both files are pseudo files without `FMODE_PREAD`,
+    /// which `ksys_pread64` checks first: `ESPIPE`.
+    pub fn pread(&self, fd: i32, _len: usize, _offset: u64) -> Result<usize, SysError> {
+        match self.get_file(fd)? {
+            File::DmaBuf(_) | File::SyncFile(_) => Err(SysError(errno::ESPIPE)),
+            File::Other(_) => Ok(0),
+        }
+    }
+
+    /// `pwrite64(2)`: `ESPIPE` (no `FMODE_PWRITE`).
+    pub fn pwrite(&self, fd: i32, data: &[u8], _offset: u64) -> Result<usize, SysError> {
+        match self.get_file(fd)? {
+            File::DmaBuf(_) | File::SyncFile(_) => Err(SysError(errno::ESPIPE)),
+            File::Other(_) => Ok(data.len()),
         }
     }
 

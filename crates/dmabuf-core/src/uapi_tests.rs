@@ -354,6 +354,30 @@ fn llseek_rules() {
 }
 
 #[test]
+fn vfs_llseek_of_a_sync_file_is_espipe() {
+    let p = Process::new(101);
+    let sf = p
+        .install(File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))), true)
+        .unwrap();
+    assert_eq!(p.lseek(sf, 0, SEEK_SET), Err(SysError(errno::ESPIPE)));
+}
+
+#[test]
+fn vfs_read_write_and_ksys_pread64_on_pseudo_files() {
+    let (p, fd, _b, _) = proc_with_buf();
+    let sf = p
+        .install(File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))), true)
+        .unwrap();
+    for f in [fd, sf] {
+        assert_eq!(p.read(f, 16), Err(SysError(errno::EINVAL)));
+        assert_eq!(p.write(f, &[0; 16]), Err(SysError(errno::EINVAL)));
+        assert_eq!(p.pread(f, 16, 0), Err(SysError(errno::ESPIPE)));
+        assert_eq!(p.pwrite(f, &[0; 16], 0), Err(SysError(errno::ESPIPE)));
+    }
+    assert_eq!(p.read(99, 1), Err(SysError(errno::EBADF)));
+}
+
+#[test]
 fn mmap_on_fd_checks_range() {
     let (p, fd, _b, _) = proc_with_buf();
     assert_eq!(p.mmap(fd, 0, 16), Ok(()));
