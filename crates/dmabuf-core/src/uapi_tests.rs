@@ -357,7 +357,10 @@ fn llseek_rules() {
 fn vfs_llseek_of_a_sync_file_is_espipe() {
     let p = Process::new(101);
     let sf = p
-        .install(File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))), true)
+        .install(
+            File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))),
+            true,
+        )
         .unwrap();
     assert_eq!(p.lseek(sf, 0, SEEK_SET), Err(SysError(errno::ESPIPE)));
 }
@@ -366,7 +369,10 @@ fn vfs_llseek_of_a_sync_file_is_espipe() {
 fn vfs_read_write_and_ksys_pread64_on_pseudo_files() {
     let (p, fd, _b, _) = proc_with_buf();
     let sf = p
-        .install(File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))), true)
+        .install(
+            File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))),
+            true,
+        )
         .unwrap();
     for f in [fd, sf] {
         assert_eq!(p.read(f, 16), Err(SysError(errno::EINVAL)));
@@ -483,12 +489,19 @@ fn seq_show_prints_f_flags_in_octal_with_the_fd_close_on_exec() {
     // fs/proc/fd.c seq_show: "flags:\t0%o", f_flags | O_CLOEXEC if the fd has it.
     let (p, fd, b, _) = proc_with_buf();
     let want = format!("flags:\t0{:o}\n", b.flags() | O_CLOEXEC);
-    assert!(p.fdinfo(fd).unwrap().contains(&want), "{}", p.fdinfo(fd).unwrap());
+    assert!(
+        p.fdinfo(fd).unwrap().contains(&want),
+        "{}",
+        p.fdinfo(fd).unwrap()
+    );
     let plain = p.install(File::DmaBuf(b.clone()), false).unwrap();
     let want = format!("flags:\t0{:o}\n", b.flags());
     assert!(p.fdinfo(plain).unwrap().contains(&want));
     let sf = p
-        .install(File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))), true)
+        .install(
+            File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))),
+            true,
+        )
         .unwrap();
     assert!(p.fdinfo(sf).unwrap().contains("flags:\t02000000\n"));
 }
