@@ -41,17 +41,20 @@ fi
 # 2. The private apt configuration for sid.
 apt_dir="$cache/apt"
 mkdir -p "$apt_dir/etc" "$apt_dir/state/lists/partial" "$apt_dir/cache/archives/partial"
-echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main" \
+mirror="${ORACLE_MIRROR:-http://deb.debian.org/debian}"
+echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror sid main" \
   >"$apt_dir/etc/sources.list"
 apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/etc/sources.list" -o Dir::Etc::SourceParts=/dev/null
   -o "Dir::State=$apt_dir/state" -o Dir::State::status=/dev/null -o "Dir::Cache=$apt_dir/cache"
   -o APT::Architecture=amd64 -o Acquire::Languages=none -o APT::Sandbox::User=root)
+[ "$(cat "$apt_dir/mirror" 2>/dev/null)" = "$mirror" ] || rm -f "$apt_dir"/state/lists/*Packages*
+echo "$mirror" >"$apt_dir/mirror"
 fresh=$(find "$apt_dir/state/lists" -maxdepth 1 -name '*Packages*' -mmin -360 2>/dev/null | head -1)
 if [ -z "$fresh" ]; then
-  apt-get "${apt_opts[@]}" -qq update >&2 || skip "cannot reach the Debian sid archive (apt-get update failed)"
+  apt-get "${apt_opts[@]}" -qq --error-on=any update >&2 || skip "cannot reach the Debian sid archive (apt-get update failed)"
 fi
 image=$(apt-cache "${apt_opts[@]}" depends linux-image-amd64 2>/dev/null \
-  | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -1)
+  | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -1 || true)
 [ -n "$image" ] || skip "sid's linux-image-amd64 names no linux-image-*-amd64 package"
 release="${image#linux-image-}"
 ver="${release%%[-+]*}"
@@ -61,7 +64,7 @@ if [ "$major" -lt 7 ] || { [ "$major" -eq 7 ] && [ "$minor" -lt 1 ]; }; then
 fi
 # Split packages (linux-binary + linux-modules) when sid has them, else the image itself.
 pkgs=$(apt-cache "${apt_opts[@]}" depends "$image" 2>/dev/null \
-  | sed -n 's/^ *Depends: \(linux-\(binary\|modules\)-[^ ]*\)$/\1/p' | sort -u)
+  | sed -n 's/^ *Depends: \(linux-\(binary\|modules\)-[^ ]*\)$/\1/p' | sort -u || true)
 [ -n "$pkgs" ] || pkgs="$image"
 
 kdir="$cache/kernel/$release"

@@ -369,7 +369,13 @@ pub fn parse(part: Part, log: &str, end: &BootEnd) -> Result<PartRun, LogError> 
             .collect()
     };
 
-    for raw in log.lines() {
+    // A last line without its newline was cut mid-way: it is not evidence
+    // of anything (a cut log is then reported as cut, not as garbled).
+    let whole = match log.rfind('\n') {
+        Some(i) => &log[..=i],
+        None => "",
+    };
+    for raw in whole.lines() {
         let raw = raw.trim_end_matches('\r');
         if !raw.trim().is_empty() {
             tail.push(raw.trim().chars().take(200).collect());
@@ -566,6 +572,17 @@ mod tests {
         assert_eq!(last_case.as_deref(), Some(Part::Abi.cases()[2]));
         assert_eq!(missing.len(), Part::Abi.cases().len() - 3);
         assert!(e.to_string().contains("cut"), "{e}");
+    }
+
+    #[test]
+    fn a_log_cut_inside_a_line_is_cut_not_garbled() {
+        let log = full_log(Part::Abi, None);
+        let at = log.find("@@C sync.flags_3").unwrap() + 12;
+        let e = parse(Part::Abi, &log[..at], &OK).unwrap_err();
+        assert!(
+            matches!(&e, LogError::Cut { last_case: Some(l), .. } if l == "sync.flags_2"),
+            "{e}"
+        );
     }
 
     #[test]
