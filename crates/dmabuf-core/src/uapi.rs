@@ -322,6 +322,17 @@ impl Process {
         }
     }
 
+    /// `readlink("/proc/<pid>/fd/<fd>")`: a dma-buf's dentry name comes
+    /// from `dmabuffs_dname`, `/dmabuf:<name>` (an empty name when none was
+    /// set); a sync_file is an anonymous inode, `anon_inode:sync_file`.
+    pub fn fd_path(&self, fd: i32) -> Result<String, SysError> {
+        Ok(match self.get_file(fd)? {
+            File::DmaBuf(b) => format!("/dmabuf:{}", b.name().unwrap_or_default()),
+            File::SyncFile(_) => "anon_inode:sync_file".to_owned(),
+            File::Other(n) => n,
+        })
+    }
+
     /// `read(2)`: neither a dma-buf nor a sync_file has `read` or
     /// `read_iter`, so `vfs_read` refuses with `EINVAL` (no
     /// `FMODE_CAN_READ`).

@@ -354,6 +354,22 @@ fn llseek_rules() {
 }
 
 #[test]
+fn dmabuffs_dname_is_dmabuf_colon_name() {
+    let (p, fd, b, _) = proc_with_buf();
+    assert_eq!(p.fd_path(fd).unwrap(), "/dmabuf:");
+    dma_buf::set_name(&b, "fb0").unwrap();
+    assert_eq!(p.fd_path(fd).unwrap(), "/dmabuf:fb0");
+    let sf = p
+        .install(
+            File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))),
+            true,
+        )
+        .unwrap();
+    assert_eq!(p.fd_path(sf).unwrap(), "anon_inode:sync_file");
+    assert_eq!(p.fd_path(99), Err(SysError(errno::EBADF)));
+}
+
+#[test]
 fn vfs_llseek_of_a_sync_file_is_espipe() {
     let p = Process::new(101);
     let sf = p
