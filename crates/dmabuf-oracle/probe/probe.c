@@ -57,6 +57,8 @@
 #define VFIO_GROUP_SET_CONTAINER 0x3b68u
 #define VFIO_GROUP_GET_DEVICE_FD 0x3b6au
 #define VFIO_DEVICE_RESET 0x3b6fu
+#define VFIO_DEVICE_GET_REGION_INFO 0x3b6cu
+#define VFIO_PCI_CONFIG_REGION_INDEX 7
 #define VFIO_DEVICE_FEATURE 0x3b75u
 #define VFIO_TYPE1v2_IOMMU 3
 #define FEAT_GET (1u << 16)
@@ -226,6 +228,18 @@ static void fdinfo_keys(int fd, char *out, size_t n)
 	}
 }
 
+/* readlink("/proc/self/fd/N") */
+static void fdlink(int fd, char *out, size_t n)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+	ssize_t l = readlink(path, out, n - 1);
+	if (l < 0)
+		snprintf(out, n, "readlink=%s", ename(errno));
+	else
+		out[l] = 0;
+}
+
 static const char *const FD_KEYS[] = { "pos", "flags", "size", "count", "exp_name", "name", NULL };
 
 /* "name=..,n=..,status=..,f0=drv/tl/status/ts?,.." via SYNC_IOC_FILE_INFO */
@@ -379,6 +393,18 @@ static void case_name(void)
 		r = CALL(ioctl(b, cmd, NULL));
 		snprintf(id, sizeof id, "name.%c.null", ab ? 'b' : 'a');
 		emit(id, r, _e, NULL);
+		close(b);
+	}
+	{
+		int b = heap_alloc(O_RDWR | O_CLOEXEC);
+		fdlink(b, x, sizeof x);
+		emit("name.link_unnamed", 0, 0, x);
+		ioctl(b, DMA_BUF_SET_NAME_B, "abc");
+		fdlink(b, x, sizeof x);
+		emit("name.link_named", 0, 0, x);
+		ioctl(b, DMA_BUF_SET_NAME_B, "");
+		fdlink(b, x, sizeof x);
+		emit("name.link_empty_name", 0, 0, x);
 		close(b);
 	}
 	int b = heap_alloc(O_RDONLY | O_CLOEXEC);
@@ -619,6 +645,8 @@ static void case_sync_file(void)
 	emit("syncfile.unsignalled_poll", 0, 0, pollbits(u1.sync, POLLIN, y, sizeof y));
 	fdinfo(u1.sync, (const char *const[]){ "pos", "flags", NULL }, x, sizeof x);
 	emit("syncfile.fdinfo", 0, 0, x);
+	fdlink(u1.sync, x, sizeof x);
+	emit("syncfile.link", 0, 0, x);
 	char c[8];
 	EMIT("syncfile.lseek", lseek(u1.sync, 0, SEEK_SET), NULL);
 	EMIT("syncfile.read", read(u1.sync, c, sizeof c), NULL);
@@ -782,6 +810,50 @@ static void case_exporters(void)
 }
 
 /* ---- the VFIO part --------------------------------------------------- */
+struct vfio_region_info { uint32_t argsz, flags, index, cap_offset; uint64_t size, offset; };
+
+/* PCI_COMMAND (config offset 4) memory-space bit through the config region. */
+static int set_memory(int dev, int on)
+{
+	struct vfio_region_info ri = { .argsz = sizeof ri, .index = VFIO_PCI_CONFIG_REGION_INDEX };
+	if (ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, &ri) < 0)
+		return -1;
+	uint16_t cmd;
+	if (pread(dev, &cmd, 2, ri.offset + 4) != 2)
+		return -1;
+	cmd = on ? (cmd | 2) : (cmd & ~2);
+	return pwrite(dev, &cmd, 2, ri.offset + 4) == 2 ? 0 : -1;
+}
+
+static void buf_abi(const char *phase, int b)
+{
+	char id[96], x[512], y[64];
+	uint64_t fl = 3;
+	snprintf(id, sizeof id, "vfio.%s.sync", phase);
+	EMIT(id, ioctl(b, DMA_BUF_IOCTL_SYNC, &fl), NULL);
+	snprintf(id, sizeof id, "vfio.%s.export_sync_file", phase);
+	int s = CALL(export_sync(b, 3));
+	int e = _e;
+	x[0] = 0;
+	if (s >= 0) {
+		describe_sync(s, x, sizeof x);
+		close(s);
+	}
+	emit(id, s < 0 ? -1 : 0, e, x);
+	snprintf(id, sizeof id, "vfio.%s.seek_end", phase);
+	EMIT(id, lseek(b, 0, SEEK_END), NULL);
+	snprintf(id, sizeof id, "vfio.%s.poll", phase);
+	emit(id, 0, 0, pollbits(b, POLLIN | POLLOUT, y, sizeof y));
+	snprintf(id, sizeof id, "vfio.%s.set_name", phase);
+	EMIT(id, ioctl(b, DMA_BUF_SET_NAME_B, phase), NULL);
+	snprintf(id, sizeof id, "vfio.%s.mmap", phase);
+	void *p = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, b, 0);
+	emit(id, p == MAP_FAILED ? -1 : 0, p == MAP_FAILED ? errno : 0, NULL);
+	snprintf(id, sizeof id, "vfio.%s.vgem_import", phase);
+	struct drm_prime_handle ph = { .fd = b };
+	EMIT(id, ioctl(vgem_fd, DRM_IOCTL_PRIME_FD_TO_HANDLE, &ph), NULL);
+}
+
 struct feat { uint32_t argsz, flags, region_index, open_flags, dflags, nr_ranges; uint64_t r[8]; };
 
 static int feat_call(int dev, uint32_t flags, uint32_t bar, uint32_t open_flags, uint32_t dflags,
@@ -798,7 +870,7 @@ static int feat_call(int dev, uint32_t flags, uint32_t bar, uint32_t open_flags,
 
 static void vfio_part(const char *bdf, const char *group)
 {
-	char x[512], path[64], y[64];
+	char x[512], path[64];
 	int cont = open("/dev/vfio/vfio", O_RDWR);
 	snprintf(path, sizeof path, "/dev/vfio/%s", group);
 	int grp = open(path, O_RDWR);
@@ -859,40 +931,26 @@ static void vfio_part(const char *bdf, const char *group)
 	struct drm_prime_handle ph = { .fd = b };
 	EMIT("vfio.vgem_import", ioctl(vgem_fd, DRM_IOCTL_PRIME_FD_TO_HANDLE, &ph), NULL);
 
-	/* the ABI of the buffer before, across and after reset and close */
-	const char *phase[3] = { "idle", "after_reset", "after_close" };
-	for (int ph_i = 0; ph_i < 3; ph_i++) {
-		char id[64];
-		if (ph_i == 1) {
-			EMIT("vfio.device_reset", ioctl(dev, VFIO_DEVICE_RESET), NULL);
-		} else if (ph_i == 2) {
-			EMIT("vfio.device_close", close(dev), NULL);
-		}
-		uint64_t fl = 3;
-		snprintf(id, sizeof id, "vfio.%s.sync", phase[ph_i]);
-		EMIT(id, ioctl(b, DMA_BUF_IOCTL_SYNC, &fl), NULL);
-		snprintf(id, sizeof id, "vfio.%s.export_sync_file", phase[ph_i]);
-		int s = CALL(export_sync(b, 3));
-		e = _e;
-		x[0] = 0;
-		if (s >= 0) {
-			describe_sync(s, x, sizeof x);
-			close(s);
-		}
-		emit(id, s < 0 ? -1 : 0, e, x);
-		snprintf(id, sizeof id, "vfio.%s.seek_end", phase[ph_i]);
-		EMIT(id, lseek(b, 0, SEEK_END), NULL);
-		snprintf(id, sizeof id, "vfio.%s.poll", phase[ph_i]);
-		emit(id, 0, 0, pollbits(b, POLLIN | POLLOUT, y, sizeof y));
-		snprintf(id, sizeof id, "vfio.%s.set_name", phase[ph_i]);
-		EMIT(id, ioctl(b, DMA_BUF_SET_NAME_B, phase[ph_i]), NULL);
-		snprintf(id, sizeof id, "vfio.%s.mmap", phase[ph_i]);
-		p = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, b, 0);
-		emit(id, p == MAP_FAILED ? -1 : 0, p == MAP_FAILED ? errno : 0, NULL);
-		snprintf(id, sizeof id, "vfio.%s.vgem_import", phase[ph_i]);
-		ph.fd = b;
-		EMIT(id, ioctl(vgem_fd, DRM_IOCTL_PRIME_FD_TO_HANDLE, &ph), NULL);
+	/* the ABI of the buffer before, across and after memory off, reset and close */
+	buf_abi("idle", b);
+	EMIT("vfio.memory_off", set_memory(dev, 0), NULL);
+	buf_abi("memory_off", b);
+	int born = CALL(feat_call(dev, G, 0, O_RDWR | O_CLOEXEC, 0, 1, ok, 0));
+	emit("vfio.export_while_memory_off", born < 0 ? -1 : 0, _e, NULL);
+	EMIT("vfio.memory_on", set_memory(dev, 1), NULL);
+	buf_abi("memory_on", b);
+	if (born >= 0) {
+		buf_abi("born_revoked", born);
+		close(born);
 	}
+	EMIT("vfio.device_reset", ioctl(dev, VFIO_DEVICE_RESET), NULL);
+	buf_abi("after_reset", b);
+	int again = CALL(feat_call(dev, G, 0, O_RDWR | O_CLOEXEC, 0, 1, ok, 0));
+	emit("vfio.export_after_reset", again < 0 ? -1 : 0, _e, NULL);
+	if (again >= 0)
+		close(again);
+	EMIT("vfio.device_close", close(dev), NULL);
+	buf_abi("after_close", b);
 	close(b);
 	close(grp);
 	close(cont);

@@ -7,6 +7,7 @@
 //! | `/dev/dma_heap/system`, `DMA_HEAP_IOCTL_ALLOC` | [`Exporters::heap_alloc`] → `SystemHeap::allocate` + `dma_buf_fd` |
 //! | qemu's `edu` device (BAR0, 1 MiB) bound to vfio-pci | a platform device `edu` with BAR0 of 1 MiB, [`VfioPciDevice`] with the default policy |
 //! | `VFIO_DEVICE_FEATURE` | [`Vfio::feature`] → `VfioPciDevice::device_feature` |
+//! | `PCI_COMMAND` memory bit written through the config region | [`Vfio::memory`] → `set_memory_decode` |
 //! | `VFIO_DEVICE_RESET`, `close(device fd)` | [`Vfio::reset`], [`Vfio::close`] |
 //! | vgem importing a dma-buf (`DRM_IOCTL_PRIME_FD_TO_HANDLE`) | [`Vfio::static_import`]: `dma_buf_attach` from a device `vgem` (a static importer) |
 
@@ -88,6 +89,15 @@ impl Vfio {
     pub fn feature(&self, proc: &Process, payload: &[u8]) -> Result<i32, i32> {
         self.dev
             .device_feature(proc, payload)
+            .map_err(|e| e.errno())
+    }
+
+    /// A write of `PCI_COMMAND` through the config region that clears or
+    /// sets the memory-space bit.
+    pub fn memory(&self, on: bool) -> Result<(), i32> {
+        self.dev
+            .set_memory_decode(on)
+            .map(|_| ())
             .map_err(|e| e.errno())
     }
 

@@ -185,6 +185,14 @@ fn fdinfo_keys(proc: &Process, fd: i32) -> String {
         .join(",")
 }
 
+/// `readlink("/proc/self/fd/N")` (probe.c `fdlink`).
+fn fdlink(proc: &Process, fd: i32) -> String {
+    match proc.fd_path(fd) {
+        Ok(s) => s,
+        Err(e) => format!("readlink={}", errno_name(e.errno())),
+    }
+}
+
 const FD_KEYS: &[&str] = &["pos", "flags", "size", "count", "exp_name", "name"];
 
 fn pollbits(proc: &Process, fd: i32, events: u32) -> String {
@@ -360,6 +368,15 @@ pub fn run_abi() -> Result<BTreeMap<String, Outcome>, String> {
         o.call(&format!("name.{ab}.empty"), r, &fdinfo(p, b, &["name"]));
         o.call(&format!("name.{ab}.bad_pointer"), p.ioctl(b, cmd, 8), "");
         o.call(&format!("name.{ab}.null"), p.ioctl(b, cmd, 0), "");
+        let _ = p.close(b);
+    }
+    {
+        let b = heap_ok(O_RDWR | O_CLOEXEC)?;
+        o.emit("name.link_unnamed", 0, 0, &fdlink(p, b));
+        let _ = set_name(p, b, uapi::DMA_BUF_SET_NAME_B, b"abc");
+        o.emit("name.link_named", 0, 0, &fdlink(p, b));
+        let _ = set_name(p, b, uapi::DMA_BUF_SET_NAME_B, b"");
+        o.emit("name.link_empty_name", 0, 0, &fdlink(p, b));
         let _ = p.close(b);
     }
     let b = heap_ok(O_RDONLY | O_CLOEXEC)?;
@@ -652,6 +669,7 @@ fn sync_file_cases(
         0,
         &fdinfo(p, u1.sync, &["pos", "flags"]),
     );
+    o.emit("syncfile.link", 0, 0, &fdlink(p, u1.sync));
     o.call(
         "syncfile.lseek",
         p.lseek(u1.sync, 0, uapi::SEEK_SET).map(|v| v as i64),
@@ -896,6 +914,46 @@ fn feat(
     v
 }
 
+/// probe.c `buf_abi`: the generic ABI of one VFIO dma-buf in a phase.
+fn buf_abi(p: &Process, o: &mut Out, phase: &str, b: i32) {
+    o.call(&format!("vfio.{phase}.sync"), sync(p, b, 3), "");
+    let id = format!("vfio.{phase}.export_sync_file");
+    match export_sync(p, b, 3) {
+        Ok(s) => {
+            let x = describe_sync(p, s);
+            let _ = p.close(s);
+            o.emit(&id, 0, 0, &x);
+        }
+        Err(e) => o.emit(&id, -1, e.errno(), ""),
+    }
+    o.call(
+        &format!("vfio.{phase}.seek_end"),
+        p.lseek(b, 0, uapi::SEEK_END).map(|v| v as i64),
+        "",
+    );
+    o.emit(
+        &format!("vfio.{phase}.poll"),
+        0,
+        0,
+        &pollbits(p, b, POLLIN | POLLOUT),
+    );
+    o.call(
+        &format!("vfio.{phase}.set_name"),
+        set_name(p, b, uapi::DMA_BUF_SET_NAME_B, phase.as_bytes()),
+        "",
+    );
+    o.call(
+        &format!("vfio.{phase}.mmap"),
+        p.mmap(b, 0, 1).map(|_| 0i64),
+        "",
+    );
+    o.call_errno(
+        &format!("vfio.{phase}.vgem_import"),
+        Vfio::static_import(p, b),
+        "",
+    );
+}
+
 /// Runs the VFIO part.
 pub fn run_vfio() -> Result<BTreeMap<String, Outcome>, String> {
     let ex = Exporters::new()?;
@@ -1038,49 +1096,26 @@ pub fn run_vfio() -> Result<BTreeMap<String, Outcome>, String> {
     }
     o.call("vfio.mmap", p.mmap(b, 0, 1).map(|_| 0i64), "");
     o.call_errno("vfio.vgem_import", Vfio::static_import(p, b), "");
-    for phase in ["idle", "after_reset", "after_close"] {
-        match phase {
-            "after_reset" => o.call_errno("vfio.device_reset", vf.reset(), ""),
-            "after_close" => o.call_errno("vfio.device_close", vf.close(), ""),
-            _ => {}
-        }
-        o.call(&format!("vfio.{phase}.sync"), sync(p, b, 3), "");
-        let id = format!("vfio.{phase}.export_sync_file");
-        match export_sync(p, b, 3) {
-            Ok(s) => {
-                let x = describe_sync(p, s);
-                let _ = p.close(s);
-                o.emit(&id, 0, 0, &x);
-            }
-            Err(e) => o.emit(&id, -1, e.errno(), ""),
-        }
-        o.call(
-            &format!("vfio.{phase}.seek_end"),
-            p.lseek(b, 0, uapi::SEEK_END).map(|v| v as i64),
-            "",
-        );
-        o.emit(
-            &format!("vfio.{phase}.poll"),
-            0,
-            0,
-            &pollbits(p, b, POLLIN | POLLOUT),
-        );
-        o.call(
-            &format!("vfio.{phase}.set_name"),
-            set_name(p, b, uapi::DMA_BUF_SET_NAME_B, phase.as_bytes()),
-            "",
-        );
-        o.call(
-            &format!("vfio.{phase}.mmap"),
-            p.mmap(b, 0, 1).map(|_| 0i64),
-            "",
-        );
-        o.call_errno(
-            &format!("vfio.{phase}.vgem_import"),
-            Vfio::static_import(p, b),
-            "",
-        );
+    buf_abi(p, &mut o, "idle", b);
+    o.call_errno("vfio.memory_off", vf.memory(false), "");
+    buf_abi(p, &mut o, "memory_off", b);
+    let born = vf.feature(p, &feat(GET, 0, O_RDWR | O_CLOEXEC, 0, 1, &ok, 0));
+    o.call_errno("vfio.export_while_memory_off", born, "");
+    o.call_errno("vfio.memory_on", vf.memory(true), "");
+    buf_abi(p, &mut o, "memory_on", b);
+    if let Ok(born) = born {
+        buf_abi(p, &mut o, "born_revoked", born);
+        let _ = p.close(born);
     }
+    o.call_errno("vfio.device_reset", vf.reset(), "");
+    buf_abi(p, &mut o, "after_reset", b);
+    let again = vf.feature(p, &feat(GET, 0, O_RDWR | O_CLOEXEC, 0, 1, &ok, 0));
+    if let Ok(fd) = again {
+        let _ = p.close(fd);
+    }
+    o.call_errno("vfio.export_after_reset", again, "");
+    o.call_errno("vfio.device_close", vf.close(), "");
+    buf_abi(p, &mut o, "after_close", b);
     let _ = p.close(b);
     Ok(o.0)
 }
