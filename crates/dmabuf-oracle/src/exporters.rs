@@ -5,7 +5,7 @@
 //! | kernel (in the guest) | here |
 //! |---|---|
 //! | `/dev/dma_heap/system`, `DMA_HEAP_IOCTL_ALLOC` | [`Exporters::heap_alloc`] → `SystemHeap::allocate` + `dma_buf_fd` |
-//! | qemu's `edu` device (BAR0, 1 MiB) bound to vfio-pci | a platform device `edu` with BAR0 of 1 MiB, [`VfioPciDevice`] with the default policy |
+//! | qemu's `edu` device (BAR0, 1 MiB) bound to vfio-pci | a platform device `edu` with BAR0 of 1 MiB, [`VfioPciDevice`] with the merged 7.1 protocol |
 //! | `VFIO_DEVICE_FEATURE` | [`Vfio::feature`] → `VfioPciDevice::device_feature` |
 //! | `PCI_COMMAND` memory bit written through the config region | [`Vfio::memory`] → `set_memory_decode` |
 //! | `VFIO_DEVICE_RESET`, `close(device fd)` | [`Vfio::reset`], [`Vfio::close`] |
@@ -13,9 +13,10 @@
 
 use dmabuf_core::dma_buf;
 use dmabuf_core::errno::Errno;
+use dmabuf_core::revoke::Protocol;
+use std::sync::Arc;
 use dmabuf_core::uapi::Process;
 use dmabuf_drivers::host::Host;
-use dmabuf_drivers::policy::RevokePolicy;
 use dmabuf_drivers::system_heap::SystemHeap;
 use dmabuf_drivers::vfio::{ResetKind, VfioPciDevice};
 use dmabuf_platform::{DeviceConfig, Platform, PlatformConfig};
@@ -65,14 +66,14 @@ impl Exporters {
         proc.dma_buf_fd(buf, fd_flags).map_err(|e| e.errno())
     }
 
-    /// The `edu` device bound to vfio-pci (the default revoke policy, the
-    /// merged 7.1 sequence).
+    /// The `edu` device bound to vfio-pci with the merged 7.1 revoke
+    /// protocol (`Protocol::merged`).
     pub fn vfio(&self) -> Result<Vfio, String> {
         let pdev = self
             .platform
             .device("edu")
             .map_err(|e| format!("edu: {e}"))?;
-        let dev = VfioPciDevice::bind(&self.host, pdev, RevokePolicy::V6Final)
+        let dev = VfioPciDevice::bind(&self.host, pdev, Arc::new(Protocol::merged()))
             .map_err(|e| format!("vfio bind: {e}"))?;
         Ok(Vfio { dev })
     }
