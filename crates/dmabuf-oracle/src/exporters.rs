@@ -14,12 +14,12 @@
 use dmabuf_core::dma_buf;
 use dmabuf_core::errno::Errno;
 use dmabuf_core::revoke::Protocol;
-use std::sync::Arc;
 use dmabuf_core::uapi::Process;
 use dmabuf_drivers::host::Host;
 use dmabuf_drivers::system_heap::SystemHeap;
 use dmabuf_drivers::vfio::{ResetKind, VfioPciDevice};
 use dmabuf_platform::{DeviceConfig, Platform, PlatformConfig};
+use std::sync::Arc;
 
 /// The size of the test device's BAR0 (qemu's `edu`: 1 MiB).
 pub const EDU_BAR0: u64 = 1 << 20;
