@@ -26,6 +26,8 @@ pub const ENODEV: i32 = 19;
 pub const EINVAL: i32 = 22;
 /// Too many open files.
 pub const EMFILE: i32 = 24;
+/// Illegal seek.
+pub const ESPIPE: i32 = 29;
 /// Inappropriate ioctl for device.
 pub const ENOTTY: i32 = 25;
 /// Resource deadlock would occur.
@@ -90,6 +92,7 @@ pub fn name(errno: i32) -> &'static str {
         ENODEV => "ENODEV",
         EINVAL => "EINVAL",
         EMFILE => "EMFILE",
+        ESPIPE => "ESPIPE",
         ENOTTY => "ENOTTY",
         EDEADLK => "EDEADLK",
         EOVERFLOW => "EOVERFLOW",

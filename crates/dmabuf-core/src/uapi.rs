@@ -313,14 +313,64 @@ impl Process {
     }
 
     /// `llseek` on a dma-buf: only `SEEK_SET` or `SEEK_END` with offset 0.
+    /// A sync_file has no `llseek` and no `FMODE_LSEEK`, so `vfs_llseek`
+    /// answers `ESPIPE`.
     pub fn lseek(&self, fd: i32, offset: i64, whence: i32) -> Result<u64, SysError> {
-        let File::DmaBuf(b) = self.get_file(fd)? else {
-            return Err(SysError(errno::EBADF));
+        let b = match self.get_file(fd)? {
+            File::DmaBuf(b) => b,
+            File::SyncFile(_) => return Err(SysError(errno::ESPIPE)),
+            File::Other(_) => return Err(SysError(errno::EBADF)),
         };
         match (whence, offset) {
             (SEEK_END, 0) => Ok(b.size()),
             (SEEK_SET, 0) => Ok(0),
             _ => Err(SysError(errno::EINVAL)),
+        }
+    }
+
+    /// `readlink("/proc/<pid>/fd/<fd>")`: a dma-buf's dentry name comes
+    /// from `dmabuffs_dname`, `/dmabuf:<name>` (an empty name when none was
+    /// set); a sync_file is an anonymous inode, `anon_inode:sync_file`.
+    pub fn fd_path(&self, fd: i32) -> Result<String, SysError> {
+        Ok(match self.get_file(fd)? {
+            File::DmaBuf(b) => format!("/dmabuf:{}", b.name().unwrap_or_default()),
+            File::SyncFile(_) => "anon_inode:sync_file".to_owned(),
+            File::Other(n) => n,
+        })
+    }
+
+    /// `read(2)`: neither a dma-buf nor a sync_file has `read` or
+    /// `read_iter`, so `vfs_read` refuses with `EINVAL` (no
+    /// `FMODE_CAN_READ`).
+    pub fn read(&self, fd: i32, _len: usize) -> Result<usize, SysError> {
+        match self.get_file(fd)? {
+            File::DmaBuf(_) | File::SyncFile(_) => Err(SysError(errno::EINVAL)),
+            File::Other(_) => Ok(0),
+        }
+    }
+
+    /// `write(2)`: `EINVAL` as for `read` (no `FMODE_CAN_WRITE`).
+    pub fn write(&self, fd: i32, data: &[u8]) -> Result<usize, SysError> {
+        match self.get_file(fd)? {
+            File::DmaBuf(_) | File::SyncFile(_) => Err(SysError(errno::EINVAL)),
+            File::Other(_) => Ok(data.len()),
+        }
+    }
+
+    /// `pread64(2)`: both files are pseudo files without `FMODE_PREAD`,
+    /// which `ksys_pread64` checks first: `ESPIPE`.
+    pub fn pread(&self, fd: i32, _len: usize, _offset: u64) -> Result<usize, SysError> {
+        match self.get_file(fd)? {
+            File::DmaBuf(_) | File::SyncFile(_) => Err(SysError(errno::ESPIPE)),
+            File::Other(_) => Ok(0),
+        }
+    }
+
+    /// `pwrite64(2)`: `ESPIPE` (no `FMODE_PWRITE`).
+    pub fn pwrite(&self, fd: i32, data: &[u8], _offset: u64) -> Result<usize, SysError> {
+        match self.get_file(fd)? {
+            File::DmaBuf(_) | File::SyncFile(_) => Err(SysError(errno::ESPIPE)),
+            File::Other(_) => Ok(data.len()),
         }
     }
 
@@ -351,9 +401,18 @@ impl Process {
             let e = t.get(&fd).ok_or(SysError(errno::EBADF))?;
             (e.file.clone(), e.cloexec)
         };
+        // `seq_show` (fs/proc/fd.c) prints `f_flags` with a leading 0 and
+        // adds O_CLOEXEC from the fd table. A dma-buf's `f_flags` are the
+        // export flags it kept (`dma_buf_getfile`: O_ACCMODE | O_NONBLOCK);
+        // a sync_file's are O_RDONLY (`anon_inode_getfile(..., 0)`).
+        let f_flags = match &e.0 {
+            File::DmaBuf(b) => b.flags(),
+            File::SyncFile(_) => 0,
+            File::Other(_) => 0o2,
+        };
         let mut s = format!(
-            "pos:\t0\nflags:\t{:o}\nmnt_id:\t15\n",
-            if e.1 { O_CLOEXEC } else { 0 } | 0o2
+            "pos:\t0\nflags:\t0{:o}\nmnt_id:\t15\n",
+            if e.1 { O_CLOEXEC } else { 0 } | f_flags
         );
         match e.0 {
             File::DmaBuf(b) => {

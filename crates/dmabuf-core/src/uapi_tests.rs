@@ -354,6 +354,52 @@ fn llseek_rules() {
 }
 
 #[test]
+fn dmabuffs_dname_is_dmabuf_colon_name() {
+    let (p, fd, b, _) = proc_with_buf();
+    assert_eq!(p.fd_path(fd).unwrap(), "/dmabuf:");
+    dma_buf::set_name(&b, "fb0").unwrap();
+    assert_eq!(p.fd_path(fd).unwrap(), "/dmabuf:fb0");
+    let sf = p
+        .install(
+            File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))),
+            true,
+        )
+        .unwrap();
+    assert_eq!(p.fd_path(sf).unwrap(), "anon_inode:sync_file");
+    assert_eq!(p.fd_path(99), Err(SysError(errno::EBADF)));
+}
+
+#[test]
+fn vfs_llseek_of_a_sync_file_is_espipe() {
+    let p = Process::new(101);
+    let sf = p
+        .install(
+            File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))),
+            true,
+        )
+        .unwrap();
+    assert_eq!(p.lseek(sf, 0, SEEK_SET), Err(SysError(errno::ESPIPE)));
+}
+
+#[test]
+fn vfs_read_write_and_ksys_pread64_on_pseudo_files() {
+    let (p, fd, _b, _) = proc_with_buf();
+    let sf = p
+        .install(
+            File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))),
+            true,
+        )
+        .unwrap();
+    for f in [fd, sf] {
+        assert_eq!(p.read(f, 16), Err(SysError(errno::EINVAL)));
+        assert_eq!(p.write(f, &[0; 16]), Err(SysError(errno::EINVAL)));
+        assert_eq!(p.pread(f, 16, 0), Err(SysError(errno::ESPIPE)));
+        assert_eq!(p.pwrite(f, &[0; 16], 0), Err(SysError(errno::ESPIPE)));
+    }
+    assert_eq!(p.read(99, 1), Err(SysError(errno::EBADF)));
+}
+
+#[test]
 fn mmap_on_fd_checks_range() {
     let (p, fd, _b, _) = proc_with_buf();
     assert_eq!(p.mmap(fd, 0, 16), Ok(()));
@@ -452,6 +498,28 @@ fn fds_take_the_lowest_free_number_and_emfile() {
         p.install(File::Other("x".into()), false).unwrap_err(),
         SysError(errno::EMFILE)
     );
+}
+
+#[test]
+fn seq_show_prints_f_flags_in_octal_with_the_fd_close_on_exec() {
+    // fs/proc/fd.c seq_show: "flags:\t0%o", f_flags | O_CLOEXEC if the fd has it.
+    let (p, fd, b, _) = proc_with_buf();
+    let want = format!("flags:\t0{:o}\n", b.flags() | O_CLOEXEC);
+    assert!(
+        p.fdinfo(fd).unwrap().contains(&want),
+        "{}",
+        p.fdinfo(fd).unwrap()
+    );
+    let plain = p.install(File::DmaBuf(b.clone()), false).unwrap();
+    let want = format!("flags:\t0{:o}\n", b.flags());
+    assert!(p.fdinfo(plain).unwrap().contains(&want));
+    let sf = p
+        .install(
+            File::SyncFile(Arc::new(SyncFile::create(Fence::stub()))),
+            true,
+        )
+        .unwrap();
+    assert!(p.fdinfo(sf).unwrap().contains("flags:\t02000000\n"));
 }
 
 #[test]
