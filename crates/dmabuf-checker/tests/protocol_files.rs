@@ -123,8 +123,8 @@ fn a_new_importer_file_gets_a_verdict_per_protocol_with_tokens() {
             let ce = f.counterexample.as_ref().unwrap();
             assert!(
                 ce.token
-                    .to_string()
-                    .starts_with("dmabuf2,matrix.v2-invalidate-only.gpu-cache-enodev")
+                    .scenario
+                    .starts_with("matrix.v2-invalidate-only.gpu-cache-enodev")
             );
             explore::replay(&lib, &ce.token).unwrap();
         }
