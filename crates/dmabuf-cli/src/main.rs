@@ -703,9 +703,9 @@ fn prop_json(p: &PropertyResult) -> Value {
         "violations": p.violations,
         "strategy": p.strategy,
         "exhaustive": p.exhaustive,
-        "bounds_hit": p.bounds_hit.iter().map(|b| b.name()).collect::<Vec<_>>(),
-        "max_depth": p.max_depth,
-        "sleep_blocked": p.sleep_blocked,
+        "bounds-hit": p.bounds_hit.iter().map(|b| b.name()).collect::<Vec<_>>(),
+        "max-depth": p.max_depth,
+        "sleep-blocked": p.sleep_blocked,
     });
     if let Some(c) = &p.counterexample {
         v["hazard"] = c

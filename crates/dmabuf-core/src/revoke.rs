@@ -813,31 +813,36 @@ impl Revocable {
         self.kref_put();
     }
 
-    fn kref_get(&self) {
+    /// The `refcount_t` misuse check shared by get and put: a saturated
+    /// count stays as it is; a zero count saturates and WARNs. Returns the
+    /// locked count when the operation may go on.
+    fn kref_checked(&self, misuse: &str) -> Option<crate::sync::MutexGuard<'_, Count>> {
         let mut c = self.count.lock();
         if c.saturated {
-            return;
+            return None;
         }
         if c.refs == 0 {
             c.saturated = true;
             drop(c);
-            self.warn("refcount_t: addition on 0; use-after-free (kref_get)");
-            return;
+            self.warn(misuse);
+            return None;
         }
-        c.refs += 1;
+        Some(c)
+    }
+
+    fn kref_get(&self) {
+        if let Some(mut c) =
+            self.kref_checked("refcount_t: addition on 0; use-after-free (kref_get)")
+        {
+            c.refs += 1;
+        }
     }
 
     fn kref_put(&self) {
-        let mut c = self.count.lock();
-        if c.saturated {
+        let Some(mut c) = self.kref_checked("refcount_t: underflow; use-after-free (kref_put)")
+        else {
             return;
-        }
-        if c.refs == 0 {
-            c.saturated = true;
-            drop(c);
-            self.warn("refcount_t: underflow; use-after-free (kref_put)");
-            return;
-        }
+        };
         c.refs -= 1;
         if c.refs == 0 {
             // The release callback completes the revoke's wait.

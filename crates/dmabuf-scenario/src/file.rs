@@ -187,8 +187,6 @@ pub struct ProtocolFile {
     pub scenario: Option<ScenarioDef>,
     /// Its `[expect]`.
     pub expect: Vec<Expect>,
-    /// A stable hash of the file's text.
-    pub hash: u64,
 }
 
 #[derive(Deserialize)]
@@ -643,7 +641,6 @@ pub fn parse(path: &str, text: &str) -> Result<ProtocolFile, FileError> {
     })?;
     let mut out = ProtocolFile {
         path: path.to_owned(),
-        hash: fnv1a(text.as_bytes()),
         ..ProtocolFile::default()
     };
     if let Some(e) = &doc.exporter {
