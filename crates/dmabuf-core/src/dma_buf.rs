@@ -1431,14 +1431,23 @@ fn set_poll_active(buf: &DmaBuf, dir: PollDir, v: bool) {
 
 /// The fdinfo text after the generic lines: size, count, exp_name, name.
 pub fn fdinfo(buf: &DmaBufRef) -> String {
+    String::from_utf8_lossy(&fdinfo_bytes(buf)).into_owned()
+}
+
+/// [`fdinfo`] as the kernel prints it: the name's bytes as userspace set
+/// them (`seq_printf(m, "name:\t%s\n", dmabuf->name)` in `dma_buf_show_fdinfo`).
+pub fn fdinfo_bytes(buf: &DmaBufRef) -> Vec<u8> {
     let mut s = format!(
         "size:\t{}\ncount:\t{}\nexp_name:\t{}\n",
         buf.size(),
         buf.file_count().saturating_sub(1),
         buf.exp_name()
-    );
-    if let Some(n) = buf.name() {
-        s.push_str(&format!("name:\t{n}\n"));
+    )
+    .into_bytes();
+    if let Some(n) = buf.name_bytes() {
+        s.extend_from_slice(b"name:\t");
+        s.extend_from_slice(&n);
+        s.push(b'\n');
     }
     s
 }

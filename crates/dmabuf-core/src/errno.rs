@@ -16,6 +16,8 @@ pub const EBADF: i32 = 9;
 pub const EAGAIN: i32 = 11;
 /// Out of memory.
 pub const ENOMEM: i32 = 12;
+/// Permission denied.
+pub const EACCES: i32 = 13;
 /// Bad address.
 pub const EFAULT: i32 = 14;
 /// Device or resource busy.
@@ -87,6 +89,7 @@ pub fn name(errno: i32) -> &'static str {
         EBADF => "EBADF",
         EAGAIN => "EAGAIN",
         ENOMEM => "ENOMEM",
+        EACCES => "EACCES",
         EFAULT => "EFAULT",
         EBUSY => "EBUSY",
         ENODEV => "ENODEV",

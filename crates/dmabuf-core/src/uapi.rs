@@ -91,6 +91,10 @@ pub const PROT_READ: u32 = 0x1;
 pub const PROT_WRITE: u32 = 0x2;
 /// `PROT_EXEC`.
 pub const PROT_EXEC: u32 = 0x4;
+/// `MAP_SHARED`.
+pub const MAP_SHARED: u32 = 0x1;
+/// `MAP_PRIVATE`.
+pub const MAP_PRIVATE: u32 = 0x2;
 /// `O_CLOEXEC`.
 pub const O_CLOEXEC: u32 = 0o2000000;
 
@@ -385,17 +389,58 @@ impl Process {
     /// `noexec`, so `do_mmap` refuses `PROT_EXEC` with `EPERM` before the
     /// exporter is asked (6.x allowed it).
     pub fn mmap_prot(&self, fd: i32, pgoff: u64, pages: u64, prot: u32) -> Result<(), SysError> {
+        self.mmap_flags(fd, pgoff, pages, prot, MAP_SHARED)
+    }
+
+    /// `mmap(2)` with its `prot` and `flags` (`MAP_SHARED` or
+    /// `MAP_PRIVATE`), in `do_mmap`'s order: a shared writable mapping of a
+    /// file opened without write access is `EACCES`, a file opened without
+    /// read access is `EACCES`, `PROT_EXEC` on the `noexec` dma-buf
+    /// filesystem is `EPERM`; then the dma-buf core refuses private
+    /// (copy-on-write) mappings and ranges past the end with `EINVAL`, and
+    /// an exporter without an `mmap` op with `EINVAL`.
+    pub fn mmap_flags(
+        &self,
+        fd: i32,
+        pgoff: u64,
+        pages: u64,
+        prot: u32,
+        flags: u32,
+    ) -> Result<(), SysError> {
         let File::DmaBuf(b) = self.get_file(fd)? else {
             return Err(SysError(errno::ENODEV));
         };
+        let shared = match flags & (MAP_SHARED | MAP_PRIVATE) {
+            MAP_SHARED => true,
+            MAP_PRIVATE => false,
+            _ => return Err(SysError(errno::EINVAL)),
+        };
+        // O_ACCMODE of the file: 0 read-only, 1 write-only, 2 read-write.
+        let acc = b.flags() & 0o3;
+        if shared && prot & PROT_WRITE != 0 && acc == 0 {
+            return Err(SysError(errno::EACCES));
+        }
+        if acc == 1 {
+            return Err(SysError(errno::EACCES));
+        }
         if prot & PROT_EXEC != 0 {
             return Err(SysError(errno::EPERM));
+        }
+        if !shared {
+            return Err(SysError(errno::EINVAL));
         }
         dma_buf::mmap(&b, MmapRequest { pgoff, pages }).map_err(|e| SysError::from_err(&e))
     }
 
     /// `/proc/<pid>/fdinfo/<fd>`.
     pub fn fdinfo(&self, fd: i32) -> Result<String, SysError> {
+        self.fdinfo_bytes(fd)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// [`Process::fdinfo`] as the kernel prints it: a name that userspace
+    /// set to bytes that are not UTF-8 comes back as those bytes.
+    pub fn fdinfo_bytes(&self, fd: i32) -> Result<Vec<u8>, SysError> {
         let e = {
             let t = self.fds.lock();
             let e = t.get(&fd).ok_or(SysError(errno::EBADF))?;
@@ -413,11 +458,12 @@ impl Process {
         let mut s = format!(
             "pos:\t0\nflags:\t0{:o}\nmnt_id:\t15\n",
             if e.1 { O_CLOEXEC } else { 0 } | f_flags
-        );
+        )
+        .into_bytes();
         match e.0 {
             File::DmaBuf(b) => {
-                s.push_str(&format!("ino:\t{}\n", b.ino()));
-                s.push_str(&dma_buf::fdinfo(&b));
+                s.extend_from_slice(format!("ino:\t{}\n", b.ino()).as_bytes());
+                s.extend_from_slice(&dma_buf::fdinfo_bytes(&b));
             }
             File::SyncFile(_) | File::Other(_) => {}
         }

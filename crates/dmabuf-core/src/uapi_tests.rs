@@ -622,6 +622,14 @@ fn dma_buf_set_name_takes_any_bytes_not_only_utf8() {
     assert_eq!(p.ioctl(fd, DMA_BUF_SET_NAME_B, s), Ok(0));
     assert_eq!(b.name_bytes().as_deref(), Some(&raw[..4]));
     assert!(p.fdinfo(fd).unwrap().contains("name:\t"));
+    // `dma_buf_show_fdinfo` prints the bytes as they are.
+    let info = p.fdinfo_bytes(fd).unwrap();
+    let want = b"name:\t\xff\xfex\x80\n";
+    assert!(
+        info.windows(want.len()).any(|w| w == want),
+        "fdinfo: {}",
+        String::from_utf8_lossy(&info)
+    );
     // 31 arbitrary bytes still fit; 32 do not.
     let mut long = vec![0xc3u8; 31];
     long.push(0);
@@ -653,6 +661,56 @@ fn mmap_prot_exec_of_dma_buf_is_eperm() {
     );
     assert_eq!(p.mmap_prot(fd, 0, 1, PROT_READ), Ok(()));
     assert_eq!(p.mmap_prot(fd, 0, 1, PROT_READ | PROT_WRITE), Ok(()));
+}
+
+/// `do_mmap` (mm/mmap.c) checks the file's access mode before the
+/// filesystem's `noexec` and before the dma-buf core: a shared writable
+/// mapping of a read-only dma-buf is `EACCES`, a write-only one cannot be
+/// mapped at all (`EACCES`); the core then refuses private mappings and
+/// ranges past the end with `EINVAL` (`dma_buf_mmap_internal`).
+#[test]
+fn do_mmap_checks_access_mode_then_noexec_then_dma_buf_mmap_internal() {
+    let p = Process::new(101);
+    for (acc, rw, ro, rx) in [
+        (0u32, Err(errno::EACCES), Ok(()), Err(errno::EPERM)),
+        (
+            1,
+            Err(errno::EACCES),
+            Err(errno::EACCES),
+            Err(errno::EACCES),
+        ),
+        (2, Ok(()), Ok(()), Err(errno::EPERM)),
+    ] {
+        let ops = Arc::new(MockExp {
+            mmap: true,
+            ..Default::default()
+        });
+        let b = crate::dma_buf::export(crate::dma_buf::ExportInfo {
+            exp_name: "mock".into(),
+            size: 4 * PAGE_SIZE,
+            flags: acc,
+            resv: None,
+            ops,
+        })
+        .unwrap();
+        let fd = p.dma_buf_fd(b, O_CLOEXEC).unwrap();
+        let m = |prot, flags| p.mmap_flags(fd, 0, 4, prot, flags).map_err(|e| e.0);
+        assert_eq!(m(PROT_READ | PROT_WRITE, MAP_SHARED), rw, "O_ACCMODE {acc}");
+        assert_eq!(m(PROT_READ, MAP_SHARED), ro, "O_ACCMODE {acc}");
+        // EACCES for the write-only file comes before EPERM.
+        assert_eq!(m(PROT_READ | PROT_EXEC, MAP_SHARED), rx, "O_ACCMODE {acc}");
+        if acc == 2 {
+            assert_eq!(m(PROT_READ | PROT_WRITE, MAP_PRIVATE), Err(errno::EINVAL));
+            assert_eq!(m(PROT_READ, MAP_SHARED | MAP_PRIVATE), Err(errno::EINVAL));
+            assert_eq!(
+                p.mmap_flags(fd, 4, 1, PROT_READ, MAP_SHARED)
+                    .map_err(|e| e.0),
+                Err(errno::EINVAL),
+                "past the end"
+            );
+        }
+        p.close(fd).unwrap();
+    }
 }
 
 /// `SysError` formats any value, `i32::MIN` included, without overflow.

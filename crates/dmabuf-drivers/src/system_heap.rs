@@ -25,8 +25,8 @@
 use crate::dma_api::{self, DmaApiError};
 use crate::host::Host;
 use dmabuf_core::dma_buf::{
-    self, Attachment, DmaBuf, DmaBufError, DmaBufOps, DmaBufRef, DmaDirection, ExportInfo, SgEntry,
-    SgTable,
+    self, Attachment, DmaBuf, DmaBufError, DmaBufOps, DmaBufRef, DmaDirection, ExportInfo,
+    MmapRequest, SgEntry, SgTable,
 };
 use dmabuf_core::dma_resv::ResvGuard;
 use dmabuf_core::errno::{self, Errno};
@@ -205,6 +205,24 @@ impl DmaBufOps for HeapBuffer {
         }
     }
 
+    /// `system_heap_mmap`: inserts the buffer's pages into the VMA from its
+    /// page offset on (the core has checked the range). The ABI layer
+    /// builds no CPU page tables for dma-buf mappings, so what is left to
+    /// model is the answer: a buffer already released has no pages.
+    fn has_mmap(&self) -> bool {
+        true
+    }
+
+    fn mmap(&self, _buf: &DmaBufRef, _req: MmapRequest) -> Result<(), DmaBufError> {
+        if self.frames.lock().is_none() {
+            return Err(DmaBufError::errno(
+                errno::ENODEV,
+                "system heap: buffer released",
+            ));
+        }
+        Ok(())
+    }
+
     fn release(&self, buf: &DmaBufRef) {
         if let Some(frames) = self.frames.lock().take() {
             let _ = self.host.platform().memory().free_frames(&frames);
@@ -250,6 +268,31 @@ mod tests {
         let b = h.allocate(5000, O_CLOEXEC | 2, 0).unwrap();
         assert_eq!(b.size(), 8192, "rounded up to pages");
         assert_eq!(p.memory().frames_allocated(), 2);
+    }
+
+    /// `system_heap_mmap`: a shared mapping of any range the core accepts
+    /// succeeds (what Linux 7.2's system heap answers); the core still
+    /// refuses private mappings and ranges past the end.
+    #[test]
+    fn system_heap_mmap_maps_shared_ranges_within_the_buffer() {
+        use dmabuf_core::uapi::{MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE, Process};
+        let (_p, h) = heap();
+        let proc = Process::new(7);
+        let fd = proc
+            .dma_buf_fd(h.allocate(3 * PAGE_SIZE, 2, 0).unwrap(), O_CLOEXEC)
+            .unwrap();
+        let rw = PROT_READ | PROT_WRITE;
+        assert_eq!(proc.mmap_flags(fd, 0, 3, rw, MAP_SHARED), Ok(()));
+        assert_eq!(proc.mmap_flags(fd, 1, 2, PROT_READ, MAP_SHARED), Ok(()));
+        let einval = |r: Result<(), dmabuf_core::uapi::SysError>| r.map_err(|e| e.0);
+        assert_eq!(
+            einval(proc.mmap_flags(fd, 1, 3, rw, MAP_SHARED)),
+            Err(errno::EINVAL)
+        );
+        assert_eq!(
+            einval(proc.mmap_flags(fd, 0, 3, rw, MAP_PRIVATE)),
+            Err(errno::EINVAL)
+        );
     }
 
     #[test]

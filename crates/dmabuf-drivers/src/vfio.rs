@@ -130,8 +130,10 @@ use dmabuf_platform::{
 use std::any::Any;
 use std::fmt;
 
-/// The exporter name of VFIO dma-bufs (`exp_name`).
-pub const EXP_NAME: &str = "vfio_pci";
+/// The exporter name of VFIO dma-bufs (`exp_name`): `KBUILD_MODNAME` of
+/// drivers/vfio/pci/vfio_pci_dmabuf.c, which is built into the
+/// `vfio-pci-core` module (what Linux 7.2.13's fdinfo shows).
+pub const EXP_NAME: &str = "vfio_pci_core";
 
 /// The lock class of every device's `memory_lock` (`vdev->memory_lock`).
 pub static MEMORY_LOCK_CLASS: LockClass = LockClass::new("vdev->memory_lock");

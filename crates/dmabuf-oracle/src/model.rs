@@ -23,7 +23,9 @@ use dmabuf_core::dma_buf::{
 use dmabuf_core::dma_fence::{FenceContext, SignalHandle};
 use dmabuf_core::dma_resv::{ResvGuard, Usage};
 use dmabuf_core::errno::Errno;
-use dmabuf_core::uapi::{self, File, Process, SysError};
+use dmabuf_core::uapi::{
+    self, File, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE, Process, SysError,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,24 +77,25 @@ pub fn errno_name(e: i32) -> String {
 struct Out(BTreeMap<String, Outcome>);
 
 impl Out {
-    fn emit(&mut self, id: &str, ret: i64, errno: i32, extra: &str) {
+    fn emit(&mut self, id: &str, ret: i64, errno: i32, extra: impl AsRef<[u8]>) {
+        let extra = extra.as_ref();
         self.0.insert(
             id.to_owned(),
             Outcome::new(
                 ret,
                 &errno_name(errno),
-                if extra.is_empty() { "-" } else { extra },
+                if extra.is_empty() { b"-" } else { extra },
             ),
         );
     }
     /// A call's result: its value, or -1 and its errno.
-    fn call<T: Into<i64>>(&mut self, id: &str, r: Result<T, SysError>, extra: &str) {
+    fn call<T: Into<i64>>(&mut self, id: &str, r: Result<T, SysError>, extra: impl AsRef<[u8]>) {
         match r {
             Ok(v) => self.emit(id, v.into(), 0, extra),
             Err(e) => self.emit(id, -1, e.errno(), extra),
         }
     }
-    fn call_errno<T>(&mut self, id: &str, r: Result<T, i32>, extra: &str) {
+    fn call_errno<T>(&mut self, id: &str, r: Result<T, i32>, extra: impl AsRef<[u8]>) {
         match r {
             Ok(_) => self.emit(id, 0, 0, extra),
             Err(e) => self.emit(id, -1, e, extra),
@@ -159,22 +162,28 @@ fn cstr(b: &[u8]) -> String {
 }
 
 /// The model's fdinfo as `k=v,...` for `keys` (probe.c `fdinfo`).
-fn fdinfo(proc: &Process, fd: i32, keys: &[&str]) -> String {
-    let text = match proc.fdinfo(fd) {
+/// The named fdinfo fields as `k=v,...`, in bytes: a name set by
+/// userspace may be any bytes, and the kernel prints them as they are.
+fn fdinfo(proc: &Process, fd: i32, keys: &[&str]) -> Vec<u8> {
+    let text = match proc.fdinfo_bytes(fd) {
         Ok(t) => t,
-        Err(e) => return format!("fdinfo={}", errno_name(e.errno())),
+        Err(e) => return format!("fdinfo={}", errno_name(e.errno())).into_bytes(),
     };
-    keys.iter()
-        .map(|k| {
-            let want = format!("{k}:\t");
-            let v = text
-                .lines()
-                .find_map(|l| l.strip_prefix(want.as_str()))
-                .unwrap_or("<none>");
-            format!("{k}={v}")
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    let mut out = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let want = format!("{k}:\t");
+        let v = text
+            .split(|&b| b == b'\n')
+            .find_map(|l| l.strip_prefix(want.as_bytes()))
+            .unwrap_or(b"<none>");
+        out.extend_from_slice(k.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(v);
+    }
+    out
 }
 
 fn fdinfo_keys(proc: &Process, fd: i32) -> String {
@@ -355,54 +364,54 @@ pub fn run_abi() -> Result<BTreeMap<String, Outcome>, String> {
         ('b', uapi::DMA_BUF_SET_NAME_B),
     ] {
         let b = heap_ok(O_RDWR | O_CLOEXEC)?;
-        o.emit(&format!("name.{ab}.before"), 0, 0, &fdinfo(p, b, &["name"]));
+        o.emit(&format!("name.{ab}.before"), 0, 0, fdinfo(p, b, &["name"]));
         let r = set_name(p, b, cmd, n31);
-        o.call(&format!("name.{ab}.len31"), r, &fdinfo(p, b, &["name"]));
+        o.call(&format!("name.{ab}.len31"), r, fdinfo(p, b, &["name"]));
         let r = set_name(p, b, cmd, n32);
         o.call(
             &format!("name.{ab}.len32_keeps_old"),
             r,
-            &fdinfo(p, b, &["name"]),
+            fdinfo(p, b, &["name"]),
         );
         let r = set_name(p, b, cmd, b"");
-        o.call(&format!("name.{ab}.empty"), r, &fdinfo(p, b, &["name"]));
+        o.call(&format!("name.{ab}.empty"), r, fdinfo(p, b, &["name"]));
         o.call(&format!("name.{ab}.bad_pointer"), p.ioctl(b, cmd, 8), "");
         o.call(&format!("name.{ab}.null"), p.ioctl(b, cmd, 0), "");
         let _ = p.close(b);
     }
     {
         let b = heap_ok(O_RDWR | O_CLOEXEC)?;
-        o.emit("name.link_unnamed", 0, 0, &fdlink(p, b));
+        o.emit("name.link_unnamed", 0, 0, fdlink(p, b));
         let _ = set_name(p, b, uapi::DMA_BUF_SET_NAME_B, b"abc");
-        o.emit("name.link_named", 0, 0, &fdlink(p, b));
+        o.emit("name.link_named", 0, 0, fdlink(p, b));
         let _ = set_name(p, b, uapi::DMA_BUF_SET_NAME_B, b"");
-        o.emit("name.link_empty_name", 0, 0, &fdlink(p, b));
+        o.emit("name.link_empty_name", 0, 0, fdlink(p, b));
         let _ = p.close(b);
     }
     let b = heap_ok(O_RDONLY | O_CLOEXEC)?;
     let r = set_name(p, b, uapi::DMA_BUF_SET_NAME_B, b"ro");
-    o.call("name.readonly_fd", r, &fdinfo(p, b, &["name"]));
+    o.call("name.readonly_fd", r, fdinfo(p, b, &["name"]));
     let r = set_name(p, b, uapi::DMA_BUF_SET_NAME_B, b"\xff\xfe");
-    o.call("name.non_utf8", r, &fdinfo(p, b, &["name"]));
+    o.call("name.non_utf8", r, fdinfo(p, b, &["name"]));
     let r = set_name(p, b, uapi::DMA_BUF_SET_NAME_B, b"a b\tc");
-    o.call("name.whitespace", r, &fdinfo(p, b, &["name"]));
+    o.call("name.whitespace", r, fdinfo(p, b, &["name"]));
     let _ = p.close(b);
 
     // fdinfo
     let b = heap_ok(O_RDWR | O_CLOEXEC)?;
-    o.emit("fdinfo.system_rw", 0, 0, &fdinfo(p, b, FD_KEYS));
-    o.emit("fdinfo.keys", 0, 0, &fdinfo_keys(p, b));
+    o.emit("fdinfo.system_rw", 0, 0, fdinfo(p, b, FD_KEYS));
+    o.emit("fdinfo.keys", 0, 0, fdinfo_keys(p, b));
     let d = p
         .install(p.get_file(b).map_err(|e| e.to_string())?, false)
         .map_err(|e| e.to_string())?;
-    o.emit("fdinfo.count_after_dup", 0, 0, &fdinfo(p, b, FD_KEYS));
+    o.emit("fdinfo.count_after_dup", 0, 0, fdinfo(p, b, FD_KEYS));
     let _ = p.close(d);
     let _ = p.close(b);
     let b = heap_ok(O_RDONLY | O_CLOEXEC)?;
-    o.emit("fdinfo.system_ro", 0, 0, &fdinfo(p, b, FD_KEYS));
+    o.emit("fdinfo.system_ro", 0, 0, fdinfo(p, b, FD_KEYS));
     let _ = p.close(b);
     let b = heap_ok(O_WRONLY)?;
-    o.emit("fdinfo.system_wo_nocloexec", 0, 0, &fdinfo(p, b, FD_KEYS));
+    o.emit("fdinfo.system_wo_nocloexec", 0, 0, fdinfo(p, b, FD_KEYS));
     let _ = p.close(b);
 
     // heap
@@ -449,30 +458,33 @@ pub fn run_abi() -> Result<BTreeMap<String, Outcome>, String> {
 
     // poll
     let b = heap_ok(O_RDWR | O_CLOEXEC)?;
-    o.emit("poll.idle_in", 0, 0, &pollbits(p, b, POLLIN));
-    o.emit("poll.idle_out", 0, 0, &pollbits(p, b, POLLOUT));
-    o.emit("poll.idle_inout", 0, 0, &pollbits(p, b, POLLIN | POLLOUT));
-    o.emit("poll.idle_pri", 0, 0, &pollbits(p, b, POLLPRI));
+    o.emit("poll.idle_in", 0, 0, pollbits(p, b, POLLIN));
+    o.emit("poll.idle_out", 0, 0, pollbits(p, b, POLLOUT));
+    o.emit("poll.idle_inout", 0, 0, pollbits(p, b, POLLIN | POLLOUT));
+    o.emit("poll.idle_pri", 0, 0, pollbits(p, b, POLLPRI));
     let _ = p.close(b);
 
-    // mmap: Process::mmap takes the range only (no prot, no MAP_PRIVATE)
+    // mmap (probe.c `case_mmap`)
     let b = heap_ok(O_RDWR | O_CLOEXEC)?;
     let pages = BUF_SIZE / PAGE;
-    for (id, pgoff, n) in [
-        ("mmap.shared_rw", 0, pages),
-        ("mmap.shared_ro", 0, pages),
-        ("mmap.private", 0, pages),
-        ("mmap.offset_1_page", 1, pages - 1),
-        ("mmap.past_end", pages, 1),
-        ("mmap.too_long", 0, pages + 1),
-        ("mmap.prot_exec", 0, pages),
+    let (rw, ro, rx) = (PROT_READ | PROT_WRITE, PROT_READ, PROT_READ | PROT_EXEC);
+    for (id, prot, flags, pgoff, n) in [
+        ("mmap.shared_rw", rw, MAP_SHARED, 0, pages),
+        ("mmap.shared_ro", ro, MAP_SHARED, 0, pages),
+        ("mmap.private", rw, MAP_PRIVATE, 0, pages),
+        ("mmap.offset_1_page", rw, MAP_SHARED, 1, pages - 1),
+        ("mmap.past_end", ro, MAP_SHARED, pages, 1),
+        ("mmap.too_long", ro, MAP_SHARED, 0, pages + 1),
+        ("mmap.prot_exec", rx, MAP_SHARED, 0, pages),
     ] {
-        o.call(id, p.mmap(b, pgoff, n).map(|_| 0i64), "");
+        o.call(id, p.mmap_flags(b, pgoff, n, prot, flags).map(|_| 0i64), "");
     }
     let _ = p.close(b);
     let b = heap_ok(O_RDONLY | O_CLOEXEC)?;
-    o.call("mmap.ro_fd_write", p.mmap(b, 0, pages).map(|_| 0i64), "");
-    o.call("mmap.ro_fd_read", p.mmap(b, 0, pages).map(|_| 0i64), "");
+    let r = p.mmap_flags(b, 0, pages, rw, MAP_SHARED);
+    o.call("mmap.ro_fd_write", r.map(|_| 0i64), "");
+    let r = p.mmap_flags(b, 0, pages, ro, MAP_SHARED);
+    o.call("mmap.ro_fd_read", r.map(|_| 0i64), "");
     let _ = p.close(b);
 
     // export / import
@@ -551,7 +563,7 @@ pub fn run_abi() -> Result<BTreeMap<String, Outcome>, String> {
         "import.signalled_poll",
         0,
         0,
-        &pollbits(p, b, POLLIN | POLLOUT),
+        pollbits(p, b, POLLIN | POLLOUT),
     );
     let _ = p.close(sig);
     let _ = p.close(b);
@@ -569,7 +581,7 @@ pub fn run_abi() -> Result<BTreeMap<String, Outcome>, String> {
             &format!("unsig.{dir}.poll"),
             0,
             0,
-            &pollbits(p, b, POLLIN | POLLOUT),
+            pollbits(p, b, POLLIN | POLLOUT),
         );
         for f in 1..=3u32 {
             let id = format!("unsig.{dir}.export_{f}");
@@ -586,7 +598,7 @@ pub fn run_abi() -> Result<BTreeMap<String, Outcome>, String> {
             &format!("unsig.{dir}.sync_file_poll"),
             0,
             0,
-            &pollbits(p, u.sync, POLLIN),
+            pollbits(p, u.sync, POLLIN),
         );
         let handle = u.handle;
         let t = std::thread::spawn(move || {
@@ -610,19 +622,19 @@ pub fn run_abi() -> Result<BTreeMap<String, Outcome>, String> {
             &format!("unsig.{dir}.poll_after_signal"),
             0,
             0,
-            &pollbits(p, b, POLLIN | POLLOUT),
+            pollbits(p, b, POLLIN | POLLOUT),
         );
         o.emit(
             &format!("unsig.{dir}.sync_file_poll_after_signal"),
             0,
             0,
-            &pollbits(p, u.sync, POLLIN),
+            pollbits(p, u.sync, POLLIN),
         );
         o.emit(
             &format!("unsig.{dir}.info_after_signal"),
             0,
             0,
-            &describe_sync(p, u.sync),
+            describe_sync(p, u.sync),
         );
         let _ = p.close(u.sync);
         let _ = p.close(u.prime);
@@ -651,25 +663,20 @@ fn sync_file_cases(
 ) -> Result<(), String> {
     let u1 = vgem_unsig(p)?;
     let u2 = vgem_unsig(p)?;
-    o.emit(
-        "syncfile.unsignalled_info",
-        0,
-        0,
-        &describe_sync(p, u1.sync),
-    );
+    o.emit("syncfile.unsignalled_info", 0, 0, describe_sync(p, u1.sync));
     o.emit(
         "syncfile.unsignalled_poll",
         0,
         0,
-        &pollbits(p, u1.sync, POLLIN),
+        pollbits(p, u1.sync, POLLIN),
     );
     o.emit(
         "syncfile.fdinfo",
         0,
         0,
-        &fdinfo(p, u1.sync, &["pos", "flags"]),
+        fdinfo(p, u1.sync, &["pos", "flags"]),
     );
-    o.emit("syncfile.link", 0, 0, &fdlink(p, u1.sync));
+    o.emit("syncfile.link", 0, 0, fdlink(p, u1.sync));
     o.call(
         "syncfile.lseek",
         p.lseek(u1.sync, 0, uapi::SEEK_SET).map(|v| v as i64),
@@ -829,16 +836,16 @@ fn sync_file_cases(
     o.call("deadline.signalled", deadline(s1, 0), "");
 
     let _ = u1.handle.signal();
-    o.emit("info.half_signalled", 0, 0, &describe_sync(p, two));
+    o.emit("info.half_signalled", 0, 0, describe_sync(p, two));
     o.emit(
         "syncfile.half_signalled_poll",
         0,
         0,
-        &pollbits(p, two, POLLIN),
+        pollbits(p, two, POLLIN),
     );
     let _ = u2.handle.signal();
-    o.emit("info.all_signalled", 0, 0, &describe_sync(p, two));
-    o.emit("syncfile.signalled_poll", 0, 0, &pollbits(p, two, POLLIN));
+    o.emit("info.all_signalled", 0, 0, describe_sync(p, two));
+    o.emit("syncfile.signalled_poll", 0, 0, pollbits(p, two, POLLIN));
     for fd in [two, s1, s2, b, u1.sync, u2.sync, u1.prime, u2.prime] {
         let _ = p.close(fd);
     }
@@ -863,13 +870,13 @@ fn exporter_cases(p: &Process, o: &mut Out) -> Result<(), String> {
             &format!("exporter.{name}.poll"),
             0,
             0,
-            &pollbits(p, b, POLLIN | POLLOUT),
+            pollbits(p, b, POLLIN | POLLOUT),
         );
         let r = set_name(p, b, uapi::DMA_BUF_SET_NAME_B, b"n");
         o.call(
             &format!("exporter.{name}.set_name"),
             r,
-            &fdinfo(p, b, &["name"]),
+            fdinfo(p, b, &["name"]),
         );
         let id = format!("exporter.{name}.export_sync_file");
         match export_sync(p, b, 3) {
@@ -935,7 +942,7 @@ fn buf_abi(p: &Process, o: &mut Out, phase: &str, b: i32) {
         &format!("vfio.{phase}.poll"),
         0,
         0,
-        &pollbits(p, b, POLLIN | POLLOUT),
+        pollbits(p, b, POLLIN | POLLOUT),
     );
     o.call(
         &format!("vfio.{phase}.set_name"),
@@ -1068,7 +1075,7 @@ pub fn run_vfio() -> Result<BTreeMap<String, Outcome>, String> {
     );
     let b = match vf.feature(p, &feat(GET, 0, O_RDWR | O_CLOEXEC, 0, 2, &two, 0)) {
         Ok(b) => {
-            o.emit("vfio.export_two_ranges", 0, 0, &fdinfo(p, b, FD_KEYS));
+            o.emit("vfio.export_two_ranges", 0, 0, fdinfo(p, b, FD_KEYS));
             b
         }
         Err(e) => {
@@ -1088,7 +1095,7 @@ pub fn run_vfio() -> Result<BTreeMap<String, Outcome>, String> {
                 "vfio.export_open_flags",
                 0,
                 0,
-                &fdinfo(p, ro, &["flags", "size"]),
+                fdinfo(p, ro, &["flags", "size"]),
             );
             let _ = p.close(ro);
         }

@@ -41,11 +41,11 @@ pub struct Outcome {
 
 impl Outcome {
     /// An outcome from an unescaped extra (what the model back end builds).
-    pub fn new(ret: i64, errno: &str, extra: &str) -> Self {
+    pub fn new(ret: i64, errno: &str, extra: impl AsRef<[u8]>) -> Self {
         Outcome {
             ret,
             errno: errno.to_owned(),
-            extra: escape(extra.as_bytes()),
+            extra: escape(extra.as_ref()),
         }
     }
 }

@@ -76,6 +76,14 @@ pub mod sched;
 #[cfg(not(loom))]
 pub mod rcu;
 
+/// The real-thread read sections ([`rcu`] in normal builds), compiled over
+/// loom's primitives for its models (`tests/loom_rcu.rs`). Under loom the
+/// name `rcu` stays the shim's answer for the kernel objects, which use
+/// counted sections there.
+#[cfg(loom)]
+#[path = "rcu.rs"]
+pub mod rcu_model;
+
 #[cfg(loom)]
 #[doc(hidden)]
 pub use loom as __loom;

@@ -37,8 +37,19 @@
 //! plain stores, the reclaimer a system call.
 //!
 //! Without `MEMBARRIER_CMD_PRIVATE_EXPEDITED` (not Linux, or refused), the
-//! reader announces with an atomic swap instead, and the heavy barrier is an
-//! ordinary `SeqCst` fence: correct everywhere, slower for the reader.
+//! reader follows its announcement with a `SeqCst` fence of its own, and the
+//! heavy barrier is an ordinary `SeqCst` fence: the symmetric scheme,
+//! correct everywhere, slower for the reader.
+//!
+//! # Checked by
+//!
+//! `tests/loom_rcu.rs`: this file, compiled over loom's primitives as
+//! `rcu_model` under `--cfg loom`, in both modes, with `membarrier` modelled
+//! as the pair of `SeqCst` fences it amounts to (see [`heavy_barrier`]): a
+//! reader never uses an object after a grace period let it be freed,
+//! nested exits keep the outer section, the no-reader shortcut is sound,
+//! and a grace period with no reader left completes. A planted bug (a grace
+//! period that skips its scan) makes the models fail.
 //!
 //! # Rules
 //!
@@ -57,11 +68,16 @@
 //!   before the thread's locals are freed. (A thread whose first section
 //!   comes from a destructor after that one ran gets a leaked record.)
 
+#[cfg(not(loom))]
 use crate::sched;
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, fence};
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering, compiler_fence, fence};
+#[cfg(not(loom))]
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, fence};
+use std::sync::atomic::{Ordering, compiler_fence};
 
 /// Record word bit: inside a section.
 const ACTIVE: u64 = 1;
@@ -89,7 +105,17 @@ struct Record {
 }
 
 impl Record {
+    #[cfg(not(loom))]
     const fn new(flags: u64) -> Record {
+        Record {
+            word: AtomicU64::new(flags),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// Loom's atomics are not `const`.
+    #[cfg(loom)]
+    fn new(flags: u64) -> Record {
         Record {
             word: AtomicU64::new(flags),
             epoch: AtomicU64::new(0),
@@ -98,10 +124,12 @@ impl Record {
 }
 
 /// The process epoch. Starts at 1 so that an active word is never 0.
+#[cfg(not(loom))]
 static EPOCH: AtomicU64 = AtomicU64::new(1);
 
 /// Registered records (a registering thread counts itself before its first
 /// load of anything a reclaimer unpublishes).
+#[cfg(not(loom))]
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
 
 /// Addresses of the registered records: thread-locals of live threads
@@ -113,12 +141,61 @@ struct Registry(Vec<*const Record>);
 // records are alive (see the type's docs).
 unsafe impl Send for Registry {}
 
+#[cfg(not(loom))]
 static REGISTRY: parking_lot::Mutex<Registry> = parking_lot::Mutex::new(Registry(Vec::new()));
 
 const MODE_UNKNOWN: u8 = 0;
 const MODE_ASYMMETRIC: u8 = 1;
 const MODE_SYMMETRIC: u8 = 2;
+#[cfg(not(loom))]
 static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
+
+/// The registry, locked.
+#[cfg(not(loom))]
+#[inline]
+fn registry() -> parking_lot::MutexGuard<'static, Registry> {
+    REGISTRY.lock()
+}
+
+// Under loom the process-wide state is per execution (loom's statics), the
+// registry lock is loom's (a scan is a series of model steps under it), and
+// the record of a thread is leaked rather than thread-local: loom frees its
+// thread-locals at thread exit in no particular order, while the registry
+// must keep every record it lists alive (production removes a record at
+// exit through `Owner`, a path the models do not take).
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref EPOCH: AtomicU64 = AtomicU64::new(1);
+    static ref IN_USE: AtomicUsize = AtomicUsize::new(0);
+    static ref REGISTRY: loom::sync::Mutex<Registry> = loom::sync::Mutex::new(Registry(Vec::new()));
+    static ref MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
+    static ref DISCARD: Record = Record::new(0);
+}
+
+#[cfg(loom)]
+fn registry() -> loom::sync::MutexGuard<'static, Registry> {
+    // A panic inside a model step poisons it; the model has failed anyway.
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Under loom: run the models in the portable symmetric mode instead of the
+/// asymmetric (`membarrier`) one. Set before `loom::model`.
+#[cfg(loom)]
+static MODEL_SYMMETRIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Under loom: make [`horizon`] skip its scan of the records (a planted bug
+/// the models must catch). Set before `loom::model`.
+#[cfg(loom)]
+static MODEL_SKIP_SCAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Loom models only: choose the symmetric mode and whether to plant the
+/// skipped-scan bug, for the executions that follow.
+#[cfg(loom)]
+#[doc(hidden)]
+pub fn model_config(symmetric: bool, skip_scan: bool) {
+    MODEL_SYMMETRIC.store(symmetric, Ordering::SeqCst);
+    MODEL_SKIP_SCAN.store(skip_scan, Ordering::SeqCst);
+}
 
 /// Where the calling thread's sections are announced.
 #[derive(Clone, Copy)]
@@ -132,6 +209,7 @@ enum Home {
     Leaked(&'static Record),
 }
 
+#[cfg(not(loom))]
 thread_local! {
     /// This thread's record, in thread-local storage so that the fast path
     /// reaches it without loading a pointer.
@@ -141,8 +219,16 @@ thread_local! {
     static OWNER: Owner = const { Owner };
 }
 
+#[cfg(loom)]
+loom::thread_local! {
+    static REC: &'static Record = Box::leak(Box::new(Record::new(SLOW)));
+    static HOME: Cell<Home> = Cell::new(Home::None);
+}
+
+#[cfg(not(loom))]
 struct Owner;
 
+#[cfg(not(loom))]
 impl Drop for Owner {
     fn drop(&mut self) {
         if !matches!(HOME.with(|h| h.replace(Home::None)), Home::Local) {
@@ -169,7 +255,19 @@ impl Drop for Owner {
 /// than a per-object count (a controlled task).
 #[inline(always)]
 pub fn available() -> bool {
-    !sched::active()
+    #[cfg(not(loom))]
+    return !sched::active();
+    #[cfg(loom)]
+    return true;
+}
+
+/// Whether the calling thread is a controlled task of a live execution.
+#[inline(always)]
+fn controlled_task() -> bool {
+    #[cfg(not(loom))]
+    return sched::active();
+    #[cfg(loom)]
+    return false;
 }
 
 /// Marks the calling thread as (possibly) a controlled task, or no longer
@@ -201,7 +299,7 @@ fn detect_mode() -> u8 {
     MODE.load(Ordering::Acquire)
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(loom)))]
 fn membarrier_register() -> bool {
     const CMD_QUERY: libc::c_long = 0;
     const CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
@@ -216,22 +314,52 @@ fn membarrier_register() -> bool {
     r == 0
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", loom)))]
 fn membarrier_register() -> bool {
     false
 }
 
+/// Under loom the asymmetric mode is modelled unless a model asks for the
+/// symmetric one.
+#[cfg(loom)]
+fn membarrier_register() -> bool {
+    !MODEL_SYMMETRIC.load(Ordering::SeqCst)
+}
+
 /// A full memory barrier on every running thread of the process.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(loom)))]
 fn heavy_barrier() -> bool {
     const CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
     // SAFETY: membarrier takes integers only.
     unsafe { libc::syscall(libc::SYS_membarrier, CMD_PRIVATE_EXPEDITED, 0, 0) == 0 }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", loom)))]
 fn heavy_barrier() -> bool {
     false
+}
+
+/// Under loom, `membarrier` is modelled as what it guarantees: a `SeqCst`
+/// fence here, paired with the `SeqCst` fence that [`reader_barrier`]
+/// becomes on the readers' side. Either a reader's fence comes first in
+/// the single total order of `SeqCst` fences (the scan after this one sees
+/// its announcement) or this one does (the reader's later loads see what
+/// was unpublished before it): the two cases `membarrier(2)` promises.
+#[cfg(loom)]
+fn heavy_barrier() -> bool {
+    fence(Ordering::SeqCst);
+    true
+}
+
+/// The reader's side of the asymmetric fence: only a compiler barrier on
+/// real threads (the reclaimer's `membarrier` supplies the store-load
+/// ordering), a `SeqCst` fence under loom (see [`heavy_barrier`]).
+#[inline(always)]
+fn reader_barrier() {
+    #[cfg(not(loom))]
+    compiler_fence(Ordering::SeqCst);
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
 }
 
 /// The calling thread's registered record, registering it on first use.
@@ -253,7 +381,12 @@ fn home() -> *const Record {
     // before the thread's locals are freed; if this thread's destructors
     // are already running, that cannot be arranged, so it gets a leaked
     // record instead (rare: a section entered from a destructor).
-    let rec: *const Record = if OWNER.try_with(|_| ()).is_ok() {
+    #[cfg(not(loom))]
+    let owner_alive = OWNER.try_with(|_| ()).is_ok();
+    // Under loom the record is leaked already and never taken out.
+    #[cfg(loom)]
+    let owner_alive = true;
+    let rec: *const Record = if owner_alive {
         HOME.with(|h| h.set(Home::Local));
         local
     } else {
@@ -272,7 +405,7 @@ fn home() -> *const Record {
         debug_assert_eq!(w & !TASK, SLOW, "an unregistered record is idle and slow");
         w & TASK
     });
-    REGISTRY.lock().0.push(rec);
+    registry().0.push(rec);
     r.word.store(slow | task, Ordering::Release);
     rec
 }
@@ -282,7 +415,10 @@ fn home() -> *const Record {
 /// inlined), so that callers' section bodies inline where they are.
 #[inline(always)]
 fn local() -> *const Record {
-    REC.with(|r| r as *const Record)
+    #[cfg(not(loom))]
+    return REC.with(|r| r as *const Record);
+    #[cfg(loom)]
+    return REC.with(|r| *r as *const Record);
 }
 
 /// The fast path's entry, once the caller has seen the record idle with
@@ -294,7 +430,7 @@ fn announce(r: &Record) {
         Ordering::Release,
     );
     // The reclaimer's membarrier supplies the store-load ordering.
-    compiler_fence(Ordering::SeqCst);
+    reader_barrier();
 }
 
 /// An open read section; leaving it (dropping) ends it. Not `Send`: the
@@ -317,7 +453,16 @@ const _: () = assert!(((SLOW | TASK) as usize) <= IDLE_MASK);
 
 /// What a nested section's exit writes to: a record outside the registry,
 /// never scanned.
+#[cfg(not(loom))]
 static DISCARD: Record = Record::new(0);
+
+#[inline(always)]
+fn discard() -> &'static Record {
+    #[cfg(not(loom))]
+    return &DISCARD;
+    #[cfg(loom)]
+    return &DISCARD;
+}
 
 impl ReadGuard {
     #[inline(always)]
@@ -338,7 +483,7 @@ impl ReadGuard {
 
     /// Whether this is the outermost section of its thread.
     pub fn is_outermost(&self) -> bool {
-        !std::ptr::eq(self.rec(), &DISCARD)
+        !std::ptr::eq(self.rec(), discard())
     }
 }
 
@@ -401,21 +546,28 @@ pub fn read_section<R>(f: impl FnOnce() -> R) -> Option<R> {
 #[cold]
 #[inline(never)]
 fn try_read_lock_slow(w: u64) -> Option<ReadGuard> {
-    if w & TASK != 0 && sched::active() {
+    if w & TASK != 0 && controlled_task() {
         return None;
     }
     // SAFETY: our own record, alive for the thread (or leaked).
     let rec = unsafe { &*home() };
     let idle = rec.word.load(Ordering::Relaxed);
     if idle & ACTIVE != 0 {
-        return Some(ReadGuard::new(&DISCARD, 0));
+        return Some(ReadGuard::new(discard(), 0));
     }
     let word = (EPOCH.load(Ordering::Acquire) << EPOCH_SHIFT) | idle | ACTIVE;
     if MODE.load(Ordering::Acquire) == MODE_ASYMMETRIC {
         rec.word.store(word, Ordering::Release);
-        compiler_fence(Ordering::SeqCst);
+        reader_barrier();
     } else {
-        rec.word.swap(word, Ordering::SeqCst);
+        // Symmetric mode: the reader's own full fence pairs with the
+        // reclaimer's. (An announcing `SeqCst` swap followed by the
+        // `Acquire` pointer loads is not enough in the language's model:
+        // the loads may still read what the reclaimer unpublished before
+        // its fence. x86 and ARMv8 happen to forbid that; the loom model in
+        // `tests/loom_rcu.rs` found it.)
+        rec.word.store(word, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
     }
     Some(ReadGuard::new(rec, idle))
 }
@@ -448,6 +600,13 @@ pub fn retire_tag() -> u64 {
 /// section, and the caller unpublished (`SeqCst`) before asking.
 #[inline]
 pub fn quiescent_alone() -> bool {
+    // The argument above rests on the single total order of `SeqCst`
+    // operations (the caller's unpublish, then this load, against a
+    // registering reader's count, then its section's fence). Loom models
+    // `SeqCst` accesses as `AcqRel` only, so its models add the fence that
+    // this order gives on real hardware.
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
     let mine = match HOME.with(Cell::get) {
         Home::None => None,
         Home::Local => Some(REC.with(|r| r.word.load(Ordering::Relaxed))),
@@ -466,6 +625,10 @@ pub fn quiescent_alone() -> bool {
 pub fn horizon() -> u64 {
     let mode = detect_mode();
     let next = EPOCH.fetch_add(1, Ordering::SeqCst) + 1;
+    #[cfg(loom)]
+    if MODEL_SKIP_SCAN.load(Ordering::SeqCst) {
+        return next;
+    }
     // Bring every epoch copy up to `next` first, so that a reader entering
     // during the barrier below already announces the new epoch and does
     // not hold this grace period back. `fetch_max`: a concurrent, older
@@ -494,7 +657,7 @@ pub fn horizon() -> u64 {
 
 /// Runs `f` on every registered record, under the registry lock.
 fn for_each_record(mut f: impl FnMut(&Record)) {
-    let reg = REGISTRY.lock();
+    let reg = registry();
     for &p in &reg.0 {
         // SAFETY: registered records are alive while listed (their threads
         // take them out, under this lock, before they go).
@@ -503,12 +666,12 @@ fn for_each_record(mut f: impl FnMut(&Record)) {
 }
 
 /// Records in the registry (for tests).
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 fn registered() -> usize {
     REGISTRY.lock().0.len()
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::Arc;
