@@ -139,10 +139,13 @@ pub mod trace;
 pub mod uapi;
 pub mod ww_mutex;
 
+// Tests, by one rule: a module's unit tests sit in its `mod tests`, or in
+// `<module>_tests.rs` beside it once they outgrow the module; the kernel's
+// KUnit suites sit in `kunit/`, one file per suite, each test named as the
+// kernel's; tests through the public API only (loom models, scheduler
+// stress) sit in `tests/`.
 #[cfg(test)]
 mod kunit;
-#[cfg(test)]
-mod kunit_resv;
 
 pub use dma_fence::{
     Callback, CancelToken, Fence, FenceContext, FenceError, FenceKind, FenceOps,
