@@ -408,26 +408,27 @@ impl fmt::Debug for FenceContext {
     }
 }
 
-struct SharedOps(Arc<dyn FenceOps>);
-
-impl FenceOps for SharedOps {
+/// Ops shared by several fences (a timeline's): every call goes to the
+/// shared value. Written once here, so a driver that keeps its ops in an
+/// `Arc` passes a clone of it wherever ops are wanted.
+impl<T: FenceOps + ?Sized> FenceOps for Arc<T> {
     fn driver_name(&self) -> &str {
-        self.0.driver_name()
+        (**self).driver_name()
     }
     fn timeline_name(&self) -> &str {
-        self.0.timeline_name()
+        (**self).timeline_name()
     }
     fn enable_signaling(&self, fence: &Fence) -> bool {
-        self.0.enable_signaling(fence)
+        (**self).enable_signaling(fence)
     }
     fn signaled(&self, fence: &Fence) -> bool {
-        self.0.signaled(fence)
+        (**self).signaled(fence)
     }
     fn set_deadline(&self, fence: &Fence, deadline_ns: u64) {
-        self.0.set_deadline(fence, deadline_ns)
+        (**self).set_deadline(fence, deadline_ns)
     }
     fn release(&self, context: u64, seqno: u64) {
-        self.0.release(context, seqno)
+        (**self).release(context, seqno)
     }
 }
 
@@ -472,7 +473,7 @@ impl FenceContext {
     /// Issues a fence with an explicit seqno (drivers that number points
     /// themselves, tests of wrap-around).
     pub fn create_with_seqno(&self, seqno: u64) -> (Fence, SignalHandle) {
-        let ops = SharedOps(self.ops.clone());
+        let ops = self.ops.clone();
         if self.seqno64 {
             Fence::init64(ops, self.context, seqno)
         } else {

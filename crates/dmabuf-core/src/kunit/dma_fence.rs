@@ -2,8 +2,8 @@
 //! the fence core that the kernel suite does not cover.
 
 use crate::dma_fence::{
-    CancelToken, Fence, FenceContext, FenceError, FenceOps, MAX_SCHEDULE_TIMEOUT, SignalHandle,
-    wait_any_timeout,
+    CancelToken, Fence, FenceContext, FenceError, FenceOps, MAX_SCHEDULE_TIMEOUT, NamedOps,
+    SignalHandle, wait_any_timeout,
 };
 use crate::dma_fence_array::FenceArray;
 use crate::errno::{self, Errno};
@@ -16,19 +16,14 @@ use std::time::Duration;
 const HZ: u64 = 250;
 const JIFFY_NS: u64 = 1_000_000_000 / HZ;
 
-struct MockOps;
-impl FenceOps for MockOps {
-    fn driver_name(&self) -> &str {
-        "mock"
-    }
-    fn timeline_name(&self) -> &str {
-        "mock"
-    }
+/// The suites' `mock_fence_ops`: names only.
+fn mock_ops() -> NamedOps {
+    NamedOps::new("mock", "mock")
 }
 
 /// `mock_fence()`: context 0, seqno 0, inline lock.
 fn mock_fence() -> (Fence, SignalHandle) {
-    Fence::init(MockOps, 0, 0)
+    Fence::init(mock_ops(), 0, 0)
 }
 
 /// `simple_callback`: sets `seen`.
@@ -760,12 +755,12 @@ fn dma_fence_names_of_every_signalled_fence_are_detached() {
     assert_eq!(leaf.driver_name(), "mock", "pending: the driver's name");
     h.signal().unwrap();
     check(&leaf, "a leaf");
-    let (c1, h1) = Fence::init(MockOps, 21, 1);
+    let (c1, h1) = Fence::init(mock_ops(), 21, 1);
     let array = FenceArray::create(vec![c1.clone()], 22, 1).unwrap();
     assert_eq!(array.driver_name(), "dma_fence_array");
     h1.signal().unwrap();
     check(&array, "an array");
-    let (c2, h2) = Fence::init(MockOps, 23, 1);
+    let (c2, h2) = Fence::init(mock_ops(), 23, 1);
     let chain = crate::dma_fence_chain::FenceChain::create(None, c2, 1);
     assert_eq!(chain.driver_name(), "dma_fence_chain");
     h2.signal().unwrap();

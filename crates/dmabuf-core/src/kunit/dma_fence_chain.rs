@@ -1,6 +1,6 @@
 //! Suite `dma-buf-fence-chain` (st-dma-fence-chain.c).
 
-use crate::dma_fence::{Fence, FenceOps, SignalHandle};
+use crate::dma_fence::{Fence, NamedOps, SignalHandle};
 use crate::dma_fence_chain::{chain, find_seqno};
 use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{Arc, Mutex, thread};
@@ -10,18 +10,13 @@ use std::time::Duration;
 
 const CHAIN_SZ: usize = 4096;
 
-struct MockOps;
-impl FenceOps for MockOps {
-    fn driver_name(&self) -> &str {
-        "mock"
-    }
-    fn timeline_name(&self) -> &str {
-        "mock"
-    }
+/// The suites' `mock_fence_ops`: names only.
+fn mock_ops() -> NamedOps {
+    NamedOps::new("mock", "mock")
 }
 
 fn mock_fence() -> (Fence, SignalHandle) {
-    Fence::init(MockOps, 0, 0)
+    Fence::init(mock_ops(), 0, 0)
 }
 
 /// `struct fence_chains`: `fences[i]` is the payload of `chains[i]`, every

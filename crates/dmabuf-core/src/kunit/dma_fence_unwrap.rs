@@ -2,24 +2,19 @@
 //! fresh context each at seqno 1; arrays and chains take their inputs by
 //! value, merge borrows.
 
-use crate::dma_fence::{Fence, FenceOps, SignalHandle, context_alloc};
+use crate::dma_fence::{Fence, NamedOps, SignalHandle, context_alloc};
 use crate::dma_fence_array::FenceArray;
 use crate::dma_fence_chain::chain;
 use crate::dma_fence_unwrap::{dedup_array, leaves, merge};
 use crate::sync::Arc;
 
-struct MockOps;
-impl FenceOps for MockOps {
-    fn driver_name(&self) -> &str {
-        "mock"
-    }
-    fn timeline_name(&self) -> &str {
-        "mock"
-    }
+/// The suites' `mock_fence_ops`: names only.
+fn mock_ops() -> NamedOps {
+    NamedOps::new("mock", "mock")
 }
 
 fn mock_fence_at(context: u64, seqno: u64) -> (Fence, SignalHandle) {
-    let (f, h) = Fence::init(MockOps, context, seqno);
+    let (f, h) = Fence::init(mock_ops(), context, seqno);
     f.enable_sw_signaling();
     (f, h)
 }
