@@ -169,9 +169,24 @@ mod tests {
     #[test]
     fn deadlocks_name_the_wait_not_an_address() {
         let events = vec![
-            ev(0, 1, "lock_acquire", "lock=resv#1 name=reservation_ww_class_mutex"),
-            ev(1, 2, "dma_fence_wait_start", "driver=gpu timeline=gpu0 context=1 seqno=2"),
-            ev(2, 1, "wait_for_completion", "ino=1 step=wait_for_completion"),
+            ev(
+                0,
+                1,
+                "lock_acquire",
+                "lock=resv#1 name=reservation_ww_class_mutex",
+            ),
+            ev(
+                1,
+                2,
+                "dma_fence_wait_start",
+                "driver=gpu timeline=gpu0 context=1 seqno=2",
+            ),
+            ev(
+                2,
+                1,
+                "wait_for_completion",
+                "ino=1 step=wait_for_completion",
+            ),
         ];
         let t = |id, kind| TaskInfo {
             id,
@@ -189,8 +204,18 @@ mod tests {
         };
         let lines = deadlock_lines(&o, &events);
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].contains("wait_for_completion on the revoke completion of dma-buf ino 1 [trace row 2]"), "{}", lines[0]);
-        assert!(lines[1].contains("dma_fence_wait on fence 1:2 (gpu gpu0)"), "{}", lines[1]);
+        assert!(
+            lines[0].contains(
+                "wait_for_completion on the revoke completion of dma-buf ino 1 [trace row 2]"
+            ),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains("dma_fence_wait on fence 1:2 (gpu gpu0)"),
+            "{}",
+            lines[1]
+        );
         assert!(lines[2].contains("blocked on a mutex"), "{}", lines[2]);
         for l in &lines {
             assert!(!l.contains("0x7f41"), "{l}");
@@ -201,7 +226,12 @@ mod tests {
     fn hazards_point_at_their_rows() {
         let events = vec![
             ev(4, 0, "dma_buf_export", "exp_name=vfio_pci ino=1 size=8192"),
-            ev(31, 3, "hazard", "class=AccessAfterRevoke accessor=gpu0 w space=bus addr=0xe0000000 phys=0xe0000000 mapping=1 mseq=4"),
+            ev(
+                31,
+                3,
+                "hazard",
+                "class=AccessAfterRevoke accessor=gpu0 w space=bus addr=0xe0000000 phys=0xe0000000 mapping=1 mseq=4",
+            ),
         ];
         assert_eq!(hazard_row(&events, 4), Some(31));
         assert_eq!(
@@ -213,7 +243,12 @@ mod tests {
 
     #[test]
     fn json_events_are_structured() {
-        let e = ev(7, 2, "dma_fence_signaled", "driver=gpu timeline=gpu0 context=1 seqno=3");
+        let e = ev(
+            7,
+            2,
+            "dma_fence_signaled",
+            "driver=gpu timeline=gpu0 context=1 seqno=3",
+        );
         let v = event_json(&e);
         assert_eq!(v["row"], 7);
         assert_eq!(v["task-id"], 2);

@@ -249,7 +249,11 @@ pub fn parse_fields(text: &str) -> Vec<(&str, String)> {
             continue;
         }
         match w.split_once('=') {
-            Some((k, v)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {
+            Some((k, v))
+                if !k.is_empty()
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+            {
                 out.push((k, v.to_owned()))
             }
             _ => match out.last_mut() {
@@ -312,11 +316,24 @@ mod tests {
                 ("mapping", "1".to_owned()),
             ]
         );
-        let f = parse_fields("mapping=1 ranges=[bus:0xe0000000+0x2000 bus:0xf0000000+0x1000] mseq=0");
-        assert_eq!(f[1], ("ranges", "[bus:0xe0000000+0x2000 bus:0xf0000000+0x1000]".to_owned()));
+        let f =
+            parse_fields("mapping=1 ranges=[bus:0xe0000000+0x2000 bus:0xf0000000+0x1000] mseq=0");
+        assert_eq!(
+            f[1],
+            (
+                "ranges",
+                "[bus:0xe0000000+0x2000 bus:0xf0000000+0x1000]".to_owned()
+            )
+        );
         assert_eq!(f[2], ("mseq", "0".to_owned()));
         let f = parse_fields("wait_for_completion_timeout expired: an importer");
-        assert_eq!(f, vec![("detail", "wait_for_completion_timeout expired: an importer".to_owned())]);
+        assert_eq!(
+            f,
+            vec![(
+                "detail",
+                "wait_for_completion_timeout expired: an importer".to_owned()
+            )]
+        );
         let f = parse_fields("prev_comm=a prev_pid=1 ==> next_comm=b next_pid=2");
         assert_eq!(f.len(), 4);
         assert_eq!(f[2], ("next_comm", "b".to_owned()));

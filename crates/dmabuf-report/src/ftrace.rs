@@ -3,12 +3,12 @@
 //!
 //! ```text
 //! cpus=1
-//!          revoker-4     [000]     1.000000: dma_buf_invalidate_attachment: ino=1 attach=1 dev=gpu0
+//!          revoker-5     [000]     1.000000: dma_buf_invalidate_attachment: ino=1 attach=1 dev=gpu0
 //! ```
 //!
 //! | column | value |
 //! |---|---|
-//! | `comm-pid` | task name (cut to the kernel's 15 characters), task id + 1 (pid 0 is the idle task) |
+//! | `comm-pid` | task name (cut to the kernel's 15 characters), task id (the root task `main` is 0; `sched_switch` rows use the same ids) |
 //! | `[cpu]` | `000`: the controlled scheduler runs one task at a time |
 //! | timestamp | virtual seconds, six decimals |
 //! | event | the tracepoint name (the kernel's where one exists: `dma_fence_signaled`, `sched_switch`, `iommu_map`, ...) |
@@ -25,7 +25,7 @@ pub fn render(events: &[Event]) -> String {
     let mut s = String::from("cpus=1\n");
     for e in events {
         let comm: String = e.who.chars().take(COMM_LEN).collect();
-        let pid = e.task.map_or(0, |t| t + 1);
+        let pid = e.task.map_or(0, |t| t);
         let _ = writeln!(
             s,
             "{:>16}-{:<5} [000] {:>5}.{:06}: {:<20} {}",
@@ -53,11 +53,19 @@ mod tests {
         assert_eq!(lines.len(), 1 + sample().len());
         // "comm-pid [000] secs.usecs: name: args"
         let l = lines[3];
-        assert!(l.starts_with("         revoker-8     [000]     1.000000: dma_buf_invalidate_attachment: ino=1"), "{l}");
+        assert!(
+            l.starts_with(
+                "         revoker-7     [000]     1.000000: dma_buf_invalidate_attachment: ino=1"
+            ),
+            "{l}"
+        );
         let long = Event {
             who: "a-very-long-task-name".into(),
             ..sample()[0].clone()
         };
-        assert!(render(&[long]).contains(" a-very-long-tas-"), "comm cut to 15");
+        assert!(
+            render(&[long]).contains(" a-very-long-tas-"),
+            "comm cut to 15"
+        );
     }
 }

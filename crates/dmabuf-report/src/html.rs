@@ -122,7 +122,11 @@ impl Grid {
             let names = |k: &str| -> Vec<String> {
                 v.get(k)
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default()
             };
             g.rows = names("policies");
@@ -145,13 +149,32 @@ impl Grid {
                 let errors = c
                     .get("errors")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                g.cells.push(Cell { row, col, refused, props, errors });
+                g.cells.push(Cell {
+                    row,
+                    col,
+                    refused,
+                    props,
+                    errors,
+                });
             }
-            for k in ["strategy", "schedules", "stalled-schedules", "seed", "runs", "elapsed-s", "partial"] {
+            for k in [
+                "strategy",
+                "schedules",
+                "stalled-schedules",
+                "seed",
+                "runs",
+                "elapsed-s",
+                "partial",
+            ] {
                 if let Some(x) = v.get(k) {
-                    g.meta.push((k.to_owned(), x.to_string().trim_matches('"').to_owned()));
+                    g.meta
+                        .push((k.to_owned(), x.to_string().trim_matches('"').to_owned()));
                 }
             }
             return Ok(g);
@@ -164,14 +187,27 @@ impl Grid {
         g.cols.push("result".into());
         for c in list {
             let row = s_of(c, "scenario").ok_or("a check result without 'scenario'")?;
-            let props = props_of(c.get("properties").ok_or("a check result without 'properties'")?)?;
+            let props = props_of(
+                c.get("properties")
+                    .ok_or("a check result without 'properties'")?,
+            )?;
             let errors = c
                 .get("errors")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
             g.rows.push(row.clone());
-            g.cells.push(Cell { row, col: "result".into(), refused: None, props, errors });
+            g.cells.push(Cell {
+                row,
+                col: "result".into(),
+                refused: None,
+                props,
+                errors,
+            });
         }
         Ok(g)
     }
@@ -263,13 +299,19 @@ document.body.setAttribute('data-charts',String(document.querySelectorAll('svg.m
 /// why it could not be replayed).
 pub fn page(grid: &Grid, replayed: &[Result<Replayed, String>], opts: &PageOptions) -> String {
     let tokens = grid.tokens();
-    let cx_of: BTreeMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i + 1)).collect();
+    let cx_of: BTreeMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i + 1))
+        .collect();
     let mut h = String::with_capacity(1 << 20);
     h.push_str("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>dmabuf revoke report</title><style>");
     h.push_str(CSS);
     h.push_str("</style></head><body>");
     h.push_str(&msc::defs());
-    h.push_str("<h1>dma-buf revoke: which protocol is safe with which importer</h1><div class=\"meta\">");
+    h.push_str(
+        "<h1>dma-buf revoke: which protocol is safe with which importer</h1><div class=\"meta\">",
+    );
     for (k, v) in &grid.meta {
         let _ = write!(h, "{}: <b>{}</b> &nbsp; ", esc(k), esc(v));
     }
@@ -278,7 +320,12 @@ pub fn page(grid: &Grid, replayed: &[Result<Replayed, String>], opts: &PageOptio
     }
     h.push_str("</div><div class=\"legend\"><span class=\"p h proved\">held, proved</span> <span>every schedule (or trace class) run</span><span class=\"p h sampled\">held, sampled</span> <span>no violation in the schedules run</span><span class=\"p v\">violated</span> <span>links to its counterexample</span></div>");
     // The grid.
-    let _ = write!(h, "<h2>Matrix ({} × {})</h2><table class=\"grid\"><thead><tr><th></th>", grid.rows.len(), grid.cols.len());
+    let _ = write!(
+        h,
+        "<h2>Matrix ({} × {})</h2><table class=\"grid\"><thead><tr><th></th>",
+        grid.rows.len(),
+        grid.cols.len()
+    );
     for c in &grid.cols {
         let _ = write!(h, "<th>{}</th>", esc(c));
     }
@@ -287,7 +334,12 @@ pub fn page(grid: &Grid, replayed: &[Result<Replayed, String>], opts: &PageOptio
         let _ = write!(h, "<tr><th>{}</th>", esc(r));
         for c in &grid.cols {
             let Some(cell) = grid.cells.iter().find(|x| &x.row == r && &x.col == c) else {
-                let _ = write!(h, "<td class=\"cell notrun\" data-row=\"{}\" data-col=\"{}\">not run</td>", esc(r), esc(c));
+                let _ = write!(
+                    h,
+                    "<td class=\"cell notrun\" data-row=\"{}\" data-col=\"{}\">not run</td>",
+                    esc(r),
+                    esc(c)
+                );
                 continue;
             };
             if let Some(why) = &cell.refused {
@@ -308,7 +360,12 @@ pub fn page(grid: &Grid, replayed: &[Result<Replayed, String>], opts: &PageOptio
             } else {
                 "holds"
             };
-            let _ = write!(h, "<td class=\"cell {cls}\" data-row=\"{}\" data-col=\"{}\"><div class=\"chips\">", esc(r), esc(c));
+            let _ = write!(
+                h,
+                "<td class=\"cell {cls}\" data-row=\"{}\" data-col=\"{}\"><div class=\"chips\">",
+                esc(r),
+                esc(c)
+            );
             for p in &cell.props {
                 let how = match p.proof {
                     Proof::Proved => "proved",
@@ -324,10 +381,20 @@ pub fn page(grid: &Grid, replayed: &[Result<Replayed, String>], opts: &PageOptio
                     );
                     match p.token.as_deref().and_then(|t| cx_of.get(t)) {
                         Some(n) => {
-                            let _ = write!(h, "<a class=\"p v\" href=\"#cx-{n}\" title=\"{}\">{}</a>", esc(&title), esc(&p.name));
+                            let _ = write!(
+                                h,
+                                "<a class=\"p v\" href=\"#cx-{n}\" title=\"{}\">{}</a>",
+                                esc(&title),
+                                esc(&p.name)
+                            );
                         }
                         None => {
-                            let _ = write!(h, "<span class=\"p v\" title=\"{}\">{}</span>", esc(&title), esc(&p.name));
+                            let _ = write!(
+                                h,
+                                "<span class=\"p v\" title=\"{}\">{}</span>",
+                                esc(&title),
+                                esc(&p.name)
+                            );
                         }
                     }
                 } else {
@@ -353,27 +420,46 @@ pub fn page(grid: &Grid, replayed: &[Result<Replayed, String>], opts: &PageOptio
     let _ = write!(h, "<h2>Counterexamples ({})</h2>", tokens.len());
     for (i, tok) in tokens.iter().enumerate() {
         let n = i + 1;
-        let _ = write!(h, "<section class=\"cx\" id=\"cx-{n}\" data-token=\"{}\">", esc(tok));
+        let _ = write!(
+            h,
+            "<section class=\"cx\" id=\"cx-{n}\" data-token=\"{}\">",
+            esc(tok)
+        );
         let mut uses: Vec<String> = Vec::new();
         let mut first: Option<&Prop> = None;
         for cell in &grid.cells {
-            for p in cell.props.iter().filter(|p| p.token.as_deref() == Some(tok.as_str())) {
-                let c = if cell.col == "result" { cell.row.clone() } else { format!("{} × {}", cell.row, cell.col) };
+            for p in cell
+                .props
+                .iter()
+                .filter(|p| p.token.as_deref() == Some(tok.as_str()))
+            {
+                let c = if cell.col == "result" {
+                    cell.row.clone()
+                } else {
+                    format!("{} × {}", cell.row, cell.col)
+                };
                 uses.push(format!("{c}: {}", p.name));
                 first.get_or_insert(p);
             }
         }
         let _ = write!(h, "<h3>#{n} {}</h3>", esc(&uses.join(", ")));
-        if let Some(p) = first {
-            if let Some(d) = &p.detail {
-                let _ = write!(h, "<div class=\"viol\">{}</div>", esc(d));
-            }
+        if let Some(d) = first.and_then(|p| p.detail.as_ref()) {
+            let _ = write!(h, "<div class=\"viol\">{}</div>", esc(d));
         }
         let cmd = format!("{}replay {tok}", opts.replay_prefix);
-        let _ = write!(h, "<div class=\"cmd\"><code>{}</code><button class=\"copy\">copy</button></div>", esc(&cmd));
+        let _ = write!(
+            h,
+            "<div class=\"cmd\"><code>{}</code><button class=\"copy\">copy</button></div>",
+            esc(&cmd)
+        );
         match replayed.get(i) {
             Some(Ok(r)) => {
-                let _ = write!(h, "<div>{} run, outcome: <b>{}</b></div>", esc(&r.mode), esc(&r.outcome));
+                let _ = write!(
+                    h,
+                    "<div>{} run, outcome: <b>{}</b></div>",
+                    esc(&r.mode),
+                    esc(&r.outcome)
+                );
                 for l in &r.deadlock {
                     let _ = write!(h, "<div class=\"dl\">{}</div>", esc(l));
                 }
@@ -427,9 +513,19 @@ mod tests {
         assert_eq!(g.rows, vec!["v1", "v6"]);
         assert_eq!(g.cols, vec!["static", "gpu"]);
         assert_eq!(g.tokens(), vec!["T1", "T2"]);
-        let c = g.cells.iter().find(|c| c.row == "v1" && c.col == "gpu").unwrap();
-        assert_eq!(c.props.iter().find(|p| p.name == "no-leak").unwrap().proof, Proof::Proved);
-        assert_eq!(c.props.iter().find(|p| p.name == "s-fence").unwrap().proof, Proof::Sampled);
+        let c = g
+            .cells
+            .iter()
+            .find(|c| c.row == "v1" && c.col == "gpu")
+            .unwrap();
+        assert_eq!(
+            c.props.iter().find(|p| p.name == "no-leak").unwrap().proof,
+            Proof::Proved
+        );
+        assert_eq!(
+            c.props.iter().find(|p| p.name == "s-fence").unwrap().proof,
+            Proof::Sampled
+        );
         assert!(Grid::from_json(&json!(3)).is_err());
         assert!(Grid::from_json(&json!({"cells": [{"importer": "x"}]})).is_err());
     }
@@ -444,7 +540,11 @@ mod tests {
             deadlock: vec![],
             events: sample(),
         };
-        let page = page(&g, &[Ok(r), Err("scenario changed".into())], &PageOptions::default());
+        let page = page(
+            &g,
+            &[Ok(r), Err("scenario changed".into())],
+            &PageOptions::default(),
+        );
         assert_eq!(page.matches("<td class=\"cell").count(), 4);
         assert_eq!(page.matches("href=\"#cx-1\"").count(), 2);
         assert_eq!(page.matches("href=\"#cx-2\"").count(), 1);
@@ -452,7 +552,11 @@ mod tests {
         assert!(page.contains("id=\"cx-2\""));
         assert!(page.contains("not replayed: scenario changed"));
         assert!(page.contains("hazard: mseq=4 AccessAfterRevoke [trace row 5]"));
-        assert!(!page.contains("http://") || page.matches("http://").count() == page.matches("xmlns=\"http://www.w3.org/2000/svg\"").count());
+        assert!(
+            !page.contains("http://")
+                || page.matches("http://").count()
+                    == page.matches("xmlns=\"http://www.w3.org/2000/svg\"").count()
+        );
         assert!(!page.contains("https://"));
     }
 

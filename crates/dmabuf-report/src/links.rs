@@ -95,7 +95,8 @@ pub fn analyse(events: &[Event]) -> Analysis {
                 }
                 if let Some(at) = attach
                     && let Some(j) = events[i + 1..].iter().position(|u| {
-                        u.name == "dma_buf_unmap_attachment" && u.field("attach").as_deref() == Some(at.as_str())
+                        u.name == "dma_buf_unmap_attachment"
+                            && u.field("attach").as_deref() == Some(at.as_str())
                     })
                 {
                     let j = i + 1 + j;
@@ -163,15 +164,55 @@ pub(crate) mod tests {
     /// fence, the engine signalling it, a late unmap, a hazard.
     pub(crate) fn sample() -> Vec<Event> {
         vec![
-            ev(0, "gpu0", "dma_buf_attach", "exp_name=vfio_pci ino=1 attach=1 dev=gpu0"),
+            ev(
+                0,
+                "gpu0",
+                "dma_buf_attach",
+                "exp_name=vfio_pci ino=1 attach=1 dev=gpu0",
+            ),
             ev(1, "revoker", "dma_resv_lock", "ino=1 step=dma_resv_lock"),
-            ev(2, "revoker", "dma_buf_invalidate_attachment", "ino=1 attach=1 dev=gpu0"),
-            ev(3, "gpu0-worker", "dma_fence_wait_start", "driver=gpu timeline=gpu0 context=1 seqno=2"),
-            ev(4, "revoker", "monitor_revoke_returned", "exporter=vfio-pci:vfio0 ranges=[0xe0000000+0x2000] mseq=2"),
-            ev(5, "dma:gpu0-gfx", "hazard", "class=AccessAfterRevoke accessor=gpu0 w space=bus addr=0xe0000000 mseq=4"),
-            ev(6, "dma:gpu0-gfx", "dma_fence_signaled", "driver=gpu timeline=gpu0 context=1 seqno=2"),
-            ev(7, "gpu0-worker", "dma_fence_wait_end", "driver=gpu timeline=gpu0 context=1 seqno=2"),
-            ev(8, "gpu0-worker", "dma_buf_unmap_attachment", "exp_name=vfio_pci ino=1 attach=1 mapping=2 dev=gpu0"),
+            ev(
+                2,
+                "revoker",
+                "dma_buf_invalidate_attachment",
+                "ino=1 attach=1 dev=gpu0",
+            ),
+            ev(
+                3,
+                "gpu0-worker",
+                "dma_fence_wait_start",
+                "driver=gpu timeline=gpu0 context=1 seqno=2",
+            ),
+            ev(
+                4,
+                "revoker",
+                "monitor_revoke_returned",
+                "exporter=vfio-pci:vfio0 ranges=[0xe0000000+0x2000] mseq=2",
+            ),
+            ev(
+                5,
+                "dma:gpu0-gfx",
+                "hazard",
+                "class=AccessAfterRevoke accessor=gpu0 w space=bus addr=0xe0000000 mseq=4",
+            ),
+            ev(
+                6,
+                "dma:gpu0-gfx",
+                "dma_fence_signaled",
+                "driver=gpu timeline=gpu0 context=1 seqno=2",
+            ),
+            ev(
+                7,
+                "gpu0-worker",
+                "dma_fence_wait_end",
+                "driver=gpu timeline=gpu0 context=1 seqno=2",
+            ),
+            ev(
+                8,
+                "gpu0-worker",
+                "dma_buf_unmap_attachment",
+                "exp_name=vfio_pci ino=1 attach=1 mapping=2 dev=gpu0",
+            ),
         ]
     }
 
@@ -181,10 +222,15 @@ pub(crate) mod tests {
         assert_eq!(a.revoke_start, Some(1));
         assert_eq!(a.revoke_return, Some(4));
         assert_eq!(a.hazards, vec![5]);
-        let kinds: Vec<(LinkKind, usize, usize)> = a.links.iter().map(|l| (l.kind, l.from, l.to)).collect();
+        let kinds: Vec<(LinkKind, usize, usize)> =
+            a.links.iter().map(|l| (l.kind, l.from, l.to)).collect();
         assert_eq!(
             kinds,
-            vec![(LinkKind::Notify, 2, 2), (LinkKind::Unmap, 2, 8), (LinkKind::Wake, 6, 7)]
+            vec![
+                (LinkKind::Notify, 2, 2),
+                (LinkKind::Unmap, 2, 8),
+                (LinkKind::Wake, 6, 7)
+            ]
         );
         assert_eq!(a.links[0].to_lane, "gpu0");
         assert_eq!(a.links[2].to_lane, "gpu0-worker");
@@ -193,7 +239,12 @@ pub(crate) mod tests {
     #[test]
     fn a_signal_of_another_fence_wakes_nobody() {
         let mut ev7 = sample();
-        ev7[6] = ev(6, "dma:gpu0-gfx", "dma_fence_signaled", "driver=gpu timeline=gpu0 context=1 seqno=1");
+        ev7[6] = ev(
+            6,
+            "dma:gpu0-gfx",
+            "dma_fence_signaled",
+            "driver=gpu timeline=gpu0 context=1 seqno=1",
+        );
         let a = analyse(&ev7);
         assert!(a.links.iter().all(|l| l.kind != LinkKind::Wake));
     }

@@ -10,7 +10,7 @@
 //! | IOMMU | purple arrow from `iommu_map`/`iommu_unmap`/`iotlb_flush` to the IOMMU lane |
 //! | hazard | red row, red dot, red arrow to the exporter's memory |
 //! | revoke | dashed bands at its start and its return |
-//! | exporter state | right column: revoked or not, live mappings, hazards so far; printed where it changes |
+//! | exporter state | left column: revoked or not, live mappings, hazards so far; printed where it changes |
 //! | folded run | four or more consecutive `dma_readahead`/`dma_access` rows of one task without a hazard: one row saying how many |
 
 use crate::links::{Analysis, LinkKind, analyse};
@@ -20,9 +20,14 @@ use std::fmt::Write as _;
 
 const ROW_H: f64 = 16.0;
 const LANE_W: f64 = 128.0;
-const LEFT: f64 = 74.0;
+/// Row number and time.
+const NUM_W: f64 = 74.0;
+/// The exporter's state column, left of the lanes (labels run rightwards).
+const STATE_W: f64 = 250.0;
+const LEFT: f64 = NUM_W + STATE_W;
 const TOP: f64 = 44.0;
-const STATE_W: f64 = 230.0;
+/// Room right of the last lane for its labels.
+const RIGHT_W: f64 = 330.0;
 /// Shortest run of repetitive rows that is folded.
 pub const FOLD_MIN: usize = 4;
 
@@ -63,18 +68,37 @@ fn repetitive(e: &Event) -> bool {
 /// The rows of a chart: every event but `sched_switch`, repetitive runs
 /// folded.
 pub fn rows(events: &[Event]) -> Vec<Row> {
-    let shown: Vec<usize> = (0..events.len()).filter(|&i| events[i].name != SCHED_SWITCH).collect();
+    // A lock_acquire at once followed by its lock_acquired (no wait) is
+    // drawn as the one row.
+    let next_of_task = |i: usize| events[i + 1..].iter().find(|e| e.name != SCHED_SWITCH);
+    let shown: Vec<usize> = (0..events.len())
+        .filter(|&i| events[i].name != SCHED_SWITCH)
+        .filter(|&i| {
+            !(events[i].name == "lock_acquire"
+                && next_of_task(i).is_some_and(|n| {
+                    n.name == "lock_acquired"
+                        && n.who == events[i].who
+                        && n.field("lock") == events[i].field("lock")
+                }))
+        })
+        .collect();
     let mut out = Vec::new();
     let mut k = 0;
     while k < shown.len() {
         let i = shown[k];
         if repetitive(&events[i]) {
             let mut m = k;
-            while m + 1 < shown.len() && repetitive(&events[shown[m + 1]]) && events[shown[m + 1]].who == events[i].who {
+            while m + 1 < shown.len()
+                && repetitive(&events[shown[m + 1]])
+                && events[shown[m + 1]].who == events[i].who
+            {
                 m += 1;
             }
             if m + 1 - k >= FOLD_MIN {
-                out.push(Row::Folded { from: i, to: shown[m] });
+                out.push(Row::Folded {
+                    from: i,
+                    to: shown[m],
+                });
                 k = m + 1;
                 continue;
             }
@@ -137,7 +161,9 @@ pub fn svg(events: &[Event], id: &str) -> String {
             lanes.push(e.who.clone());
         }
     }
-    let has_iommu = events.iter().any(|e| e.name.starts_with("iommu_") || e.name == "iotlb_flush");
+    let has_iommu = events
+        .iter()
+        .any(|e| e.name.starts_with("iommu_") || e.name == "iotlb_flush");
     let exporter = events
         .iter()
         .find(|e| e.name == "vfio_pci_dma_buf_export")
@@ -163,7 +189,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
         })
         .collect();
     let y = |r: usize| TOP + ROW_H * (r as f64 + 0.5);
-    let width = LEFT + LANE_W * lanes.len() as f64 + STATE_W;
+    let width = LEFT + LANE_W * lanes.len() as f64 + RIGHT_W;
     let height = TOP + ROW_H * (rows.len() as f64 + 1.0);
     let mut s = String::new();
     let _ = write!(
@@ -177,12 +203,20 @@ pub fn svg(events: &[Event], id: &str) -> String {
         if let Row::One(i) = row
             && events[*i].name == "hazard"
         {
-            let _ = write!(s, r#"<rect class="hz-row" x="0" y="{:.1}" width="{width:.0}" height="{ROW_H}"/>"#, y(r) - ROW_H / 2.0);
+            let _ = write!(
+                s,
+                r#"<rect class="hz-row" x="0" y="{:.1}" width="{width:.0}" height="{ROW_H}"/>"#,
+                y(r) - ROW_H / 2.0
+            );
         }
     }
     // Lanes and their heads.
     for (l, x) in lanes.iter().map(|l| (l, lane_x[l.as_str()])) {
-        let cls = if *l == exporter || l == "IOMMU" { "lane dev" } else { "lane" };
+        let cls = if *l == exporter || l == "IOMMU" {
+            "lane dev"
+        } else {
+            "lane"
+        };
         let _ = write!(
             s,
             r#"<line class="{cls}" x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{height:.1}"/><text class="lane-head" x="{x:.1}" y="{:.1}">{}</text>"#,
@@ -194,17 +228,20 @@ pub fn svg(events: &[Event], id: &str) -> String {
     let _ = write!(
         s,
         r#"<text class="state-head" x="{:.1}" y="{:.1}">exporter state</text>"#,
-        LEFT + LANE_W * lanes.len() as f64 + 8.0,
+        NUM_W,
         TOP - 18.0
     );
     // Revoke bands.
-    for (mark, label) in [(an.revoke_start, "revoke starts"), (an.revoke_return, "revoke returned")] {
+    for (mark, label) in [
+        (an.revoke_start, "revoke starts"),
+        (an.revoke_return, "revoke returned"),
+    ] {
         if let Some(i) = mark {
             let yy = y(row_of[&i]) - ROW_H / 2.0;
             let _ = write!(
                 s,
                 r#"<line class="band" x1="0" y1="{yy:.1}" x2="{width:.0}" y2="{yy:.1}"/><text class="band-label" x="{:.1}" y="{:.1}">{label}</text>"#,
-                width - 4.0,
+                LEFT + LANE_W * lanes.len() as f64 - 4.0,
                 yy - 2.0
             );
         }
@@ -231,7 +268,15 @@ pub fn svg(events: &[Event], id: &str) -> String {
             }
             LinkKind::Unmap => {
                 let xb = lane_x[b.who.as_str()];
-                arrow(&mut s, "flow", xa, ya, xb, y(rb), &format!("invalidate row {} → unmap row {}", a.seq, b.seq));
+                arrow(
+                    &mut s,
+                    "flow",
+                    xa,
+                    ya,
+                    xb,
+                    y(rb),
+                    &format!("invalidate row {} → unmap row {}", a.seq, b.seq),
+                );
                 arrow(&mut s, "unmap", xb, y(rb), ex_x, y(rb), &l.label);
             }
             LinkKind::Wake => {
@@ -254,7 +299,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
         }
     }
     // Rows: number, time, dot, label; the exporter's state where it changes.
-    let sx = LEFT + LANE_W * lanes.len() as f64 + 8.0;
+    let sx = NUM_W;
     let mut last_state: Option<&ExporterState> = None;
     for (r, row) in rows.iter().enumerate() {
         let yy = y(r);
@@ -264,7 +309,11 @@ pub fn svg(events: &[Event], id: &str) -> String {
         };
         let e = &events[first];
         let x = lane_x[e.who.as_str()];
-        let secs = format!("{}.{:06}", e.ts_ns / 1_000_000_000, (e.ts_ns / 1000) % 1_000_000);
+        let secs = format!(
+            "{}.{:06}",
+            e.ts_ns / 1_000_000_000,
+            (e.ts_ns / 1000) % 1_000_000
+        );
         let _ = write!(
             s,
             r#"<text class="rowno" x="4" y="{:.1}">{}</text><text class="time" x="{:.1}" y="{:.1}">{secs}</text>"#,
@@ -278,7 +327,12 @@ pub fn svg(events: &[Event], id: &str) -> String {
                 let hz = e.name == "hazard";
                 let cls = if hz { "ev hz" } else { "ev" };
                 let label = if hz {
-                    format!("HAZARD {}", short_args(e, 70))
+                    format!(
+                        "HAZARD {} by {} at {}",
+                        e.field("class").unwrap_or_default(),
+                        e.field("accessor").unwrap_or_default(),
+                        e.field("addr").unwrap_or_default()
+                    )
                 } else {
                     format!("{} {}", e.name, short_args(e, 48))
                 };
@@ -326,7 +380,11 @@ pub fn svg(events: &[Event], id: &str) -> String {
                 r#"<text class="state{}" x="{sx:.1}" y="{:.1}">{} · {} live mapping{} · {} hazard{}</text>"#,
                 if now.revoked { " revoked" } else { "" },
                 yy + 4.0,
-                if now.revoked { "revoked" } else { "not revoked" },
+                if now.revoked {
+                    "revoked"
+                } else {
+                    "not revoked"
+                },
                 now.live,
                 if now.live == 1 { "" } else { "s" },
                 now.hazards,
@@ -368,14 +426,49 @@ mod tests {
     fn runs_of_readahead_fold_but_hazards_do_not() {
         let mut e = vec![ev(0, "a", "dma_job_start", "engine=e job=1")];
         for k in 1..=6 {
-            e.push(ev(k, "a", if k % 2 == 1 { "dma_readahead" } else { "dma_access" }, "len=0x40"));
+            e.push(ev(
+                k,
+                "a",
+                if k % 2 == 1 {
+                    "dma_readahead"
+                } else {
+                    "dma_access"
+                },
+                "len=0x40",
+            ));
         }
         e.push(ev(7, "a", "hazard", "class=Aer mseq=1"));
         e.push(ev(8, "a", "dma_access", "len=0x40"));
         let r = rows(&e);
-        assert_eq!(r, vec![Row::One(0), Row::Folded { from: 1, to: 6 }, Row::One(7), Row::One(8)]);
+        assert_eq!(
+            r,
+            vec![
+                Row::One(0),
+                Row::Folded { from: 1, to: 6 },
+                Row::One(7),
+                Row::One(8)
+            ]
+        );
         let svg = svg(&e, "x");
-        assert!(svg.contains("rows 1–6 folded: dma_access ×3, dma_readahead ×3"), "{svg}");
+        assert!(
+            svg.contains("rows 1–6 folded: dma_access ×3, dma_readahead ×3"),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn an_uncontended_lock_is_one_row() {
+        let e = vec![
+            ev(0, "a", "lock_acquire", "lock=resv#1"),
+            ev(1, "a", "lock_acquired", "lock=resv#1"),
+            ev(2, "a", "lock_acquire", "lock=resv#1"),
+            ev(3, "b", "lock_release", "lock=resv#1"),
+            ev(4, "a", "lock_acquired", "lock=resv#1"),
+        ];
+        assert_eq!(
+            rows(&e),
+            vec![Row::One(1), Row::One(2), Row::One(3), Row::One(4)]
+        );
     }
 
     #[test]
@@ -384,12 +477,21 @@ mod tests {
         assert!(svg.starts_with(r#"<svg class="msc" id="cx-1""#));
         // gpu0, revoker, gpu0-worker, dma:gpu0-gfx, exporter memory
         assert!(svg.contains(r#"data-lanes="5""#), "{svg}");
-        for cls in ["arr notify", "arr unmap", "arr flow", "arr wake", "arr hazard"] {
+        for cls in [
+            "arr notify",
+            "arr unmap",
+            "arr flow",
+            "arr wake",
+            "arr hazard",
+        ] {
             assert!(svg.contains(cls), "{cls}");
         }
         assert!(svg.contains("revoke starts") && svg.contains("revoke returned"));
         assert!(svg.contains(r#"class="hz-row""#));
-        assert!(svg.contains("not revoked · 0 live mappings · 1 hazard"), "{svg}");
+        assert!(
+            svg.contains("not revoked · 0 live mappings · 1 hazard"),
+            "{svg}"
+        );
     }
 
     #[test]

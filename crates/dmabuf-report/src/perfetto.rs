@@ -36,7 +36,11 @@ fn ts_us(e: &Event) -> f64 {
 /// an id (real threads) get ids after the largest, in order of appearance.
 fn tids(events: &[Event]) -> BTreeMap<String, u64> {
     let mut m: BTreeMap<String, u64> = BTreeMap::new();
-    let mut next = events.iter().filter_map(|e| e.task).max().map_or(1, |t| t as u64 + 2);
+    let mut next = events
+        .iter()
+        .filter_map(|e| e.task)
+        .max()
+        .map_or(1, |t| t as u64 + 2);
     for e in events {
         if !m.contains_key(&e.who) {
             let id = match e.task {
@@ -69,11 +73,15 @@ pub fn chrome_json(events: &[Event], title: &str) -> Value {
     let an: Analysis = analyse(events);
     let tid = tids(events);
     let mut out: Vec<Value> = Vec::new();
-    out.push(json!({"ph": "M", "name": "process_name", "pid": PID, "tid": 0, "args": {"name": title}}));
+    out.push(
+        json!({"ph": "M", "name": "process_name", "pid": PID, "tid": 0, "args": {"name": title}}),
+    );
     let mut order: Vec<(&String, &u64)> = tid.iter().collect();
     order.sort_by_key(|(_, t)| **t);
     for (i, (name, t)) in order.iter().enumerate() {
-        out.push(json!({"ph": "M", "name": "thread_name", "pid": PID, "tid": t, "args": {"name": name}}));
+        out.push(
+            json!({"ph": "M", "name": "thread_name", "pid": PID, "tid": t, "args": {"name": name}}),
+        );
         out.push(json!({"ph": "M", "name": "thread_sort_index", "pid": PID, "tid": t, "args": {"sort_index": i}}));
     }
     // Spans: start row -> end row on one track.
@@ -86,12 +94,18 @@ pub fn chrome_json(events: &[Event], title: &str) -> Value {
         };
         let want: Vec<Option<String>> = key.iter().map(|k| e.field(k)).collect();
         if let Some(j) = events[i + 1..].iter().position(|x| {
-            x.who == e.who && x.name == end_name && key.iter().map(|k| x.field(k)).collect::<Vec<_>>() == want
+            x.who == e.who
+                && x.name == end_name
+                && key.iter().map(|k| x.field(k)).collect::<Vec<_>>() == want
         }) {
             let label = if e.name == "dma_job_start" {
                 format!("dma job {}", e.field("label").unwrap_or_default())
             } else {
-                format!("dma_fence_wait {}:{}", want[0].clone().unwrap_or_default(), want[1].clone().unwrap_or_default())
+                format!(
+                    "dma_fence_wait {}:{}",
+                    want[0].clone().unwrap_or_default(),
+                    want[1].clone().unwrap_or_default()
+                )
             };
             spans.push((i, i + 1 + j, label));
         }
@@ -100,9 +114,12 @@ pub fn chrome_json(events: &[Event], title: &str) -> Value {
     spans.sort_by_key(|s| (s.0, std::cmp::Reverse(s.1)));
     let mut kept: Vec<(usize, usize, String)> = Vec::new();
     for s in spans {
-        let ok = kept.iter().filter(|k| events[k.0].who == events[s.0].who).all(|k| {
-            s.1 < k.0 || s.0 > k.1 || (s.0 >= k.0 && s.1 <= k.1) || (k.0 >= s.0 && k.1 <= s.1)
-        });
+        let ok = kept
+            .iter()
+            .filter(|k| events[k.0].who == events[s.0].who)
+            .all(|k| {
+                s.1 < k.0 || s.0 > k.1 || (s.0 >= k.0 && s.1 <= k.1) || (k.0 >= s.0 && k.1 <= s.1)
+            });
         if ok {
             kept.push(s);
         }
@@ -127,12 +144,20 @@ pub fn chrome_json(events: &[Event], title: &str) -> Value {
             }));
         }
     }
-    for (mark, name) in [(an.revoke_start, "revoke starts"), (an.revoke_return, "revoke returned")] {
+    for (mark, name) in [
+        (an.revoke_start, "revoke starts"),
+        (an.revoke_return, "revoke returned"),
+    ] {
         if let Some(i) = mark {
             out.push(json!({"ph": "i", "s": "p", "name": name, "cat": "revoke", "pid": PID, "tid": tid[&events[i].who], "ts": ts_us(&events[i])}));
         }
     }
-    for (id, l) in an.links.iter().filter(|l| l.kind != LinkKind::Notify).enumerate() {
+    for (id, l) in an
+        .links
+        .iter()
+        .filter(|l| l.kind != LinkKind::Notify)
+        .enumerate()
+    {
         let (a, b) = (&events[l.from], &events[l.to]);
         out.push(json!({"ph": "s", "id": id + 1, "name": l.kind.name(), "cat": "flow", "pid": PID, "tid": tid[&a.who], "ts": ts_us(a)}));
         out.push(json!({"ph": "f", "bp": "e", "id": id + 1, "name": l.kind.name(), "cat": "flow", "pid": PID, "tid": tid[&b.who], "ts": ts_us(b)}));
@@ -154,7 +179,9 @@ pub fn validate(doc: &Value) -> Result<(), Vec<String>> {
         return Err(vec!["no traceEvents array".into()]);
     };
     let mut slices: BTreeMap<(u64, u64), Vec<(f64, f64)>> = BTreeMap::new();
-    let mut flows: BTreeMap<u64, (Vec<(u64, u64, f64)>, Vec<(u64, u64, f64)>)> = BTreeMap::new();
+    // Flow id -> (starts, ends), each as (pid, tid, ts).
+    type Ends = Vec<(u64, u64, f64)>;
+    let mut flows: BTreeMap<u64, (Ends, Ends)> = BTreeMap::new();
     for (n, e) in evs.iter().enumerate() {
         let ph = e.get("ph").and_then(Value::as_str).unwrap_or("");
         let pid = e.get("pid").and_then(Value::as_u64);
@@ -173,7 +200,14 @@ pub fn validate(doc: &Value) -> Result<(), Vec<String>> {
         match ph {
             "M" => {
                 let name = e.get("name").and_then(Value::as_str).unwrap_or("");
-                if !["process_name", "thread_name", "thread_sort_index", "process_sort_index", "process_labels"].contains(&name)
+                if ![
+                    "process_name",
+                    "thread_name",
+                    "thread_sort_index",
+                    "process_sort_index",
+                    "process_labels",
+                ]
+                .contains(&name)
                     || e.get("args").is_none()
                 {
                     errs.push(format!("event {n}: bad metadata '{name}'"));
@@ -205,11 +239,17 @@ pub fn validate(doc: &Value) -> Result<(), Vec<String>> {
         }
     }
     let inside = |p: u64, t: u64, ts: f64| {
-        slices.get(&(p, t)).is_some_and(|v| v.iter().any(|&(a, b)| a <= ts && ts <= b))
+        slices
+            .get(&(p, t))
+            .is_some_and(|v| v.iter().any(|&(a, b)| a <= ts && ts <= b))
     };
     for (id, (s, f)) in &flows {
         if s.len() != 1 || f.len() != 1 {
-            errs.push(format!("flow {id}: {} start(s), {} end(s)", s.len(), f.len()));
+            errs.push(format!(
+                "flow {id}: {} start(s), {} end(s)",
+                s.len(),
+                f.len()
+            ));
             continue;
         }
         if f[0].2 < s[0].2 {
@@ -217,7 +257,9 @@ pub fn validate(doc: &Value) -> Result<(), Vec<String>> {
         }
         for (p, t, ts) in [s[0], f[0]] {
             if !inside(p, t, ts) {
-                errs.push(format!("flow {id}: an end at {ts} is in no slice of track {p}/{t}"));
+                errs.push(format!(
+                    "flow {id}: an end at {ts} is in no slice of track {p}/{t}"
+                ));
             }
         }
     }
@@ -226,13 +268,19 @@ pub fn validate(doc: &Value) -> Result<(), Vec<String>> {
         v.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
         let mut stack: Vec<(f64, f64)> = Vec::new();
         for s in v {
-            while stack.last().is_some_and(|top| top.1 <= s.0) {
+            // Timestamps are decimal microseconds: compare to within a
+            // picosecond so that a slice ending where the next begins
+            // does not count as overlapping.
+            while stack.last().is_some_and(|top| top.1 <= s.0 + 1e-6) {
                 stack.pop();
             }
             if let Some(top) = stack.last()
-                && s.1 > top.1 + 1e-9
+                && s.1 > top.1 + 1e-6
             {
-                errs.push(format!("track {p}/{t}: slices [{}, {}] and [{}, {}] overlap without nesting", top.0, top.1, s.0, s.1));
+                errs.push(format!(
+                    "track {p}/{t}: slices [{}, {}] and [{}, {}] overlap without nesting",
+                    top.0, top.1, s.0, s.1
+                ));
             }
             stack.push(s);
         }
@@ -259,7 +307,10 @@ mod tests {
         let starts = evs.iter().filter(|e| e["ph"] == "s").count();
         assert_eq!(starts, 2, "invalidate->unmap and signal->wake");
         assert!(evs.iter().any(|e| e["ph"] == "i" && e["cat"] == "hazard"));
-        assert!(evs.iter().any(|e| e["name"] == "dma_fence_wait 1:2" && e["ph"] == "X"));
+        assert!(
+            evs.iter()
+                .any(|e| e["name"] == "dma_fence_wait 1:2" && e["ph"] == "X")
+        );
     }
 
     #[test]
@@ -273,9 +324,18 @@ mod tests {
             {"ph": "i", "s": "x", "name": "h", "pid": 1, "tid": 1, "ts": 1.0},
         ]});
         let e = validate(&bad).unwrap_err();
-        assert!(e.iter().any(|m| m.contains("without a non-negative dur")), "{e:?}");
-        assert!(e.iter().any(|m| m.contains("1 start(s), 0 end(s)")), "{e:?}");
-        assert!(e.iter().any(|m| m.contains("overlap without nesting")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m.contains("without a non-negative dur")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|m| m.contains("1 start(s), 0 end(s)")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|m| m.contains("overlap without nesting")),
+            "{e:?}"
+        );
         assert!(e.iter().any(|m| m.contains("instant scope")), "{e:?}");
     }
 }
