@@ -19,11 +19,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 const ROW_H: f64 = 16.0;
-const LANE_W: f64 = 128.0;
+const LANE_W: f64 = 112.0;
 /// Row number and time.
-const NUM_W: f64 = 74.0;
+const NUM_W: f64 = 86.0;
 /// The exporter's state column, left of the lanes (labels run rightwards).
-const STATE_W: f64 = 250.0;
+const STATE_W: f64 = 240.0;
 const LEFT: f64 = NUM_W + STATE_W;
 const TOP: f64 = 44.0;
 /// Room right of the last lane for its labels.
