@@ -32,14 +32,43 @@ dmabuf report --from "$out/matrix.json" -o "$out/report.html"
 rc=$?
 set -e
 if [ "$rc" -gt 1 ]; then echo "report-check: FAILED: report exited $rc" >&2; exit 1; fi
+# The exports of one counterexample through the CLI: Perfetto JSON parses
+# with tracks, slices and flows; ftrace lines have the trace-cmd layout.
+tok=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(next(v["replay"] for c in m["cells"] for v in c.get("properties",{}).values() if v.get("replay")))' "$out/matrix.json")
+set +e
+dmabuf replay "$tok" --trace-format perfetto > "$out/cx.perfetto.json" 2>/dev/null
+dmabuf replay "$tok" --trace-format ftrace > "$out/cx.ftrace.txt" 2>/dev/null
+dmabuf report --from /nonexistent.json -o "$out/x.html" 2>/dev/null; bad_rc=$?
+set -e
+[ "$bad_rc" = 2 ] || { echo "report-check: FAILED: an unreadable --from exited $bad_rc, not 2" >&2; exit 1; }
+python3 - "$out" <<'PY'
+import json, re, sys
+out = sys.argv[1]
+d = json.load(open(f"{out}/cx.perfetto.json"))
+ph = [e["ph"] for e in d["traceEvents"]]
+assert ph.count("M") >= 2 and ph.count("X") >= 10 and ph.count("s") == ph.count("f"), "perfetto: tracks, slices, paired flows"
+lines = open(f"{out}/cx.ftrace.txt").read().splitlines()
+assert lines[0] == "cpus=1"
+pat = re.compile(r"^ {0,15}\S.{0,15}-\d+ +\[000\] +\d+\.\d{6}: [a-z_A-Z0-9]+: ")
+badl = [l for l in lines[1:] if not pat.match(l)]
+assert not badl, f"ftrace: {len(badl)} lines off the layout, e.g. {badl[:2]}"
+print(f"report-check: exports ok ({len(d['traceEvents'])} trace events, {len(lines)-1} ftrace lines)")
+PY
 profile=$(mktemp -d)
 trap 'rm -rf "$profile"' EXIT
 flags=(--headless --no-sandbox --disable-gpu --user-data-dir="$profile" --window-size=1400,3200)
 printf '<!DOCTYPE html><html><body>empty</body></html>\n' > "$out/empty.html"
 now() { date +%s.%N; }
 # Baseline: an empty page, same browser, same flags, same run.
-t0=$(now); "$browser" "${flags[@]}" --dump-dom "file://$PWD/$out/empty.html" > /dev/null 2>"$out/chromium.log"; t1=$(now)
-"$browser" "${flags[@]}" --dump-dom "file://$PWD/$out/report.html" > "$out/dom.html" 2>>"$out/chromium.log"; t2=$(now)
+# Best of three, alternating, so that a busy machine shifts both alike.
+best_empty=999; best_report=999
+for _ in 1 2 3; do
+  a=$(now); "$browser" "${flags[@]}" --dump-dom "file://$PWD/$out/empty.html" > /dev/null 2>>"$out/chromium.log"; b=$(now)
+  "$browser" "${flags[@]}" --dump-dom "file://$PWD/$out/report.html" > "$out/dom.html" 2>>"$out/chromium.log"; c=$(now)
+  best_empty=$(python3 -c "print(min($best_empty, $b - $a))")
+  best_report=$(python3 -c "print(min($best_report, $c - $b))")
+done
+t0=0; t1=$best_empty; t2=$(python3 -c "print($best_empty + $best_report)")
 "$browser" "${flags[@]}" --screenshot="$PWD/$out/report.png" "file://$PWD/$out/report.html" > /dev/null 2>>"$out/chromium.log"
 python3 - "$out" "$t0" "$t1" "$t2" <<'PY'
 import json, sys, os
@@ -83,7 +112,7 @@ png = os.path.getsize(f"{out}/report.png") if os.path.exists(f"{out}/report.png"
 if png < 20000: errors.append(f"screenshot missing or blank ({png} bytes)")
 base, rep = t1 - t0, t2 - t1
 print(f"report-check: {len(p.cells)} cells, {len(p.links)} links, {p.charts} charts for {len(tokens)} counterexamples; "
-      f"{size/1e6:.2f} MB; render (dump-dom) {rep:.2f} s vs empty page {base:.2f} s (ratio {rep/base:.2f}, "
+      f"{size/1e6:.2f} MB; render (dump-dom, best of 3) {rep:.2f} s vs empty page {base:.2f} s (ratio {rep/base:.2f}, "
       f"report-only {max(rep-base,0):.2f} s); screenshot {out}/report.png")
 if size >= 5_000_000: errors.append(f"HTML is {size} bytes (target < 5 MB)")
 if rep >= 2.0 + base: errors.append(f"render took {rep:.2f} s, beyond the empty page's {base:.2f} s + 2 s")
