@@ -5,6 +5,8 @@
 # screenshot, and prints the render time against an empty page rendered in
 # the same run, and the file size (targets: under 2 s, under 5 MB).
 # Chromium missing is a FAILURE, never a pass: .ci/run installs it.
+# The Perfetto export of one counterexample is read by a parser from the npm
+# registry (scripts/perfetto-check.js); node and npm missing is a failure.
 # Output: target/report-check/{matrix.json,report.html,dom.html,report.png}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +39,7 @@ if [ "$rc" -gt 1 ]; then echo "report-check: FAILED: report exited $rc" >&2; exi
 tok=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(next(v["replay"] for c in m["cells"] for v in c.get("properties",{}).values() if v.get("replay")))' "$out/matrix.json")
 set +e
 dmabuf replay "$tok" --trace-format perfetto > "$out/cx.perfetto.json" 2>/dev/null
+dmabuf replay "$tok" --json > "$out/cx.replay.json" 2>/dev/null
 dmabuf replay "$tok" --trace-format ftrace > "$out/cx.ftrace.txt" 2>/dev/null
 dmabuf report --from /nonexistent.json -o "$out/x.html" 2>/dev/null; bad_rc=$?
 set -e
@@ -54,6 +57,17 @@ badl = [l for l in lines[1:] if not pat.match(l)]
 assert not badl, f"ftrace: {len(badl)} lines off the layout, e.g. {badl[:2]}"
 print(f"report-check: exports ok ({len(d['traceEvents'])} trace events, {len(lines)-1} ftrace lines)")
 PY
+# The Perfetto document read by a parser of the format from the npm registry
+# (TracerBench's trace model, pinned), checked against the replay's JSON.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "report-check: FAILED: node/npm missing: the Perfetto export was not read by a parser" >&2
+  exit 1
+fi
+if [ ! -d "$out/node/node_modules/@tracerbench/trace-model" ]; then
+  npm install --silent --no-audit --no-fund --prefix "$out/node" @tracerbench/trace-model@8.0.0 >/dev/null \
+    || { echo "report-check: FAILED: npm could not install @tracerbench/trace-model" >&2; exit 1; }
+fi
+NODE_PATH="$PWD/$out/node/node_modules" node scripts/perfetto-check.js "$out/cx.perfetto.json" "$out/cx.replay.json"
 profile=$(mktemp -d)
 trap 'rm -rf "$profile"' EXIT
 flags=(--headless --no-sandbox --disable-gpu --user-data-dir="$profile" --window-size=1400,3200)

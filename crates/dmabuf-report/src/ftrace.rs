@@ -8,7 +8,7 @@
 //!
 //! | column | value |
 //! |---|---|
-//! | `comm-pid` | task name (cut to the kernel's 15 characters), task id (the root task `main` is 0; `sched_switch` rows use the same ids) |
+//! | `comm-pid` | task name (cut to the kernel's 15 characters), task id (the root task `main` is 0; `sched_switch` rows use the same ids); real threads are numbered in order of appearance |
 //! | `[cpu]` | `000`: the controlled scheduler runs one task at a time |
 //! | timestamp | virtual seconds, six decimals |
 //! | event | the tracepoint name (the kernel's where one exists: `dma_fence_signaled`, `sched_switch`, `iommu_map`, ...) |
@@ -23,9 +23,23 @@ const COMM_LEN: usize = 15;
 /// Renders `events` as `trace-cmd report` text.
 pub fn render(events: &[Event]) -> String {
     let mut s = String::from("cpus=1\n");
+    // Real threads have no task id: numbered in order of appearance, after
+    // the largest task id.
+    let base = events
+        .iter()
+        .filter_map(|e| e.task)
+        .max()
+        .map_or(0, |t| t + 1);
+    let mut threads: Vec<&str> = Vec::new();
     for e in events {
         let comm: String = e.who.chars().take(COMM_LEN).collect();
-        let pid = e.task.map_or(0, |t| t);
+        let pid = e.task.unwrap_or_else(|| {
+            let i = threads.iter().position(|t| *t == e.who).unwrap_or_else(|| {
+                threads.push(&e.who);
+                threads.len() - 1
+            });
+            base + i
+        });
         let _ = writeln!(
             s,
             "{:>16}-{:<5} [000] {:>5}.{:06}: {:<20} {}",

@@ -9,8 +9,8 @@
 //! | every row | `X`, 1 ns long | each event, `args` = its fields plus `row` and `virtual-ns` |
 //! | DMA job, fence wait | `X` spanning start → end | `dma_job_start`/`dma_job_done`, `dma_fence_wait_start`/`_end` (kept only where they nest) |
 //! | invalidate → unmap, signal → wake | `s` / `f` (`bp: "e"`), one id per arrow | [`crate::links`] |
-//! | hazard | `i`, thread scope | `hazard` rows |
-//! | revoke start / return | `i`, process scope | [`crate::links::Analysis`] |
+//! | hazard | `I` (instant; the older `i` is read too), thread scope | `hazard` rows |
+//! | revoke start / return | `I`, process scope | [`crate::links::Analysis`] |
 //!
 //! Time: the controlled scheduler's clock is virtual and many rows share
 //! one instant, so row `n` is placed `n` ns after its virtual time (the
@@ -28,8 +28,15 @@ use std::collections::BTreeMap;
 
 const PID: u64 = 1;
 
+/// Controlled runs: virtual time plus the row number in ns (rows at one
+/// instant keep their order); real threads: the monotonic time as it is.
 fn ts_us(e: &Event) -> f64 {
-    (e.ts_ns + e.seq) as f64 / 1000.0
+    let ns = if e.task.is_some() {
+        e.ts_ns + e.seq
+    } else {
+        e.ts_ns
+    };
+    ns as f64 / 1000.0
 }
 
 /// Track ids: task id + 1 (0 is no task in Chrome's model); tasks without
@@ -74,15 +81,15 @@ pub fn chrome_json(events: &[Event], title: &str) -> Value {
     let tid = tids(events);
     let mut out: Vec<Value> = Vec::new();
     out.push(
-        json!({"ph": "M", "name": "process_name", "pid": PID, "tid": 0, "args": {"name": title}}),
+        json!({"ph": "M", "cat": "__metadata", "name": "process_name", "pid": PID, "tid": 0, "args": {"name": title}}),
     );
     let mut order: Vec<(&String, &u64)> = tid.iter().collect();
     order.sort_by_key(|(_, t)| **t);
     for (i, (name, t)) in order.iter().enumerate() {
         out.push(
-            json!({"ph": "M", "name": "thread_name", "pid": PID, "tid": t, "args": {"name": name}}),
+            json!({"ph": "M", "cat": "__metadata", "name": "thread_name", "pid": PID, "tid": t, "args": {"name": name}}),
         );
-        out.push(json!({"ph": "M", "name": "thread_sort_index", "pid": PID, "tid": t, "args": {"sort_index": i}}));
+        out.push(json!({"ph": "M", "cat": "__metadata", "name": "thread_sort_index", "pid": PID, "tid": t, "args": {"sort_index": i}}));
     }
     // Spans: start row -> end row on one track.
     let mut spans: Vec<(usize, usize, String)> = Vec::new();
@@ -139,7 +146,7 @@ pub fn chrome_json(events: &[Event], title: &str) -> Value {
         }));
         if e.name == "hazard" {
             out.push(json!({
-                "ph": "i", "s": "t", "name": format!("HAZARD {}", e.field("class").unwrap_or_default()),
+                "ph": "I", "s": "t", "name": format!("HAZARD {}", e.field("class").unwrap_or_default()),
                 "cat": "hazard", "pid": PID, "tid": tid[&e.who], "ts": ts_us(e), "args": args_of(e),
             }));
         }
@@ -149,7 +156,7 @@ pub fn chrome_json(events: &[Event], title: &str) -> Value {
         (an.revoke_return, "revoke returned"),
     ] {
         if let Some(i) = mark {
-            out.push(json!({"ph": "i", "s": "p", "name": name, "cat": "revoke", "pid": PID, "tid": tid[&events[i].who], "ts": ts_us(&events[i])}));
+            out.push(json!({"ph": "I", "s": "p", "name": name, "cat": "revoke", "pid": PID, "tid": tid[&events[i].who], "ts": ts_us(&events[i])}));
         }
     }
     for (id, l) in an
@@ -168,8 +175,8 @@ pub fn chrome_json(events: &[Event], title: &str) -> Value {
 /// Checks a document against the trace-event format's rules: the object
 /// form with a `traceEvents` array; every event has `ph`, `pid`, `tid` and
 /// (but metadata) a finite, non-negative `ts`; `X` has a non-negative
-/// `dur`; `i` has scope `g`, `p` or `t`; `M` is a known metadata name with
-/// `args`; every flow id has exactly one `s` and one `f`, the `f` not
+/// `dur`; `I` (or the older `i`) has scope `g`, `p` or `t`; `M` is a known metadata name with
+/// `args`; every event has a `cat`; every flow id has exactly one `s` and one `f`, the `f` not
 /// before its `s`, and each end lies inside an `X` slice of its own track
 /// (where viewers bind it); `X` slices of a track nest (no partial
 /// overlap). Returns every broken rule.
@@ -236,6 +243,11 @@ pub fn validate(doc: &Value) -> Result<(), Vec<String>> {
         }
         if ph != "M" && e.get("name").and_then(Value::as_str).is_none() {
             errs.push(format!("event {n}: no name"));
+        }
+        // Viewers and parsers split `cat` on commas without checking that
+        // it is there (a missing one crashes TracerBench's trace model).
+        if e.get("cat").and_then(Value::as_str).is_none() {
+            errs.push(format!("event {n}: no cat"));
         }
     }
     let inside = |p: u64, t: u64, ts: f64| {
@@ -306,7 +318,7 @@ mod tests {
         assert_eq!(threads.len(), 4, "{threads:?}");
         let starts = evs.iter().filter(|e| e["ph"] == "s").count();
         assert_eq!(starts, 2, "invalidate->unmap and signal->wake");
-        assert!(evs.iter().any(|e| e["ph"] == "i" && e["cat"] == "hazard"));
+        assert!(evs.iter().any(|e| e["ph"] == "I" && e["cat"] == "hazard"));
         assert!(
             evs.iter()
                 .any(|e| e["name"] == "dma_fence_wait 1:2" && e["ph"] == "X")
@@ -318,6 +330,7 @@ mod tests {
         assert!(validate(&json!({})).is_err());
         let bad = json!({"traceEvents": [
             {"ph": "X", "name": "a", "pid": 1, "tid": 1, "ts": 1.0},
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": 1, "args": {"name": "t"}},
             {"ph": "s", "id": 1, "name": "f", "pid": 1, "tid": 1, "ts": 5.0},
             {"ph": "X", "name": "b", "pid": 1, "tid": 2, "ts": 1.0, "dur": 5.0},
             {"ph": "X", "name": "c", "pid": 1, "tid": 2, "ts": 3.0, "dur": 5.0},
@@ -337,5 +350,6 @@ mod tests {
             "{e:?}"
         );
         assert!(e.iter().any(|m| m.contains("instant scope")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("event 1: no cat")), "{e:?}");
     }
 }

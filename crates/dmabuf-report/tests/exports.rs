@@ -50,7 +50,7 @@ fn perfetto_export_of_a_revoke_race_is_valid_and_has_its_arrows() {
     };
     assert!(flows("invalidate-unmap") >= 1, "invalidate -> unmap flow");
     assert!(flows("signal-wake") >= 1, "signal -> wake flow");
-    assert!(evs.iter().any(|e| e["ph"] == "i" && e["cat"] == "hazard"));
+    assert!(evs.iter().any(|e| e["ph"] == "I" && e["cat"] == "hazard"));
     let tracks = evs.iter().filter(|e| e["name"] == "thread_name").count();
     let tasks: std::collections::BTreeSet<&str> = r.events.iter().map(|e| e.who.as_str()).collect();
     assert_eq!(tracks, tasks.len(), "a track per task");
