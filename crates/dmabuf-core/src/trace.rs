@@ -31,7 +31,7 @@
 //!
 //! | row | when |
 //! |---|---|
-//! | `sched_switch` (`prev_comm=A prev_pid=N ==> next_comm=B next_pid=M`) | the task emitting an event is not the one that emitted the previous event: the scheduler switched in between (switches with no event between them are not shown) |
+//! | `sched_switch` (`prev_comm=A prev_pid=N prev_state=R+\|S ==> next_comm=B next_pid=M decisions=K`) | the task emitting an event is not the one that emitted the previous event: the scheduler switched in between (switches with no event between them are not shown). `prev_state=R+`: A was preempted (the scheduler chose another task while A could go on), `S`: A blocked, yielded or exited; `decisions`: scheduler choices since the previous row |
 //!
 //! Objects with no kernel id (a lock, a condvar) are named by [`object`]:
 //! `resv#1`, `resv#2`, numbered in order of first appearance in the
@@ -124,13 +124,28 @@ pub fn emit(name: &'static str, args: String) {
     #[cfg(not(loom))]
     if crate::sync::sched::active() {
         let mut args = Some(args);
-        let stored =
-            crate::sync::sched::with_extension(|log: &mut crate::sync::sched::TraceLog, here| {
+        // Scheduler decisions and preemptions since the previous row.
+        let (decided, preempted) =
+            crate::sync::sched::with_extension(|seen: &mut SchedSeen, here| {
+                let d = (
+                    here.decisions.saturating_sub(seen.decisions),
+                    here.preemptions.saturating_sub(seen.preemptions),
+                );
+                seen.decisions = here.decisions;
+                seen.preemptions = here.preemptions;
+                d
+            })
+            .unwrap_or((0, 0));
+        let stored = crate::sync::sched::with_extension(
+            |log: &mut crate::sync::sched::TraceLog, here| {
                 let prev = log.0.last().map(|e| (e.task, e.who.clone()));
                 if let Some((Some(pt), pname)) = prev
                     && pt != here.task
                 {
-                    // The scheduler switched tasks since the last event.
+                    // The scheduler switched tasks since the last event:
+                    // `R+` when it preempted a task that could have gone
+                    // on (as the kernel prints a preempted task), `S` when
+                    // the previous task blocked, yielded or exited.
                     let seq = log.0.len() as u64;
                     log.0.push(Event {
                         seq,
@@ -139,8 +154,10 @@ pub fn emit(name: &'static str, args: String) {
                         task: Some(here.task),
                         name: SCHED_SWITCH,
                         args: format!(
-                            "prev_comm={pname} prev_pid={pt} ==> next_comm={} next_pid={}",
-                            here.task_name, here.task
+                            "prev_comm={pname} prev_pid={pt} prev_state={} ==> next_comm={} next_pid={} decisions={decided}",
+                            if preempted > 0 { "R+" } else { "S" },
+                            here.task_name,
+                            here.task
                         ),
                     });
                 }
@@ -153,7 +170,8 @@ pub fn emit(name: &'static str, args: String) {
                     name,
                     args: args.take().unwrap_or_default(),
                 });
-            });
+            },
+        );
         if stored.is_some() {
             return;
         }
@@ -192,6 +210,14 @@ pub fn object(kind: &'static str, addr: usize) -> String {
         }
     }
     format!("{kind}@{addr:#x}")
+}
+
+/// The scheduler's decision and preemption counts at the previous row (an
+/// extension slot).
+#[derive(Default)]
+struct SchedSeen {
+    decisions: u64,
+    preemptions: u64,
 }
 
 /// The per-execution names handed out by [`object`] (an extension slot).

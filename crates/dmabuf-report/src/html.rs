@@ -281,6 +281,7 @@ svg.msc .state-head{font:bold 11px system-ui,sans-serif}
 svg.msc .rowno,svg.msc .time{fill:#999;font-size:9.5px}
 svg.msc .ev circle{fill:#555} svg.msc .ev text{fill:#222;paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}
 svg.msc .ev.hz text{stroke:#fdecea}
+svg.msc .ev.preempt circle{fill:#d9822b} svg.msc .ev.preempt text{fill:#b35c00;font-style:italic}
 svg.msc .ev.hz circle{fill:#d62728} svg.msc .ev.hz text{fill:#b71c1c;font-weight:bold}
 svg.msc .ev.folded rect{fill:#ddd;stroke:#999} svg.msc .ev.folded text{fill:#777;font-style:italic}
 svg.msc .hz-row{fill:#fdecea}

@@ -3,7 +3,7 @@
 //! | element | drawn as |
 //! |---|---|
 //! | lane | a vertical line per task, in order of first appearance, then `IOMMU` (when the run maps through one) and the exporter's memory |
-//! | row | one trace row: a dot on its task's lane and the tracepoint with its arguments (`title` holds the full text); `sched_switch` rows are not drawn (the lanes show who runs) |
+//! | row | one trace row: a dot on its task's lane and the tracepoint with its arguments (`title` holds the full text); `sched_switch` rows are not drawn (the lanes show who runs) except preemptions (`prev_state=R+`), drawn on the preempted task's lane |
 //! | invalidate → callback | orange arrow from the revoker to the importer's lane |
 //! | invalidate → unmap | grey dashed arrow to the importer's `dma_buf_unmap_attachment`, then a blue arrow from it to the exporter |
 //! | fence signal → wake-up | green arrow from `dma_fence_signaled` to the waiter's `dma_fence_wait_end` |
@@ -61,6 +61,11 @@ pub enum Row {
     },
 }
 
+/// A `sched_switch` row that says the scheduler preempted a task.
+fn is_preemption(e: &Event) -> bool {
+    e.name == SCHED_SWITCH && e.field("prev_state").as_deref() == Some("R+")
+}
+
 fn repetitive(e: &Event) -> bool {
     matches!(e.name, "dma_readahead" | "dma_access")
 }
@@ -72,7 +77,7 @@ pub fn rows(events: &[Event]) -> Vec<Row> {
     // drawn as the one row.
     let next_of_task = |i: usize| events[i + 1..].iter().find(|e| e.name != SCHED_SWITCH);
     let shown: Vec<usize> = (0..events.len())
-        .filter(|&i| events[i].name != SCHED_SWITCH)
+        .filter(|&i| events[i].name != SCHED_SWITCH || is_preemption(&events[i]))
         .filter(|&i| {
             !(events[i].name == "lock_acquire"
                 && next_of_task(i).is_some_and(|n| {
@@ -236,8 +241,8 @@ pub fn svg(events: &[Event], id: &str) -> String {
         (an.revoke_start, "revoke starts"),
         (an.revoke_return, "revoke returned"),
     ] {
-        if let Some(i) = mark {
-            let yy = y(row_of[&i]) - ROW_H / 2.0;
+        if let Some(&r) = mark.and_then(|i| row_of.get(&i)) {
+            let yy = y(r) - ROW_H / 2.0;
             let _ = write!(
                 s,
                 r#"<line class="band" x1="0" y1="{yy:.1}" x2="{width:.0}" y2="{yy:.1}"/><text class="band-label" x="{:.1}" y="{:.1}">{label}</text>"#,
@@ -259,7 +264,11 @@ pub fn svg(events: &[Event], id: &str) -> String {
         let (Some(&ra), Some(&rb)) = (row_of.get(&l.from), row_of.get(&l.to)) else {
             continue;
         };
-        let (xa, ya) = (lane_x[a.who.as_str()], y(ra));
+        let (Some(&xa), Some(&xb_task)) = (lane_x.get(a.who.as_str()), lane_x.get(b.who.as_str()))
+        else {
+            continue;
+        };
+        let ya = y(ra);
         match l.kind {
             LinkKind::Notify => {
                 if let Some(&xb) = lane_x.get(l.to_lane.as_str()) {
@@ -267,7 +276,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
                 }
             }
             LinkKind::Unmap => {
-                let xb = lane_x[b.who.as_str()];
+                let xb = xb_task;
                 arrow(
                     &mut s,
                     "flow",
@@ -280,7 +289,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
                 arrow(&mut s, "unmap", xb, y(rb), ex_x, y(rb), &l.label);
             }
             LinkKind::Wake => {
-                let xb = lane_x[b.who.as_str()];
+                let xb = xb_task;
                 arrow(&mut s, "wake", xa, ya, xb, y(rb), &l.label);
             }
         }
@@ -288,7 +297,9 @@ pub fn svg(events: &[Event], id: &str) -> String {
     for (r, row) in rows.iter().enumerate() {
         let Row::One(i) = *row else { continue };
         let e = &events[i];
-        let x = lane_x[e.who.as_str()];
+        let Some(&x) = lane_x.get(e.who.as_str()) else {
+            continue;
+        };
         if let Some(ix) = iommu_x
             && (e.name.starts_with("iommu_") || e.name == "iotlb_flush")
         {
@@ -308,7 +319,16 @@ pub fn svg(events: &[Event], id: &str) -> String {
             Row::Folded { from, to } => (from, to),
         };
         let e = &events[first];
-        let x = lane_x[e.who.as_str()];
+        let lane = if is_preemption(e) {
+            e.field("prev_comm")
+                .filter(|p| lane_x.contains_key(p.as_str()))
+                .unwrap_or_else(|| e.who.clone())
+        } else {
+            e.who.clone()
+        };
+        let Some(&x) = lane_x.get(lane.as_str()) else {
+            continue;
+        };
         let secs = format!(
             "{}.{:06}",
             e.ts_ns / 1_000_000_000,
@@ -325,8 +345,16 @@ pub fn svg(events: &[Event], id: &str) -> String {
         match *row {
             Row::One(i) => {
                 let hz = e.name == "hazard";
-                let cls = if hz { "ev hz" } else { "ev" };
-                let label = if hz {
+                let cls = if hz {
+                    "ev hz"
+                } else if is_preemption(e) {
+                    "ev preempt"
+                } else {
+                    "ev"
+                };
+                let label = if is_preemption(e) {
+                    format!("⇢ preempted: the scheduler runs {}", e.who)
+                } else if hz {
                     format!(
                         "HAZARD {} by {} at {}",
                         e.field("class").unwrap_or_default(),
@@ -454,6 +482,68 @@ mod tests {
             svg.contains("rows 1–6 folded: dma_access ×3, dma_readahead ×3"),
             "{svg}"
         );
+    }
+
+    #[test]
+    fn preemptions_are_drawn_on_the_preempted_lane() {
+        let e = vec![
+            ev(0, "a", "dma_buf_attach", "attach=1"),
+            ev(
+                1,
+                "b",
+                "sched_switch",
+                "prev_comm=a prev_pid=1 prev_state=R+ ==> next_comm=b next_pid=2 decisions=1",
+            ),
+            ev(2, "b", "set_revoked", "ino=1 step=set_revoked"),
+            ev(
+                3,
+                "a",
+                "sched_switch",
+                "prev_comm=b prev_pid=2 prev_state=S ==> next_comm=a next_pid=1 decisions=0",
+            ),
+            ev(4, "a", "dma_buf_detach", "attach=1"),
+        ];
+        assert_eq!(
+            rows(&e),
+            vec![Row::One(0), Row::One(1), Row::One(2), Row::One(4)]
+        );
+        let svg = svg(&e, "p");
+        assert!(
+            svg.contains(
+                r#"class="ev preempt" data-row="1"><circle cx="{:.1}""#
+                    .replace("{:.1}", &format!("{:.1}", LEFT + LANE_W * 0.5))
+                    .as_str()
+            ),
+            "{svg}"
+        );
+        assert!(svg.contains("preempted: the scheduler runs b"));
+    }
+
+    #[test]
+    fn odd_traces_draw_without_panicking() {
+        assert!(svg(&[], "e").contains(r#"data-rows="0""#));
+        let odd = vec![
+            ev(
+                0,
+                "b",
+                "sched_switch",
+                "prev_comm=zz prev_pid=9 prev_state=R+ ==> next_comm=b",
+            ),
+            ev(1, "b", "dma_fence_wait_end", "context=1 seqno=1"),
+            ev(2, "c", "dma_buf_unmap_attachment", "attach=7"),
+            ev(
+                3,
+                "c",
+                "dma_buf_invalidate_attachment",
+                "attach=7 dev=nobody",
+            ),
+            ev(4, "c", "monitor_revoke_returned", ""),
+            ev(5, "c", "hazard", ""),
+        ];
+        let s = svg(&odd, "o");
+        assert!(s.ends_with("</svg>"));
+        crate::perfetto::validate(&crate::perfetto::chrome_json(&odd, "o")).unwrap();
+        crate::perfetto::validate(&crate::perfetto::chrome_json(&[], "e")).unwrap();
     }
 
     #[test]
