@@ -214,6 +214,7 @@ pub fn object(kind: &'static str, addr: usize) -> String {
 
 /// The scheduler's decision and preemption counts at the previous row (an
 /// extension slot).
+#[cfg(not(loom))]
 #[derive(Default)]
 struct SchedSeen {
     decisions: u64,
@@ -221,6 +222,7 @@ struct SchedSeen {
 }
 
 /// The per-execution names handed out by [`object`] (an extension slot).
+#[cfg(not(loom))]
 #[derive(Default)]
 struct ObjectIds(Vec<(&'static str, usize)>);
 

@@ -268,7 +268,7 @@ td.refused{background:#ececec;color:#777;font-size:12px} td.holds{background:#e8
 .p{display:inline-block;font-size:10.5px;padding:1px 4px;border-radius:3px;text-decoration:none;border:1px solid transparent}
 .p.h.proved{background:#2f9e44;color:#fff} .p.h.sampled{background:#fff;color:#2f9e44;border-color:#2f9e44}
 .p.v{background:#d62728;color:#fff;font-weight:600} .p.v:hover{outline:2px solid #000}
-.legend span{margin-right:12px;font-size:12px}
+.legend span{margin-right:12px;font-size:12px} .chart-legend{font-size:12px;color:#555;margin-bottom:8px}
 section.cx{background:#fff;border:1px solid #ccc;border-radius:6px;padding:12px;margin:16px 0;overflow-x:auto}
 section.cx:target{border-color:#d62728;box-shadow:0 0 0 3px #f5b7b1}
 .cmd{display:flex;gap:6px;align-items:center;margin:6px 0} .cmd code{background:#222;color:#eee;padding:4px 8px;border-radius:4px;font-size:12px;word-break:break-all}
@@ -420,6 +420,18 @@ pub fn page(grid: &Grid, replayed: &[Result<Replayed, String>], opts: &PageOptio
     h.push_str("</tbody></table>");
     // Counterexamples.
     let _ = write!(h, "<h2>Counterexamples ({})</h2>", tokens.len());
+    h.push_str(
+        "<div class=\"legend chart-legend\">charts: one row per trace row, top to bottom; \
+         <span style=\"color:#d9822b\">&#8594; invalidate reaches the importer</span>\
+         <span style=\"color:#999\">&#8674; invalidate &#8594; its unmap</span>\
+         <span style=\"color:#2b6cd9\">&#8594; unmap reaches the exporter</span>\
+         <span style=\"color:#2f9e44\">&#8594; fence signal wakes a waiter</span>\
+         <span style=\"color:#8e44ad\">&#8594; IOMMU update</span>\
+         <span style=\"color:#d62728\">&#9679; hazard</span>\
+         <span style=\"color:#d9822b\">- - revoke starts / returns</span>\
+         <span style=\"color:#b35c00\">&#8674; preempted</span>\
+         <span style=\"color:#777\">&#9632; folded read-ahead</span></div>",
+    );
     for (i, tok) in tokens.iter().enumerate() {
         let n = i + 1;
         let _ = write!(
