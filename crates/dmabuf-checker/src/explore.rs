@@ -120,7 +120,9 @@ pub fn outcome_detail(o: &Outcome) -> String {
             format!("completed with {} stalled task(s)", stalled.len())
         }
         Outcome::Deadlock { tasks } => {
-            let t: Vec<String> = tasks.iter().map(|t| t.to_string()).collect();
+            // No addresses: the same schedule must read the same in every
+            // process (`crate::tracefmt` names the objects from the trace).
+            let t: Vec<String> = tasks.iter().map(crate::tracefmt::task_words).collect();
             format!("deadlock: {}", t.join("; "))
         }
         Outcome::StepLimit => format!("no progress within {MAX_STEPS} scheduling steps"),

@@ -16,3 +16,4 @@ pub mod properties;
 pub mod property;
 pub mod scenario;
 pub mod token;
+pub mod tracefmt;

@@ -6,7 +6,8 @@
 //! | `run SCENARIO\|FILE` | one run on real threads with real timing |
 //! | `check SCENARIO\|FILE` | explore schedules; herd7-style answers; exit 0 if every property holds or meets the file's expectation, 1 otherwise, 2 on bad usage |
 //! | `matrix [DIR...]` | every revoke protocol × importer |
-//! | `replay TOKEN` | re-run one schedule exactly and print its trace |
+//! | `replay TOKEN` | re-run one schedule exactly and print its trace (`--trace-format text\|perfetto\|ftrace`) |
+//! | `report [--from FILE.json \| DIR...] -o FILE.html` | one self-contained HTML report: the matrix grid and a sequence chart per counterexample |
 //! | `fences` | a small demonstration of the fence core on real threads |
 //!
 //! # Exit codes (the same for every command)
@@ -113,6 +114,18 @@ fn validate_bounds(
     }
 }
 
+/// How a trace is printed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum TraceFormat {
+    /// Rows with a header (the default).
+    Text,
+    /// Chrome trace-event JSON for ui.perfetto.dev / chrome://tracing
+    /// (stdout; the verdicts go to stderr).
+    Perfetto,
+    /// `trace-cmd report` layout (stdout; the verdicts go to stderr).
+    Ftrace,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// List and describe the built-in scenarios.
@@ -131,6 +144,9 @@ enum Cmd {
         /// Print the event trace.
         #[arg(long)]
         trace: bool,
+        /// Format of the trace (implies --trace).
+        #[arg(long, value_enum)]
+        trace_format: Option<TraceFormat>,
     },
     /// Explore schedules and judge every property.
     Check {
@@ -196,6 +212,32 @@ enum Cmd {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Format of the trace.
+        #[arg(long, value_enum, default_value = "text")]
+        trace_format: TraceFormat,
+    },
+    /// One self-contained HTML file: the matrix as a grid and a message
+    /// sequence chart per counterexample (replayed from its token).
+    Report {
+        /// A `matrix --json` or `check --json` result; without it, the
+        /// matrix is run first (over DIRS as for `matrix`).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Folders or files, as for `matrix` (also added to the library so
+        /// that the tokens of a `--from` result replay).
+        dirs: Vec<PathBuf>,
+        /// Where to write the HTML.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Normal-mode schedules per cell when the matrix is run here.
+        #[arg(long, default_value_t = 200)]
+        schedules: u64,
+        /// Seed when the matrix is run here.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Signal fences from one thread while others wait on them.
     Fences {
@@ -328,7 +370,8 @@ fn main() -> ExitCode {
             scenario,
             json,
             trace,
-        } => run(&mut lib, &scenario, json, trace),
+            trace_format,
+        } => run(&mut lib, &scenario, json, trace, trace_format),
         Cmd::Check {
             scenario,
             strategy,
@@ -413,7 +456,19 @@ fn main() -> ExitCode {
             };
             run_matrix(&lib, &opts, json, quiet, require_safe, &allow_unsafe)
         }
-        Cmd::Replay { token, json } => replay(&lib, &token, json),
+        Cmd::Replay {
+            token,
+            json,
+            trace_format,
+        } => replay(&lib, &token, json, trace_format),
+        Cmd::Report {
+            from,
+            dirs,
+            output,
+            schedules,
+            seed,
+            quiet,
+        } => report(lib, &cli.lib, from, &dirs, &output, schedules, seed, quiet),
         Cmd::Fences { count, waiters } => fences_demo(count, waiters),
     }
 }
@@ -573,7 +628,15 @@ fn print_verdicts(verdicts: &[(Property, Option<explore::Violation>)], holds: &s
     }
 }
 
-fn run(lib: &mut Library, name: &str, json: bool, trace: bool) -> ExitCode {
+fn run(
+    lib: &mut Library,
+    name: &str,
+    json: bool,
+    trace: bool,
+    trace_format: Option<TraceFormat>,
+) -> ExitCode {
+    let trace = trace || trace_format.is_some();
+    let format = trace_format.unwrap_or(TraceFormat::Text);
     let sc = match questions(lib, name) {
         Ok(mut q) if q.len() == 1 => q.remove(0),
         Ok(q) => {
@@ -634,9 +697,16 @@ fn run(lib: &mut Library, name: &str, json: bool, trace: bool) -> ExitCode {
             "leaks": obs.leaks,
             "errors": obs.errors,
             "wall-ms": wall.as_secs_f64() * 1000.0,
-            "trace": events.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            "trace": events.iter().map(dmabuf_checker::tracefmt::event_json).collect::<Vec<_>>(),
         });
         println!("{v}");
+    } else if format != TraceFormat::Text {
+        print_trace(&events, format, &format!("{} (real threads)", sc.name));
+        for (p, v) in &verdicts {
+            if let Some(v) = v {
+                eprintln!("  {:<12} VIOLATED: {}", p.name(), v.detail);
+            }
+        }
     } else {
         println!("scenario {}: {}", sc.name, sc.description);
         match (obs.revoke_started, latency_us) {
@@ -937,30 +1007,7 @@ fn run_matrix(
         }
     }
     if json {
-        let cells: Vec<Value> = m
-            .cells
-            .iter()
-            .map(|c| {
-                let mut v = json!({
-                    "policy": c.policy,
-                    "importer": c.importer,
-                    "attach": if c.refused.is_some() { "refused" } else { "accepted" },
-                });
-                if let Some(r) = &c.refused {
-                    v["refusal"] = Value::String(r.clone());
-                } else {
-                    let props: serde_json::Map<String, Value> = c
-                        .report
-                        .properties
-                        .iter()
-                        .map(|p| (p.property.name().to_owned(), prop_json(p)))
-                        .collect();
-                    v["properties"] = Value::Object(props);
-                    v["errors"] = json!(c.report.errors);
-                }
-                v
-            })
-            .collect();
+        let cells = matrix_cells_json(&m);
         println!(
             "{}",
             json!({
@@ -1034,7 +1081,157 @@ fn run_matrix(
     }
 }
 
-fn replay(lib: &Library, text: &str, json: bool) -> ExitCode {
+/// The `cells` array of `matrix --json`.
+fn matrix_cells_json(m: &Matrix) -> Vec<Value> {
+    m.cells
+        .iter()
+        .map(|c| {
+            let mut v = json!({
+                "policy": c.policy,
+                "importer": c.importer,
+                "attach": if c.refused.is_some() { "refused" } else { "accepted" },
+            });
+            if let Some(r) = &c.refused {
+                v["refusal"] = Value::String(r.clone());
+            } else {
+                let props: serde_json::Map<String, Value> = c
+                    .report
+                    .properties
+                    .iter()
+                    .map(|p| (p.property.name().to_owned(), prop_json(p)))
+                    .collect();
+                v["properties"] = Value::Object(props);
+                v["errors"] = json!(c.report.errors);
+            }
+            v
+        })
+        .collect()
+}
+
+/// `dmabuf report`: the HTML report of a result read from `from`, or of a
+/// matrix run here over `dirs`.
+#[allow(clippy::too_many_arguments)]
+fn report(
+    lib: Library,
+    libs: &[PathBuf],
+    from: Option<PathBuf>,
+    dirs: &[PathBuf],
+    output: &Path,
+    schedules: u64,
+    seed: u64,
+    quiet: bool,
+) -> ExitCode {
+    let mut prefix = String::from("dmabuf ");
+    for p in libs.iter().chain(dirs) {
+        prefix.push_str(&format!("--lib {} ", p.display()));
+    }
+    let lib = match matrix_library(lib, dirs) {
+        Ok(l) => l,
+        Err(e) => return usage_error(e),
+    };
+    let value = match &from {
+        Some(f) => {
+            let text = match std::fs::read_to_string(f) {
+                Ok(t) => t,
+                Err(e) => return usage_error(format!("{}: {e}", f.display())),
+            };
+            match serde_json::from_str::<Value>(&text) {
+                Ok(v) => v,
+                Err(e) => return usage_error(format!("{}: not JSON: {e}", f.display())),
+            }
+        }
+        None => {
+            if schedules == 0 {
+                return usage_error("--schedules must be at least 1");
+            }
+            let cells = (lib.rows().len() * lib.importers.len()) as u64;
+            if let Err(e) = check_budget(schedules.saturating_mul(cells), None, StrategyArg::Pct) {
+                return usage_error(format!("{e} (the matrix runs {cells} cells)"));
+            }
+            let opts = CheckOptions {
+                schedules,
+                stalled_schedules: (schedules / 4).max(1),
+                seed,
+                ..CheckOptions::default()
+            };
+            stop_on_interrupt();
+            let mut bar = Progress::new("matrix", cells, quiet);
+            let m: Matrix = matrix::run_matrix(&lib, &opts, |done, _, name| {
+                if done > 0 {
+                    bar.inc(1, name)
+                }
+            });
+            bar.finish();
+            if progress::stop_requested() {
+                return ExitCode::from(EXIT_INTERRUPTED);
+            }
+            json!({
+                "policies": m.rows, "importers": m.columns, "cells": matrix_cells_json(&m),
+                "strategy": opts.strategy.to_string(), "schedules": opts.schedules,
+                "stalled-schedules": opts.stalled_schedules, "seed": opts.seed, "runs": m.runs,
+                "elapsed-s": m.elapsed_s, "partial": false,
+            })
+        }
+    };
+    let grid = match dmabuf_report::html::Grid::from_json(&value) {
+        Ok(g) => g,
+        Err(e) => return usage_error(format!("not a matrix or check result: {e}")),
+    };
+    let t0 = std::time::Instant::now();
+    let replayed: Vec<Result<dmabuf_report::html::Replayed, String>> = grid
+        .tokens()
+        .iter()
+        .map(|t| dmabuf_report::replay_token(&lib, t))
+        .collect();
+    let opts = dmabuf_report::html::PageOptions {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        replay_prefix: prefix,
+    };
+    let html = dmabuf_report::html::page(&grid, &replayed, &opts);
+    if let Err(e) = std::fs::write(output, &html) {
+        return usage_error(format!("{}: {e}", output.display()));
+    }
+    let failed = replayed.iter().filter(|r| r.is_err()).count();
+    eprintln!(
+        "dmabuf: wrote {} ({} bytes): {} cells, {} counterexamples replayed in {:.1}s{}",
+        output.display(),
+        html.len(),
+        grid.cells.len(),
+        replayed.len() - failed,
+        t0.elapsed().as_secs_f64(),
+        if failed > 0 {
+            format!(", {failed} could not be replayed (see the report)")
+        } else {
+            String::new()
+        }
+    );
+    let violated = grid
+        .cells
+        .iter()
+        .any(|c| c.props.iter().any(|p| p.violated) || !c.errors.is_empty());
+    if failed > 0 || violated {
+        ExitCode::from(EXIT_VIOLATION)
+    } else {
+        ExitCode::from(EXIT_OK)
+    }
+}
+
+/// Prints `events` in `format` (text: the rows only).
+fn print_trace(events: &[dmabuf_core::trace::Event], format: TraceFormat, title: &str) {
+    match format {
+        TraceFormat::Text => {
+            for e in events {
+                println!("{e}");
+            }
+        }
+        TraceFormat::Perfetto => {
+            println!("{}", dmabuf_report::perfetto::chrome_json(events, title));
+        }
+        TraceFormat::Ftrace => print!("{}", dmabuf_report::ftrace::render(events)),
+    }
+}
+
+fn replay(lib: &Library, text: &str, json: bool, format: TraceFormat) -> ExitCode {
     let t: ReplayToken = match text.parse() {
         Ok(t) => t,
         Err(e) => return usage_error(e),
@@ -1056,20 +1253,54 @@ fn replay(lib: &Library, text: &str, json: bool) -> ExitCode {
     }
     let violated = verdicts.iter().any(|(_, v)| v.is_some());
     let errors = explore::run_errors(&run);
+    let events = &run.report.trace;
+    let deadlock = dmabuf_checker::tracefmt::deadlock_lines(&run.report.outcome, events);
+    let with_rows = |v: &Option<explore::Violation>| {
+        v.as_ref().map(|v| explore::Violation {
+            hazard: v
+                .hazard
+                .as_ref()
+                .map(|h| dmabuf_checker::tracefmt::hazard_with_row(events, h)),
+            detail: v.detail.clone(),
+        })
+    };
+    let verdicts: Vec<(Property, Option<explore::Violation>)> =
+        verdicts.iter().map(|(p, v)| (*p, with_rows(v))).collect();
     if json {
         let v = json!({
             "token": t.to_string(),
+            "scenario": t.scenario,
+            "mode": t.mode.to_string(),
             "outcome": outcome_name(&run.report.outcome),
-            "trace": run.report.trace.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            "blocked": deadlock,
+            "trace": events.iter().map(dmabuf_checker::tracefmt::event_json).collect::<Vec<_>>(),
             "verdicts": verdicts.iter().map(|(p, v)| (p.name().to_owned(), verdict_json(v.as_ref()))).collect::<serde_json::Map<String, Value>>(),
             "errors": errors,
         });
         println!("{v}");
-    } else {
-        for e in &run.report.trace {
-            println!("{e}");
+    } else if format != TraceFormat::Text {
+        print_trace(events, format, &format!("{} ({}) {t}", t.scenario, t.mode));
+        eprintln!("outcome: {}", outcome_name(&run.report.outcome));
+        for (p, v) in &verdicts {
+            if let Some(v) = v {
+                eprintln!("  {:<12} VIOLATED: {}", p.name(), v.detail);
+            }
         }
-        println!("\noutcome: {}", outcome_name(&run.report.outcome));
+    } else {
+        let outcome = outcome_name(&run.report.outcome);
+        for l in dmabuf_checker::tracefmt::header(
+            &t.scenario,
+            &t.mode.to_string(),
+            &t.to_string(),
+            outcome,
+        ) {
+            println!("{l}");
+        }
+        print_trace(events, format, "");
+        println!("\noutcome: {outcome}");
+        for l in &deadlock {
+            println!("  {l}");
+        }
         print_verdicts(&verdicts, "on this schedule");
         for e in &errors {
             println!("  error: {e}");

@@ -780,7 +780,7 @@ pub fn export(info: ExportInfo) -> Result<DmaBuf, DmaBufError> {
     BUFFERS.lock().push(Arc::downgrade(&inner));
     trace_event!(
         "dma_buf_export",
-        "exp_name={} ino={} size={}",
+        "exp_name={} ino={} size={:#x}",
         inner.exp_name,
         inner.ino,
         inner.size

@@ -659,6 +659,16 @@ impl DmaResv {
 
     // ---- locking -------------------------------------------------------
 
+    /// Trace rows of the lock (the kernel's `lock:` tracepoints, which
+    /// lockdep emits): `lock_acquire` before taking it (the start of a
+    /// possible wait), `lock_acquired` once held, `lock_release`.
+    #[cold]
+    #[inline(never)]
+    fn trace_lock(&self, what: &'static str) {
+        let id = crate::trace::object("resv", (self as *const Self).expose_provenance());
+        crate::trace::emit(what, format!("lock={id} name=reservation_ww_class_mutex"));
+    }
+
     #[inline(never)]
     fn lock_mode(
         &self,
@@ -667,7 +677,14 @@ impl DmaResv {
         site: &'static Location<'static>,
     ) -> Result<ResvGuard<'_>, ResvError> {
         let me = thread_token();
+        let traced = crate::trace::enabled() && mode.cancel.is_some() | mode.slow;
+        if traced {
+            self.trace_lock("lock_acquire");
+        }
         self.lock.lock_as(me, ctx, mode, site)?;
+        if traced {
+            self.trace_lock("lock_acquired");
+        }
         Ok(ResvGuard::new(self, true))
     }
 
@@ -680,16 +697,24 @@ impl DmaResv {
             slow: false,
             cancel: None,
         };
-        if ctx.is_none() {
+        if crate::trace::enabled() {
+            self.trace_lock("lock_acquire");
+        }
+        let r = if ctx.is_none() {
             // Small enough to inline, so the guard is built in the caller's
             // registers on the uncontended path.
             let me = thread_token();
-            return match self.lock.lock_fast(me) {
+            match self.lock.lock_fast(me) {
                 FastLock::Taken => Ok(ResvGuard::new(self, true)),
                 step => self.lock_resume(me, step, mode, Location::caller()),
-            };
+            }
+        } else {
+            self.lock_mode(ctx, mode, Location::caller())
+        };
+        if crate::trace::enabled() && r.is_ok() {
+            self.trace_lock("lock_acquired");
         }
-        self.lock_mode(ctx, mode, Location::caller())
+        r
     }
 
     #[inline(never)]
@@ -746,7 +771,11 @@ impl DmaResv {
     /// `dma_resv_trylock`: the lock if it is free, without a context.
     #[track_caller]
     pub fn trylock(&self) -> Option<ResvGuard<'_>> {
-        self.lock.trylock().then(|| ResvGuard::new(self, true))
+        let g = self.lock.trylock().then(|| ResvGuard::new(self, true));
+        if g.is_some() && crate::trace::enabled() {
+            self.trace_lock("lock_acquired");
+        }
+        g
     }
 
     /// `dma_resv_unlock` for a lock taken without keeping the guard (see
@@ -775,6 +804,9 @@ impl DmaResv {
             };
             self.take_reclaimable(Grace::Batch)
         })?;
+        if crate::trace::enabled() {
+            self.trace_lock("lock_release");
+        }
         self.release_retired(freed);
         Ok(())
     }

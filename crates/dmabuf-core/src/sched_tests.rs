@@ -131,13 +131,49 @@ fn dfs_enumerates_every_interleaving_of_two_by_two_exactly_once() {
         assert_eq!(r.outcome, Outcome::Completed);
         assert_eq!(r.divergence, None);
         assert!(schedules.insert(r.schedule.encode()), "schedule repeated");
-        orders.insert(r.trace.iter().map(|e| e.args.clone()).collect::<Vec<_>>());
+        // The ops only: the trace also holds sched_switch rows, whose decision
+        // counts differ between schedules of one op order.
+        orders.insert(
+            r.trace
+                .iter()
+                .filter(|e| e.name == "op")
+                .map(|e| e.args.clone())
+                .collect::<Vec<_>>(),
+        );
         assert!(schedules.len() <= 20, "more schedules than interleavings");
     }
     assert_eq!(schedules.len(), 20);
     assert_eq!(dfs.executions(), 20);
     assert_eq!(orders.len(), 6);
     assert!(dfs.is_exhausted() && !dfs.hit_bound());
+}
+
+#[test]
+fn switch_rows_name_the_next_task_and_mark_preemptions() {
+    // Over every interleaving of two_by_two: each sched_switch row is
+    // followed by a row of the task it names, and some schedules preempt
+    // (the root is taken off the processor while it could go on).
+    let mut dfs = Dfs::new(100);
+    let cfg = RunConfig::default();
+    let (mut preempted, mut blocked) = (0, 0);
+    while dfs.next_execution() {
+        let r = run(&mut dfs, &cfg, two_by_two);
+        for (i, e) in r.trace.iter().enumerate() {
+            if e.name != crate::trace::SCHED_SWITCH {
+                continue;
+            }
+            let next = &r.trace[i + 1];
+            assert_eq!(e.field("next_comm").as_deref(), Some(next.who.as_str()));
+            assert_ne!(e.field("prev_comm").as_deref(), Some(next.who.as_str()));
+            match e.field("prev_state").as_deref() {
+                Some("R+") => preempted += 1,
+                Some("S") => blocked += 1,
+                other => panic!("prev_state {other:?}"),
+            }
+        }
+    }
+    assert!(preempted > 0, "some schedule preempts");
+    assert!(blocked > 0, "some switch follows a block or an exit");
 }
 
 #[test]

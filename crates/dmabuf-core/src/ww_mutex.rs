@@ -754,10 +754,10 @@ impl WwMutex {
         }
         trace_event!(
             "ww_mutex_contended",
-            "class={} lock={:#x} ctx={:?}",
+            "class={} lock={} ctx={}",
             self.class.name,
-            self.addr(),
-            stamp
+            crate::trace::object("ww_mutex", self.addr()),
+            stamp.map_or_else(|| "-".to_owned(), |s| s.to_string())
         );
         loop {
             let pos = q.entries.iter().position(|e| e.id == id).unwrap_or(0);
@@ -797,9 +797,9 @@ impl WwMutex {
                     self.leave_queue(&mut q, id);
                     trace_event!(
                         "ww_mutex_die",
-                        "class={} lock={:#x} ctx={} older={}",
+                        "class={} lock={} ctx={} older={}",
                         self.class.name,
-                        self.addr(),
+                        crate::trace::object("ww_mutex", self.addr()),
                         my,
                         older
                     );

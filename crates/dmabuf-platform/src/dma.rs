@@ -100,6 +100,16 @@ impl DmaAddr {
     }
 }
 
+/// `iova:0x...` or `bus:0x...`, as trace rows print it.
+impl std::fmt::Display for DmaAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DmaAddr::Iova(a) => write!(f, "iova:{a:#x}"),
+            DmaAddr::Bus(a) => write!(f, "bus:{a:#x}"),
+        }
+    }
+}
+
 /// A DMA address and the declared mapping it goes through, if any.
 #[derive(Clone, Debug)]
 pub struct DmaRef {
@@ -444,7 +454,7 @@ impl DmaPort {
         };
         trace_event!(
             trace::DMA_ACCESS,
-            "dev={} accessor={} {}{} {:?} len={:#x} mapping={}",
+            "dev={} accessor={} {}{} {} len={:#x} mapping={}",
             self.device,
             who,
             if speculative { "spec-" } else { "" },
@@ -877,7 +887,7 @@ impl EngineInner {
         for (r, len, who) in &ra.recent {
             trace_event!(
                 trace::DMA_READAHEAD,
-                "engine={} {:?} len={:#x}",
+                "engine={} addr={} len={:#x}",
                 self.name,
                 r.addr,
                 len

@@ -231,6 +231,17 @@ pub enum AddrSpace {
     },
 }
 
+/// `iova(domain 0)`, `bus`, `cpu(vma 3)`.
+impl fmt::Display for AddrSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddrSpace::Iova(d) => write!(f, "iova(domain {})", d.0),
+            AddrSpace::Bus => f.write_str("bus"),
+            AddrSpace::Cpu { vma } => write!(f, "cpu(vma {vma})"),
+        }
+    }
+}
+
 /// Identifies a declared mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MappingId(pub u64);
@@ -340,7 +351,7 @@ impl fmt::Display for Hazard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "#{} {} by {} {}{} {:?} {:#x}",
+            "mseq={} {} by {} {}{} {} {:#x}",
             self.seq,
             self.class,
             self.accessor,
@@ -530,7 +541,7 @@ impl MonitorInner {
         h.ts_ns = dmabuf_core::sync::time::now_ns();
         trace_event!(
             trace::HAZARD,
-            "class={} accessor={} {}{} space={:?} addr={:#x} phys={} mapping={} mseq={} {}",
+            "class={} accessor={} {}{} space={} addr={:#x} phys={} mapping={} mseq={} {}",
             h.class,
             h.accessor,
             if h.speculative { "spec-" } else { "" },

@@ -175,6 +175,9 @@ struct State {
     steps: u64,
     max_steps: u64,
     switches: u64,
+    /// Decisions at which the running task could have gone on but another
+    /// was chosen (reported to extensions through `Here`).
+    preemptions: u64,
     schedule: Schedule,
     strategy: Option<StrategyPtr>,
     stalled_groups: Vec<String>,
@@ -384,6 +387,9 @@ impl Execution {
                     runnable[0]
                 };
                 st.schedule.push(c);
+                if current == Some(me) && c != me {
+                    st.preemptions += 1;
+                }
                 c
             };
             st.scratch = runnable;
@@ -636,6 +642,8 @@ impl Execution {
             task: me,
             task_name: &st.tasks[me].name,
             now_ns: st.clock,
+            decisions: st.schedule.len() as u64,
+            preemptions: st.preemptions,
         };
         f(st.extensions.get_or_default::<T>(), &here)
     }
@@ -902,6 +910,7 @@ pub(super) fn run<F: FnOnce() + Send + 'static>(
             steps: 0,
             max_steps: cfg.max_steps,
             switches: 0,
+            preemptions: 0,
             schedule: Schedule::default(),
             strategy: Some(StrategyPtr(ptr)),
             stalled_groups: Vec::new(),

@@ -62,4 +62,9 @@ pub struct Here<'a> {
     pub task_name: &'a str,
     /// The execution's virtual clock, in nanoseconds.
     pub now_ns: u64,
+    /// Decisions taken so far (choices among two or more runnable tasks).
+    pub decisions: u64,
+    /// Decisions so far at which the task that was running could have
+    /// gone on but another was chosen.
+    pub preemptions: u64,
 }

@@ -1,0 +1,602 @@
+//! One replayed run as a message sequence chart, in inline SVG.
+//!
+//! | element | drawn as |
+//! |---|---|
+//! | lane | a vertical line per task, in order of first appearance, then `IOMMU` (when the run maps through one) and the exporter's memory |
+//! | row | one trace row: a dot on its task's lane and the tracepoint with its arguments (`title` holds the full text); `sched_switch` rows are not drawn (the lanes show who runs) except preemptions (`prev_state=R+`), drawn on the preempted task's lane |
+//! | invalidate → callback | orange arrow from the revoker to the importer's lane |
+//! | invalidate → unmap | grey dashed arrow to the importer's `dma_buf_unmap_attachment`, then a blue arrow from it to the exporter |
+//! | fence signal → wake-up | green arrow from `dma_fence_signaled` to the waiter's `dma_fence_wait_end` |
+//! | IOMMU | purple arrow from `iommu_map`/`iommu_unmap`/`iotlb_flush` to the IOMMU lane |
+//! | hazard | red row, red dot, red arrow to the exporter's memory |
+//! | revoke | dashed bands at its start and its return |
+//! | exporter state | left column: revoked or not, live mappings, hazards so far; printed where it changes |
+//! | folded run | four or more consecutive `dma_readahead`/`dma_access` rows of one task without a hazard: one row saying how many |
+
+use crate::links::{Analysis, LinkKind, analyse};
+use dmabuf_core::trace::{Event, SCHED_SWITCH};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+const ROW_H: f64 = 16.0;
+const LANE_W: f64 = 112.0;
+/// Row number and time.
+const NUM_W: f64 = 86.0;
+/// The exporter's state column, left of the lanes (labels run rightwards).
+const STATE_W: f64 = 240.0;
+const LEFT: f64 = NUM_W + STATE_W;
+const TOP: f64 = 44.0;
+/// Room right of the last lane for its labels.
+const RIGHT_W: f64 = 330.0;
+/// Shortest run of repetitive rows that is folded.
+pub const FOLD_MIN: usize = 4;
+
+/// Escapes text for SVG/HTML.
+pub fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '&' => o.push_str("&amp;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// A displayed row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Row {
+    /// One event (index into the events).
+    One(usize),
+    /// A folded run of events `from..=to` of one task.
+    Folded {
+        /// First index.
+        from: usize,
+        /// Last index.
+        to: usize,
+    },
+}
+
+/// A `sched_switch` row that says the scheduler preempted a task.
+fn is_preemption(e: &Event) -> bool {
+    e.name == SCHED_SWITCH && e.field("prev_state").as_deref() == Some("R+")
+}
+
+fn repetitive(e: &Event) -> bool {
+    matches!(e.name, "dma_readahead" | "dma_access")
+}
+
+/// The rows of a chart: every event but `sched_switch`, repetitive runs
+/// folded.
+pub fn rows(events: &[Event]) -> Vec<Row> {
+    // A lock_acquire at once followed by its lock_acquired (no wait) is
+    // drawn as the one row.
+    let next_of_task = |i: usize| events[i + 1..].iter().find(|e| e.name != SCHED_SWITCH);
+    let shown: Vec<usize> = (0..events.len())
+        .filter(|&i| events[i].name != SCHED_SWITCH || is_preemption(&events[i]))
+        .filter(|&i| {
+            !(events[i].name == "lock_acquire"
+                && next_of_task(i).is_some_and(|n| {
+                    n.name == "lock_acquired"
+                        && n.who == events[i].who
+                        && n.field("lock") == events[i].field("lock")
+                }))
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k < shown.len() {
+        let i = shown[k];
+        if repetitive(&events[i]) {
+            let mut m = k;
+            while m + 1 < shown.len()
+                && repetitive(&events[shown[m + 1]])
+                && events[shown[m + 1]].who == events[i].who
+            {
+                m += 1;
+            }
+            if m + 1 - k >= FOLD_MIN {
+                out.push(Row::Folded {
+                    from: i,
+                    to: shown[m],
+                });
+                k = m + 1;
+                continue;
+            }
+        }
+        out.push(Row::One(i));
+        k += 1;
+    }
+    out
+}
+
+/// The exporter's state after each event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExporterState {
+    /// `set_revoked` ran (and no `clear_revoked` since).
+    pub revoked: bool,
+    /// Mappings declared to the monitor and not yet unmapped.
+    pub live: i64,
+    /// Hazards so far.
+    pub hazards: u64,
+}
+
+/// The exporter's state after every event.
+pub fn states(events: &[Event]) -> Vec<ExporterState> {
+    let mut s = ExporterState::default();
+    events
+        .iter()
+        .map(|e| {
+            match e.name {
+                "set_revoked" => s.revoked = true,
+                "clear_revoked" => s.revoked = false,
+                "monitor_map" => s.live += 1,
+                "monitor_unmap" => s.live -= 1,
+                "hazard" => s.hazards += 1,
+                _ => {}
+            }
+            s.clone()
+        })
+        .collect()
+}
+
+fn short_args(e: &Event, max: usize) -> String {
+    let a = &e.args;
+    if a.chars().count() <= max {
+        a.clone()
+    } else {
+        let cut: String = a.chars().take(max).collect();
+        format!("{cut}…")
+    }
+}
+
+/// Draws the chart. `id` becomes the SVG's element id.
+pub fn svg(events: &[Event], id: &str) -> String {
+    let an: Analysis = analyse(events);
+    let rows = rows(events);
+    let st = states(events);
+    // Lanes.
+    let mut lanes: Vec<String> = Vec::new();
+    for e in events {
+        if e.name != SCHED_SWITCH && !lanes.contains(&e.who) {
+            lanes.push(e.who.clone());
+        }
+    }
+    let has_iommu = events
+        .iter()
+        .any(|e| e.name.starts_with("iommu_") || e.name == "iotlb_flush");
+    let exporter = events
+        .iter()
+        .find(|e| e.name == "vfio_pci_dma_buf_export")
+        .and_then(|e| e.field("dev"))
+        .map_or_else(|| "exporter memory".to_owned(), |d| format!("{d} memory"));
+    if has_iommu {
+        lanes.push("IOMMU".into());
+    }
+    lanes.push(exporter.clone());
+    let lane_x: BTreeMap<&str, f64> = lanes
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), LEFT + LANE_W * (i as f64 + 0.5)))
+        .collect();
+    let ex_x = lane_x[exporter.as_str()];
+    let iommu_x = lane_x.get("IOMMU").copied();
+    let row_of: BTreeMap<usize, usize> = rows
+        .iter()
+        .enumerate()
+        .flat_map(|(r, row)| match *row {
+            Row::One(i) => vec![(i, r)],
+            Row::Folded { from, to } => (from..=to).map(|i| (i, r)).collect(),
+        })
+        .collect();
+    let y = |r: usize| TOP + ROW_H * (r as f64 + 0.5);
+    let width = LEFT + LANE_W * lanes.len() as f64 + RIGHT_W;
+    let height = TOP + ROW_H * (rows.len() as f64 + 1.0);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg class="msc" id="{id}" xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" data-rows="{}" data-lanes="{}">"#,
+        rows.len(),
+        lanes.len()
+    );
+    // Hazard row backgrounds.
+    for (r, row) in rows.iter().enumerate() {
+        if let Row::One(i) = row
+            && events[*i].name == "hazard"
+        {
+            let _ = write!(
+                s,
+                r#"<rect class="hz-row" x="0" y="{:.1}" width="{width:.0}" height="{ROW_H}"/>"#,
+                y(r) - ROW_H / 2.0
+            );
+        }
+    }
+    // Lanes and their heads.
+    for (l, x) in lanes.iter().map(|l| (l, lane_x[l.as_str()])) {
+        let cls = if *l == exporter || l == "IOMMU" {
+            "lane dev"
+        } else {
+            "lane"
+        };
+        let _ = write!(
+            s,
+            r#"<line class="{cls}" x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{height:.1}"/><text class="lane-head" x="{x:.1}" y="{:.1}">{}</text>"#,
+            TOP - 10.0,
+            TOP - 18.0,
+            esc(l)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text class="state-head" x="{:.1}" y="{:.1}">exporter state</text>"#,
+        NUM_W,
+        TOP - 18.0
+    );
+    // Revoke bands.
+    for (mark, label) in [
+        (an.revoke_start, "revoke starts"),
+        (an.revoke_return, "revoke returned"),
+    ] {
+        if let Some(&r) = mark.and_then(|i| row_of.get(&i)) {
+            let yy = y(r) - ROW_H / 2.0;
+            let _ = write!(
+                s,
+                r#"<line class="band" x1="0" y1="{yy:.1}" x2="{width:.0}" y2="{yy:.1}"/><text class="band-label" x="{:.1}" y="{:.1}">{label}</text>"#,
+                LEFT + LANE_W * lanes.len() as f64 - 4.0,
+                yy - 2.0
+            );
+        }
+    }
+    // Arrows.
+    let arrow = |s: &mut String, cls: &str, x1: f64, y1: f64, x2: f64, y2: f64, title: &str| {
+        let _ = write!(
+            s,
+            r#"<line class="arr {cls}" x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" marker-end="url(#ah-{cls})"><title>{}</title></line>"#,
+            esc(title)
+        );
+    };
+    for l in &an.links {
+        let (a, b) = (&events[l.from], &events[l.to]);
+        let (Some(&ra), Some(&rb)) = (row_of.get(&l.from), row_of.get(&l.to)) else {
+            continue;
+        };
+        let (Some(&xa), Some(&xb_task)) = (lane_x.get(a.who.as_str()), lane_x.get(b.who.as_str()))
+        else {
+            continue;
+        };
+        let ya = y(ra);
+        match l.kind {
+            LinkKind::Notify => {
+                if let Some(&xb) = lane_x.get(l.to_lane.as_str()) {
+                    arrow(&mut s, "notify", xa, ya, xb, ya, &l.label);
+                }
+            }
+            LinkKind::Unmap => {
+                let xb = xb_task;
+                arrow(
+                    &mut s,
+                    "flow",
+                    xa,
+                    ya,
+                    xb,
+                    y(rb),
+                    &format!("invalidate row {} → unmap row {}", a.seq, b.seq),
+                );
+                arrow(&mut s, "unmap", xb, y(rb), ex_x, y(rb), &l.label);
+            }
+            LinkKind::Wake => {
+                let xb = xb_task;
+                arrow(&mut s, "wake", xa, ya, xb, y(rb), &l.label);
+            }
+        }
+    }
+    for (r, row) in rows.iter().enumerate() {
+        let Row::One(i) = *row else { continue };
+        let e = &events[i];
+        let Some(&x) = lane_x.get(e.who.as_str()) else {
+            continue;
+        };
+        if let Some(ix) = iommu_x
+            && (e.name.starts_with("iommu_") || e.name == "iotlb_flush")
+        {
+            arrow(&mut s, "iommu", x, y(r), ix, y(r), e.name);
+        }
+        if e.name == "hazard" {
+            arrow(&mut s, "hazard", x, y(r), ex_x, y(r), "hazard");
+        }
+    }
+    // Rows: number, time, dot, label; the exporter's state where it changes.
+    let sx = NUM_W;
+    let mut last_state: Option<&ExporterState> = None;
+    for (r, row) in rows.iter().enumerate() {
+        let yy = y(r);
+        let (first, last) = match *row {
+            Row::One(i) => (i, i),
+            Row::Folded { from, to } => (from, to),
+        };
+        let e = &events[first];
+        let lane = if is_preemption(e) {
+            e.field("prev_comm")
+                .filter(|p| lane_x.contains_key(p.as_str()))
+                .unwrap_or_else(|| e.who.clone())
+        } else {
+            e.who.clone()
+        };
+        let Some(&x) = lane_x.get(lane.as_str()) else {
+            continue;
+        };
+        let secs = format!(
+            "{}.{:06}",
+            e.ts_ns / 1_000_000_000,
+            (e.ts_ns / 1000) % 1_000_000
+        );
+        let _ = write!(
+            s,
+            r#"<text class="rowno" x="4" y="{:.1}">{}</text><text class="time" x="{:.1}" y="{:.1}">{secs}</text>"#,
+            yy + 4.0,
+            e.seq,
+            28.0,
+            yy + 4.0
+        );
+        match *row {
+            Row::One(i) => {
+                let hz = e.name == "hazard";
+                let cls = if hz {
+                    "ev hz"
+                } else if is_preemption(e) {
+                    "ev preempt"
+                } else {
+                    "ev"
+                };
+                let label = if is_preemption(e) {
+                    format!("⇢ preempted: the scheduler runs {}", e.who)
+                } else if hz {
+                    format!(
+                        "HAZARD {} by {} at {}",
+                        e.field("class").unwrap_or_default(),
+                        e.field("accessor").unwrap_or_default(),
+                        e.field("addr").unwrap_or_default()
+                    )
+                } else {
+                    format!("{} {}", e.name, short_args(e, 48))
+                };
+                let _ = write!(
+                    s,
+                    r#"<g class="{cls}" data-row="{}"><circle cx="{x:.1}" cy="{yy:.1}" r="3.5"/><text x="{:.1}" y="{:.1}">{}</text><title>row {} {} {}: {}</title></g>"#,
+                    e.seq,
+                    x + 6.0,
+                    yy + 4.0,
+                    esc(&label),
+                    e.seq,
+                    esc(&e.who),
+                    e.name,
+                    esc(&e.args)
+                );
+                let _ = i;
+            }
+            Row::Folded { from, to } => {
+                let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+                for ev in &events[from..=to] {
+                    if ev.name != SCHED_SWITCH {
+                        *counts.entry(ev.name).or_default() += 1;
+                    }
+                }
+                let what: Vec<String> = counts.iter().map(|(n, c)| format!("{n} ×{c}")).collect();
+                let _ = write!(
+                    s,
+                    r#"<g class="ev folded" data-from="{}" data-to="{}"><rect x="{:.1}" y="{:.1}" width="10" height="10"/><text x="{:.1}" y="{:.1}">⋯ rows {}–{} folded: {}</text></g>"#,
+                    events[from].seq,
+                    events[to].seq,
+                    x - 5.0,
+                    yy - 5.0,
+                    x + 8.0,
+                    yy + 4.0,
+                    events[from].seq,
+                    events[to].seq,
+                    esc(&what.join(", "))
+                );
+            }
+        }
+        let now = &st[last];
+        if last_state != Some(now) {
+            let _ = write!(
+                s,
+                r#"<text class="state{}" x="{sx:.1}" y="{:.1}">{} · {} live mapping{} · {} hazard{}</text>"#,
+                if now.revoked { " revoked" } else { "" },
+                yy + 4.0,
+                if now.revoked {
+                    "revoked"
+                } else {
+                    "not revoked"
+                },
+                now.live,
+                if now.live == 1 { "" } else { "s" },
+                now.hazards,
+                if now.hazards == 1 { "" } else { "s" }
+            );
+            last_state = Some(now);
+        }
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// The arrow-head markers the charts refer to (put once in the page).
+pub fn defs() -> String {
+    let mut s = String::from(r#"<svg width="0" height="0" style="position:absolute"><defs>"#);
+    for (cls, colour) in [
+        ("notify", "#d9822b"),
+        ("flow", "#999"),
+        ("unmap", "#2b6cd9"),
+        ("wake", "#2f9e44"),
+        ("iommu", "#8e44ad"),
+        ("hazard", "#d62728"),
+    ] {
+        let _ = write!(
+            s,
+            r#"<marker id="ah-{cls}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{colour}"/></marker>"#
+        );
+    }
+    s.push_str("</defs></svg>");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::links::tests::{ev, sample};
+
+    #[test]
+    fn runs_of_readahead_fold_but_hazards_do_not() {
+        let mut e = vec![ev(0, "a", "dma_job_start", "engine=e job=1")];
+        for k in 1..=6 {
+            e.push(ev(
+                k,
+                "a",
+                if k % 2 == 1 {
+                    "dma_readahead"
+                } else {
+                    "dma_access"
+                },
+                "len=0x40",
+            ));
+        }
+        e.push(ev(7, "a", "hazard", "class=Aer mseq=1"));
+        e.push(ev(8, "a", "dma_access", "len=0x40"));
+        let r = rows(&e);
+        assert_eq!(
+            r,
+            vec![
+                Row::One(0),
+                Row::Folded { from: 1, to: 6 },
+                Row::One(7),
+                Row::One(8)
+            ]
+        );
+        let svg = svg(&e, "x");
+        assert!(
+            svg.contains("rows 1–6 folded: dma_access ×3, dma_readahead ×3"),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn preemptions_are_drawn_on_the_preempted_lane() {
+        let e = vec![
+            ev(0, "a", "dma_buf_attach", "attach=1"),
+            ev(
+                1,
+                "b",
+                "sched_switch",
+                "prev_comm=a prev_pid=1 prev_state=R+ ==> next_comm=b next_pid=2 decisions=1",
+            ),
+            ev(2, "b", "set_revoked", "ino=1 step=set_revoked"),
+            ev(
+                3,
+                "a",
+                "sched_switch",
+                "prev_comm=b prev_pid=2 prev_state=S ==> next_comm=a next_pid=1 decisions=0",
+            ),
+            ev(4, "a", "dma_buf_detach", "attach=1"),
+        ];
+        assert_eq!(
+            rows(&e),
+            vec![Row::One(0), Row::One(1), Row::One(2), Row::One(4)]
+        );
+        let svg = svg(&e, "p");
+        assert!(
+            svg.contains(
+                r#"class="ev preempt" data-row="1"><circle cx="{:.1}""#
+                    .replace("{:.1}", &format!("{:.1}", LEFT + LANE_W * 0.5))
+                    .as_str()
+            ),
+            "{svg}"
+        );
+        assert!(svg.contains("preempted: the scheduler runs b"));
+    }
+
+    #[test]
+    fn odd_traces_draw_without_panicking() {
+        assert!(svg(&[], "e").contains(r#"data-rows="0""#));
+        let odd = vec![
+            ev(
+                0,
+                "b",
+                "sched_switch",
+                "prev_comm=zz prev_pid=9 prev_state=R+ ==> next_comm=b",
+            ),
+            ev(1, "b", "dma_fence_wait_end", "context=1 seqno=1"),
+            ev(2, "c", "dma_buf_unmap_attachment", "attach=7"),
+            ev(
+                3,
+                "c",
+                "dma_buf_invalidate_attachment",
+                "attach=7 dev=nobody",
+            ),
+            ev(4, "c", "monitor_revoke_returned", ""),
+            ev(5, "c", "hazard", ""),
+        ];
+        let s = svg(&odd, "o");
+        assert!(s.ends_with("</svg>"));
+        crate::perfetto::validate(&crate::perfetto::chrome_json(&odd, "o")).unwrap();
+        crate::perfetto::validate(&crate::perfetto::chrome_json(&[], "e")).unwrap();
+    }
+
+    #[test]
+    fn an_uncontended_lock_is_one_row() {
+        let e = vec![
+            ev(0, "a", "lock_acquire", "lock=resv#1"),
+            ev(1, "a", "lock_acquired", "lock=resv#1"),
+            ev(2, "a", "lock_acquire", "lock=resv#1"),
+            ev(3, "b", "lock_release", "lock=resv#1"),
+            ev(4, "a", "lock_acquired", "lock=resv#1"),
+        ];
+        assert_eq!(
+            rows(&e),
+            vec![Row::One(1), Row::One(2), Row::One(3), Row::One(4)]
+        );
+    }
+
+    #[test]
+    fn the_chart_has_lanes_arrows_bands_and_state() {
+        let svg = svg(&sample(), "cx-1");
+        assert!(svg.starts_with(r#"<svg class="msc" id="cx-1""#));
+        // gpu0, revoker, gpu0-worker, dma:gpu0-gfx, exporter memory
+        assert!(svg.contains(r#"data-lanes="5""#), "{svg}");
+        for cls in [
+            "arr notify",
+            "arr unmap",
+            "arr flow",
+            "arr wake",
+            "arr hazard",
+        ] {
+            assert!(svg.contains(cls), "{cls}");
+        }
+        assert!(svg.contains("revoke starts") && svg.contains("revoke returned"));
+        assert!(svg.contains(r#"class="hz-row""#));
+        assert!(
+            svg.contains("not revoked · 0 live mappings · 1 hazard"),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn state_follows_revoke_and_mappings() {
+        let e = vec![
+            ev(0, "a", "monitor_map", "mapping=1"),
+            ev(1, "r", "set_revoked", "ino=1 step=set_revoked"),
+            ev(2, "a", "monitor_unmap", "mapping=1"),
+            ev(3, "r", "clear_revoked", "ino=1 step=clear_revoked"),
+        ];
+        let s = states(&e);
+        assert_eq!((s[0].revoked, s[0].live), (false, 1));
+        assert_eq!((s[1].revoked, s[1].live), (true, 1));
+        assert_eq!((s[2].revoked, s[2].live), (true, 0));
+        assert!(!s[3].revoked);
+        assert_eq!(esc("<a&\"b'>"), "&lt;a&amp;&quot;b&#39;&gt;");
+    }
+}
