@@ -1106,10 +1106,10 @@ static void kmod_bad(int grp, const char *bdf)
 	int dev = ioctl(grp, VFIO_GROUP_GET_DEVICE_FD, bdf);
 	int b = dev < 0 ? -1 : feat_call(dev, G, 0, O_RDWR | O_CLOEXEC, 0, 1, ok, 0);
 	int s = open("/dev/dmabuf_test_importer", O_RDWR | O_CLOEXEC);
-	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	int sf = b < 0 ? -1 : export_sync(b, 3); /* a sync_file: an fd that is not a dma-buf */
 	struct dti_attach a = { .fd = b, .mode = 99, .domain = kmod_domain, .bus = kmod_bus, .devfn = kmod_devfn };
 	EMIT("kmod.bad.unknown_mode", ioctl(s, DTI_ATTACH, &a), NULL);
-	EMIT("kmod.bad.not_dmabuf", kmod_attach(s, null, DTI_ODP, kmod_bus), NULL);
+	EMIT("kmod.bad.not_dmabuf", kmod_attach(s, sf, DTI_ODP, kmod_bus), NULL);
 	EMIT("kmod.bad.closed_fd", kmod_attach(s, -1, DTI_ODP, kmod_bus), NULL);
 	EMIT("kmod.bad.no_pci_device", kmod_attach(s, b, DTI_ODP, 250), NULL);
 	EMIT("kmod.bad.null_argument", ioctl(s, DTI_ATTACH, NULL), NULL);
@@ -1133,7 +1133,7 @@ static void kmod_bad(int grp, const char *bdf)
 	kmod_attach(s2, b, DTI_ODP, kmod_bus);
 	ioctl(s2, DTI_MAP);
 	EMIT("kmod.bad.close_mapped", close(s2), NULL);
-	close(null);
+	close(sf);
 	close(s);
 	close(b);
 	if (dev >= 0)
