@@ -55,6 +55,7 @@ use dmabuf_core::dma_buf::{
 };
 use dmabuf_core::dma_resv::ResvGuard;
 use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::revoke::Protocol;
 use dmabuf_core::sync::thread;
 use dmabuf_core::sync::{Arc, Mutex, Weak};
 use dmabuf_core::uapi::Process;
@@ -539,9 +540,9 @@ fn args(fd: i32, mode: u32, dev: &str) -> AttachArgs {
 }
 
 /// probe.c `kmod_bad`.
-fn bad_input(o: &mut Out) -> Result<(), String> {
+fn bad_input(o: &mut Out, protocol: &Protocol) -> Result<(), String> {
     let ex = Exporters::new()?;
-    let vf = ex.vfio()?;
+    let vf = ex.vfio_with(protocol.clone())?;
     let proc = Process::new(1);
     let p = &*proc;
     let b = export(&vf, p)?;
@@ -611,9 +612,9 @@ fn bad_input(o: &mut Out) -> Result<(), String> {
 }
 
 /// probe.c `kmod_part`, one importer kind.
-fn scenario(o: &mut Out, m: u32, mode: &str) -> Result<(), String> {
+fn scenario(o: &mut Out, m: u32, mode: &str, protocol: &Protocol) -> Result<(), String> {
     let ex = Exporters::new()?;
-    let vf = Arc::new(ex.vfio()?);
+    let vf = Arc::new(ex.vfio_with(protocol.clone())?);
     let proc = Process::new(1);
     let p = &*proc;
     let b = export(&vf, p)?;
@@ -648,17 +649,23 @@ fn scenario(o: &mut Out, m: u32, mode: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the `kmod` part on our back end.
+/// Runs the `kmod` part on our back end: the VFIO exporter with the merged
+/// 7.1 protocol.
 pub fn run_kmod() -> Result<BTreeMap<String, Outcome>, String> {
+    run_kmod_with(&Protocol::merged())
+}
+
+/// Runs the `kmod` part with the VFIO exporter under `protocol`.
+pub fn run_kmod_with(protocol: &Protocol) -> Result<BTreeMap<String, Outcome>, String> {
     let mut o = Out(BTreeMap::new());
     o.res(
         "kmod.setup",
         Ok(0),
         "container=open,group=open,importer=open",
     );
-    bad_input(&mut o)?;
+    bad_input(&mut o, protocol)?;
     for (m, mode) in KMOD_MODES.iter().enumerate() {
-        scenario(&mut o, m as u32, mode)?;
+        scenario(&mut o, m as u32, mode, protocol)?;
     }
     debug_assert_eq!(KMOD_STEPS.len(), 11);
     Ok(o.0)
@@ -709,7 +716,50 @@ mod tests {
     }
 
     #[test]
-    fn a_gpu_worker_that_never_runs_would_be_seen_as_blocking() {
+    fn v5_of_the_series_would_disagree_with_the_kernel() {
+        // v5 (Message-ID <20260124-dmabuf-revoke-v5-4-f98fca917e96@nvidia.com>):
+        // the unmap wait gives up after 1 s, and un-revoke clears the flag
+        // before it invalidates. The comparison must tell it apart.
+        let mut v5 = Protocol::merged();
+        v5.name = "v5-unmap-timeout".into();
+        v5.revoke = dmabuf_core::revoke::Sequence::parse(&[
+            "dma_resv_lock",
+            "set_revoked",
+            "dma_buf_invalidate_mappings",
+            "dma_resv_wait_timeout(bookkeep, MAX_SCHEDULE_TIMEOUT)",
+            "dma_resv_unlock",
+            "kref_put",
+            "wait_for_completion_timeout(1s)",
+        ])
+        .unwrap();
+        v5.unrevoke = dmabuf_core::revoke::Sequence::parse(&[
+            "dma_resv_lock",
+            "clear_revoked",
+            "dma_buf_invalidate_mappings",
+            "dma_resv_wait_timeout(bookkeep, MAX_SCHEDULE_TIMEOUT)",
+            "dma_resv_unlock",
+            "kref_init",
+            "reinit_completion",
+        ])
+        .unwrap();
+        let m = run_kmod_with(&v5).unwrap();
+        // The reset gives up waiting for the lying importer by itself.
+        assert!(
+            m["kmod.lying.reset"].extra.starts_with("blocked=0,"),
+            "{:?}",
+            m["kmod.lying.reset"]
+        );
+        // The un-revoke's invalidate comes after the flag is cleared: the
+        // re-validating importer maps again (on 7.2.13 it never does).
+        assert_eq!(m["kmod.cache_revalidate.map_after_on"].errno, "0");
+        assert_eq!(
+            m["kmod.cache_revalidate.memory_on"].extra,
+            "blocked=0,ev=inv+remap-cb"
+        );
+    }
+
+    #[test]
+    fn the_watchdog_reports_only_an_operation_that_outlives_it() {
         // The watchdog itself: an operation that never returns until the
         // importer unmaps is reported blocked, one that returns is not.
         let s = TestImporter::open(DEVICES);
