@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Prepares the real-kernel oracle (issue #16): host packages, Debian sid's
-# current amd64 kernel and the modules the probe needs, the static probe and
-# the initramfs. Idempotent; everything lands in $ORACLE_CACHE (default
+# Prepares the real-kernel oracle: host packages, Debian sid's current amd64
+# kernel and the modules the probe needs, the test importer module (kmod/)
+# built against that kernel's headers, the static probe and the initramfs.
+# Idempotent; everything lands in $ORACLE_CACHE (default
 # $CARGO_TARGET_DIR/oracle, else target/oracle), never in the repository.
 #
 # Exit status: 0 ready (the last line is "ready <release>"); 3 skipped: the
-# kernel package cannot be downloaded (the reason is in $ORACLE_CACHE/status
-# and on stderr); 1 any other failure.
+# kernel or its header packages cannot be downloaded (the reason is in
+# $ORACLE_CACHE/status and on stderr); 1 any other failure.
 #
 # The sid archive is reached through a private apt configuration (its own
 # sources list, state and cache directories); the system's apt sources are

@@ -1,4 +1,4 @@
-//! A real Linux kernel as the oracle (issue #16): the same cases run in a
+//! A real Linux kernel as the oracle: the same cases run in a
 //! Debian kernel booted under qemu (the static probe in `probe/`) and on
 //! the project's ABI layer ([`model`]); [`report`] compares them.
 //!
