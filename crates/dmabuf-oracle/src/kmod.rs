@@ -221,11 +221,7 @@ impl Inner {
                     }
                 });
             }
-            Some(Mode::Lazy) => {
-                if st.sgt.is_some() {
-                    st.stale = true;
-                }
-            }
+            Some(Mode::Lazy) => st.stale = st.sgt.is_some(),
             Some(Mode::CacheLazy) => {
                 st.cached_err = 0;
                 self.do_unmap(&mut st, a, Some(g), "unmap-cb");
