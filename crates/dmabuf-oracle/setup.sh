@@ -130,6 +130,10 @@ done
 # module source's hash; the build root is reused across source changes.
 ksrc_hash=$(cat "$here"/kmod/Makefile "$here"/kmod/*.c "$here"/kmod/*.h | sha256sum | cut -c1-16)
 kb="$cache/kbuild/$release"
+# Build roots of kernels sid no longer has are of no use (about 400 MB each).
+for old in "$cache"/kbuild/*; do
+  [ -d "$old" ] && [ "$old" != "$kb" ] && rm -rf "$old"
+done
 kmod_out="$kb/dmabuf_test_importer-$ksrc_hash.ko"
 if [ ! -f "$kmod_out" ]; then
   t_start=$(date +%s)
@@ -152,7 +156,8 @@ if [ ! -f "$kmod_out" ]; then
   rm -rf "$kb/root/build"; mkdir -p "$kb/root/build"
   cp -r "$here/kmod" "$kb/root/build/kmod"
   # objtool reads /proc; unshare keeps the mounts private and drops them on exit.
-  unshare --mount --fork /bin/sh -c "mount -t proc proc '$kb/root/proc' && mount --bind /dev '$kb/root/dev' && \
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo unshare --mount --fork /bin/sh -c "mount -t proc proc '$kb/root/proc' && mount --bind /dev '$kb/root/dev' && \
     chroot '$kb/root' /bin/sh -c 'cd /build/kmod && make -s -C /usr/src/linux-headers-$release M=/build/kmod'" >&2 \
     || fail "building the test importer module against linux-headers-$release"
   cp "$kb/root/build/kmod/dmabuf_test_importer.ko" "$kmod_out.tmp" && mv "$kmod_out.tmp" "$kmod_out"
