@@ -1126,6 +1126,9 @@ static void kmod_bad(int grp, const char *bdf)
 	EMIT("kmod.bad.unmap", ioctl(s, DTI_UNMAP), NULL);
 	EMIT("kmod.bad.double_unmap", ioctl(s, DTI_UNMAP), NULL);
 	EMIT("kmod.bad.unpin_unpinned", ioctl(s, DTI_UNPIN), NULL);
+	EMIT("kmod.bad.pin", ioctl(s, DTI_PIN), NULL);
+	EMIT("kmod.bad.pin_twice", ioctl(s, DTI_PIN), NULL);
+	EMIT("kmod.bad.unpin", ioctl(s, DTI_UNPIN), NULL);
 	EMIT("kmod.bad.detach", ioctl(s, DTI_DETACH), NULL);
 	EMIT("kmod.bad.map_after_detach", ioctl(s, DTI_MAP), NULL);
 	/* the importer's file closed with a live mapping: release unmaps and detaches */

@@ -381,27 +381,52 @@ impl TestImporter {
         if had { Ok(0) } else { Err(errno::EINVAL) }
     }
 
-    /// `DTI_UNPIN` (the scenario pins nothing; only its bad input is run).
+    /// `DTI_PIN` (`dma_buf_pin`; VFIO has no pin op, so it is a no-op
+    /// answering 0 on both sides; the scenario pins nothing).
+    pub fn pin(&self) -> Result<i64, i32> {
+        self.pin_or_unpin(true)
+    }
+
+    /// `DTI_UNPIN`.
     pub fn unpin(&self) -> Result<i64, i32> {
+        self.pin_or_unpin(false)
+    }
+
+    fn pin_or_unpin(&self, pin: bool) -> Result<i64, i32> {
         let (mode, _, _) = self.handles()?;
         if mode == Mode::Static {
             return Err(errno::EINVAL);
         }
-        let pinned = self.0.st.lock().pinned;
-        if !pinned {
-            self.0.log("unpin", -errno::EINVAL);
-            return Err(errno::EINVAL);
-        }
-        Ok(0)
+        let r = self.locked(|me, st, a, g| {
+            let Some(g) = g else { return -errno::EINVAL };
+            let r = if pin {
+                if st.pinned {
+                    -errno::EBUSY
+                } else {
+                    let r = dma_buf::pin(a, g).err().map_or(0, |e| err_of(&e));
+                    st.pinned = r == 0;
+                    r
+                }
+            } else if !st.pinned {
+                -errno::EINVAL
+            } else {
+                st.pinned = false;
+                dma_buf::unpin(a, g).err().map_or(0, |e| err_of(&e))
+            };
+            me.log(if pin { "pin" } else { "unpin" }, r);
+            r
+        })?;
+        if r == 0 { Ok(0) } else { Err(-r) }
     }
 
     /// The commands without an argument by their number (`_IO('D', nr)`):
-    /// 2 map, 3 unmap, 5 unpin, 6 detach, 8 clear; anything else ENOTTY, as
+    /// 2 map, 3 unmap, 4 pin, 5 unpin, 6 detach, 8 clear; anything else ENOTTY, as
     /// the module's switch.
     pub fn command(&self, nr: u32) -> Result<i64, i32> {
         match nr {
             2 => self.map(),
             3 => self.unmap(),
+            4 => self.pin(),
             5 => self.unpin(),
             6 => self.detach(),
             8 => {
@@ -423,7 +448,13 @@ impl TestImporter {
 
     /// `DTI_DETACH` (also what closing the file does).
     pub fn detach(&self) -> Result<i64, i32> {
-        self.locked(|me, st, a, g| me.do_unmap(st, a, g, "unmap"))?;
+        self.locked(|me, st, a, g| {
+            me.do_unmap(st, a, g, "unmap");
+            if let (true, Some(g)) = (st.pinned, g) {
+                st.pinned = false;
+                let _ = dma_buf::unpin(a, g);
+            }
+        })?;
         let (buf, a) = {
             let mut st = self.0.st.lock();
             st.mode = None;
@@ -595,6 +626,9 @@ fn bad_input(o: &mut Out, protocol: &Protocol) -> Result<(), String> {
     o.res("kmod.bad.unmap", s.unmap(), "-");
     o.res("kmod.bad.double_unmap", s.unmap(), "-");
     o.res("kmod.bad.unpin_unpinned", s.unpin(), "-");
+    o.res("kmod.bad.pin", s.pin(), "-");
+    o.res("kmod.bad.pin_twice", s.pin(), "-");
+    o.res("kmod.bad.unpin", s.unpin(), "-");
     o.res("kmod.bad.detach", s.detach(), "-");
     o.res("kmod.bad.map_after_detach", s.map(), "-");
     let s2 = TestImporter::open(DEVICES);
@@ -705,6 +739,7 @@ mod tests {
             ("kmod.bad.unknown_ioctl", "ENOTTY"),
             ("kmod.bad.null_argument", "EFAULT"),
             ("kmod.bad.attach_twice", "EBUSY"),
+            ("kmod.bad.pin_twice", "EBUSY"),
         ] {
             assert_eq!(m[id].errno, e, "{id}");
             assert_eq!(m[id].ret, -1, "{id}");
