@@ -160,6 +160,7 @@ if [ ! -f "$kmod_out" ]; then
   $sudo unshare --mount --fork /bin/sh -c "mount -t proc proc '$kb/root/proc' && mount --bind /dev '$kb/root/dev' && \
     chroot '$kb/root' /bin/sh -c 'cd /build/kmod && make -s -C /usr/src/linux-headers-$release M=/build/kmod'" >&2 \
     || fail "building the test importer module against linux-headers-$release"
+  rm -f "$kb"/dmabuf_test_importer-*.ko
   cp "$kb/root/build/kmod/dmabuf_test_importer.ko" "$kmod_out.tmp" && mv "$kmod_out.tmp" "$kmod_out"
   echo "kmod build: $(( $(date +%s) - t_start )) s" >&2
 fi

@@ -325,12 +325,14 @@ static int dti_pin(struct dti *d, bool pin)
 	return r;
 }
 
-/* Called with d->lock held (or from release). */
+/*
+ * Called with d->lock held (or from release). The worker is cancelled after
+ * dma_buf_detach: before it, an exporter's invalidate may queue it again.
+ */
 static void dti_detach(struct dti *d)
 {
 	if (!d->attach)
 		return;
-	cancel_delayed_work_sync(&d->work);
 	dti_lock(d);
 	if (d->sgt)
 		dti_do_unmap(d, EV_UNMAP);
@@ -340,6 +342,11 @@ static void dti_detach(struct dti *d)
 	}
 	dti_unlock(d);
 	dma_buf_detach(d->dmabuf, d->attach);
+	/*
+	 * Only now can no invalidate queue the worker again; a worker that
+	 * still runs finds no mapping. The buffer is put after it is gone.
+	 */
+	cancel_delayed_work_sync(&d->work);
 	dti_log(d, EV_DETACH, 0);
 	d->attach = NULL;
 	dma_buf_put(d->dmabuf);
