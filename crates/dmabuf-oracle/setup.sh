@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Prepares the real-kernel oracle (issue #16): host packages, Debian sid's
-# current amd64 kernel and the modules the probe needs, the static probe and
-# the initramfs. Idempotent; everything lands in $ORACLE_CACHE (default
+# Prepares the real-kernel oracle: host packages, Debian sid's current amd64
+# kernel and the modules the probe needs, the test importer module (kmod/)
+# built against that kernel's headers, the static probe and the initramfs.
+# Idempotent; everything lands in $ORACLE_CACHE (default
 # $CARGO_TARGET_DIR/oracle, else target/oracle), never in the repository.
 #
 # Exit status: 0 ready (the last line is "ready <release>"); 3 skipped: the
-# kernel package cannot be downloaded (the reason is in $ORACLE_CACHE/status
-# and on stderr); 1 any other failure.
+# kernel or its header packages cannot be downloaded (the reason is in
+# $ORACLE_CACHE/status and on stderr); 1 any other failure.
 #
 # The sid archive is reached through a private apt configuration (its own
 # sources list, state and cache directories); the system's apt sources are
@@ -102,11 +103,11 @@ visit() {
 }
 root="$cache/initramfs-root"
 rm -rf "$root"; mkdir -p "$root"/{bin,proc,sys,dev,lib/modules}
-for part in abi vfio; do
+for part in abi vfio kmod; do
   order=(); seen=()
   case "$part" in
     abi) mods="vgem" ;;
-    vfio) mods="vgem vfio vfio_iommu_type1 vfio-pci" ;;
+    vfio|kmod) mods="vgem vfio vfio_iommu_type1 vfio-pci" ;;
   esac
   for m in $mods; do visit "$m"; done
   : >"$root/modules-$part.order"
@@ -121,8 +122,53 @@ for part in abi vfio; do
   done
 done
 
-# 4. The probe and the initramfs.
-musl-gcc -static -O1 -Wall -o "$root/probe" "$here/probe/probe.c" -lpthread >&2 || fail "building the probe"
+# 4. The test importer module (kmod/), built against this very kernel: a
+# throw-away sid root made from the registry only (the kernel's headers, its
+# kbuild, the gcc the kernel was built with, make, a shell and coreutils;
+# unpacked with dpkg-deb, no maintainer scripts) and `make -C
+# /usr/src/linux-headers-$release M=...` inside it with chroot. Cached by the
+# module source's hash; the build root is reused across source changes.
+ksrc_hash=$(cat "$here"/kmod/Makefile "$here"/kmod/*.c "$here"/kmod/*.h | sha256sum | cut -c1-16)
+kb="$cache/kbuild/$release"
+# Build roots of kernels sid no longer has are of no use (about 400 MB each).
+for old in "$cache"/kbuild/*; do
+  [ -d "$old" ] && [ "$old" != "$kb" ] && rm -rf "$old"
+done
+kmod_out="$kb/dmabuf_test_importer-$ksrc_hash.ko"
+if [ ! -f "$kmod_out" ]; then
+  t_start=$(date +%s)
+  if [ ! -f "$kb/.root-done" ]; then
+    rm -rf "$kb"; mkdir -p "$kb/debs" "$kb/root"
+    kpkgs=$(apt-get "${apt_opts[@]}" -s --no-install-recommends install "linux-headers-$release" \
+      make coreutils dash bash sed grep mawk findutils diffutils libc6-dev 2>/dev/null \
+      | sed -n 's/^Inst \([^ ]*\) .*/\1/p' || true)
+    [ -n "$kpkgs" ] || skip "sid has no installable linux-headers-$release (Debian keeps only current versions)"
+    # shellcheck disable=SC2086
+    (cd "$kb/debs" && apt-get "${apt_opts[@]}" -qq download $kpkgs >&2) \
+      || skip "downloading linux-headers-$release and its compiler from sid failed"
+    # base-files first: it holds the merged-/usr links (/bin -> usr/bin).
+    for d in "$kb"/debs/base-files_*.deb "$kb"/debs/*.deb; do dpkg-deb -x "$d" "$kb/root"; done
+    [ -x "$kb/root/usr/bin/awk" ] || ln -sf mawk "$kb/root/usr/bin/awk"
+    [ -d "$kb/root/usr/src/linux-headers-$release" ] || fail "linux-headers-$release unpacked no /usr/src/linux-headers-$release"
+    rm -rf "$kb/debs"
+    touch "$kb/.root-done"
+  fi
+  rm -rf "$kb/root/build"; mkdir -p "$kb/root/build"
+  cp -r "$here/kmod" "$kb/root/build/kmod"
+  # objtool reads /proc; unshare keeps the mounts private and drops them on exit.
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo unshare --mount --fork /bin/sh -c "mount -t proc proc '$kb/root/proc' && mount --bind /dev '$kb/root/dev' && \
+    chroot '$kb/root' /bin/sh -c 'cd /build/kmod && make -s -C /usr/src/linux-headers-$release M=/build/kmod'" >&2 \
+    || fail "building the test importer module against linux-headers-$release"
+  rm -f "$kb"/dmabuf_test_importer-*.ko
+  cp "$kb/root/build/kmod/dmabuf_test_importer.ko" "$kmod_out.tmp" && mv "$kmod_out.tmp" "$kmod_out"
+  echo "kmod build: $(( $(date +%s) - t_start )) s" >&2
+fi
+cp "$kmod_out" "$root/lib/modules/dmabuf_test_importer.ko"
+echo dmabuf_test_importer >>"$root/modules-kmod.order"
+
+# 5. The probe and the initramfs.
+musl-gcc -static -O1 -Wall -I"$here/kmod" -o "$root/probe" "$here/probe/probe.c" -lpthread >&2 || fail "building the probe"
 cp /bin/busybox "$root/bin/busybox"
 install -m 0755 "$here/probe/init.sh" "$root/init"
 (cd "$root" && find . | sort | cpio -o -H newc --quiet | gzip -1) >"$cache/initramfs.cpio.gz.tmp"

@@ -15,7 +15,7 @@ echo "@@INIT part=$part"
 for m in $(cat /modules-$part.order); do
   insmod "/lib/modules/$m.ko" || echo "@@MODULE-FAILED $m"
 done
-if [ "$part" = vfio ]; then
+if [ "$part" = vfio ] || [ "$part" = kmod ]; then
   bdf=
   for d in /sys/bus/pci/devices/*; do
     if [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ]; then bdf="${d##*/}"; fi
@@ -29,7 +29,7 @@ if [ "$part" = vfio ]; then
     echo "$bdf" > /sys/bus/pci/drivers_probe
     group="$(basename "$(readlink "/sys/bus/pci/devices/$bdf/iommu_group")")"
     echo "@@VFIO device=$bdf group=$group driver=$(basename "$(readlink "/sys/bus/pci/devices/$bdf/driver")")"
-    /probe vfio "$bdf" "$group"
+    /probe "$part" "$bdf" "$group"
     echo "@@PROBE-EXIT part=$part status=$?"
   fi
 else

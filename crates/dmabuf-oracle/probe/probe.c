@@ -11,7 +11,8 @@
  * Framing: "@@BEGIN part=<p> release=<uname -r> version=<uname -v>" first,
  * "@@END part=<p> cases=<n>" last.
  *
- * Usage: probe abi | probe vfio <pci-bdf> <iommu-group>
+ * Usage: probe abi | probe vfio <pci-bdf> <iommu-group> | probe kmod <pci-bdf> <iommu-group>
+ * (kmod: the test importer module, kmod/dmabuf_test_importer.h, is loaded)
  * Built with musl-gcc -static; no kernel headers are used: every ioctl
  * number and struct layout is spelt out below from the uapi headers
  * (include/uapi/linux/dma-buf.h, sync_file.h, dma-heap.h, udmabuf.h,
@@ -28,10 +29,12 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/reboot.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
+#include "dmabuf_test_importer.h"
 
 /* ---- uapi ------------------------------------------------------------ */
 #define DMA_BUF_IOCTL_SYNC 0x40086200u
@@ -112,6 +115,7 @@ static const char *ename(int e)
 	case EOPNOTSUPP: return "EOPNOTSUPP";
 	case ETIMEDOUT: return "ETIMEDOUT";
 	case ENXIO: return "ENXIO";
+	case ENOTCONN: return "ENOTCONN";
 	}
 	snprintf(buf, sizeof buf, "E%d", e);
 	return buf;
@@ -956,6 +960,250 @@ static void vfio_part(const char *bdf, const char *group)
 	close(cont);
 }
 
+
+/* ---- the kmod part: the test importer against VFIO's revoke ------------ */
+/*
+ * For each importer kind: a fresh device fd, a buffer of BAR0's first page,
+ * attach and map through the test importer, then VFIO_DEVICE_RESET, memory
+ * decode off and on, and the device fd's close, each followed by a map. An
+ * exporter operation runs beside a watchdog: if it has not returned after
+ * KMOD_BLOCK_MS the watchdog makes the importer unmap (DTI_UNMAP) and the
+ * case says blocked=1; if it still has not returned KMOD_HANG_MS later the
+ * probe prints "@@FATAL hang ..." and reboots (qemu exits): never a silent
+ * timeout. The extra of a case is what the importer saw meanwhile, from its
+ * event log, in order; the raw log with timestamps follows each kind on
+ * lines starting "kmodlog" (for people; the harness ignores them).
+ */
+#define KMOD_BLOCK_MS 2000
+#define KMOD_HANG_MS 15000
+static const char *const kmod_modes[] = { "static", "odp", "gpu", "pinned", "lying", "lazy",
+					  "cache_lazy", "cache_revalidate" };
+static unsigned kmod_domain, kmod_bus, kmod_devfn;
+static int kmod_cursor; /* log lines already reported */
+
+/* The importer's events since the last call, "a+b:ERR+c" (rets only when nonzero). */
+static void kmod_events(int s, char *out, size_t cap)
+{
+	static char text[65536];
+	ssize_t n = pread(s, text, sizeof text - 1, 0);
+	size_t o = 0;
+	int line = 0;
+	out[0] = 0;
+	if (n < 0) {
+		snprintf(out, cap, "read:%s", ename(errno));
+		return;
+	}
+	text[n] = 0;
+	for (char *save = NULL, *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save), line++) {
+		unsigned long long t;
+		char ev[32];
+		int r;
+		if (line < kmod_cursor || sscanf(l, "%llu %31s %d", &t, ev, &r) != 3 || !strcmp(ev, "mark"))
+			continue;
+		o += snprintf(out + o, o < cap ? cap - o : 0, "%s%s", o ? "+" : "", ev);
+		if (r)
+			o += snprintf(out + o, o < cap ? cap - o : 0, ":%s", ename(-r));
+	}
+	kmod_cursor = line;
+	if (!o)
+		snprintf(out, cap, "none");
+}
+
+struct kmod_wd {
+	int sess;
+	const char *mode, *op;
+	volatile int done;
+	int released, release_ret, release_err;
+};
+
+static void *kmod_watchdog(void *arg)
+{
+	struct kmod_wd *w = arg;
+	long long t0 = now_ms();
+	while (!w->done && now_ms() - t0 < KMOD_BLOCK_MS)
+		usleep(5000);
+	if (w->done)
+		return NULL;
+	w->released = 1;
+	errno = 0;
+	w->release_ret = ioctl(w->sess, DTI_UNMAP);
+	w->release_err = w->release_ret < 0 ? errno : 0;
+	printf("kmodlog %s %s blocked for %d ms: the importer is told to unmap (ret %d %s)\n", w->mode, w->op,
+	       KMOD_BLOCK_MS, w->release_ret, ename(w->release_err));
+	while (!w->done && now_ms() - t0 < KMOD_BLOCK_MS + KMOD_HANG_MS)
+		usleep(5000);
+	if (!w->done) {
+		printf("@@FATAL hang mode=%s op=%s: the exporter did not return %d ms after the importer unmapped\n",
+		       w->mode, w->op, KMOD_HANG_MS);
+		fflush(stdout);
+		sync();
+		reboot(RB_AUTOBOOT);
+	}
+	return NULL;
+}
+
+enum kmod_op { OP_RESET, OP_MEM_OFF, OP_MEM_ON, OP_CLOSE };
+
+/* Runs an exporter operation beside the watchdog and emits its case. */
+static void kmod_exporter_op(int s, int *dev, const char *mode, const char *op, enum kmod_op which)
+{
+	char id[96], ev[1024], x[1200];
+	struct kmod_wd w = { .sess = s, .mode = mode, .op = op };
+	pthread_t th;
+	long long r, t0 = now_ms();
+	int e;
+	pthread_create(&th, NULL, kmod_watchdog, &w);
+	errno = 0;
+	switch (which) {
+	case OP_RESET: r = ioctl(*dev, VFIO_DEVICE_RESET); break;
+	case OP_MEM_OFF: r = set_memory(*dev, 0); break;
+	case OP_MEM_ON: r = set_memory(*dev, 1); break;
+	default: r = close(*dev); *dev = -1; break;
+	}
+	e = r < 0 ? errno : 0;
+	w.done = 1;
+	pthread_join(th, NULL);
+	printf("kmodlog %s %s returned after %lld ms\n", mode, op, now_ms() - t0);
+	kmod_events(s, ev, sizeof ev);
+	snprintf(x, sizeof x, "blocked=%d,ev=%s", w.released, ev);
+	snprintf(id, sizeof id, "kmod.%s.%s", mode, op);
+	emit(id, r, e, x);
+}
+
+/* An importer call and its case, with the events it caused. */
+static void kmod_call(int s, const char *mode, const char *what, unsigned long cmd)
+{
+	char id[96], ev[1024];
+	long long r = CALL(ioctl(s, cmd));
+	int e = _e;
+	kmod_events(s, ev, sizeof ev);
+	snprintf(id, sizeof id, "kmod.%s.%s", mode, what);
+	emit(id, r, e, ev);
+}
+
+static void kmod_dump(int s, const char *mode)
+{
+	static char text[65536];
+	ssize_t n = pread(s, text, sizeof text - 1, 0);
+	if (n < 0)
+		return;
+	text[n] = 0;
+	for (char *save = NULL, *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
+		printf("kmodlog %s %s\n", mode, l);
+}
+
+static int kmod_attach(int s, int fd, unsigned mode, unsigned bus)
+{
+	struct dti_attach a = { .fd = fd, .mode = mode, .domain = kmod_domain, .bus = bus,
+				.devfn = kmod_devfn, .delay_ms = 50 };
+	return ioctl(s, DTI_ATTACH, &a);
+}
+
+static void kmod_bad(int grp, const char *bdf)
+{
+	const uint32_t G = FEAT_GET | FEAT_DMA_BUF;
+	uint64_t ok[2] = { 0, PAGE };
+	int dev = ioctl(grp, VFIO_GROUP_GET_DEVICE_FD, bdf);
+	int b = dev < 0 ? -1 : feat_call(dev, G, 0, O_RDWR | O_CLOEXEC, 0, 1, ok, 0);
+	int s = open("/dev/dmabuf_test_importer", O_RDWR | O_CLOEXEC);
+	int sf = b < 0 ? -1 : export_sync(b, 3); /* a sync_file: an fd that is not a dma-buf */
+	struct dti_attach a = { .fd = b, .mode = 99, .domain = kmod_domain, .bus = kmod_bus, .devfn = kmod_devfn };
+	EMIT("kmod.bad.unknown_mode", ioctl(s, DTI_ATTACH, &a), NULL);
+	EMIT("kmod.bad.not_dmabuf", kmod_attach(s, sf, DTI_ODP, kmod_bus), NULL);
+	EMIT("kmod.bad.closed_fd", kmod_attach(s, -1, DTI_ODP, kmod_bus), NULL);
+	EMIT("kmod.bad.no_pci_device", kmod_attach(s, b, DTI_ODP, 250), NULL);
+	EMIT("kmod.bad.null_argument", ioctl(s, DTI_ATTACH, NULL), NULL);
+	EMIT("kmod.bad.map_unattached", ioctl(s, DTI_MAP), NULL);
+	EMIT("kmod.bad.unmap_unattached", ioctl(s, DTI_UNMAP), NULL);
+	EMIT("kmod.bad.detach_unattached", ioctl(s, DTI_DETACH), NULL);
+	EMIT("kmod.bad.unknown_ioctl", ioctl(s, _IO(DTI_IOC_MAGIC, 99)), NULL);
+	EMIT("kmod.bad.mark_256", ioctl(s, DTI_MARK, 256), NULL);
+	EMIT("kmod.bad.attach", kmod_attach(s, b, DTI_ODP, kmod_bus), NULL);
+	EMIT("kmod.bad.attach_twice", kmod_attach(s, b, DTI_ODP, kmod_bus), NULL);
+	EMIT("kmod.bad.unmap_unmapped", ioctl(s, DTI_UNMAP), NULL);
+	EMIT("kmod.bad.map", ioctl(s, DTI_MAP), NULL);
+	EMIT("kmod.bad.map_again", ioctl(s, DTI_MAP), NULL);
+	EMIT("kmod.bad.unmap", ioctl(s, DTI_UNMAP), NULL);
+	EMIT("kmod.bad.double_unmap", ioctl(s, DTI_UNMAP), NULL);
+	EMIT("kmod.bad.unpin_unpinned", ioctl(s, DTI_UNPIN), NULL);
+	EMIT("kmod.bad.pin", ioctl(s, DTI_PIN), NULL);
+	EMIT("kmod.bad.pin_twice", ioctl(s, DTI_PIN), NULL);
+	EMIT("kmod.bad.unpin", ioctl(s, DTI_UNPIN), NULL);
+	EMIT("kmod.bad.detach", ioctl(s, DTI_DETACH), NULL);
+	EMIT("kmod.bad.map_after_detach", ioctl(s, DTI_MAP), NULL);
+	/* the importer's file closed with a live mapping: release unmaps and detaches */
+	int s2 = open("/dev/dmabuf_test_importer", O_RDWR | O_CLOEXEC);
+	kmod_attach(s2, b, DTI_ODP, kmod_bus);
+	ioctl(s2, DTI_MAP);
+	EMIT("kmod.bad.close_mapped", close(s2), NULL);
+	close(sf);
+	close(s);
+	close(b);
+	if (dev >= 0)
+		close(dev);
+}
+
+static void kmod_part(const char *bdf, const char *group)
+{
+	char path[64], x[256], ev[1024], id[96];
+	unsigned dom, bus, sl, fn;
+	if (sscanf(bdf, "%x:%x:%x.%x", &dom, &bus, &sl, &fn) != 4) {
+		printf("@@FATAL bad-bdf %s\n", bdf);
+		return;
+	}
+	kmod_domain = dom;
+	kmod_bus = bus;
+	kmod_devfn = (sl << 3) | fn;
+	int cont = open("/dev/vfio/vfio", O_RDWR);
+	snprintf(path, sizeof path, "/dev/vfio/%s", group);
+	int grp = open(path, O_RDWR);
+	long long r = CALL(ioctl(grp, VFIO_GROUP_SET_CONTAINER, &cont));
+	if (r == 0)
+		r = CALL(ioctl(cont, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU));
+	int probe_s = open("/dev/dmabuf_test_importer", O_RDWR | O_CLOEXEC);
+	snprintf(x, sizeof x, "container=%s,group=%s,importer=%s", cont >= 0 ? "open" : "none",
+		 grp >= 0 ? "open" : "none", probe_s >= 0 ? "open" : ename(errno));
+	emit("kmod.setup", r < 0 || probe_s < 0 ? -1 : 0, r < 0 ? _e : probe_s < 0 ? errno : 0, x);
+	if (r < 0 || probe_s < 0)
+		return;
+	close(probe_s);
+	kmod_bad(grp, bdf);
+	const uint32_t G = FEAT_GET | FEAT_DMA_BUF;
+	uint64_t ok[2] = { 0, PAGE };
+	for (unsigned m = 0; m < DTI_NR_MODES; m++) {
+		const char *mode = kmod_modes[m];
+		int dev = ioctl(grp, VFIO_GROUP_GET_DEVICE_FD, bdf);
+		int b = dev < 0 ? -1 : feat_call(dev, G, 0, O_RDWR | O_CLOEXEC, 0, 1, ok, 0);
+		int s = open("/dev/dmabuf_test_importer", O_RDWR | O_CLOEXEC);
+		kmod_cursor = 0;
+		if (dev < 0 || b < 0 || s < 0) {
+			printf("@@FATAL kmod-setup mode=%s dev=%d buf=%d importer=%d errno=%s\n", mode, dev, b, s,
+			       ename(errno));
+			return;
+		}
+		r = CALL(kmod_attach(s, b, m, kmod_bus));
+		int e = _e;
+		kmod_events(s, ev, sizeof ev);
+		snprintf(id, sizeof id, "kmod.%s.attach", mode);
+		emit(id, r, e, ev);
+		kmod_call(s, mode, "map", DTI_MAP);
+		kmod_exporter_op(s, &dev, mode, "reset", OP_RESET);
+		kmod_call(s, mode, "map_after_reset", DTI_MAP);
+		kmod_exporter_op(s, &dev, mode, "memory_off", OP_MEM_OFF);
+		kmod_call(s, mode, "map_while_off", DTI_MAP);
+		kmod_exporter_op(s, &dev, mode, "memory_on", OP_MEM_ON);
+		kmod_call(s, mode, "map_after_on", DTI_MAP);
+		kmod_exporter_op(s, &dev, mode, "close", OP_CLOSE);
+		kmod_call(s, mode, "map_after_close", DTI_MAP);
+		kmod_call(s, mode, "detach", DTI_DETACH);
+		kmod_dump(s, mode);
+		close(s);
+		close(b);
+	}
+	close(grp);
+	close(cont);
+}
+
 int main(int argc, char **argv)
 {
 	struct utsname u;
@@ -984,6 +1232,8 @@ int main(int argc, char **argv)
 		case_exporters();
 	} else if (!strcmp(part, "vfio") && argc > 3) {
 		vfio_part(argv[2], argv[3]);
+	} else if (!strcmp(part, "kmod") && argc > 3) {
+		kmod_part(argv[2], argv[3]);
 	} else {
 		printf("@@FATAL usage part=%s\n", part);
 		return 2;

@@ -11,6 +11,9 @@ pub enum Part {
     Abi,
     /// The VFIO exporter (q35, intel-iommu, edu device bound to vfio-pci).
     Vfio,
+    /// The test importer module (`kmod/`) against the VFIO exporter's
+    /// revoke: the same machine as [`Part::Vfio`].
+    Kmod,
 }
 
 impl Part {
@@ -19,23 +22,32 @@ impl Part {
         match self {
             Part::Abi => "abi",
             Part::Vfio => "vfio",
+            Part::Kmod => "kmod",
         }
     }
 
     /// Both parts, in boot order.
-    pub const ALL: [Part; 2] = [Part::Abi, Part::Vfio];
+    pub const ALL: [Part; 3] = [Part::Abi, Part::Vfio, Part::Kmod];
 
     /// The case ids of this part, in the order the probe runs them.
     pub fn cases(self) -> &'static [&'static str] {
         match self {
             Part::Abi => ABI_CASES,
             Part::Vfio => VFIO_CASES,
+            Part::Kmod => KMOD_CASES,
         }
     }
 }
 
-/// The area of a case id (`sync`, `name`, `vfio`, ...).
+/// The area of a case id (`sync`, `name`, `vfio`, ...); for the test
+/// importer's cases, `kmod.<mode>` (`kmod.odp`, `kmod.bad`).
 pub fn area(id: &str) -> &str {
+    if let Some(rest) = id.strip_prefix("kmod.") {
+        return match rest.find('.') {
+            Some(i) => &id[..5 + i],
+            None => id,
+        };
+    }
     id.split('.').next().unwrap_or(id)
 }
 
@@ -281,6 +293,152 @@ pub const VFIO_CASES: &[&str] = &[
     "vfio.after_close.vgem_import",
 ];
 
+/// Importer kinds of the test module, in the probe's order (enum dti_mode
+/// of `kmod/dmabuf_test_importer.h`).
+pub const KMOD_MODES: &[&str] = &[
+    "static",
+    "odp",
+    "gpu",
+    "pinned",
+    "lying",
+    "lazy",
+    "cache_lazy",
+    "cache_revalidate",
+];
+
+/// The steps of one importer kind's scenario, in order.
+pub const KMOD_STEPS: &[&str] = &[
+    "attach",
+    "map",
+    "reset",
+    "map_after_reset",
+    "memory_off",
+    "map_while_off",
+    "memory_on",
+    "map_after_on",
+    "close",
+    "map_after_close",
+    "detach",
+];
+
+/// Cases of the test importer boot: the control interface's answers to bad
+/// input, then [`KMOD_STEPS`] for each of [`KMOD_MODES`].
+pub const KMOD_CASES: &[&str] = &[
+    "kmod.setup",
+    "kmod.bad.unknown_mode",
+    "kmod.bad.not_dmabuf",
+    "kmod.bad.closed_fd",
+    "kmod.bad.no_pci_device",
+    "kmod.bad.null_argument",
+    "kmod.bad.map_unattached",
+    "kmod.bad.unmap_unattached",
+    "kmod.bad.detach_unattached",
+    "kmod.bad.unknown_ioctl",
+    "kmod.bad.mark_256",
+    "kmod.bad.attach",
+    "kmod.bad.attach_twice",
+    "kmod.bad.unmap_unmapped",
+    "kmod.bad.map",
+    "kmod.bad.map_again",
+    "kmod.bad.unmap",
+    "kmod.bad.double_unmap",
+    "kmod.bad.unpin_unpinned",
+    "kmod.bad.pin",
+    "kmod.bad.pin_twice",
+    "kmod.bad.unpin",
+    "kmod.bad.detach",
+    "kmod.bad.map_after_detach",
+    "kmod.bad.close_mapped",
+    "kmod.static.attach",
+    "kmod.static.map",
+    "kmod.static.reset",
+    "kmod.static.map_after_reset",
+    "kmod.static.memory_off",
+    "kmod.static.map_while_off",
+    "kmod.static.memory_on",
+    "kmod.static.map_after_on",
+    "kmod.static.close",
+    "kmod.static.map_after_close",
+    "kmod.static.detach",
+    "kmod.odp.attach",
+    "kmod.odp.map",
+    "kmod.odp.reset",
+    "kmod.odp.map_after_reset",
+    "kmod.odp.memory_off",
+    "kmod.odp.map_while_off",
+    "kmod.odp.memory_on",
+    "kmod.odp.map_after_on",
+    "kmod.odp.close",
+    "kmod.odp.map_after_close",
+    "kmod.odp.detach",
+    "kmod.gpu.attach",
+    "kmod.gpu.map",
+    "kmod.gpu.reset",
+    "kmod.gpu.map_after_reset",
+    "kmod.gpu.memory_off",
+    "kmod.gpu.map_while_off",
+    "kmod.gpu.memory_on",
+    "kmod.gpu.map_after_on",
+    "kmod.gpu.close",
+    "kmod.gpu.map_after_close",
+    "kmod.gpu.detach",
+    "kmod.pinned.attach",
+    "kmod.pinned.map",
+    "kmod.pinned.reset",
+    "kmod.pinned.map_after_reset",
+    "kmod.pinned.memory_off",
+    "kmod.pinned.map_while_off",
+    "kmod.pinned.memory_on",
+    "kmod.pinned.map_after_on",
+    "kmod.pinned.close",
+    "kmod.pinned.map_after_close",
+    "kmod.pinned.detach",
+    "kmod.lying.attach",
+    "kmod.lying.map",
+    "kmod.lying.reset",
+    "kmod.lying.map_after_reset",
+    "kmod.lying.memory_off",
+    "kmod.lying.map_while_off",
+    "kmod.lying.memory_on",
+    "kmod.lying.map_after_on",
+    "kmod.lying.close",
+    "kmod.lying.map_after_close",
+    "kmod.lying.detach",
+    "kmod.lazy.attach",
+    "kmod.lazy.map",
+    "kmod.lazy.reset",
+    "kmod.lazy.map_after_reset",
+    "kmod.lazy.memory_off",
+    "kmod.lazy.map_while_off",
+    "kmod.lazy.memory_on",
+    "kmod.lazy.map_after_on",
+    "kmod.lazy.close",
+    "kmod.lazy.map_after_close",
+    "kmod.lazy.detach",
+    "kmod.cache_lazy.attach",
+    "kmod.cache_lazy.map",
+    "kmod.cache_lazy.reset",
+    "kmod.cache_lazy.map_after_reset",
+    "kmod.cache_lazy.memory_off",
+    "kmod.cache_lazy.map_while_off",
+    "kmod.cache_lazy.memory_on",
+    "kmod.cache_lazy.map_after_on",
+    "kmod.cache_lazy.close",
+    "kmod.cache_lazy.map_after_close",
+    "kmod.cache_lazy.detach",
+    "kmod.cache_revalidate.attach",
+    "kmod.cache_revalidate.map",
+    "kmod.cache_revalidate.reset",
+    "kmod.cache_revalidate.map_after_reset",
+    "kmod.cache_revalidate.memory_off",
+    "kmod.cache_revalidate.map_while_off",
+    "kmod.cache_revalidate.memory_on",
+    "kmod.cache_revalidate.map_after_on",
+    "kmod.cache_revalidate.close",
+    "kmod.cache_revalidate.map_after_close",
+    "kmod.cache_revalidate.detach",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +456,25 @@ mod tests {
             }
         }
         assert_eq!(area("merge.bad_fd2"), "merge");
+        assert_eq!(area("kmod.odp.reset"), "kmod.odp");
+        assert_eq!(area("kmod.setup"), "kmod.setup");
+    }
+
+    #[test]
+    fn the_kmod_list_is_every_step_of_every_mode() {
+        for m in KMOD_MODES {
+            for s in KMOD_STEPS {
+                let id = format!("kmod.{m}.{s}");
+                assert!(KMOD_CASES.contains(&id.as_str()), "{id}");
+            }
+        }
+        let bad = KMOD_CASES
+            .iter()
+            .filter(|c| c.starts_with("kmod.bad."))
+            .count();
+        assert_eq!(
+            KMOD_CASES.len(),
+            1 + bad + KMOD_MODES.len() * KMOD_STEPS.len()
+        );
     }
 }

@@ -69,11 +69,17 @@ impl Exporters {
     /// The `edu` device bound to vfio-pci with the merged 7.1 revoke
     /// protocol (`Protocol::merged`).
     pub fn vfio(&self) -> Result<Vfio, String> {
+        self.vfio_with(Protocol::merged())
+    }
+
+    /// The `edu` device bound to vfio-pci with another revoke protocol (the
+    /// kmod part's tests show that the comparison tells protocols apart).
+    pub fn vfio_with(&self, protocol: Protocol) -> Result<Vfio, String> {
         let pdev = self
             .platform
             .device("edu")
             .map_err(|e| format!("edu: {e}"))?;
-        let dev = VfioPciDevice::bind(&self.host, pdev, Arc::new(Protocol::merged()))
+        let dev = VfioPciDevice::bind(&self.host, pdev, Arc::new(protocol))
             .map_err(|e| format!("vfio bind: {e}"))?;
         Ok(Vfio { dev })
     }

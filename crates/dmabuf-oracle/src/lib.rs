@@ -1,4 +1,4 @@
-//! A real Linux kernel as the oracle (issue #16): the same cases run in a
+//! A real Linux kernel as the oracle: the same cases run in a
 //! Debian kernel booted under qemu (the static probe in `probe/`) and on
 //! the project's ABI layer ([`model`]); [`report`] compares them.
 //!
@@ -8,12 +8,14 @@
 //! | [`serial`] | the probe's console protocol and its strict parser |
 //! | [`qemu`] | one boot with a hard time limit |
 //! | [`model`] | our back end (core ABI) |
+//! | [`kmod`] | our back end of the test importer module's part: a twin of the module on the core, against our VFIO exporter |
 //! | [`exporters`] | the only module using `dmabuf-drivers`: system heap, VFIO |
 //! | [`report`] | normalisation, agreement table, JSON |
 #![warn(missing_docs)]
 
 pub mod cases;
 pub mod exporters;
+pub mod kmod;
 pub mod model;
 pub mod qemu;
 pub mod report;

@@ -1,5 +1,5 @@
-//! `dmabuf-oracle [--json] [--part abi|vfio|all] [--no-setup] [--timeout SECS]
-//! [--cache DIR] [--log-abi FILE] [--log-vfio FILE] [--min-agreed N]`
+//! `dmabuf-oracle [--json] [--part abi|vfio|kmod|all] [--no-setup] [--timeout SECS]
+//! [--cache DIR] [--log-abi FILE] [--log-vfio FILE] [--log-kmod FILE] [--min-agreed N]`
 //!
 //! Runs `setup.sh` (host packages, Debian sid's kernel, probe, initramfs),
 //! boots each part under qemu, parses the serial console, runs the same
@@ -14,7 +14,7 @@
 use dmabuf_oracle::cases::Part;
 use dmabuf_oracle::report::Report;
 use dmabuf_oracle::serial::{self, BootEnd, PartRun};
-use dmabuf_oracle::{model, qemu};
+use dmabuf_oracle::{kmod, model, qemu};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -32,7 +32,7 @@ struct Opts {
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!(
-        "dmabuf-oracle: {msg}\nusage: dmabuf-oracle [--json] [--part abi|vfio|all] [--no-setup] [--timeout SECS] [--cache DIR] [--log-abi FILE] [--log-vfio FILE] [--min-agreed N]"
+        "dmabuf-oracle: {msg}\nusage: dmabuf-oracle [--json] [--part abi|vfio|kmod|all] [--no-setup] [--timeout SECS] [--cache DIR] [--log-abi FILE] [--log-vfio FILE] [--log-kmod FILE] [--min-agreed N]"
     );
     ExitCode::from(2)
 }
@@ -67,6 +67,7 @@ fn parse_args() -> Result<Opts, String> {
                 o.parts = match val("--part")?.as_str() {
                     "abi" => vec![Part::Abi],
                     "vfio" => vec![Part::Vfio],
+                    "kmod" => vec![Part::Kmod],
                     "all" => Part::ALL.to_vec(),
                     p => return Err(format!("unknown part {p}")),
                 }
@@ -82,6 +83,9 @@ fn parse_args() -> Result<Opts, String> {
             }
             "--log-vfio" => {
                 o.logs.insert(Part::Vfio, PathBuf::from(val("--log-vfio")?));
+            }
+            "--log-kmod" => {
+                o.logs.insert(Part::Kmod, PathBuf::from(val("--log-kmod")?));
             }
             "--min-agreed" => {
                 o.min_agreed = Some(
@@ -183,6 +187,7 @@ fn main() -> ExitCode {
         let r = match part {
             Part::Abi => model::run_abi(),
             Part::Vfio => model::run_vfio(),
+            Part::Kmod => kmod::run_kmod(),
         };
         match r {
             Ok(m) => {

@@ -68,6 +68,7 @@ pub fn errno_name(e: i32) -> String {
         95 => "EOPNOTSUPP",
         110 => "ETIMEDOUT",
         6 => "ENXIO",
+        107 => "ENOTCONN",
         _ => return format!("E{e}"),
     };
     n.to_owned()
@@ -894,7 +895,7 @@ fn exporter_cases(p: &Process, o: &mut Out) -> Result<(), String> {
 
 /// `VFIO_DEVICE_FEATURE` payload as probe.c `feat_call` builds it.
 #[allow(clippy::too_many_arguments)]
-fn feat(
+pub(crate) fn feat(
     flags: u32,
     bar: u32,
     open_flags: u32,

@@ -5,7 +5,7 @@
 //! | part | machine |
 //! |---|---|
 //! | `abi` | the default pc machine, 512 MiB, one CPU |
-//! | `vfio` | q35 with `intel-iommu,intremap=on` and qemu's `edu` device (BAR0 1 MiB) behind a `pcie-root-port` (on the root bus it has no reset method); guest `intel_iommu=on` |
+//! | `vfio`, `kmod` | q35 with `intel-iommu,intremap=on` and qemu's `edu` device (BAR0 1 MiB) behind a `pcie-root-port` (on the root bus it has no reset method); guest `intel_iommu=on` |
 
 use crate::cases::Part;
 use crate::serial::BootEnd;
@@ -45,7 +45,7 @@ pub fn args(part: Part, cache: &Path) -> Vec<String> {
     .map(|s| (*s).to_owned())
     .collect();
     let mut cmdline = String::from("console=ttyS0 panic=-1 quiet loglevel=3");
-    if part == Part::Vfio {
+    if part == Part::Vfio || part == Part::Kmod {
         a.extend(
             [
                 "-machine",

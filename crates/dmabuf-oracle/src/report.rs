@@ -155,7 +155,7 @@ impl Report {
         }
         s.push_str("\nper area:\n");
         for (a, n, m) in self.per_area() {
-            s.push_str(&format!("  {a:<10} {n}/{m}\n"));
+            s.push_str(&format!("  {a:<22} {n}/{m}\n"));
         }
         let (n, m) = self.totals();
         s.push_str(&format!("agreed: {n}/{m} cases\n"));

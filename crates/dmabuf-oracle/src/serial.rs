@@ -11,9 +11,10 @@
 //! | `@@VFIO device=B group=G driver=D` | the test device is bound |
 //! | `@@BEGIN part=P release=R version=V` | the probe starts; `R` is `uname -r` |
 //! | `@@C ID RET ERRNO EXTRA #CRC` | one case; `CRC` is FNV-1a 32 of `ID RET ERRNO EXTRA` |
-//! | `@@FATAL what` | the probe could not run its part |
+//! | `@@FATAL what` | the probe could not run its part (kmod: `@@FATAL hang mode=M op=O ...` when an exporter operation did not return after the importer unmapped) |
 //! | `@@END part=P cases=N` | the probe finished after `N` cases |
 //! | `@@PROBE-EXIT part=P status=S` | the shell saw the probe exit with `S` |
+//! | `kmodlog ...` (no `@@`) | the test importer's event log with timestamps and the durations of exporter operations, for people; ignored like console noise |
 //!
 //! # What a complete log is
 //!
@@ -674,6 +675,28 @@ mod tests {
             parse(Part::Vfio, &log, &OK),
             Err(LogError::WrongPart { .. })
         ));
+    }
+
+    #[test]
+    fn a_kmod_hang_ends_the_run_with_its_mode_and_operation() {
+        // The probe's watchdog line when an exporter operation outlives the
+        // importer's unmap; the kmodlog lines beside the cases are ignored.
+        let mut log = full_log(Part::Kmod, Some(40));
+        log.push_str(
+            "kmodlog lying reset blocked for 2000 ms: the importer is told to unmap (ret 0 0)\n",
+        );
+        log.push_str("@@FATAL hang mode=lying op=reset: the exporter did not return 15000 ms after the importer unmapped\n");
+        match parse(Part::Kmod, &log, &OK) {
+            Err(LogError::Fatal { part, line }) => {
+                assert_eq!(part, Part::Kmod);
+                assert!(line.contains("mode=lying op=reset"), "{line}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut log = full_log(Part::Kmod, None);
+        log = log.replace("@@END", "kmodlog odp 2327 inv 0\n@@END");
+        let r = parse(Part::Kmod, &log, &OK).unwrap();
+        assert_eq!(r.results.len(), Part::Kmod.cases().len());
     }
 
     #[test]
