@@ -185,6 +185,57 @@ pub struct CheckOptions {
     pub properties: Vec<Property>,
     /// Shrink counterexamples.
     pub shrink: bool,
+    /// Also try to prove every property by an exhaustive DPOR search of
+    /// the scenario's proof configuration (see [`ProofOptions`]).
+    pub proof: Option<ProofOptions>,
+}
+
+/// A proof attempt: an exhaustive DPOR search of a smaller configuration
+/// of the scenario, within a budget.
+///
+/// The proof configuration is the scenario with at most `jobs` DMA jobs per
+/// importer (one job in flight is what the revoke races against; a second
+/// one multiplies the interleavings without adding a new kind of race to the
+/// protocol). Everything else (protocol, importer, trigger, read-ahead,
+/// timers) is the scenario's own. A property is *proved* for that
+/// configuration when the search finished in every mode the property is
+/// judged in without hitting any bound; otherwise the verdict stays a
+/// sampled one, and says which bound the proof attempt hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProofOptions {
+    /// Most executions per mode (normal, stalled).
+    pub budget: u64,
+    /// Most DMA jobs per importer in the proof configuration.
+    pub jobs: usize,
+}
+
+impl Default for ProofOptions {
+    fn default() -> Self {
+        Self {
+            budget: DEFAULT_PROOF_BUDGET,
+            jobs: 1,
+        }
+    }
+}
+
+/// Executions per mode a matrix cell's proof attempt may use by default.
+pub const DEFAULT_PROOF_BUDGET: u64 = 2_000;
+
+/// What the proof attempt found for one property.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProofResult {
+    /// The configuration searched: the scenario name (with `.jobsN` when
+    /// the workload was reduced).
+    pub config: String,
+    /// The search finished without hitting any bound in every mode the
+    /// property is judged in.
+    pub exhaustive: bool,
+    /// Executions on which the property was judged.
+    pub executions: u64,
+    /// Those that violated it.
+    pub violations: u64,
+    /// The bounds the attempt hit (`executions` when over budget).
+    pub bounds_hit: Vec<Bound>,
 }
 
 impl Default for CheckOptions {
@@ -197,6 +248,7 @@ impl Default for CheckOptions {
             dfs_bound: 12,
             properties: Property::ALL.to_vec(),
             shrink: true,
+            proof: None,
         }
     }
 }
@@ -238,20 +290,43 @@ pub struct PropertyResult {
     pub max_depth: usize,
     /// The first violation found, shrunk.
     pub counterexample: Option<Counterexample>,
+    /// The proof attempt, when one was made ([`CheckOptions::proof`]).
+    pub proof: Option<ProofResult>,
 }
 
 impl PropertyResult {
-    /// Whether it held on every judged run.
+    /// Whether it held on every judged run (the proof attempt's included).
     pub fn holds(&self) -> bool {
-        self.violations == 0
+        self.violations == 0 && self.proof.as_ref().is_none_or(|p| p.violations == 0)
+    }
+
+    /// Whether the verdict is a proof: it holds, and either this search was
+    /// exhaustive or the proof attempt was.
+    pub fn proved(&self) -> bool {
+        self.holds() && (self.exhaustive || self.proof.as_ref().is_some_and(|p| p.exhaustive))
+    }
+
+    /// `proved`, `sampled` or `violated`.
+    pub fn status(&self) -> &'static str {
+        if !self.holds() {
+            "violated"
+        } else if self.proved() {
+            "proved"
+        } else {
+            "sampled"
+        }
     }
 
     /// herd7's answer about the violation: `Never` (no judged run violated
     /// it), `Always` (every judged run did) or `Sometimes`.
     pub fn answer(&self) -> Answer {
-        if self.violations == 0 {
+        let (pv, pn) = self
+            .proof
+            .as_ref()
+            .map_or((0, 0), |p| (p.violations, p.executions));
+        if self.violations == 0 && pv == 0 {
             Answer::Never
-        } else if self.violations >= self.schedules {
+        } else if self.violations >= self.schedules && pv >= pn {
             Answer::Always
         } else {
             Answer::Sometimes
@@ -480,6 +555,14 @@ pub fn check(
     opts: &CheckOptions,
     mut progress: impl FnMut(u64),
 ) -> CheckReport {
+    check_dyn(scenario, opts, &mut progress)
+}
+
+fn check_dyn(
+    scenario: &Scenario,
+    opts: &CheckOptions,
+    progress: &mut dyn FnMut(u64),
+) -> CheckReport {
     let start = Instant::now();
     lockdep::set_mode(lockdep::Mode::Collect);
     let mut results: BTreeMap<Property, PropertyResult> = BTreeMap::new();
@@ -551,6 +634,7 @@ pub fn check(
                         sleep_blocked: 0,
                         max_depth: 0,
                         counterexample: None,
+                        proof: None,
                     });
                     r.schedules += 1;
                     if let Some(v) = judge(run, p) {
@@ -633,6 +717,41 @@ pub fn check(
             });
         }
     }
+    if let Some(proof) = opts.proof
+        && !crate::progress::stop_requested()
+        && proof.budget > 0
+    {
+        let pc = proof_scenario(scenario, proof.jobs);
+        let popts = CheckOptions {
+            strategy: StrategyKind::Dpor,
+            schedules: proof.budget,
+            stalled_schedules: proof.budget,
+            dfs_bound: DPOR_BOUND,
+            proof: None,
+            ..opts.clone()
+        };
+        let pr = check_dyn(&pc, &popts, progress);
+        runs += pr.runs;
+        for e in pr.errors {
+            if errors.len() < 5 && !errors.contains(&e) {
+                errors.push(e);
+            }
+        }
+        for q in pr.properties {
+            if let Some(r) = results.get_mut(&q.property) {
+                if r.counterexample.is_none() {
+                    r.counterexample = q.counterexample.clone();
+                }
+                r.proof = Some(ProofResult {
+                    config: pc.name.clone(),
+                    exhaustive: q.exhaustive,
+                    executions: q.schedules,
+                    violations: q.violations,
+                    bounds_hit: q.bounds_hit,
+                });
+            }
+        }
+    }
     CheckReport {
         scenario: scenario.name.clone(),
         refusals,
@@ -645,6 +764,25 @@ pub fn check(
         errors,
         elapsed_s: start.elapsed().as_secs_f64(),
     }
+}
+
+/// The decision bound of a proof attempt: beyond any execution of the
+/// built-in scenarios, so that the budget of executions is the only bound
+/// a finished search can have hit.
+pub const DPOR_BOUND: usize = 10_000;
+
+/// The proof configuration of `scenario`: at most `jobs` DMA jobs per
+/// importer, named `<scenario>.jobs<N>` when that is fewer (the name
+/// resolves, so its replay tokens replay).
+pub fn proof_scenario(scenario: &Scenario, jobs: usize) -> Scenario {
+    let jobs = jobs.max(1);
+    if scenario.spec.jobs <= jobs {
+        return scenario.clone();
+    }
+    let mut s = scenario.clone();
+    s.spec.jobs = jobs;
+    s.name = format!("{}.jobs{jobs}", scenario.name);
+    s
 }
 
 /// Resolves a token's scenario in `lib` and checks that it is the question

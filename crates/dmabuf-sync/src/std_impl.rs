@@ -203,7 +203,7 @@ impl<T: ?Sized> Mutex<T> {
     #[cold]
     fn lock_controlled(&self) -> MutexGuard<'_, T> {
         loop {
-            sched::yield_point_on(self.addr(), sched::Access::Write);
+            sched::acquire_point(self.addr());
             if let Some(g) = self.inner.try_lock() {
                 return MutexGuard {
                     mutex: self,
@@ -217,7 +217,9 @@ impl<T: ?Sized> Mutex<T> {
     /// Acquires the lock if it is free.
     #[inline]
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        sched::point_on(self.addr(), sched::Access::Write);
+        if sched::active() {
+            sched::try_acquire_point(self.addr());
+        }
         self.inner.try_lock().map(|g| MutexGuard {
             mutex: self,
             guard: ManuallyDrop::new(g),
@@ -248,7 +250,7 @@ impl<T: ?Sized> Drop for MutexGuard<'_, T> {
         // SAFETY: the guard is dropped exactly once, here.
         unsafe { ManuallyDrop::drop(&mut self.guard) };
         if sched::active() {
-            sched::unblock_all(self.mutex.addr());
+            sched::release(self.mutex.addr());
         }
     }
 }

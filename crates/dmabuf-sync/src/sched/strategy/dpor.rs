@@ -346,6 +346,21 @@ impl Dpor {
         let Some(d) = self.events[i].node else {
             return; // forced: nothing else could run there
         };
+        if super::super::engine::profiling() {
+            let (a, b) = (&self.events[i].accesses, &self.events[j].accesses);
+            for &(o, x) in a {
+                if let Some(&(_, y)) = b.iter().find(|p| p.0 == o)
+                    && (x == Access::Write || y == Access::Write)
+                    && x != Access::Wake
+                    && y != Access::Wake
+                {
+                    eprintln!(
+                        "DPOR-RACE {o} {:?}{x:?}@{i} {:?}{y:?}@{j}",
+                        self.events[i].task, self.events[j].task
+                    );
+                }
+            }
+        }
         let ti = self.events[i].task.unwrap_or(0);
         let after_i = |k: usize, ck: &[u32]| ck[ti] >= vc[i][ti] && k != i;
         // v = the segments after i not ordered after it, then j.
