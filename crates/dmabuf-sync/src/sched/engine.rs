@@ -357,9 +357,21 @@ impl Execution {
             }
             buf.push((id, a));
         }
-        // Ascending, one entry per object, a write wins over a read.
+        // Ascending, one entry per object: a write wins over a read, a read
+        // over a wake-up, and a wake-up with a write is both.
         buf.sort_unstable_by(|x, y| x.0.cmp(&y.0).then(y.1.cmp(&x.1)));
-        buf.dedup_by_key(|x| x.0);
+        let mut w = 0;
+        for r in 0..buf.len() {
+            if w > 0 && buf[w - 1].0 == buf[r].0 {
+                if buf[r].1 == Access::Wake && buf[w - 1].1 == Access::Write {
+                    buf[w - 1].1 = Access::WakeWrite;
+                }
+                continue;
+            }
+            buf[w] = buf[r];
+            w += 1;
+        }
+        buf.truncate(w);
         if let Some(p) = &st.strategy {
             let ev = StepEvent {
                 task,
@@ -584,6 +596,11 @@ impl Execution {
                 // touches nothing; its wake-up orders it (see `finish`).
                 Wait::Join(t) if ready => Some((ObjKey::Task(t), Access::Wake)),
                 Wait::Join(_) => None,
+                // A wait on a `SetOnce` that blocks: no event (the `set`
+                // that wakes it orders it).
+                Wait::Resource {
+                    kind: "set-once", ..
+                } => None,
                 Wait::Resource {
                     resource,
                     kind: "mutex",

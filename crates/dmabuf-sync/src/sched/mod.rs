@@ -179,6 +179,20 @@ pub enum Access {
     /// acquisition and release, wait, notify, park, unpark, spawn, finish,
     /// stall).
     Write,
+    /// Both, in one segment: woken through it (or acquiring after its last
+    /// release), then changing it (a task spawned and finished without a
+    /// scheduling point between; a critical section with none inside). Ordered
+    /// after the last write like [`Wake`](Access::Wake), never a race with
+    /// it; a write for everything after.
+    WakeWrite,
+}
+
+impl Access {
+    /// Whether it changes the object ([`Write`](Access::Write) or
+    /// [`WakeWrite`](Access::WakeWrite)).
+    pub fn writes(self) -> bool {
+        matches!(self, Access::Write | Access::WakeWrite)
+    }
 }
 
 /// One segment of an execution, as reported to [`Strategy::on_event`].

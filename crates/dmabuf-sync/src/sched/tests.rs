@@ -422,3 +422,50 @@ fn try_lock_sees_the_lock_free_held_and_released_like_dfs() {
         .collect();
     assert_eq!(seen, want);
 }
+
+/// A task sets a `SetOnce` while `n` others wait for it (and one polls it
+/// with `get` if `poll`).
+fn set_once(n: usize, poll: bool) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
+        Box::new(move || {
+            let v = Arc::new(crate::SetOnce::new());
+            for t in 0..n {
+                let (v, seen) = (v.clone(), seen.clone());
+                thread::spawn(move || {
+                    let got: u32 = v.wait();
+                    record(&seen, &format!("w{t}"), got.to_string());
+                });
+            }
+            if poll {
+                let (v, seen) = (v.clone(), seen.clone());
+                thread::spawn(move || {
+                    let got: Option<u32> = v.get();
+                    record(&seen, "poll", format!("{got:?}"));
+                });
+            }
+            v.set(7);
+        })
+    }
+}
+
+#[test]
+fn a_set_once_wait_never_races_with_its_set_but_get_does() {
+    // Waiting before or after the set ends the same way: one trace.
+    let (a, b) = same_as_dfs(&set_once(2, false));
+    assert_eq!(a.executions, 1, "dfs ran {}", b.executions);
+    assert!(b.executions > 1);
+    let seen: BTreeSet<String> = a.outcomes.iter().map(|(o, _)| o[0].1.clone()).collect();
+    assert_eq!(seen, BTreeSet::from(["7".to_owned()]));
+    // A poll sees the value or not: two traces, both outcomes.
+    let (a, _) = same_as_dfs(&set_once(1, true));
+    assert_eq!(a.executions, 2);
+    let polls: BTreeSet<String> = a
+        .outcomes
+        .iter()
+        .filter_map(|(o, _)| o.iter().find(|(k, _)| k == "poll").map(|x| x.1.clone()))
+        .collect();
+    assert_eq!(
+        polls,
+        BTreeSet::from(["None".to_owned(), "Some(7)".to_owned()])
+    );
+}
