@@ -203,7 +203,8 @@ pub struct CheckOptions {
 /// sampled one, and says which bound the proof attempt hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProofOptions {
-    /// Most executions per mode (normal, stalled).
+    /// Most executions of the normal-mode search (the stalled-userspace
+    /// search gets a quarter: [`ProofOptions::stalled_budget`]).
     pub budget: u64,
     /// Most DMA jobs per importer in the proof configuration.
     pub jobs: usize,
@@ -218,8 +219,17 @@ impl Default for ProofOptions {
     }
 }
 
-/// Executions per mode a matrix cell's proof attempt may use by default.
-pub const DEFAULT_PROOF_BUDGET: u64 = 2_000;
+impl ProofOptions {
+    /// Executions of the stalled-userspace search: a quarter of the budget
+    /// (as for sampling), at least 1.
+    pub fn stalled_budget(&self) -> u64 {
+        (self.budget / 4).max(1)
+    }
+}
+
+/// Normal-mode executions a matrix cell's proof attempt may use by default
+/// (the stalled-userspace search gets a quarter of it).
+pub const DEFAULT_PROOF_BUDGET: u64 = 6_000;
 
 /// What the proof attempt found for one property.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -722,34 +732,91 @@ fn check_dyn(
         && proof.budget > 0
     {
         let pc = proof_scenario(scenario, proof.jobs);
-        let popts = CheckOptions {
+        let base = CheckOptions {
             strategy: StrategyKind::Dpor,
-            schedules: proof.budget,
-            stalled_schedules: proof.budget,
+            schedules: 0,
+            stalled_schedules: 0,
             dfs_bound: DPOR_BOUND,
             proof: None,
             ..opts.clone()
         };
-        let pr = check_dyn(&pc, &popts, progress);
-        runs += pr.runs;
-        for e in pr.errors {
-            if errors.len() < 5 && !errors.contains(&e) {
-                errors.push(e);
+        let wants = |m: RunMode| opts.properties.iter().any(|&p| judged_in(p, m));
+        // The stalled-userspace search first: it is the smaller one (the
+        // userspace tasks stop at revoke). If it does not finish within its
+        // budget, the normal-mode search would not either, and is skipped.
+        // As for sampling, stalled runs are made only when `l-bounded` is
+        // asked for.
+        let stalled_wanted =
+            wants(RunMode::Stalled) && opts.properties.contains(&Property::LBounded);
+        let stalled = stalled_wanted
+            .then(|| {
+                let o = CheckOptions {
+                    stalled_schedules: proof.stalled_budget(),
+                    ..base.clone()
+                };
+                check_dyn(&pc, &o, progress)
+            });
+        let stalled_done = stalled
+            .as_ref()
+            .is_none_or(|r| r.properties.iter().all(|p| p.exhaustive));
+        let normal = (stalled_done && wants(RunMode::Normal)).then(|| {
+            let o = CheckOptions {
+                schedules: proof.budget,
+                ..base.clone()
+            };
+            check_dyn(&pc, &o, progress)
+        });
+        for part in stalled.iter().chain(normal.iter()) {
+            runs += part.runs;
+            // A replayed prefix that met other runnable tasks is the
+            // search's `nondeterminism` bound (in each property's
+            // `bounds_hit`): the proof is not claimed, the sampled verdict
+            // stands.
+            for e in &part.errors {
+                if !e.starts_with("schedule divergence")
+                    && errors.len() < 5
+                    && !errors.contains(e)
+                {
+                    errors.push(e.clone());
+                }
             }
         }
-        for q in pr.properties {
-            if let Some(r) = results.get_mut(&q.property) {
+        for r in results.values_mut() {
+            let mut pr = ProofResult {
+                config: pc.name.clone(),
+                exhaustive: true,
+                executions: 0,
+                violations: 0,
+                bounds_hit: Vec::new(),
+            };
+            for (mode, part) in [(RunMode::Stalled, &stalled), (RunMode::Normal, &normal)] {
+                if !judged_in(r.property, mode) || (mode == RunMode::Stalled && !stalled_wanted) {
+                    continue;
+                }
+                let q = part
+                    .as_ref()
+                    .and_then(|x| x.properties.iter().find(|q| q.property == r.property));
+                let Some(q) = q else {
+                    // Not run: the stalled search hit its budget first.
+                    pr.exhaustive = false;
+                    if !pr.bounds_hit.contains(&Bound::Executions) {
+                        pr.bounds_hit.push(Bound::Executions);
+                    }
+                    continue;
+                };
+                pr.exhaustive &= q.exhaustive;
+                pr.executions += q.schedules;
+                pr.violations += q.violations;
+                for &b in &q.bounds_hit {
+                    if !pr.bounds_hit.contains(&b) {
+                        pr.bounds_hit.push(b);
+                    }
+                }
                 if r.counterexample.is_none() {
                     r.counterexample = q.counterexample.clone();
                 }
-                r.proof = Some(ProofResult {
-                    config: pc.name.clone(),
-                    exhaustive: q.exhaustive,
-                    executions: q.schedules,
-                    violations: q.violations,
-                    bounds_hit: q.bounds_hit,
-                });
             }
+            r.proof = Some(pr);
         }
     }
     CheckReport {

@@ -104,7 +104,7 @@ impl std::fmt::Display for Shard {
 pub fn run_matrix(
     lib: &Library,
     opts: &CheckOptions,
-    progress: impl FnMut(usize, usize, &str),
+    progress: impl FnMut(usize, usize, &str) + Send,
 ) -> Matrix {
     run_matrix_shard(lib, opts, Shard::ALL, progress)
 }
@@ -117,28 +117,52 @@ pub fn run_matrix_shard(
     lib: &Library,
     opts: &CheckOptions,
     shard: Shard,
-    mut progress: impl FnMut(usize, usize, &str),
+    progress: impl FnMut(usize, usize, &str) + Send,
 ) -> Matrix {
+    run_matrix_parallel(lib, opts, shard, 1, progress)
+}
+
+/// [`run_matrix_shard`] on `threads` worker threads, each exploring whole
+/// cells (the controlled engine runs independent executions side by side).
+/// The result is the same for every number of threads: a cell's report
+/// depends only on the cell and `opts`, and cells are put back in
+/// row-major order. `progress(done, total, cell)` is called after each
+/// cell.
+pub fn run_matrix_parallel(
+    lib: &Library,
+    opts: &CheckOptions,
+    shard: Shard,
+    threads: usize,
+    progress: impl FnMut(usize, usize, &str) + Send,
+) -> Matrix {
+    use std::sync::Mutex as StdMutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let start = Instant::now();
     let rows = lib.rows();
-    let all = rows.len() * lib.importers.len();
-    let total = (0..all).filter(|&i| shard.owns(i)).count();
-    let mut cells = Vec::with_capacity(total);
-    let mut runs = 0;
-    let mut index = 0;
-    'rows: for e in &rows {
-        for i in &lib.importers {
-            let mine = shard.owns(index);
-            index += 1;
-            if !mine {
-                continue;
+    let mut todo = Vec::new();
+    for (r, e) in rows.iter().enumerate() {
+        for (c, i) in lib.importers.iter().enumerate() {
+            if shard.owns(r * lib.importers.len() + c) {
+                todo.push((e, i));
             }
+        }
+    }
+    let total = todo.len();
+    let next = AtomicUsize::new(0);
+    let done: StdMutex<(Vec<Option<(Cell, u64)>>, usize)> =
+        StdMutex::new(((0..total).map(|_| None).collect(), 0));
+    let progress = StdMutex::new(progress);
+    let work = || {
+        loop {
             // Ctrl-C: stop before the next cell; the cells run so far stay.
             if crate::progress::stop_requested() {
-                break 'rows;
+                return;
             }
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(e, i)) = todo.get(k) else {
+                return;
+            };
             let sc = lib.cell(e, i);
-            progress(cells.len(), total, &sc.name);
             let probe = check(
                 &sc,
                 &CheckOptions {
@@ -151,25 +175,57 @@ pub fn run_matrix_shard(
                 },
                 |_| {},
             );
-            runs += probe.runs;
-            if !probe.refusals.is_empty() {
-                cells.push(Cell {
-                    policy: e.name.clone(),
-                    importer: i.spec.name.clone(),
-                    refused: Some(probe.refusals.join(", ")),
-                    report: probe,
-                });
-                continue;
-            }
-            let report = check(&sc, opts, |_| {});
-            runs += report.runs;
-            cells.push(Cell {
-                policy: e.name.clone(),
-                importer: i.spec.name.clone(),
-                refused: None,
-                report,
-            });
+            let cell = if !probe.refusals.is_empty() {
+                let runs = probe.runs;
+                (
+                    Cell {
+                        policy: e.name.clone(),
+                        importer: i.spec.name.clone(),
+                        refused: Some(probe.refusals.join(", ")),
+                        report: probe,
+                    },
+                    runs,
+                )
+            } else {
+                let report = check(&sc, opts, |_| {});
+                let runs = probe.runs + report.runs;
+                (
+                    Cell {
+                        policy: e.name.clone(),
+                        importer: i.spec.name.clone(),
+                        refused: None,
+                        report,
+                    },
+                    runs,
+                )
+            };
+            let n = {
+                let mut d = done.lock().unwrap_or_else(|p| p.into_inner());
+                d.0[k] = Some(cell);
+                d.1 += 1;
+                d.1
+            };
+            let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
+            (*p)(n, total, &sc.name);
         }
+    };
+    let threads = threads.clamp(1, total.max(1));
+    if threads == 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(work);
+            }
+        });
+    }
+    let (slots, _) = done.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut runs = 0;
+    let mut cells = Vec::with_capacity(total);
+    // The cells run, in order; after a Ctrl-C some are missing.
+    for (c, r) in slots.into_iter().flatten() {
+        runs += r;
+        cells.push(c);
     }
     Matrix {
         rows: rows.iter().map(|e| e.name.clone()).collect(),

@@ -207,6 +207,10 @@ enum Cmd {
         /// when i % N == K. Combine the `--json` outputs with `dmabuf merge`.
         #[arg(long)]
         shard: Option<String>,
+        /// Cells explored side by side (default: the CPUs this process may
+        /// use; the result does not depend on it).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Combine the `--json` outputs of `check --shard` or `matrix --shard`
     /// runs (every shard of one run) into the unsharded result.
@@ -421,7 +425,14 @@ fn main() -> ExitCode {
             proof_budget,
             proof_jobs,
             shard,
+            threads,
         } => {
+            if threads == Some(0) || threads.is_some_and(|t| t > 256) {
+                return usage_error("--threads: give 1 to 256");
+            }
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            });
             if schedules == 0 {
                 return usage_error("--schedules must be at least 1");
             }
@@ -475,6 +486,7 @@ fn main() -> ExitCode {
                 require_safe,
                 &allow_unsafe,
                 shard.unwrap_or(Shard::ALL),
+                threads,
             )
         }
         Cmd::Merge { files, json } => merge(&files, json),
@@ -1023,15 +1035,14 @@ fn run_matrix(
     require: Option<String>,
     allow: &[String],
     shard: Shard,
+    threads: usize,
 ) -> ExitCode {
     stop_on_interrupt();
     let total = (lib.rows().len() * lib.importers.len()) as u64;
     let mine = (0..total as usize).filter(|&i| shard.owns(i)).count() as u64;
     let mut bar = Progress::new("matrix", mine, quiet || json);
-    let m: Matrix = matrix::run_matrix_shard(lib, opts, shard, |done, _, name| {
-        if done > 0 {
-            bar.inc(1, name)
-        }
+    let m: Matrix = matrix::run_matrix_parallel(lib, opts, shard, threads, |_, _, name| {
+        bar.inc(1, name)
     });
     bar.finish();
     let partial = progress::stop_requested();
