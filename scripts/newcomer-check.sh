@@ -145,7 +145,7 @@ contains "  ... the token" "$tmp/out" "replay: dmabuf replay dmabuf3,"
 tok=$(grep -o 'dmabuf3,[^ ]*' "$tmp/out" | head -1)
 expect "  ... and that token replays (exit 1)" 1 "$DMABUF" replay "$tok"
 expect "check of a safe cell exits 0" 0 "$DMABUF" check matrix.v6-final.iommufd --schedules 5 --quiet
-expect "matrix --require-safe v2-invalidate-only exits 1" 1 "$DMABUF" matrix --schedules 2 --quiet --require-safe v2-invalidate-only
+expect "matrix --require-safe v2-invalidate-only exits 1" 1 "$DMABUF" matrix --schedules 2 --proof-budget 0 --quiet --require-safe v2-invalidate-only
 contains "  ... naming the cells" "$tmp/out" "required-safe protocol violated for:"
 expect "bad --require-safe name: exit 2" 2 "$DMABUF" matrix --require-safe v99
 
@@ -172,11 +172,11 @@ else
 fi
 
 echo "== 4. headers and JSON naming"
-expect "matrix --schedules 1" 0 "$DMABUF" matrix --schedules 1 --quiet
+expect "matrix --schedules 1" 0 "$DMABUF" matrix --schedules 1 --proof-budget 0 --quiet
 for col in gpu-kernel-fence rdma-pinned-revocable rdma-pinned iommufd; do
   contains "  ... header '$col' in full" "$tmp/out" " $col"
 done
-expect "matrix --json" 0 "$DMABUF" matrix --schedules 1 --json
+expect "matrix --json" 0 "$DMABUF" matrix --schedules 1 --proof-budget 50 --json
 if json '
 c = d["cells"][0]
 assert "policy" in c and "variant" not in c, c

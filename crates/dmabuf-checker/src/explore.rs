@@ -666,7 +666,9 @@ fn check_dyn(
                 r.strategy = strategy_name.clone();
                 // Exhaustive only if every mode it was judged in was.
                 let ex = explored.exhaustive;
-                let both = mode == RunMode::Stalled && judged_in(r.property, RunMode::Normal);
+                let both = mode == RunMode::Stalled
+                    && judged_in(r.property, RunMode::Normal)
+                    && opts.schedules > 0;
                 r.exhaustive = if both { r.exhaustive && ex } else { ex };
                 for &b in &explored.bounds_hit {
                     if !r.bounds_hit.contains(&b) {
@@ -748,14 +750,13 @@ fn check_dyn(
         // asked for.
         let stalled_wanted =
             wants(RunMode::Stalled) && opts.properties.contains(&Property::LBounded);
-        let stalled = stalled_wanted
-            .then(|| {
-                let o = CheckOptions {
-                    stalled_schedules: proof.stalled_budget(),
-                    ..base.clone()
-                };
-                check_dyn(&pc, &o, progress)
-            });
+        let stalled = stalled_wanted.then(|| {
+            let o = CheckOptions {
+                stalled_schedules: proof.stalled_budget(),
+                ..base.clone()
+            };
+            check_dyn(&pc, &o, progress)
+        });
         let stalled_done = stalled
             .as_ref()
             .is_none_or(|r| r.properties.iter().all(|p| p.exhaustive));
@@ -773,9 +774,7 @@ fn check_dyn(
             // `bounds_hit`): the proof is not claimed, the sampled verdict
             // stands.
             for e in &part.errors {
-                if !e.starts_with("schedule divergence")
-                    && errors.len() < 5
-                    && !errors.contains(e)
+                if !e.starts_with("schedule divergence") && errors.len() < 5 && !errors.contains(e)
                 {
                     errors.push(e.clone());
                 }

@@ -1041,9 +1041,8 @@ fn run_matrix(
     let total = (lib.rows().len() * lib.importers.len()) as u64;
     let mine = (0..total as usize).filter(|&i| shard.owns(i)).count() as u64;
     let mut bar = Progress::new("matrix", mine, quiet || json);
-    let m: Matrix = matrix::run_matrix_parallel(lib, opts, shard, threads, |_, _, name| {
-        bar.inc(1, name)
-    });
+    let m: Matrix =
+        matrix::run_matrix_parallel(lib, opts, shard, threads, |_, _, name| bar.inc(1, name));
     bar.finish();
     let partial = progress::stop_requested();
     // Runs that erred (a panic, a driver error) are defects whatever the
