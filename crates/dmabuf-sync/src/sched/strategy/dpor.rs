@@ -12,7 +12,7 @@
 //! common object and one of them writes it, or one of them is a jump of the
 //! virtual clock. Equivalent executions end in the same state, so running one
 //! execution per class gives every outcome and every violation plain DFS
-//! would find (the tests in `dmabuf-core/src/dpor_tests.rs` check this against
+//! would find (the tests in `dmabuf-sync/src/sched/tests.rs` check this against
 //! [`Dfs`](super::Dfs) on every program small enough for both).
 //!
 //! # The algorithm
