@@ -149,8 +149,9 @@ pub fn run_matrix_parallel(
     }
     let total = todo.len();
     let next = AtomicUsize::new(0);
-    let done: StdMutex<(Vec<Option<(Cell, u64)>>, usize)> =
-        StdMutex::new(((0..total).map(|_| None).collect(), 0));
+    // Per cell of `todo`: the cell and the runs it took; and how many are done.
+    type Slots = (Vec<Option<(Cell, u64)>>, usize);
+    let done: StdMutex<Slots> = StdMutex::new(((0..total).map(|_| None).collect(), 0));
     let progress = StdMutex::new(progress);
     let work = || {
         loop {

@@ -485,8 +485,7 @@ fn main() -> ExitCode {
                 quiet,
                 require_safe,
                 &allow_unsafe,
-                shard.unwrap_or(Shard::ALL),
-                threads,
+                (shard.unwrap_or(Shard::ALL), threads),
             )
         }
         Cmd::Merge { files, json } => merge(&files, json),
@@ -1034,8 +1033,7 @@ fn run_matrix(
     quiet: bool,
     require: Option<String>,
     allow: &[String],
-    shard: Shard,
-    threads: usize,
+    (shard, threads): (Shard, usize),
 ) -> ExitCode {
     stop_on_interrupt();
     let total = (lib.rows().len() * lib.importers.len()) as u64;
