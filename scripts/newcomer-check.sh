@@ -88,7 +88,7 @@ interrupt_after() {
 echo "== 1. no panic, no abort"
 piped "scenarios | head -1" "$DMABUF" scenarios
 piped "run vfio-gpu-reset --trace | head -1" "$DMABUF" run vfio-gpu-reset --trace
-V2GPU='dmabuf3,matrix.v2-invalidate-only.gpu.jobs1,0daddf865f42473b,pct3,1,normal,1.a16b2c2d2e16d2f100d2fd2c11b115c4db95a2,8758c9cd'
+V2GPU='dmabuf3,matrix.v2-invalidate-only.gpu.jobs1,0daddf865f42473b,pct3,1,normal,1.a16b2c2d2e16d2f100d2fd2c11b113c4db94a2,89c55b78'
 piped "replay TOKEN | head -1" "$DMABUF" replay "$V2GPU"
 expect "check --depth 4294967295 is refused, not a 34 GB allocation" 2 "$DMABUF" check vfio-gpu-reset --strategy dfs --depth 4294967295
 expect "fences --count 2^64-1 is refused, not an allocation" 2 "$DMABUF" fences --count 18446744073709551615
