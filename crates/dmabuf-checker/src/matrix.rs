@@ -2,6 +2,16 @@
 //! importer file of a [`Library`], each cell either refused at attach or,
 //! per property, Never / Sometimes / Always violated, all computed by
 //! running the cell's scenario.
+//!
+//! | per accepted cell | what |
+//! |---|---|
+//! | sampled | `opts.schedules` PCT schedules (plus a quarter stalled) of the cell as defined |
+//! | proof attempt (`opts.proof`) | DPOR of the cell with fewer DMA jobs, stalled mode first; a property is `proved` when its searches finished ([`crate::explore::ProofOptions`]) |
+//!
+//! Cells are independent: [`run_matrix_parallel`] explores several side by
+//! side and [`Shard`] deals them to machines (`i % N == K` in row-major
+//! order); either way a cell's report depends only on the cell and the
+//! options, so the union of the shards is the whole matrix.
 
 use crate::explore::{CheckOptions, CheckReport, check};
 use crate::property::Property;
