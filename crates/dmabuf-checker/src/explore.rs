@@ -10,6 +10,7 @@
 //! | `holds` (dfs / dpor, exhaustive) | the search finished without hitting any bound (decisions, steps, executions): every schedule (dfs) or every Mazurkiewicz trace class (dpor) was run |
 //! | `holds` (dfs / dpor, not exhaustive) | the search stopped at the bound named in `bounds_hit` |
 //! | `violated` | a schedule was found, with a replay token that reproduces it exactly |
+//! | `proved` (with a proof attempt, [`ProofOptions`]) | it held, and the DPOR searches of the reduced configuration finished in every mode it is judged in ([`PropertyResult::status`]) |
 //!
 //! `l-bounded` is judged on dedicated runs in which the `userspace` group is
 //! stalled from the moment revoke begins; every other property on normal runs.
