@@ -88,7 +88,7 @@ interrupt_after() {
 echo "== 1. no panic, no abort"
 piped "scenarios | head -1" "$DMABUF" scenarios
 piped "run vfio-gpu-reset --trace | head -1" "$DMABUF" run vfio-gpu-reset --trace
-V2GPU='dmabuf3,matrix.v2-invalidate-only.gpu.jobs1,0daddf865f42473b,pct3,1,normal,1.a16b2c2d2e16d2f100d2fd2c11b115c4db95a2,8758c9cd'
+V2GPU='dmabuf3,matrix.v2-invalidate-only.gpu.jobs1,0daddf865f42473b,pct3,1,normal,1.a16b2c2d2e16d2f100d2fd2c11b113c4db94a2,89c55b78'
 piped "replay TOKEN | head -1" "$DMABUF" replay "$V2GPU"
 expect "check --depth 4294967295 is refused, not a 34 GB allocation" 2 "$DMABUF" check vfio-gpu-reset --strategy dfs --depth 4294967295
 expect "fences --count 2^64-1 is refused, not an allocation" 2 "$DMABUF" fences --count 18446744073709551615
@@ -145,7 +145,7 @@ contains "  ... the token" "$tmp/out" "replay: dmabuf replay dmabuf3,"
 tok=$(grep -o 'dmabuf3,[^ ]*' "$tmp/out" | head -1)
 expect "  ... and that token replays (exit 1)" 1 "$DMABUF" replay "$tok"
 expect "check of a safe cell exits 0" 0 "$DMABUF" check matrix.v6-final.iommufd --schedules 5 --quiet
-expect "matrix --require-safe v2-invalidate-only exits 1" 1 "$DMABUF" matrix --schedules 2 --quiet --require-safe v2-invalidate-only
+expect "matrix --require-safe v2-invalidate-only exits 1" 1 "$DMABUF" matrix --schedules 2 --proof-budget 0 --quiet --require-safe v2-invalidate-only
 contains "  ... naming the cells" "$tmp/out" "required-safe protocol violated for:"
 expect "bad --require-safe name: exit 2" 2 "$DMABUF" matrix --require-safe v99
 
@@ -172,11 +172,11 @@ else
 fi
 
 echo "== 4. headers and JSON naming"
-expect "matrix --schedules 1" 0 "$DMABUF" matrix --schedules 1 --quiet
+expect "matrix --schedules 1" 0 "$DMABUF" matrix --schedules 1 --proof-budget 0 --quiet
 for col in gpu-kernel-fence rdma-pinned-revocable rdma-pinned iommufd; do
   contains "  ... header '$col' in full" "$tmp/out" " $col"
 done
-expect "matrix --json" 0 "$DMABUF" matrix --schedules 1 --json
+expect "matrix --json" 0 "$DMABUF" matrix --schedules 1 --proof-budget 50 --json
 if json '
 c = d["cells"][0]
 assert "policy" in c and "variant" not in c, c

@@ -10,6 +10,7 @@
 //! | `holds` (dfs / dpor, exhaustive) | the search finished without hitting any bound (decisions, steps, executions): every schedule (dfs) or every Mazurkiewicz trace class (dpor) was run |
 //! | `holds` (dfs / dpor, not exhaustive) | the search stopped at the bound named in `bounds_hit` |
 //! | `violated` | a schedule was found, with a replay token that reproduces it exactly |
+//! | `proved` (with a proof attempt, [`ProofOptions`]) | it held, and the DPOR searches of the reduced configuration finished in every mode it is judged in ([`PropertyResult::status`]) |
 //!
 //! `l-bounded` is judged on dedicated runs in which the `userspace` group is
 //! stalled from the moment revoke begins; every other property on normal runs.
@@ -187,6 +188,67 @@ pub struct CheckOptions {
     pub properties: Vec<Property>,
     /// Shrink counterexamples.
     pub shrink: bool,
+    /// Also try to prove every property by an exhaustive DPOR search of
+    /// the scenario's proof configuration (see [`ProofOptions`]).
+    pub proof: Option<ProofOptions>,
+}
+
+/// A proof attempt: an exhaustive DPOR search of a smaller configuration
+/// of the scenario, within a budget.
+///
+/// The proof configuration is the scenario with at most `jobs` DMA jobs per
+/// importer (one job in flight is what the revoke races against; a second
+/// one multiplies the interleavings without adding a new kind of race to the
+/// protocol). Everything else (protocol, importer, trigger, read-ahead,
+/// timers) is the scenario's own. A property is *proved* for that
+/// configuration when the search finished in every mode the property is
+/// judged in without hitting any bound; otherwise the verdict stays a
+/// sampled one, and says which bound the proof attempt hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProofOptions {
+    /// Most executions of the normal-mode search (the stalled-userspace
+    /// search gets a quarter: [`ProofOptions::stalled_budget`]).
+    pub budget: u64,
+    /// Most DMA jobs per importer in the proof configuration.
+    pub jobs: usize,
+}
+
+impl Default for ProofOptions {
+    fn default() -> Self {
+        Self {
+            budget: DEFAULT_PROOF_BUDGET,
+            jobs: 1,
+        }
+    }
+}
+
+impl ProofOptions {
+    /// Executions of the stalled-userspace search: a quarter of the budget
+    /// (as for sampling), at least 1.
+    pub fn stalled_budget(&self) -> u64 {
+        (self.budget / 4).max(1)
+    }
+}
+
+/// Normal-mode executions a matrix cell's proof attempt may use by default
+/// (the stalled-userspace search gets a quarter of it).
+pub const DEFAULT_PROOF_BUDGET: u64 = 6_000;
+
+/// What the proof attempt found for one property.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProofResult {
+    /// The configuration searched: the scenario name (with `.jobsN` when
+    /// the workload was reduced).
+    pub config: String,
+    /// The search finished without hitting any bound in every mode the
+    /// property is judged in.
+    pub exhaustive: bool,
+    /// Executions on which the property was judged.
+    pub executions: u64,
+    /// Those that violated it.
+    pub violations: u64,
+    /// The bounds the attempt hit (`executions` when over budget).
+    pub bounds_hit: Vec<Bound>,
 }
 
 impl Default for CheckOptions {
@@ -199,6 +261,7 @@ impl Default for CheckOptions {
             dfs_bound: 12,
             properties: Property::ALL.to_vec(),
             shrink: true,
+            proof: None,
         }
     }
 }
@@ -240,20 +303,43 @@ pub struct PropertyResult {
     pub max_depth: usize,
     /// The first violation found, shrunk.
     pub counterexample: Option<Counterexample>,
+    /// The proof attempt, when one was made ([`CheckOptions::proof`]).
+    pub proof: Option<ProofResult>,
 }
 
 impl PropertyResult {
-    /// Whether it held on every judged run.
+    /// Whether it held on every judged run (the proof attempt's included).
     pub fn holds(&self) -> bool {
-        self.violations == 0
+        self.violations == 0 && self.proof.as_ref().is_none_or(|p| p.violations == 0)
+    }
+
+    /// Whether the verdict is a proof: it holds, and either this search was
+    /// exhaustive or the proof attempt was.
+    pub fn proved(&self) -> bool {
+        self.holds() && (self.exhaustive || self.proof.as_ref().is_some_and(|p| p.exhaustive))
+    }
+
+    /// `proved`, `sampled` or `violated`.
+    pub fn status(&self) -> &'static str {
+        if !self.holds() {
+            "violated"
+        } else if self.proved() {
+            "proved"
+        } else {
+            "sampled"
+        }
     }
 
     /// herd7's answer about the violation: `Never` (no judged run violated
     /// it), `Always` (every judged run did) or `Sometimes`.
     pub fn answer(&self) -> Answer {
-        if self.violations == 0 {
+        let (pv, pn) = self
+            .proof
+            .as_ref()
+            .map_or((0, 0), |p| (p.violations, p.executions));
+        if self.violations == 0 && pv == 0 {
             Answer::Never
-        } else if self.violations >= self.schedules {
+        } else if self.violations >= self.schedules && pv >= pn {
             Answer::Always
         } else {
             Answer::Sometimes
@@ -482,6 +568,14 @@ pub fn check(
     opts: &CheckOptions,
     mut progress: impl FnMut(u64),
 ) -> CheckReport {
+    check_dyn(scenario, opts, &mut progress)
+}
+
+fn check_dyn(
+    scenario: &Scenario,
+    opts: &CheckOptions,
+    progress: &mut dyn FnMut(u64),
+) -> CheckReport {
     let start = Instant::now();
     lockdep::set_mode(lockdep::Mode::Collect);
     let mut results: BTreeMap<Property, PropertyResult> = BTreeMap::new();
@@ -553,6 +647,7 @@ pub fn check(
                         sleep_blocked: 0,
                         max_depth: 0,
                         counterexample: None,
+                        proof: None,
                     });
                     r.schedules += 1;
                     if let Some(v) = judge(run, p) {
@@ -574,7 +669,9 @@ pub fn check(
                 r.strategy = strategy_name.clone();
                 // Exhaustive only if every mode it was judged in was.
                 let ex = explored.exhaustive;
-                let both = mode == RunMode::Stalled && judged_in(r.property, RunMode::Normal);
+                let both = mode == RunMode::Stalled
+                    && judged_in(r.property, RunMode::Normal)
+                    && opts.schedules > 0;
                 r.exhaustive = if both { r.exhaustive && ex } else { ex };
                 for &b in &explored.bounds_hit {
                     if !r.bounds_hit.contains(&b) {
@@ -635,6 +732,95 @@ pub fn check(
             });
         }
     }
+    if let Some(proof) = opts.proof
+        && !crate::progress::stop_requested()
+        && proof.budget > 0
+    {
+        let pc = proof_scenario(scenario, proof.jobs);
+        let base = CheckOptions {
+            strategy: StrategyKind::Dpor,
+            schedules: 0,
+            stalled_schedules: 0,
+            dfs_bound: DPOR_BOUND,
+            proof: None,
+            ..opts.clone()
+        };
+        let wants = |m: RunMode| opts.properties.iter().any(|&p| judged_in(p, m));
+        // The stalled-userspace search first: it is the smaller one (the
+        // userspace tasks stop at revoke). If it does not finish within its
+        // budget, the normal-mode search would not either, and is skipped.
+        // As for sampling, stalled runs are made only when `l-bounded` is
+        // asked for.
+        let stalled_wanted =
+            wants(RunMode::Stalled) && opts.properties.contains(&Property::LBounded);
+        let stalled = stalled_wanted.then(|| {
+            let o = CheckOptions {
+                stalled_schedules: proof.stalled_budget(),
+                ..base.clone()
+            };
+            check_dyn(&pc, &o, progress)
+        });
+        let stalled_done = stalled
+            .as_ref()
+            .is_none_or(|r| r.properties.iter().all(|p| p.exhaustive));
+        let normal = (stalled_done && wants(RunMode::Normal)).then(|| {
+            let o = CheckOptions {
+                schedules: proof.budget,
+                ..base.clone()
+            };
+            check_dyn(&pc, &o, progress)
+        });
+        for part in stalled.iter().chain(normal.iter()) {
+            runs += part.runs;
+            // A replayed prefix that met other runnable tasks is the
+            // search's `nondeterminism` bound (in each property's
+            // `bounds_hit`): the proof is not claimed, the sampled verdict
+            // stands.
+            for e in &part.errors {
+                if !e.starts_with("schedule divergence") && errors.len() < 5 && !errors.contains(e)
+                {
+                    errors.push(e.clone());
+                }
+            }
+        }
+        for r in results.values_mut() {
+            let mut pr = ProofResult {
+                config: pc.name.clone(),
+                exhaustive: true,
+                executions: 0,
+                violations: 0,
+                bounds_hit: Vec::new(),
+            };
+            for (mode, part) in [(RunMode::Stalled, &stalled), (RunMode::Normal, &normal)] {
+                if !judged_in(r.property, mode) || (mode == RunMode::Stalled && !stalled_wanted) {
+                    continue;
+                }
+                let q = part
+                    .as_ref()
+                    .and_then(|x| x.properties.iter().find(|q| q.property == r.property));
+                let Some(q) = q else {
+                    // Not run: the stalled search hit its budget first.
+                    pr.exhaustive = false;
+                    if !pr.bounds_hit.contains(&Bound::Executions) {
+                        pr.bounds_hit.push(Bound::Executions);
+                    }
+                    continue;
+                };
+                pr.exhaustive &= q.exhaustive;
+                pr.executions += q.schedules;
+                pr.violations += q.violations;
+                for &b in &q.bounds_hit {
+                    if !pr.bounds_hit.contains(&b) {
+                        pr.bounds_hit.push(b);
+                    }
+                }
+                if r.counterexample.is_none() {
+                    r.counterexample = q.counterexample.clone();
+                }
+            }
+            r.proof = Some(pr);
+        }
+    }
     CheckReport {
         scenario: scenario.name.clone(),
         refusals,
@@ -647,6 +833,25 @@ pub fn check(
         errors,
         elapsed_s: start.elapsed().as_secs_f64(),
     }
+}
+
+/// The decision bound of a proof attempt: beyond any execution of the
+/// built-in scenarios, so that the budget of executions is the only bound
+/// a finished search can have hit.
+pub const DPOR_BOUND: usize = 10_000;
+
+/// The proof configuration of `scenario`: at most `jobs` DMA jobs per
+/// importer, named `<scenario>.jobs<N>` when that is fewer (the name
+/// resolves, so its replay tokens replay).
+pub fn proof_scenario(scenario: &Scenario, jobs: usize) -> Scenario {
+    let jobs = jobs.max(1);
+    if scenario.spec.jobs <= jobs {
+        return scenario.clone();
+    }
+    let mut s = scenario.clone();
+    s.spec.jobs = jobs;
+    s.name = format!("{}.jobs{jobs}", scenario.name);
+    s
 }
 
 /// Resolves a token's scenario in `lib` and checks that it is the question

@@ -2,6 +2,16 @@
 //! importer file of a [`Library`], each cell either refused at attach or,
 //! per property, Never / Sometimes / Always violated, all computed by
 //! running the cell's scenario.
+//!
+//! | per accepted cell | what |
+//! |---|---|
+//! | sampled | `opts.schedules` PCT schedules (plus a quarter stalled) of the cell as defined |
+//! | proof attempt (`opts.proof`) | DPOR of the cell with fewer DMA jobs, stalled mode first; a property is `proved` when its searches finished ([`crate::explore::ProofOptions`]) |
+//!
+//! Cells are independent: [`run_matrix_parallel`] explores several side by
+//! side and [`Shard`] deals them to machines (`i % N == K` in row-major
+//! order); either way a cell's report depends only on the cell and the
+//! options, so the union of the shards is the whole matrix.
 
 use crate::explore::{CheckOptions, CheckReport, check};
 use crate::property::Property;
@@ -47,26 +57,123 @@ impl Matrix {
     }
 }
 
+/// Which part of a split exploration to run: `index` of `count` (the CLI's
+/// `--shard K/N`, 0-based `K`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, `0..count`.
+    pub index: usize,
+    /// Number of shards, at least 1.
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole exploration.
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// Parses `K/N` (`0 <= K < N`, `1 <= N <= 100000`).
+    pub fn parse(s: &str) -> Result<Shard, String> {
+        let (k, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("--shard {s}: expected K/N, e.g. 0/4"))?;
+        let k: usize = k
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard {s}: K is not a number"))?;
+        let n: usize = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard {s}: N is not a number"))?;
+        if n == 0 || n > 100_000 {
+            return Err(format!("--shard {s}: N must be between 1 and 100000"));
+        }
+        if k >= n {
+            return Err(format!(
+                "--shard {s}: K must be below N (shards are numbered 0 to {})",
+                n - 1
+            ));
+        }
+        Ok(Shard { index: k, count: n })
+    }
+
+    /// Whether item `i` (in the exploration's fixed order) is this shard's:
+    /// round-robin, so that slow rows spread over every shard.
+    pub fn owns(&self, i: usize) -> bool {
+        i % self.count == self.index
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
 /// Runs the matrix of `lib` with `opts` per accepted cell. A cell whose
 /// importer is refused in its first run is not explored further.
 pub fn run_matrix(
     lib: &Library,
     opts: &CheckOptions,
-    mut progress: impl FnMut(usize, usize, &str),
+    progress: impl FnMut(usize, usize, &str) + Send,
 ) -> Matrix {
+    run_matrix_shard(lib, opts, Shard::ALL, progress)
+}
+
+/// [`run_matrix`] restricted to the cells `shard` owns (cell `i` of the
+/// row-major order when `i % N == K`). Every cell's result depends only on
+/// the cell and `opts`, so the union of the shards' cells is the unsharded
+/// matrix (`dmabuf merge`).
+pub fn run_matrix_shard(
+    lib: &Library,
+    opts: &CheckOptions,
+    shard: Shard,
+    progress: impl FnMut(usize, usize, &str) + Send,
+) -> Matrix {
+    run_matrix_parallel(lib, opts, shard, 1, progress)
+}
+
+/// [`run_matrix_shard`] on `threads` worker threads, each exploring whole
+/// cells (the controlled engine runs independent executions side by side).
+/// The result is the same for every number of threads: a cell's report
+/// depends only on the cell and `opts`, and cells are put back in
+/// row-major order. `progress(done, total, cell)` is called after each
+/// cell.
+pub fn run_matrix_parallel(
+    lib: &Library,
+    opts: &CheckOptions,
+    shard: Shard,
+    threads: usize,
+    progress: impl FnMut(usize, usize, &str) + Send,
+) -> Matrix {
+    use std::sync::Mutex as StdMutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let start = Instant::now();
     let rows = lib.rows();
-    let total = rows.len() * lib.importers.len();
-    let mut cells = Vec::with_capacity(total);
-    let mut runs = 0;
-    'rows: for e in &rows {
-        for i in &lib.importers {
+    let mut todo = Vec::new();
+    for (r, e) in rows.iter().enumerate() {
+        for (c, i) in lib.importers.iter().enumerate() {
+            if shard.owns(r * lib.importers.len() + c) {
+                todo.push((e, i));
+            }
+        }
+    }
+    let total = todo.len();
+    let next = AtomicUsize::new(0);
+    // Per cell of `todo`: the cell and the runs it took; and how many are done.
+    type Slots = (Vec<Option<(Cell, u64)>>, usize);
+    let done: StdMutex<Slots> = StdMutex::new(((0..total).map(|_| None).collect(), 0));
+    let progress = StdMutex::new(progress);
+    let work = || {
+        loop {
             // Ctrl-C: stop before the next cell; the cells run so far stay.
             if crate::progress::stop_requested() {
-                break 'rows;
+                return;
             }
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(e, i)) = todo.get(k) else {
+                return;
+            };
             let sc = lib.cell(e, i);
-            progress(cells.len(), total, &sc.name);
             let probe = check(
                 &sc,
                 &CheckOptions {
@@ -74,29 +181,62 @@ pub fn run_matrix(
                     stalled_schedules: 0,
                     properties: vec![Property::NoDeadlock],
                     shrink: false,
+                    proof: None,
                     ..opts.clone()
                 },
                 |_| {},
             );
-            runs += probe.runs;
-            if !probe.refusals.is_empty() {
-                cells.push(Cell {
-                    policy: e.name.clone(),
-                    importer: i.spec.name.clone(),
-                    refused: Some(probe.refusals.join(", ")),
-                    report: probe,
-                });
-                continue;
-            }
-            let report = check(&sc, opts, |_| {});
-            runs += report.runs;
-            cells.push(Cell {
-                policy: e.name.clone(),
-                importer: i.spec.name.clone(),
-                refused: None,
-                report,
-            });
+            let cell = if !probe.refusals.is_empty() {
+                let runs = probe.runs;
+                (
+                    Cell {
+                        policy: e.name.clone(),
+                        importer: i.spec.name.clone(),
+                        refused: Some(probe.refusals.join(", ")),
+                        report: probe,
+                    },
+                    runs,
+                )
+            } else {
+                let report = check(&sc, opts, |_| {});
+                let runs = probe.runs + report.runs;
+                (
+                    Cell {
+                        policy: e.name.clone(),
+                        importer: i.spec.name.clone(),
+                        refused: None,
+                        report,
+                    },
+                    runs,
+                )
+            };
+            let n = {
+                let mut d = done.lock().unwrap_or_else(|p| p.into_inner());
+                d.0[k] = Some(cell);
+                d.1 += 1;
+                d.1
+            };
+            let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
+            (*p)(n, total, &sc.name);
         }
+    };
+    let threads = threads.clamp(1, total.max(1));
+    if threads == 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(work);
+            }
+        });
+    }
+    let (slots, _) = done.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut runs = 0;
+    let mut cells = Vec::with_capacity(total);
+    // The cells run, in order; after a Ctrl-C some are missing.
+    for (c, r) in slots.into_iter().flatten() {
+        runs += r;
+        cells.push(c);
     }
     Matrix {
         rows: rows.iter().map(|e| e.name.clone()).collect(),
@@ -105,6 +245,47 @@ pub fn run_matrix(
         elapsed_s: start.elapsed().as_secs_f64(),
         runs,
     }
+}
+
+/// The second table: per accepted cell, how many of its properties are
+/// proved (`proved/judged`), `-` for refused or not run cells.
+pub fn render_proofs(m: &Matrix) -> String {
+    let rw = m.rows.iter().map(|r| r.len()).max().unwrap_or(0).max(8);
+    let mut s = format!("{:<rw$}", "proved");
+    let widths: Vec<usize> = m.columns.iter().map(|c| c.len().max(7)).collect();
+    for (k, w) in m.columns.iter().zip(&widths) {
+        s.push_str(&format!(" {k:<w$}"));
+    }
+    s.push('\n');
+    for v in &m.rows {
+        s.push_str(&format!("{v:<rw$}"));
+        for (k, w) in m.columns.iter().zip(&widths) {
+            let w = *w;
+            let c = m.cells.iter().find(|c| &c.policy == v && &c.importer == k);
+            let text = match c {
+                Some(c) if c.refused.is_none() => {
+                    let ps = &c.report.properties;
+                    format!("{}/{}", ps.iter().filter(|p| p.proved()).count(), ps.len())
+                }
+                _ => "-".to_owned(),
+            };
+            s.push_str(&format!(" {text:<w$}"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Cells every property of which is proved, and accepted cells.
+pub fn proved_cells(m: &Matrix) -> (usize, usize) {
+    let acc: Vec<&Cell> = m.cells.iter().filter(|c| c.refused.is_none()).collect();
+    let proved = acc
+        .iter()
+        .filter(|c| {
+            !c.report.properties.is_empty() && c.report.properties.iter().all(|p| p.proved())
+        })
+        .count();
+    (proved, acc.len())
 }
 
 /// One-letter codes for the human table.
@@ -152,7 +333,7 @@ pub fn render(m: &Matrix) -> String {
     s.push_str(
         &format!(
             "\nok: no explored run violated any property; letters: violated {}; !: runs reported errors; \
-             refused: the exporter refused the importer; -: not run (interrupted)\n",
+             refused: the exporter refused the importer; -: not run (interrupted, or another shard's cell)\n",
             Property::ALL
                 .iter()
                 .map(|p| format!("{} ({})", p.name(), p.code()))

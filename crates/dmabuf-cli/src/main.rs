@@ -8,6 +8,7 @@
 //! | `matrix [DIR...]` | every revoke protocol × importer |
 //! | `replay TOKEN` | re-run one schedule exactly and print its trace (`--trace-format text\|perfetto\|ftrace`) |
 //! | `report [--from FILE.json \| DIR...] -o FILE.html` | one self-contained HTML report: the matrix grid and a sequence chart per counterexample |
+//! | `merge FILE...` | combine the `--json` results of `check`/`matrix` shards (`--shard K/N`) |
 //! | `fences` | a small demonstration of the fence core on real threads |
 //!
 //! # Exit codes (the same for every command)
@@ -24,9 +25,10 @@
 
 use clap::{Parser, Subcommand};
 use dmabuf_checker::explore::{
-    self, CheckOptions, CheckReport, ExpectationResult, PropertyResult, RunOutcome,
+    self, CheckOptions, CheckReport, DEFAULT_PROOF_BUDGET, ExpectationResult, ProofOptions,
+    PropertyResult, RunOutcome,
 };
-use dmabuf_checker::matrix::{self, Matrix};
+use dmabuf_checker::matrix::{self, Matrix, Shard};
 use dmabuf_checker::progress::{self, Progress};
 use dmabuf_checker::property::Property;
 use dmabuf_checker::scenario::{Library, Scenario};
@@ -38,6 +40,7 @@ use dmabuf_core::{FenceContext, MAX_SCHEDULE_TIMEOUT};
 use dmabuf_scenario::file::{self, Answer, ProtocolFile};
 use dmabuf_scenario::world::{Observation, StallMode, run_world};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -177,6 +180,11 @@ enum Cmd {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Run only shard K of N (0-based): the questions of a protocol file
+        /// are dealt round-robin (a single scenario is shard 0's). Combine
+        /// the `--json` outputs with `dmabuf merge`.
+        #[arg(long)]
+        shard: Option<String>,
     },
     /// Every revoke protocol × importer.
     Matrix {
@@ -204,6 +212,31 @@ enum Cmd {
         /// Importers exempt from --require-safe (comma-separated).
         #[arg(long, value_delimiter = ',')]
         allow_unsafe: Vec<String>,
+        /// Executions per mode of each cell's proof attempt (an exhaustive
+        /// DPOR search of the cell with --proof-jobs jobs); 0: sample only.
+        #[arg(long, default_value_t = DEFAULT_PROOF_BUDGET)]
+        proof_budget: u64,
+        /// DMA jobs per importer in the proof configuration (1 to 8).
+        #[arg(long, default_value_t = 1)]
+        proof_jobs: usize,
+        /// Run only shard K of N (0-based): cell i of the row-major order
+        /// when i % N == K. Combine the `--json` outputs with `dmabuf merge`.
+        #[arg(long)]
+        shard: Option<String>,
+        /// Cells explored side by side (default: the CPUs this process may
+        /// use; the result does not depend on it).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Combine the `--json` outputs of `check --shard` or `matrix --shard`
+    /// runs (every shard of one run) into the unsharded result.
+    Merge {
+        /// The shards' JSON files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print the merged JSON (else the matrix table, or a summary).
+        #[arg(long)]
+        json: bool,
     },
     /// Re-run one schedule exactly and print its trace.
     Replay {
@@ -381,7 +414,12 @@ fn main() -> ExitCode {
             properties,
             json,
             quiet,
+            shard,
         } => {
+            let shard = match shard.as_deref().map(Shard::parse).transpose() {
+                Ok(s) => s,
+                Err(e) => return usage_error(e),
+            };
             let mut props = Vec::new();
             for p in &properties {
                 match p.parse::<Property>() {
@@ -415,8 +453,9 @@ fn main() -> ExitCode {
                 dfs_bound,
                 properties: props,
                 shrink: true,
+                proof: None,
             };
-            check(&mut lib, &scenario, &opts, json, quiet)
+            check(&mut lib, &scenario, &opts, json, quiet, shard)
         }
         Cmd::Matrix {
             dirs,
@@ -426,9 +465,33 @@ fn main() -> ExitCode {
             quiet,
             require_safe,
             allow_unsafe,
+            proof_budget,
+            proof_jobs,
+            shard,
+            threads,
         } => {
+            if threads == Some(0) || threads.is_some_and(|t| t > 256) {
+                return usage_error("--threads: give 1 to 256");
+            }
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            });
             if schedules == 0 {
                 return usage_error("--schedules must be at least 1");
+            }
+            let shard = match shard.as_deref().map(Shard::parse).transpose() {
+                Ok(s) => s,
+                Err(e) => return usage_error(e),
+            };
+            if proof_budget > MAX_SCHEDULES {
+                return usage_error(format!(
+                    "--proof-budget {proof_budget} is beyond {MAX_SCHEDULES} executions"
+                ));
+            }
+            if !(1..=8).contains(&proof_jobs) {
+                return usage_error(format!(
+                    "--proof-jobs {proof_jobs}: give 1 to 8 DMA jobs per importer"
+                ));
             }
             let lib = match matrix_library(lib, &dirs) {
                 Ok(l) => l,
@@ -452,9 +515,21 @@ fn main() -> ExitCode {
                 schedules,
                 stalled_schedules: (schedules / 4).max(1),
                 seed,
+                proof: (proof_budget > 0).then_some(ProofOptions {
+                    budget: proof_budget,
+                    jobs: proof_jobs,
+                }),
                 ..CheckOptions::default()
             };
-            run_matrix(&lib, &opts, json, quiet, require_safe, &allow_unsafe)
+            run_matrix(
+                &lib,
+                &opts,
+                json,
+                quiet,
+                require_safe,
+                &allow_unsafe,
+                (shard.unwrap_or(Shard::ALL), threads),
+            )
         }
         Cmd::Replay {
             token,
@@ -469,6 +544,7 @@ fn main() -> ExitCode {
             seed,
             quiet,
         } => report(lib, &cli.lib, from, &dirs, &output, schedules, seed, quiet),
+        Cmd::Merge { files, json } => merge(&files, json),
         Cmd::Fences { count, waiters } => fences_demo(count, waiters),
     }
 }
@@ -776,6 +852,14 @@ fn prop_json(p: &PropertyResult) -> Value {
         "bounds-hit": p.bounds_hit.iter().map(|b| b.name()).collect::<Vec<_>>(),
         "max-depth": p.max_depth,
         "sleep-blocked": p.sleep_blocked,
+        "verdict": p.status(),
+        "proof": p.proof.as_ref().map(|q| json!({
+            "config": q.config,
+            "exhaustive": q.exhaustive,
+            "executions": q.executions,
+            "violations": q.violations,
+            "bounds-hit": q.bounds_hit.iter().map(|b| b.name()).collect::<Vec<_>>(),
+        })),
     });
     if let Some(c) = &p.counterexample {
         v["hazard"] = c
@@ -856,6 +940,22 @@ fn print_report(r: &CheckReport, ex: &[ExpectationResult], partial: bool) {
         } else {
             format!("sampled, {}", p.strategy)
         };
+        let how = match &p.proof {
+            Some(q) if q.exhaustive => format!(
+                "{how}; PROVED for {} by dpor: exhaustive, {} executions",
+                q.config, q.executions
+            ),
+            Some(q) => {
+                let b: Vec<&str> = q.bounds_hit.iter().map(|b| b.name()).collect();
+                format!(
+                    "{how}; proof attempt on {} hit the {} bound after {} executions",
+                    q.config,
+                    b.join(" and "),
+                    q.executions
+                )
+            }
+            None => how,
+        };
         let expect = ex
             .iter()
             .find(|e| e.property == p.property)
@@ -903,7 +1003,14 @@ fn print_report(r: &CheckReport, ex: &[ExpectationResult], partial: bool) {
     );
 }
 
-fn check(lib: &mut Library, name: &str, opts: &CheckOptions, json: bool, quiet: bool) -> ExitCode {
+fn check(
+    lib: &mut Library,
+    name: &str,
+    opts: &CheckOptions,
+    json: bool,
+    quiet: bool,
+    shard: Option<Shard>,
+) -> ExitCode {
     let qs = match questions(lib, name) {
         Ok(q) => q,
         Err(e) => return usage_error(e),
@@ -911,9 +1018,14 @@ fn check(lib: &mut Library, name: &str, opts: &CheckOptions, json: bool, quiet: 
     stop_on_interrupt();
     let mut all_pass = true;
     let mut out = Vec::new();
-    for sc in &qs {
+    for (index, sc) in qs.iter().enumerate() {
         if progress::stop_requested() {
             break;
+        }
+        if let Some(sh) = shard
+            && !sh.owns(index)
+        {
+            continue;
         }
         let mut opts = opts.clone();
         if opts.properties.is_empty() {
@@ -947,12 +1059,28 @@ fn check(lib: &mut Library, name: &str, opts: &CheckOptions, json: bool, quiet: 
         all_pass &= passes(&r, &ex);
         let partial = progress::stop_requested();
         if json {
-            out.push(report_json(&r, &ex, partial));
+            let mut v = report_json(&r, &ex, partial);
+            if shard.is_some() {
+                v["index"] = json!(index);
+            }
+            out.push(v);
         } else {
             print_report(&r, &ex, partial);
         }
     }
-    if json {
+    if json && let Some(sh) = shard {
+        // The shard's part, with what `merge` needs to put the parts back
+        // in order and to see that none is missing.
+        println!(
+            "{}",
+            json!({
+                "shard": sh.to_string(),
+                "questions": qs.len(),
+                "partial": progress::stop_requested(),
+                "reports": out,
+            })
+        );
+    } else if json {
         if out.len() == 1 {
             println!("{}", out.remove(0));
         } else {
@@ -975,15 +1103,14 @@ fn run_matrix(
     quiet: bool,
     require: Option<String>,
     allow: &[String],
+    (shard, threads): (Shard, usize),
 ) -> ExitCode {
     stop_on_interrupt();
     let total = (lib.rows().len() * lib.importers.len()) as u64;
-    let mut bar = Progress::new("matrix", total, quiet || json);
-    let m: Matrix = matrix::run_matrix(lib, opts, |done, _, name| {
-        if done > 0 {
-            bar.inc(1, name)
-        }
-    });
+    let mine = (0..total as usize).filter(|&i| shard.owns(i)).count() as u64;
+    let mut bar = Progress::new("matrix", mine, quiet || json);
+    let m: Matrix =
+        matrix::run_matrix_parallel(lib, opts, shard, threads, |_, _, name| bar.inc(1, name));
     bar.finish();
     let partial = progress::stop_requested();
     // Runs that erred (a panic, a driver error) are defects whatever the
@@ -1006,6 +1133,14 @@ fn run_matrix(
             }
         }
     }
+    let (proved_cells, accepted) = matrix::proved_cells(&m);
+    let props = m
+        .cells
+        .iter()
+        .filter(|c| c.refused.is_none())
+        .flat_map(|c| c.report.properties.iter());
+    let (judged, proved_props) =
+        props.fold((0, 0), |(j, p), r| (j + 1, p + usize::from(r.proved())));
     if json {
         let cells = matrix_cells_json(&m);
         println!(
@@ -1026,6 +1161,13 @@ fn run_matrix(
                 "require-safe": require,
                 "require-safe-failed": failed,
                 "cells-with-errors": erred,
+                "shard": shard.to_string(),
+                "proof-budget": opts.proof.map_or(0, |p| p.budget),
+                "proof-jobs": opts.proof.map(|p| p.jobs),
+                "cells-accepted": accepted,
+                "cells-proved": proved_cells,
+                "properties-judged": judged,
+                "properties-proved": proved_props,
             })
         );
     } else {
@@ -1036,14 +1178,29 @@ fn run_matrix(
             );
         }
         print!("{}", matrix::render(&m));
+        if let Some(p) = opts.proof {
+            println!();
+            print!("{}", matrix::render_proofs(&m));
+            println!(
+                "\nproved: properties proved by an exhaustive DPOR search of the cell with {} DMA job(s) \
+                 (at most {} executions per mode), of those judged; the others are sampled.\n\
+                 {proved_cells} of {accepted} accepted cells proved in full; {proved_props} of {judged} property verdicts proved",
+                p.jobs, p.budget
+            );
+        }
         println!(
-            "\n{} controlled runs in {:.1}s ({:.1} schedules/s); {} normal + {} stalled schedules per accepted cell, {}",
+            "\n{} controlled runs in {:.1}s ({:.1} schedules/s); {} normal + {} stalled schedules per accepted cell, {}{}",
             m.runs,
             m.elapsed_s,
             m.schedules_per_s(),
             opts.schedules,
             opts.stalled_schedules,
-            opts.strategy
+            opts.strategy,
+            if shard == Shard::ALL {
+                String::new()
+            } else {
+                format!("; shard {shard}")
+            }
         );
         for c in &m.cells {
             for p in c.report.properties.iter().filter(|p| !p.holds()) {
@@ -1210,6 +1367,335 @@ fn report(
         .iter()
         .any(|c| c.props.iter().any(|p| p.violated) || !c.errors.is_empty());
     if failed > 0 || violated {
+        ExitCode::from(EXIT_VIOLATION)
+    } else {
+        ExitCode::from(EXIT_OK)
+    }
+}
+
+/// Reads one shard's JSON output.
+fn read_json(path: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))
+}
+
+/// The shard field `K/N` of a part.
+fn part_shard(path: &Path, v: &Value) -> Result<Shard, String> {
+    let s = v
+        .get("shard")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{}: no \"shard\" field", path.display()))?;
+    Shard::parse(s).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Checks that the parts are the N distinct shards of one run: the same N,
+/// every K once, and the same value of every field in `same`.
+fn check_parts(parts: &[(PathBuf, Value)], same: &[&str]) -> Result<(), String> {
+    let mut n = None;
+    let mut seen = Vec::new();
+    for (p, v) in parts {
+        let sh = part_shard(p, v)?;
+        if *n.get_or_insert(sh.count) != sh.count {
+            return Err(format!(
+                "{}: shard {sh} is not of the same split as the others ({} shards)",
+                p.display(),
+                n.unwrap_or(0)
+            ));
+        }
+        if seen.contains(&sh.index) {
+            return Err(format!("{}: shard {sh} given twice", p.display()));
+        }
+        seen.push(sh.index);
+        for f in same {
+            if v.get(*f) != parts[0].1.get(*f) {
+                return Err(format!(
+                    "{}: \"{f}\" differs from {} ({} vs {}): not parts of one run",
+                    p.display(),
+                    parts[0].0.display(),
+                    v.get(*f).unwrap_or(&Value::Null),
+                    parts[0].1.get(*f).unwrap_or(&Value::Null)
+                ));
+            }
+        }
+    }
+    let n = n.unwrap_or(0);
+    let missing: Vec<String> = (0..n)
+        .filter(|k| !seen.contains(k))
+        .map(|k| format!("{k}/{n}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("missing shard(s): {}", missing.join(", ")));
+    }
+    Ok(())
+}
+
+/// The merged matrix of its shards' JSON outputs (see `docs/json.md`).
+fn merge_matrix(parts: &[(PathBuf, Value)]) -> Result<Value, String> {
+    check_parts(
+        parts,
+        &[
+            "policies",
+            "importers",
+            "cells-total",
+            "schedules",
+            "stalled-schedules",
+            "strategy",
+            "seed",
+            "require-safe",
+            "proof-budget",
+            "proof-jobs",
+        ],
+    )?;
+    let first = &parts[0].1;
+    let names = |f: &str| -> Vec<String> {
+        first
+            .get(f)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (rows, cols) = (names("policies"), names("importers"));
+    let order = |v: &Value| -> (usize, usize) {
+        let pos = |list: &[String], f: &str| {
+            let n = v.get(f).and_then(Value::as_str).unwrap_or("");
+            list.iter().position(|x| x == n).unwrap_or(usize::MAX)
+        };
+        (pos(&rows, "policy"), pos(&cols, "importer"))
+    };
+    let cell_order = |name: &str| -> (usize, usize) {
+        let (p, i) = name.split_once('.').unwrap_or((name, ""));
+        let r = rows.iter().position(|x| x == p).unwrap_or(usize::MAX);
+        let c = cols.iter().position(|x| x == i).unwrap_or(usize::MAX);
+        (r, c)
+    };
+    let mut cells: Vec<Value> = Vec::new();
+    let mut lists: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let (mut runs, mut elapsed, mut partial) = (0u64, 0f64, false);
+    let mut sums: BTreeMap<&str, u64> = BTreeMap::new();
+    for (p, v) in parts {
+        let c = v
+            .get("cells")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("{}: no \"cells\" array", p.display()))?;
+        cells.extend(c.iter().cloned());
+        for f in ["require-safe-failed", "cells-with-errors"] {
+            let l = lists.entry(f).or_default();
+            for x in v.get(f).and_then(Value::as_array).into_iter().flatten() {
+                l.extend(x.as_str().map(str::to_owned));
+            }
+        }
+        for f in [
+            "cells-accepted",
+            "cells-proved",
+            "properties-judged",
+            "properties-proved",
+        ] {
+            *sums.entry(f).or_default() += v.get(f).and_then(Value::as_u64).unwrap_or(0);
+        }
+        runs += v.get("runs").and_then(Value::as_u64).unwrap_or(0);
+        elapsed = elapsed.max(v.get("elapsed-s").and_then(Value::as_f64).unwrap_or(0.0));
+        partial |= v.get("partial").and_then(Value::as_bool).unwrap_or(true);
+    }
+    cells.sort_by_key(order);
+    let mut out = first.clone();
+    out["cells"] = Value::Array(cells);
+    for (f, mut l) in lists {
+        l.sort_by_key(|n| cell_order(n));
+        out[f] = json!(l);
+    }
+    for (f, n) in sums {
+        out[f] = json!(n);
+    }
+    out["runs"] = json!(runs);
+    // The shards ran side by side: the wall time is the slowest one's.
+    out["elapsed-s"] = json!(elapsed);
+    out["schedules-per-s"] = json!(if elapsed > 0.0 {
+        runs as f64 / elapsed
+    } else {
+        0.0
+    });
+    out["partial"] = json!(partial);
+    out["shard"] = json!(Shard::ALL.to_string());
+    Ok(out)
+}
+
+/// The merged check of its shards' JSON outputs: the reports in question
+/// order, as the unsharded `check --json` prints them.
+fn merge_check(parts: &[(PathBuf, Value)]) -> Result<Value, String> {
+    check_parts(parts, &["questions"])?;
+    let mut reports: Vec<(u64, Value)> = Vec::new();
+    for (p, v) in parts {
+        let r = v
+            .get("reports")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("{}: no \"reports\" array", p.display()))?;
+        for x in r {
+            let i = x
+                .get("index")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| format!("{}: a report without \"index\"", p.display()))?;
+            let mut x = x.clone();
+            if let Some(o) = x.as_object_mut() {
+                o.remove("index");
+            }
+            reports.push((i, x));
+        }
+    }
+    reports.sort_by_key(|r| r.0);
+    let questions = parts[0]
+        .1
+        .get("questions")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let partial = parts
+        .iter()
+        .any(|(_, v)| v.get("partial").and_then(Value::as_bool).unwrap_or(true));
+    if !partial && reports.len() as u64 != questions {
+        return Err(format!(
+            "the shards hold {} reports for {questions} questions",
+            reports.len()
+        ));
+    }
+    let mut r: Vec<Value> = reports.into_iter().map(|r| r.1).collect();
+    Ok(if questions == 1 && r.len() == 1 {
+        r.remove(0)
+    } else {
+        Value::Array(r)
+    })
+}
+
+/// `dmabuf merge FILE...`.
+fn merge(files: &[PathBuf], json: bool) -> ExitCode {
+    let mut parts = Vec::new();
+    for f in files {
+        match read_json(f) {
+            Ok(v) => parts.push((f.clone(), v)),
+            Err(e) => return usage_error(e),
+        }
+    }
+    let is_matrix = |v: &Value| v.get("cells").is_some();
+    let is_check = |v: &Value| v.get("reports").is_some() && v.get("questions").is_some();
+    let merged = if parts.iter().all(|(_, v)| is_matrix(v)) {
+        merge_matrix(&parts)
+    } else if parts.iter().all(|(_, v)| is_check(v)) {
+        merge_check(&parts)
+    } else {
+        Err(
+            "every file must be the --json output of one `matrix --shard` or `check --shard` run"
+                .into(),
+        )
+    };
+    let merged = match merged {
+        Ok(m) => m,
+        Err(e) => return usage_error(e),
+    };
+    let list = |f: &str| -> Vec<String> {
+        merged
+            .get(f)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (partial, failed) = if is_matrix(&merged) {
+        let bad: Vec<String> = list("require-safe-failed")
+            .into_iter()
+            .chain(list("cells-with-errors"))
+            .collect();
+        (
+            merged
+                .get("partial")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            !bad.is_empty(),
+        )
+    } else {
+        let reports: Vec<&Value> = match &merged {
+            Value::Array(a) => a.iter().collect(),
+            v => vec![v],
+        };
+        (
+            reports
+                .iter()
+                .any(|r| r.get("partial").and_then(Value::as_bool).unwrap_or(true)),
+            reports
+                .iter()
+                .any(|r| r.get("verdict").and_then(Value::as_str) != Some("ok")),
+        )
+    };
+    if json {
+        println!("{merged}");
+    } else if is_matrix(&merged) {
+        let n = |f: &str| merged.get(f).and_then(Value::as_u64).unwrap_or(0);
+        println!(
+            "merged {} shards: {} cells ({} accepted, {} proved in full; {} of {} property verdicts proved), {} runs",
+            parts.len(),
+            merged
+                .get("cells")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len),
+            n("cells-accepted"),
+            n("cells-proved"),
+            n("properties-proved"),
+            n("properties-judged"),
+            n("runs"),
+        );
+        for c in merged
+            .get("cells")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = format!(
+                "{}.{}",
+                c.get("policy").and_then(Value::as_str).unwrap_or(""),
+                c.get("importer").and_then(Value::as_str).unwrap_or("")
+            );
+            let Some(props) = c.get("properties").and_then(Value::as_object) else {
+                println!("  {name:<48} refused");
+                continue;
+            };
+            let words: Vec<String> = props
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}={}",
+                        v.get("verdict").and_then(Value::as_str).unwrap_or("?")
+                    )
+                })
+                .collect();
+            println!("  {name:<48} {}", words.join(" "));
+        }
+        for f in ["require-safe-failed", "cells-with-errors"] {
+            let l = list(f);
+            if !l.is_empty() {
+                println!("{f}: {}", l.join(", "));
+            }
+        }
+    } else {
+        let reports: Vec<&Value> = match &merged {
+            Value::Array(a) => a.iter().collect(),
+            v => vec![v],
+        };
+        println!("merged {} shards: {} reports", parts.len(), reports.len());
+        for r in reports {
+            println!(
+                "  {:<48} {}",
+                r.get("scenario").and_then(Value::as_str).unwrap_or(""),
+                r.get("verdict").and_then(Value::as_str).unwrap_or("?")
+            );
+        }
+    }
+    if partial {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if failed {
         ExitCode::from(EXIT_VIOLATION)
     } else {
         ExitCode::from(EXIT_OK)

@@ -65,7 +65,7 @@ use dmabuf_core::errno::{self, Errno};
 use dmabuf_core::lockdep;
 use dmabuf_core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use dmabuf_core::sync::thread::{self, JoinHandle};
-use dmabuf_core::sync::{Arc, Condvar, Mutex};
+use dmabuf_core::sync::{Arc, Condvar, Mutex, SetOnce};
 use dmabuf_core::trace_event;
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -651,10 +651,10 @@ pub struct JobOutcome {
     pub reads: Vec<Vec<u8>>,
 }
 
-struct OutcomeSlot {
-    v: Mutex<Option<JobOutcome>>,
-    cv: Condvar,
-}
+/// Set once by the engine, awaited by the submitter: a `SetOnce`, so the
+/// checker's partial-order reduction sees a wait that finds the outcome and
+/// one that blocks until it as the same trace.
+type OutcomeSlot = SetOnce<JobOutcome>;
 
 /// A submitted job: its id and, once done, its outcome.
 #[derive(Clone)]
@@ -677,18 +677,12 @@ impl JobTicket {
 
     /// The outcome, if the job is done.
     pub fn outcome(&self) -> Option<JobOutcome> {
-        self.slot.v.lock().clone()
+        self.slot.get()
     }
 
     /// Blocks until the job is done (for jobs without a fence).
     pub fn wait(&self) -> JobOutcome {
-        let mut g = self.slot.v.lock();
-        loop {
-            if let Some(o) = &*g {
-                return o.clone();
-            }
-            g = self.slot.cv.wait(g);
-        }
+        self.slot.wait()
     }
 }
 
@@ -866,12 +860,11 @@ impl EngineInner {
                 Err(e) => format!("-{} ({e})", errno::name(e.errno())),
             }
         );
-        *slot.v.lock() = Some(JobOutcome {
+        slot.set(JobOutcome {
             id,
             status: status.clone(),
             reads,
         });
-        slot.cv.notify_all();
         self.jobs_done.fetch_add(1, Ordering::Relaxed);
         signal(fence, &status);
     }
@@ -1040,10 +1033,7 @@ impl DmaEngine {
             return Err(e);
         }
         let id = JobId(i.next_job.fetch_add(1, Ordering::Relaxed));
-        let slot = Arc::new(OutcomeSlot {
-            v: Mutex::new(None),
-            cv: Condvar::new(),
-        });
+        let slot = Arc::new(OutcomeSlot::new());
         trace_event!(
             trace::DMA_JOB_SUBMIT,
             "engine={} job={} label={} ops={}",

@@ -8,8 +8,9 @@
 //! | counterexamples | one section per distinct replay token: the cells and properties it violates, the violation, the hazard with its trace row, the outcome (a deadlock in kernel terms), the command that replays it, and its message sequence chart ([`crate::msc`]) |
 //!
 //! Input: what `dmabuf matrix --json` or `dmabuf check --json` printed
-//! ([`Grid::from_json`]); a cell's `proof` (`"proved"`/`"sampled"`) or
-//! `proved` (bool) is read when the JSON has it, else `exhaustive`.
+//! ([`Grid::from_json`]); a property's `verdict` (`"proved"`, `"sampled"`
+//! or `"violated"`, from the matrix's proof attempts) is read when the JSON
+//! has it, else `exhaustive`.
 
 use crate::msc::{self, esc};
 use dmabuf_core::trace::Event;
@@ -86,18 +87,13 @@ fn props_of(v: &Value) -> Result<Vec<Prop>, String> {
     let mut out = Vec::new();
     for (name, p) in m {
         let result = s_of(p, "result").ok_or_else(|| format!("property {name}: no 'result'"))?;
-        let proof = match (s_of(p, "proof"), p.get("proved").and_then(Value::as_bool)) {
-            (Some(s), _) if s == "proved" => Proof::Proved,
-            (Some(_), _) => Proof::Sampled,
-            (None, Some(true)) => Proof::Proved,
-            (None, Some(false)) => Proof::Sampled,
-            (None, None) => {
-                if p.get("exhaustive").and_then(Value::as_bool) == Some(true) {
-                    Proof::Proved
-                } else {
-                    Proof::Sampled
-                }
-            }
+        // The checker's `verdict` (`proved`, `sampled` or `violated`) when
+        // present; older JSON: an exhaustive search is a proof.
+        let proof = match s_of(p, "verdict") {
+            Some(s) if s == "proved" => Proof::Proved,
+            Some(_) => Proof::Sampled,
+            None if p.get("exhaustive").and_then(Value::as_bool) == Some(true) => Proof::Proved,
+            None => Proof::Sampled,
         };
         out.push(Prop {
             name: name.clone(),
@@ -515,7 +511,7 @@ mod tests {
                     "no-leak": {"result": "holds", "violations": 0, "schedules": 20, "exhaustive": true}}},
                 {"policy": "v6", "importer": "static", "attach": "refused", "refusal": "static0: attach EOPNOTSUPP"},
                 {"policy": "v6", "importer": "gpu", "attach": "accepted", "errors": [], "properties": {
-                    "s-fence": {"result": "holds", "violations": 0, "schedules": 20, "proof": "proved"},
+                    "s-fence": {"result": "holds", "violations": 0, "schedules": 20, "exhaustive": false, "verdict": "proved"},
                     "l-bounded": {"result": "violated", "violations": 1, "schedules": 5, "replay": "T2"}}}
             ]
         })
@@ -539,6 +535,17 @@ mod tests {
         assert_eq!(
             c.props.iter().find(|p| p.name == "s-fence").unwrap().proof,
             Proof::Sampled
+        );
+        // The matrix's own verdict wins over `exhaustive` (a proof attempt
+        // of the cell, not the sampled search, proved it).
+        let v6 = g
+            .cells
+            .iter()
+            .find(|c| c.row == "v6" && c.col == "gpu")
+            .unwrap();
+        assert_eq!(
+            v6.props.iter().find(|p| p.name == "s-fence").unwrap().proof,
+            Proof::Proved
         );
         assert!(Grid::from_json(&json!(3)).is_err());
         assert!(Grid::from_json(&json!({"cells": [{"importer": "x"}]})).is_err());

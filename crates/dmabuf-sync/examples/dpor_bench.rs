@@ -54,6 +54,38 @@ fn locked(n: usize) -> Box<dyn FnOnce() + Send> {
     })
 }
 
+/// `n` tasks incrementing a mutex-protected counter with a scheduling
+/// point inside the critical section, so acquisitions can fail and block.
+fn locked_contended(n: usize) -> Box<dyn FnOnce() + Send> {
+    Box::new(move || {
+        let m = Arc::new(Mutex::new(0usize));
+        for _ in 0..n {
+            let m = m.clone();
+            thread::spawn(move || {
+                let mut g = m.lock();
+                AtomicUsize::new(0).store(1, SeqCst);
+                *g += 1;
+            });
+        }
+    })
+}
+
+/// `n` tasks writing their own atomic, joined by the root: one trace.
+fn independent_joined(n: usize) -> Box<dyn FnOnce() + Send> {
+    Box::new(move || {
+        let hs: Vec<_> = (0..n)
+            .map(|_| {
+                thread::spawn(|| {
+                    AtomicUsize::new(0).store(1, SeqCst);
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    })
+}
+
 /// A producer handing `n` values one by one to a consumer.
 fn handoff(n: usize) -> Box<dyn FnOnce() + Send> {
     Box::new(move || {
@@ -144,22 +176,25 @@ fn conflicting_joined(k: usize) -> Box<dyn FnOnce() + Send> {
 fn main() {
     println!("# DPOR vs DFS (whole search to completion, same run)");
     println!(
-        "{:<22} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8}",
+        "{:<24} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8}",
         "program", "dfs_exec", "dpor_exec", "exec_x", "dfs_s", "dpor_s", "time_x"
     );
-    let cases: [(&str, Prog, usize); 6] = [
+    let cases: [(&str, Prog, usize); 9] = [
         ("conflicting k=2", conflicting, 2),
         ("conflicting k=3", conflicting, 3),
         ("conflicting k=4", conflicting, 4),
         ("independent n=2", independent, 2),
+        ("independent joined n=3", independent_joined, 3),
         ("locked counter n=3", locked, 3),
+        ("locked, contended n=3", locked_contended, 3),
+        ("conflicting joined k=3", conflicting_joined, 3),
         ("condvar handoff n=2", handoff, 2),
     ];
     for (name, prog, arg) in cases {
         let (dn, _, dt) = search(&mut Dfs::new(10_000), prog, arg);
         let (pn, _, pt) = search(&mut Dpor::new(10_000), prog, arg);
         println!(
-            "{name:<22} {dn:>9} {pn:>9} {:>8.1} {dt:>9.3} {pt:>9.3} {:>8.1}",
+            "{name:<24} {dn:>9} {pn:>9} {:>8.1} {dt:>9.3} {pt:>9.3} {:>8.1}",
             dn as f64 / pn as f64,
             dt / pt
         );

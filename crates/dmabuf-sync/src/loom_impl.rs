@@ -202,3 +202,40 @@ pub mod rcu {
         0
     }
 }
+
+/// A value set once and awaited (see the std version): a loom mutex and
+/// condvar.
+#[derive(Debug, Default)]
+pub struct SetOnce<T> {
+    v: loom::sync::Mutex<Option<T>>,
+    cv: loom::sync::Condvar,
+}
+
+impl<T: Clone> SetOnce<T> {
+    /// Empty.
+    pub fn new() -> Self {
+        Self {
+            v: loom::sync::Mutex::new(None),
+            cv: loom::sync::Condvar::new(),
+        }
+    }
+    /// Sets the value and wakes every waiter.
+    pub fn set(&self, v: T) {
+        *self.v.lock().unwrap() = Some(v);
+        self.cv.notify_all();
+    }
+    /// The value, if set.
+    pub fn get(&self) -> Option<T> {
+        self.v.lock().unwrap().clone()
+    }
+    /// Waits until the value is set and returns it.
+    pub fn wait(&self) -> T {
+        let mut g = self.v.lock().unwrap();
+        loop {
+            if let Some(v) = &*g {
+                return v.clone();
+            }
+            g = self.cv.wait(g).unwrap();
+        }
+    }
+}

@@ -203,7 +203,7 @@ impl<T: ?Sized> Mutex<T> {
     #[cold]
     fn lock_controlled(&self) -> MutexGuard<'_, T> {
         loop {
-            sched::yield_point_on(self.addr(), sched::Access::Write);
+            sched::acquire_point(self.addr());
             if let Some(g) = self.inner.try_lock() {
                 return MutexGuard {
                     mutex: self,
@@ -217,7 +217,9 @@ impl<T: ?Sized> Mutex<T> {
     /// Acquires the lock if it is free.
     #[inline]
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        sched::point_on(self.addr(), sched::Access::Write);
+        if sched::active() {
+            sched::try_acquire_point(self.addr());
+        }
         self.inner.try_lock().map(|g| MutexGuard {
             mutex: self,
             guard: ManuallyDrop::new(g),
@@ -248,7 +250,7 @@ impl<T: ?Sized> Drop for MutexGuard<'_, T> {
         // SAFETY: the guard is dropped exactly once, here.
         unsafe { ManuallyDrop::drop(&mut self.guard) };
         if sched::active() {
-            sched::unblock_all(self.mutex.addr());
+            sched::release(self.mutex.addr());
         }
     }
 }
@@ -528,4 +530,88 @@ pub mod time {
 #[macro_export]
 macro_rules! shim_thread_local {
     ($($t:tt)*) => { std::thread_local!($($t)*); };
+}
+
+/// A value set once and awaited (a one-shot event carrying a value; the
+/// kernel's `complete_all` on a completion that also hands over a result).
+///
+/// | state | `get` | `wait` | `set` |
+/// |---|---|---|---|
+/// | empty | `None` | blocks until set | stores, wakes every waiter |
+/// | set | `Some(v)` | returns `v` | replaces `v` (callers set once) |
+///
+/// Why a primitive rather than a mutex and a condvar: under the
+/// controlled scheduler, a `wait` that finds the value set and one that
+/// blocks until it is set end in the same state, so the partial-order
+/// reduction must not explore both orders. With a mutex and a condvar it
+/// sees two lock orders (wait first, or set first) and runs both. Here a
+/// `wait` is ordered after the `set` it returns (a wake-up access) and never
+/// races with it; a `wait` that blocks touches nothing until the `set`
+/// wakes it. `get` does race with `set` (its result depends on the order).
+/// `set` is a scheduling point; `wait` is one only when it blocks.
+///
+/// Lock rules: the value sits behind a plain `parking_lot` mutex held only
+/// to copy it in or out, never across a scheduling point.
+#[derive(Default)]
+pub struct SetOnce<T> {
+    v: parking_lot::Mutex<Option<T>>,
+    cv: parking_lot::Condvar,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for SetOnce<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SetOnce").field(&*self.v.lock()).finish()
+    }
+}
+
+impl<T: Clone> SetOnce<T> {
+    /// Empty.
+    pub const fn new() -> Self {
+        Self {
+            v: parking_lot::Mutex::new(None),
+            cv: parking_lot::Condvar::new(),
+        }
+    }
+
+    fn addr(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Sets the value and wakes every waiter.
+    pub fn set(&self, v: T) {
+        if sched::active() {
+            sched::yield_point_on(self.addr(), sched::Access::Write);
+            *self.v.lock() = Some(v);
+            sched::unblock_all(self.addr());
+            return;
+        }
+        *self.v.lock() = Some(v);
+        self.cv.notify_all();
+    }
+
+    /// The value, if set (races with `set`: a scheduling point).
+    pub fn get(&self) -> Option<T> {
+        sched::point_on(self.addr(), sched::Access::Read);
+        self.v.lock().clone()
+    }
+
+    /// Waits until the value is set and returns it.
+    pub fn wait(&self) -> T {
+        if sched::active() {
+            loop {
+                if let Some(v) = self.v.lock().clone() {
+                    sched::access(self.addr(), sched::Access::Wake);
+                    return v;
+                }
+                sched::block_on(self.addr(), "set-once");
+            }
+        }
+        let mut g = self.v.lock();
+        loop {
+            if let Some(v) = &*g {
+                return v.clone();
+            }
+            self.cv.wait(&mut g);
+        }
+    }
 }

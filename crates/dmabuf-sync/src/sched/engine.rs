@@ -61,6 +61,13 @@ pub(super) enum ObjKey {
     Group(usize),
     /// A per-execution counter, by its key's address.
     Counter(usize),
+    /// A mutex's releases, by the mutex's address. Acquisitions are
+    /// accesses of `Addr` (they race with each other: who gets the lock
+    /// first); a release writes this key and the next acquisition is a
+    /// wake-up on it (ordered after the release, never reversed with it:
+    /// an acquisition that comes first cannot succeed, it blocks until the
+    /// release, which ends in the same state).
+    Release(usize),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +207,37 @@ struct State {
     live_threads: usize,
     /// Reused buffer for the runnable set.
     scratch: Vec<TaskId>,
+    /// Profiling (`DMABUF_DPOR_PROFILE`): where each object was first touched.
+    descr: HashMap<ObjKey, String>,
+}
+
+/// Whether `DMABUF_DPOR_PROFILE` is set: the engine then names every object
+/// it numbers (by the code that first touched it) on stderr, and the DPOR
+/// strategy names the objects of every race it reverses.
+pub(super) fn profiling() -> bool {
+    static P: OnceLock<bool> = OnceLock::new();
+    *P.get_or_init(|| std::env::var_os("DMABUF_DPOR_PROFILE").is_some())
+}
+
+/// The caller's code above the shim, as `fn <- fn <- fn`.
+fn caller_summary() -> String {
+    let bt = std::backtrace::Backtrace::force_capture().to_string();
+    let mut out: Vec<String> = Vec::new();
+    for line in bt.lines() {
+        let l = line.trim();
+        let Some((_, f)) = l.split_once(": ") else {
+            continue;
+        };
+        if !f.contains("dmabuf_") || f.contains("dmabuf_sync::") {
+            continue;
+        }
+        let f = f.rsplit_once("::h").map_or(f, |x| x.0);
+        out.push(f.to_owned());
+        if out.len() == 4 {
+            break;
+        }
+    }
+    out.join(" <- ")
 }
 
 /// One execution.
@@ -316,11 +354,27 @@ impl Execution {
         for &(k, a) in accesses {
             let n = st.objs.len() as u32;
             let id = *st.objs.entry(k).or_insert(n);
+            if id == n && profiling() {
+                let d = st.descr.get(&k).cloned().unwrap_or_default();
+                eprintln!("DPOR-OBJ {id} {k:?} {d}");
+            }
             buf.push((id, a));
         }
-        // Ascending, one entry per object, a write wins over a read.
+        // Ascending, one entry per object: a write wins over a read, a read
+        // over a wake-up, and a wake-up with a write is both.
         buf.sort_unstable_by(|x, y| x.0.cmp(&y.0).then(y.1.cmp(&x.1)));
-        buf.dedup_by_key(|x| x.0);
+        let mut w = 0;
+        for r in 0..buf.len() {
+            if w > 0 && buf[w - 1].0 == buf[r].0 {
+                if buf[r].1 == Access::Wake && buf[w - 1].1 == Access::Write {
+                    buf[w - 1].1 = Access::WakeWrite;
+                }
+                continue;
+            }
+            buf[w] = buf[r];
+            w += 1;
+        }
+        buf.truncate(w);
         if let Some(p) = &st.strategy {
             let ev = StepEvent {
                 task,
@@ -337,6 +391,9 @@ impl Execution {
     pub(super) fn access(&self, _me: TaskId, k: ObjKey, a: Access) {
         let mut st = self.lock();
         if st.record {
+            if profiling() && !st.descr.contains_key(&k) {
+                st.descr.insert(k, caller_summary());
+            }
             st.cur.push((k, a));
         }
     }
@@ -492,16 +549,19 @@ impl Execution {
     /// every strategy instead of spinning until the step limit.
     /// `announce` is the access of the operation the task performs right
     /// after this point, which belongs to its next segment.
-    pub(super) fn yield_now(&self, me: TaskId, explicit: bool, announce: Option<(ObjKey, Access)>) {
+    pub(super) fn yield_now(&self, me: TaskId, explicit: bool, announce: &[(ObjKey, Access)]) {
         let mut st = self.lock();
         let next = match self.step(&mut st, me) {
             Some(n) => n,
             None => {
                 self.end_segment(&mut st, me);
-                if st.record
-                    && let Some(a) = announce
-                {
-                    st.tasks[me].pending.push(a);
+                if st.record {
+                    for &a in announce {
+                        if profiling() && !st.descr.contains_key(&a.0) {
+                            st.descr.insert(a.0, caller_summary());
+                        }
+                        st.tasks[me].pending.push(a);
+                    }
                 }
                 self.pick_excluding(&mut st, me, explicit.then_some(me))
             }
@@ -535,7 +595,30 @@ impl Execution {
         if st.record {
             let k = match wait {
                 Wait::Park => Some((ObjKey::Park(me), Access::Write)),
-                Wait::Join(t) => Some((ObjKey::Task(t), Access::Read)),
+                // A join observes nothing but "finished": joining a
+                // finished task and blocking until it finishes end in the
+                // same state, so the join is ordered after the finish
+                // (a wake-up) and never races with it. A join that blocks
+                // touches nothing; its wake-up orders it (see `finish`).
+                Wait::Join(t) if ready => Some((ObjKey::Task(t), Access::Wake)),
+                Wait::Join(_) => None,
+                // A wait on a `SetOnce` that blocks: no event (the `set`
+                // that wakes it orders it).
+                Wait::Resource {
+                    kind: "set-once", ..
+                } => None,
+                Wait::Resource {
+                    resource,
+                    kind: "mutex",
+                } => {
+                    // A failed acquisition is no event: it blocks until a
+                    // release wakes it and then tries again (a new
+                    // segment). Its announced accesses are withdrawn.
+                    st.cur.retain(|(k, _)| {
+                        *k != ObjKey::Addr(resource) && *k != ObjKey::Release(resource)
+                    });
+                    None
+                }
                 Wait::Resource { resource, .. } => Some((ObjKey::Addr(resource), Access::Write)),
                 Wait::Sleep => None,
             };
@@ -551,9 +634,19 @@ impl Execution {
     }
 
     pub(super) fn unblock(&self, _me: TaskId, resource: usize, only_one: bool) {
+        self.unblock_key(resource, only_one, ObjKey::Addr(resource));
+    }
+
+    /// A mutex release: wakes every task blocked on the mutex; the release
+    /// writes the mutex's [`ObjKey::Release`] key, which the woken tasks'
+    /// next segments observe as a wake-up.
+    pub(super) fn release(&self, _me: TaskId, mutex: usize) {
+        self.unblock_key(mutex, false, ObjKey::Release(mutex));
+    }
+
+    fn unblock_key(&self, resource: usize, only_one: bool, key: ObjKey) {
         let mut st = self.lock();
         let record = st.record;
-        let key = ObjKey::Addr(resource);
         if record {
             st.cur.push((key, Access::Write));
         }
@@ -663,7 +756,7 @@ impl Execution {
             stalled
         };
         if stalled {
-            self.yield_now(me, false, None);
+            self.yield_now(me, false, &[]);
         }
     }
 
@@ -681,7 +774,7 @@ impl Execution {
                 t.stalled = true;
             }
         }
-        self.yield_now(me, false, None);
+        self.yield_now(me, false, &[]);
     }
 
     pub(super) fn spawn<F, T>(
@@ -734,7 +827,7 @@ impl Execution {
         // the baton holder (this task, until its next scheduling point) or
         // the end of the execution (also caused by the holder) gives batons.
         let _ = baton.thread.set(h.thread().clone());
-        self.yield_now(me, false, None);
+        self.yield_now(me, false, &[]);
         (id, h)
     }
 
@@ -925,6 +1018,7 @@ pub(super) fn run<F: FnOnce() + Send + 'static>(
             panics: Vec::new(),
             live_threads: 1,
             scratch: Vec::new(),
+            descr: HashMap::new(),
         }),
         done: Condvar::new(),
     });

@@ -164,16 +164,35 @@ pub trait Strategy: Send {
 /// How a segment touched an object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Access {
-    /// Observes the object only (atomic load, `is_finished`, joining a
-    /// finished task, being a member of a group).
-    Read,
     /// Was woken through it (by an unlock, a notify, an unpark, a finish, a
-    /// spawn): ordered after the segments that wrote it, but never a race
-    /// with them, since the task could not run before.
+    /// spawn), or acquires a mutex after its last release, or joins a
+    /// finished task: ordered after the segments that wrote it, but never a
+    /// race with them, since the task could not have gone first (it would
+    /// have blocked until that write, ending in the same state). Declared
+    /// first: a segment that also reads or writes the object keeps the
+    /// stronger access.
     Wake,
-    /// Changes it, or its waiters (store, read-modify-write, lock, unlock,
-    /// wait, notify, park, unpark, spawn, finish, stall).
+    /// Observes the object only (atomic load, `is_finished`, a `try_lock`
+    /// observing the mutex's releases, being a member of a group).
+    Read,
+    /// Changes it, or its waiters (store, read-modify-write, mutex
+    /// acquisition and release, wait, notify, park, unpark, spawn, finish,
+    /// stall).
     Write,
+    /// Both, in one segment: woken through it (or acquiring after its last
+    /// release), then changing it (a task spawned and finished without a
+    /// scheduling point between; a critical section with none inside). Ordered
+    /// after the last write like [`Wake`](Access::Wake), never a race with
+    /// it; a write for everything after.
+    WakeWrite,
+}
+
+impl Access {
+    /// Whether it changes the object ([`Write`](Access::Write) or
+    /// [`WakeWrite`](Access::WakeWrite)).
+    pub fn writes(self) -> bool {
+        matches!(self, Access::Write | Access::WakeWrite)
+    }
 }
 
 /// One segment of an execution, as reported to [`Strategy::on_event`].
@@ -385,7 +404,7 @@ pub fn point() {
 /// A scheduling point (no effect unless the caller is a controlled task).
 pub fn yield_point() {
     if let Some((e, me)) = engine::ctx() {
-        e.yield_now(me, false, None);
+        e.yield_now(me, false, &[]);
     }
 }
 
@@ -402,7 +421,51 @@ pub fn point_on(addr: usize, access: Access) {
 /// [`point_on`] without the fast check.
 pub fn yield_point_on(addr: usize, access: Access) {
     if let Some((e, me)) = engine::ctx() {
-        e.yield_now(me, false, Some((ObjKey::Addr(addr), access)));
+        e.yield_now(me, false, &[(ObjKey::Addr(addr), access)]);
+    }
+}
+
+/// The scheduling point before a blocking acquisition of the mutex at
+/// `addr`. The acquisition races with other acquisitions of the mutex (who
+/// gets it first) and is ordered after the last [`release`] of it without
+/// racing with it: an acquisition cannot overtake a release, it would block
+/// until it. If the mutex is held, the caller must [`block_on`] it with kind
+/// `"mutex"`, which withdraws the announced accesses (a failed acquisition
+/// is no event) and try again when woken.
+pub fn acquire_point(addr: usize) {
+    if let Some((e, me)) = engine::ctx() {
+        e.yield_now(
+            me,
+            false,
+            &[
+                (ObjKey::Addr(addr), Access::Write),
+                (ObjKey::Release(addr), Access::Wake),
+            ],
+        );
+    }
+}
+
+/// The scheduling point before a non-blocking acquisition attempt
+/// (`try_lock`): its result depends on whether the last release came
+/// first, so it reads the mutex's releases (and races with them).
+pub fn try_acquire_point(addr: usize) {
+    if let Some((e, me)) = engine::ctx() {
+        e.yield_now(
+            me,
+            false,
+            &[
+                (ObjKey::Addr(addr), Access::Write),
+                (ObjKey::Release(addr), Access::Read),
+            ],
+        );
+    }
+}
+
+/// Releases the mutex at `addr`: wakes the tasks blocked on it (see
+/// [`acquire_point`]). Not a scheduling point.
+pub fn release(addr: usize) {
+    if let Some((e, me)) = engine::ctx() {
+        e.release(me, addr);
     }
 }
 
@@ -421,7 +484,7 @@ pub fn access(addr: usize, access: Access) {
 /// prefer the current task (DFS's first branch, PCT's highest priority).
 pub fn yield_now() {
     if let Some((e, me)) = engine::ctx() {
-        e.yield_now(me, true, None);
+        e.yield_now(me, true, &[]);
     }
 }
 
@@ -473,7 +536,7 @@ pub fn current_task() -> Option<TaskId> {
 pub fn unpark(task: TaskId) -> bool {
     match engine::ctx() {
         Some((e, me)) => {
-            e.yield_now(me, false, None);
+            e.yield_now(me, false, &[]);
             e.unpark(me, task)
         }
         None => false,

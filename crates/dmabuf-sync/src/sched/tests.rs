@@ -338,3 +338,134 @@ fn dpor_stats_count_executions_and_depth() {
     assert!(st.max_depth >= 4, "{st:?}");
     assert!(st.max_events >= 8, "{st:?}");
 }
+
+/// `n` tasks each storing to its own atomic, joined by the root task.
+fn own_atomics_joined(n: usize) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
+        Box::new(move || {
+            let hs: Vec<_> = (0..n)
+                .map(|t| {
+                    let seen = seen.clone();
+                    thread::spawn(move || {
+                        let a = AtomicUsize::new(0);
+                        a.store(t, SeqCst);
+                        record(&seen, &format!("t{t}"), a.load(SeqCst).to_string());
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+            record(&seen, "root", "joined".into());
+        })
+    }
+}
+
+#[test]
+fn a_join_never_races_with_the_finish_it_waits_for() {
+    // Joining a finished task and blocking until it finishes end in the
+    // same state: one trace, whoever goes first.
+    let (a, b) = same_as_dfs(&own_atomics_joined(2));
+    assert_eq!(a.executions, 1, "dfs ran {}", b.executions);
+    assert!(b.executions > 1);
+    let mut dpor = Dpor::new(1000);
+    let r = search(&mut dpor, 1000, &own_atomics_joined(4));
+    assert!(r.finished && dpor.bounds_hit().is_empty());
+    assert_eq!(r.executions, 1);
+}
+
+#[test]
+fn a_failed_lock_attempt_is_no_event_one_execution_per_lock_order() {
+    // n tasks taking one lock once: the traces are the n! orders in which
+    // they get it. A failed attempt (block, wake, retry) is the same trace
+    // as waiting before trying, so it adds none.
+    for (n, orders) in [(2, 2), (3, 6), (4, 24)] {
+        let mut dpor = Dpor::new(1000);
+        let r = search(&mut dpor, 10_000, &locked_counter(n));
+        assert!(r.finished && dpor.bounds_hit().is_empty());
+        assert_eq!(r.outcomes.len(), orders, "n={n}: every order seen");
+        assert_eq!(
+            r.executions, orders as u64,
+            "n={n}: one execution per order"
+        );
+    }
+}
+
+/// A task that finds the lock held by `try_lock` and one that finds it free
+/// are different traces: the attempt reads the mutex's releases.
+fn try_lock_race() -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    |seen| {
+        Box::new(move || {
+            let m = Arc::new(Mutex::new(0u32));
+            let (m2, s2) = (m.clone(), seen.clone());
+            thread::spawn(move || {
+                let got = m2.try_lock().map(|g| *g);
+                record(&s2, "trier", format!("{got:?}"));
+            });
+            let mut g = m.lock();
+            // A scheduling point inside the critical section, so the trier
+            // can find the lock held.
+            AtomicUsize::new(0).store(1, SeqCst);
+            *g = 5;
+            drop(g);
+        })
+    }
+}
+
+#[test]
+fn try_lock_sees_the_lock_free_held_and_released_like_dfs() {
+    let (a, _) = same_as_dfs(&try_lock_race());
+    let seen: BTreeSet<String> = a.outcomes.iter().map(|(o, _)| o[0].1.clone()).collect();
+    let want: BTreeSet<String> = ["Some(0)", "None", "Some(5)"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(seen, want);
+}
+
+/// A task sets a `SetOnce` while `n` others wait for it (and one polls it
+/// with `get` if `poll`).
+fn set_once(n: usize, poll: bool) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
+        Box::new(move || {
+            let v = Arc::new(crate::SetOnce::new());
+            for t in 0..n {
+                let (v, seen) = (v.clone(), seen.clone());
+                thread::spawn(move || {
+                    let got: u32 = v.wait();
+                    record(&seen, &format!("w{t}"), got.to_string());
+                });
+            }
+            if poll {
+                let (v, seen) = (v.clone(), seen.clone());
+                thread::spawn(move || {
+                    let got: Option<u32> = v.get();
+                    record(&seen, "poll", format!("{got:?}"));
+                });
+            }
+            v.set(7);
+        })
+    }
+}
+
+#[test]
+fn a_set_once_wait_never_races_with_its_set_but_get_does() {
+    // Waiting before or after the set ends the same way: one trace.
+    let (a, b) = same_as_dfs(&set_once(2, false));
+    assert_eq!(a.executions, 1, "dfs ran {}", b.executions);
+    assert!(b.executions > 1);
+    let seen: BTreeSet<String> = a.outcomes.iter().map(|(o, _)| o[0].1.clone()).collect();
+    assert_eq!(seen, BTreeSet::from(["7".to_owned()]));
+    // A poll sees the value or not: two traces, both outcomes.
+    let (a, _) = same_as_dfs(&set_once(1, true));
+    assert_eq!(a.executions, 2);
+    let polls: BTreeSet<String> = a
+        .outcomes
+        .iter()
+        .filter_map(|(o, _)| o.iter().find(|(k, _)| k == "poll").map(|x| x.1.clone()))
+        .collect();
+    assert_eq!(
+        polls,
+        BTreeSet::from(["None".to_owned(), "Some(7)".to_owned()])
+    );
+}

@@ -12,7 +12,7 @@
 //! common object and one of them writes it, or one of them is a jump of the
 //! virtual clock. Equivalent executions end in the same state, so running one
 //! execution per class gives every outcome and every violation plain DFS
-//! would find (the tests in `dmabuf-core/src/dpor_tests.rs` check this against
+//! would find (the tests in `dmabuf-sync/src/sched/tests.rs` check this against
 //! [`Dfs`](super::Dfs) on every program small enough for both).
 //!
 //! # The algorithm
@@ -45,6 +45,21 @@
 //!   is a choice the search explores.
 //! * Wake-ups. A woken task's next segment accesses what woke it (the mutex,
 //!   condvar, park token, finished task), so it is ordered after the waker.
+//! * Joins. Joining a task that has finished and blocking until it
+//!   finishes end in the same state, so a join is ordered after the finish
+//!   (a wake-up access) and never reversed with it; a join that blocks
+//!   touches nothing until the finish wakes it.
+//! * Mutexes. Acquisitions of one mutex race with each other (who gets it
+//!   first); a release is ordered before the next acquisition but does not
+//!   race with it: an acquisition moved before the release could not
+//!   succeed, it would block until the release and end in the same state.
+//!   A failed acquisition (the task blocks) is therefore no event at all:
+//!   the engine withdraws its announced accesses. `try_lock` is different:
+//!   its result depends on whether the release came first, so it reads the
+//!   mutex's releases and races with them. Before this, every contended
+//!   acquisition was explored twice (tried-blocked-woken, and
+//!   acquired-after-the-release); `locked_counter(n)` now runs exactly n!
+//!   executions (`sched/tests.rs`).
 //! * Not reduced, conservatively ordered: every access to one object by a
 //!   writer (a failed compare-exchange counts as a write; a mutex acquire
 //!   and release are writes of the mutex).
@@ -61,6 +76,11 @@
 //!   another task can run (a fairness rule for spin loops, not a dependency):
 //!   spin-waiting programs are explored, but the reduction's completeness
 //!   argument assumes no task yields.
+//! * Profiling. With `DMABUF_DPOR_PROFILE` set, the engine prints every
+//!   object it numbers with the code that first touched it
+//!   (`DPOR-OBJ <n> <key> <fn <- fn ...>`) and this strategy every race it
+//!   reverses (`DPOR-RACE <n> <task><access>@<segment> ...`): counting the
+//!   races per object shows where a search's executions come from.
 //! * Untracked shared state (plain memory shared without the shim, real
 //!   threads outside the execution) is invisible, as for every strategy.
 //!
@@ -95,24 +115,23 @@ impl Sleeper {
         if t == self.task {
             return false;
         }
-        let fresh_write = self
+        let fresh: Vec<Access> = self
             .accesses
             .iter()
             .filter(|a| a.0 >= self.fresh_from)
             .map(|a| a.1)
-            .max();
+            .collect();
+        let fresh_write = fresh.iter().any(|a| a.writes());
         // A wake-up observes the object like a read does.
         for &(o, a) in acc {
             if o >= self.fresh_from {
                 // Numbered after the sleeper was recorded: may be one of the
                 // objects that were new to the sleeper's own segment.
-                if let Some(b) = fresh_write
-                    && (a == Access::Write || b == Access::Write)
-                {
+                if !fresh.is_empty() && (a.writes() || fresh_write) {
                     return false;
                 }
             } else if let Ok(i) = self.accesses.binary_search_by_key(&o, |x| x.0)
-                && (a == Access::Write || self.accesses[i].1 == Access::Write)
+                && (a.writes() || self.accesses[i].1.writes())
             {
                 return false;
             }
@@ -294,17 +313,18 @@ impl Dpor {
                         cands.push(i);
                     }
                 };
-                if a == Access::Wake {
+                if a == Access::Wake || a == Access::WakeWrite {
                     // Ordered after what woke it, never reversed with it.
                     if let Some(w) = last_write[o] {
                         wakers.push(w);
                     }
-                    continue;
-                }
-                if let Some(w) = last_write[o] {
+                    if a == Access::Wake {
+                        continue;
+                    }
+                } else if let Some(w) = last_write[o] {
                     consider(w, &mut cands);
                 }
-                if a == Access::Write {
+                if a.writes() {
                     for &r in &reads[o] {
                         consider(r, &mut cands);
                     }
@@ -346,6 +366,21 @@ impl Dpor {
         let Some(d) = self.events[i].node else {
             return; // forced: nothing else could run there
         };
+        if super::super::engine::profiling() {
+            let (a, b) = (&self.events[i].accesses, &self.events[j].accesses);
+            for &(o, x) in a {
+                if let Some(&(_, y)) = b.iter().find(|p| p.0 == o)
+                    && (x.writes() || y.writes())
+                    && x != Access::Wake
+                    && y != Access::Wake
+                {
+                    eprintln!(
+                        "DPOR-RACE {o} {:?}{x:?}@{i} {:?}{y:?}@{j}",
+                        self.events[i].task, self.events[j].task
+                    );
+                }
+            }
+        }
         let ti = self.events[i].task.unwrap_or(0);
         let after_i = |k: usize, ck: &[u32]| ck[ti] >= vc[i][ti] && k != i;
         // v = the segments after i not ordered after it, then j.

@@ -1,0 +1,87 @@
+//! The matrix's proof attempts (`CheckOptions::proof`): a property is
+//! `proved` only when the DPOR searches of its modes finished; over budget
+//! it stays `sampled` and names the bound; a violation the search finds is
+//! a violation, with a token for the reduced configuration.
+
+use dmabuf_checker::explore::{self, CheckOptions, ProofOptions};
+use dmabuf_checker::property::Property;
+use dmabuf_checker::scenario::find;
+use dmabuf_checker::token::StrategyKind;
+use dmabuf_core::sync::sched::Bound;
+
+fn opts(props: &[Property], budget: u64) -> CheckOptions {
+    CheckOptions {
+        strategy: StrategyKind::Pct(3),
+        schedules: 3,
+        stalled_schedules: 1,
+        seed: 1,
+        properties: props.to_vec(),
+        shrink: false,
+        proof: Some(ProofOptions { budget, jobs: 1 }),
+        ..CheckOptions::default()
+    }
+}
+
+#[test]
+fn a_finished_stalled_search_proves_l_bounded_for_the_one_job_configuration() {
+    let sc = find("matrix.v6-final.iommufd").unwrap();
+    assert!(
+        sc.spec.jobs > 1,
+        "the cell's own configuration has more jobs"
+    );
+    let r = explore::check(&sc, &opts(&[Property::LBounded], 8_000), |_| {});
+    let p = &r.properties[0];
+    let proof = p.proof.as_ref().expect("a proof attempt was made");
+    assert_eq!(proof.config, "matrix.v6-final.iommufd.jobs1");
+    assert!(proof.exhaustive, "{proof:?}");
+    assert!(proof.bounds_hit.is_empty());
+    assert!(proof.executions > 1);
+    assert_eq!(proof.violations, 0);
+    assert!(p.proved());
+    assert_eq!(p.status(), "proved");
+    // The sampled part ran on the cell's own configuration.
+    assert_eq!(p.schedules, 1);
+    assert!(!p.exhaustive);
+}
+
+#[test]
+fn a_search_over_its_budget_is_sampled_and_names_the_bound() {
+    let sc = find("matrix.v6-final.iommufd").unwrap();
+    let r = explore::check(
+        &sc,
+        &opts(&[Property::LBounded, Property::SFence], 8),
+        |_| {},
+    );
+    for p in &r.properties {
+        let proof = p.proof.as_ref().unwrap();
+        assert!(!proof.exhaustive, "{p:?}");
+        assert!(proof.bounds_hit.contains(&Bound::Executions), "{p:?}");
+        assert!(!p.proved());
+        assert_eq!(p.status(), "sampled");
+    }
+    // The stalled search (budget 8 / 4 = 2) did not finish, so the
+    // normal-mode one was not started: s-fence's proof counts only the 2
+    // stalled executions.
+    let sf = r
+        .properties
+        .iter()
+        .find(|p| p.property == Property::SFence)
+        .unwrap();
+    assert_eq!(sf.proof.as_ref().unwrap().executions, 2);
+}
+
+#[test]
+fn a_violation_the_search_finds_is_a_violation_with_a_token_for_its_configuration() {
+    // The lying importer never unmaps: with userspace stalled, revoke's
+    // unbounded wait for the last unmap never returns under v6-final.
+    let sc = find("matrix.v6-final.lying").unwrap();
+    let r = explore::check(&sc, &opts(&[Property::LBounded], 8_000), |_| {});
+    let p = &r.properties[0];
+    let proof = p.proof.as_ref().unwrap();
+    assert!(proof.violations > 0, "{proof:?}");
+    assert!(!p.holds());
+    assert!(!p.proved());
+    assert_eq!(p.status(), "violated");
+    let c = p.counterexample.as_ref().expect("a counterexample");
+    assert!(c.token.scenario.starts_with("matrix.v6-final.lying"));
+}
