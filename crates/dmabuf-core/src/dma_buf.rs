@@ -1104,6 +1104,12 @@ pub fn map_attachment(
             p.unpin(attach, guard);
         }
     };
+    // The exporter's `map_dma_buf` allocates the sg_table; the fault is
+    // injected here for every exporter (see `fault`).
+    if crate::fault::should_fail("sg_alloc_table") {
+        undo_pin(attach);
+        return Err(DmaBufError::errno(errno::ENOMEM, "map_dma_buf: sg_alloc_table"));
+    }
     let sgt = match buf.ops().map_dma_buf(attach, dir, guard) {
         Ok(s) => s,
         Err(e) => {

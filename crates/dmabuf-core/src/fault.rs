@@ -18,6 +18,7 @@
 //! |---|---|---|
 //! | `dma_buf_export` | `dma_buf::export` | `kzalloc` of `struct dma_buf` in `dma_buf_export()` |
 //! | `dma_buf_attach` | `dma_buf::dynamic_attach` | `kzalloc` of the attachment in `dma_buf_dynamic_attach()` |
+//! | `sg_alloc_table` | `dma_buf::map_attachment`, before the exporter's `map_dma_buf` | `sg_alloc_table()` inside each exporter's `map_dma_buf` (checked once in the core for every exporter) |
 //! | `dma_resv_reserve_fences` | `DmaResv` reserve | `dma_resv_list_alloc()` in `dma_resv_reserve_fences()` |
 //! | `alloc_pages` | platform `PhysMemory::alloc_frames` | `alloc_pages()` (system heap pages, GPU page tables, VRAM eviction) |
 //!

@@ -1,0 +1,212 @@
+//! The checks of a soak: hazards, leaks and the end-of-run accounting. Pure
+//! functions over what the platform, the core and the drivers report, so
+//! the tests can plant a leak or a hazard and see it caught.
+//!
+//! # What is checked, and with which diagnostic
+//!
+//! | object | per episode (after its teardown) | at the end of the run |
+//! |---|---|---|
+//! | dma-bufs | `DmaBufRef::is_released`, attachments left, the core's release diagnostics (`dma_buf_release` WARNs) | `dma_buf::live_buffer_count` back to its value at the start |
+//! | attachments | `DmaBufRef::attachments` empty | |
+//! | mappings | the monitor's declared live mappings (`PlatformStats::live_mappings`) | |
+//! | IOVAs | IOMMU pages still mapped (`iommu_pages_mapped`) | |
+//! | frames | RAM frames still allocated (`frames_allocated`) | |
+//! | CPU mappings | resident CPU PTEs (`cpu_ptes`) | |
+//! | engines | engines running, jobs pending after shutdown | |
+//! | fences | | `dma_fence::live_fences` back to its value at the start |
+//! | hazards | every hazard the episode's monitor recorded that [`is_violation`] counts | |
+
+use dmabuf_core::dma_buf::DmaBufRef;
+use dmabuf_platform::{AccessKind, Hazard, HazardClass, PlatformStats};
+
+/// What a finding is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FindingKind {
+    /// The monitor classified an access as a hazard.
+    Hazard,
+    /// An object was not released.
+    Leak,
+    /// A thread stayed in one step longer than the hung-task bound.
+    HungTask,
+    /// A revoke ran longer than the revoke bound.
+    SlowRevoke,
+    /// Lockdep reported a rule broken.
+    Lockdep,
+    /// A kernel WARN (refcount misuse, a timed-out wait).
+    Warning,
+    /// A thread of the run panicked.
+    Panic,
+    /// RSS kept growing after the warm-up.
+    RssGrowth,
+}
+
+impl FindingKind {
+    /// Kebab-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingKind::Hazard => "hazard",
+            FindingKind::Leak => "leak",
+            FindingKind::HungTask => "hung-task",
+            FindingKind::SlowRevoke => "slow-revoke",
+            FindingKind::Lockdep => "lockdep",
+            FindingKind::Warning => "warning",
+            FindingKind::Panic => "panic",
+            FindingKind::RssGrowth => "rss-growth",
+        }
+    }
+}
+
+/// One problem the soak found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// What.
+    pub kind: FindingKind,
+    /// The episode it happened in, when it belongs to one.
+    pub episode: Option<u64>,
+    /// Details.
+    pub detail: String,
+}
+
+/// Whether a recorded hazard breaks the contract, by the rules of the
+/// checker's safety properties (docs/hazards.md):
+///
+/// | class | counted | rule |
+/// |---|---|---|
+/// | `UseAfterFree`, `Aer`, `MisdirectedDma` | always | `s-noreuse` |
+/// | `AccessAfterRevoke` | always | `s-final` |
+/// | `WriteAfterFences` | a write after a revoke of the episode returned (`first_return_seq`) | `s-fence` |
+/// | `IommuFault` | never: the IOMMU stopped the access, the intended outcome of a revoke | |
+/// | `AccessAfterUnmap` | never: no property judges it (an importer declares its unmap before the exporter hears of it, so an access in that window is recorded yet harmless to the exporter); counted | |
+///
+/// An access by a device that the soak surprise-unplugged is never counted
+/// (`unplugged`): a removed device cannot master the bus, and the platform's
+/// engines still finish the operation they were in (counted apart, see
+/// docs/soak.md).
+pub fn is_violation(h: &Hazard, first_return_seq: Option<u64>, unplugged: Option<&str>) -> bool {
+    if unplugged.is_some_and(|d| d == h.accessor) {
+        return false;
+    }
+    match h.class {
+        HazardClass::UseAfterFree
+        | HazardClass::Aer
+        | HazardClass::MisdirectedDma
+        | HazardClass::AccessAfterRevoke => true,
+        HazardClass::AccessAfterUnmap => false,
+        HazardClass::WriteAfterFences => {
+            h.kind == AccessKind::Write && first_return_seq.is_some_and(|r| h.seq > r)
+        }
+        HazardClass::IommuFault => false,
+    }
+}
+
+/// The hazards of an episode as findings (one per hazard, at most `cap`
+/// listed; the rest counted in the last one).
+pub fn hazard_findings(episode: u64, hazards: &[Hazard], cap: usize) -> Vec<Finding> {
+    let mut out: Vec<Finding> = hazards
+        .iter()
+        .take(cap)
+        .map(|h| Finding {
+            kind: FindingKind::Hazard,
+            episode: Some(episode),
+            detail: h.to_string(),
+        })
+        .collect();
+    if hazards.len() > cap
+        && let Some(last) = out.last_mut()
+    {
+        last.detail
+            .push_str(&format!(" (and {} more hazards)", hazards.len() - cap));
+    }
+    out
+}
+
+/// Leaks of an episode once it was torn down: buffers, attachments and
+/// release diagnostics, then the platform's counters (taken after the
+/// platform shut down).
+pub fn episode_leaks(bufs: &[DmaBufRef], stats: &PlatformStats) -> Vec<String> {
+    let mut leaks = Vec::new();
+    for b in bufs {
+        if !b.is_released() {
+            leaks.push(format!(
+                "dma-buf ino {} ({}) not released: {} file reference(s)",
+                b.ino(),
+                b.exp_name(),
+                b.file_count()
+            ));
+        }
+        let attached = b.attachments();
+        if !attached.is_empty() {
+            let devs: Vec<String> = attached
+                .iter()
+                .map(|a| format!("{} (maps {})", a.dev(), a.map_count()))
+                .collect();
+            leaks.push(format!(
+                "dma-buf ino {}: {} attachment(s) never detached: {}",
+                b.ino(),
+                attached.len(),
+                devs.join(", ")
+            ));
+        }
+        leaks.extend(
+            b.diagnostics()
+                .into_iter()
+                .map(|d| format!("dma-buf ino {}: {d}", b.ino())),
+        );
+    }
+    let counts = [
+        (stats.live_mappings.max(0) as u64, "declared mapping(s) never unmapped"),
+        (stats.iommu_pages_mapped as u64, "IOVA page(s) still mapped"),
+        (stats.frames_allocated as u64, "RAM frame(s) still allocated"),
+        (stats.cpu_ptes as u64, "CPU PTE(s) still resident"),
+        (stats.engines_running as u64, "DMA engine(s) still running"),
+        (stats.jobs_pending as u64, "DMA job(s) still pending"),
+    ];
+    for (n, what) in counts {
+        if n != 0 {
+            leaks.push(format!("{n} {what}"));
+        }
+    }
+    leaks
+}
+
+/// Objects counted process-wide, compared between the start and the end of
+/// a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// `dma_fence::live_fences`.
+    pub fences: usize,
+    /// `dma_buf::live_buffer_count`.
+    pub buffers: usize,
+}
+
+impl Census {
+    /// Now.
+    pub fn take() -> Self {
+        Census {
+            fences: dmabuf_core::dma_fence::live_fences(),
+            buffers: dmabuf_core::dma_buf::live_buffer_count(),
+        }
+    }
+
+    /// What `end` holds beyond `self`.
+    pub fn leaks_since(&self, end: &Census) -> Vec<String> {
+        let mut out = Vec::new();
+        if end.fences > self.fences {
+            out.push(format!(
+                "{} fence(s) never freed ({} at the start, {} at the end)",
+                end.fences - self.fences,
+                self.fences,
+                end.fences
+            ));
+        }
+        if end.buffers > self.buffers {
+            out.push(format!(
+                "{} dma-buf(s) never released ({} at the start, {} at the end)",
+                end.buffers - self.buffers,
+                self.buffers,
+                end.buffers
+            ));
+        }
+        out
+    }
+}
