@@ -210,3 +210,128 @@ impl Census {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dmabuf_core::dma_buf;
+    use dmabuf_core::sync::Arc;
+    use dmabuf_core::uapi::Process;
+    use dmabuf_drivers::host::Host;
+    use dmabuf_drivers::system_heap::SystemHeap;
+    use dmabuf_platform::{
+        Accessor, CpuMapping, PAGE_SIZE, Platform, PlatformConfig, VmFault,
+    };
+
+    fn heap_buffer() -> (Platform, Arc<Process>, i32, DmaBufRef) {
+        let p = Platform::new(PlatformConfig::default().ram_frames(16)).unwrap();
+        let heap = SystemHeap::new(&Host::new(p.clone())).unwrap();
+        let proc = Process::new(7);
+        let b = heap.allocate(2 * PAGE_SIZE, 2, 0).unwrap();
+        let r = b.downgrade();
+        let fd = proc.dma_buf_fd(b, 0).unwrap();
+        (p, proc, fd, r)
+    }
+
+    #[test]
+    fn a_planted_leak_is_caught_and_a_clean_teardown_is_not() {
+        let _g = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        // Clean: attach, detach, close.
+        let (p, proc, fd, r) = heap_buffer();
+        let b = proc.dma_buf_get(fd).unwrap();
+        let a = dma_buf::attach(&b, "dev0").unwrap();
+        dma_buf::detach(&b, &a).unwrap();
+        drop(b);
+        proc.close_all();
+        p.shutdown();
+        assert_eq!(episode_leaks(&[r], &p.stats()), Vec::<String>::new());
+        // Planted: an attachment never detached (and the reference it keeps).
+        let (p, proc, fd, r) = heap_buffer();
+        let b = proc.dma_buf_get(fd).unwrap();
+        let a = dma_buf::attach(&b, "dev0").unwrap();
+        proc.close_all();
+        p.shutdown();
+        let leaks = episode_leaks(std::slice::from_ref(&r), &p.stats());
+        assert!(
+            leaks.iter().any(|l| l.contains("never detached") && l.contains("dev0")),
+            "{leaks:?}"
+        );
+        // Released or not, the heap's frames must come back.
+        let frames = leaks.iter().any(|l| l.contains("RAM frame"));
+        assert_eq!(frames, !r.is_released(), "{leaks:?}");
+        dma_buf::detach(&b, &a).unwrap();
+        drop(b);
+    }
+
+    #[test]
+    fn a_planted_fence_leak_shows_in_the_census() {
+        let _g = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let before = Census::take();
+        let (f, h) = dmabuf_core::FenceContext::named("test", "leak").create();
+        let during = Census::take();
+        let leaks = before.leaks_since(&during);
+        assert!(leaks.iter().any(|l| l.starts_with("1 fence")), "{leaks:?}");
+        let _ = h.signal();
+        drop(f);
+        assert_eq!(before.leaks_since(&Census::take()), Vec::<String>::new());
+    }
+
+    fn planted_uaf() -> Hazard {
+        let p = Platform::new(PlatformConfig::default().ram_frames(4)).unwrap();
+        let f = p.memory().alloc_frames(1, "heap").unwrap();
+        let frame = f[0];
+        let handler = Arc::new(move |vma: &CpuMapping, pgoff: u64| {
+            vma.insert_pfn(pgoff, frame).map_err(|_| VmFault::Sigbus)
+        });
+        let v = p.mmap("planted", Accessor::new("user"), 1, handler, None).unwrap();
+        v.write(0, b"x").unwrap();
+        p.memory().free_frames(&f).unwrap();
+        let _ = v.write(0, b"y");
+        let hz = p.monitor().hazards();
+        assert_eq!(hz.len(), 1, "{hz:?}");
+        hz[0].clone()
+    }
+
+    #[test]
+    fn a_planted_hazard_is_reported_with_its_episode() {
+        let h = planted_uaf();
+        assert_eq!(h.class, HazardClass::UseAfterFree);
+        assert!(is_violation(&h, None, None));
+        let f = hazard_findings(42, std::slice::from_ref(&h), 4);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].kind, FindingKind::Hazard);
+        assert_eq!(f[0].episode, Some(42));
+        assert!(f[0].detail.contains("UseAfterFree"), "{}", f[0].detail);
+        // Capped, the rest counted.
+        let many = vec![h.clone(); 7];
+        let f = hazard_findings(1, &many, 4);
+        assert_eq!(f.len(), 4);
+        assert!(f[3].detail.ends_with("(and 3 more hazards)"), "{}", f[3].detail);
+    }
+
+    #[test]
+    fn the_judgement_follows_the_safety_properties() {
+        let mut h = planted_uaf();
+        // By a device the soak unplugged: not counted.
+        assert!(!is_violation(&h, None, Some("user")));
+        assert!(is_violation(&h, None, Some("gpu0")));
+        for (class, counted) in [
+            (HazardClass::Aer, true),
+            (HazardClass::MisdirectedDma, true),
+            (HazardClass::AccessAfterRevoke, true),
+            (HazardClass::IommuFault, false),
+            (HazardClass::AccessAfterUnmap, false),
+        ] {
+            h.class = class;
+            assert_eq!(is_violation(&h, None, None), counted, "{class:?}");
+        }
+        h.class = HazardClass::WriteAfterFences;
+        h.kind = AccessKind::Write;
+        h.seq = 10;
+        assert!(!is_violation(&h, None, None), "no revoke returned");
+        assert!(!is_violation(&h, Some(11), None), "before the return");
+        assert!(is_violation(&h, Some(9), None));
+        h.kind = AccessKind::Read;
+        assert!(!is_violation(&h, Some(9), None), "a read is not s-fence");
+    }
+}

@@ -35,3 +35,9 @@ pub mod run;
 pub mod shared;
 
 pub use run::{SoakArgs, SoakConfig, Summary, parse_duration, run};
+
+/// Tests that create dma-bufs, fences or run a soak take this: a soak
+/// compares process-wide counts and installs the process-wide allocation
+/// hook.
+#[cfg(test)]
+pub(crate) static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -651,6 +651,8 @@ fn drain_lockdep(sh: &Shared) {
 pub fn run(cfg: &SoakConfig, stop: &(dyn Fn() -> bool + Sync)) -> Result<Summary, String> {
     let specs = cfg.validate()?;
     let sh = Arc::new(Shared::new());
+    sh.revoke_bound_ns
+        .store(cfg.revoke_bound.as_nanos() as u64, Ordering::Relaxed);
     let prev_mode = lockdep::mode();
     lockdep::set_mode(lockdep::Mode::Collect);
     drop(lockdep::take_reports());
@@ -921,6 +923,65 @@ mod tests {
         let mut c = ok;
         c.revoke_bound = Duration::ZERO;
         assert!(c.validate().unwrap_err().contains("--revoke-bound-ms"));
+    }
+
+    fn short(exporters: Vec<ExporterKind>, importers: &[&str]) -> SoakConfig {
+        let mut c = SoakConfig {
+            duration: Duration::from_millis(1500),
+            seed: 11,
+            workers: 1,
+            progress: false,
+            ..SoakConfig::default()
+        };
+        c.plan.exporters = exporters;
+        c.plan.importers = importers.iter().map(|s| s.to_string()).collect();
+        c.plan.max_imports = 3;
+        c
+    }
+
+    #[test]
+    fn a_short_soak_of_honest_importers_on_vfio_finds_nothing_and_does_work() {
+        let _g = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let s = run(&short(vec![ExporterKind::Vfio], DEFAULT_IMPORTERS), &|| false).unwrap();
+        assert_eq!(s.findings_total, 0, "{}", s.text());
+        assert!(!s.interrupted);
+        assert_eq!(s.exit_code(), 0);
+        assert!(s.ops["episode"] > 0 && s.ops["setup"] > 0 && s.ops["job-ok"] > 0, "{:?}", s.ops);
+        assert!(s.ops["revoke"] > 0 && s.revoke_latency_us.is_some());
+        let j = s.json();
+        assert_eq!(j["verdict"], "pass");
+        assert_eq!(j["findings-total"], 0);
+    }
+
+    #[test]
+    fn the_lying_importer_is_caught_as_a_slow_revoke() {
+        let _g = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        // It declares invalidate_mappings and ignores it: a v6-final revoke
+        // then waits until userspace deregisters (a few ms here).
+        let mut c = short(vec![ExporterKind::Vfio], &["lying"]);
+        c.revoke_bound = Duration::from_micros(500);
+        c.plan.faults = false;
+        let s = run(&c, &|| false).unwrap();
+        assert!(
+            s.findings.iter().any(|f| f.kind == FindingKind::SlowRevoke),
+            "{}",
+            s.text()
+        );
+        assert_eq!(s.exit_code(), 1);
+        assert_eq!(s.json()["verdict"], "fail");
+    }
+
+    #[test]
+    fn a_stop_request_ends_the_run_with_a_partial_summary() {
+        let _g = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = short(vec![ExporterKind::SystemHeap], &["gpu"]);
+        c.duration = Duration::from_secs(3600);
+        let t = std::time::Instant::now();
+        let s = run(&c, &|| t.elapsed() > Duration::from_millis(300)).unwrap();
+        assert!(s.interrupted);
+        assert_eq!(s.exit_code(), 130);
+        assert!(t.elapsed() < Duration::from_secs(60));
+        assert_eq!(s.json()["interrupted"], true);
     }
 
     fn samples(kib: impl Fn(u64) -> u64, secs: u64) -> Vec<RssSample> {

@@ -251,6 +251,9 @@ pub struct Shared {
     events: Mutex<BTreeMap<&'static str, u64>>,
     /// Set when the run is ending: workers start no new episode.
     pub stopping: AtomicBool,
+    /// A revoke that returns after longer than this (ns; 0: no bound) is a
+    /// finding even if the watchdog never saw it running.
+    pub revoke_bound_ns: AtomicU64,
 }
 
 impl Shared {
@@ -353,7 +356,19 @@ impl Shared {
 
     /// A revoke returned after `latency_ns`.
     pub fn revoke_returned(&self, episode: u64, ino: u64, latency_ns: u64) {
-        self.revokes.lock().remove(&(episode, ino));
+        let was = self.revokes.lock().remove(&(episode, ino));
+        let bound = self.revoke_bound_ns.load(Ordering::Relaxed);
+        if bound > 0 && latency_ns > bound && !was.is_some_and(|r| r.reported) {
+            self.finding(
+                FindingKind::SlowRevoke,
+                Some(episode),
+                format!(
+                    "revoke of dma-buf ino {ino} returned after {} us, beyond the bound of {} us",
+                    latency_ns / 1000,
+                    bound / 1000
+                ),
+            );
+        }
         self.latency.lock().record(latency_ns);
         self.add(Op::Revoke, 1);
     }
