@@ -1108,7 +1108,10 @@ pub fn map_attachment(
     // injected here for every exporter (see `fault`).
     if crate::fault::should_fail("sg_alloc_table") {
         undo_pin(attach);
-        return Err(DmaBufError::errno(errno::ENOMEM, "map_dma_buf: sg_alloc_table"));
+        return Err(DmaBufError::errno(
+            errno::ENOMEM,
+            "map_dma_buf: sg_alloc_table",
+        ));
     }
     let sgt = match buf.ops().map_dma_buf(attach, dir, guard) {
         Ok(s) => s,

@@ -154,9 +154,15 @@ pub fn episode_leaks(bufs: &[DmaBufRef], stats: &PlatformStats) -> Vec<String> {
         );
     }
     let counts = [
-        (stats.live_mappings.max(0) as u64, "declared mapping(s) never unmapped"),
+        (
+            stats.live_mappings.max(0) as u64,
+            "declared mapping(s) never unmapped",
+        ),
         (stats.iommu_pages_mapped as u64, "IOVA page(s) still mapped"),
-        (stats.frames_allocated as u64, "RAM frame(s) still allocated"),
+        (
+            stats.frames_allocated as u64,
+            "RAM frame(s) still allocated",
+        ),
         (stats.cpu_ptes as u64, "CPU PTE(s) still resident"),
         (stats.engines_running as u64, "DMA engine(s) still running"),
         (stats.jobs_pending as u64, "DMA job(s) still pending"),
@@ -219,9 +225,7 @@ mod tests {
     use dmabuf_core::uapi::Process;
     use dmabuf_drivers::host::Host;
     use dmabuf_drivers::system_heap::SystemHeap;
-    use dmabuf_platform::{
-        Accessor, CpuMapping, PAGE_SIZE, Platform, PlatformConfig, VmFault,
-    };
+    use dmabuf_platform::{Accessor, CpuMapping, PAGE_SIZE, Platform, PlatformConfig, VmFault};
 
     fn heap_buffer() -> (Platform, Arc<Process>, i32, DmaBufRef) {
         let p = Platform::new(PlatformConfig::default().ram_frames(16)).unwrap();
@@ -253,7 +257,9 @@ mod tests {
         p.shutdown();
         let leaks = episode_leaks(std::slice::from_ref(&r), &p.stats());
         assert!(
-            leaks.iter().any(|l| l.contains("never detached") && l.contains("dev0")),
+            leaks
+                .iter()
+                .any(|l| l.contains("never detached") && l.contains("dev0")),
             "{leaks:?}"
         );
         // Released or not, the heap's frames must come back.
@@ -283,7 +289,9 @@ mod tests {
         let handler = Arc::new(move |vma: &CpuMapping, pgoff: u64| {
             vma.insert_pfn(pgoff, frame).map_err(|_| VmFault::Sigbus)
         });
-        let v = p.mmap("planted", Accessor::new("user"), 1, handler, None).unwrap();
+        let v = p
+            .mmap("planted", Accessor::new("user"), 1, handler, None)
+            .unwrap();
         v.write(0, b"x").unwrap();
         p.memory().free_frames(&f).unwrap();
         let _ = v.write(0, b"y");
@@ -306,7 +314,11 @@ mod tests {
         let many = vec![h.clone(); 7];
         let f = hazard_findings(1, &many, 4);
         assert_eq!(f.len(), 4);
-        assert!(f[3].detail.ends_with("(and 3 more hazards)"), "{}", f[3].detail);
+        assert!(
+            f[3].detail.ends_with("(and 3 more hazards)"),
+            "{}",
+            f[3].detail
+        );
     }
 
     #[test]

@@ -103,7 +103,10 @@ impl Coord {
             if now >= deadline {
                 return false;
             }
-            g = self.cv.wait_timeout(g, Duration::from_nanos(deadline - now)).0;
+            g = self
+                .cv
+                .wait_timeout(g, Duration::from_nanos(deadline - now))
+                .0;
         }
     }
 }
@@ -187,8 +190,16 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
     cfg.flr_delay = WINDOW;
     cfg.max_devices = 16 + names.len();
     cfg = match ep.exporter {
-        ExporterKind::Vfio => cfg.device(DeviceConfig::new("vfio0").bar(0, BAR_SIZE).behind_switch("sw0")),
-        ExporterKind::GpuVram => cfg.device(DeviceConfig::new("vram0").bar(0, BAR_SIZE).behind_switch("sw0")),
+        ExporterKind::Vfio => cfg.device(
+            DeviceConfig::new("vfio0")
+                .bar(0, BAR_SIZE)
+                .behind_switch("sw0"),
+        ),
+        ExporterKind::GpuVram => cfg.device(
+            DeviceConfig::new("vram0")
+                .bar(0, BAR_SIZE)
+                .behind_switch("sw0"),
+        ),
         ExporterKind::SystemHeap => cfg,
     };
     for n in &names {
@@ -197,7 +208,7 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
     let platform = match Platform::new(cfg) {
         Ok(p) => p,
         Err(e) => {
-            sh.error(format!("platform/{e}"));
+            sh.error(format!("platform/{}", short(&e.to_string())));
             return;
         }
     };
@@ -205,7 +216,7 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
     let exporter = match build_exporter(ep.exporter, &host) {
         Ok(x) => Arc::new(x),
         Err(e) => {
-            sh.error(format!("exporter/{e}"));
+            sh.error(format!("exporter/{}", short(&e)));
             platform.shutdown();
             return;
         }
@@ -309,9 +320,14 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
         ));
     }
     for (i, im) in &imports {
-        threads.push((im.dev.clone(), spawn_import(ctx, ep, *i, im, &exporter, &gate, &coord, ep_seed)));
+        threads.push((
+            im.dev.clone(),
+            spawn_import(ctx, ep, *i, im, &exporter, &gate, &coord, ep_seed),
+        ));
     }
-    if ep.cpu && let Exporter::Vfio(v) = &*exporter {
+    if ep.cpu
+        && let Exporter::Vfio(v) = &*exporter
+    {
         let (v, coord, sh) = (v.clone(), coord.clone(), sh.clone());
         let epi = ep.index;
         threads.push((
@@ -345,13 +361,15 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
                     }
                     proc.close_all();
                     sh.add(Op::Kill, 1);
-                    if flag.is_none() && let Exporter::Vfio(v) = &*exporter {
+                    if flag.is_none()
+                        && let Exporter::Vfio(v) = &*exporter
+                    {
                         t.step("vfio_pci_dma_buf_cleanup");
                         // The VMM's device fd goes with its other fds.
                         match v.close() {
                             Ok(r) => trigger_errors(&sh, &r),
                             Err(VfioError::Closed { .. }) => {}
-                            Err(e) => sh.error(format!("kill-close/{e}")),
+                            Err(e) => sh.error(format!("kill-close/{}", errno::name(e.errno()))),
                         }
                     }
                 }),
@@ -372,7 +390,7 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
                 t.step("pci_stop_and_remove_bus_device");
                 match platform.pci().unplug(dev.id()) {
                     Ok(()) => sh.add(Op::Unplug, 1),
-                    Err(e) => sh.error(format!("unplug/{e}")),
+                    Err(e) => sh.error(format!("unplug/{}", errno::name(e.errno()))),
                 }
             }),
         ));
@@ -407,7 +425,7 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
         match v.close() {
             Ok(r) => trigger_errors(sh, &r),
             Err(VfioError::Closed { .. }) => {}
-            Err(e) => sh.error(format!("final-close/{e}")),
+            Err(e) => sh.error(format!("final-close/{}", errno::name(e.errno()))),
         }
     }
     let mut maps = 0;
@@ -443,7 +461,11 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
         .collect();
     sh.add(Op::Stopped, (stopped - hz.len()) as u64);
     for f in check::hazard_findings(ep.index, &hz, 4) {
-        sh.finding(f.kind, f.episode, format!("{} ({})", f.detail, ep.describe(ctx.plan)));
+        sh.finding(
+            f.kind,
+            f.episode,
+            format!("{} ({})", f.detail, ep.describe(ctx.plan)),
+        );
     }
     let leaks = check::episode_leaks(&bufs, &platform.stats());
     if !leaks.is_empty() {
@@ -456,6 +478,25 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
     sh.add(Op::Episode, 1);
 }
 
+/// The first words of an error message, as a counter key (kebab-case, at
+/// most 40 characters): messages carry addresses and numbers that would
+/// make every key unique.
+fn short(msg: &str) -> String {
+    let mut k: String = msg
+        .chars()
+        .take_while(|c| *c != ':' && *c != '(')
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    k.truncate(40);
+    k.trim_matches('-').to_string()
+}
+
 fn thread_name() -> String {
     std::thread::current().name().unwrap_or("soak").to_owned()
 }
@@ -466,7 +507,8 @@ fn build_exporter(kind: ExporterKind, host: &Host) -> Result<Exporter, String> {
             .device_by_name("vfio0")
             .ok_or_else(|| "no vfio0".to_string())
             .and_then(|d| {
-                VfioPciDevice::bind(host, d, Arc::new(Protocol::merged())).map_err(|e| e.to_string())
+                VfioPciDevice::bind(host, d, Arc::new(Protocol::merged()))
+                    .map_err(|e| e.to_string())
             })
             .map(Exporter::Vfio),
         ExporterKind::SystemHeap => SystemHeap::new(host)
@@ -528,7 +570,7 @@ fn event_step(e: Event) -> &'static str {
 
 fn trigger_errors(sh: &Shared, r: &TriggerReport) {
     for e in &r.errors {
-        sh.error(format!("trigger/{e}"));
+        sh.error(format!("trigger-step/{}", short(e)));
     }
 }
 
@@ -537,7 +579,7 @@ fn report(sh: &Shared, r: Result<TriggerReport, VfioError>) {
         Ok(r) => trigger_errors(sh, &r),
         // The VMM was killed first: its device fd is gone.
         Err(VfioError::Closed { .. }) => sh.error("trigger/closed".into()),
-        Err(e) => sh.error(format!("trigger/{e}")),
+        Err(e) => sh.error(format!("trigger/{}", errno::name(e.errno()))),
     }
 }
 
@@ -576,7 +618,7 @@ fn run_event(sh: &Shared, ep: &Episode, exporter: &Exporter, vmm: &Process, coor
             if v.is_closed()
                 && let Err(e) = v.hotplug_replacement("newdev0")
             {
-                sh.error(format!("hotplug/{e}"));
+                sh.error(format!("hotplug/{}", errno::name(e.errno())));
             }
         }
         (_, Event::Close) => vmm.close_all(),
@@ -589,7 +631,7 @@ fn run_event(sh: &Shared, ep: &Episode, exporter: &Exporter, vmm: &Process, coor
                 let _ = f.wait(None);
             }
         }
-        (_, e) => sh.error(format!("event/{} unsupported", e.name())),
+        (_, e) => sh.error(format!("event-unsupported/{}", e.name())),
     }
 }
 
@@ -598,7 +640,7 @@ fn cpu_bar(v: &VfioPciDevice, coord: &Coord, sh: &Shared, t: &crate::shared::Tas
     let m = match v.mmap_bar(0, Accessor::new("vmm")) {
         Ok(m) => m,
         Err(e) => {
-            sh.error(format!("cpu-mmap/{e}"));
+            sh.error(format!("cpu-mmap/{}", errno::name(e.errno())));
             return;
         }
     };
@@ -609,7 +651,7 @@ fn cpu_bar(v: &VfioPciDevice, coord: &Coord, sh: &Shared, t: &crate::shared::Tas
         t.step("cpu_write");
         match m.write(0, &[i as u8; 8]) {
             Ok(()) => sh.add(Op::Cpu, 1),
-            Err(_) => sh.error("cpu-write/SIGBUS".into()),
+            Err(_) => sh.error("cpu-write/sigbus".into()),
         }
         thread::sleep(Duration::from_micros(40));
     }
@@ -639,7 +681,10 @@ fn spawn_import(
     let dev = im.dev.clone();
     thread::spawn_named(format!("soak-{dev}-{epi}"), move || {
         let t = sh.task(epi, dev.clone());
-        set_thread_alloc_failures(per_mille, ep_seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9));
+        set_thread_alloc_failures(
+            per_mille,
+            ep_seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9),
+        );
         let alive = || !killed.load(dmabuf_core::sync::atomic::Ordering::Acquire);
         let set_up = match fd {
             None => {
@@ -727,7 +772,10 @@ fn spawn_import(
         } else if cycle {
             coord.update(|p| p.remapped += 1);
         }
-        if cpu_dmabuf && let Some(fd) = fd && alive() {
+        if cpu_dmabuf
+            && let Some(fd) = fd
+            && alive()
+        {
             t.step("dma_buf_mmap+sync");
             cpu_dmabuf_access(&sh, &proc, fd);
         }

@@ -388,8 +388,14 @@ mod tests {
         assert!(eps.iter().any(|e| e.slow_worker));
         assert!(eps.iter().any(|e| e.alloc_fail_per_mille > 0));
         assert!(eps.iter().any(|e| e.unplug.is_some()));
-        assert!(eps.iter().any(|e| matches!(e.kill, Some((Victim::Exporter, _)))));
-        assert!(eps.iter().any(|e| matches!(e.kill, Some((Victim::Import(_), _)))));
+        assert!(
+            eps.iter()
+                .any(|e| matches!(e.kill, Some((Victim::Exporter, _))))
+        );
+        assert!(
+            eps.iter()
+                .any(|e| matches!(e.kill, Some((Victim::Import(_), _))))
+        );
     }
 
     #[test]

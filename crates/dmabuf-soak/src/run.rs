@@ -104,17 +104,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if t.is_empty() {
         return Err("--duration: empty (give e.g. 10m, 30s, 1h)".into());
     }
-    let bad = || format!("--duration {s:?}: expected a number with a unit, e.g. 10m, 30s, 1h30m, 500ms");
+    let bad =
+        || format!("--duration {s:?}: expected a number with a unit, e.g. 10m, 30s, 1h30m, 500ms");
     let mut total: u128 = 0;
     let mut rest = t;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let n: u128 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let ms: u128 = match unit {
@@ -149,7 +154,10 @@ impl SoakConfig {
             return Err("--importers: give at least one importer kind".into());
         }
         if !(1..=MAX_WORKERS).contains(&self.workers) {
-            return Err(format!("--workers {}: give 1 to {MAX_WORKERS}", self.workers));
+            return Err(format!(
+                "--workers {}: give 1 to {MAX_WORKERS}",
+                self.workers
+            ));
         }
         if !(1..=MAX_BUFFERS).contains(&self.plan.max_buffers) {
             return Err(format!(
@@ -236,7 +244,9 @@ impl SoakArgs {
             c.plan.exporters = Vec::new();
             for e in &self.exporters {
                 let k = plan::exporter_by_name(e.trim()).ok_or_else(|| {
-                    format!("--exporters: unknown exporter {e:?} (known: vfio, system-heap, gpu-vram)")
+                    format!(
+                        "--exporters: unknown exporter {e:?} (known: vfio, system-heap, gpu-vram)"
+                    )
                 })?;
                 if !c.plan.exporters.contains(&k) {
                     c.plan.exporters.push(k);
@@ -418,7 +428,11 @@ impl Summary {
         s.push_str(&format!(
             "soak seed={} {}: {:.1}s of {:.0}s, {} workers, exporters {}, importers {}\n",
             self.seed,
-            if self.interrupted { "INTERRUPTED (partial)" } else { "complete" },
+            if self.interrupted {
+                "INTERRUPTED (partial)"
+            } else {
+                "complete"
+            },
             self.elapsed.as_secs_f64(),
             self.duration.as_secs_f64(),
             self.workers,
@@ -442,7 +456,11 @@ impl Summary {
         }
         s.push('\n');
         if !self.events.is_empty() {
-            let ev: Vec<String> = self.events.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let ev: Vec<String> = self
+                .events
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
             s.push_str(&format!("  exporter events: {}\n", ev.join(", ")));
         }
         match self.revoke_latency_us {
@@ -453,14 +471,22 @@ impl Summary {
             None => s.push_str("  revokes 0\n"),
         }
         if !self.refusals.is_empty() {
-            let r: Vec<String> = self.refusals.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let r: Vec<String> = self
+                .refusals
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
             s.push_str(&format!("  refusals: {}\n", r.join(", ")));
         }
         let errs: u64 = self.errors.values().sum();
         if errs > 0 {
             let mut top: Vec<(&String, &u64)> = self.errors.iter().collect();
             top.sort_by(|a, b| b.1.cmp(a.1));
-            let r: Vec<String> = top.iter().take(8).map(|(k, v)| format!("{k} {v}")).collect();
+            let r: Vec<String> = top
+                .iter()
+                .take(8)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
             s.push_str(&format!(
                 "  operation errors (expected under faults and events): {errs}: {}{}\n",
                 r.join(", "),
@@ -475,7 +501,9 @@ impl Summary {
             self.rss.warmup_secs,
             self.rss
                 .growth_kib_per_min
-                .map_or("not measured (too short)".to_string(), |g| format!("{g:.0} KiB/min"))
+                .map_or("not measured (too short)".to_string(), |g| format!(
+                    "{g:.0} KiB/min"
+                ))
         ));
         if self.findings_total == 0 {
             s.push_str("  findings: none (no hazard, no leak, no slow revoke, no hung task, lockdep clean)\n");
@@ -485,7 +513,8 @@ impl Summary {
                 s.push_str(&format!(
                     "    [{}]{} {}\n",
                     f.kind.name(),
-                    f.episode.map_or(String::new(), |e| format!(" episode {e}:")),
+                    f.episode
+                        .map_or(String::new(), |e| format!(" episode {e}:")),
                     f.detail
                 ));
                 if let Some(e) = f.episode {
@@ -515,9 +544,10 @@ impl Summary {
 
     /// The summary as JSON (docs/json.md, kebab-case keys).
     pub fn json(&self) -> Value {
-        let lat = self.revoke_latency_us.map_or(Value::Null, |(p50, p99, max)| {
-            json!({"p50": p50, "p99": p99, "max": max})
-        });
+        let lat = self.revoke_latency_us.map_or(
+            Value::Null,
+            |(p50, p99, max)| json!({"p50": p50, "p99": p99, "max": max}),
+        );
         let per_sec: serde_json::Map<String, Value> = self
             .ops_per_sec()
             .into_iter()
@@ -560,7 +590,12 @@ impl Summary {
 }
 
 fn rerun_command(cfg: &SoakConfig) -> String {
-    let ex: Vec<&str> = cfg.plan.exporters.iter().map(|e| exporter_name(*e)).collect();
+    let ex: Vec<&str> = cfg
+        .plan
+        .exporters
+        .iter()
+        .map(|e| exporter_name(*e))
+        .collect();
     let mut s = format!(
         "dmabuf soak --seed {} --exporters {} --importers {} --max-buffers {} --max-imports {}",
         cfg.seed,
@@ -607,7 +642,14 @@ fn watchdog(sh: &Shared, revoke_bound: Duration, hung_bound: Duration) {
         let tasks: Vec<String> = sh
             .tasks_of(episode)
             .iter()
-            .map(|t| format!("{} in {} for {} ms", t.thread, t.step, now_ns().saturating_sub(t.since_ns) / 1_000_000))
+            .map(|t| {
+                format!(
+                    "{} in {} for {} ms",
+                    t.thread,
+                    t.step,
+                    now_ns().saturating_sub(t.since_ns) / 1_000_000
+                )
+            })
             .collect();
         sh.finding(
             FindingKind::SlowRevoke,
@@ -624,7 +666,14 @@ fn watchdog(sh: &Shared, revoke_bound: Duration, hung_bound: Duration) {
     for (t, others) in sh.hung_tasks(hung_bound.as_nanos() as u64) {
         let o: Vec<String> = others
             .iter()
-            .map(|x| format!("{} in {} for {} ms", x.thread, x.step, now_ns().saturating_sub(x.since_ns) / 1_000_000))
+            .map(|x| {
+                format!(
+                    "{} in {} for {} ms",
+                    x.thread,
+                    x.step,
+                    now_ns().saturating_sub(x.since_ns) / 1_000_000
+                )
+            })
             .collect();
         sh.finding(
             FindingKind::HungTask,
@@ -634,7 +683,11 @@ fn watchdog(sh: &Shared, revoke_bound: Duration, hung_bound: Duration) {
                 t.thread,
                 t.step,
                 hung_bound.as_secs(),
-                if o.is_empty() { "none".into() } else { o.join("; ") }
+                if o.is_empty() {
+                    "none".into()
+                } else {
+                    o.join("; ")
+                }
             ),
         );
     }
@@ -664,14 +717,21 @@ pub fn run(cfg: &SoakConfig, stop: &(dyn Fn() -> bool + Sync)) -> Result<Summary
     let census0 = Census::take();
     let t0 = now_ns();
     let deadline = t0.saturating_add(cfg.duration.as_nanos() as u64);
-    let warmup_ns = (cfg.duration.as_nanos() as u64 / 5).max(10_000_000_000).min(cfg.duration.as_nanos() as u64 / 2);
+    let warmup_ns = (cfg.duration.as_nanos() as u64 / 5)
+        .max(10_000_000_000)
+        .min(cfg.duration.as_nanos() as u64 / 2);
     let next = Arc::new(Mutex::new(0u64));
     let specs = Arc::new(specs);
     let plan_cfg = Arc::new(cfg.plan.clone());
     let mut workers = Vec::new();
-    let n_workers = if cfg.only_episode.is_some() { 1 } else { cfg.workers };
+    let n_workers = if cfg.only_episode.is_some() {
+        1
+    } else {
+        cfg.workers
+    };
     for w in 0..n_workers {
-        let (sh, specs, plan_cfg, next) = (sh.clone(), specs.clone(), plan_cfg.clone(), next.clone());
+        let (sh, specs, plan_cfg, next) =
+            (sh.clone(), specs.clone(), plan_cfg.clone(), next.clone());
         let (seed, only) = (cfg.seed, cfg.only_episode);
         workers.push(thread::spawn_named(format!("soak-w{w}"), move || {
             loop {
@@ -749,7 +809,12 @@ pub fn run(cfg: &SoakConfig, stop: &(dyn Fn() -> bool + Sync)) -> Result<Summary
         if cfg.progress && now.saturating_sub(last_progress) >= 5_000_000_000 {
             last_progress = now;
             let lat = sh.latency();
-            let ops: u64 = sh.ops().iter().filter(|(k, _)| **k != "episode").map(|(_, v)| v).sum();
+            let ops: u64 = sh
+                .ops()
+                .iter()
+                .filter(|(k, _)| **k != "episode")
+                .map(|(_, v)| v)
+                .sum();
             let secs = (now - t0) as f64 / 1e9;
             eprintln!(
                 "soak: {:.0}s/{:.0}s episodes {} ops {} ({:.0}/s) revokes {} p99 {} us rss {} KiB findings {}",
@@ -778,7 +843,8 @@ pub fn run(cfg: &SoakConfig, stop: &(dyn Fn() -> bool + Sync)) -> Result<Summary
         eprintln!("soak: stopping: waiting for the episodes in progress");
     }
     // Wait for the workers, at most the hung-task bound plus a margin.
-    let give_up = now_ns().saturating_add((cfg.hung_bound + Duration::from_secs(5)).as_nanos() as u64);
+    let give_up =
+        now_ns().saturating_add((cfg.hung_bound + Duration::from_secs(5)).as_nanos() as u64);
     let mut workers_hung = 0;
     let mut joined = Vec::new();
     for h in workers {
@@ -798,7 +864,10 @@ pub fn run(cfg: &SoakConfig, stop: &(dyn Fn() -> bool + Sync)) -> Result<Summary
     let _ = wd.join();
     let elapsed = Duration::from_nanos(now_ns().saturating_sub(t0));
     if let Some(kib) = rss_kib() {
-        samples.push(RssSample { t_ns: now_ns(), kib });
+        samples.push(RssSample {
+            t_ns: now_ns(),
+            kib,
+        });
     }
     drain_lockdep(&sh);
     if workers_hung == 0 {
@@ -822,9 +891,9 @@ pub fn run(cfg: &SoakConfig, stop: &(dyn Fn() -> bool + Sync)) -> Result<Summary
     lockdep::set_mode(prev_mode);
     sh.add(Op::AllocFail, injected_failures().saturating_sub(injected0));
     let lat = sh.latency();
-    let revoke_latency_us = lat.quantile_us(0.5).and_then(|p50| {
-        Some((p50, lat.quantile_us(0.99)?, lat.max_ns().div_ceil(1000)))
-    });
+    let revoke_latency_us = lat
+        .quantile_us(0.5)
+        .and_then(|p50| Some((p50, lat.quantile_us(0.99)?, lat.max_ns().div_ceil(1000))));
     let (findings, findings_total) = sh.findings();
     Ok(Summary {
         seed: cfg.seed,
@@ -832,7 +901,12 @@ pub fn run(cfg: &SoakConfig, stop: &(dyn Fn() -> bool + Sync)) -> Result<Summary
         elapsed,
         interrupted,
         workers: n_workers,
-        exporters: cfg.plan.exporters.iter().map(|e| exporter_name(*e).to_string()).collect(),
+        exporters: cfg
+            .plan
+            .exporters
+            .iter()
+            .map(|e| exporter_name(*e).to_string())
+            .collect(),
         importers: cfg.plan.importers.clone(),
         ops: sh.ops(),
         events: sh.events(),
@@ -857,7 +931,19 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        for bad in ["", "0", "0s", "-1m", "10x", "m", "1.5m", "8d", "200h", "99999999999999999999999h", "1h 2m"] {
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "-1m",
+            "10x",
+            "m",
+            "1.5m",
+            "8d",
+            "200h",
+            "99999999999999999999999h",
+            "1h 2m",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -942,11 +1028,18 @@ mod tests {
     #[test]
     fn a_short_soak_of_honest_importers_on_vfio_finds_nothing_and_does_work() {
         let _g = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let s = run(&short(vec![ExporterKind::Vfio], DEFAULT_IMPORTERS), &|| false).unwrap();
+        let s = run(&short(vec![ExporterKind::Vfio], DEFAULT_IMPORTERS), &|| {
+            false
+        })
+        .unwrap();
         assert_eq!(s.findings_total, 0, "{}", s.text());
         assert!(!s.interrupted);
         assert_eq!(s.exit_code(), 0);
-        assert!(s.ops["episode"] > 0 && s.ops["setup"] > 0 && s.ops["job-ok"] > 0, "{:?}", s.ops);
+        assert!(
+            s.ops["episode"] > 0 && s.ops["setup"] > 0 && s.ops["job-ok"] > 0,
+            "{:?}",
+            s.ops
+        );
         assert!(s.ops["revoke"] > 0 && s.revoke_latency_us.is_some());
         let j = s.json();
         assert_eq!(j["verdict"], "pass");

@@ -274,10 +274,7 @@ impl Shared {
 
     /// The counters now.
     pub fn ops(&self) -> BTreeMap<&'static str, u64> {
-        Op::ALL
-            .iter()
-            .map(|o| (o.name(), self.op(*o)))
-            .collect()
+        Op::ALL.iter().map(|o| (o.name(), self.op(*o))).collect()
     }
 
     /// One counter.
@@ -311,7 +308,7 @@ impl Shared {
     /// Counts a refusal under `key` (`exporter/importer/stage/errno`).
     pub fn refusal(&self, key: String) {
         self.add(Op::Refusal, 1);
-        *self.refusals.lock().entry(key).or_default() += 1;
+        *self.refusals.lock().entry(key.to_lowercase()).or_default() += 1;
     }
 
     /// Refusals by key.
@@ -322,7 +319,7 @@ impl Shared {
     /// Counts an operation error under `key` (`what/errno`): expected
     /// under faults, kills and events, so counted, not a finding.
     pub fn error(&self, key: String) {
-        *self.errors.lock().entry(key).or_default() += 1;
+        *self.errors.lock().entry(key.to_lowercase()).or_default() += 1;
     }
 
     /// Errors by key.
