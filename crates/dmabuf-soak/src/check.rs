@@ -158,12 +158,12 @@ pub fn episode_leaks(bufs: &[DmaBufRef], stats: &PlatformStats) -> Vec<String> {
             stats.live_mappings.max(0) as u64,
             "declared mapping(s) never unmapped",
         ),
-        (stats.iommu_pages_mapped as u64, "IOVA page(s) still mapped"),
+        (stats.iommu_pages_mapped, "IOVA page(s) still mapped"),
         (
             stats.frames_allocated as u64,
             "RAM frame(s) still allocated",
         ),
-        (stats.cpu_ptes as u64, "CPU PTE(s) still resident"),
+        (stats.cpu_ptes, "CPU PTE(s) still resident"),
         (stats.engines_running as u64, "DMA engine(s) still running"),
         (stats.jobs_pending as u64, "DMA job(s) still pending"),
     ];

@@ -1047,6 +1047,92 @@ mod tests {
     }
 
     #[test]
+    fn the_watchdog_reports_a_stuck_task_and_a_running_revoke_with_what_they_wait_for() {
+        let sh = Shared::new();
+        let t = sh.task(5, "gpu0".into());
+        t.step("dma_fence_wait(job)");
+        let _other = sh.task(5, "revoker".into());
+        sh.revoke_began(5, 77, "vfio0".into(), 0);
+        watchdog(&sh, Duration::from_secs(3600), Duration::from_secs(3600));
+        assert_eq!(sh.findings().1, 0, "nothing is late yet");
+        watchdog(&sh, Duration::from_nanos(1), Duration::from_nanos(1));
+        let (f, n) = sh.findings();
+        assert_eq!(n, 3, "{f:?}");
+        let revoke = f
+            .iter()
+            .find(|x| x.kind == FindingKind::SlowRevoke)
+            .unwrap();
+        assert!(
+            revoke.detail.contains("ino 77 on vfio0"),
+            "{}",
+            revoke.detail
+        );
+        assert!(
+            revoke.detail.contains("gpu0 in dma_fence_wait(job)"),
+            "{}",
+            revoke.detail
+        );
+        let hung: Vec<&Finding> = f
+            .iter()
+            .filter(|x| x.kind == FindingKind::HungTask)
+            .collect();
+        assert_eq!(hung.len(), 2);
+        assert!(hung.iter().all(|h| h.episode == Some(5)));
+        assert!(
+            hung.iter().any(|h| h
+                .detail
+                .starts_with("task gpu0 blocked in dma_fence_wait(job)")
+                && h.detail.contains("revoker in start")),
+            "{hung:?}"
+        );
+        // Reported once.
+        watchdog(&sh, Duration::from_nanos(1), Duration::from_nanos(1));
+        assert_eq!(sh.findings().1, 3);
+    }
+
+    #[test]
+    fn json_keys_are_kebab_case() {
+        let _g = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = short(
+            vec![ExporterKind::Vfio, ExporterKind::SystemHeap],
+            DEFAULT_IMPORTERS,
+        );
+        c.duration = Duration::from_millis(800);
+        let s = run(&c, &|| false).unwrap();
+        fn walk(v: &Value, bad: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    for (k, x) in m {
+                        if !k.chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '/'
+                        }) {
+                            bad.push(k.clone());
+                        }
+                        walk(x, bad);
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(x, bad)),
+                _ => {}
+            }
+        }
+        let j = s.json();
+        let mut bad = Vec::new();
+        walk(&j, &mut bad);
+        assert!(bad.is_empty(), "{bad:?}");
+        assert!(!j["refusals"].as_object().unwrap().is_empty(), "{j}");
+        for k in [
+            "ops",
+            "ops-per-sec",
+            "rss",
+            "revoke-latency-us",
+            "findings-total",
+            "verdict",
+        ] {
+            assert!(!j[k].is_null(), "{k} missing in {j}");
+        }
+    }
+
+    #[test]
     fn the_lying_importer_is_caught_as_a_slow_revoke() {
         let _g = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         // It declares invalidate_mappings and ignores it: a v6-final revoke
