@@ -1091,6 +1091,29 @@ mod tests {
     }
 
     #[test]
+    fn a_lockdep_report_on_any_thread_becomes_a_finding() {
+        let _g = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = lockdep::mode();
+        lockdep::set_mode(lockdep::Mode::Collect);
+        drop(lockdep::take_reports());
+        let sh = Shared::new();
+        std::thread::spawn(|| {
+            lockdep::report(
+                lockdep::ReportKind::WaitInSignallingSection,
+                "planted: dma_fence_wait inside dma_fence_begin_signalling".into(),
+            )
+        })
+        .join()
+        .unwrap();
+        drain_lockdep(&sh);
+        lockdep::set_mode(prev);
+        let (f, n) = sh.findings();
+        assert_eq!(n, 1);
+        assert_eq!(f[0].kind, FindingKind::Lockdep);
+        assert!(f[0].detail.contains("planted"), "{}", f[0].detail);
+    }
+
+    #[test]
     fn json_keys_are_kebab_case() {
         let _g = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let mut c = short(
