@@ -63,6 +63,8 @@ pub struct Finding {
     pub kind: FindingKind,
     /// The episode it happened in, when it belongs to one.
     pub episode: Option<u64>,
+    /// The exporter of that episode, when known.
+    pub exporter: Option<&'static str>,
     /// Details.
     pub detail: String,
 }
@@ -108,6 +110,7 @@ pub fn hazard_findings(episode: u64, hazards: &[Hazard], cap: usize) -> Vec<Find
         .map(|h| Finding {
             kind: FindingKind::Hazard,
             episode: Some(episode),
+            exporter: None,
             detail: h.to_string(),
         })
         .collect();

@@ -234,7 +234,9 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
                 sh2.revoke_returned(epi, r.ino, r.returned_ns.saturating_sub(r.began_ns))
             }
             RevokeEvent::Unrevoked { .. } => sh2.add(Op::Unrevoke, 1),
-            RevokeEvent::Warn(w) => sh2.finding(FindingKind::Warning, Some(epi), w.clone()),
+            RevokeEvent::Warn(w) => {
+                sh2.finding_at(FindingKind::Warning, Some(epi), Some("vfio"), w.clone())
+            }
             RevokeEvent::FencesDone { .. } => {}
         })));
     }
@@ -409,9 +411,10 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
     me.step("join");
     for (name, h) in threads {
         if h.join().is_err() {
-            sh.finding(
+            sh.finding_at(
                 FindingKind::Panic,
                 Some(ep.index),
+                Some(exporter_name(ep.exporter)),
                 format!("thread {name} panicked ({})", ep.describe(ctx.plan)),
             );
         }
@@ -461,17 +464,19 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
         .collect();
     sh.add(Op::Stopped, (stopped - hz.len()) as u64);
     for f in check::hazard_findings(ep.index, &hz, 4) {
-        sh.finding(
+        sh.finding_at(
             f.kind,
             f.episode,
+            Some(exporter_name(ep.exporter)),
             format!("{} ({})", f.detail, ep.describe(ctx.plan)),
         );
     }
     let leaks = check::episode_leaks(&bufs, &platform.stats());
     if !leaks.is_empty() {
-        sh.finding(
+        sh.finding_at(
             FindingKind::Leak,
             Some(ep.index),
+            Some(exporter_name(ep.exporter)),
             format!("{} ({})", leaks.join("; "), ep.describe(ctx.plan)),
         );
     }

@@ -394,8 +394,11 @@ pub struct Summary {
     pub revoke_latency_us: Option<(u64, u64, u64)>,
     /// RSS.
     pub rss: RssReport,
-    /// Findings kept (at most [`crate::shared::MAX_FINDINGS`]).
+    /// Findings kept (at most [`crate::shared::MAX_FINDINGS_PER_KIND`] of
+    /// each kind).
     pub findings: Vec<Finding>,
+    /// Findings by kind, and by `exporter/kind` where the exporter is known.
+    pub finding_counts: BTreeMap<String, u64>,
     /// Findings in all.
     pub findings_total: u64,
     /// Workers still running when the summary was taken (hung).
@@ -508,7 +511,16 @@ impl Summary {
         if self.findings_total == 0 {
             s.push_str("  findings: none (no hazard, no leak, no slow revoke, no hung task, lockdep clean)\n");
         } else {
-            s.push_str(&format!("  findings: {}\n", self.findings_total));
+            let by: Vec<String> = self
+                .finding_counts
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            s.push_str(&format!(
+                "  findings: {} ({})\n",
+                self.findings_total,
+                by.join(", ")
+            ));
             for f in &self.findings {
                 s.push_str(&format!(
                     "    [{}]{} {}\n",
@@ -578,10 +590,12 @@ impl Summary {
             "findings": self.findings.iter().map(|f| json!({
                 "kind": f.kind.name(),
                 "episode": f.episode,
+                "exporter": f.exporter,
                 "detail": f.detail,
                 "reproduce": f.episode.map(|e| format!("{} --episode {e}", self.rerun)),
             })).collect::<Vec<_>>(),
             "findings-total": self.findings_total,
+            "finding-counts": self.finding_counts,
             "workers-hung": self.workers_hung,
             "rerun": self.rerun,
             "verdict": if self.findings_total > 0 { "fail" } else if self.interrupted { "partial" } else { "pass" },
@@ -651,9 +665,10 @@ fn watchdog(sh: &Shared, revoke_bound: Duration, hung_bound: Duration) {
                 )
             })
             .collect();
-        sh.finding(
+        sh.finding_at(
             FindingKind::SlowRevoke,
             Some(episode),
+            Some("vfio"),
             format!(
                 "revoke of dma-buf ino {ino} on {} running for more than {} ms; waiting for {}; threads: {}",
                 r.exporter,
@@ -915,6 +930,7 @@ pub fn run(cfg: &SoakConfig, stop: &(dyn Fn() -> bool + Sync)) -> Result<Summary
         revoke_latency_us,
         rss,
         findings,
+        finding_counts: sh.finding_counts(),
         findings_total,
         workers_hung,
         rerun: rerun_command(cfg),

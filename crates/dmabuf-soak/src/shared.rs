@@ -232,9 +232,10 @@ pub struct InFlight {
     pub reported: bool,
 }
 
-/// Findings kept in memory at most (the rest are counted): a run that finds
-/// a problem every episode must not grow without bound.
-pub const MAX_FINDINGS: usize = 200;
+/// Findings of one kind kept in memory at most (the rest are counted): a
+/// run that finds a problem every episode must not grow without bound, and
+/// a flood of one kind must not crowd out a rare one.
+pub const MAX_FINDINGS_PER_KIND: usize = 50;
 
 /// The soak's shared state.
 #[derive(Default)]
@@ -242,6 +243,7 @@ pub struct Shared {
     ops: Vec<AtomicU64>,
     findings: Mutex<Vec<Finding>>,
     findings_total: AtomicU64,
+    finding_counts: Mutex<BTreeMap<String, u64>>,
     latency: Mutex<Hist>,
     revokes: Mutex<BTreeMap<(u64, u64), InFlight>>,
     tasks: Mutex<BTreeMap<u64, Task>>,
@@ -286,23 +288,48 @@ impl Shared {
 
     /// Records a finding.
     pub fn finding(&self, kind: FindingKind, episode: Option<u64>, detail: String) {
+        self.finding_at(kind, episode, None, detail);
+    }
+
+    /// Records a finding of an episode of `exporter`.
+    pub fn finding_at(
+        &self,
+        kind: FindingKind,
+        episode: Option<u64>,
+        exporter: Option<&'static str>,
+        detail: String,
+    ) {
         self.findings_total.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut c = self.finding_counts.lock();
+            *c.entry(kind.name().to_string()).or_default() += 1;
+            if let Some(e) = exporter {
+                *c.entry(format!("{e}/{}", kind.name())).or_default() += 1;
+            }
+        }
         let mut f = self.findings.lock();
-        if f.len() < MAX_FINDINGS {
+        if f.iter().filter(|x| x.kind == kind).count() < MAX_FINDINGS_PER_KIND {
             f.push(Finding {
                 kind,
                 episode,
+                exporter,
                 detail,
             });
         }
     }
 
-    /// Findings so far (at most [`MAX_FINDINGS`]) and their total count.
+    /// Findings so far (at most [`MAX_FINDINGS_PER_KIND`] of each kind)
+    /// and their total count.
     pub fn findings(&self) -> (Vec<Finding>, u64) {
         (
             self.findings.lock().clone(),
             self.findings_total.load(Ordering::Relaxed),
         )
+    }
+
+    /// Findings by kind, and by `exporter/kind` where the exporter is known.
+    pub fn finding_counts(&self) -> BTreeMap<String, u64> {
+        self.finding_counts.lock().clone()
     }
 
     /// Counts a refusal under `key` (`exporter/importer/stage/errno`).
@@ -356,9 +383,11 @@ impl Shared {
         let was = self.revokes.lock().remove(&(episode, ino));
         let bound = self.revoke_bound_ns.load(Ordering::Relaxed);
         if bound > 0 && latency_ns > bound && !was.is_some_and(|r| r.reported) {
-            self.finding(
+            // Only VFIO buffers revoke.
+            self.finding_at(
                 FindingKind::SlowRevoke,
                 Some(episode),
+                Some("vfio"),
                 format!(
                     "revoke of dma-buf ino {ino} returned after {} us, beyond the bound of {} us",
                     latency_ns / 1000,
@@ -546,6 +575,24 @@ mod tests {
         let other = std::thread::spawn(|| alloc_hook("x")).join().unwrap();
         assert!(!other);
         set_thread_alloc_failures(0, 0);
+    }
+
+    #[test]
+    fn a_flood_of_one_kind_does_not_hide_a_rare_one() {
+        let sh = Shared::new();
+        for i in 0..(MAX_FINDINGS_PER_KIND as u64 + 10) {
+            sh.finding_at(FindingKind::Hazard, Some(i), Some("gpu-vram"), "h".into());
+        }
+        sh.finding(FindingKind::Lockdep, None, "l".into());
+        let (kept, total) = sh.findings();
+        assert_eq!(total, MAX_FINDINGS_PER_KIND as u64 + 11);
+        assert_eq!(kept.len(), MAX_FINDINGS_PER_KIND + 1);
+        assert_eq!(kept.last().unwrap().kind, FindingKind::Lockdep);
+        let c = sh.finding_counts();
+        assert_eq!(c["hazard"], MAX_FINDINGS_PER_KIND as u64 + 10);
+        assert_eq!(c["gpu-vram/hazard"], MAX_FINDINGS_PER_KIND as u64 + 10);
+        assert_eq!(c["lockdep"], 1);
+        assert_eq!(c.len(), 3);
     }
 
     #[test]
