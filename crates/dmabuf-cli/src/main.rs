@@ -229,7 +229,8 @@ enum Cmd {
         /// A thread stuck in one step longer than this is a finding.
         #[arg(long, default_value_t = 10_000)]
         hung_bound_ms: u64,
-        /// Run only this episode of the seed's workload (a reproduction).
+        /// Run only this episode of the seed's workload, again and again
+        /// until a finding or the end of --duration (a reproduction).
         #[arg(long)]
         episode: Option<u64>,
         /// No fault injection.

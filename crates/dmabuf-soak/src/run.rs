@@ -66,7 +66,9 @@ pub struct SoakConfig {
     pub revoke_bound: Duration,
     /// A thread in one step longer than this is a finding.
     pub hung_bound: Duration,
-    /// Run only this episode (its index), once.
+    /// Run only this episode (its index), over and over on every worker,
+    /// until a finding or the end of the duration: a real-thread
+    /// reproduction.
     pub only_episode: Option<u64>,
     /// Progress lines on stderr.
     pub progress: bool,
@@ -739,11 +741,7 @@ pub fn run(cfg: &SoakConfig, stop: &(dyn Fn() -> bool + Sync)) -> Result<Summary
     let specs = Arc::new(specs);
     let plan_cfg = Arc::new(cfg.plan.clone());
     let mut workers = Vec::new();
-    let n_workers = if cfg.only_episode.is_some() {
-        1
-    } else {
-        cfg.workers
-    };
+    let n_workers = cfg.workers;
     for w in 0..n_workers {
         let (sh, specs, plan_cfg, next) =
             (sh.clone(), specs.clone(), plan_cfg.clone(), next.clone());
@@ -779,7 +777,9 @@ pub fn run(cfg: &SoakConfig, stop: &(dyn Fn() -> bool + Sync)) -> Result<Summary
                         format!("the episode panicked ({})", ep.describe(&plan_cfg)),
                     );
                 }
-                if only.is_some() {
+                // A reproduction repeats its episode until it shows a
+                // finding (or the run ends).
+                if only.is_some() && sh.findings_total() > 0 {
                     sh.stopping.store(true, Ordering::Release);
                     return;
                 }
@@ -1169,6 +1169,41 @@ mod tests {
         ] {
             assert!(!j[k].is_null(), "{k} missing in {j}");
         }
+    }
+
+    #[test]
+    fn one_episode_repeats_until_it_shows_its_finding() {
+        let _g = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        // Honest: the episode runs again and again for the whole duration.
+        let mut c = short(vec![ExporterKind::Vfio], &["rdma-odp"]);
+        c.only_episode = Some(4);
+        c.duration = Duration::from_millis(600);
+        let s = run(&c, &|| false).unwrap();
+        assert_eq!(s.findings_total, 0, "{}", s.text());
+        assert!(s.ops["episode"] > 1, "{:?}", s.ops);
+        // Lying, with a tight revoke bound, on an episode with an event that
+        // revokes: the first finding ends the run long before its duration.
+        let mut c = short(vec![ExporterKind::Vfio], &["lying"]);
+        c.revoke_bound = Duration::from_micros(500);
+        c.plan.faults = false;
+        c.duration = Duration::from_secs(120);
+        let idx = (0..1000)
+            .find(|i| {
+                let e = plan::episode(&c.plan, c.seed, *i);
+                e.event != plan::Event::None && e.gated
+            })
+            .unwrap();
+        c.only_episode = Some(idx);
+        let t = std::time::Instant::now();
+        let s = run(&c, &|| false).unwrap();
+        assert!(s.findings_total > 0, "{}", s.text());
+        assert!(
+            s.findings
+                .iter()
+                .all(|f| f.episode.is_none_or(|e| e == idx))
+        );
+        assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+        assert!(!s.interrupted);
     }
 
     #[test]

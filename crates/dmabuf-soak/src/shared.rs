@@ -327,6 +327,11 @@ impl Shared {
         )
     }
 
+    /// How many findings so far.
+    pub fn findings_total(&self) -> u64 {
+        self.findings_total.load(Ordering::Relaxed)
+    }
+
     /// Findings by kind, and by `exporter/kind` where the exporter is known.
     pub fn finding_counts(&self) -> BTreeMap<String, u64> {
         self.finding_counts.lock().clone()
