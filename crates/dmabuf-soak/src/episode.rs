@@ -300,6 +300,10 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
         st: Mutex::new(Phase::default()),
         cv: Condvar::new(),
     });
+    // The VMM's address space: false once it was killed (`exit_mm` runs
+    // before `exit_files`, so none of its threads touches its mappings
+    // after the kill; each CPU write holds this lock).
+    let vmm_mm = Arc::new(Mutex::new(true));
     let (gate, gate_h) = FenceContext::named("soak", "gate").create();
     let mut threads: Vec<(String, JoinHandle<()>)> = Vec::new();
 
@@ -330,13 +334,13 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
     if ep.cpu
         && let Exporter::Vfio(v) = &*exporter
     {
-        let (v, coord, sh) = (v.clone(), coord.clone(), sh.clone());
+        let (v, coord, sh, mm) = (v.clone(), coord.clone(), sh.clone(), vmm_mm.clone());
         let epi = ep.index;
         threads.push((
             "cpu".into(),
             thread::spawn_named(format!("soak-cpu-{epi}"), move || {
                 let t = sh.task(epi, "cpu".into());
-                cpu_bar(&v, &coord, &sh, &t);
+                cpu_bar(&v, &coord, &sh, &t, &mm);
             }),
         ));
     }
@@ -349,7 +353,7 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
                 .map(|(_, im)| (im.proc.clone(), Some(im.killed.clone()))),
         };
         if let Some((proc, flag)) = proc {
-            let (sh, exporter) = (sh.clone(), exporter.clone());
+            let (sh, exporter, mm) = (sh.clone(), exporter.clone(), vmm_mm.clone());
             let epi = ep.index;
             threads.push((
                 "killer".into(),
@@ -358,8 +362,9 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
                     t.step("sleep");
                     thread::sleep(Duration::from_micros(u64::from(delay)));
                     t.step("exit_files");
-                    if let Some(f) = &flag {
-                        f.store(true, dmabuf_core::sync::atomic::Ordering::Release);
+                    match &flag {
+                        Some(f) => f.store(true, dmabuf_core::sync::atomic::Ordering::Release),
+                        None => *mm.lock() = false,
                     }
                     proc.close_all();
                     sh.add(Op::Kill, 1);
@@ -640,7 +645,13 @@ fn run_event(sh: &Shared, ep: &Episode, exporter: &Exporter, vmm: &Process, coor
     }
 }
 
-fn cpu_bar(v: &VfioPciDevice, coord: &Coord, sh: &Shared, t: &crate::shared::TaskGuard<'_>) {
+fn cpu_bar(
+    v: &VfioPciDevice,
+    coord: &Coord,
+    sh: &Shared,
+    t: &crate::shared::TaskGuard<'_>,
+    mm: &Mutex<bool>,
+) {
     t.step("vfio_pci_mmap");
     let m = match v.mmap_bar(0, Accessor::new("vmm")) {
         Ok(m) => m,
@@ -654,9 +665,15 @@ fn cpu_bar(v: &VfioPciDevice, coord: &Coord, sh: &Shared, t: &crate::shared::Tas
             break;
         }
         t.step("cpu_write");
-        match m.write(0, &[i as u8; 8]) {
-            Ok(()) => sh.add(Op::Cpu, 1),
-            Err(_) => sh.error("cpu-write/sigbus".into()),
+        {
+            let alive = mm.lock();
+            if !*alive {
+                break;
+            }
+            match m.write(0, &[i as u8; 8]) {
+                Ok(()) => sh.add(Op::Cpu, 1),
+                Err(_) => sh.error("cpu-write/sigbus".into()),
+            }
         }
         thread::sleep(Duration::from_micros(40));
     }
@@ -842,4 +859,56 @@ fn cpu_dmabuf_access(sh: &Shared, proc: &Process, fd: i32) {
         }
     }
     let _ = uapi::MAX_FDS;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the soak (a killed VMM closed its dma-buf fds while the
+    /// device was in D3hot): once the revoked buffer is released and the
+    /// device is back in D0, the VMM's own BAR mapping is plain device
+    /// memory again, not memory of a revoked export.
+    #[test]
+    fn a_revoked_buffer_released_before_the_device_wakes_leaves_no_stale_revoke() {
+        let _g = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let cfg = PlatformConfig::default()
+            .switch("sw0")
+            .ram_frames(16)
+            .device(
+                DeviceConfig::new("vfio0")
+                    .bar(0, BAR_SIZE)
+                    .behind_switch("sw0"),
+            );
+        let p = Platform::new(cfg).unwrap();
+        let host = Host::new(p.clone());
+        let dev = host.device_by_name("vfio0").unwrap();
+        let v = VfioPciDevice::bind(&host, dev, Arc::new(Protocol::merged())).unwrap();
+        let vmm = Process::new(1);
+        let len = BUF_PAGES * PAGE_SIZE;
+        let fd = v
+            .export_dma_buf(
+                &vmm,
+                0,
+                &[DmaRange {
+                    offset: 0,
+                    length: len,
+                }],
+                2,
+            )
+            .unwrap();
+        let m = v.mmap_bar(0, Accessor::new("vmm")).unwrap();
+        m.write(0, &[1; 8]).unwrap();
+        let r = v.set_power_state(PowerState::D3hot).unwrap();
+        assert_eq!(r.revoked.len(), 1);
+        assert!(m.write(0, &[2; 8]).is_err(), "a revoked BAR must SIGBUS");
+        vmm.close(fd).unwrap();
+        v.set_power_state(PowerState::D0).unwrap();
+        m.write(0, &[3; 8]).unwrap();
+        let hz = p.monitor().hazards();
+        m.munmap();
+        let _ = v.close();
+        p.shutdown();
+        assert!(hz.is_empty(), "{hz:?}");
+    }
 }
