@@ -42,8 +42,8 @@ use dmabuf_core::sync::thread::{self, JoinHandle};
 use dmabuf_core::sync::time::now_ns;
 use dmabuf_core::sync::{Arc, Condvar, Mutex};
 use dmabuf_core::uapi::{
-    self, DMA_BUF_IOCTL_EXPORT_SYNC_FILE, DMA_BUF_IOCTL_SYNC, DMA_BUF_SYNC_END, DMA_BUF_SYNC_RW,
-    EPOLLIN, EPOLLOUT, Process,
+    DMA_BUF_IOCTL_EXPORT_SYNC_FILE, DMA_BUF_IOCTL_SYNC, DMA_BUF_SYNC_END, DMA_BUF_SYNC_RW, EPOLLIN,
+    EPOLLOUT, Process,
 };
 use dmabuf_core::{Fence, FenceContext};
 use dmabuf_drivers::gpu_vram::GpuVram;
@@ -858,7 +858,6 @@ fn cpu_dmabuf_access(sh: &Shared, proc: &Process, fd: i32) {
             Err(e) => sh.error(format!("sync/{}", errno::name(e.0))),
         }
     }
-    let _ = uapi::MAX_FDS;
 }
 
 #[cfg(test)]
