@@ -1068,7 +1068,7 @@ mod tests {
         let t = sh.task(5, "gpu0".into());
         t.step("dma_fence_wait(job)");
         let _other = sh.task(5, "revoker".into());
-        sh.revoke_began(5, 77, "vfio0".into(), 0);
+        sh.revoke_began(5, 77, "vfio0".into(), now_ns());
         watchdog(&sh, Duration::from_secs(3600), Duration::from_secs(3600));
         assert_eq!(sh.findings().1, 0, "nothing is late yet");
         watchdog(&sh, Duration::from_nanos(1), Duration::from_nanos(1));
