@@ -10,6 +10,7 @@
 //! | `report [--from FILE.json \| DIR...] -o FILE.html` | one self-contained HTML report: the matrix grid and a sequence chart per counterexample |
 //! | `merge FILE...` | combine the `--json` results of `check`/`matrix` shards (`--shard K/N`) |
 //! | `fences` | a small demonstration of the fence core on real threads |
+//! | `soak` | a seeded soak with faults on real threads: hazards, leaks, slow revokes, lockdep, RSS |
 //!
 //! # Exit codes (the same for every command)
 //!
@@ -269,6 +270,51 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// A seeded soak of the real stack on real threads, with faults
+    /// injected; checks hazards, leaks, revoke latency, lockdep, RSS
+    /// (docs/soak.md).
+    Soak {
+        /// How long: 10m, 30s, 1h30m, 500ms (at most 7 days).
+        #[arg(long, default_value = "10m")]
+        duration: String,
+        /// Seed of the workload.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Exporters: vfio, system-heap, gpu-vram (default: all).
+        #[arg(long, value_delimiter = ',')]
+        exporters: Vec<String>,
+        /// Importer kinds (default: every built-in one but lying).
+        #[arg(long, value_delimiter = ',')]
+        importers: Vec<String>,
+        /// Episodes run side by side (1 to 16).
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// Most buffers per episode (1 to 8).
+        #[arg(long, default_value_t = 4)]
+        max_buffers: u32,
+        /// Most imports per episode (1 to 32).
+        #[arg(long, default_value_t = 6)]
+        max_imports: u32,
+        /// A revoke longer than this is a finding (1 to 3,600,000).
+        #[arg(long, default_value_t = 2000)]
+        revoke_bound_ms: u64,
+        /// A thread stuck in one step longer than this is a finding.
+        #[arg(long, default_value_t = 10_000)]
+        hung_bound_ms: u64,
+        /// Run only this episode of the seed's workload, again and again
+        /// until a finding or the end of --duration (a reproduction).
+        #[arg(long)]
+        episode: Option<u64>,
+        /// No fault injection.
+        #[arg(long)]
+        no_faults: bool,
+        /// Machine-readable summary (docs/json.md); no progress.
+        #[arg(long)]
+        json: bool,
+        /// No progress on stderr.
         #[arg(long)]
         quiet: bool,
     },
@@ -546,6 +592,52 @@ fn main() -> ExitCode {
         } => report(lib, &cli.lib, from, &dirs, &output, schedules, seed, quiet),
         Cmd::Merge { files, json } => merge(&files, json),
         Cmd::Fences { count, waiters } => fences_demo(count, waiters),
+        Cmd::Soak {
+            duration,
+            seed,
+            exporters,
+            importers,
+            workers,
+            max_buffers,
+            max_imports,
+            revoke_bound_ms,
+            hung_bound_ms,
+            episode,
+            no_faults,
+            json,
+            quiet,
+        } => {
+            let args = dmabuf_soak::SoakArgs {
+                duration,
+                seed,
+                exporters,
+                importers,
+                workers,
+                max_buffers,
+                max_imports,
+                revoke_bound_ms,
+                hung_bound_ms,
+                episode,
+                no_faults,
+                quiet: quiet || json,
+            };
+            let cfg = match args.config() {
+                Ok(c) => c,
+                Err(e) => return usage_error(e),
+            };
+            stop_on_interrupt();
+            match dmabuf_soak::run(&cfg, &progress::stop_requested) {
+                Ok(s) => {
+                    if json {
+                        println!("{}", s.json());
+                    } else {
+                        print!("{}", s.text());
+                    }
+                    ExitCode::from(s.exit_code())
+                }
+                Err(e) => usage_error(e),
+            }
+        }
     }
 }
 

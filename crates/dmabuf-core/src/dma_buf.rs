@@ -759,6 +759,9 @@ pub fn export(info: ExportInfo) -> Result<DmaBuf, DmaBufError> {
             call: "dma_buf_export",
         });
     }
+    if crate::fault::should_fail("dma_buf_export") {
+        return Err(DmaBufError::errno(errno::ENOMEM, "dma_buf_export: kzalloc"));
+    }
     let inner = Arc::new(DmaBufInner {
         ino: next_ino(),
         size: info.size,
@@ -950,6 +953,9 @@ pub fn dynamic_attach(
     if dev.is_empty() {
         return Err(DmaBufError::Invalid("dma_buf_attach: no device".into()));
     }
+    if crate::fault::should_fail("dma_buf_attach") {
+        return Err(DmaBufError::errno(errno::ENOMEM, "dma_buf_attach: kzalloc"));
+    }
     let p2p = ops.as_ref().is_some_and(|o| o.allow_peer2peer);
     let a = Attachment(Arc::new(AttachInner {
         id: next_id(),
@@ -1098,6 +1104,15 @@ pub fn map_attachment(
             p.unpin(attach, guard);
         }
     };
+    // The exporter's `map_dma_buf` allocates the sg_table; the fault is
+    // injected here for every exporter (see `fault`).
+    if crate::fault::should_fail("sg_alloc_table") {
+        undo_pin(attach);
+        return Err(DmaBufError::errno(
+            errno::ENOMEM,
+            "map_dma_buf: sg_alloc_table",
+        ));
+    }
     let sgt = match buf.ops().map_dma_buf(attach, dir, guard) {
         Ok(s) => s,
         Err(e) => {

@@ -296,6 +296,16 @@ struct CbList {
     list: Vec<(u64, CbFn)>,
 }
 
+/// Fences created and not yet freed, process-wide (a plain std atomic: never
+/// a scheduling point). The leak check of long runs compares it before and
+/// after, as `kmemleak` would find a `dma_fence` never put.
+static LIVE_FENCES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many fences exist now (every thread, every execution).
+pub fn live_fences() -> usize {
+    LIVE_FENCES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) struct FenceInner {
     context: u64,
     seqno: u64,
@@ -327,6 +337,7 @@ impl FenceInner {
 
 impl Drop for FenceInner {
     fn drop(&mut self) {
+        LIVE_FENCES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         trace_event!(
             "dma_fence_destroy",
             "driver={} timeline={} context={} seqno={}",
@@ -508,6 +519,7 @@ impl Fence {
         seqno: u64,
         flags: u32,
     ) -> Fence {
+        LIVE_FENCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let f = Fence(Arc::new(FenceInner {
             context,
             seqno,

@@ -1316,6 +1316,9 @@ impl<'a> ResvGuard<'a> {
                 .ok_or(too_many.clone())?
                 .max(4),
         };
+        if crate::fault::should_fail("dma_resv_reserve_fences") {
+            return Err(too_many);
+        }
         let new = List::with_capacity(max).ok_or(too_many)?;
         let mut j = 0;
         if let Some(old) = old {

@@ -128,6 +128,7 @@ pub mod dma_fence_chain;
 pub mod dma_fence_unwrap;
 pub mod dma_resv;
 pub mod errno;
+pub mod fault;
 pub mod lockdep;
 pub mod revoke;
 pub mod sync;

@@ -651,6 +651,26 @@ impl DmaBufOps for VfioDmaBuf {
             let mut mem = v.memory_lock.lock("vfio_pci_dma_buf_release");
             mem.dmabufs.retain(|p| !std::ptr::eq(Arc::as_ptr(p), self));
             *self.vdev.lock() = None;
+            // Released while revoked: no importer is left, and the range is
+            // the device's own BAR memory again (the VMM's BAR mmap touches
+            // it once the device is enabled). The monitor's revoke stamp
+            // ends with the export, unless another revoked buffer of the
+            // device still covers part of the range. (Model bookkeeping:
+            // the kernel has no monitor.)
+            if self.is_revoked() {
+                let mine = self.ranges();
+                let overlaps = |r: &PhysRange| {
+                    mine.iter()
+                        .any(|m| r.start < m.start + m.len && m.start < r.start + r.len)
+                };
+                let covered = mem
+                    .dmabufs
+                    .iter()
+                    .any(|p| p.is_revoked() && p.ranges().iter().any(overlaps));
+                if !covered {
+                    let _ = self.host.monitor().unrevoke(self.exporter, &mine);
+                }
+            }
         }
         trace_event!("vfio_pci_dma_buf_release", "size={:#x}", self.size);
     }

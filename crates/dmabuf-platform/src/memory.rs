@@ -373,7 +373,7 @@ impl PhysMemory {
     pub fn alloc_frames(&self, n: usize, owner: &str) -> Result<Vec<u64>, MemoryError> {
         let owner: Arc<str> = Arc::from(owner);
         let mut a = self.alloc.lock();
-        if a.free.len() < n {
+        if a.free.len() < n || (n > 0 && dmabuf_core::fault::should_fail("alloc_pages")) {
             return Err(MemoryError::OutOfFrames {
                 requested: n,
                 free: a.free.len(),
