@@ -257,9 +257,12 @@ impl MrInner {
                 trace_event!("rdma_invalidate_ignored", "mr={}", me.name);
             }
             MrFlavour::Odp => {
-                if me.st.lock("mlx5_ib_dmabuf_invalidate_cb").dying {
-                    return;
-                }
+                // `mlx5_ib_dmabuf_invalidate_cb` zaps whenever pages are
+                // mapped, also while the MR is being deregistered: the
+                // deregistration clears the MR's back-pointer only after its
+                // own zap, under this same lock, and until then the NIC may
+                // still use the pages. (`zap_and_unmap` does nothing when
+                // nothing is mapped.)
                 me.zap_and_unmap(attach, g, UnmapReason::Revoke);
                 trace_event!("mlx5_ib_dmabuf_invalidate", "mr={}", me.name);
             }
