@@ -5,7 +5,10 @@ use crate::explore::{RunOutcome, judge};
 use crate::property::Property;
 use crate::token::RunMode;
 use dmabuf_core::sync::sched::{BlockedOn, Outcome, RunReport, Schedule, TaskInfo};
-use dmabuf_platform::{AccessKind, AddrSpace, DeviceId, Hazard, HazardClass, Via};
+use dmabuf_platform::{
+    AccessKind, AddrSpace, DeviceId, Hazard, HazardClass, MappingId, Outstanding, PhysRange,
+    ReuseEvent, ReuseKind, Via,
+};
 use dmabuf_scenario::world::Observation;
 
 fn report(outcome: Outcome) -> RunReport {
@@ -122,6 +125,32 @@ fn s_noreuse_catches_uaf_aer_and_misdirected_at_any_time() {
         vec![hazard(HazardClass::AccessAfterUnmap, AccessKind::Read, 3)],
     ));
     assert!(judge(&clean, Property::SNoreuse).is_none());
+}
+
+#[test]
+fn s_noreuse_catches_a_reset_with_a_mapping_outstanding_without_any_access() {
+    let event = |outstanding: Vec<Outstanding>| ReuseEvent {
+        kind: ReuseKind::Reset,
+        who: "vfio0".into(),
+        ranges: vec![PhysRange::new(0xe000_0000, 0x10000)],
+        outstanding,
+        seq: 12,
+        ts_ns: 0,
+    };
+    let mut obs = returned_at(10, vec![]);
+    obs.reuse = vec![event(vec![Outstanding {
+        kind: "sg",
+        holder: "lying0".into(),
+        mapping: Some(MappingId(1)),
+        detail: "attachment 1 bus 0xe0000000+0x2000".into(),
+    }])];
+    let v = judge(&normal(obs), Property::SNoreuse).expect("violated");
+    assert!(v.detail.contains("reset of vfio0"), "{}", v.detail);
+    assert!(v.detail.contains("sg mapping 1 by lying0"), "{}", v.detail);
+    // A reset with nothing mapped is what revoke is for.
+    let mut obs = returned_at(10, vec![]);
+    obs.reuse = vec![event(vec![])];
+    assert!(judge(&normal(obs), Property::SNoreuse).is_none());
 }
 
 #[test]

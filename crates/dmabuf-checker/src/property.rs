@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `s-fence` | once the revoke's fence wait has completed, no write reaches the exporter's memory |
 //! | `s-final` | once revoke returns, no access of any kind (DMA or CPU, read or write) reaches the exporter's memory, and no mapping of it is outstanding |
-//! | `s-noreuse` | the exporter never frees, powers down, resets or hands to another device memory that is still mapped: no use-after-free, AER or misdirected DMA at any time |
+//! | `s-noreuse` | the exporter never resets, powers down, disables decode of, frees or re-assigns memory while any mapping of it (sg, IOMMU or IOTLB translation, CPU PTE) is outstanding, as the platform records at that moment, whether or not an access lands; and no use-after-free, AER or misdirected DMA lands at any time |
 //! | `l-bounded` | revoke completes even when every userspace thread is stalled from the moment revoke begins (checked in dedicated runs) |
 //! | `no-deadlock` | the run ends with every task finished |
 //! | `no-leak` | every buffer is released and every attachment detached at the end |

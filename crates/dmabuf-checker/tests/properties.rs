@@ -69,6 +69,61 @@ fn s_noreuse_violated_when_the_bar_resets_under_live_dma() {
 }
 
 #[test]
+fn s_noreuse_judges_the_mappings_outstanding_at_the_reset_not_the_policy_name() {
+    // v5 gives up after 1 s with the liar's mapping still live and lets the
+    // FLR go ahead: with userspace stalled the liar issues no DMA, so no
+    // access lands, yet the reset happened under a live mapping.
+    let r = explore::check(
+        &find("matrix.v5-unmap-timeout.lying").unwrap(),
+        &opts(12),
+        |_| {},
+    );
+    let n = r
+        .properties
+        .iter()
+        .find(|x| x.property == Property::SNoreuse)
+        .unwrap();
+    assert!(!n.holds(), "v5 x lying must violate s-noreuse");
+    let token = &n.counterexample.as_ref().unwrap().token;
+    assert_eq!(token.mode, RunMode::Stalled);
+    let lib = dmabuf_checker::scenario::Library::builtin().unwrap();
+    let (run, verdicts) = explore::replay(&lib, token).unwrap();
+    let obs = run.obs.as_ref().unwrap();
+    assert!(
+        obs.reuse
+            .iter()
+            .any(|e| e.who == "vfio0" && !e.outstanding.is_empty()),
+        "the platform recorded the outstanding mapping: {:?}",
+        obs.reuse
+    );
+    assert!(
+        !obs.hazards.iter().any(|h| matches!(
+            h.class,
+            dmabuf_platform::HazardClass::Aer | dmabuf_platform::HazardClass::UseAfterFree
+        )),
+        "no access landed: the evidence is the record, not a hazard"
+    );
+    assert!(
+        verdicts
+            .iter()
+            .any(|(p, v)| *p == Property::SNoreuse && v.is_some())
+    );
+    // v6 with the honest importers: every mapping is gone before the reset.
+    for imp in [
+        "gpu",
+        "gpu-kernel-fence",
+        "rdma-odp",
+        "rdma-pinned-revocable",
+        "iommufd",
+    ] {
+        assert!(
+            verdict(&format!("matrix.v6-final.{imp}"), Property::SNoreuse),
+            "v6 x {imp}"
+        );
+    }
+}
+
+#[test]
 fn l_bounded_violated_by_an_importer_that_waits_for_userspace() {
     assert!(!verdict("matrix.v6-final.lying", Property::LBounded));
     assert!(verdict("matrix.v6-final.iommufd", Property::LBounded));

@@ -162,6 +162,7 @@ impl WorldProbe {
         };
         if let Some(m) = mon {
             obs.hazards = m.hazards();
+            obs.reuse = m.reuse_events();
         }
         obs
     }

@@ -42,7 +42,7 @@ use dmabuf_core::revoke::Protocol;
 use dmabuf_core::sync::Arc;
 use dmabuf_drivers::importers::gpu::{GpuConfig, Remap};
 use dmabuf_drivers::importers::rdma::MrFlavour;
-use dmabuf_platform::Hazard;
+use dmabuf_platform::{Hazard, ReuseEvent};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -355,6 +355,10 @@ pub struct Observation {
     pub live_mappings_at_return: i64,
     /// Every hazard the monitor recorded, in order.
     pub hazards: Vec<Hazard>,
+    /// Every time memory was reset, powered down, decode-disabled, freed
+    /// or re-assigned, with the mappings of it still outstanding at that
+    /// moment (the platform's record, in order).
+    pub reuse: Vec<ReuseEvent>,
     /// End-of-run leaks: buffers not released, attachments not detached,
     /// release/detach diagnostics (empty in stall mode, where userspace
     /// never tears down).
