@@ -9,7 +9,7 @@ use dmabuf_platform::{
     AccessKind, AddrSpace, DeviceId, Hazard, HazardClass, MappingId, Outstanding, PhysRange,
     ReuseEvent, ReuseKind, Via,
 };
-use dmabuf_scenario::world::Observation;
+use dmabuf_scenario::world::{Observation, RevokeRecord};
 
 fn report(outcome: Outcome) -> RunReport {
     RunReport {
@@ -151,6 +151,57 @@ fn s_noreuse_catches_a_reset_with_a_mapping_outstanding_without_any_access() {
     let mut obs = returned_at(10, vec![]);
     obs.reuse = vec![event(vec![])];
     assert!(judge(&normal(obs), Property::SNoreuse).is_none());
+}
+
+/// Two revokes: the first returned at 10 and was un-revoked at 20; the
+/// second returned at 30 with `live` mappings and was never un-revoked.
+fn two_revokes(live: i64, hazards: Vec<Hazard>) -> Observation {
+    let mut o = returned_at(10, hazards);
+    o.revokes = vec![
+        RevokeRecord {
+            ino: 1,
+            fences_done_seq: Some(9),
+            returned: true,
+            returned_seq: Some(10),
+            unrevoked_seq: Some(20),
+            ..RevokeRecord::default()
+        },
+        RevokeRecord {
+            ino: 1,
+            fences_done_seq: Some(29),
+            returned: true,
+            returned_seq: Some(30),
+            live_mappings_at_return: live,
+            ..RevokeRecord::default()
+        },
+    ];
+    o
+}
+
+#[test]
+fn every_revoke_of_a_cycle_is_judged_and_the_unrevoked_window_is_not() {
+    let w = |seq| hazard(HazardClass::AccessAfterRevoke, AccessKind::Write, seq);
+    // A write after the second revoke returned.
+    assert!(judge(&normal(two_revokes(0, vec![w(31)])), Property::SFence).is_some());
+    // A write between the un-revoke and the second revoke is legitimate
+    // (the monitor would not even classify it; the window says so too).
+    let between = hazard(HazardClass::WriteAfterFences, AccessKind::Write, 25);
+    assert!(judge(&normal(two_revokes(0, vec![between])), Property::SFence).is_none());
+    // The second revoke returning with a mapping live breaks s-final.
+    let v = judge(&normal(two_revokes(1, vec![])), Property::SFinal).expect("violated");
+    assert!(v.detail.contains("revoke 2 of 2"), "{}", v.detail);
+    assert!(judge(&normal(two_revokes(0, vec![])), Property::SFinal).is_none());
+    // A second revoke that never returns, with userspace stalled.
+    let mut o = two_revokes(0, vec![]);
+    o.revokes[1].returned = false;
+    let stalled = RunOutcome {
+        report: report(Outcome::Completed),
+        obs: Some(o),
+        mode: RunMode::Stalled,
+        lockdep: vec![],
+    };
+    let v = judge(&stalled, Property::LBounded).expect("violated");
+    assert!(v.detail.contains("revoke 2 of 2"), "{}", v.detail);
 }
 
 #[test]

@@ -283,7 +283,7 @@ pub enum RevokeEvent {
         /// When.
         ns: u64,
     },
-    /// Step 5 ended.
+    /// The fence point of the sequence passed (reported when it happens).
     FencesDone {
         /// The buffer.
         ino: u64,
@@ -424,6 +424,8 @@ impl VfioDmaBuf {
             cpu,
             fences_done_seq: 0,
             fences_done: false,
+            obs,
+            ino: file.ino(),
         };
         let out = match self.revocable.run(seq, file, &mut hooks) {
             Ok(o) => o,
@@ -432,17 +434,11 @@ impl VfioDmaBuf {
                 SeqOutcome::default()
             }
         };
-        let fences_done_seq = hooks.fences_done_seq;
         if !hooks.fences_done {
             // A sequence without a lock or a wait: its fence point is its end.
-            let _ = mon.fences_done(self.exporter, &self.ranges());
+            hooks.fences_done();
         }
-        if let Some(o) = obs {
-            o(&RevokeEvent::FencesDone {
-                ino: file.ino(),
-                seq: fences_done_seq,
-            });
-        }
+        let fences_done_seq = hooks.fences_done_seq;
         let live_mappings_at_return = mon.live_mappings();
         let returned_seq = mon
             .revoke_returned(self.exporter, &self.ranges())
@@ -489,6 +485,8 @@ impl VfioDmaBuf {
             cpu,
             fences_done_seq: 0,
             fences_done: true,
+            obs: None,
+            ino: file.ino(),
         };
         self.revocable
             .run(&self.protocol.unrevoke, file, &mut hooks)
@@ -537,6 +535,8 @@ struct MoveHooks<'a> {
     cpu: &'a [CpuMapping],
     fences_done_seq: u64,
     fences_done: bool,
+    obs: Option<&'a RevokeObserver>,
+    ino: u64,
 }
 
 impl SequenceHooks for MoveHooks<'_> {
@@ -551,6 +551,14 @@ impl SequenceHooks for MoveHooks<'_> {
             .monitor()
             .fences_done(self.buf.exporter, &self.buf.ranges())
             .unwrap_or(0);
+        // Reported as it happens: a revoke that then hangs in its unmap wait
+        // still has its fence point on record.
+        if let Some(o) = self.obs {
+            o(&RevokeEvent::FencesDone {
+                ino: self.ino,
+                seq: self.fences_done_seq,
+            });
+        }
     }
 
     fn unmap_mapping_range(&mut self) {

@@ -15,16 +15,15 @@ fn last(m: &Machine) -> ReuseEvent {
 fn a_reset_under_a_declared_bus_mapping_is_recorded_and_after_the_unmap_is_clean() {
     let m = machine();
     let bar = m.bar();
-    let t = m
-        .p
-        .monitor()
-        .declare_mapping(MappingDecl {
-            attachment: 1,
-            importer: Accessor::new("gpu0"),
-            exporter: None,
-            ranges: vec![DeclaredRange::bus(bar, 2 * PAGE_SIZE)],
-        })
-        .unwrap();
+    let t =
+        m.p.monitor()
+            .declare_mapping(MappingDecl {
+                attachment: 1,
+                importer: Accessor::new("gpu0"),
+                exporter: None,
+                ranges: vec![DeclaredRange::bus(bar, 2 * PAGE_SIZE)],
+            })
+            .unwrap();
     m.vfio.flr().unwrap();
     let ev = last(&m);
     assert_eq!((ev.kind, ev.who.as_str()), (ReuseKind::Reset, "vfio0"));
@@ -80,7 +79,9 @@ fn freeing_mapped_frames_and_unplugging_a_mapped_bar_are_recorded() {
     assert_eq!((ev.kind, ev.who.as_str()), (ReuseKind::Free, "heap"));
     assert_eq!(ev.outstanding.len(), 1, "{ev}");
     let bar = m.bar();
-    m.gpu_dom.map(0x20000, bar, PAGE_SIZE, IommuPerm::RW).unwrap();
+    m.gpu_dom
+        .map(0x20000, bar, PAGE_SIZE, IommuPerm::RW)
+        .unwrap();
     m.p.pci().unplug(m.vfio.id()).unwrap();
     let ev = last(&m);
     assert_eq!(ev.kind, ReuseKind::Unplug);

@@ -7,7 +7,7 @@
 //! | name | scenario |
 //! |---|---|
 //! | a `[scenario]`'s name | that scenario, its references resolved |
-//! | `matrix.<exporter>.<importer>` | one matrix cell: the exporter with one importer, FLR with DMA in flight |
+//! | `matrix.<exporter>.<importer>` | one matrix cell: the exporter with one importer; FLR with DMA in flight, un-revoke, re-map with DMA in flight, revoke again, close while revoked ([`Trigger::FlrCycle`]) |
 //! | either, ending in `.jobs<N>` | the same with `N` DMA jobs per importer (a shrunk counterexample) |
 //!
 //! A name defined twice (a user file that redefines a built-in, or two user
@@ -316,7 +316,7 @@ impl Library {
         Scenario {
             name: format!("matrix.{}.{}", e.name, i.spec.name),
             description: format!(
-                "{} exporting a BAR to one {} importer; FLR with DMA in flight",
+                "{} exporting a BAR to one {} importer; FLR with DMA in flight, un-revoke, re-map with DMA in flight, revoke again (decode off), close while revoked",
                 e.name, i.spec.name
             ),
             spec: WorldSpec::vfio(Arc::new(e.protocol.clone()), imp),

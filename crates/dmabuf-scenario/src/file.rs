@@ -381,6 +381,7 @@ pub const TRIGGERS: &[(&str, Trigger)] = &[
     ("d3hot", Trigger::D3hot),
     ("close", Trigger::Close),
     ("unrevoke-cycle", Trigger::UnrevokeCycle),
+    ("flr-cycle", Trigger::FlrCycle),
     ("eviction", Trigger::Eviction),
 ];
 

@@ -272,10 +272,23 @@ pub enum Trigger {
     /// Device close: a permanent revoke that drains every mapping; then the
     /// BAR range may be given to a newly plugged device.
     Close,
-    /// Revoke, un-revoke, re-map, revoke again, then close.
+    /// Revoke (decode off), un-revoke (decode on), re-map, revoke again
+    /// (decode off), then close while revoked.
     UnrevokeCycle,
+    /// The matrix cell's timeline: FLR (revoke, reset window, un-revoke)
+    /// with DMA in flight, re-map and new DMA in flight, revoke again
+    /// (decode off), then close while revoked.
+    FlrCycle,
     /// Memory pressure: the GPU VRAM exporter evicts (moves) the buffer.
     Eviction,
+}
+
+impl Trigger {
+    /// Whether it revokes twice with an un-revoke and a re-map between
+    /// (see the runner's timeline).
+    pub fn is_cycle(self) -> bool {
+        matches!(self, Trigger::UnrevokeCycle | Trigger::FlrCycle)
+    }
 }
 
 /// A whole scenario, as data.
@@ -300,14 +313,15 @@ pub struct WorldSpec {
 }
 
 impl WorldSpec {
-    /// A VFIO world with one `importer` under `protocol`, revoked by FLR
-    /// with DMA in flight.
+    /// A VFIO world with one `importer` under `protocol`: FLR with DMA in
+    /// flight, un-revoke, re-map, revoke again, close
+    /// ([`Trigger::FlrCycle`], a matrix cell).
     pub fn vfio(protocol: Arc<Protocol>, importer: ImporterSpec) -> Self {
         Self {
             exporter: ExporterKind::Vfio,
             protocol,
             importers: vec![importer],
-            trigger: Trigger::Flr,
+            trigger: Trigger::FlrCycle,
             jobs: 2,
             cpu_access: false,
             map_during_invalidate: false,
@@ -337,6 +351,43 @@ pub struct Refusal {
     pub errno: i32,
 }
 
+/// One revoke of one buffer, as the exporter reported it (a world with a
+/// cycle has several; each is judged).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RevokeRecord {
+    /// The buffer.
+    pub ino: u64,
+    /// When it began.
+    pub began_ns: u64,
+    /// Monitor sequence of its fence point, once passed.
+    pub fences_done_seq: Option<u64>,
+    /// Whether it returned.
+    pub returned: bool,
+    /// Monitor sequence of its return.
+    pub returned_seq: Option<u64>,
+    /// Time from its start to its return.
+    pub latency_ns: Option<u64>,
+    /// Mappings still declared live when it returned.
+    pub live_mappings_at_return: i64,
+    /// The buffer was already revoked (cleanup after an earlier trigger).
+    pub already_revoked: bool,
+    /// Monitor sequence of the un-revoke that ended it, if any.
+    pub unrevoked_seq: Option<u64>,
+}
+
+impl RevokeRecord {
+    /// Whether monitor sequence `seq` lies after its return and before the
+    /// un-revoke that followed (the revoked window).
+    pub fn after_return(&self, seq: u64) -> bool {
+        self.returned_seq.is_some_and(|r| seq > r) && self.unrevoked_seq.is_none_or(|u| seq < u)
+    }
+
+    /// Whether `seq` lies after its fence point and before the un-revoke.
+    pub fn after_fences(&self, seq: u64) -> bool {
+        self.fences_done_seq.is_some_and(|r| seq > r) && self.unrevoked_seq.is_none_or(|u| seq < u)
+    }
+}
+
 /// What a run of a world showed.
 #[derive(Clone, Debug, Default)]
 pub struct Observation {
@@ -344,6 +395,8 @@ pub struct Observation {
     pub refusals: Vec<Refusal>,
     /// Whether the revoke began.
     pub revoke_started: bool,
+    /// Every revoke of every buffer, in the order they began.
+    pub revokes: Vec<RevokeRecord>,
     /// Whether the (first) revoke returned.
     pub revoke_returned: bool,
     /// Time from revoke start to return (virtual under the scheduler).

@@ -27,10 +27,16 @@ pub(crate) fn hazard(
     })
 }
 
-/// Whether monitor sequence `seq` lies after the (first) revoke returned.
+/// Whether monitor sequence `seq` lies in a revoked window: after some
+/// revoke returned and before the un-revoke that followed it (every revoke
+/// of the run is judged, not only the first).
 pub(crate) fn after_return(run: &RunOutcome, seq: u64) -> bool {
-    run.obs
-        .as_ref()
-        .and_then(|o| o.revoke_return_seq)
-        .is_some_and(|r| seq > r)
+    let Some(o) = run.obs.as_ref() else {
+        return false;
+    };
+    if o.revokes.is_empty() {
+        // Observations built without revoke records (synthetic runs).
+        return o.revoke_return_seq.is_some_and(|r| seq > r);
+    }
+    o.revokes.iter().any(|r| r.after_return(seq))
 }
