@@ -137,9 +137,10 @@ enum Cmd {
         /// Scenario name, or a protocol file (its scenario, or its exporter
         /// or importers crossed with the library).
         scenario: String,
-        /// Exploration strategy.
-        #[arg(long, value_enum, default_value = "pct")]
-        strategy: StrategyArg,
+        /// Exploration strategy (default: pct, or what the protocol file's
+        /// [scenario] suggests).
+        #[arg(long, value_enum)]
+        strategy: Option<StrategyArg>,
         /// Normal-mode schedules, at least 1 (DFS: at most this many
         /// executions); a quarter as many stalled-userspace schedules are
         /// added for l-bounded.
@@ -346,6 +347,8 @@ fn main() -> ExitCode {
                     Err(e) => return usage_error(e),
                 }
             }
+            let given = strategy.is_some();
+            let strategy = strategy.unwrap_or(StrategyArg::Pct);
             if let Err(e) = check_budget(schedules, depth, strategy) {
                 return usage_error(e);
             }
@@ -373,7 +376,7 @@ fn main() -> ExitCode {
                 properties: props,
                 shrink: true,
             };
-            check(&mut lib, &scenario, &opts, json, quiet)
+            check(&mut lib, &scenario, &opts, given, json, quiet)
         }
         Cmd::Matrix {
             dirs,
@@ -415,6 +418,15 @@ fn main() -> ExitCode {
         }
         Cmd::Replay { token, json } => replay(&lib, &token, json),
         Cmd::Fences { count, waiters } => fences_demo(count, waiters),
+    }
+}
+
+/// The strategy a protocol file's `[scenario]` suggests (its defaults).
+fn suggested_strategy(name: &str) -> Option<StrategyKind> {
+    match name {
+        "pct" => Some(StrategyKind::Pct(3)),
+        "random" => Some(StrategyKind::Random),
+        _ => None,
     }
 }
 
@@ -833,7 +845,14 @@ fn print_report(r: &CheckReport, ex: &[ExpectationResult], partial: bool) {
     );
 }
 
-fn check(lib: &mut Library, name: &str, opts: &CheckOptions, json: bool, quiet: bool) -> ExitCode {
+fn check(
+    lib: &mut Library,
+    name: &str,
+    opts: &CheckOptions,
+    strategy_given: bool,
+    json: bool,
+    quiet: bool,
+) -> ExitCode {
     let qs = match questions(lib, name) {
         Ok(q) => q,
         Err(e) => return usage_error(e),
@@ -846,6 +865,9 @@ fn check(lib: &mut Library, name: &str, opts: &CheckOptions, json: bool, quiet: 
             break;
         }
         let mut opts = opts.clone();
+        if !strategy_given && let Some(k) = sc.strategy.as_deref().and_then(suggested_strategy) {
+            opts.strategy = k;
+        }
         if opts.properties.is_empty() {
             opts.properties = match &sc.properties {
                 None => Property::ALL.to_vec(),

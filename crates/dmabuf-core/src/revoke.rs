@@ -535,11 +535,14 @@ pub struct Gate {
     pub not_revoked: bool,
     /// `!dma_buf_attach_revocable()` → `EOPNOTSUPP`.
     pub revocable: bool,
+    /// Refuse every caller with `EOPNOTSUPP` (the 6.19 `.pin` stub of
+    /// 61ceaf236115, which kept pinned importers away from VFIO).
+    pub refuse: bool,
 }
 
 impl Gate {
     /// The names a file uses.
-    pub const NAMES: [&'static str; 3] = ["peer2peer", "not_revoked", "revocable"];
+    pub const NAMES: [&'static str; 4] = ["peer2peer", "not_revoked", "revocable", "refuse"];
 
     /// Parses a list of check names; `Err` names the unknown one.
     pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, (usize, String)> {
@@ -549,11 +552,12 @@ impl Gate {
                 "peer2peer" => g.peer2peer = true,
                 "not_revoked" => g.not_revoked = true,
                 "revocable" => g.revocable = true,
+                "refuse" => g.refuse = true,
                 other => {
                     return Err((
                         i,
                         format!(
-                            "unknown check '{other}' (expected peer2peer, not_revoked or revocable)"
+                            "unknown check '{other}' (expected peer2peer, not_revoked, revocable or refuse)"
                         ),
                     ));
                 }
@@ -578,6 +582,10 @@ pub struct Protocol {
     pub unrevoke: Sequence,
     /// Cleanup of one buffer when the device closes (a permanent revoke).
     pub cleanup: Sequence,
+    /// On close, the PCI function is disabled (bus master and memory decode
+    /// off) *before* the buffers are cleaned up: the order d97708701434
+    /// fixed. The default (false) cleans up first.
+    pub disable_before_cleanup: bool,
 }
 
 impl fmt::Display for Protocol {
@@ -606,6 +614,7 @@ impl Protocol {
                 peer2peer: true,
                 not_revoked: true,
                 revocable: true,
+                refuse: false,
             },
             pin: None,
             revoke: seq(&[
@@ -637,6 +646,7 @@ impl Protocol {
                 "kref_put if !was_revoked",
                 "wait_for_completion if !was_revoked",
             ]),
+            disable_before_cleanup: false,
         }
     }
 }
@@ -755,6 +765,12 @@ impl Revocable {
 
     /// The exporter's `attach` checks. Call from `DmaBufOps::attach`.
     pub fn check_attach(&self, attach: &Attachment, gate: Gate) -> Result<(), DmaBufError> {
+        if gate.refuse {
+            return Err(DmaBufError::errno(
+                errno::EOPNOTSUPP,
+                format!("attach of {}: refused", attach.dev()),
+            ));
+        }
         if gate.peer2peer && !attach.peer2peer() {
             return Err(DmaBufError::errno(
                 errno::EOPNOTSUPP,
@@ -778,6 +794,12 @@ impl Revocable {
 
     /// The exporter's `pin` checks (a gate in `pin`, v2's idea).
     pub fn check_pin(&self, attach: &Attachment, gate: Gate) -> Result<(), DmaBufError> {
+        if gate.refuse {
+            return Err(DmaBufError::errno(
+                errno::EOPNOTSUPP,
+                format!("pin by {}: VFIO refuses pinned importers", attach.dev()),
+            ));
+        }
         if gate.not_revoked && self.is_revoked() {
             return Err(DmaBufError::errno(
                 errno::ENODEV,

@@ -80,7 +80,7 @@
 //! | [`VfioPciDevice::set_power_state`]`(D3hot)` | zap | yes | power down |
 //! | [`VfioPciDevice::set_power_state`]`(D0)` | | | power up; un-revoke if decoding |
 //! | [`VfioPciDevice::reset`] (FLR, `VFIO_DEVICE_RESET`, hot reset) | save config, zap | yes | the reset window; restore config; un-revoke if decoding |
-//! | [`VfioPciDevice::close`] | zap | yes, for good (cleanup) | unlink every buffer; unbind (unplug) the device |
+//! | [`VfioPciDevice::close`] | zap (and, with [`Protocol::disable_before_cleanup`], the pre-d97708701434 order: bus master and decode off) | yes, for good (cleanup) | unlink every buffer; unbind (unplug) the device |
 //!
 //! A trigger checks its preconditions (device present, not closed, not in
 //! reset) before revoking anything, so a refused trigger leaves every buffer
@@ -294,6 +294,11 @@ pub enum RevokeEvent {
     Returned(BufferRevoke),
     /// A kernel WARN (refcount_t misuse, a timed-out wait).
     Warn(String),
+    /// An un-revoke of a buffer begins.
+    UnrevokeBegin {
+        /// The buffer.
+        ino: u64,
+    },
     /// An un-revoke completed.
     Unrevoked {
         /// The buffer.
@@ -479,6 +484,9 @@ impl VfioDmaBuf {
     ) -> Result<(), VfioError> {
         if !self.revocable.is_revoked() {
             return Ok(());
+        }
+        if let Some(o) = obs {
+            o(&RevokeEvent::UnrevokeBegin { ino: file.ino() });
         }
         let mut hooks = MoveHooks {
             buf: self,
@@ -1128,6 +1136,24 @@ impl VfioPciDevice {
             let obs = self.0.observer.lock().clone();
             let mut report = TriggerReport::default();
             Self::zap_cpu(mem);
+            if self.0.protocol.disable_before_cleanup {
+                // Before d97708701434: vfio_pci_core_disable() (bus master
+                // and memory decode off) ran before the dma-bufs were
+                // cleaned up, with importers still mapping the BAR.
+                trace_event!(
+                    "vfio_pci_core_disable",
+                    "dev={} before=dma_buf_cleanup",
+                    self.dev_name()
+                );
+                for r in [
+                    self.0.pdev.set_bus_master(false),
+                    self.0.pdev.set_memory_decode(false),
+                ] {
+                    if let Err(e) = r {
+                        report.errors.push(self.pci_err(e).to_string());
+                    }
+                }
+            }
             for p in std::mem::take(&mut mem.dmabufs) {
                 let Some(file) = p.dmabuf.lock().clone().and_then(|r| r.get_file_active()) else {
                     *p.vdev.lock() = None;

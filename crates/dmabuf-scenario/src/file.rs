@@ -168,8 +168,16 @@ pub struct ScenarioDef {
     pub map_during_invalidate: bool,
     /// A new device is plugged at the old BAR range after close.
     pub hotplug_after_close: bool,
+    /// Importers tear down as soon as the trigger begins.
+    pub teardown_during_revoke: bool,
+    /// In a cycle, importers re-map as soon as the un-revoke begins.
+    pub remap_during_unrevoke: bool,
     /// Properties to judge (all when `None`), with where they were named.
     pub properties: Option<Vec<(String, String)>>,
+    /// The search strategy `check` uses when none is given on the command
+    /// line (`pct` or `random`): a race whose window PCT
+    /// rarely preempts in is found by `random` in a few schedules.
+    pub strategy: Option<String>,
     /// The file.
     pub path: String,
 }
@@ -212,6 +220,7 @@ struct ExporterDoc {
     revoke: Option<Spanned<Vec<S>>>,
     unrevoke: Option<Spanned<Vec<S>>>,
     cleanup: Option<Spanned<Vec<S>>>,
+    close: Option<Spanned<Vec<S>>>,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +237,7 @@ struct ImporterDoc {
     pin: Option<bool>,
     writes_after_fences: Option<bool>,
     read_ahead: Option<bool>,
+    release: Option<S>,
     count: Option<Spanned<i64>>,
 }
 
@@ -243,7 +253,10 @@ struct ScenarioDoc {
     cpu_access: Option<bool>,
     map_during_invalidate: Option<bool>,
     hotplug_after_close: Option<bool>,
+    teardown_during_revoke: Option<bool>,
+    remap_during_unrevoke: Option<bool>,
     properties: Option<Vec<S>>,
+    strategy: Option<S>,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +385,9 @@ pub fn exporter_kind_name(k: ExporterKind) -> &'static str {
     }
 }
 
+/// The strategy names a `[scenario]` may suggest.
+pub const STRATEGIES: &[&str] = &["pct", "random"];
+
 /// The trigger names of a file.
 pub const TRIGGERS: &[(&str, Trigger)] = &[
     ("flr", Trigger::Flr),
@@ -434,6 +450,22 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
             Some(l) => c.sequence(l, "cleanup")?,
             None => revoke.clone(),
         };
+        let disable_before_cleanup = match &e.close {
+            None => false,
+            Some(l) => {
+                let names: Vec<&str> = l.get_ref().iter().map(|x| x.get_ref().as_str()).collect();
+                match names.as_slice() {
+                    ["dma_buf_cleanup", "pci_disable"] => false,
+                    ["pci_disable", "dma_buf_cleanup"] => true,
+                    _ => {
+                        return Err(c.err(
+                            l.span(),
+                            "close is the order of \"dma_buf_cleanup\" and \"pci_disable\": [\"dma_buf_cleanup\", \"pci_disable\"] (since d97708701434) or [\"pci_disable\", \"dma_buf_cleanup\"] (before)",
+                        ));
+                    }
+                }
+            }
+        };
         Protocol {
             name: name.clone(),
             attach,
@@ -441,6 +473,7 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
             revoke,
             unrevoke,
             cleanup,
+            disable_before_cleanup,
         }
     } else {
         for (f, v) in [
@@ -449,6 +482,7 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
             ("revoke", &e.revoke),
             ("unrevoke", &e.unrevoke),
             ("cleanup", &e.cleanup),
+            ("close", &e.close),
         ] {
             if let Some(v) = v {
                 return Err(c.err(
@@ -543,10 +577,14 @@ fn importer(c: &Ctx<'_>, d: &Spanned<ImporterDoc>) -> Result<ImporterDef, FileEr
         spec.remap = match v.get_ref().as_str() {
             "lazy" => Remap::Lazy,
             "cache-enodev" => Remap::CacheEnodev,
+            "revalidate" => Remap::Revalidate,
+            "cache-enodev-revalidate" => Remap::CacheEnodevRevalidate,
             other => {
                 return Err(c.err(
                     v.span(),
-                    format!("unknown remap '{other}' (expected lazy or cache-enodev)"),
+                    format!(
+                        "unknown remap '{other}' (expected lazy, cache-enodev, revalidate or cache-enodev-revalidate)"
+                    ),
                 ));
             }
         };
@@ -560,6 +598,21 @@ fn importer(c: &Ctx<'_>, d: &Spanned<ImporterDoc>) -> Result<ImporterDef, FileEr
     }
     if let Some(r) = i.read_ahead {
         spec.read_ahead = r;
+    }
+    if let Some(v) = &i.release {
+        spec.destroy_before_detach = match v.get_ref().as_str() {
+            "detach-then-destroy" => false,
+            "destroy-then-detach" => true,
+            other => {
+                return Err(c.err(
+                    v.span(),
+                    format!(
+                        "unknown release '{other}' (expected detach-then-destroy or destroy-then-detach)"
+                    ),
+                ));
+            }
+        };
+        blame.push(("release", v.span()));
     }
     if let Some(n) = &i.count {
         if !(1..=MAX_COUNT).contains(n.get_ref()) {
@@ -624,7 +677,23 @@ fn scenario(c: &Ctx<'_>, d: &Spanned<ScenarioDoc>) -> Result<ScenarioDef, FileEr
         cpu_access: s.cpu_access.unwrap_or(false),
         map_during_invalidate: s.map_during_invalidate.unwrap_or(false),
         hotplug_after_close: s.hotplug_after_close.unwrap_or(false),
+        teardown_during_revoke: s.teardown_during_revoke.unwrap_or(false),
+        remap_during_unrevoke: s.remap_during_unrevoke.unwrap_or(false),
         properties: s.properties.as_ref().map(|_| refs(&s.properties)),
+        strategy: match &s.strategy {
+            None => None,
+            Some(x) if STRATEGIES.contains(&x.get_ref().as_str()) => Some(x.get_ref().clone()),
+            Some(x) => {
+                return Err(c.err(
+                    x.span(),
+                    format!(
+                        "unknown strategy '{}' (expected {})",
+                        x.get_ref(),
+                        STRATEGIES.join(", ")
+                    ),
+                ));
+            }
+        },
         path: c.path.to_owned(),
     })
 }

@@ -199,6 +199,7 @@ struct Phase {
     trigger_begun: bool,
     /// Revokes returned so far (all buffers).
     revokes_returned: usize,
+    unrevoke_begun: bool,
     unrevoked: bool,
     remapped: usize,
     /// A cycle's second revoke is about to begin.
@@ -320,7 +321,12 @@ fn make_importer(
             let nic = Nic::new(host, dev)?;
             Arc::new(RdmaImporter::new(host, name, flavour, &nic, true))
         }
-        ImporterBase::Iommufd => Arc::new(IommufdImporter::new(host, name, dev)?),
+        ImporterBase::Iommufd => Arc::new(IommufdImporter::with_release_order(
+            host,
+            name,
+            dev,
+            s.destroy_before_detach,
+        )?),
     })
 }
 
@@ -348,6 +354,13 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
     };
     let host = Host::new(platform.clone());
     probe.st.lock().monitor = Some(platform.monitor().clone());
+    {
+        // Kernel splats of the drivers (KASAN reports) are WARNs too.
+        let p2 = probe.clone();
+        host.set_splat_sink(Some(Arc::new(move |m: &str| {
+            p2.with(|o| o.warnings.push(m.to_owned()))
+        })));
+    }
     // Engines and the timer belong to the hardware.
     sched::set_group("hw");
     let built = build_world(spec, &host, probe);
@@ -677,6 +690,8 @@ fn spawn_importer(
     );
     let jobs = spec.jobs;
     let cycle = spec.trigger.is_cycle();
+    let teardown_race = spec.teardown_during_revoke;
+    let remap_race = spec.remap_during_unrevoke;
     let early = spec.map_during_invalidate;
     let single = spec.importers.iter().map(|s| s.count).sum::<usize>() == 1;
     let check = single
@@ -728,6 +743,23 @@ fn spawn_importer(
             p.setups_done += 1;
             p.accepted += 1;
         });
+        if teardown_race {
+            // Userspace lets go of the buffer while the revoke runs (it
+            // closes its fds, the kernel releases its mappings).
+            coord.wait(|p| p.trigger_begun || p.trigger_done, None);
+            if let Err(e) = syscall(|| imp.teardown()) {
+                probe.error(format!("{name}: teardown: {e}"));
+            }
+            for (page, pat, j) in queued {
+                let r = match j {
+                    Ok(j) => syscall(|| j.wait()),
+                    Err(e) => Err(e.errno()),
+                };
+                record_job(&probe, &r);
+                expect.check(&probe, &name, page, pat, &r);
+            }
+            return;
+        }
         for (page, pat, j) in queued {
             let r = match j {
                 Ok(j) => syscall(|| j.wait()),
@@ -738,6 +770,8 @@ fn spawn_importer(
         }
         if early {
             coord.wait(|p| p.trigger_begun, Some(POST_WAIT));
+        } else if cycle && remap_race {
+            // Straight on to the re-map, as soon as the un-revoke begins.
         } else {
             coord.wait(
                 |p| p.revokes_returned >= 1 || p.trigger_done,
@@ -749,7 +783,14 @@ fn spawn_importer(
         // Un-revoke, re-map, one job that must run, then new DMA in flight
         // across the second revoke; skipped when the un-revoke does not come
         // in time (a revoke stuck on this very importer).
-        if cycle && coord.wait(|p| p.unrevoked, Some(POST_WAIT)) && !coord.st.lock().trigger_done {
+        let ready = cycle
+            && if remap_race {
+                // Re-map while the un-revoke runs.
+                coord.wait(|p| p.unrevoke_begun, Some(POST_WAIT))
+            } else {
+                coord.wait(|p| p.unrevoked, Some(POST_WAIT))
+            };
+        if ready && !coord.st.lock().trigger_done {
             if let Err(e) = syscall(|| imp.remap()) {
                 bump(&probe, "remap_failed", 1);
                 if !e.is_refusal() {
@@ -849,6 +890,7 @@ fn spawn_revoker(
                     r.fences_done_seq = Some(*seq);
                 }
             }),
+            RevokeEvent::UnrevokeBegin { .. } => coord2.update(|p| p.unrevoke_begun = true),
             RevokeEvent::Unrevoked { ino, seq } => probe2.with(|o| {
                 if let Some(r) = o
                     .revokes

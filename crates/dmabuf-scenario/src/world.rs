@@ -139,6 +139,9 @@ pub struct ImporterSpec {
     pub writes_after_fences: bool,
     /// Speculative read-ahead (GPU).
     pub read_ahead: bool,
+    /// Release destroys `pages->mutex` before detaching from the dma-buf
+    /// (iommufd before f2d70dbd3dce).
+    pub destroy_before_detach: bool,
     /// Number of instances.
     pub count: usize,
 }
@@ -172,6 +175,7 @@ impl ImporterSpec {
             pin,
             writes_after_fences: false,
             read_ahead: base == ImporterBase::Gpu,
+            destroy_before_detach: false,
             count: 1,
         }
     }
@@ -240,6 +244,12 @@ impl ImporterSpec {
                     ));
                 }
             }
+        }
+        if self.destroy_before_detach && self.base != ImporterBase::Iommufd {
+            return Err((
+                "release",
+                format!("release is an iommufd field, not a {base} one"),
+            ));
         }
         if self.base != ImporterBase::Gpu {
             for (set, field) in [
@@ -310,6 +320,12 @@ pub struct WorldSpec {
     pub map_during_invalidate: bool,
     /// After close, a new device is hot-plugged at the old BAR range.
     pub hotplug_after_close: bool,
+    /// Importers tear down (unmap, release, close) as soon as the trigger
+    /// begins, racing the revoke, instead of after it.
+    pub teardown_during_revoke: bool,
+    /// In a cycle, importers re-map as soon as the un-revoke begins,
+    /// racing it, instead of after it returned.
+    pub remap_during_unrevoke: bool,
 }
 
 impl WorldSpec {
@@ -326,6 +342,8 @@ impl WorldSpec {
             cpu_access: false,
             map_during_invalidate: false,
             hotplug_after_close: false,
+            teardown_during_revoke: false,
+            remap_during_unrevoke: false,
         }
     }
 }
