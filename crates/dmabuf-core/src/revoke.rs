@@ -49,6 +49,23 @@
 //! ([`Revocable::with_warn_sink`]) and to the trace (`WARN`); the checker
 //! judges them (`no-warn`).
 //!
+//! # Timed waits
+//!
+//! `wait_for_completion_timeout(t)` and `dma_resv_wait_timeout(usage, t)`
+//! with a finite `t` end when their condition holds, when `t` has passed,
+//! or, under the controlled scheduler, at *any* scheduling point while the
+//! condition is still false: the wait arms an expiry task (named
+//! `wait-expiry`, of the waiter's group) that, whenever the search
+//! schedules it, makes the wait give up. Where the expiry falls is a
+//! scheduling decision like any other, recorded in the schedule and
+//! replayed by its token (DFS and DPOR explore both orders). So a 1 s
+//! timeout can beat an importer that would unmap a microsecond later, as a
+//! loaded machine or a stalled worker can make it in the kernel; on real
+//! threads only the deadline ends the wait. A condition that already holds
+//! when the expiry runs wins: the wait returns success. The expiry task is
+//! joined before the wait returns. `MAX_SCHEDULE_TIMEOUT` waits never
+//! expire.
+//!
 //! # States of one buffer
 //!
 //! | state | `revoked` | count | map | attach |
@@ -692,6 +709,19 @@ struct Count {
     done: u32,
     /// Mappings handed out and not yet returned (for observation).
     live: i64,
+    /// The timed wait whose early expiry is armed (its epoch; 0: none).
+    expiry_armed: u64,
+    /// The epoch whose expiry fired.
+    expiry_fired: u64,
+    /// Epochs handed out.
+    expiry_epoch: u64,
+}
+
+/// The count and its completion's wait queue, shared with the expiry task
+/// of a timed wait.
+struct Shared {
+    count: Mutex<Count>,
+    cv: Condvar,
 }
 
 /// Revoke state of one exported buffer: the `revoked` flag (read and
@@ -699,9 +729,21 @@ struct Count {
 /// completion.
 pub struct Revocable {
     revoked: AtomicBool,
-    count: Mutex<Count>,
-    cv: Condvar,
+    shared: Arc<Shared>,
     warn: Option<WarnSink>,
+}
+
+/// Arms the early expiry of a timed wait (module docs, "Timed waits"):
+/// under the controlled scheduler, a task of the caller's group that runs
+/// `fire` whenever the search schedules it. `None` on real threads, where
+/// only the deadline ends the wait.
+fn arm_expiry(fire: impl FnOnce() + Send + 'static) -> Option<crate::sync::thread::JoinHandle<()>> {
+    #[cfg(not(loom))]
+    if crate::sync::sched::active() {
+        return Some(crate::sync::thread::spawn_named("wait-expiry".into(), fire));
+    }
+    let _ = fire;
+    None
 }
 
 impl fmt::Debug for Revocable {
@@ -721,13 +763,18 @@ impl Revocable {
     pub fn new(revoked: bool) -> Self {
         Self {
             revoked: AtomicBool::new(revoked),
-            count: Mutex::new(Count {
-                refs: 1,
-                saturated: false,
-                done: 0,
-                live: 0,
+            shared: Arc::new(Shared {
+                count: Mutex::new(Count {
+                    refs: 1,
+                    saturated: false,
+                    done: 0,
+                    live: 0,
+                    expiry_armed: 0,
+                    expiry_fired: 0,
+                    expiry_epoch: 0,
+                }),
+                cv: Condvar::new(),
             }),
-            cv: Condvar::new(),
             warn: None,
         }
     }
@@ -754,12 +801,12 @@ impl Revocable {
 
     /// Mappings handed out and not yet returned.
     pub fn live_mappings(&self) -> usize {
-        usize::try_from(self.count.lock().live).unwrap_or(0)
+        usize::try_from(self.shared.count.lock().live).unwrap_or(0)
     }
 
     /// The `refcount_t` value and whether it saturated (for tests).
     pub fn refcount(&self) -> (u32, bool) {
-        let c = self.count.lock();
+        let c = self.shared.count.lock();
         (c.refs, c.saturated)
     }
 
@@ -825,13 +872,13 @@ impl Revocable {
             ));
         }
         self.kref_get();
-        self.count.lock().live += 1;
+        self.shared.count.lock().live += 1;
         Ok(())
     }
 
     /// In `unmap_dma_buf`: `kref_put` for the mapping.
     pub fn map_put(&self) {
-        self.count.lock().live -= 1;
+        self.shared.count.lock().live -= 1;
         self.kref_put();
     }
 
@@ -839,7 +886,7 @@ impl Revocable {
     /// count stays as it is; a zero count saturates and WARNs. Returns the
     /// locked count when the operation may go on.
     fn kref_checked(&self, misuse: &str) -> Option<crate::sync::MutexGuard<'_, Count>> {
-        let mut c = self.count.lock();
+        let mut c = self.shared.count.lock();
         if c.saturated {
             return None;
         }
@@ -870,37 +917,103 @@ impl Revocable {
             // The release callback completes the revoke's wait.
             c.done = c.done.saturating_add(1);
             drop(c);
-            self.cv.notify_all();
+            self.shared.cv.notify_all();
         }
     }
 
     /// Waits for the completion as `t` says; `true` if it was completed
-    /// (and one completion taken), `false` on a timeout.
+    /// (and one completion taken), `false` on a timeout: the deadline, or
+    /// the early expiry the search may fire at any scheduling point while
+    /// the completion is not done.
     fn wait_for_completion(&self, t: Timeout) -> bool {
         let deadline = match t {
             Timeout::Max => None,
             Timeout::Ns(ns) => Some(crate::sync::time::now_ns().saturating_add(ns)),
         };
-        let mut c = self.count.lock();
-        loop {
-            if c.done > 0 {
-                c.done -= 1;
-                return true;
-            }
-            match deadline {
-                None => c = self.cv.wait(c),
-                Some(d) => {
-                    let now = crate::sync::time::now_ns();
-                    if now >= d {
-                        return false;
-                    }
-                    c = self
-                        .cv
-                        .wait_timeout(c, std::time::Duration::from_nanos(d - now))
-                        .0;
+        let mut timer = None;
+        let mut epoch = 0;
+        if deadline.is_some() {
+            epoch = {
+                let mut c = self.shared.count.lock();
+                c.expiry_epoch += 1;
+                c.expiry_armed = c.expiry_epoch;
+                c.expiry_epoch
+            };
+            let sh = self.shared.clone();
+            timer = arm_expiry(move || {
+                let mut c = sh.count.lock();
+                if c.expiry_armed == epoch {
+                    c.expiry_fired = epoch;
+                    drop(c);
+                    sh.cv.notify_all();
                 }
-            }
+            });
         }
+        let done = {
+            let mut c = self.shared.count.lock();
+            let done = loop {
+                if c.done > 0 {
+                    c.done -= 1;
+                    break true;
+                }
+                if timer.is_some() && c.expiry_fired == epoch {
+                    trace_event!("wait_expired_early", "wait_for_completion_timeout");
+                    break false;
+                }
+                match deadline {
+                    None => c = self.shared.cv.wait(c),
+                    Some(d) => {
+                        let now = crate::sync::time::now_ns();
+                        if now >= d {
+                            break false;
+                        }
+                        c = self
+                            .shared
+                            .cv
+                            .wait_timeout(c, std::time::Duration::from_nanos(d - now))
+                            .0;
+                    }
+                }
+            };
+            c.expiry_armed = 0;
+            done
+        };
+        if let Some(h) = timer {
+            let _ = h.join();
+        }
+        done
+    }
+
+    /// `dma_resv_wait_timeout(usage, false, ns)`: 0 when it gave up (the
+    /// deadline, or the early expiry of a finite timeout), else the time
+    /// left.
+    fn wait_fences(
+        resv: &crate::dma_resv::DmaResv,
+        usage: Usage,
+        t: Timeout,
+    ) -> Result<u64, DmaBufError> {
+        let ns = match t {
+            Timeout::Max => return Ok(resv.wait_timeout(usage, None, MAX_SCHEDULE_TIMEOUT)?),
+            Timeout::Ns(ns) => ns,
+        };
+        // The expiry interrupts the wait through a token; a wait whose
+        // fences have signalled returns before it looks at the token.
+        let token = crate::dma_fence::CancelToken::new();
+        let t2 = token.clone();
+        let timer = arm_expiry(move || t2.cancel());
+        let r = match resv.wait_timeout(usage, timer.as_ref().map(|_| &token), ns) {
+            Ok(left) => Ok(left),
+            Err(_) if token.is_cancelled() => {
+                trace_event!("wait_expired_early", "dma_resv_wait_timeout");
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
+        };
+        // The expiry has nothing left to interrupt once the wait is over.
+        if let Some(h) = timer {
+            let _ = h.join();
+        }
+        r
     }
 
     /// Sets the flag (with the lock held).
@@ -951,18 +1064,14 @@ impl Revocable {
                         }
                     }
                     StepKind::WaitFences(usage, t) => {
-                        let ns = match t {
-                            Timeout::Max => MAX_SCHEDULE_TIMEOUT,
-                            Timeout::Ns(ns) => ns,
-                        };
-                        let left = resv.wait_timeout(usage, None, ns)?;
+                        let left = Self::wait_fences(resv, usage, t)?;
                         last_timed_out = left == 0;
                         out.timed_out |= last_timed_out;
                     }
                     StepKind::KrefGet => self.kref_get(),
                     StepKind::KrefPut => self.kref_put(),
                     StepKind::KrefInit => {
-                        let mut c = self.count.lock();
+                        let mut c = self.shared.count.lock();
                         c.refs = 1;
                         c.saturated = false;
                     }
@@ -973,12 +1082,12 @@ impl Revocable {
                         }
                         out.timed_out |= last_timed_out;
                     }
-                    StepKind::ReinitCompletion => self.count.lock().done = 0,
+                    StepKind::ReinitCompletion => self.shared.count.lock().done = 0,
                     StepKind::UnmapMappingRange => hooks.unmap_mapping_range(),
                 }
             }
             if seq.fence_point == Some(i) {
-                out.live_after_fences = self.count.lock().live;
+                out.live_after_fences = self.shared.count.lock().live;
                 hooks.fences_done();
             }
         }
@@ -1072,6 +1181,118 @@ mod tests {
         assert_eq!(p.revoke.fence_point, Some(3));
         let s = Sequence::parse(&["dma_resv_lock", "set_revoked", "dma_resv_unlock"]).unwrap();
         assert_eq!(s.fence_point, Some(2));
+    }
+
+    /// Under the controlled scheduler, a 1 s wait for a completion that
+    /// another task completes after a few steps (no time passes): the
+    /// search decides whether the expiry fires first. Returns (completed,
+    /// timed out) counts over `seeds` schedules.
+    fn timed_wait_outcomes(seeds: u64, replay_check: bool) -> (u32, u32) {
+        use crate::sync::sched::{Random, RunConfig, Strategy, run};
+        let (mut ok, mut expired) = (0, 0);
+        for seed in 0..seeds {
+            let mut s = Random::new(seed);
+            assert!(s.next_execution());
+            let out = Arc::new(Mutex::new(None));
+            let o2 = out.clone();
+            let r = run(&mut s, &RunConfig::default(), move || {
+                let r = Arc::new(Revocable::new(false));
+                let r2 = r.clone();
+                let t = crate::sync::thread::spawn(move || {
+                    for _ in 0..3 {
+                        crate::sync::thread::yield_now();
+                    }
+                    r2.kref_put();
+                });
+                let t0 = crate::sync::time::now_ns();
+                let done = r.wait_for_completion(Timeout::Ns(1_000_000_000));
+                let waited = crate::sync::time::now_ns() - t0;
+                t.join().unwrap();
+                *o2.lock() = Some((done, waited));
+            });
+            let (done, waited) = out.lock().take().expect("finished");
+            assert_eq!(waited, 0, "no virtual time passes: an early expiry");
+            if done {
+                ok += 1;
+            } else {
+                expired += 1;
+            }
+            if replay_check {
+                // The token's schedule replays the same answer.
+                let mut rp = crate::sync::sched::Replay::new(r.schedule.clone());
+                assert!(rp.next_execution());
+                let out2 = Arc::new(Mutex::new(None));
+                let o3 = out2.clone();
+                run(&mut rp, &RunConfig::default(), move || {
+                    let r = Arc::new(Revocable::new(false));
+                    let r2 = r.clone();
+                    let t = crate::sync::thread::spawn(move || {
+                        for _ in 0..3 {
+                            crate::sync::thread::yield_now();
+                        }
+                        r2.kref_put();
+                    });
+                    let done = r.wait_for_completion(Timeout::Ns(1_000_000_000));
+                    t.join().unwrap();
+                    *o3.lock() = Some(done);
+                });
+                assert_eq!(out2.lock().take(), Some(done), "seed {seed}");
+            }
+        }
+        (ok, expired)
+    }
+
+    #[test]
+    fn a_timed_wait_may_expire_at_any_scheduling_point_while_not_done_and_replays() {
+        let (ok, expired) = timed_wait_outcomes(40, true);
+        assert!(ok > 0 && expired > 0, "ok {ok}, expired {expired}");
+        // Untimed, it never gives up; on real threads only the deadline ends
+        // a timed wait.
+        let r = Revocable::new(false);
+        r.kref_put();
+        assert!(r.wait_for_completion(Timeout::Ns(1)));
+        assert!(!r.wait_for_completion(Timeout::Ns(1_000)));
+    }
+
+    #[test]
+    fn a_finite_fence_wait_may_expire_early_but_never_once_signalled() {
+        use crate::dma_resv::DmaResv;
+        use crate::sync::sched::{Random, RunConfig, Strategy, run};
+        let (mut ok, mut expired) = (0, 0);
+        for seed in 0..40 {
+            let mut s = Random::new(seed);
+            assert!(s.next_execution());
+            let out = Arc::new(Mutex::new(None));
+            let o2 = out.clone();
+            run(&mut s, &RunConfig::default(), move || {
+                let resv = Arc::new(DmaResv::new());
+                let (f, h) = crate::FenceContext::named("test", "bookkeep").create();
+                {
+                    let g = resv.lock(None).unwrap();
+                    g.reserve_fences(1).unwrap();
+                    g.add_fence(&f, Usage::Bookkeep).unwrap();
+                }
+                let t = crate::sync::thread::spawn(move || {
+                    for _ in 0..6 {
+                        crate::sync::thread::yield_now();
+                    }
+                    let _ = h.signal();
+                });
+                let left =
+                    Revocable::wait_fences(&resv, Usage::Bookkeep, Timeout::Ns(1_000_000_000))
+                        .unwrap();
+                t.join().unwrap();
+                *o2.lock() = Some((left, f.is_signaled()));
+            });
+            match out.lock().take().unwrap() {
+                (0, _) => expired += 1,
+                (_, signalled) => {
+                    assert!(signalled);
+                    ok += 1;
+                }
+            }
+        }
+        assert!(ok > 0 && expired > 0, "ok {ok}, expired {expired}");
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../protocols/importers/gpu-kernel-fence.toml"),
     ),
     (
+        "protocols/importers/gpu-lazy.toml",
+        include_str!("../../../protocols/importers/gpu-lazy.toml"),
+    ),
+    (
         "protocols/importers/rdma-odp.toml",
         include_str!("../../../protocols/importers/rdma-odp.toml"),
     ),
@@ -536,7 +540,7 @@ mod tests {
     fn every_builtin_file_parses_and_the_list_matches_the_folder() {
         let lib = Library::builtin().unwrap();
         assert_eq!(lib.rows().len(), 8);
-        assert_eq!(lib.importers.len(), 8);
+        assert_eq!(lib.importers.len(), 9);
         assert_eq!(lib.named().unwrap().len(), 8);
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../protocols");
         let mut on_disk = Vec::new();

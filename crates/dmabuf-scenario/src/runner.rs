@@ -89,7 +89,7 @@
 
 use crate::world::{
     ExporterKind, ImporterBase, ImporterSpec, Observation, OnInvalidate, Refusal, RevokeRecord,
-    StallMode, Trigger, WorldSpec,
+    StallMode, Trigger, UnmapWhen, WorldSpec,
 };
 use dmabuf_core::dma_buf::DmaBufRef;
 use dmabuf_core::dma_resv::Usage;
@@ -307,6 +307,7 @@ fn make_importer(
                 kernel_fence: s.invalidate == OnInvalidate::Evict(Usage::Kernel),
                 writes_after_fences: s.writes_after_fences,
                 worker_latency: s.unmap_latency,
+                unmap_on_free: s.unmap == UnmapWhen::OnFree,
                 readahead: s.read_ahead,
                 remap: s.remap,
             };

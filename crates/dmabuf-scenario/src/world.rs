@@ -225,10 +225,10 @@ impl ImporterSpec {
                             .into(),
                     ));
                 }
-                if self.unmap != UnmapWhen::WorkerAfterFences {
+                if !matches!(self.unmap, UnmapWhen::WorkerAfterFences | UnmapWhen::OnFree) {
                     return Err((
                         "unmap",
-                        "a gpu importer unmaps from its worker: unmap = \"worker-after-fences\""
+                        "a gpu importer unmaps from its worker (unmap = \"worker-after-fences\") or when userspace frees the BO (unmap = \"on-free\")"
                             .into(),
                     ));
                 }

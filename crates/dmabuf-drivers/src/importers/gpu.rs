@@ -31,6 +31,10 @@
 //!    after its latency (a bounded delay: the worker is a work item), tells
 //!    the device to stop reading ahead from the mapping, then takes the lock
 //!    and unmaps. So the unmap comes in bounded time after the invalidate.
+//!    With `unmap_on_free` (`gpu-lazy`) there is no such unmap: the
+//!    fences are the same, but the mapping stays (and the device may read
+//!    ahead through it) until userspace frees the BO or its next job
+//!    re-validates it: an unbounded unmap.
 //! 5. The next job maps again (lazily). With [`Remap::Revalidate`] (and
 //!    [`Remap::CacheEnodevRevalidate`]) an invalidate that finds the BO
 //!    already unmapped (the buffer came back: an un-revoke notifies) maps
@@ -93,6 +97,10 @@ pub struct GpuConfig {
     pub readahead: bool,
     /// What a job does after a map failed with `ENODEV`.
     pub remap: Remap,
+    /// The kernel worker does not unmap after the unbind: the mapping goes
+    /// only when userspace frees the BO (or its next job re-validates it).
+    /// Fences stay correct (`gpu-lazy`).
+    pub unmap_on_free: bool,
 }
 
 /// When the importer maps again after an invalidate or a refused map.
@@ -137,6 +145,7 @@ impl Default for GpuConfig {
             worker_latency: Duration::from_micros(120),
             readahead: true,
             remap: Remap::Lazy,
+            unmap_on_free: false,
         }
     }
 }
@@ -454,6 +463,20 @@ impl GpuImport {
         st.unbind = Some((generation, fence.clone()));
         drop(st);
         imp.0.counters.bump("unbinds");
+        if dev.cfg.unmap_on_free {
+            // Fences are published as for `gpu`; nobody unmaps until
+            // userspace frees the BO (an unbounded unmap).
+            trace_event!(
+                "gpu_evict",
+                "bo={} gen={} fence={}:{} usage={:?} unmap=on-free",
+                imp.0.name,
+                generation,
+                fence.context(),
+                fence.seqno(),
+                usage
+            );
+            return;
+        }
         trace_event!(
             "gpu_evict",
             "bo={} gen={} fence={}:{} usage={:?}",
