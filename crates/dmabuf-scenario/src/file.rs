@@ -238,6 +238,7 @@ struct ImporterDoc {
     writes_after_fences: Option<bool>,
     read_ahead: Option<bool>,
     release: Option<S>,
+    autonomous_dma: Option<bool>,
     count: Option<Spanned<i64>>,
 }
 
@@ -598,6 +599,9 @@ fn importer(c: &Ctx<'_>, d: &Spanned<ImporterDoc>) -> Result<ImporterDef, FileEr
     }
     if let Some(r) = i.read_ahead {
         spec.read_ahead = r;
+    }
+    if let Some(a) = i.autonomous_dma {
+        spec.autonomous_dma = a;
     }
     if let Some(v) = &i.release {
         spec.destroy_before_detach = match v.get_ref().as_str() {

@@ -320,7 +320,13 @@ fn make_importer(
                 what: format!("{name}: no RDMA model has this behaviour"),
             })?;
             let nic = Nic::new(host, dev)?;
-            Arc::new(RdmaImporter::new(host, name, flavour, &nic, true))
+            if s.autonomous_dma {
+                Arc::new(RdmaImporter::with_autonomous_dma(
+                    host, name, flavour, &nic, true,
+                ))
+            } else {
+                Arc::new(RdmaImporter::new(host, name, flavour, &nic, true))
+            }
         }
         ImporterBase::Iommufd => Arc::new(IommufdImporter::with_release_order(
             host,

@@ -142,6 +142,9 @@ pub struct ImporterSpec {
     /// Release destroys `pages->mutex` before detaching from the dma-buf
     /// (iommufd before f2d70dbd3dce).
     pub destroy_before_detach: bool,
+    /// The device keeps issuing DMA by itself, without its userspace
+    /// (rdma).
+    pub autonomous_dma: bool,
     /// Number of instances.
     pub count: usize,
 }
@@ -176,6 +179,7 @@ impl ImporterSpec {
             writes_after_fences: false,
             read_ahead: base == ImporterBase::Gpu,
             destroy_before_detach: false,
+            autonomous_dma: false,
             count: 1,
         }
     }
@@ -244,6 +248,12 @@ impl ImporterSpec {
                     ));
                 }
             }
+        }
+        if self.autonomous_dma && self.base != ImporterBase::Rdma {
+            return Err((
+                "autonomous_dma",
+                format!("autonomous_dma is an rdma field, not a {base} one"),
+            ));
         }
         if self.destroy_before_detach && self.base != ImporterBase::Iommufd {
             return Err((
