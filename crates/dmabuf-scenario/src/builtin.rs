@@ -98,6 +98,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../protocols/importers/lying.toml"),
     ),
     (
+        "protocols/importers/mixes.toml",
+        include_str!("../../../protocols/importers/mixes.toml"),
+    ),
+    (
         "protocols/scenarios/vfio-iommufd-flr.toml",
         include_str!("../../../protocols/scenarios/vfio-iommufd-flr.toml"),
     ),
@@ -251,6 +255,30 @@ impl Library {
             }
             self.importers.push(i.clone());
         }
+        for m in &f.mixes {
+            if let Some(old) = self.importers.iter().find(|x| x.spec.name == m.name) {
+                return Err(dup("importer", &m.name, &old.path, &f.path));
+            }
+            let mut members = Vec::new();
+            for (name, at) in &m.importers {
+                let i = self.importer(name).ok_or_else(|| {
+                    resolve_err(
+                        at,
+                        format!("unknown importer '{name}' in a mix (see `dmabuf scenarios`)"),
+                    )
+                })?;
+                members.extend(i.instances());
+            }
+            let mut spec = members[0].clone();
+            spec.name = m.name.clone();
+            self.importers.push(ImporterDef {
+                description: m.description.clone(),
+                sources: Vec::new(),
+                spec,
+                members,
+                path: m.path.clone(),
+            });
+        }
         if let Some(s) = &f.scenario {
             if let Some((old, ..)) = self.scenarios.iter().find(|(x, ..)| x.name == s.name) {
                 return Err(dup("scenario", &s.name, &old.path, &f.path));
@@ -321,15 +349,22 @@ impl Library {
 
     /// One matrix cell.
     pub fn cell(&self, e: &ExporterDef, i: &ImporterDef) -> Scenario {
-        let mut imp = i.spec.clone();
-        imp.count = 1;
+        let mut imps = i.instances();
+        for x in &mut imps {
+            x.count = 1;
+        }
+        let mut spec = WorldSpec::vfio(Arc::new(e.protocol.clone()), imps[0].clone());
+        spec.importers = imps;
         Scenario {
             name: format!("matrix.{}.{}", e.name, i.spec.name),
             description: format!(
-                "{} exporting a BAR to one {} importer; FLR with DMA in flight, un-revoke, re-map with DMA in flight, revoke again (decode off), close while revoked",
-                e.name, i.spec.name
+                "{} exporting a BAR to {} {} importer{}; FLR with DMA in flight, un-revoke, re-map with DMA in flight, revoke again (decode off), close while revoked",
+                e.name,
+                if i.members.is_empty() { "one" } else { "the" },
+                i.spec.name,
+                if i.members.is_empty() { "" } else { "s" }
             ),
-            spec: WorldSpec::vfio(Arc::new(e.protocol.clone()), imp),
+            spec,
             expect: Vec::new(),
             properties: None,
             strategy: None,
@@ -361,7 +396,7 @@ impl Library {
             }
         };
         let mut importers: Vec<ImporterSpec> =
-            own.importers.iter().map(|i| i.spec.clone()).collect();
+            own.importers.iter().flat_map(|i| i.instances()).collect();
         for (name, at) in &s.importers {
             let i = self.importer(name).ok_or_else(|| {
                 resolve_err(
@@ -369,7 +404,7 @@ impl Library {
                     format!("unknown importer '{name}' (see `dmabuf scenarios`)"),
                 )
             })?;
-            importers.push(i.spec.clone());
+            importers.extend(i.instances());
         }
         if importers.is_empty() {
             return Err(FileError {
@@ -446,29 +481,34 @@ impl Library {
                 f.importers.iter().collect()
             };
             for i in imps {
-                out.push(self.cell(e, i));
+                out.push((self.cell(e, i), i.spec.name.clone()));
             }
         } else {
-            for i in &f.importers {
+            let mixes: Vec<&ImporterDef> = f
+                .mixes
+                .iter()
+                .filter_map(|m| self.importer(&m.name))
+                .collect();
+            for i in f.importers.iter().chain(mixes) {
                 for e in self.rows() {
-                    out.push(self.cell(e, i));
+                    out.push((self.cell(e, i), e.name.clone()));
                 }
             }
         }
-        for s in &mut out {
-            let other = if f.exporter.is_some() {
-                s.spec.importers.first().map(|i| i.name.clone())
-            } else {
-                Some(s.spec.protocol.name.clone())
-            };
-            s.expect = f
-                .expect
-                .iter()
-                .filter(|e| e.with.is_none() || e.with == other)
-                .cloned()
-                .collect();
-        }
-        Ok(out)
+        // `with` names the other side of the cell: the column (an importer
+        // or a mix) for an exporter file, the row for an importer file.
+        Ok(out
+            .into_iter()
+            .map(|(mut s, other)| {
+                s.expect = f
+                    .expect
+                    .iter()
+                    .filter(|e| e.with.is_none() || e.with.as_deref() == Some(other.as_str()))
+                    .cloned()
+                    .collect();
+                s
+            })
+            .collect())
     }
 
     /// Every named scenario, resolved.
@@ -540,7 +580,7 @@ mod tests {
     fn every_builtin_file_parses_and_the_list_matches_the_folder() {
         let lib = Library::builtin().unwrap();
         assert_eq!(lib.rows().len(), 8);
-        assert_eq!(lib.importers.len(), 9);
+        assert_eq!(lib.importers.len(), 12, "9 importers and 3 mixes");
         assert_eq!(lib.named().unwrap().len(), 8);
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../protocols");
         let mut on_disk = Vec::new();
@@ -590,6 +630,40 @@ mod tests {
         assert!(lib.find("matrix.v6-final.nope").is_err());
         assert!(lib.find("vfio-iommufd-flr").is_ok());
         assert!(lib.find("vfio-iommufd-flr.jobs0").is_err());
+    }
+
+    #[test]
+    fn a_mix_is_a_column_whose_cells_hold_each_member_once() {
+        let lib = Library::builtin().unwrap();
+        let c = lib.find("matrix.v6-final.iommufd+gpu").unwrap();
+        let names: Vec<&str> = c.spec.importers.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["iommufd", "gpu"]);
+        assert!(c.spec.importers.iter().all(|i| i.count == 1));
+        let mut lib = Library::builtin().unwrap();
+        let e = lib
+            .add_text(
+                "m.toml",
+                "[[mix]]\nname = \"gpu+nope\"\nimporters = [\"gpu\", \"nope\"]\n",
+            )
+            .unwrap_err();
+        assert_eq!((e.line, e.col), (3, 22), "{e}");
+        assert!(
+            e.message.contains("unknown importer 'nope' in a mix"),
+            "{e}"
+        );
+        let f = lib
+            .add_text(
+                "m.toml",
+                "[[mix]]\nname = \"gpu+lying\"\nimporters = [\"gpu\", \"lying\"]\n",
+            )
+            .unwrap();
+        let qs = lib.questions(&f).unwrap();
+        assert_eq!(
+            qs.len(),
+            8,
+            "a mix file is crossed with every VFIO protocol"
+        );
+        assert_eq!(qs[0].spec.importers.len(), 2);
     }
 
     #[test]

@@ -38,6 +38,8 @@ use toml::Spanned;
 pub const MAX_JOBS: i64 = 64;
 /// The most instances of one importer.
 pub const MAX_COUNT: i64 = 8;
+/// The most members of one `[[mix]]`.
+pub const MAX_MIX: i64 = 4;
 /// The largest file accepted.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
 
@@ -134,15 +136,44 @@ pub struct ExporterDef {
     pub path: String,
 }
 
-/// An importer defined by a file.
+/// An importer defined by a file: one importer, or a mix of several on
+/// one buffer (a `[[mix]]`, a matrix column of its own).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImporterDef {
     /// One line on it.
     pub description: String,
     /// Where it came from.
     pub sources: Vec<String>,
-    /// The behaviour.
+    /// The behaviour; for a mix, its first member's under the mix's name
+    /// (the column's name).
     pub spec: ImporterSpec,
+    /// A mix's members, each under its own name (empty for one importer).
+    pub members: Vec<ImporterSpec>,
+    /// The file.
+    pub path: String,
+}
+
+impl ImporterDef {
+    /// The importers a world of this column holds, one instance each.
+    pub fn instances(&self) -> Vec<ImporterSpec> {
+        if self.members.is_empty() {
+            vec![self.spec.clone()]
+        } else {
+            self.members.clone()
+        }
+    }
+}
+
+/// A `[[mix]]`: several importers of the library on one buffer, as one
+/// matrix column (references resolved by the library).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MixDef {
+    /// Name (a matrix column; may contain `+`).
+    pub name: String,
+    /// One line on it.
+    pub description: String,
+    /// The members by name, with where each was named.
+    pub importers: Vec<(String, String)>,
     /// The file.
     pub path: String,
 }
@@ -191,6 +222,8 @@ pub struct ProtocolFile {
     pub exporter: Option<ExporterDef>,
     /// Its `[[importer]]`s.
     pub importers: Vec<ImporterDef>,
+    /// Its `[[mix]]`es.
+    pub mixes: Vec<MixDef>,
     /// Its `[scenario]`.
     pub scenario: Option<ScenarioDef>,
     /// Its `[expect]`.
@@ -202,6 +235,7 @@ pub struct ProtocolFile {
 struct Doc {
     exporter: Option<Spanned<ExporterDoc>>,
     importer: Option<Vec<Spanned<ImporterDoc>>>,
+    mix: Option<Vec<Spanned<MixDoc>>>,
     scenario: Option<Spanned<ScenarioDoc>>,
     expect: Option<ExpectDoc>,
 }
@@ -240,6 +274,14 @@ struct ImporterDoc {
     release: Option<S>,
     autonomous_dma: Option<bool>,
     count: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MixDoc {
+    name: S,
+    description: Option<String>,
+    importers: Spanned<Vec<S>>,
 }
 
 #[derive(Deserialize)]
@@ -635,6 +677,7 @@ fn importer(c: &Ctx<'_>, d: &Spanned<ImporterDoc>) -> Result<ImporterDef, FileEr
         description: i.description.clone().unwrap_or_default(),
         sources: i.sources.clone().unwrap_or_default(),
         spec,
+        members: Vec::new(),
         path: c.path.to_owned(),
     })
 }
@@ -730,6 +773,44 @@ pub fn parse(path: &str, text: &str) -> Result<ProtocolFile, FileError> {
         }
         out.importers.push(def);
     }
+    for m in doc.mix.iter().flatten() {
+        let d = m.get_ref();
+        let n = d.name.get_ref();
+        let ok = !n.is_empty()
+            && n.len() <= 64
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '+'));
+        if !ok {
+            return Err(c.err(
+                d.name.span(),
+                format!(
+                    "mix name '{n}' must be 1 to 64 characters of letters, digits, '-', '_' or '+'"
+                ),
+            ));
+        }
+        let list = d.importers.get_ref();
+        if !(2..=MAX_MIX as usize).contains(&list.len()) {
+            return Err(c.err(
+                d.importers.span(),
+                format!("a mix names 2 to {MAX_MIX} importers"),
+            ));
+        }
+        if out.mixes.iter().any(|x| &x.name == n) {
+            return Err(c.err(
+                d.name.span(),
+                format!("mix '{n}' is defined twice in this file"),
+            ));
+        }
+        out.mixes.push(MixDef {
+            name: n.clone(),
+            description: d.description.clone().unwrap_or_default(),
+            importers: list
+                .iter()
+                .map(|x| (x.get_ref().clone(), c.at(x)))
+                .collect(),
+            path: path.to_owned(),
+        });
+    }
     if let Some(s) = &doc.scenario {
         out.scenario = Some(scenario(&c, s)?);
     }
@@ -770,10 +851,14 @@ pub fn parse(path: &str, text: &str) -> Result<ProtocolFile, FileError> {
             }
         }
     }
-    if out.exporter.is_none() && out.importers.is_empty() && out.scenario.is_none() {
+    if out.exporter.is_none()
+        && out.importers.is_empty()
+        && out.mixes.is_empty()
+        && out.scenario.is_none()
+    {
         return Err(c.err(
             0..0,
-            "the file defines nothing: expected an [exporter], [[importer]] or [scenario] section",
+            "the file defines nothing: expected an [exporter], [[importer]], [[mix]] or [scenario] section",
         ));
     }
     Ok(out)
@@ -891,6 +976,21 @@ unrevoke = ["dma_resv_lock", "clear_revoked", "dma_resv_unlock"]
         assert_eq!(f.expect.len(), 2);
         assert_eq!(f.expect[1].answer, Answer::Sometimes);
         assert_eq!(f.expect[1].at, "s.toml:7:15");
+    }
+
+    #[test]
+    fn mixes_name_two_to_four_importers() {
+        let f = parse(
+            "m.toml",
+            "[[mix]]\nname = \"a+b\"\nimporters = [\"a\", \"b\"]\n",
+        )
+        .unwrap();
+        assert_eq!(f.mixes[0].name, "a+b");
+        assert_eq!(f.mixes[0].importers[1].1, "m.toml:3:20");
+        let e = err("[[mix]]\nname = \"a\"\nimporters = [\"a\"]\n");
+        assert!(e.message.contains("2 to 4 importers"), "{e}");
+        let e = err("[[mix]]\nname = \"a b\"\nimporters = [\"a\", \"b\"]\n");
+        assert!(e.message.contains("mix name 'a b'"), "{e}");
     }
 
     #[test]

@@ -22,9 +22,12 @@
 //!    (`EOPNOTSUPP`/`ENODEV` at attach, pin, map, register) are recorded
 //!    and the thread ends.
 //! 3. The revoker (`revoker`) waits until every setup is done, stalls
-//!    `userspace` in [`StallMode::StallUserspaceAtRevoke`] (with a cycle:
-//!    at the first or the second revoke, a choice of the search,
-//!    [`search_choice`]), and runs the trigger. The gate fence signals
+//!    `userspace` in [`StallMode::StallUserspaceAtRevoke`] and runs the
+//!    trigger. Where userspace stalls is a choice of the search
+//!    ([`search_choice`]): when the revoke begins, when a cycle's second
+//!    revoke begins, or at any scheduling point after the trigger began (a
+//!    `userspace-staller` task of group `hw` stalls it whenever the search
+//!    runs it). The gate fence signals
 //!    [`INFLIGHT_DELAY`] after the trigger began (a timer of group `hw`):
 //!    the queued jobs are in flight across the revoke whatever the schedule.
 //! 4. Importers wait for their queued jobs; then, [`POST_DELAY`] after the
@@ -937,26 +940,48 @@ fn spawn_revoker(
             |p| (p.fds_ready && p.setups_done >= n) || p.export_failed,
             None,
         );
-        // With a cycle, the search chooses which revoke userspace stalls at
-        // (every revoke is judged for l-bounded).
-        let stall_at = if mode == StallMode::StallUserspaceAtRevoke && spec.trigger.is_cycle() {
-            search_choice(2)
-        } else {
-            0
+        // Where userspace stalls is a choice of the search: when the
+        // (first) revoke begins, when a cycle's second one begins, or at
+        // any scheduling point after the trigger began (a task that stalls
+        // it whenever the search runs it). Every revoke is judged for
+        // l-bounded.
+        let stalled = mode == StallMode::StallUserspaceAtRevoke;
+        let stall_at = match (stalled, spec.trigger.is_cycle()) {
+            (false, _) => StallAt::Never,
+            (true, true) => [StallAt::First, StallAt::Second, StallAt::Anywhere][search_choice(3)],
+            (true, false) => [StallAt::First, StallAt::Anywhere][search_choice(2)],
         };
-        if mode == StallMode::StallUserspaceAtRevoke && stall_at == 0 {
+        if stall_at == StallAt::First {
             sched::stall_group("userspace");
         }
+        let staller = (stall_at == StallAt::Anywhere).then(|| {
+            thread::spawn_named("userspace-staller".into(), || {
+                sched::set_group("hw");
+                sched::stall_group("userspace");
+            })
+        });
         if matches!(&*exporter, Exporter::Vfio(_)) {
             let t0 = now_ns();
             probe.with(|o| o.revoke_started = true);
             probe.st.lock().t0 = Some(t0);
         }
         coord.update(|p| p.trigger_begun = true);
-        let stall_second = mode == StallMode::StallUserspaceAtRevoke && stall_at == 1;
+        let stall_second = stall_at == StallAt::Second;
         run_trigger(&spec, &exporter, &vmm, &coord, &probe, stall_second);
+        if let Some(h) = staller {
+            let _ = h.join();
+        }
         coord.update(|p| p.trigger_done = true);
     })
+}
+
+/// Where a stalled run stalls userspace (see the revoker).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StallAt {
+    Never,
+    First,
+    Second,
+    Anywhere,
 }
 
 fn report(probe: &WorldProbe, r: Result<TriggerReport, VfioError>) {

@@ -363,8 +363,10 @@ impl WorldSpec {
 pub enum StallMode {
     /// Every thread runs.
     Normal,
-    /// The `userspace` group is never scheduled again once revoke begins
-    /// (controlled execution only).
+    /// The `userspace` group is never scheduled again from a point the
+    /// search chooses: when the revoke begins, when a cycle's second revoke
+    /// begins, or any scheduling point after the trigger began (controlled
+    /// execution only).
     StallUserspaceAtRevoke,
 }
 
