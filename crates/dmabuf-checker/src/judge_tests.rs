@@ -9,7 +9,7 @@ use dmabuf_platform::{
     AccessKind, AddrSpace, DeviceId, Hazard, HazardClass, MappingId, Outstanding, PhysRange,
     ReuseEvent, ReuseKind, Via,
 };
-use dmabuf_scenario::world::{Observation, RevokeRecord};
+use dmabuf_scenario::world::{Observation, Restore, RevokeRecord};
 
 fn report(outcome: Outcome) -> RunReport {
     RunReport {
@@ -90,6 +90,32 @@ fn s_fence_catches_a_write_after_return_and_not_a_read_or_an_earlier_write() {
         vec![hazard(HazardClass::WriteAfterFences, AccessKind::Write, 9)],
     ));
     assert!(judge(&before, Property::SFence).is_none());
+}
+
+#[test]
+fn s_fence_catches_a_write_after_the_fence_wait_while_the_revoke_still_waits() {
+    let with = |seq| {
+        let mut o = returned_at(
+            10,
+            vec![hazard(
+                HazardClass::WriteAfterFences,
+                AccessKind::Write,
+                seq,
+            )],
+        );
+        o.revokes = vec![RevokeRecord {
+            ino: 1,
+            fences_done_seq: Some(5),
+            returned: true,
+            returned_seq: Some(10),
+            ..RevokeRecord::default()
+        }];
+        normal(o)
+    };
+    // After the fence wait, before the return (the exporter waits for the
+    // unmaps): a write the fences should have excluded.
+    assert!(judge(&with(7), Property::SFence).is_some());
+    assert!(judge(&with(4), Property::SFence).is_none());
 }
 
 #[test]
@@ -202,6 +228,31 @@ fn every_revoke_of_a_cycle_is_judged_and_the_unrevoked_window_is_not() {
     };
     let v = judge(&stalled, Property::LBounded).expect("violated");
     assert!(v.detail.contains("revoke 2 of 2"), "{}", v.detail);
+}
+
+#[test]
+fn l_restore_catches_an_importer_that_cannot_come_back_or_a_refused_unrevoke() {
+    let restore = |expected, job_ok| Restore {
+        importer: "gpu0".into(),
+        expected,
+        remap_ok: true,
+        job_ok,
+    };
+    let mut o = Observation {
+        restores: vec![restore(true, false)],
+        ..Observation::default()
+    };
+    let v = judge(&normal(o.clone()), Property::LRestore).expect("violated");
+    assert!(
+        v.detail.contains("gpu0 could not use the buffer again"),
+        "{}",
+        v.detail
+    );
+    // Revoked for good by design (a pinned revocable MR): not judged.
+    o.restores = vec![restore(false, false)];
+    assert!(judge(&normal(o.clone()), Property::LRestore).is_none());
+    o.counters.insert("unrevoke_refused".into(), 1);
+    assert!(judge(&normal(o), Property::LRestore).is_some());
 }
 
 #[test]

@@ -500,10 +500,20 @@ impl Library {
         Ok(out
             .into_iter()
             .map(|(mut s, other)| {
+                // A cell's own expectation of a property replaces the
+                // file-wide one.
+                let own = |p: &str| {
+                    f.expect
+                        .iter()
+                        .any(|e| e.with.as_deref() == Some(other.as_str()) && e.property == p)
+                };
                 s.expect = f
                     .expect
                     .iter()
-                    .filter(|e| e.with.is_none() || e.with.as_deref() == Some(other.as_str()))
+                    .filter(|e| match &e.with {
+                        None => !own(&e.property),
+                        Some(w) => *w == other,
+                    })
                     .cloned()
                     .collect();
                 s

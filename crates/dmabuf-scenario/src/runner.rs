@@ -91,8 +91,8 @@
 //! | `maps`, `unmaps`, `invalidates`, `faults`, `revoked`, ... | summed over the importer instances ([`Importer::counters`]) |
 
 use crate::world::{
-    ExporterKind, ImporterBase, ImporterSpec, Observation, OnInvalidate, Refusal, RevokeRecord,
-    StallMode, Trigger, UnmapWhen, WorldSpec,
+    ExporterKind, ImporterBase, ImporterSpec, Observation, OnInvalidate, Refusal, Restore,
+    RevokeRecord, StallMode, Trigger, UnmapWhen, WorldSpec,
 };
 use dmabuf_core::dma_buf::DmaBufRef;
 use dmabuf_core::dma_resv::Usage;
@@ -801,7 +801,8 @@ fn spawn_importer(
                 coord.wait(|p| p.unrevoked, Some(POST_WAIT))
             };
         if ready && !coord.st.lock().trigger_done {
-            if let Err(e) = syscall(|| imp.remap()) {
+            let remap = syscall(|| imp.remap());
+            if let Err(e) = &remap {
                 bump(&probe, "remap_failed", 1);
                 if !e.is_refusal() {
                     probe.error(format!("{name}: remap: {e}"));
@@ -822,6 +823,14 @@ fn spawn_importer(
                 },
                 1,
             );
+            probe.with(|o| {
+                o.restores.push(Restore {
+                    importer: name.clone(),
+                    expected: imp.restores(),
+                    remap_ok: remap.is_ok(),
+                    job_ok: r.is_ok(),
+                })
+            });
             record_job(&probe, &r);
             expect.check(&probe, &name, page, pat, &r);
             next += 1;

@@ -381,6 +381,19 @@ pub struct Refusal {
     pub errno: i32,
 }
 
+/// What one importer instance did after a cycle's un-revoke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restore {
+    /// Importer instance name.
+    pub importer: String,
+    /// Whether, by design, it uses the buffer again after an un-revoke.
+    pub expected: bool,
+    /// Its userspace's re-map succeeded.
+    pub remap_ok: bool,
+    /// The job right after the re-map ran.
+    pub job_ok: bool,
+}
+
 /// One revoke of one buffer, as the exporter reported it (a world with a
 /// cycle has several; each is judged).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -427,6 +440,9 @@ pub struct Observation {
     pub revoke_started: bool,
     /// Every revoke of every buffer, in the order they began.
     pub revokes: Vec<RevokeRecord>,
+    /// What each importer did after a cycle's un-revoke (empty when the
+    /// world has no cycle, or an importer's un-revoke never came).
+    pub restores: Vec<Restore>,
     /// Whether the (first) revoke returned.
     pub revoke_returned: bool,
     /// Time from revoke start to return (virtual under the scheduler).

@@ -3,6 +3,7 @@
 //! observed in one run.
 
 pub mod l_bounded;
+pub mod l_restore;
 pub mod lockdep;
 pub mod no_deadlock;
 pub mod no_leak;
@@ -27,10 +28,10 @@ pub(crate) fn hazard(
     })
 }
 
-/// Whether monitor sequence `seq` lies in a revoked window: after some
-/// revoke returned and before the un-revoke that followed it (every revoke
-/// of the run is judged, not only the first).
-pub(crate) fn after_return(run: &RunOutcome, seq: u64) -> bool {
+/// Whether monitor sequence `seq` lies after some revoke's fence wait had
+/// completed and before the un-revoke that followed it (every revoke of
+/// the run).
+pub(crate) fn after_fences(run: &RunOutcome, seq: u64) -> bool {
     let Some(o) = run.obs.as_ref() else {
         return false;
     };
@@ -38,5 +39,5 @@ pub(crate) fn after_return(run: &RunOutcome, seq: u64) -> bool {
         // Observations built without revoke records (synthetic runs).
         return o.revoke_return_seq.is_some_and(|r| seq > r);
     }
-    o.revokes.iter().any(|r| r.after_return(seq))
+    o.revokes.iter().any(|r| r.after_fences(seq))
 }

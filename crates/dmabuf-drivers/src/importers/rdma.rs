@@ -567,6 +567,11 @@ impl Importer for RdmaImporter {
         Ok(())
     }
 
+    fn restores(&self) -> bool {
+        // ib_umem_dmabuf_revoke_locked: the MR is revoked for good.
+        self.0.flavour != MrFlavour::PinnedRevocable
+    }
+
     fn shutdown(&self) {
         self.0.st.lock("mr shutdown").dying = true;
         self.stop_device();
