@@ -603,6 +603,11 @@ pub struct Protocol {
     /// off) *before* the buffers are cleaned up: the order d97708701434
     /// fixed. The default (false) cleans up first.
     pub disable_before_cleanup: bool,
+    /// The permanent revoke of one buffer by userspace (the three-state
+    /// exporter's `VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE`, Matt Evans' v3
+    /// 8/9), when the exporter has it: afterwards no un-revoke brings the
+    /// buffer back.
+    pub permanent: Option<Sequence>,
 }
 
 impl fmt::Display for Protocol {
@@ -664,6 +669,7 @@ impl Protocol {
                 "wait_for_completion if !was_revoked",
             ]),
             disable_before_cleanup: false,
+            permanent: None,
         }
     }
 }
@@ -675,6 +681,10 @@ pub trait SequenceHooks {
     fn fences_done(&mut self) {}
     /// `unmap_mapping_range`: zap the CPU page tables of the buffer.
     fn unmap_mapping_range(&mut self) {}
+    /// `clear_revoked` ran (lock held): from now on attach and map succeed
+    /// again, so whatever the exporter tells observers about the buffer
+    /// being usable belongs here, not after the sequence.
+    fn revoked_cleared(&mut self) {}
 }
 
 /// Hooks that do nothing.
@@ -1056,7 +1066,10 @@ impl Revocable {
                     StepKind::ResvLock => guard = Some(resv.lock(None)?),
                     StepKind::ResvUnlock => guard = None,
                     StepKind::SetRevoked => self.revoked.store(true, Ordering::Release),
-                    StepKind::ClearRevoked => self.revoked.store(false, Ordering::Release),
+                    StepKind::ClearRevoked => {
+                        self.revoked.store(false, Ordering::Release);
+                        hooks.revoked_cleared();
+                    }
                     StepKind::Invalidate => {
                         // Sequence::new guarantees the lock here.
                         if let Some(g) = &guard {

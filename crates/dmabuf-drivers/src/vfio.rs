@@ -343,6 +343,9 @@ pub struct VfioDmaBuf {
     phys: Vec<(u64, u64)>,
     size: u64,
     revocable: Revocable,
+    /// Revoked for good by userspace (the three-state exporter's
+    /// `PERM_REVOKED`): no un-revoke brings it back.
+    perm: dmabuf_core::sync::atomic::AtomicBool,
     vdev: Mutex<Option<Weak<VfioInner>>>,
     dmabuf: Mutex<Option<DmaBufRef>>,
 }
@@ -408,6 +411,24 @@ impl VfioDmaBuf {
         cpu: &[CpuMapping],
         obs: Option<&RevokeObserver>,
     ) -> BufferRevoke {
+        let seq = if permanent {
+            &self.protocol.cleanup
+        } else {
+            &self.protocol.revoke
+        };
+        self.revoke_with(file, seq, permanent, cpu, obs)
+    }
+
+    /// Steps 2–8 for one buffer with sequence `seq`; `unlink` clears the
+    /// device link first (cleanup).
+    fn revoke_with(
+        &self,
+        file: &DmaBuf,
+        seq: &dmabuf_core::revoke::Sequence,
+        unlink: bool,
+        cpu: &[CpuMapping],
+        obs: Option<&RevokeObserver>,
+    ) -> BufferRevoke {
         let mon = self.host.monitor();
         let began_ns = dmabuf_core::sync::time::now_ns();
         if let Some(o) = obs {
@@ -416,14 +437,9 @@ impl VfioDmaBuf {
                 ns: began_ns,
             });
         }
-        if permanent {
+        if unlink {
             *self.vdev.lock() = None;
         }
-        let seq = if permanent {
-            &self.protocol.cleanup
-        } else {
-            &self.protocol.revoke
-        };
         let mut hooks = MoveHooks {
             buf: self,
             cpu,
@@ -431,6 +447,7 @@ impl VfioDmaBuf {
             fences_done: false,
             obs,
             ino: file.ino(),
+            unrevoked_seq: None,
         };
         let out = match self.revocable.run(seq, file, &mut hooks) {
             Ok(o) => o,
@@ -495,6 +512,7 @@ impl VfioDmaBuf {
             fences_done: true,
             obs: None,
             ino: file.ino(),
+            unrevoked_seq: None,
         };
         self.revocable
             .run(&self.protocol.unrevoke, file, &mut hooks)
@@ -512,10 +530,8 @@ impl VfioDmaBuf {
                 ),
             });
         }
-        let seq = self
-            .host
-            .monitor()
-            .unrevoke(self.exporter, &self.ranges())?;
+        // The monitor learnt it at the flag's clearing (MoveHooks).
+        let seq = hooks.unrevoked_seq.unwrap_or(0);
         trace_event!("vfio_pci_dma_buf_unrevoked", "ino={:#x}", file.ino());
         if let Some(o) = obs {
             o(&RevokeEvent::Unrevoked {
@@ -545,6 +561,8 @@ struct MoveHooks<'a> {
     fences_done: bool,
     obs: Option<&'a RevokeObserver>,
     ino: u64,
+    /// Monitor sequence of the un-revoke, once the flag was cleared.
+    unrevoked_seq: Option<u64>,
 }
 
 impl SequenceHooks for MoveHooks<'_> {
@@ -572,6 +590,19 @@ impl SequenceHooks for MoveHooks<'_> {
     fn unmap_mapping_range(&mut self) {
         for m in self.cpu {
             m.zap_all();
+        }
+    }
+
+    fn revoked_cleared(&mut self) {
+        // Maps succeed from here on: the memory is ordinary again for the
+        // monitor now, not when the rest of the sequence has run.
+        if let Ok(seq) = self
+            .buf
+            .host
+            .monitor()
+            .unrevoke(self.buf.exporter, &self.buf.ranges())
+        {
+            self.unrevoked_seq = Some(seq);
         }
     }
 }
@@ -940,6 +971,7 @@ impl VfioPciDevice {
                                 }
                             })
                         }),
+                        perm: dmabuf_core::sync::atomic::AtomicBool::new(false),
                         vdev: Mutex::new(Some(Arc::downgrade(&self.0))),
                         dmabuf: Mutex::new(None),
                     });
@@ -996,6 +1028,11 @@ impl VfioPciDevice {
             let Some(file) = p.dmabuf.lock().clone().and_then(|r| r.get_file_active()) else {
                 continue;
             };
+            if !revoked && p.perm.load(Ordering::Acquire) {
+                // PERM_REVOKED: temporary causes going away do not restore it.
+                deferred.push(file);
+                continue;
+            }
             if p.revocable.is_revoked() != revoked {
                 if revoked {
                     report
@@ -1021,6 +1058,45 @@ impl VfioPciDevice {
         for m in &mem.cpu_maps {
             m.zap_all();
         }
+    }
+
+    /// `VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE` (three-state exporter, Matt
+    /// Evans' v3 8/9) for every buffer of the device: the protocol's
+    /// `permanent` sequence (a buffer a temporary cause already revoked is
+    /// already drained: the sequence says what it skips), then the buffer is
+    /// `PERM_REVOKED` for good. `Feature(EOPNOTSUPP)` when the protocol has
+    /// no permanent revoke.
+    pub fn revoke_permanently(&self) -> Result<TriggerReport, VfioError> {
+        let Some(seq) = self.0.protocol.permanent.clone() else {
+            return Err(VfioError::Feature {
+                errno: errno::EOPNOTSUPP,
+            });
+        };
+        self.with_memory_lock("vfio_pci_dma_buf_revoke_feature", |mem, deferred| {
+            if mem.closed {
+                return Err(VfioError::Closed {
+                    device: self.dev_name(),
+                });
+            }
+            let obs = self.0.observer.lock().clone();
+            let mut report = TriggerReport::default();
+            for p in mem.dmabufs.clone() {
+                let Some(file) = p.dmabuf.lock().clone().and_then(|r| r.get_file_active()) else {
+                    continue;
+                };
+                if p.perm.swap(true, Ordering::AcqRel) {
+                    deferred.push(file);
+                    continue;
+                }
+                report
+                    .revoked
+                    .push(p.revoke_with(&file, &seq, false, &mem.cpu_maps, obs.as_ref()));
+                self.0.revokes.fetch_add(1, Ordering::Relaxed);
+                trace_event!("vfio_pci_dma_buf_perm_revoked", "ino={:#x}", file.ino());
+                deferred.push(file);
+            }
+            Ok(report)
+        })
     }
 
     /// A config write of `PCI_COMMAND_MEMORY`: clearing it revokes first,

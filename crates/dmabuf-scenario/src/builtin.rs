@@ -54,6 +54,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../protocols/exporters/v9c-gate-in-pin.toml"),
     ),
     (
+        "protocols/exporters/v10-three-state.toml",
+        include_str!("../../../protocols/exporters/v10-three-state.toml"),
+    ),
+    (
+        "protocols/exporters/v10-unrevoke-no-invalidate.toml",
+        include_str!("../../../protocols/exporters/v10-unrevoke-no-invalidate.toml"),
+    ),
+    (
         "protocols/exporters/gpu-vram.toml",
         include_str!("../../../protocols/exporters/gpu-vram.toml"),
     ),
@@ -76,6 +84,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
     (
         "protocols/importers/gpu-lazy.toml",
         include_str!("../../../protocols/importers/gpu-lazy.toml"),
+    ),
+    (
+        "protocols/importers/gpu-enodev.toml",
+        include_str!("../../../protocols/importers/gpu-enodev.toml"),
+    ),
+    (
+        "protocols/importers/gpu-enodev-revalidate.toml",
+        include_str!("../../../protocols/importers/gpu-enodev-revalidate.toml"),
     ),
     (
         "protocols/importers/rdma-odp.toml",
@@ -133,6 +149,18 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "protocols/scenarios/vram-eviction.toml",
         include_str!("../../../protocols/scenarios/vram-eviction.toml"),
     ),
+    (
+        "protocols/scenarios/permanent-revoke.toml",
+        include_str!("../../../protocols/scenarios/permanent-revoke.toml"),
+    ),
+    (
+        "protocols/scenarios/unrevoke-race-v6.toml",
+        include_str!("../../../protocols/scenarios/unrevoke-race-v6.toml"),
+    ),
+    (
+        "protocols/scenarios/unrevoke-race-no-invalidate.toml",
+        include_str!("../../../protocols/scenarios/unrevoke-race-no-invalidate.toml"),
+    ),
 ];
 
 /// A runnable scenario: a world and what its file expects.
@@ -170,7 +198,7 @@ pub fn spec_hash(spec: &WorldSpec) -> u64 {
     // every field; the protocol's steps print as the file wrote them.
     let p = &spec.protocol;
     let text = format!(
-        "{:?}|{:?}|{:?}|{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}|{}|{}|{}",
+        "{:?}|{:?}|{:?}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}",
         spec.exporter,
         p.attach,
         p.pin,
@@ -178,6 +206,7 @@ pub fn spec_hash(spec: &WorldSpec) -> u64 {
         p.unrevoke,
         p.cleanup,
         p.disable_before_cleanup,
+        p.permanent.as_ref().map(ToString::to_string),
         spec.importers,
         spec.trigger,
         spec.jobs,
@@ -435,6 +464,17 @@ impl Library {
                 ),
             });
         }
+        if s.trigger == Trigger::PermanentCycle && exporter.protocol.permanent.is_none() {
+            return Err(FileError {
+                path: s.path.clone(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "trigger 'permanent-cycle' needs an exporter with a 'permanent' sequence; '{}' has none",
+                    exporter.name
+                ),
+            });
+        }
         if revokes && s.trigger == Trigger::Eviction {
             return Err(FileError {
                 path: s.path.clone(),
@@ -589,9 +629,9 @@ mod tests {
     #[test]
     fn every_builtin_file_parses_and_the_list_matches_the_folder() {
         let lib = Library::builtin().unwrap();
-        assert_eq!(lib.rows().len(), 8);
-        assert_eq!(lib.importers.len(), 12, "9 importers and 3 mixes");
-        assert_eq!(lib.named().unwrap().len(), 8);
+        assert_eq!(lib.rows().len(), 10);
+        assert_eq!(lib.importers.len(), 14, "11 importers and 3 mixes");
+        assert_eq!(lib.named().unwrap().len(), 11);
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../protocols");
         let mut on_disk = Vec::new();
         collect(&root, &mut on_disk, 0).unwrap();
@@ -670,7 +710,7 @@ mod tests {
         let qs = lib.questions(&f).unwrap();
         assert_eq!(
             qs.len(),
-            8,
+            10,
             "a mix file is crossed with every VFIO protocol"
         );
         assert_eq!(qs[0].spec.importers.len(), 2);

@@ -255,6 +255,7 @@ struct ExporterDoc {
     unrevoke: Option<Spanned<Vec<S>>>,
     cleanup: Option<Spanned<Vec<S>>>,
     close: Option<Spanned<Vec<S>>>,
+    permanent: Option<Spanned<Vec<S>>>,
 }
 
 #[derive(Deserialize)]
@@ -441,6 +442,7 @@ pub const TRIGGERS: &[(&str, Trigger)] = &[
     ("close", Trigger::Close),
     ("unrevoke-cycle", Trigger::UnrevokeCycle),
     ("flr-cycle", Trigger::FlrCycle),
+    ("permanent-cycle", Trigger::PermanentCycle),
     ("eviction", Trigger::Eviction),
 ];
 
@@ -509,6 +511,11 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
                 }
             }
         };
+        let permanent = e
+            .permanent
+            .as_ref()
+            .map(|l| c.sequence(l, "permanent"))
+            .transpose()?;
         Protocol {
             name: name.clone(),
             attach,
@@ -517,6 +524,7 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
             unrevoke,
             cleanup,
             disable_before_cleanup,
+            permanent,
         }
     } else {
         for (f, v) in [
@@ -526,6 +534,7 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
             ("unrevoke", &e.unrevoke),
             ("cleanup", &e.cleanup),
             ("close", &e.close),
+            ("permanent", &e.permanent),
         ] {
             if let Some(v) = v {
                 return Err(c.err(

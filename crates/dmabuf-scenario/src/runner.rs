@@ -71,6 +71,7 @@
 //! | `Close` | [`VfioPciDevice::close`], optionally a new device at the BAR | the VMM closes its fd | the VMM closes its fd |
 //! | `UnrevokeCycle` | decode off, on, wait for re-maps, off, close while revoked | unsupported | unsupported |
 //! | `FlrCycle` | FLR (revoke, reset, un-revoke), wait for re-maps, decode off, close while revoked | unsupported | unsupported |
+//! | `PermanentCycle` | decode off, the permanent revoke ioctl, decode on (no un-revoke of a permanently revoked buffer), wait for re-map attempts, off, close | unsupported | unsupported |
 //! | `Eviction` | unsupported | unsupported | evict to system, wait, migrate back |
 //!
 //! An unsupported combination is reported in [`Observation::errors`]. Only
@@ -204,6 +205,8 @@ struct Phase {
     revokes_returned: usize,
     unrevoke_begun: bool,
     unrevoked: bool,
+    /// The buffers were revoked for good (the restore is not expected).
+    permanent: bool,
     remapped: usize,
     /// A cycle's second revoke is about to begin.
     second_begun: bool,
@@ -801,7 +804,34 @@ fn spawn_importer(
                 coord.wait(|p| p.unrevoked, Some(POST_WAIT))
             };
         if ready && !coord.st.lock().trigger_done {
-            let remap = syscall(|| imp.remap());
+            let mut remap = syscall(|| imp.remap());
+            if remap_race {
+                // The racing attempt may legitimately fail (the buffer is
+                // still revoked); what l-restore judges is the first job
+                // once the un-revoke is over.
+                let page = next as u64 % BUF_PAGES;
+                let pat = pattern(index, next);
+                let r = syscall(|| match imp.submit(page, pat, None) {
+                    Ok(j) => j.wait(),
+                    Err(e) => Err(e.errno()),
+                });
+                bump(
+                    &probe,
+                    if r.is_ok() {
+                        "jobs_during_unrevoke_ok"
+                    } else {
+                        "jobs_during_unrevoke_failed"
+                    },
+                    1,
+                );
+                record_job(&probe, &r);
+                expect.check(&probe, &name, page, pat, &r);
+                next += 1;
+                coord.wait(|p| p.unrevoked || p.trigger_done, Some(POST_WAIT));
+                if remap.is_err() {
+                    remap = syscall(|| imp.remap());
+                }
+            }
             if let Err(e) = &remap {
                 bump(&probe, "remap_failed", 1);
                 if !e.is_refusal() {
@@ -826,7 +856,7 @@ fn spawn_importer(
             probe.with(|o| {
                 o.restores.push(Restore {
                     importer: name.clone(),
-                    expected: imp.restores(),
+                    expected: imp.restores() && !coord.st.lock().permanent,
                     remap_ok: remap.is_ok(),
                     job_ok: r.is_ok(),
                 })
@@ -1064,12 +1094,18 @@ fn vfio_trigger(
                 probe.error(format!("hotplug: {e}"));
             }
         }
-        Trigger::UnrevokeCycle | Trigger::FlrCycle => {
+        Trigger::UnrevokeCycle | Trigger::FlrCycle | Trigger::PermanentCycle => {
             if t == Trigger::FlrCycle {
                 report(probe, v.reset(ResetKind::Flr));
             } else {
                 report(probe, v.set_memory_decode(false));
                 thread::sleep(OFF_WINDOW);
+                if t == Trigger::PermanentCycle {
+                    // The VMM revokes for good while the buffer is
+                    // temporarily revoked (TEMP -> PERM).
+                    coord.update(|p| p.permanent = true);
+                    report(probe, v.revoke_permanently());
+                }
                 report(probe, v.set_memory_decode(true));
             }
             coord.update(|p| p.unrevoked = true);

@@ -299,6 +299,10 @@ pub enum Trigger {
     /// with DMA in flight, re-map and new DMA in flight, revoke again
     /// (decode off), then close while revoked.
     FlrCycle,
+    /// The three-state exporter: decode off (temporary revoke), the
+    /// permanent revoke ioctl while temporarily revoked, decode on (which
+    /// must not bring the buffer back), importers try to map again, close.
+    PermanentCycle,
     /// Memory pressure: the GPU VRAM exporter evicts (moves) the buffer.
     Eviction,
 }
@@ -307,7 +311,10 @@ impl Trigger {
     /// Whether it revokes twice with an un-revoke and a re-map between
     /// (see the runner's timeline).
     pub fn is_cycle(self) -> bool {
-        matches!(self, Trigger::UnrevokeCycle | Trigger::FlrCycle)
+        matches!(
+            self,
+            Trigger::UnrevokeCycle | Trigger::FlrCycle | Trigger::PermanentCycle
+        )
     }
 }
 
