@@ -88,7 +88,7 @@ interrupt_after() {
 echo "== 1. no panic, no abort"
 piped "scenarios | head -1" "$DMABUF" scenarios
 piped "run vfio-gpu-reset --trace | head -1" "$DMABUF" run vfio-gpu-reset --trace
-V2GPU='dmabuf3,matrix.v2-invalidate-only.gpu.jobs1,0daddf865f42473b,pct3,1,normal,1.a16b2c2d2e16d2f100d2fd2c11b113c4db94a2,89c55b78'
+V2GPU='dmabuf3,matrix.v2-invalidate-only.gpu.jobs1,0e6bb811ee30d0f6,pct3,1,normal,1.a17b2c2d2e16d2f100d2fd2c11b115c4d6b95d2fd2c11b149c4db19a2,474990ba'
 piped "replay TOKEN | head -1" "$DMABUF" replay "$V2GPU"
 expect "check --depth 4294967295 is refused, not a 34 GB allocation" 2 "$DMABUF" check vfio-gpu-reset --strategy dfs --depth 4294967295
 expect "fences --count 2^64-1 is refused, not an allocation" 2 "$DMABUF" fences --count 18446744073709551615
@@ -108,16 +108,16 @@ fi
 echo "== 2. exit codes and tokens"
 expect "replay of a violating token exits 1" 1 "$DMABUF" replay "$V2GPU"
 contains "  ... and prints its verdicts" "$tmp/out" "s-fence      VIOLATED"
-expect "replay of another scenario's schedule diverges: exit 2" 2 "$DMABUF" replay 'dmabuf2,matrix.v6-final.iommufd,aa51903c55a2cca9,pct3,1,normal,1.a16b2c2d2e16d2f100d2fd2c11b115c4db95a2'
+expect "replay of another scenario's schedule diverges: exit 2" 2 "$DMABUF" replay 'dmabuf2,matrix.v6-final.iommufd,3f3a7ce1854ceeda,pct3,1,normal,1.a17b2c2d2e16d2f100d2fd2c11b115c4d6b95d2fd2c11b149c4db19a2'
 lacks "  ... with no verdicts" "$tmp/out" "holds"
 contains "  ... saying so" "$tmp/err" "diverged"
-expect "replay of a truncated schedule diverges: exit 2" 2 "$DMABUF" replay 'dmabuf2,matrix.v2-invalidate-only.gpu.jobs1,0daddf865f42473b,pct3,1,normal,1.a16b2c2d2e16d2f100d2fd2c11b115c4db95'
+expect "replay of a truncated schedule diverges: exit 2" 2 "$DMABUF" replay 'dmabuf2,matrix.v2-invalidate-only.gpu.jobs1,0e6bb811ee30d0f6,pct3,1,normal,1.a17b2c2d2e16d2f100d2fd2c11b115c4d6b95d2fd2c11b149c4db19'
 lacks "  ... with no VIOLATED verdicts" "$tmp/out" "VIOLATED"
-expect "zzz is not task 25: exit 2" 2 "$DMABUF" replay 'dmabuf2,matrix.v2-invalidate-only.gpu.jobs1,0daddf865f42473b,pct3,1,normal,1.zzz'
+expect "zzz is not task 25: exit 2" 2 "$DMABUF" replay 'dmabuf2,matrix.v2-invalidate-only.gpu.jobs1,0e6bb811ee30d0f6,pct3,1,normal,1.zzz'
 contains "  ... naming the canonical form" "$tmp/err" "never zzz"
 expect "a changed seed fails the token check: exit 2" 2 "$DMABUF" replay "${V2GPU/,pct3,1,normal,/,pct3,2,normal,}"
 contains "  ... saying so" "$tmp/err" "check failed"
-expect "a bad character in the schedule: exit 2" 2 "$DMABUF" replay 'dmabuf3,matrix.v2-invalidate-only.gpu,0daddf865f42473b,pct3,1,normal,1.a-b,00000000'
+expect "a bad character in the schedule: exit 2" 2 "$DMABUF" replay 'dmabuf3,matrix.v2-invalidate-only.gpu,0e6bb811ee30d0f6,pct3,1,normal,1.a-b,00000000'
 expect "an unknown scenario: exit 2" 2 "$DMABUF" replay 'dmabuf2,no-such-scenario,0000000000000000,pct3,1,normal,1.a'
 # A real-thread run is not a controlled schedule: whether the race shows
 # depends on timing. What must hold: verdicts are printed, and the exit

@@ -5,8 +5,11 @@ use crate::explore::{RunOutcome, judge};
 use crate::property::Property;
 use crate::token::RunMode;
 use dmabuf_core::sync::sched::{BlockedOn, Outcome, RunReport, Schedule, TaskInfo};
-use dmabuf_platform::{AccessKind, AddrSpace, DeviceId, Hazard, HazardClass, Via};
-use dmabuf_scenario::world::Observation;
+use dmabuf_platform::{
+    AccessKind, AddrSpace, DeviceId, Hazard, HazardClass, MappingId, Outstanding, PhysRange,
+    ReuseEvent, ReuseKind, Via,
+};
+use dmabuf_scenario::world::{Observation, Restore, RevokeRecord};
 
 fn report(outcome: Outcome) -> RunReport {
     RunReport {
@@ -90,6 +93,32 @@ fn s_fence_catches_a_write_after_return_and_not_a_read_or_an_earlier_write() {
 }
 
 #[test]
+fn s_fence_catches_a_write_after_the_fence_wait_while_the_revoke_still_waits() {
+    let with = |seq| {
+        let mut o = returned_at(
+            10,
+            vec![hazard(
+                HazardClass::WriteAfterFences,
+                AccessKind::Write,
+                seq,
+            )],
+        );
+        o.revokes = vec![RevokeRecord {
+            ino: 1,
+            fences_done_seq: Some(5),
+            returned: true,
+            returned_seq: Some(10),
+            ..RevokeRecord::default()
+        }];
+        normal(o)
+    };
+    // After the fence wait, before the return (the exporter waits for the
+    // unmaps): a write the fences should have excluded.
+    assert!(judge(&with(7), Property::SFence).is_some());
+    assert!(judge(&with(4), Property::SFence).is_none());
+}
+
+#[test]
 fn s_final_catches_any_access_after_return_and_outstanding_mappings() {
     let read = normal(returned_at(
         10,
@@ -122,6 +151,108 @@ fn s_noreuse_catches_uaf_aer_and_misdirected_at_any_time() {
         vec![hazard(HazardClass::AccessAfterUnmap, AccessKind::Read, 3)],
     ));
     assert!(judge(&clean, Property::SNoreuse).is_none());
+}
+
+#[test]
+fn s_noreuse_catches_a_reset_with_a_mapping_outstanding_without_any_access() {
+    let event = |outstanding: Vec<Outstanding>| ReuseEvent {
+        kind: ReuseKind::Reset,
+        who: "vfio0".into(),
+        ranges: vec![PhysRange::new(0xe000_0000, 0x10000)],
+        outstanding,
+        seq: 12,
+        ts_ns: 0,
+    };
+    let mut obs = returned_at(10, vec![]);
+    obs.reuse = vec![event(vec![Outstanding {
+        kind: "sg",
+        holder: "lying0".into(),
+        mapping: Some(MappingId(1)),
+        detail: "attachment 1 bus 0xe0000000+0x2000".into(),
+    }])];
+    let v = judge(&normal(obs), Property::SNoreuse).expect("violated");
+    assert!(v.detail.contains("reset of vfio0"), "{}", v.detail);
+    assert!(v.detail.contains("sg mapping 1 by lying0"), "{}", v.detail);
+    // A reset with nothing mapped is what revoke is for.
+    let mut obs = returned_at(10, vec![]);
+    obs.reuse = vec![event(vec![])];
+    assert!(judge(&normal(obs), Property::SNoreuse).is_none());
+}
+
+/// Two revokes: the first returned at 10 and was un-revoked at 20; the
+/// second returned at 30 with `live` mappings and was never un-revoked.
+fn two_revokes(live: i64, hazards: Vec<Hazard>) -> Observation {
+    let mut o = returned_at(10, hazards);
+    o.revokes = vec![
+        RevokeRecord {
+            ino: 1,
+            fences_done_seq: Some(9),
+            returned: true,
+            returned_seq: Some(10),
+            unrevoked_seq: Some(20),
+            ..RevokeRecord::default()
+        },
+        RevokeRecord {
+            ino: 1,
+            fences_done_seq: Some(29),
+            returned: true,
+            returned_seq: Some(30),
+            live_mappings_at_return: live,
+            ..RevokeRecord::default()
+        },
+    ];
+    o
+}
+
+#[test]
+fn every_revoke_of_a_cycle_is_judged_and_the_unrevoked_window_is_not() {
+    let w = |seq| hazard(HazardClass::AccessAfterRevoke, AccessKind::Write, seq);
+    // A write after the second revoke returned.
+    assert!(judge(&normal(two_revokes(0, vec![w(31)])), Property::SFence).is_some());
+    // A write between the un-revoke and the second revoke is legitimate
+    // (the monitor would not even classify it; the window says so too).
+    let between = hazard(HazardClass::WriteAfterFences, AccessKind::Write, 25);
+    assert!(judge(&normal(two_revokes(0, vec![between])), Property::SFence).is_none());
+    // The second revoke returning with a mapping live breaks s-final.
+    let v = judge(&normal(two_revokes(1, vec![])), Property::SFinal).expect("violated");
+    assert!(v.detail.contains("revoke 2 of 2"), "{}", v.detail);
+    assert!(judge(&normal(two_revokes(0, vec![])), Property::SFinal).is_none());
+    // A second revoke that never returns, with userspace stalled.
+    let mut o = two_revokes(0, vec![]);
+    o.revokes[1].returned = false;
+    let stalled = RunOutcome {
+        report: report(Outcome::Completed),
+        obs: Some(o),
+        mode: RunMode::Stalled,
+        lockdep: vec![],
+    };
+    let v = judge(&stalled, Property::LBounded).expect("violated");
+    assert!(v.detail.contains("revoke 2 of 2"), "{}", v.detail);
+}
+
+#[test]
+fn l_restore_catches_an_importer_that_cannot_come_back_or_a_refused_unrevoke() {
+    let restore = |expected, job_ok| Restore {
+        importer: "gpu0".into(),
+        expected,
+        remap_ok: true,
+        job_ok,
+    };
+    let mut o = Observation {
+        restores: vec![restore(true, false)],
+        ..Observation::default()
+    };
+    let v = judge(&normal(o.clone()), Property::LRestore).expect("violated");
+    assert!(
+        v.detail.contains("gpu0 could not use the buffer again"),
+        "{}",
+        v.detail
+    );
+    // Revoked for good by design (a pinned revocable MR): not judged.
+    o.restores = vec![restore(false, false)];
+    assert!(judge(&normal(o.clone()), Property::LRestore).is_none());
+    o.counters.insert("unrevoke_refused".into(), 1);
+    assert!(judge(&normal(o), Property::LRestore).is_some());
 }
 
 #[test]

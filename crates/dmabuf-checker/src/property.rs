@@ -5,10 +5,11 @@
 //!
 //! | name | holds when |
 //! |---|---|
-//! | `s-fence` | once the revoke's fence wait has completed, no write reaches the exporter's memory |
+//! | `s-fence` | once a revoke's fence wait has completed, no write reaches the exporter's memory (while it waits for unmaps, and after it returned until the un-revoke) |
 //! | `s-final` | once revoke returns, no access of any kind (DMA or CPU, read or write) reaches the exporter's memory, and no mapping of it is outstanding |
-//! | `s-noreuse` | the exporter never frees, powers down, resets or hands to another device memory that is still mapped: no use-after-free, AER or misdirected DMA at any time |
-//! | `l-bounded` | revoke completes even when every userspace thread is stalled from the moment revoke begins (checked in dedicated runs) |
+//! | `s-noreuse` | the exporter never resets, powers down, disables decode of, frees or re-assigns memory while any mapping of it (sg, IOMMU or IOTLB translation, CPU PTE) is outstanding, as the platform records at that moment, whether or not an access lands; and no use-after-free, AER or misdirected DMA lands at any time |
+//! | `l-bounded` | every revoke completes even when every userspace thread is stalled (from a point the search chooses; checked in dedicated runs) |
+//! | `l-restore` | after an un-revoke, every importer that uses the buffer again by design can map again and its next job runs; no un-revoke is refused (normal runs of worlds with a cycle) |
 //! | `no-deadlock` | the run ends with every task finished |
 //! | `no-leak` | every buffer is released and every attachment detached at the end |
 //! | `lockdep` | the validator reported nothing |
@@ -34,7 +35,7 @@ pub trait Check: Sync {
 }
 
 /// Every property, in report order.
-pub static REGISTRY: [&dyn Check; 8] = [
+pub static REGISTRY: [&dyn Check; 9] = [
     &crate::properties::s_fence::SFence,
     &crate::properties::s_final::SFinal,
     &crate::properties::s_noreuse::SNoreuse,
@@ -43,6 +44,7 @@ pub static REGISTRY: [&dyn Check; 8] = [
     &crate::properties::no_leak::NoLeak,
     &crate::properties::lockdep::Lockdep,
     &crate::properties::no_warn::NoWarn,
+    &crate::properties::l_restore::LRestore,
 ];
 
 /// A handle on a registered property (its index in [`REGISTRY`]).
@@ -67,9 +69,11 @@ impl Property {
     pub const Lockdep: Property = Property(6);
     /// `no-warn`.
     pub const NoWarn: Property = Property(7);
+    /// `l-restore`.
+    pub const LRestore: Property = Property(8);
 
     /// Every property, in report order.
-    pub const ALL: [Property; 8] = [
+    pub const ALL: [Property; 9] = [
         Property(0),
         Property(1),
         Property(2),
@@ -78,6 +82,7 @@ impl Property {
         Property(5),
         Property(6),
         Property(7),
+        Property(8),
     ];
 
     /// The registered check.

@@ -35,7 +35,7 @@ mod tests {
         assert_eq!(names.len(), all.len());
         assert_eq!(
             all.iter().filter(|s| s.name.starts_with("matrix.")).count(),
-            64
+            140
         );
         for n in [
             "vfio-iommufd-flr",

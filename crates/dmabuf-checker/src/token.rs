@@ -286,12 +286,12 @@ impl FromStr for ReplayToken {
         if scenario.is_empty()
             || !scenario
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c))
         {
             return Err(bad(
                 "scenario",
                 scenario,
-                "a scenario name is letters, digits, '.', '-' and '_'",
+                "a scenario name is letters, digits, '.', '-', '_' and '+' (a mix)",
             ));
         }
         let strategy = match parts[2] {

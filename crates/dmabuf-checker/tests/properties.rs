@@ -69,6 +69,64 @@ fn s_noreuse_violated_when_the_bar_resets_under_live_dma() {
 }
 
 #[test]
+fn s_noreuse_judges_the_mappings_outstanding_at_the_reset_not_the_policy_name() {
+    // v5 gives up waiting with the liar's mapping still live and lets the
+    // FLR go ahead: the reset happens under a live mapping, which the
+    // platform records whether or not the liar's DMA lands.
+    // Stalled runs only (normal ones break it by an access as well).
+    let r = explore::check(
+        &find("matrix.v5-unmap-timeout.lying").unwrap(),
+        &CheckOptions {
+            schedules: 0,
+            stalled_schedules: 6,
+            ..opts(0)
+        },
+        |_| {},
+    );
+    let n = r
+        .properties
+        .iter()
+        .find(|x| x.property == Property::SNoreuse)
+        .unwrap();
+    assert!(!n.holds(), "v5 x lying must violate s-noreuse");
+    let token = &n.counterexample.as_ref().unwrap().token;
+    assert_eq!(token.mode, RunMode::Stalled);
+    let lib = dmabuf_checker::scenario::Library::builtin().unwrap();
+    let (run, verdicts) = explore::replay(&lib, token).unwrap();
+    let obs = run.obs.as_ref().unwrap();
+    assert!(
+        obs.reuse
+            .iter()
+            .any(|e| e.who == "vfio0" && !e.outstanding.is_empty()),
+        "the platform recorded the outstanding mapping: {:?}",
+        obs.reuse
+    );
+    let v = verdicts
+        .iter()
+        .find(|(p, _)| *p == Property::SNoreuse)
+        .and_then(|(_, v)| v.clone())
+        .expect("violated on replay");
+    assert!(
+        v.detail.contains("of vfio0 while") && v.detail.contains("lying0"),
+        "the evidence is the platform's record: {}",
+        v.detail
+    );
+    // v6 with the honest importers: every mapping is gone before the reset.
+    for imp in [
+        "gpu",
+        "gpu-kernel-fence",
+        "rdma-odp",
+        "rdma-pinned-revocable",
+        "iommufd",
+    ] {
+        assert!(
+            verdict(&format!("matrix.v6-final.{imp}"), Property::SNoreuse),
+            "v6 x {imp}"
+        );
+    }
+}
+
+#[test]
 fn l_bounded_violated_by_an_importer_that_waits_for_userspace() {
     assert!(!verdict("matrix.v6-final.lying", Property::LBounded));
     assert!(verdict("matrix.v6-final.iommufd", Property::LBounded));
@@ -216,4 +274,22 @@ fn replaying_a_token_reproduces_the_identical_trace() {
         "the replay shows the violation"
     );
     assert!(a.report.divergence.is_none());
+}
+
+#[test]
+fn a_timed_unmap_wait_can_lose_to_a_slow_importer_and_an_unbounded_unmap_hangs_v6() {
+    // v5's 1 s wait may expire at any scheduling point while the GPU's
+    // worker has not unmapped yet: the revoke returns with the mapping live.
+    assert!(!verdict("matrix.v5-unmap-timeout.gpu", Property::SFinal));
+    assert!(!verdict("matrix.v5-unmap-timeout.gpu", Property::NoWarn));
+    // Importers that unmap inside the callback leave nothing to wait for.
+    assert!(verdict(
+        "matrix.v5-unmap-timeout.rdma-odp",
+        Property::SFinal
+    ));
+    // gpu-lazy keeps its fences right but unmaps only when userspace frees:
+    // v6 waits for it, safely, but not in bounded time.
+    assert!(verdict("matrix.v6-final.gpu-lazy", Property::SFence));
+    assert!(verdict("matrix.v6-final.gpu-lazy", Property::SFinal));
+    assert!(!verdict("matrix.v6-final.gpu-lazy", Property::LBounded));
 }

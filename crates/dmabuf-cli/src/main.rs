@@ -157,9 +157,10 @@ enum Cmd {
         /// Scenario name, or a protocol file (its scenario, or its exporter
         /// or importers crossed with the library).
         scenario: String,
-        /// Exploration strategy.
-        #[arg(long, value_enum, default_value = "pct")]
-        strategy: StrategyArg,
+        /// Exploration strategy (default: pct, or what the protocol file's
+        /// [scenario] suggests).
+        #[arg(long, value_enum)]
+        strategy: Option<StrategyArg>,
         /// Normal-mode schedules, at least 1 (DFS: at most this many
         /// executions); a quarter as many stalled-userspace schedules are
         /// added for l-bounded.
@@ -473,6 +474,8 @@ fn main() -> ExitCode {
                     Err(e) => return usage_error(e),
                 }
             }
+            let given = strategy.is_some();
+            let strategy = strategy.unwrap_or(StrategyArg::Pct);
             if let Err(e) = check_budget(schedules, depth, strategy) {
                 return usage_error(e);
             }
@@ -501,7 +504,7 @@ fn main() -> ExitCode {
                 shrink: true,
                 proof: None,
             };
-            check(&mut lib, &scenario, &opts, json, quiet, shard)
+            check(&mut lib, &scenario, &opts, given, json, quiet, shard)
         }
         Cmd::Matrix {
             dirs,
@@ -638,6 +641,15 @@ fn main() -> ExitCode {
                 Err(e) => usage_error(e),
             }
         }
+    }
+}
+
+/// The strategy a protocol file's `[scenario]` suggests (its defaults).
+fn suggested_strategy(name: &str) -> Option<StrategyKind> {
+    match name {
+        "pct" => Some(StrategyKind::Pct(3)),
+        "random" => Some(StrategyKind::Random),
+        _ => None,
     }
 }
 
@@ -1099,6 +1111,7 @@ fn check(
     lib: &mut Library,
     name: &str,
     opts: &CheckOptions,
+    strategy_given: bool,
     json: bool,
     quiet: bool,
     shard: Option<Shard>,
@@ -1120,6 +1133,9 @@ fn check(
             continue;
         }
         let mut opts = opts.clone();
+        if !strategy_given && let Some(k) = sc.strategy.as_deref().and_then(suggested_strategy) {
+            opts.strategy = k;
+        }
         if opts.properties.is_empty() {
             opts.properties = match &sc.properties {
                 None => Property::ALL.to_vec(),

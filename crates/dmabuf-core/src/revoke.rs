@@ -49,6 +49,23 @@
 //! ([`Revocable::with_warn_sink`]) and to the trace (`WARN`); the checker
 //! judges them (`no-warn`).
 //!
+//! # Timed waits
+//!
+//! `wait_for_completion_timeout(t)` and `dma_resv_wait_timeout(usage, t)`
+//! with a finite `t` end when their condition holds, when `t` has passed,
+//! or, under the controlled scheduler, at *any* scheduling point while the
+//! condition is still false: the wait arms an expiry task (named
+//! `wait-expiry`, of the waiter's group) that, whenever the search
+//! schedules it, makes the wait give up. Where the expiry falls is a
+//! scheduling decision like any other, recorded in the schedule and
+//! replayed by its token (DFS and DPOR explore both orders). So a 1 s
+//! timeout can beat an importer that would unmap a microsecond later, as a
+//! loaded machine or a stalled worker can make it in the kernel; on real
+//! threads only the deadline ends the wait. A condition that already holds
+//! when the expiry runs wins: the wait returns success. The expiry task is
+//! joined before the wait returns. `MAX_SCHEDULE_TIMEOUT` waits never
+//! expire.
+//!
 //! # States of one buffer
 //!
 //! | state | `revoked` | count | map | attach |
@@ -535,11 +552,14 @@ pub struct Gate {
     pub not_revoked: bool,
     /// `!dma_buf_attach_revocable()` → `EOPNOTSUPP`.
     pub revocable: bool,
+    /// Refuse every caller with `EOPNOTSUPP` (the 6.19 `.pin` stub of
+    /// 61ceaf236115, which kept pinned importers away from VFIO).
+    pub refuse: bool,
 }
 
 impl Gate {
     /// The names a file uses.
-    pub const NAMES: [&'static str; 3] = ["peer2peer", "not_revoked", "revocable"];
+    pub const NAMES: [&'static str; 4] = ["peer2peer", "not_revoked", "revocable", "refuse"];
 
     /// Parses a list of check names; `Err` names the unknown one.
     pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, (usize, String)> {
@@ -549,11 +569,12 @@ impl Gate {
                 "peer2peer" => g.peer2peer = true,
                 "not_revoked" => g.not_revoked = true,
                 "revocable" => g.revocable = true,
+                "refuse" => g.refuse = true,
                 other => {
                     return Err((
                         i,
                         format!(
-                            "unknown check '{other}' (expected peer2peer, not_revoked or revocable)"
+                            "unknown check '{other}' (expected peer2peer, not_revoked, revocable or refuse)"
                         ),
                     ));
                 }
@@ -578,6 +599,15 @@ pub struct Protocol {
     pub unrevoke: Sequence,
     /// Cleanup of one buffer when the device closes (a permanent revoke).
     pub cleanup: Sequence,
+    /// On close, the PCI function is disabled (bus master and memory decode
+    /// off) *before* the buffers are cleaned up: the order d97708701434
+    /// fixed. The default (false) cleans up first.
+    pub disable_before_cleanup: bool,
+    /// The permanent revoke of one buffer by userspace (the three-state
+    /// exporter's `VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE`, Matt Evans' v3
+    /// 8/9), when the exporter has it: afterwards no un-revoke brings the
+    /// buffer back.
+    pub permanent: Option<Sequence>,
 }
 
 impl fmt::Display for Protocol {
@@ -606,6 +636,7 @@ impl Protocol {
                 peer2peer: true,
                 not_revoked: true,
                 revocable: true,
+                refuse: false,
             },
             pin: None,
             revoke: seq(&[
@@ -637,6 +668,8 @@ impl Protocol {
                 "kref_put if !was_revoked",
                 "wait_for_completion if !was_revoked",
             ]),
+            disable_before_cleanup: false,
+            permanent: None,
         }
     }
 }
@@ -648,6 +681,10 @@ pub trait SequenceHooks {
     fn fences_done(&mut self) {}
     /// `unmap_mapping_range`: zap the CPU page tables of the buffer.
     fn unmap_mapping_range(&mut self) {}
+    /// `clear_revoked` ran (lock held): from now on attach and map succeed
+    /// again, so whatever the exporter tells observers about the buffer
+    /// being usable belongs here, not after the sequence.
+    fn revoked_cleared(&mut self) {}
 }
 
 /// Hooks that do nothing.
@@ -682,6 +719,19 @@ struct Count {
     done: u32,
     /// Mappings handed out and not yet returned (for observation).
     live: i64,
+    /// The timed wait whose early expiry is armed (its epoch; 0: none).
+    expiry_armed: u64,
+    /// The epoch whose expiry fired.
+    expiry_fired: u64,
+    /// Epochs handed out.
+    expiry_epoch: u64,
+}
+
+/// The count and its completion's wait queue, shared with the expiry task
+/// of a timed wait.
+struct Shared {
+    count: Mutex<Count>,
+    cv: Condvar,
 }
 
 /// Revoke state of one exported buffer: the `revoked` flag (read and
@@ -689,9 +739,21 @@ struct Count {
 /// completion.
 pub struct Revocable {
     revoked: AtomicBool,
-    count: Mutex<Count>,
-    cv: Condvar,
+    shared: Arc<Shared>,
     warn: Option<WarnSink>,
+}
+
+/// Arms the early expiry of a timed wait (module docs, "Timed waits"):
+/// under the controlled scheduler, a task of the caller's group that runs
+/// `fire` whenever the search schedules it. `None` on real threads, where
+/// only the deadline ends the wait.
+fn arm_expiry(fire: impl FnOnce() + Send + 'static) -> Option<crate::sync::thread::JoinHandle<()>> {
+    #[cfg(not(loom))]
+    if crate::sync::sched::active() {
+        return Some(crate::sync::thread::spawn_named("wait-expiry".into(), fire));
+    }
+    let _ = fire;
+    None
 }
 
 impl fmt::Debug for Revocable {
@@ -711,13 +773,18 @@ impl Revocable {
     pub fn new(revoked: bool) -> Self {
         Self {
             revoked: AtomicBool::new(revoked),
-            count: Mutex::new(Count {
-                refs: 1,
-                saturated: false,
-                done: 0,
-                live: 0,
+            shared: Arc::new(Shared {
+                count: Mutex::new(Count {
+                    refs: 1,
+                    saturated: false,
+                    done: 0,
+                    live: 0,
+                    expiry_armed: 0,
+                    expiry_fired: 0,
+                    expiry_epoch: 0,
+                }),
+                cv: Condvar::new(),
             }),
-            cv: Condvar::new(),
             warn: None,
         }
     }
@@ -744,17 +811,23 @@ impl Revocable {
 
     /// Mappings handed out and not yet returned.
     pub fn live_mappings(&self) -> usize {
-        usize::try_from(self.count.lock().live).unwrap_or(0)
+        usize::try_from(self.shared.count.lock().live).unwrap_or(0)
     }
 
     /// The `refcount_t` value and whether it saturated (for tests).
     pub fn refcount(&self) -> (u32, bool) {
-        let c = self.count.lock();
+        let c = self.shared.count.lock();
         (c.refs, c.saturated)
     }
 
     /// The exporter's `attach` checks. Call from `DmaBufOps::attach`.
     pub fn check_attach(&self, attach: &Attachment, gate: Gate) -> Result<(), DmaBufError> {
+        if gate.refuse {
+            return Err(DmaBufError::errno(
+                errno::EOPNOTSUPP,
+                format!("attach of {}: refused", attach.dev()),
+            ));
+        }
         if gate.peer2peer && !attach.peer2peer() {
             return Err(DmaBufError::errno(
                 errno::EOPNOTSUPP,
@@ -778,6 +851,12 @@ impl Revocable {
 
     /// The exporter's `pin` checks (a gate in `pin`, v2's idea).
     pub fn check_pin(&self, attach: &Attachment, gate: Gate) -> Result<(), DmaBufError> {
+        if gate.refuse {
+            return Err(DmaBufError::errno(
+                errno::EOPNOTSUPP,
+                format!("pin by {}: VFIO refuses pinned importers", attach.dev()),
+            ));
+        }
         if gate.not_revoked && self.is_revoked() {
             return Err(DmaBufError::errno(
                 errno::ENODEV,
@@ -803,13 +882,13 @@ impl Revocable {
             ));
         }
         self.kref_get();
-        self.count.lock().live += 1;
+        self.shared.count.lock().live += 1;
         Ok(())
     }
 
     /// In `unmap_dma_buf`: `kref_put` for the mapping.
     pub fn map_put(&self) {
-        self.count.lock().live -= 1;
+        self.shared.count.lock().live -= 1;
         self.kref_put();
     }
 
@@ -817,7 +896,7 @@ impl Revocable {
     /// count stays as it is; a zero count saturates and WARNs. Returns the
     /// locked count when the operation may go on.
     fn kref_checked(&self, misuse: &str) -> Option<crate::sync::MutexGuard<'_, Count>> {
-        let mut c = self.count.lock();
+        let mut c = self.shared.count.lock();
         if c.saturated {
             return None;
         }
@@ -848,37 +927,103 @@ impl Revocable {
             // The release callback completes the revoke's wait.
             c.done = c.done.saturating_add(1);
             drop(c);
-            self.cv.notify_all();
+            self.shared.cv.notify_all();
         }
     }
 
     /// Waits for the completion as `t` says; `true` if it was completed
-    /// (and one completion taken), `false` on a timeout.
+    /// (and one completion taken), `false` on a timeout: the deadline, or
+    /// the early expiry the search may fire at any scheduling point while
+    /// the completion is not done.
     fn wait_for_completion(&self, t: Timeout) -> bool {
         let deadline = match t {
             Timeout::Max => None,
             Timeout::Ns(ns) => Some(crate::sync::time::now_ns().saturating_add(ns)),
         };
-        let mut c = self.count.lock();
-        loop {
-            if c.done > 0 {
-                c.done -= 1;
-                return true;
-            }
-            match deadline {
-                None => c = self.cv.wait(c),
-                Some(d) => {
-                    let now = crate::sync::time::now_ns();
-                    if now >= d {
-                        return false;
-                    }
-                    c = self
-                        .cv
-                        .wait_timeout(c, std::time::Duration::from_nanos(d - now))
-                        .0;
+        let mut timer = None;
+        let mut epoch = 0;
+        if deadline.is_some() {
+            epoch = {
+                let mut c = self.shared.count.lock();
+                c.expiry_epoch += 1;
+                c.expiry_armed = c.expiry_epoch;
+                c.expiry_epoch
+            };
+            let sh = self.shared.clone();
+            timer = arm_expiry(move || {
+                let mut c = sh.count.lock();
+                if c.expiry_armed == epoch {
+                    c.expiry_fired = epoch;
+                    drop(c);
+                    sh.cv.notify_all();
                 }
-            }
+            });
         }
+        let done = {
+            let mut c = self.shared.count.lock();
+            let done = loop {
+                if c.done > 0 {
+                    c.done -= 1;
+                    break true;
+                }
+                if timer.is_some() && c.expiry_fired == epoch {
+                    trace_event!("wait_expired_early", "wait_for_completion_timeout");
+                    break false;
+                }
+                match deadline {
+                    None => c = self.shared.cv.wait(c),
+                    Some(d) => {
+                        let now = crate::sync::time::now_ns();
+                        if now >= d {
+                            break false;
+                        }
+                        c = self
+                            .shared
+                            .cv
+                            .wait_timeout(c, std::time::Duration::from_nanos(d - now))
+                            .0;
+                    }
+                }
+            };
+            c.expiry_armed = 0;
+            done
+        };
+        if let Some(h) = timer {
+            let _ = h.join();
+        }
+        done
+    }
+
+    /// `dma_resv_wait_timeout(usage, false, ns)`: 0 when it gave up (the
+    /// deadline, or the early expiry of a finite timeout), else the time
+    /// left.
+    fn wait_fences(
+        resv: &crate::dma_resv::DmaResv,
+        usage: Usage,
+        t: Timeout,
+    ) -> Result<u64, DmaBufError> {
+        let ns = match t {
+            Timeout::Max => return Ok(resv.wait_timeout(usage, None, MAX_SCHEDULE_TIMEOUT)?),
+            Timeout::Ns(ns) => ns,
+        };
+        // The expiry interrupts the wait through a token; a wait whose
+        // fences have signalled returns before it looks at the token.
+        let token = crate::dma_fence::CancelToken::new();
+        let t2 = token.clone();
+        let timer = arm_expiry(move || t2.cancel());
+        let r = match resv.wait_timeout(usage, timer.as_ref().map(|_| &token), ns) {
+            Ok(left) => Ok(left),
+            Err(_) if token.is_cancelled() => {
+                trace_event!("wait_expired_early", "dma_resv_wait_timeout");
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
+        };
+        // The expiry has nothing left to interrupt once the wait is over.
+        if let Some(h) = timer {
+            let _ = h.join();
+        }
+        r
     }
 
     /// Sets the flag (with the lock held).
@@ -921,7 +1066,10 @@ impl Revocable {
                     StepKind::ResvLock => guard = Some(resv.lock(None)?),
                     StepKind::ResvUnlock => guard = None,
                     StepKind::SetRevoked => self.revoked.store(true, Ordering::Release),
-                    StepKind::ClearRevoked => self.revoked.store(false, Ordering::Release),
+                    StepKind::ClearRevoked => {
+                        self.revoked.store(false, Ordering::Release);
+                        hooks.revoked_cleared();
+                    }
                     StepKind::Invalidate => {
                         // Sequence::new guarantees the lock here.
                         if let Some(g) = &guard {
@@ -929,18 +1077,14 @@ impl Revocable {
                         }
                     }
                     StepKind::WaitFences(usage, t) => {
-                        let ns = match t {
-                            Timeout::Max => MAX_SCHEDULE_TIMEOUT,
-                            Timeout::Ns(ns) => ns,
-                        };
-                        let left = resv.wait_timeout(usage, None, ns)?;
+                        let left = Self::wait_fences(resv, usage, t)?;
                         last_timed_out = left == 0;
                         out.timed_out |= last_timed_out;
                     }
                     StepKind::KrefGet => self.kref_get(),
                     StepKind::KrefPut => self.kref_put(),
                     StepKind::KrefInit => {
-                        let mut c = self.count.lock();
+                        let mut c = self.shared.count.lock();
                         c.refs = 1;
                         c.saturated = false;
                     }
@@ -951,12 +1095,12 @@ impl Revocable {
                         }
                         out.timed_out |= last_timed_out;
                     }
-                    StepKind::ReinitCompletion => self.count.lock().done = 0,
+                    StepKind::ReinitCompletion => self.shared.count.lock().done = 0,
                     StepKind::UnmapMappingRange => hooks.unmap_mapping_range(),
                 }
             }
             if seq.fence_point == Some(i) {
-                out.live_after_fences = self.count.lock().live;
+                out.live_after_fences = self.shared.count.lock().live;
                 hooks.fences_done();
             }
         }
@@ -1050,6 +1194,118 @@ mod tests {
         assert_eq!(p.revoke.fence_point, Some(3));
         let s = Sequence::parse(&["dma_resv_lock", "set_revoked", "dma_resv_unlock"]).unwrap();
         assert_eq!(s.fence_point, Some(2));
+    }
+
+    /// Under the controlled scheduler, a 1 s wait for a completion that
+    /// another task completes after a few steps (no time passes): the
+    /// search decides whether the expiry fires first. Returns (completed,
+    /// timed out) counts over `seeds` schedules.
+    fn timed_wait_outcomes(seeds: u64, replay_check: bool) -> (u32, u32) {
+        use crate::sync::sched::{Random, RunConfig, Strategy, run};
+        let (mut ok, mut expired) = (0, 0);
+        for seed in 0..seeds {
+            let mut s = Random::new(seed);
+            assert!(s.next_execution());
+            let out = Arc::new(Mutex::new(None));
+            let o2 = out.clone();
+            let r = run(&mut s, &RunConfig::default(), move || {
+                let r = Arc::new(Revocable::new(false));
+                let r2 = r.clone();
+                let t = crate::sync::thread::spawn(move || {
+                    for _ in 0..3 {
+                        crate::sync::thread::yield_now();
+                    }
+                    r2.kref_put();
+                });
+                let t0 = crate::sync::time::now_ns();
+                let done = r.wait_for_completion(Timeout::Ns(1_000_000_000));
+                let waited = crate::sync::time::now_ns() - t0;
+                t.join().unwrap();
+                *o2.lock() = Some((done, waited));
+            });
+            let (done, waited) = out.lock().take().expect("finished");
+            assert_eq!(waited, 0, "no virtual time passes: an early expiry");
+            if done {
+                ok += 1;
+            } else {
+                expired += 1;
+            }
+            if replay_check {
+                // The token's schedule replays the same answer.
+                let mut rp = crate::sync::sched::Replay::new(r.schedule.clone());
+                assert!(rp.next_execution());
+                let out2 = Arc::new(Mutex::new(None));
+                let o3 = out2.clone();
+                run(&mut rp, &RunConfig::default(), move || {
+                    let r = Arc::new(Revocable::new(false));
+                    let r2 = r.clone();
+                    let t = crate::sync::thread::spawn(move || {
+                        for _ in 0..3 {
+                            crate::sync::thread::yield_now();
+                        }
+                        r2.kref_put();
+                    });
+                    let done = r.wait_for_completion(Timeout::Ns(1_000_000_000));
+                    t.join().unwrap();
+                    *o3.lock() = Some(done);
+                });
+                assert_eq!(out2.lock().take(), Some(done), "seed {seed}");
+            }
+        }
+        (ok, expired)
+    }
+
+    #[test]
+    fn a_timed_wait_may_expire_at_any_scheduling_point_while_not_done_and_replays() {
+        let (ok, expired) = timed_wait_outcomes(40, true);
+        assert!(ok > 0 && expired > 0, "ok {ok}, expired {expired}");
+        // Untimed, it never gives up; on real threads only the deadline ends
+        // a timed wait.
+        let r = Revocable::new(false);
+        r.kref_put();
+        assert!(r.wait_for_completion(Timeout::Ns(1)));
+        assert!(!r.wait_for_completion(Timeout::Ns(1_000)));
+    }
+
+    #[test]
+    fn a_finite_fence_wait_may_expire_early_but_never_once_signalled() {
+        use crate::dma_resv::DmaResv;
+        use crate::sync::sched::{Random, RunConfig, Strategy, run};
+        let (mut ok, mut expired) = (0, 0);
+        for seed in 0..40 {
+            let mut s = Random::new(seed);
+            assert!(s.next_execution());
+            let out = Arc::new(Mutex::new(None));
+            let o2 = out.clone();
+            run(&mut s, &RunConfig::default(), move || {
+                let resv = Arc::new(DmaResv::new());
+                let (f, h) = crate::FenceContext::named("test", "bookkeep").create();
+                {
+                    let g = resv.lock(None).unwrap();
+                    g.reserve_fences(1).unwrap();
+                    g.add_fence(&f, Usage::Bookkeep).unwrap();
+                }
+                let t = crate::sync::thread::spawn(move || {
+                    for _ in 0..6 {
+                        crate::sync::thread::yield_now();
+                    }
+                    let _ = h.signal();
+                });
+                let left =
+                    Revocable::wait_fences(&resv, Usage::Bookkeep, Timeout::Ns(1_000_000_000))
+                        .unwrap();
+                t.join().unwrap();
+                *o2.lock() = Some((left, f.is_signaled()));
+            });
+            match out.lock().take().unwrap() {
+                (0, _) => expired += 1,
+                (_, signalled) => {
+                    assert!(signalled);
+                    ok += 1;
+                }
+            }
+        }
+        assert!(ok > 0 && expired > 0, "ok {ok}, expired {expired}");
     }
 
     #[test]

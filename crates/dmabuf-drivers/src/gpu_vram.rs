@@ -58,7 +58,7 @@ use dmabuf_core::sync::{Arc, Mutex, Weak};
 use dmabuf_core::{Fence, FenceContext, trace_event};
 use dmabuf_platform::{
     Accessor, Bar, DeviceId, DmaAddr, DmaEngine, DmaError, DmaJob, DmaOp, EngineConfig, ExporterId,
-    IommuPerm, MemoryError, MonitorError, P2pType, PAGE_SIZE, PciDevice,
+    IommuPerm, MemoryError, MonitorError, P2pType, PAGE_SIZE, PciDevice, PhysRange, ReuseKind,
 };
 use std::any::Any;
 use std::fmt;
@@ -193,12 +193,23 @@ impl VramInner {
     fn free_placement(&self, p: &Placement) {
         match p {
             Placement::Vram(pages) => {
-                let mut free = self.free.lock("amdgpu_vram_mgr_del");
-                for &i in pages {
-                    if let Some(f) = free.get_mut(i as usize) {
-                        *f = true;
+                {
+                    let mut free = self.free.lock("amdgpu_vram_mgr_del");
+                    for &i in pages {
+                        if let Some(f) = free.get_mut(i as usize) {
+                            *f = true;
+                        }
                     }
                 }
+                // VRAM pages are the driver's own allocator's: tell the
+                // platform they may now be handed to another object.
+                let ranges: Vec<PhysRange> = pages
+                    .iter()
+                    .map(|i| PhysRange::new(self.bar.addr + i * PAGE_SIZE, PAGE_SIZE))
+                    .collect();
+                self.host
+                    .platform()
+                    .note_reuse(ReuseKind::Free, self.pdev.name(), &ranges);
             }
             Placement::System(frames) => {
                 let _ = self.host.platform().memory().free_frames(frames);

@@ -41,10 +41,15 @@ use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 
+/// Receives kernel splats (WARN, KASAN reports) from drivers.
+pub type SplatSink = Arc<dyn Fn(&str) + Send + Sync>;
+
 struct HostInner {
     platform: Platform,
     dma_domains: Mutex<HashMap<DeviceId, IommuDomain>>,
     owners: Mutex<HashMap<u64, ExporterId>>,
+    /// A plain lock: reporting is never a scheduling point.
+    splats: parking_lot::Mutex<(Vec<String>, Option<SplatSink>)>,
 }
 
 /// Shared host state (cheap to clone handle).
@@ -64,7 +69,33 @@ impl Host {
             platform,
             dma_domains: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
+            splats: parking_lot::Mutex::new((Vec::new(), None)),
         }))
+    }
+
+    /// A driver's kernel splat (a WARN, a KASAN report): traced, kept, and
+    /// passed to the sink ([`Host::set_splat_sink`]); the checker judges
+    /// them (`no-warn`).
+    pub fn splat(&self, msg: &str) {
+        dmabuf_core::trace_event!("WARN", "{msg}");
+        let sink = {
+            let mut s = self.0.splats.lock();
+            s.0.push(msg.to_owned());
+            s.1.clone()
+        };
+        if let Some(f) = sink {
+            f(msg);
+        }
+    }
+
+    /// Splats so far.
+    pub fn splats(&self) -> Vec<String> {
+        self.0.splats.lock().0.clone()
+    }
+
+    /// Sends every later splat to `sink` as well.
+    pub fn set_splat_sink(&self, sink: Option<SplatSink>) {
+        self.0.splats.lock().1 = sink;
     }
 
     /// The machine.

@@ -80,7 +80,7 @@
 //! | [`VfioPciDevice::set_power_state`]`(D3hot)` | zap | yes | power down |
 //! | [`VfioPciDevice::set_power_state`]`(D0)` | | | power up; un-revoke if decoding |
 //! | [`VfioPciDevice::reset`] (FLR, `VFIO_DEVICE_RESET`, hot reset) | save config, zap | yes | the reset window; restore config; un-revoke if decoding |
-//! | [`VfioPciDevice::close`] | zap | yes, for good (cleanup) | unlink every buffer; unbind (unplug) the device |
+//! | [`VfioPciDevice::close`] | zap (and, with [`Protocol::disable_before_cleanup`], the pre-d97708701434 order: bus master and decode off) | yes, for good (cleanup) | unlink every buffer; unbind (unplug) the device |
 //!
 //! A trigger checks its preconditions (device present, not closed, not in
 //! reset) before revoking anything, so a refused trigger leaves every buffer
@@ -285,7 +285,7 @@ pub enum RevokeEvent {
         /// When.
         ns: u64,
     },
-    /// Step 5 ended.
+    /// The fence point of the sequence passed (reported when it happens).
     FencesDone {
         /// The buffer.
         ino: u64,
@@ -296,6 +296,11 @@ pub enum RevokeEvent {
     Returned(BufferRevoke),
     /// A kernel WARN (refcount_t misuse, a timed-out wait).
     Warn(String),
+    /// An un-revoke of a buffer begins.
+    UnrevokeBegin {
+        /// The buffer.
+        ino: u64,
+    },
     /// An un-revoke completed.
     Unrevoked {
         /// The buffer.
@@ -340,6 +345,9 @@ pub struct VfioDmaBuf {
     phys: Vec<(u64, u64)>,
     size: u64,
     revocable: Revocable,
+    /// Revoked for good by userspace (the three-state exporter's
+    /// `PERM_REVOKED`): no un-revoke brings it back.
+    perm: dmabuf_core::sync::atomic::AtomicBool,
     vdev: Mutex<Option<Weak<VfioInner>>>,
     dmabuf: Mutex<Option<DmaBufRef>>,
 }
@@ -405,6 +413,24 @@ impl VfioDmaBuf {
         cpu: &[CpuMapping],
         obs: Option<&RevokeObserver>,
     ) -> BufferRevoke {
+        let seq = if permanent {
+            &self.protocol.cleanup
+        } else {
+            &self.protocol.revoke
+        };
+        self.revoke_with(file, seq, permanent, cpu, obs)
+    }
+
+    /// Steps 2–8 for one buffer with sequence `seq`; `unlink` clears the
+    /// device link first (cleanup).
+    fn revoke_with(
+        &self,
+        file: &DmaBuf,
+        seq: &dmabuf_core::revoke::Sequence,
+        unlink: bool,
+        cpu: &[CpuMapping],
+        obs: Option<&RevokeObserver>,
+    ) -> BufferRevoke {
         let mon = self.host.monitor();
         let began_ns = dmabuf_core::sync::time::now_ns();
         if let Some(o) = obs {
@@ -413,19 +439,17 @@ impl VfioDmaBuf {
                 ns: began_ns,
             });
         }
-        if permanent {
+        if unlink {
             *self.vdev.lock() = None;
         }
-        let seq = if permanent {
-            &self.protocol.cleanup
-        } else {
-            &self.protocol.revoke
-        };
         let mut hooks = MoveHooks {
             buf: self,
             cpu,
             fences_done_seq: 0,
             fences_done: false,
+            obs,
+            ino: file.ino(),
+            unrevoked_seq: None,
         };
         let out = match self.revocable.run(seq, file, &mut hooks) {
             Ok(o) => o,
@@ -434,17 +458,11 @@ impl VfioDmaBuf {
                 SeqOutcome::default()
             }
         };
-        let fences_done_seq = hooks.fences_done_seq;
         if !hooks.fences_done {
             // A sequence without a lock or a wait: its fence point is its end.
-            let _ = mon.fences_done(self.exporter, &self.ranges());
+            hooks.fences_done();
         }
-        if let Some(o) = obs {
-            o(&RevokeEvent::FencesDone {
-                ino: file.ino(),
-                seq: fences_done_seq,
-            });
-        }
+        let fences_done_seq = hooks.fences_done_seq;
         let live_mappings_at_return = mon.live_mappings();
         let returned_seq = mon
             .revoke_returned(self.exporter, &self.ranges())
@@ -486,11 +504,17 @@ impl VfioDmaBuf {
         if !self.revocable.is_revoked() {
             return Ok(());
         }
+        if let Some(o) = obs {
+            o(&RevokeEvent::UnrevokeBegin { ino: file.ino() });
+        }
         let mut hooks = MoveHooks {
             buf: self,
             cpu,
             fences_done_seq: 0,
             fences_done: true,
+            obs: None,
+            ino: file.ino(),
+            unrevoked_seq: None,
         };
         self.revocable
             .run(&self.protocol.unrevoke, file, &mut hooks)
@@ -508,10 +532,8 @@ impl VfioDmaBuf {
                 ),
             });
         }
-        let seq = self
-            .host
-            .monitor()
-            .unrevoke(self.exporter, &self.ranges())?;
+        // The monitor learnt it at the flag's clearing (MoveHooks).
+        let seq = hooks.unrevoked_seq.unwrap_or(0);
         trace_event!("vfio_pci_dma_buf_unrevoked", "ino={:#x}", file.ino());
         if let Some(o) = obs {
             o(&RevokeEvent::Unrevoked {
@@ -539,6 +561,10 @@ struct MoveHooks<'a> {
     cpu: &'a [CpuMapping],
     fences_done_seq: u64,
     fences_done: bool,
+    obs: Option<&'a RevokeObserver>,
+    ino: u64,
+    /// Monitor sequence of the un-revoke, once the flag was cleared.
+    unrevoked_seq: Option<u64>,
 }
 
 impl SequenceHooks for MoveHooks<'_> {
@@ -553,11 +579,32 @@ impl SequenceHooks for MoveHooks<'_> {
             .monitor()
             .fences_done(self.buf.exporter, &self.buf.ranges())
             .unwrap_or(0);
+        // Reported as it happens: a revoke that then hangs in its unmap wait
+        // still has its fence point on record.
+        if let Some(o) = self.obs {
+            o(&RevokeEvent::FencesDone {
+                ino: self.ino,
+                seq: self.fences_done_seq,
+            });
+        }
     }
 
     fn unmap_mapping_range(&mut self) {
         for m in self.cpu {
             m.zap_all();
+        }
+    }
+
+    fn revoked_cleared(&mut self) {
+        // Maps succeed from here on: the memory is ordinary again for the
+        // monitor now, not when the rest of the sequence has run.
+        if let Ok(seq) = self
+            .buf
+            .host
+            .monitor()
+            .unrevoke(self.buf.exporter, &self.buf.ranges())
+        {
+            self.unrevoked_seq = Some(seq);
         }
     }
 }
@@ -946,6 +993,7 @@ impl VfioPciDevice {
                                 }
                             })
                         }),
+                        perm: dmabuf_core::sync::atomic::AtomicBool::new(false),
                         vdev: Mutex::new(Some(Arc::downgrade(&self.0))),
                         dmabuf: Mutex::new(None),
                     });
@@ -1002,6 +1050,11 @@ impl VfioPciDevice {
             let Some(file) = p.dmabuf.lock().clone().and_then(|r| r.get_file_active()) else {
                 continue;
             };
+            if !revoked && p.perm.load(Ordering::Acquire) {
+                // PERM_REVOKED: temporary causes going away do not restore it.
+                deferred.push(file);
+                continue;
+            }
             if p.revocable.is_revoked() != revoked {
                 if revoked {
                     report
@@ -1027,6 +1080,45 @@ impl VfioPciDevice {
         for m in &mem.cpu_maps {
             m.zap_all();
         }
+    }
+
+    /// `VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE` (three-state exporter, Matt
+    /// Evans' v3 8/9) for every buffer of the device: the protocol's
+    /// `permanent` sequence (a buffer a temporary cause already revoked is
+    /// already drained: the sequence says what it skips), then the buffer is
+    /// `PERM_REVOKED` for good. `Feature(EOPNOTSUPP)` when the protocol has
+    /// no permanent revoke.
+    pub fn revoke_permanently(&self) -> Result<TriggerReport, VfioError> {
+        let Some(seq) = self.0.protocol.permanent.clone() else {
+            return Err(VfioError::Feature {
+                errno: errno::EOPNOTSUPP,
+            });
+        };
+        self.with_memory_lock("vfio_pci_dma_buf_revoke_feature", |mem, deferred| {
+            if mem.closed {
+                return Err(VfioError::Closed {
+                    device: self.dev_name(),
+                });
+            }
+            let obs = self.0.observer.lock().clone();
+            let mut report = TriggerReport::default();
+            for p in mem.dmabufs.clone() {
+                let Some(file) = p.dmabuf.lock().clone().and_then(|r| r.get_file_active()) else {
+                    continue;
+                };
+                if p.perm.swap(true, Ordering::AcqRel) {
+                    deferred.push(file);
+                    continue;
+                }
+                report
+                    .revoked
+                    .push(p.revoke_with(&file, &seq, false, &mem.cpu_maps, obs.as_ref()));
+                self.0.revokes.fetch_add(1, Ordering::Relaxed);
+                trace_event!("vfio_pci_dma_buf_perm_revoked", "ino={:#x}", file.ino());
+                deferred.push(file);
+            }
+            Ok(report)
+        })
     }
 
     /// A config write of `PCI_COMMAND_MEMORY`: clearing it revokes first,
@@ -1142,6 +1234,24 @@ impl VfioPciDevice {
             let obs = self.0.observer.lock().clone();
             let mut report = TriggerReport::default();
             Self::zap_cpu(mem);
+            if self.0.protocol.disable_before_cleanup {
+                // Before d97708701434: vfio_pci_core_disable() (bus master
+                // and memory decode off) ran before the dma-bufs were
+                // cleaned up, with importers still mapping the BAR.
+                trace_event!(
+                    "vfio_pci_core_disable",
+                    "dev={} before=dma_buf_cleanup",
+                    self.dev_name()
+                );
+                for r in [
+                    self.0.pdev.set_bus_master(false),
+                    self.0.pdev.set_memory_decode(false),
+                ] {
+                    if let Err(e) = r {
+                        report.errors.push(self.pci_err(e).to_string());
+                    }
+                }
+            }
             for p in std::mem::take(&mut mem.dmabufs) {
                 let Some(file) = p.dmabuf.lock().clone().and_then(|r| r.get_file_active()) else {
                     *p.vdev.lock() = None;

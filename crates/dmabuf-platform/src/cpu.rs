@@ -30,7 +30,7 @@
 
 use crate::access::{Fabric, Io, OpState, Req, Target};
 use crate::memory::{PAGE_SHIFT, PAGE_SIZE, page_chunks};
-use crate::monitor::{Accessor, AddrSpace, MappingToken, Via};
+use crate::monitor::{Accessor, AddrSpace, MappingToken, Outstanding, PhysRange, Via};
 use crate::trace;
 use dmabuf_core::errno::{self, Errno};
 use dmabuf_core::lockdep;
@@ -246,6 +246,33 @@ impl CpuMapping {
     /// Size in pages.
     pub fn pages(&self) -> u64 {
         self.0.ptes.lock().len() as u64
+    }
+
+    /// Present PTEs into `ranges` (for a
+    /// [`ReuseEvent`](crate::monitor::ReuseEvent)): one `cpu` entry for the
+    /// first such page.
+    pub(crate) fn outstanding(&self, ranges: &[PhysRange]) -> Option<Outstanding> {
+        if self.is_unmapped() && self.resident_pages() == 0 {
+            return None;
+        }
+        let ptes = self.0.ptes.lock();
+        let (pgoff, pte) = ptes.iter().enumerate().find_map(|(i, p)| {
+            p.filter(|p| {
+                ranges
+                    .iter()
+                    .any(|r| p.phys >= r.start && p.phys < r.start + r.len)
+            })
+            .map(|p| (i, p))
+        })?;
+        Some(Outstanding {
+            kind: "cpu",
+            holder: self.0.accessor.name().to_owned(),
+            mapping: self.0.token.as_ref().map(MappingToken::id),
+            detail: format!(
+                "vma {} ({}) page {pgoff} -> {:#x}",
+                self.0.id, self.0.name, pte.phys
+            ),
+        })
     }
 
     /// PTEs present.

@@ -40,7 +40,7 @@
 //! using the old translation. The fault handler runs with no lock held.
 
 use crate::memory::{PAGE_SHIFT, PAGE_SIZE, PhysMemory};
-use crate::monitor::{AccessKind, MappingToken};
+use crate::monitor::{AccessKind, MappingToken, Outstanding, PhysRange};
 use crate::pci::DeviceId;
 use crate::trace;
 use dmabuf_core::errno::{self, Errno};
@@ -384,6 +384,55 @@ impl IommuDomain {
     /// Entries held by the IOTLB.
     pub fn iotlb_entries(&self) -> usize {
         self.0.iotlb.lock().count
+    }
+
+    /// The translations of this domain into `ranges` (for a
+    /// [`ReuseEvent`](crate::monitor::ReuseEvent)): one `iommu` entry per
+    /// `iommu_map` call with a PTE there, and one `iotlb` entry per `iommu_map`
+    /// call whose PTEs are gone but whose IOTLB entries are not.
+    pub(crate) fn outstanding(&self, ranges: &[PhysRange]) -> Vec<Outstanding> {
+        let hit = |phys: u64| {
+            ranges
+                .iter()
+                .any(|r| phys >= r.start && phys < r.start + r.len)
+        };
+        let entry = |kind: &'static str, pfn: u64, pte: &Pte| Outstanding {
+            kind,
+            holder: pte.cell.token.as_ref().map_or_else(
+                || format!("domain {} ({})", self.0.id.0, self.0.name),
+                |t| t.importer().name().to_owned(),
+            ),
+            mapping: pte.cell.token.as_ref().map(MappingToken::id),
+            detail: format!(
+                "domain {} iova {:#x} -> {:#x}, map {}",
+                self.0.id.0,
+                pfn << PAGE_SHIFT,
+                pte.phys,
+                pte.cell.map_id
+            ),
+        };
+        let mut out: Vec<Outstanding> = Vec::new();
+        let mut seen: Vec<u64> = Vec::new();
+        {
+            let pt = self.0.pt.lock();
+            for (&pfn, pte) in &pt.ptes {
+                if hit(pte.phys) && !seen.contains(&pte.cell.map_id) {
+                    seen.push(pte.cell.map_id);
+                    out.push(entry("iommu", pfn, pte));
+                }
+            }
+        }
+        let tlb = self.0.iotlb.lock();
+        for (pfn, pte) in tlb.slots.iter().flatten() {
+            if !pte.cell.live.load(Ordering::Acquire)
+                && hit(pte.phys)
+                && !seen.contains(&pte.cell.map_id)
+            {
+                seen.push(pte.cell.map_id);
+                out.push(entry("iotlb", *pfn, pte));
+            }
+        }
+        out
     }
 
     /// `iommu_map`: maps `[iova, iova + len)` to `[paddr, paddr + len)`.

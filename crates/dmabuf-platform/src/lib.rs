@@ -52,7 +52,8 @@ pub use iommu::{
 pub use memory::{MemoryError, PAGE_SHIFT, PAGE_SIZE, PhysMemory};
 pub use monitor::{
     AccessKind, Accessor, AddrSpace, AerReason, DeclaredRange, ExporterId, Hazard, HazardClass,
-    MappingDecl, MappingId, MappingToken, Monitor, MonitorError, PhysRange, Via,
+    MappingDecl, MappingId, MappingToken, Monitor, MonitorError, Outstanding, PhysRange,
+    ReuseEvent, ReuseKind, Via,
 };
 pub use pci::{
     Bar, BarConfig, DeviceConfig, DeviceId, DeviceState, P2pType, PciBus, PciDevice, PciError,

@@ -52,6 +52,7 @@
 //! names and is never taken on the access path (only when a hazard is
 //! recorded, to name the frame's owner).
 
+use crate::monitor::{PhysRange, ReuseKind};
 use crate::trace;
 use dmabuf_core::errno::{self, Errno};
 use dmabuf_core::sync::Arc;
@@ -208,7 +209,15 @@ pub struct PhysMemory {
     ram: Box<[Page]>,
     mmio: Box<[Page]>,
     alloc: Mutex<Allocator>,
+    /// Called when memory is reset, powered down, freed or re-assigned (the
+    /// platform lists the mappings still outstanding). A plain lock: never
+    /// a scheduling point, never held while the hook runs.
+    reuse_hook: parking_lot::Mutex<Option<ReuseHook>>,
 }
+
+/// The hook [`PhysMemory`] calls on memory reuse (see
+/// [`crate::monitor::ReuseEvent`]).
+pub(crate) type ReuseHook = Arc<dyn Fn(ReuseKind, &str, &[PhysRange]) + Send + Sync>;
 
 impl std::fmt::Debug for PhysMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -288,6 +297,7 @@ impl PhysMemory {
                 free: (0..ram_frames).rev().collect(),
                 owner: vec![None; ram_frames],
             }),
+            reuse_hook: parking_lot::Mutex::new(None),
         })
     }
 
@@ -410,6 +420,10 @@ impl PhysMemory {
     pub fn free_frames(&self, addrs: &[u64]) -> Result<(), MemoryError> {
         let mut a = self.alloc.lock();
         let mut idx = Vec::with_capacity(addrs.len());
+        let who = addrs
+            .first()
+            .and_then(|&x| self.frame_index(x).ok())
+            .and_then(|i| a.owner[i].clone());
         for &addr in addrs {
             let i = self.frame_index(addr)?;
             if self.ram[i].tag.load(Ordering::Relaxed) & RAM_ALLOCATED == 0 {
@@ -435,7 +449,30 @@ impl PhysMemory {
             addrs.len(),
             addrs.first().copied().unwrap_or(0)
         );
+        let ranges: Vec<PhysRange> = addrs
+            .iter()
+            .map(|&x| PhysRange::new(x, PAGE_SIZE))
+            .collect();
+        self.note_reuse(ReuseKind::Free, who.as_deref().unwrap_or("ram"), &ranges);
         Ok(())
+    }
+
+    pub(crate) fn set_reuse_hook(&self, h: Option<ReuseHook>) {
+        *self.reuse_hook.lock() = h;
+    }
+
+    /// Tells the platform that `ranges` stopped being what their mappings
+    /// pointed at (a reset, a free, ...): it records a
+    /// [`ReuseEvent`](crate::monitor::ReuseEvent) with the mappings still
+    /// outstanding.
+    pub(crate) fn note_reuse(&self, kind: ReuseKind, who: &str, ranges: &[PhysRange]) {
+        if ranges.is_empty() {
+            return;
+        }
+        let h = self.reuse_hook.lock().clone();
+        if let Some(h) = h {
+            h(kind, who, ranges);
+        }
     }
 
     /// Frames currently free.

@@ -31,6 +31,27 @@
 //! | [`Monitor::revoke_returned`] | E's revoke returned over R | any access to R is `AccessAfterRevoke` (and writes also `WriteAfterFences`) |
 //! | [`Monitor::unrevoke`] | E un-revoked R | R is ordinary memory again |
 //!
+//! # Memory reuse with mappings outstanding
+//!
+//! Independently of any access, the platform records a [`ReuseEvent`] each
+//! time memory stops being what a mapping of it pointed at: a device's BARs
+//! are reset (FLR, bus reset), powered down (D3hot), decode-disabled,
+//! unplugged (the range becomes unassigned) or re-assigned by a hot-plug, or
+//! RAM frames are freed (drivers may also declare their own reuse, such as a
+//! VRAM placement handed to another object, with
+//! [`Platform::note_reuse`](crate::Platform::note_reuse)). At that moment it
+//! lists every mapping of the memory still outstanding ([`Outstanding`]):
+//!
+//! | kind | outstanding when |
+//! |---|---|
+//! | `sg` | a declared mapping ([`Monitor::declare_mapping`]) whose bus ranges cover the memory was not declared unmapped |
+//! | `iommu` | an IOMMU PTE in any domain translates to the memory (one entry per `iommu_map` call) |
+//! | `iotlb` | an IOTLB entry whose PTE is gone still translates to it (an unmap not yet flushed) |
+//! | `cpu` | a CPU mapping has a present PTE to it |
+//!
+//! An event with an empty list is harmless; one with outstanding mappings
+//! breaks `s-noreuse` whether or not an access ever lands.
+//!
 //! Accesses by the exporter's own accessor (its owner, given at
 //! [`Monitor::register_exporter`]) are exempt from the protocol classes. The
 //! owner is compared by a 32-bit hash of its name kept in the page's word.
@@ -421,6 +442,109 @@ impl Errno for MonitorError {
     }
 }
 
+/// What happened to memory in a [`ReuseEvent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReuseKind {
+    /// FLR or secondary bus reset began.
+    Reset,
+    /// The device went to D3hot.
+    PowerDown,
+    /// `PCI_COMMAND_MEMORY` was cleared.
+    DecodeOff,
+    /// The device was unplugged: its ranges are unassigned.
+    Unplug,
+    /// A hot-plugged device was given the range.
+    Reassign,
+    /// RAM frames (or a driver's memory) were freed.
+    Free,
+}
+
+impl ReuseKind {
+    /// The name used in traces and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReuseKind::Reset => "reset",
+            ReuseKind::PowerDown => "D3hot",
+            ReuseKind::DecodeOff => "decode-off",
+            ReuseKind::Unplug => "unplug",
+            ReuseKind::Reassign => "re-assign",
+            ReuseKind::Free => "free",
+        }
+    }
+}
+
+impl fmt::Display for ReuseKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One mapping still outstanding at a [`ReuseEvent`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outstanding {
+    /// `sg`, `iommu`, `iotlb` or `cpu` (see the module docs).
+    pub kind: &'static str,
+    /// Who holds it: the importer of the declared mapping, else the IOMMU
+    /// domain or CPU mapping name.
+    pub holder: String,
+    /// The declared mapping, when known.
+    pub mapping: Option<MappingId>,
+    /// Where: bus range, IOVA range and domain, or CPU mapping page.
+    pub detail: String,
+}
+
+impl fmt::Display for Outstanding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} mapping", self.kind)?;
+        if let Some(m) = self.mapping {
+            write!(f, " {}", m.0)?;
+        }
+        write!(f, " by {} ({})", self.holder, self.detail)
+    }
+}
+
+/// Memory stopped being what its mappings pointed at (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReuseEvent {
+    /// What happened.
+    pub kind: ReuseKind,
+    /// The device, or the frames' owner.
+    pub who: String,
+    /// The physical ranges affected.
+    pub ranges: Vec<PhysRange>,
+    /// Mappings of them still outstanding at that moment.
+    pub outstanding: Vec<Outstanding>,
+    /// Position in the monitor's sequence.
+    pub seq: u64,
+    /// Time (virtual under the controlled scheduler).
+    pub ts_ns: u64,
+}
+
+impl fmt::Display for ReuseEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{} {} of {} [", self.seq, self.kind, self.who)?;
+        for (i, r) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{:#x}+{:#x}", r.start, r.len)?;
+        }
+        write!(
+            f,
+            "] with {} mapping(s) outstanding",
+            self.outstanding.len()
+        )?;
+        for (i, o) in self.outstanding.iter().enumerate() {
+            f.write_str(if i == 0 { ": " } else { "; " })?;
+            write!(f, "{o}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The most reuse events kept per monitor.
+const MAX_REUSE_EVENTS: usize = 1024;
+
 pub(crate) struct MappingRecord {
     id: MappingId,
     attachment: u64,
@@ -513,6 +637,11 @@ pub(crate) struct MonitorInner {
     exporters: Mutex<Vec<ExporterInfo>>,
     next_mapping: AtomicU64,
     live_mappings: AtomicI64,
+    // Plain locks: keeping the registry and the reuse log must never be a
+    // scheduling point (it would add branches to every map), and nothing is
+    // taken under them.
+    live: parking_lot::Mutex<Vec<Arc<MappingRecord>>>,
+    reuse: parking_lot::Mutex<Vec<ReuseEvent>>,
 }
 
 /// The monitor (cheap to clone handle).
@@ -589,6 +718,8 @@ impl Monitor {
                 exporters: Mutex::new(Vec::new()),
                 next_mapping: AtomicU64::new(1),
                 live_mappings: AtomicI64::new(0),
+                live: parking_lot::Mutex::new(Vec::new()),
+                reuse: parking_lot::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -714,7 +845,7 @@ impl Monitor {
                 .join(","),
             seq
         );
-        Ok(MappingToken(Arc::new(MappingRecord {
+        let rec = Arc::new(MappingRecord {
             id,
             attachment: decl.attachment,
             importer: decl.importer,
@@ -723,7 +854,9 @@ impl Monitor {
             bus_tags,
             unmapped: AtomicBool::new(false),
             declared_seq: seq,
-        })))
+        });
+        self.inner.live.lock().push(rec.clone());
+        Ok(MappingToken(rec))
     }
 
     /// Declares that mapping M was unmapped. Returns the sequence number.
@@ -732,6 +865,7 @@ impl Monitor {
             return Err(MonitorError::AlreadyUnmapped(token.0.id.0));
         }
         self.inner.live_mappings.fetch_sub(1, Ordering::AcqRel);
+        self.inner.live.lock().retain(|r| r.id != token.0.id);
         let seq = self.inner.next_seq();
         trace_event!(
             trace::MONITOR_UNMAP,
@@ -815,6 +949,80 @@ impl Monitor {
     /// Declares that E un-revoked `ranges`: ordinary memory again.
     pub fn unrevoke(&self, ex: ExporterId, ranges: &[PhysRange]) -> Result<u64, MonitorError> {
         self.stamp(ex, ranges, 0, trace::MONITOR_UNREVOKE)
+    }
+
+    /// The declared mappings whose bus ranges overlap `ranges` and that
+    /// were not declared unmapped (the `sg` entries of a [`ReuseEvent`]).
+    pub(crate) fn outstanding_sg(&self, ranges: &[PhysRange]) -> Vec<Outstanding> {
+        let live = self.inner.live.lock().clone();
+        let mut out = Vec::new();
+        for r in live {
+            if r.unmapped.load(Ordering::Acquire) {
+                continue;
+            }
+            for d in &r.ranges {
+                if d.space == AddrSpace::Bus
+                    && ranges
+                        .iter()
+                        .any(|p| d.start < p.start + p.len && p.start < d.start + d.len)
+                {
+                    out.push(Outstanding {
+                        kind: "sg",
+                        holder: r.importer.name().to_owned(),
+                        mapping: Some(r.id),
+                        detail: format!(
+                            "attachment {} bus {:#x}+{:#x}",
+                            r.attachment, d.start, d.len
+                        ),
+                    });
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Records a [`ReuseEvent`] (fills in `seq` and `ts_ns`) and traces it.
+    /// Returns its sequence number.
+    pub(crate) fn record_reuse(
+        &self,
+        kind: ReuseKind,
+        who: &str,
+        ranges: &[PhysRange],
+        outstanding: Vec<Outstanding>,
+    ) -> u64 {
+        let ev = ReuseEvent {
+            kind,
+            who: who.to_owned(),
+            ranges: ranges.to_vec(),
+            outstanding,
+            seq: self.inner.next_seq(),
+            ts_ns: dmabuf_core::sync::time::now_ns(),
+        };
+        trace_event!(
+            trace::MEM_REUSE,
+            "kind={} who={} ranges=[{}] outstanding={} mseq={}",
+            ev.kind,
+            ev.who,
+            ev.ranges
+                .iter()
+                .map(|r| format!("{:#x}+{:#x}", r.start, r.len))
+                .collect::<Vec<_>>()
+                .join(","),
+            ev.outstanding.len(),
+            ev.seq
+        );
+        let seq = ev.seq;
+        let mut log = self.inner.reuse.lock();
+        if log.len() < MAX_REUSE_EVENTS {
+            log.push(ev);
+        }
+        seq
+    }
+
+    /// Every [`ReuseEvent`] so far, in order.
+    pub fn reuse_events(&self) -> Vec<ReuseEvent> {
+        self.inner.reuse.lock().clone()
     }
 
     /// The exporter's name.

@@ -42,6 +42,7 @@
 //! bus lock -> device config lock. No lock is held while sleeping in a reset.
 
 use crate::memory::{PAGE_SIZE, PhysMemory};
+use crate::monitor::{PhysRange, ReuseKind};
 use crate::trace;
 use dmabuf_core::errno::{self, Errno};
 use dmabuf_core::sync::atomic::{AtomicU32, Ordering};
@@ -577,6 +578,10 @@ impl PciBus {
             .store(F_PRESENT | F_DECODE | F_MASTER, Ordering::Release);
         recs.push(rec.clone());
         drop(recs);
+        let dev = PciDevice {
+            bus: self.inner.clone(),
+            rec: rec.clone(),
+        };
         trace_event!(
             trace::PCI_HOTPLUG,
             "dev={} bdf={} id={} bars=[{}]",
@@ -589,10 +594,8 @@ impl PciBus {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        Ok(PciDevice {
-            bus: self.inner.clone(),
-            rec,
-        })
+        dev.note_reuse(ReuseKind::Reassign);
+        Ok(dev)
     }
 
     /// The device with this id (present or unplugged).
@@ -667,6 +670,7 @@ impl PciBus {
             dev.rec.name,
             dev.rec.bdf
         );
+        dev.note_reuse(ReuseKind::Unplug);
         Ok(())
     }
 
@@ -780,6 +784,22 @@ impl PciDevice {
         }
     }
 
+    /// Its BARs as physical ranges.
+    fn bar_ranges(&self) -> Vec<PhysRange> {
+        self.rec
+            .bars
+            .iter()
+            .map(|b| PhysRange::new(b.addr, b.size))
+            .collect()
+    }
+
+    /// Records a reuse of every BAR (see [`crate::monitor::ReuseEvent`]).
+    fn note_reuse(&self, kind: ReuseKind) {
+        self.bus
+            .mem
+            .note_reuse(kind, &self.rec.name, &self.bar_ranges());
+    }
+
     /// Whether the device is still plugged in.
     pub fn is_present(&self) -> bool {
         self.check_present().is_ok()
@@ -810,8 +830,11 @@ impl PciDevice {
             self.hot().flags.fetch_or(F_DECODE, Ordering::AcqRel);
             trace_event!(trace::PCI_DECODE_ON, "dev={}", self.rec.name);
         } else {
-            self.hot().flags.fetch_and(!F_DECODE, Ordering::AcqRel);
+            let was = self.hot().flags.fetch_and(!F_DECODE, Ordering::AcqRel);
             trace_event!(trace::PCI_DECODE_OFF, "dev={}", self.rec.name);
+            if was & F_DECODE != 0 {
+                self.note_reuse(ReuseKind::DecodeOff);
+            }
         }
         Ok(())
     }
@@ -835,8 +858,11 @@ impl PciDevice {
         let _g = self.locked_change()?;
         match p {
             PowerState::D3hot => {
-                self.hot().flags.fetch_or(F_D3HOT, Ordering::AcqRel);
+                let was = self.hot().flags.fetch_or(F_D3HOT, Ordering::AcqRel);
                 trace_event!(trace::PCI_D3HOT, "dev={}", self.rec.name);
+                if was & F_D3HOT == 0 {
+                    self.note_reuse(ReuseKind::PowerDown);
+                }
             }
             PowerState::D0 => {
                 self.hot().flags.fetch_and(!F_D3HOT, Ordering::AcqRel);
@@ -857,6 +883,7 @@ impl PciDevice {
             .flags
             .fetch_and(!(F_DECODE | F_MASTER), Ordering::AcqRel);
         trace_event!(trace::PCI_FLR, "dev={} phase=begin", self.rec.name);
+        self.note_reuse(ReuseKind::Reset);
         Ok(())
     }
 

@@ -22,7 +22,7 @@ use crate::cpu::{CpuError, CpuFaultHandler, CpuMapping};
 use crate::dma::{DmaEngine, DmaError, DmaPort, EngineConfig, EngineInner};
 use crate::iommu::Iommu;
 use crate::memory::{MemoryError, PhysMemory};
-use crate::monitor::{Accessor, Hazard, MappingToken, Monitor};
+use crate::monitor::{Accessor, Hazard, MappingToken, Monitor, Outstanding, PhysRange, ReuseKind};
 use crate::pci::{DeviceConfig, DeviceId, PciBus, PciDevice, PciError};
 use dmabuf_core::errno::Errno;
 use dmabuf_core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -211,7 +211,7 @@ impl Platform {
             pci: pci.inner().clone(),
             mon: monitor.inner().clone(),
         });
-        Ok(Self(Arc::new(PlatformInner {
+        let p = Self(Arc::new(PlatformInner {
             mem,
             pci,
             iommu,
@@ -221,7 +221,57 @@ impl Platform {
             vmas: Mutex::new(Vec::new()),
             next_vma: AtomicU64::new(1),
             shut_down: AtomicBool::new(false),
-        })))
+        }));
+        // A weak reference: memory outlives nothing it would keep alive.
+        let weak = Arc::downgrade(&p.0);
+        p.0.mem.set_reuse_hook(Some(Arc::new(
+            move |kind: ReuseKind, who: &str, ranges: &[PhysRange]| {
+                if let Some(inner) = weak.upgrade() {
+                    Platform(inner).note_reuse(kind, who, ranges);
+                }
+            },
+        )));
+        Ok(p)
+    }
+
+    /// Every mapping of `ranges` outstanding now: declared `sg` mappings,
+    /// IOMMU PTEs and not yet flushed IOTLB entries, present CPU PTEs (the
+    /// list a [`ReuseEvent`](crate::monitor::ReuseEvent) carries). A mapping
+    /// seen as both a declared mapping and its IOMMU PTEs is listed once.
+    pub fn outstanding(&self, ranges: &[PhysRange]) -> Vec<Outstanding> {
+        let mut out = self.0.monitor.outstanding_sg(ranges);
+        for d in self.0.iommu.domains() {
+            for o in d.outstanding(ranges) {
+                if o.mapping.is_none() || !out.iter().any(|x| x.mapping == o.mapping) {
+                    out.push(o);
+                }
+            }
+        }
+        let vmas: Vec<_> = self
+            .0
+            .vmas
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for v in vmas {
+            if let Some(o) = CpuMapping::from_inner(v).outstanding(ranges) {
+                out.push(o);
+            }
+        }
+        out
+    }
+
+    /// Declares that `ranges` stopped being what their mappings pointed at
+    /// (`kind`, by `who`): records a
+    /// [`ReuseEvent`](crate::monitor::ReuseEvent) listing the mappings still
+    /// outstanding. The PCI layer and the frame allocator call it on every
+    /// reset, power-down, decode-off, unplug, hot-plug and free; a driver
+    /// calls it when it hands memory the platform does not track (a VRAM
+    /// placement) to someone else. Returns the event's sequence number.
+    pub fn note_reuse(&self, kind: ReuseKind, who: &str, ranges: &[PhysRange]) -> u64 {
+        let out = self.outstanding(ranges);
+        self.0.monitor.record_reuse(kind, who, ranges, out)
     }
 
     /// Physical memory and the frame allocator.

@@ -26,6 +26,7 @@
 //! | `monitor_map` / `monitor_unmap` | [`monitor`](crate::monitor) | a driver declared a mapping / its unmap |
 //! | `monitor_fences_done` / `monitor_revoke_returned` / `monitor_unrevoke` | [`monitor`](crate::monitor) | an exporter declared a revoke stage |
 //! | `hazard` | [`monitor`](crate::monitor) | a hazard was recorded (its class, accessor, address, monitor sequence) |
+//! | `mem_reuse` | [`platform`](crate::platform) | memory was reset, powered down, decode-disabled, unplugged, re-assigned or freed, with the count of mappings of it still outstanding ([`ReuseEvent`](crate::monitor::ReuseEvent)) |
 //!
 //! Every event costs one relaxed load when tracing is off.
 
@@ -91,3 +92,6 @@ pub const MONITOR_REVOKE_RETURNED: &str = "monitor_revoke_returned";
 pub const MONITOR_UNREVOKE: &str = "monitor_unrevoke";
 /// A hazard was recorded.
 pub const HAZARD: &str = "hazard";
+/// Memory was reset, powered down, decode-disabled, freed or re-assigned
+/// (`mem_reuse`), with the mappings of it still outstanding.
+pub const MEM_REUSE: &str = "mem_reuse";

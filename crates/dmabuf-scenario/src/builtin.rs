@@ -7,7 +7,7 @@
 //! | name | scenario |
 //! |---|---|
 //! | a `[scenario]`'s name | that scenario, its references resolved |
-//! | `matrix.<exporter>.<importer>` | one matrix cell: the exporter with one importer, FLR with DMA in flight |
+//! | `matrix.<exporter>.<importer>` | one matrix cell: the exporter with one importer; FLR with DMA in flight, un-revoke, re-map with DMA in flight, revoke again, close while revoked ([`Trigger::FlrCycle`]) |
 //! | either, ending in `.jobs<N>` | the same with `N` DMA jobs per importer (a shrunk counterexample) |
 //!
 //! A name defined twice (a user file that redefines a built-in, or two user
@@ -54,6 +54,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../protocols/exporters/v9c-gate-in-pin.toml"),
     ),
     (
+        "protocols/exporters/v10-three-state.toml",
+        include_str!("../../../protocols/exporters/v10-three-state.toml"),
+    ),
+    (
+        "protocols/exporters/v10-unrevoke-no-invalidate.toml",
+        include_str!("../../../protocols/exporters/v10-unrevoke-no-invalidate.toml"),
+    ),
+    (
         "protocols/exporters/gpu-vram.toml",
         include_str!("../../../protocols/exporters/gpu-vram.toml"),
     ),
@@ -74,6 +82,18 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../protocols/importers/gpu-kernel-fence.toml"),
     ),
     (
+        "protocols/importers/gpu-lazy.toml",
+        include_str!("../../../protocols/importers/gpu-lazy.toml"),
+    ),
+    (
+        "protocols/importers/gpu-enodev.toml",
+        include_str!("../../../protocols/importers/gpu-enodev.toml"),
+    ),
+    (
+        "protocols/importers/gpu-enodev-revalidate.toml",
+        include_str!("../../../protocols/importers/gpu-enodev-revalidate.toml"),
+    ),
+    (
         "protocols/importers/rdma-odp.toml",
         include_str!("../../../protocols/importers/rdma-odp.toml"),
     ),
@@ -92,6 +112,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
     (
         "protocols/importers/lying.toml",
         include_str!("../../../protocols/importers/lying.toml"),
+    ),
+    (
+        "protocols/importers/mixes.toml",
+        include_str!("../../../protocols/importers/mixes.toml"),
     ),
     (
         "protocols/scenarios/vfio-iommufd-flr.toml",
@@ -125,6 +149,18 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "protocols/scenarios/vram-eviction.toml",
         include_str!("../../../protocols/scenarios/vram-eviction.toml"),
     ),
+    (
+        "protocols/scenarios/permanent-revoke.toml",
+        include_str!("../../../protocols/scenarios/permanent-revoke.toml"),
+    ),
+    (
+        "protocols/scenarios/unrevoke-race-v6.toml",
+        include_str!("../../../protocols/scenarios/unrevoke-race-v6.toml"),
+    ),
+    (
+        "protocols/scenarios/unrevoke-race-no-invalidate.toml",
+        include_str!("../../../protocols/scenarios/unrevoke-race-no-invalidate.toml"),
+    ),
 ];
 
 /// A runnable scenario: a world and what its file expects.
@@ -140,6 +176,9 @@ pub struct Scenario {
     pub expect: Vec<Expect>,
     /// Properties to judge (all when `None`).
     pub properties: Option<Vec<(String, String)>>,
+    /// The search strategy its file suggests (see
+    /// [`crate::file::ScenarioDef::strategy`]).
+    pub strategy: Option<String>,
     /// The file(s) it came from.
     pub origin: String,
 }
@@ -159,19 +198,23 @@ pub fn spec_hash(spec: &WorldSpec) -> u64 {
     // every field; the protocol's steps print as the file wrote them.
     let p = &spec.protocol;
     let text = format!(
-        "{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{}|{}|{}|{}",
+        "{:?}|{:?}|{:?}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}",
         spec.exporter,
         p.attach,
         p.pin,
         p.revoke,
         p.unrevoke,
         p.cleanup,
+        p.disable_before_cleanup,
+        p.permanent.as_ref().map(ToString::to_string),
         spec.importers,
         spec.trigger,
         spec.jobs,
         spec.cpu_access,
         spec.map_during_invalidate,
-        spec.hotplug_after_close
+        spec.hotplug_after_close,
+        spec.teardown_during_revoke,
+        spec.remap_during_unrevoke
     );
     file::fnv1a(text.as_bytes())
 }
@@ -240,6 +283,30 @@ impl Library {
                 return Err(dup("importer", &i.spec.name, &old.path, &f.path));
             }
             self.importers.push(i.clone());
+        }
+        for m in &f.mixes {
+            if let Some(old) = self.importers.iter().find(|x| x.spec.name == m.name) {
+                return Err(dup("importer", &m.name, &old.path, &f.path));
+            }
+            let mut members = Vec::new();
+            for (name, at) in &m.importers {
+                let i = self.importer(name).ok_or_else(|| {
+                    resolve_err(
+                        at,
+                        format!("unknown importer '{name}' in a mix (see `dmabuf scenarios`)"),
+                    )
+                })?;
+                members.extend(i.instances());
+            }
+            let mut spec = members[0].clone();
+            spec.name = m.name.clone();
+            self.importers.push(ImporterDef {
+                description: m.description.clone(),
+                sources: Vec::new(),
+                spec,
+                members,
+                path: m.path.clone(),
+            });
         }
         if let Some(s) = &f.scenario {
             if let Some((old, ..)) = self.scenarios.iter().find(|(x, ..)| x.name == s.name) {
@@ -311,17 +378,25 @@ impl Library {
 
     /// One matrix cell.
     pub fn cell(&self, e: &ExporterDef, i: &ImporterDef) -> Scenario {
-        let mut imp = i.spec.clone();
-        imp.count = 1;
+        let mut imps = i.instances();
+        for x in &mut imps {
+            x.count = 1;
+        }
+        let mut spec = WorldSpec::vfio(Arc::new(e.protocol.clone()), imps[0].clone());
+        spec.importers = imps;
         Scenario {
             name: format!("matrix.{}.{}", e.name, i.spec.name),
             description: format!(
-                "{} exporting a BAR to one {} importer; FLR with DMA in flight",
-                e.name, i.spec.name
+                "{} exporting a BAR to {} {} importer{}; FLR with DMA in flight, un-revoke, re-map with DMA in flight, revoke again (decode off), close while revoked",
+                e.name,
+                if i.members.is_empty() { "one" } else { "the" },
+                i.spec.name,
+                if i.members.is_empty() { "" } else { "s" }
             ),
-            spec: WorldSpec::vfio(Arc::new(e.protocol.clone()), imp),
+            spec,
             expect: Vec::new(),
             properties: None,
+            strategy: None,
             origin: format!("{} x {}", e.path, i.path),
         }
     }
@@ -350,7 +425,7 @@ impl Library {
             }
         };
         let mut importers: Vec<ImporterSpec> =
-            own.importers.iter().map(|i| i.spec.clone()).collect();
+            own.importers.iter().flat_map(|i| i.instances()).collect();
         for (name, at) in &s.importers {
             let i = self.importer(name).ok_or_else(|| {
                 resolve_err(
@@ -358,7 +433,7 @@ impl Library {
                     format!("unknown importer '{name}' (see `dmabuf scenarios`)"),
                 )
             })?;
-            importers.push(i.spec.clone());
+            importers.extend(i.instances());
         }
         if importers.is_empty() {
             return Err(FileError {
@@ -389,6 +464,17 @@ impl Library {
                 ),
             });
         }
+        if s.trigger == Trigger::PermanentCycle && exporter.protocol.permanent.is_none() {
+            return Err(FileError {
+                path: s.path.clone(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "trigger 'permanent-cycle' needs an exporter with a 'permanent' sequence; '{}' has none",
+                    exporter.name
+                ),
+            });
+        }
         if revokes && s.trigger == Trigger::Eviction {
             return Err(FileError {
                 path: s.path.clone(),
@@ -409,9 +495,12 @@ impl Library {
                 cpu_access: s.cpu_access,
                 map_during_invalidate: s.map_during_invalidate,
                 hotplug_after_close: s.hotplug_after_close,
+                teardown_during_revoke: s.teardown_during_revoke,
+                remap_during_unrevoke: s.remap_during_unrevoke,
             },
             expect: own.expect.clone(),
             properties: s.properties.clone(),
+            strategy: s.strategy.clone(),
             origin: s.path.clone(),
         })
     }
@@ -432,29 +521,44 @@ impl Library {
                 f.importers.iter().collect()
             };
             for i in imps {
-                out.push(self.cell(e, i));
+                out.push((self.cell(e, i), i.spec.name.clone()));
             }
         } else {
-            for i in &f.importers {
+            let mixes: Vec<&ImporterDef> = f
+                .mixes
+                .iter()
+                .filter_map(|m| self.importer(&m.name))
+                .collect();
+            for i in f.importers.iter().chain(mixes) {
                 for e in self.rows() {
-                    out.push(self.cell(e, i));
+                    out.push((self.cell(e, i), e.name.clone()));
                 }
             }
         }
-        for s in &mut out {
-            let other = if f.exporter.is_some() {
-                s.spec.importers.first().map(|i| i.name.clone())
-            } else {
-                Some(s.spec.protocol.name.clone())
-            };
-            s.expect = f
-                .expect
-                .iter()
-                .filter(|e| e.with.is_none() || e.with == other)
-                .cloned()
-                .collect();
-        }
-        Ok(out)
+        // `with` names the other side of the cell: the column (an importer
+        // or a mix) for an exporter file, the row for an importer file.
+        Ok(out
+            .into_iter()
+            .map(|(mut s, other)| {
+                // A cell's own expectation of a property replaces the
+                // file-wide one.
+                let own = |p: &str| {
+                    f.expect
+                        .iter()
+                        .any(|e| e.with.as_deref() == Some(other.as_str()) && e.property == p)
+                };
+                s.expect = f
+                    .expect
+                    .iter()
+                    .filter(|e| match &e.with {
+                        None => !own(&e.property),
+                        Some(w) => *w == other,
+                    })
+                    .cloned()
+                    .collect();
+                s
+            })
+            .collect())
     }
 
     /// Every named scenario, resolved.
@@ -525,12 +629,16 @@ mod tests {
     #[test]
     fn every_builtin_file_parses_and_the_list_matches_the_folder() {
         let lib = Library::builtin().unwrap();
-        assert_eq!(lib.rows().len(), 8);
-        assert_eq!(lib.importers.len(), 8);
-        assert_eq!(lib.named().unwrap().len(), 8);
+        assert_eq!(lib.rows().len(), 10);
+        assert_eq!(lib.importers.len(), 14, "11 importers and 3 mixes");
+        assert_eq!(lib.named().unwrap().len(), 11);
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../protocols");
         let mut on_disk = Vec::new();
         collect(&root, &mut on_disk, 0).unwrap();
+        // protocols/fixes/ holds replays of kernel fixes, checked one file
+        // at a time (`dmabuf check protocols/fixes/X.toml`), not part of the
+        // library.
+        on_disk.retain(|p| !p.starts_with(root.join("fixes")));
         assert_eq!(
             on_disk.len(),
             BUILTIN.len(),
@@ -547,6 +655,20 @@ mod tests {
     }
 
     #[test]
+    fn the_fix_replays_parse_and_each_asks_one_question() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../protocols/fixes");
+        let mut files = Vec::new();
+        collect(&root, &mut files, 0).unwrap();
+        assert_eq!(files.len(), 10);
+        for p in files {
+            let mut lib = Library::builtin().unwrap();
+            let f = lib.add_file(&p).unwrap();
+            assert_eq!(lib.questions(&f).unwrap().len(), 1, "{}", p.display());
+            assert!(!f.expect.is_empty(), "{}", p.display());
+        }
+    }
+
+    #[test]
     fn names_resolve_including_cells_and_shrunk_workloads() {
         let lib = Library::builtin().unwrap();
         let c = lib.find("matrix.v6-final.gpu").unwrap();
@@ -558,6 +680,40 @@ mod tests {
         assert!(lib.find("matrix.v6-final.nope").is_err());
         assert!(lib.find("vfio-iommufd-flr").is_ok());
         assert!(lib.find("vfio-iommufd-flr.jobs0").is_err());
+    }
+
+    #[test]
+    fn a_mix_is_a_column_whose_cells_hold_each_member_once() {
+        let lib = Library::builtin().unwrap();
+        let c = lib.find("matrix.v6-final.iommufd+gpu").unwrap();
+        let names: Vec<&str> = c.spec.importers.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["iommufd", "gpu"]);
+        assert!(c.spec.importers.iter().all(|i| i.count == 1));
+        let mut lib = Library::builtin().unwrap();
+        let e = lib
+            .add_text(
+                "m.toml",
+                "[[mix]]\nname = \"gpu+nope\"\nimporters = [\"gpu\", \"nope\"]\n",
+            )
+            .unwrap_err();
+        assert_eq!((e.line, e.col), (3, 22), "{e}");
+        assert!(
+            e.message.contains("unknown importer 'nope' in a mix"),
+            "{e}"
+        );
+        let f = lib
+            .add_text(
+                "m.toml",
+                "[[mix]]\nname = \"gpu+lying\"\nimporters = [\"gpu\", \"lying\"]\n",
+            )
+            .unwrap();
+        let qs = lib.questions(&f).unwrap();
+        assert_eq!(
+            qs.len(),
+            10,
+            "a mix file is crossed with every VFIO protocol"
+        );
+        assert_eq!(qs[0].spec.importers.len(), 2);
     }
 
     #[test]

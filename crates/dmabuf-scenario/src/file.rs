@@ -38,6 +38,8 @@ use toml::Spanned;
 pub const MAX_JOBS: i64 = 64;
 /// The most instances of one importer.
 pub const MAX_COUNT: i64 = 8;
+/// The most members of one `[[mix]]`.
+pub const MAX_MIX: i64 = 4;
 /// The largest file accepted.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
 
@@ -134,15 +136,44 @@ pub struct ExporterDef {
     pub path: String,
 }
 
-/// An importer defined by a file.
+/// An importer defined by a file: one importer, or a mix of several on
+/// one buffer (a `[[mix]]`, a matrix column of its own).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImporterDef {
     /// One line on it.
     pub description: String,
     /// Where it came from.
     pub sources: Vec<String>,
-    /// The behaviour.
+    /// The behaviour; for a mix, its first member's under the mix's name
+    /// (the column's name).
     pub spec: ImporterSpec,
+    /// A mix's members, each under its own name (empty for one importer).
+    pub members: Vec<ImporterSpec>,
+    /// The file.
+    pub path: String,
+}
+
+impl ImporterDef {
+    /// The importers a world of this column holds, one instance each.
+    pub fn instances(&self) -> Vec<ImporterSpec> {
+        if self.members.is_empty() {
+            vec![self.spec.clone()]
+        } else {
+            self.members.clone()
+        }
+    }
+}
+
+/// A `[[mix]]`: several importers of the library on one buffer, as one
+/// matrix column (references resolved by the library).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MixDef {
+    /// Name (a matrix column; may contain `+`).
+    pub name: String,
+    /// One line on it.
+    pub description: String,
+    /// The members by name, with where each was named.
+    pub importers: Vec<(String, String)>,
     /// The file.
     pub path: String,
 }
@@ -168,8 +199,16 @@ pub struct ScenarioDef {
     pub map_during_invalidate: bool,
     /// A new device is plugged at the old BAR range after close.
     pub hotplug_after_close: bool,
+    /// Importers tear down as soon as the trigger begins.
+    pub teardown_during_revoke: bool,
+    /// In a cycle, importers re-map as soon as the un-revoke begins.
+    pub remap_during_unrevoke: bool,
     /// Properties to judge (all when `None`), with where they were named.
     pub properties: Option<Vec<(String, String)>>,
+    /// The search strategy `check` uses when none is given on the command
+    /// line (`pct` or `random`): a race whose window PCT
+    /// rarely preempts in is found by `random` in a few schedules.
+    pub strategy: Option<String>,
     /// The file.
     pub path: String,
 }
@@ -183,6 +222,8 @@ pub struct ProtocolFile {
     pub exporter: Option<ExporterDef>,
     /// Its `[[importer]]`s.
     pub importers: Vec<ImporterDef>,
+    /// Its `[[mix]]`es.
+    pub mixes: Vec<MixDef>,
     /// Its `[scenario]`.
     pub scenario: Option<ScenarioDef>,
     /// Its `[expect]`.
@@ -194,6 +235,7 @@ pub struct ProtocolFile {
 struct Doc {
     exporter: Option<Spanned<ExporterDoc>>,
     importer: Option<Vec<Spanned<ImporterDoc>>>,
+    mix: Option<Vec<Spanned<MixDoc>>>,
     scenario: Option<Spanned<ScenarioDoc>>,
     expect: Option<ExpectDoc>,
 }
@@ -212,6 +254,8 @@ struct ExporterDoc {
     revoke: Option<Spanned<Vec<S>>>,
     unrevoke: Option<Spanned<Vec<S>>>,
     cleanup: Option<Spanned<Vec<S>>>,
+    close: Option<Spanned<Vec<S>>>,
+    permanent: Option<Spanned<Vec<S>>>,
 }
 
 #[derive(Deserialize)]
@@ -228,7 +272,17 @@ struct ImporterDoc {
     pin: Option<bool>,
     writes_after_fences: Option<bool>,
     read_ahead: Option<bool>,
+    release: Option<S>,
+    autonomous_dma: Option<bool>,
     count: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MixDoc {
+    name: S,
+    description: Option<String>,
+    importers: Spanned<Vec<S>>,
 }
 
 #[derive(Deserialize)]
@@ -243,7 +297,10 @@ struct ScenarioDoc {
     cpu_access: Option<bool>,
     map_during_invalidate: Option<bool>,
     hotplug_after_close: Option<bool>,
+    teardown_during_revoke: Option<bool>,
+    remap_during_unrevoke: Option<bool>,
     properties: Option<Vec<S>>,
+    strategy: Option<S>,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +429,9 @@ pub fn exporter_kind_name(k: ExporterKind) -> &'static str {
     }
 }
 
+/// The strategy names a `[scenario]` may suggest.
+pub const STRATEGIES: &[&str] = &["pct", "random"];
+
 /// The trigger names of a file.
 pub const TRIGGERS: &[(&str, Trigger)] = &[
     ("flr", Trigger::Flr),
@@ -381,6 +441,8 @@ pub const TRIGGERS: &[(&str, Trigger)] = &[
     ("d3hot", Trigger::D3hot),
     ("close", Trigger::Close),
     ("unrevoke-cycle", Trigger::UnrevokeCycle),
+    ("flr-cycle", Trigger::FlrCycle),
+    ("permanent-cycle", Trigger::PermanentCycle),
     ("eviction", Trigger::Eviction),
 ];
 
@@ -433,6 +495,27 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
             Some(l) => c.sequence(l, "cleanup")?,
             None => revoke.clone(),
         };
+        let disable_before_cleanup = match &e.close {
+            None => false,
+            Some(l) => {
+                let names: Vec<&str> = l.get_ref().iter().map(|x| x.get_ref().as_str()).collect();
+                match names.as_slice() {
+                    ["dma_buf_cleanup", "pci_disable"] => false,
+                    ["pci_disable", "dma_buf_cleanup"] => true,
+                    _ => {
+                        return Err(c.err(
+                            l.span(),
+                            "close is the order of \"dma_buf_cleanup\" and \"pci_disable\": [\"dma_buf_cleanup\", \"pci_disable\"] (since d97708701434) or [\"pci_disable\", \"dma_buf_cleanup\"] (before)",
+                        ));
+                    }
+                }
+            }
+        };
+        let permanent = e
+            .permanent
+            .as_ref()
+            .map(|l| c.sequence(l, "permanent"))
+            .transpose()?;
         Protocol {
             name: name.clone(),
             attach,
@@ -440,6 +523,8 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
             revoke,
             unrevoke,
             cleanup,
+            disable_before_cleanup,
+            permanent,
         }
     } else {
         for (f, v) in [
@@ -448,6 +533,8 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
             ("revoke", &e.revoke),
             ("unrevoke", &e.unrevoke),
             ("cleanup", &e.cleanup),
+            ("close", &e.close),
+            ("permanent", &e.permanent),
         ] {
             if let Some(v) = v {
                 return Err(c.err(
@@ -542,10 +629,14 @@ fn importer(c: &Ctx<'_>, d: &Spanned<ImporterDoc>) -> Result<ImporterDef, FileEr
         spec.remap = match v.get_ref().as_str() {
             "lazy" => Remap::Lazy,
             "cache-enodev" => Remap::CacheEnodev,
+            "revalidate" => Remap::Revalidate,
+            "cache-enodev-revalidate" => Remap::CacheEnodevRevalidate,
             other => {
                 return Err(c.err(
                     v.span(),
-                    format!("unknown remap '{other}' (expected lazy or cache-enodev)"),
+                    format!(
+                        "unknown remap '{other}' (expected lazy, cache-enodev, revalidate or cache-enodev-revalidate)"
+                    ),
                 ));
             }
         };
@@ -559,6 +650,24 @@ fn importer(c: &Ctx<'_>, d: &Spanned<ImporterDoc>) -> Result<ImporterDef, FileEr
     }
     if let Some(r) = i.read_ahead {
         spec.read_ahead = r;
+    }
+    if let Some(a) = i.autonomous_dma {
+        spec.autonomous_dma = a;
+    }
+    if let Some(v) = &i.release {
+        spec.destroy_before_detach = match v.get_ref().as_str() {
+            "detach-then-destroy" => false,
+            "destroy-then-detach" => true,
+            other => {
+                return Err(c.err(
+                    v.span(),
+                    format!(
+                        "unknown release '{other}' (expected detach-then-destroy or destroy-then-detach)"
+                    ),
+                ));
+            }
+        };
+        blame.push(("release", v.span()));
     }
     if let Some(n) = &i.count {
         if !(1..=MAX_COUNT).contains(n.get_ref()) {
@@ -577,6 +686,7 @@ fn importer(c: &Ctx<'_>, d: &Spanned<ImporterDoc>) -> Result<ImporterDef, FileEr
         description: i.description.clone().unwrap_or_default(),
         sources: i.sources.clone().unwrap_or_default(),
         spec,
+        members: Vec::new(),
         path: c.path.to_owned(),
     })
 }
@@ -623,7 +733,23 @@ fn scenario(c: &Ctx<'_>, d: &Spanned<ScenarioDoc>) -> Result<ScenarioDef, FileEr
         cpu_access: s.cpu_access.unwrap_or(false),
         map_during_invalidate: s.map_during_invalidate.unwrap_or(false),
         hotplug_after_close: s.hotplug_after_close.unwrap_or(false),
+        teardown_during_revoke: s.teardown_during_revoke.unwrap_or(false),
+        remap_during_unrevoke: s.remap_during_unrevoke.unwrap_or(false),
         properties: s.properties.as_ref().map(|_| refs(&s.properties)),
+        strategy: match &s.strategy {
+            None => None,
+            Some(x) if STRATEGIES.contains(&x.get_ref().as_str()) => Some(x.get_ref().clone()),
+            Some(x) => {
+                return Err(c.err(
+                    x.span(),
+                    format!(
+                        "unknown strategy '{}' (expected {})",
+                        x.get_ref(),
+                        STRATEGIES.join(", ")
+                    ),
+                ));
+            }
+        },
         path: c.path.to_owned(),
     })
 }
@@ -655,6 +781,44 @@ pub fn parse(path: &str, text: &str) -> Result<ProtocolFile, FileError> {
             ));
         }
         out.importers.push(def);
+    }
+    for m in doc.mix.iter().flatten() {
+        let d = m.get_ref();
+        let n = d.name.get_ref();
+        let ok = !n.is_empty()
+            && n.len() <= 64
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '+'));
+        if !ok {
+            return Err(c.err(
+                d.name.span(),
+                format!(
+                    "mix name '{n}' must be 1 to 64 characters of letters, digits, '-', '_' or '+'"
+                ),
+            ));
+        }
+        let list = d.importers.get_ref();
+        if !(2..=MAX_MIX as usize).contains(&list.len()) {
+            return Err(c.err(
+                d.importers.span(),
+                format!("a mix names 2 to {MAX_MIX} importers"),
+            ));
+        }
+        if out.mixes.iter().any(|x| &x.name == n) {
+            return Err(c.err(
+                d.name.span(),
+                format!("mix '{n}' is defined twice in this file"),
+            ));
+        }
+        out.mixes.push(MixDef {
+            name: n.clone(),
+            description: d.description.clone().unwrap_or_default(),
+            importers: list
+                .iter()
+                .map(|x| (x.get_ref().clone(), c.at(x)))
+                .collect(),
+            path: path.to_owned(),
+        });
     }
     if let Some(s) = &doc.scenario {
         out.scenario = Some(scenario(&c, s)?);
@@ -696,10 +860,14 @@ pub fn parse(path: &str, text: &str) -> Result<ProtocolFile, FileError> {
             }
         }
     }
-    if out.exporter.is_none() && out.importers.is_empty() && out.scenario.is_none() {
+    if out.exporter.is_none()
+        && out.importers.is_empty()
+        && out.mixes.is_empty()
+        && out.scenario.is_none()
+    {
         return Err(c.err(
             0..0,
-            "the file defines nothing: expected an [exporter], [[importer]] or [scenario] section",
+            "the file defines nothing: expected an [exporter], [[importer]], [[mix]] or [scenario] section",
         ));
     }
     Ok(out)
@@ -817,6 +985,21 @@ unrevoke = ["dma_resv_lock", "clear_revoked", "dma_resv_unlock"]
         assert_eq!(f.expect.len(), 2);
         assert_eq!(f.expect[1].answer, Answer::Sometimes);
         assert_eq!(f.expect[1].at, "s.toml:7:15");
+    }
+
+    #[test]
+    fn mixes_name_two_to_four_importers() {
+        let f = parse(
+            "m.toml",
+            "[[mix]]\nname = \"a+b\"\nimporters = [\"a\", \"b\"]\n",
+        )
+        .unwrap();
+        assert_eq!(f.mixes[0].name, "a+b");
+        assert_eq!(f.mixes[0].importers[1].1, "m.toml:3:20");
+        let e = err("[[mix]]\nname = \"a\"\nimporters = [\"a\"]\n");
+        assert!(e.message.contains("2 to 4 importers"), "{e}");
+        let e = err("[[mix]]\nname = \"a b\"\nimporters = [\"a\", \"b\"]\n");
+        assert!(e.message.contains("mix name 'a b'"), "{e}");
     }
 
     #[test]

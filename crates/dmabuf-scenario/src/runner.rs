@@ -22,19 +22,34 @@
 //!    (`EOPNOTSUPP`/`ENODEV` at attach, pin, map, register) are recorded
 //!    and the thread ends.
 //! 3. The revoker (`revoker`) waits until every setup is done, stalls
-//!    `userspace` in [`StallMode::StallUserspaceAtRevoke`], and runs the
-//!    trigger. The gate fence signals [`INFLIGHT_DELAY`] after the trigger
-//!    began (a timer of group `hw`): the queued jobs are in flight across
-//!    the revoke whatever the schedule.
+//!    `userspace` in [`StallMode::StallUserspaceAtRevoke`] and runs the
+//!    trigger. Where userspace stalls is a choice of the search
+//!    ([`search_choice`]): when the revoke begins, when a cycle's second
+//!    revoke begins, or at any scheduling point after the trigger began (a
+//!    `userspace-staller` task of group `hw` stalls it whenever the search
+//!    runs it). The gate fence signals
+//!    [`INFLIGHT_DELAY`] after the trigger began (a timer of group `hw`):
+//!    the queued jobs are in flight across the revoke whatever the schedule.
 //! 4. Importers wait for their queued jobs; then, [`POST_DELAY`] after the
 //!    first revoke returned (or the trigger finished, or [`POST_WAIT`]
 //!    passed), run `jobs` more jobs (with `map_during_invalidate`: as soon
-//!    as the trigger began instead). In an un-revoke cycle they first wait
-//!    for the un-revoke and `remap`.
-//! 5. Importers keep the buffer until the trigger is done (at most
+//!    as the trigger began instead).
+//! 5. In a cycle ([`Trigger::FlrCycle`], every matrix cell, and
+//!    [`Trigger::UnrevokeCycle`]), before those jobs: once the un-revoke is
+//!    done, `remap`, one job (counted in `jobs_after_unrevoke_ok` /
+//!    `_failed`), then `jobs` jobs behind a second gate that signals
+//!    [`INFLIGHT_DELAY`] after the second revoke began; the revoker waits
+//!    (at most [`REMAP_WAIT`]) for every accepted importer to get there,
+//!    turns decode off (the second revoke) and, [`OFF_WINDOW`] later,
+//!    closes the device while the buffer is still revoked. The later jobs
+//!    run [`POST_DELAY`] after the second revoke returned. An importer whose
+//!    un-revoke does not come within [`POST_WAIT`] (a revoke stuck on it)
+//!    skips the cycle.
+//! 6. Importers keep the buffer until the trigger is done (at most
 //!    [`POST_WAIT`]), then tear down. The root joins everything (not the stalled
 //!    userspace threads in stall mode), shuts kernel workers and DMA engines
-//!    down and fills the [`Observation`].
+//!    down and fills the [`Observation`], with one
+//!    [`RevokeRecord`] per revoke.
 //!
 //! # Syscalls and stalls
 //!
@@ -54,7 +69,9 @@
 //! | `DecodeOff` | decode off, [`OFF_WINDOW`], decode on | unsupported | unsupported |
 //! | `D3hot` | D3hot, [`OFF_WINDOW`], D0 | unsupported | unsupported |
 //! | `Close` | [`VfioPciDevice::close`], optionally a new device at the BAR | the VMM closes its fd | the VMM closes its fd |
-//! | `UnrevokeCycle` | decode off, on, wait for re-maps, off, close | unsupported | unsupported |
+//! | `UnrevokeCycle` | decode off, on, wait for re-maps, off, close while revoked | unsupported | unsupported |
+//! | `FlrCycle` | FLR (revoke, reset, un-revoke), wait for re-maps, decode off, close while revoked | unsupported | unsupported |
+//! | `PermanentCycle` | decode off, the permanent revoke ioctl, decode on (no un-revoke of a permanently revoked buffer), wait for re-map attempts, off, close | unsupported | unsupported |
 //! | `Eviction` | unsupported | unsupported | evict to system, wait, migrate back |
 //!
 //! An unsupported combination is reported in [`Observation::errors`]. Only
@@ -71,11 +88,12 @@
 //! | `vram_moves`, `evictions`, `migrations` | GPU VRAM exporter |
 //! | `cpu_ok`, `cpu_sigbus`, `cpu_mmap_refused` | the VMM's CPU accesses to BAR 0 |
 //! | `remap_failed` | an un-revoke cycle's re-map was refused |
+//! | `jobs_after_unrevoke_ok`, `jobs_after_unrevoke_failed` | the job right after a cycle's re-map |
 //! | `maps`, `unmaps`, `invalidates`, `faults`, `revoked`, ... | summed over the importer instances ([`Importer::counters`]) |
 
 use crate::world::{
-    ExporterKind, ImporterBase, ImporterSpec, Observation, OnInvalidate, Refusal, StallMode,
-    Trigger, WorldSpec,
+    ExporterKind, ImporterBase, ImporterSpec, Observation, OnInvalidate, Refusal, Restore,
+    RevokeRecord, StallMode, Trigger, UnmapWhen, WorldSpec,
 };
 use dmabuf_core::dma_buf::DmaBufRef;
 use dmabuf_core::dma_resv::Usage;
@@ -162,6 +180,7 @@ impl WorldProbe {
         };
         if let Some(m) = mon {
             obs.hazards = m.hazards();
+            obs.reuse = m.reuse_events();
         }
         obs
     }
@@ -182,9 +201,15 @@ struct Phase {
     setups_done: usize,
     accepted: usize,
     trigger_begun: bool,
-    first_revoke_returned: bool,
+    /// Revokes returned so far (all buffers).
+    revokes_returned: usize,
+    unrevoke_begun: bool,
     unrevoked: bool,
+    /// The buffers were revoked for good (the restore is not expected).
+    permanent: bool,
     remapped: usize,
+    /// A cycle's second revoke is about to begin.
+    second_begun: bool,
     trigger_done: bool,
 }
 
@@ -288,6 +313,7 @@ fn make_importer(
                 kernel_fence: s.invalidate == OnInvalidate::Evict(Usage::Kernel),
                 writes_after_fences: s.writes_after_fences,
                 worker_latency: s.unmap_latency,
+                unmap_on_free: s.unmap == UnmapWhen::OnFree,
                 readahead: s.read_ahead,
                 remap: s.remap,
             };
@@ -300,9 +326,20 @@ fn make_importer(
                 what: format!("{name}: no RDMA model has this behaviour"),
             })?;
             let nic = Nic::new(host, dev)?;
-            Arc::new(RdmaImporter::new(host, name, flavour, &nic, true))
+            if s.autonomous_dma {
+                Arc::new(RdmaImporter::with_autonomous_dma(
+                    host, name, flavour, &nic, true,
+                ))
+            } else {
+                Arc::new(RdmaImporter::new(host, name, flavour, &nic, true))
+            }
         }
-        ImporterBase::Iommufd => Arc::new(IommufdImporter::new(host, name, dev)?),
+        ImporterBase::Iommufd => Arc::new(IommufdImporter::with_release_order(
+            host,
+            name,
+            dev,
+            s.destroy_before_detach,
+        )?),
     })
 }
 
@@ -330,6 +367,13 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
     };
     let host = Host::new(platform.clone());
     probe.st.lock().monitor = Some(platform.monitor().clone());
+    {
+        // Kernel splats of the drivers (KASAN reports) are WARNs too.
+        let p2 = probe.clone();
+        host.set_splat_sink(Some(Arc::new(move |m: &str| {
+            p2.with(|o| o.warnings.push(m.to_owned()))
+        })));
+    }
     // Engines and the timer belong to the hardware.
     sched::set_group("hw");
     let built = build_world(spec, &host, probe);
@@ -344,14 +388,17 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
     });
     let gate_ctx = FenceContext::named("world", "gate");
     let (gate, gate_h) = gate_ctx.create();
+    // A cycle's second gate: the jobs queued after the re-map are in
+    // flight across the second revoke.
+    let (gate2, gate2_h) = gate_ctx.create();
     let vmm = Process::new(1);
     let bufs = Arc::new(Mutex::new(Vec::<DmaBufRef>::new()));
 
-    let timer = spawn_timer(&coord, gate_h);
+    let timer = spawn_timer(&coord, gate_h, gate2_h);
     let vmm_thread = spawn_vmm(spec, &exporter, &instances, &vmm, &coord, probe, &bufs);
     let user_threads: Vec<JoinHandle<()>> = instances
         .iter()
-        .map(|inst| spawn_importer(spec, inst, &gate, &coord, probe))
+        .map(|inst| spawn_importer(spec, inst, [&gate, &gate2], &coord, probe))
         .collect();
     let revoker = spawn_revoker(spec, mode, &exporter, &vmm, &coord, probe, instances.len());
 
@@ -443,14 +490,46 @@ fn build_world(
     Some((exporter, instances))
 }
 
-fn spawn_timer(coord: &Arc<Coord>, gate: SignalHandle) -> JoinHandle<()> {
+fn spawn_timer(coord: &Arc<Coord>, gate: SignalHandle, gate2: SignalHandle) -> JoinHandle<()> {
     let coord = coord.clone();
     thread::spawn_named("gate-timer".into(), move || {
         sched::set_group("hw");
         coord.wait(|p| p.trigger_begun || p.export_failed, None);
         thread::sleep(INFLIGHT_DELAY);
         let _ = gate.signal();
+        coord.wait(
+            |p| p.second_begun || p.trigger_done || p.export_failed,
+            None,
+        );
+        thread::sleep(INFLIGHT_DELAY);
+        let _ = gate2.signal();
     })
+}
+
+/// A choice among `n` alternatives made by the search: `n` tasks race to
+/// claim it, and which one runs first is a scheduling decision, recorded
+/// in the schedule and replayed by its token (DFS and DPOR explore every
+/// alternative: the claims are conflicting writes to one atomic). On real
+/// threads, and for `n < 2`, the answer is 0.
+pub fn search_choice(n: usize) -> usize {
+    use dmabuf_core::sync::atomic::{AtomicUsize, Ordering};
+    if n < 2 || !sched::active() {
+        return 0;
+    }
+    let slot = Arc::new(AtomicUsize::new(usize::MAX));
+    let racers: Vec<JoinHandle<()>> = (0..n)
+        .map(|i| {
+            let slot = slot.clone();
+            thread::spawn_named(format!("choice{i}"), move || {
+                sched::set_group("hw");
+                let _ = slot.compare_exchange(usize::MAX, i, Ordering::AcqRel, Ordering::Acquire);
+            })
+        })
+        .collect();
+    for r in racers {
+        let _ = r.join();
+    }
+    slot.load(Ordering::Acquire).min(n - 1)
 }
 
 fn spawn_vmm(
@@ -544,6 +623,14 @@ fn cpu_touches(v: &VfioPciDevice, coord: &Coord, probe: &WorldProbe) {
     m.munmap();
 }
 
+/// The record of `ino`'s revoke in progress (the last one begun).
+fn open_revoke(o: &mut Observation, ino: u64) -> Option<&mut RevokeRecord> {
+    o.revokes
+        .iter_mut()
+        .rev()
+        .find(|r| r.ino == ino && !r.returned)
+}
+
 fn bump(probe: &WorldProbe, k: &str, n: u64) {
     probe.with(|o| *o.counters.entry(k.into()).or_default() += n);
 }
@@ -601,16 +688,23 @@ fn record_job(probe: &WorldProbe, r: &Result<Vec<u8>, i32>) {
 fn spawn_importer(
     spec: &WorldSpec,
     inst: &Instance,
-    gate: &Fence,
+    gates: [&Fence; 2],
     coord: &Arc<Coord>,
     probe: &Arc<WorldProbe>,
 ) -> JoinHandle<()> {
     let imp = inst.imp.clone();
     let proc = inst.proc.clone();
     let index = inst.index;
-    let (gate, coord, probe) = (gate.clone(), coord.clone(), probe.clone());
+    let (gate, gate2, coord, probe) = (
+        gates[0].clone(),
+        gates[1].clone(),
+        coord.clone(),
+        probe.clone(),
+    );
     let jobs = spec.jobs;
-    let cycle = spec.trigger == Trigger::UnrevokeCycle;
+    let cycle = spec.trigger.is_cycle();
+    let teardown_race = spec.teardown_during_revoke;
+    let remap_race = spec.remap_during_unrevoke;
     let early = spec.map_during_invalidate;
     let single = spec.importers.iter().map(|s| s.count).sum::<usize>() == 1;
     let check = single
@@ -662,6 +756,23 @@ fn spawn_importer(
             p.setups_done += 1;
             p.accepted += 1;
         });
+        if teardown_race {
+            // Userspace lets go of the buffer while the revoke runs (it
+            // closes its fds, the kernel releases its mappings).
+            coord.wait(|p| p.trigger_begun || p.trigger_done, None);
+            if let Err(e) = syscall(|| imp.teardown()) {
+                probe.error(format!("{name}: teardown: {e}"));
+            }
+            for (page, pat, j) in queued {
+                let r = match j {
+                    Ok(j) => syscall(|| j.wait()),
+                    Err(e) => Err(e.errno()),
+                };
+                record_job(&probe, &r);
+                expect.check(&probe, &name, page, pat, &r);
+            }
+            return;
+        }
         for (page, pat, j) in queued {
             let r = match j {
                 Ok(j) => syscall(|| j.wait()),
@@ -672,23 +783,115 @@ fn spawn_importer(
         }
         if early {
             coord.wait(|p| p.trigger_begun, Some(POST_WAIT));
+        } else if cycle && remap_race {
+            // Straight on to the re-map, as soon as the un-revoke begins.
         } else {
             coord.wait(
-                |p| p.first_revoke_returned || p.trigger_done,
+                |p| p.revokes_returned >= 1 || p.trigger_done,
                 Some(POST_WAIT),
             );
             thread::sleep(POST_DELAY);
         }
-        if cycle {
-            coord.wait(|p| p.unrevoked || p.trigger_done, Some(POST_WAIT));
-            if let Err(e) = syscall(|| imp.remap()) {
+        let mut next = jobs;
+        // Un-revoke, re-map, one job that must run, then new DMA in flight
+        // across the second revoke; skipped when the un-revoke does not come
+        // in time (a revoke stuck on this very importer).
+        let ready = cycle
+            && if remap_race {
+                // Re-map while the un-revoke runs.
+                coord.wait(|p| p.unrevoke_begun, Some(POST_WAIT))
+            } else {
+                coord.wait(|p| p.unrevoked, Some(POST_WAIT))
+            };
+        if ready && !coord.st.lock().trigger_done {
+            let mut remap = syscall(|| imp.remap());
+            if remap_race {
+                // The racing attempt may legitimately fail (the buffer is
+                // still revoked); what l-restore judges is the first job
+                // once the un-revoke is over.
+                let page = next as u64 % BUF_PAGES;
+                let pat = pattern(index, next);
+                let r = syscall(|| match imp.submit(page, pat, None) {
+                    Ok(j) => j.wait(),
+                    Err(e) => Err(e.errno()),
+                });
+                bump(
+                    &probe,
+                    if r.is_ok() {
+                        "jobs_during_unrevoke_ok"
+                    } else {
+                        "jobs_during_unrevoke_failed"
+                    },
+                    1,
+                );
+                record_job(&probe, &r);
+                expect.check(&probe, &name, page, pat, &r);
+                next += 1;
+                coord.wait(|p| p.unrevoked || p.trigger_done, Some(POST_WAIT));
+                if remap.is_err() {
+                    remap = syscall(|| imp.remap());
+                }
+            }
+            if let Err(e) = &remap {
                 bump(&probe, "remap_failed", 1);
                 if !e.is_refusal() {
                     probe.error(format!("{name}: remap: {e}"));
                 }
             }
+            let page = next as u64 % BUF_PAGES;
+            let pat = pattern(index, next);
+            let r = syscall(|| match imp.submit(page, pat, None) {
+                Ok(j) => j.wait(),
+                Err(e) => Err(e.errno()),
+            });
+            bump(
+                &probe,
+                if r.is_ok() {
+                    "jobs_after_unrevoke_ok"
+                } else {
+                    "jobs_after_unrevoke_failed"
+                },
+                1,
+            );
+            probe.with(|o| {
+                o.restores.push(Restore {
+                    importer: name.clone(),
+                    expected: imp.restores() && !coord.st.lock().permanent,
+                    remap_ok: remap.is_ok(),
+                    job_ok: r.is_ok(),
+                })
+            });
+            record_job(&probe, &r);
+            expect.check(&probe, &name, page, pat, &r);
+            next += 1;
+            let queued: Vec<(u64, u8, Result<Job, ImportError>)> = (next..next + jobs)
+                .map(|k| {
+                    let page = k as u64 % BUF_PAGES;
+                    let pat = pattern(index, k);
+                    (
+                        page,
+                        pat,
+                        syscall(|| imp.submit(page, pat, Some(gate2.clone()))),
+                    )
+                })
+                .collect();
+            next += jobs;
+            coord.update(|p| p.remapped += 1);
+            for (page, pat, j) in queued {
+                let r = match j {
+                    Ok(j) => syscall(|| j.wait()),
+                    Err(e) => Err(e.errno()),
+                };
+                record_job(&probe, &r);
+                expect.check(&probe, &name, page, pat, &r);
+            }
+            coord.wait(
+                |p| p.revokes_returned >= 2 || p.trigger_done,
+                Some(POST_WAIT),
+            );
+            thread::sleep(POST_DELAY);
         }
-        for k in jobs..2 * jobs {
+        for k in next..next + jobs {
             let page = k as u64 % BUF_PAGES;
             let pat = pattern(index, k);
             let r = syscall(|| match imp.submit(page, pat, None) {
@@ -697,9 +900,6 @@ fn spawn_importer(
             });
             record_job(&probe, &r);
             expect.check(&probe, &name, page, pat, &r);
-        }
-        if cycle {
-            coord.update(|p| p.remapped += 1);
         }
         // The application keeps its buffer until the device event is over
         // (or it gives up waiting): an importer that needs userspace to
@@ -725,12 +925,33 @@ fn spawn_revoker(
     let spec = spec.clone();
     if let Exporter::Vfio(v) = &*exporter {
         let (coord2, probe2) = (coord.clone(), probe.clone());
-        v.set_revoke_observer(Some(Arc::new(move |ev: &RevokeEvent| {
-            if let RevokeEvent::Warn(w) = ev {
-                probe2.with(|o| o.warnings.push(w.clone()));
-            }
-            if let RevokeEvent::Returned(r) = ev {
-                let first = {
+        v.set_revoke_observer(Some(Arc::new(move |ev: &RevokeEvent| match ev {
+            RevokeEvent::Warn(w) => probe2.with(|o| o.warnings.push(w.clone())),
+            RevokeEvent::Begin { ino, ns } => probe2.with(|o| {
+                o.revokes.push(RevokeRecord {
+                    ino: *ino,
+                    began_ns: *ns,
+                    ..RevokeRecord::default()
+                })
+            }),
+            RevokeEvent::FencesDone { ino, seq } => probe2.with(|o| {
+                if let Some(r) = open_revoke(o, *ino) {
+                    r.fences_done_seq = Some(*seq);
+                }
+            }),
+            RevokeEvent::UnrevokeBegin { .. } => coord2.update(|p| p.unrevoke_begun = true),
+            RevokeEvent::Unrevoked { ino, seq } => probe2.with(|o| {
+                if let Some(r) = o
+                    .revokes
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.ino == *ino && r.unrevoked_seq.is_none())
+                {
+                    r.unrevoked_seq = Some(*seq);
+                }
+            }),
+            RevokeEvent::Returned(r) => {
+                {
                     let mut st = probe2.st.lock();
                     let first = !st.obs.revoke_returned;
                     if first {
@@ -740,11 +961,15 @@ fn spawn_revoker(
                         st.obs.revoke_return_seq = Some(r.returned_seq);
                         st.obs.live_mappings_at_return = r.live_mappings_at_return;
                     }
-                    first
-                };
-                if first {
-                    coord2.update(|p| p.first_revoke_returned = true);
+                    if let Some(rec) = open_revoke(&mut st.obs, r.ino) {
+                        rec.returned = true;
+                        rec.returned_seq = Some(r.returned_seq);
+                        rec.latency_ns = Some(r.returned_ns.saturating_sub(r.began_ns));
+                        rec.live_mappings_at_return = r.live_mappings_at_return;
+                        rec.already_revoked = r.already_revoked;
+                    }
                 }
+                coord2.update(|p| p.revokes_returned += 1);
             }
         })));
     }
@@ -754,18 +979,48 @@ fn spawn_revoker(
             |p| (p.fds_ready && p.setups_done >= n) || p.export_failed,
             None,
         );
-        if mode == StallMode::StallUserspaceAtRevoke {
+        // Where userspace stalls is a choice of the search: when the
+        // (first) revoke begins, when a cycle's second one begins, or at
+        // any scheduling point after the trigger began (a task that stalls
+        // it whenever the search runs it). Every revoke is judged for
+        // l-bounded.
+        let stalled = mode == StallMode::StallUserspaceAtRevoke;
+        let stall_at = match (stalled, spec.trigger.is_cycle()) {
+            (false, _) => StallAt::Never,
+            (true, true) => [StallAt::First, StallAt::Second, StallAt::Anywhere][search_choice(3)],
+            (true, false) => [StallAt::First, StallAt::Anywhere][search_choice(2)],
+        };
+        if stall_at == StallAt::First {
             sched::stall_group("userspace");
         }
+        let staller = (stall_at == StallAt::Anywhere).then(|| {
+            thread::spawn_named("userspace-staller".into(), || {
+                sched::set_group("hw");
+                sched::stall_group("userspace");
+            })
+        });
         if matches!(&*exporter, Exporter::Vfio(_)) {
             let t0 = now_ns();
             probe.with(|o| o.revoke_started = true);
             probe.st.lock().t0 = Some(t0);
         }
         coord.update(|p| p.trigger_begun = true);
-        run_trigger(&spec, &exporter, &vmm, &coord, &probe);
+        let stall_second = stall_at == StallAt::Second;
+        run_trigger(&spec, &exporter, &vmm, &coord, &probe, stall_second);
+        if let Some(h) = staller {
+            let _ = h.join();
+        }
         coord.update(|p| p.trigger_done = true);
     })
+}
+
+/// Where a stalled run stalls userspace (see the revoker).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StallAt {
+    Never,
+    First,
+    Second,
+    Anywhere,
 }
 
 fn report(probe: &WorldProbe, r: Result<TriggerReport, VfioError>) {
@@ -786,9 +1041,10 @@ fn run_trigger(
     vmm: &Process,
     coord: &Coord,
     probe: &WorldProbe,
+    stall_second: bool,
 ) {
     match (exporter, spec.trigger) {
-        (Exporter::Vfio(v), t) => vfio_trigger(spec, v, t, coord, probe),
+        (Exporter::Vfio(v), t) => vfio_trigger(spec, v, t, coord, probe, stall_second),
         (_, Trigger::Close) => vmm.close_all(),
         (Exporter::Vram(g), Trigger::Eviction) => {
             for f in g.evict_all() {
@@ -814,6 +1070,7 @@ fn vfio_trigger(
     t: Trigger,
     coord: &Coord,
     probe: &WorldProbe,
+    stall_second: bool,
 ) {
     match t {
         Trigger::Flr => report(probe, v.reset(ResetKind::Flr)),
@@ -837,14 +1094,31 @@ fn vfio_trigger(
                 probe.error(format!("hotplug: {e}"));
             }
         }
-        Trigger::UnrevokeCycle => {
-            report(probe, v.set_memory_decode(false));
-            thread::sleep(OFF_WINDOW);
-            report(probe, v.set_memory_decode(true));
+        Trigger::UnrevokeCycle | Trigger::FlrCycle | Trigger::PermanentCycle => {
+            if t == Trigger::FlrCycle {
+                report(probe, v.reset(ResetKind::Flr));
+            } else {
+                report(probe, v.set_memory_decode(false));
+                thread::sleep(OFF_WINDOW);
+                if t == Trigger::PermanentCycle {
+                    // The VMM revokes for good while the buffer is
+                    // temporarily revoked (TEMP -> PERM).
+                    coord.update(|p| p.permanent = true);
+                    report(probe, v.revoke_permanently());
+                }
+                report(probe, v.set_memory_decode(true));
+            }
             coord.update(|p| p.unrevoked = true);
             let accepted = coord.st.lock().accepted;
             coord.wait(|p| p.remapped >= accepted, Some(REMAP_WAIT));
+            if stall_second {
+                sched::stall_group("userspace");
+            }
+            coord.update(|p| p.second_begun = true);
             report(probe, v.set_memory_decode(false));
+            thread::sleep(OFF_WINDOW);
+            // Close while the buffer is still revoked: cleanup of a revoked
+            // buffer (the c64a647c84f3 path).
             report(probe, v.close());
         }
         Trigger::Eviction => probe.error("trigger Eviction is not supported by VFIO".into()),

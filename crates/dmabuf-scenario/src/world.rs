@@ -42,7 +42,7 @@ use dmabuf_core::revoke::Protocol;
 use dmabuf_core::sync::Arc;
 use dmabuf_drivers::importers::gpu::{GpuConfig, Remap};
 use dmabuf_drivers::importers::rdma::MrFlavour;
-use dmabuf_platform::Hazard;
+use dmabuf_platform::{Hazard, ReuseEvent};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -139,6 +139,12 @@ pub struct ImporterSpec {
     pub writes_after_fences: bool,
     /// Speculative read-ahead (GPU).
     pub read_ahead: bool,
+    /// Release destroys `pages->mutex` before detaching from the dma-buf
+    /// (iommufd before f2d70dbd3dce).
+    pub destroy_before_detach: bool,
+    /// The device keeps issuing DMA by itself, without its userspace
+    /// (rdma).
+    pub autonomous_dma: bool,
     /// Number of instances.
     pub count: usize,
 }
@@ -172,6 +178,8 @@ impl ImporterSpec {
             pin,
             writes_after_fences: false,
             read_ahead: base == ImporterBase::Gpu,
+            destroy_before_detach: false,
+            autonomous_dma: false,
             count: 1,
         }
     }
@@ -221,10 +229,10 @@ impl ImporterSpec {
                             .into(),
                     ));
                 }
-                if self.unmap != UnmapWhen::WorkerAfterFences {
+                if !matches!(self.unmap, UnmapWhen::WorkerAfterFences | UnmapWhen::OnFree) {
                     return Err((
                         "unmap",
-                        "a gpu importer unmaps from its worker: unmap = \"worker-after-fences\""
+                        "a gpu importer unmaps from its worker (unmap = \"worker-after-fences\") or when userspace frees the BO (unmap = \"on-free\")"
                             .into(),
                     ));
                 }
@@ -240,6 +248,18 @@ impl ImporterSpec {
                     ));
                 }
             }
+        }
+        if self.autonomous_dma && self.base != ImporterBase::Rdma {
+            return Err((
+                "autonomous_dma",
+                format!("autonomous_dma is an rdma field, not a {base} one"),
+            ));
+        }
+        if self.destroy_before_detach && self.base != ImporterBase::Iommufd {
+            return Err((
+                "release",
+                format!("release is an iommufd field, not a {base} one"),
+            ));
         }
         if self.base != ImporterBase::Gpu {
             for (set, field) in [
@@ -272,10 +292,30 @@ pub enum Trigger {
     /// Device close: a permanent revoke that drains every mapping; then the
     /// BAR range may be given to a newly plugged device.
     Close,
-    /// Revoke, un-revoke, re-map, revoke again, then close.
+    /// Revoke (decode off), un-revoke (decode on), re-map, revoke again
+    /// (decode off), then close while revoked.
     UnrevokeCycle,
+    /// The matrix cell's timeline: FLR (revoke, reset window, un-revoke)
+    /// with DMA in flight, re-map and new DMA in flight, revoke again
+    /// (decode off), then close while revoked.
+    FlrCycle,
+    /// The three-state exporter: decode off (temporary revoke), the
+    /// permanent revoke ioctl while temporarily revoked, decode on (which
+    /// must not bring the buffer back), importers try to map again, close.
+    PermanentCycle,
     /// Memory pressure: the GPU VRAM exporter evicts (moves) the buffer.
     Eviction,
+}
+
+impl Trigger {
+    /// Whether it revokes twice with an un-revoke and a re-map between
+    /// (see the runner's timeline).
+    pub fn is_cycle(self) -> bool {
+        matches!(
+            self,
+            Trigger::UnrevokeCycle | Trigger::FlrCycle | Trigger::PermanentCycle
+        )
+    }
 }
 
 /// A whole scenario, as data.
@@ -297,21 +337,30 @@ pub struct WorldSpec {
     pub map_during_invalidate: bool,
     /// After close, a new device is hot-plugged at the old BAR range.
     pub hotplug_after_close: bool,
+    /// Importers tear down (unmap, release, close) as soon as the trigger
+    /// begins, racing the revoke, instead of after it.
+    pub teardown_during_revoke: bool,
+    /// In a cycle, importers re-map as soon as the un-revoke begins,
+    /// racing it, instead of after it returned.
+    pub remap_during_unrevoke: bool,
 }
 
 impl WorldSpec {
-    /// A VFIO world with one `importer` under `protocol`, revoked by FLR
-    /// with DMA in flight.
+    /// A VFIO world with one `importer` under `protocol`: FLR with DMA in
+    /// flight, un-revoke, re-map, revoke again, close
+    /// ([`Trigger::FlrCycle`], a matrix cell).
     pub fn vfio(protocol: Arc<Protocol>, importer: ImporterSpec) -> Self {
         Self {
             exporter: ExporterKind::Vfio,
             protocol,
             importers: vec![importer],
-            trigger: Trigger::Flr,
+            trigger: Trigger::FlrCycle,
             jobs: 2,
             cpu_access: false,
             map_during_invalidate: false,
             hotplug_after_close: false,
+            teardown_during_revoke: false,
+            remap_during_unrevoke: false,
         }
     }
 }
@@ -321,8 +370,10 @@ impl WorldSpec {
 pub enum StallMode {
     /// Every thread runs.
     Normal,
-    /// The `userspace` group is never scheduled again once revoke begins
-    /// (controlled execution only).
+    /// The `userspace` group is never scheduled again from a point the
+    /// search chooses: when the revoke begins, when a cycle's second revoke
+    /// begins, or any scheduling point after the trigger began (controlled
+    /// execution only).
     StallUserspaceAtRevoke,
 }
 
@@ -337,6 +388,56 @@ pub struct Refusal {
     pub errno: i32,
 }
 
+/// What one importer instance did after a cycle's un-revoke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restore {
+    /// Importer instance name.
+    pub importer: String,
+    /// Whether, by design, it uses the buffer again after an un-revoke.
+    pub expected: bool,
+    /// Its userspace's re-map succeeded.
+    pub remap_ok: bool,
+    /// The job right after the re-map ran.
+    pub job_ok: bool,
+}
+
+/// One revoke of one buffer, as the exporter reported it (a world with a
+/// cycle has several; each is judged).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RevokeRecord {
+    /// The buffer.
+    pub ino: u64,
+    /// When it began.
+    pub began_ns: u64,
+    /// Monitor sequence of its fence point, once passed.
+    pub fences_done_seq: Option<u64>,
+    /// Whether it returned.
+    pub returned: bool,
+    /// Monitor sequence of its return.
+    pub returned_seq: Option<u64>,
+    /// Time from its start to its return.
+    pub latency_ns: Option<u64>,
+    /// Mappings still declared live when it returned.
+    pub live_mappings_at_return: i64,
+    /// The buffer was already revoked (cleanup after an earlier trigger).
+    pub already_revoked: bool,
+    /// Monitor sequence of the un-revoke that ended it, if any.
+    pub unrevoked_seq: Option<u64>,
+}
+
+impl RevokeRecord {
+    /// Whether monitor sequence `seq` lies after its return and before the
+    /// un-revoke that followed (the revoked window).
+    pub fn after_return(&self, seq: u64) -> bool {
+        self.returned_seq.is_some_and(|r| seq > r) && self.unrevoked_seq.is_none_or(|u| seq < u)
+    }
+
+    /// Whether `seq` lies after its fence point and before the un-revoke.
+    pub fn after_fences(&self, seq: u64) -> bool {
+        self.fences_done_seq.is_some_and(|r| seq > r) && self.unrevoked_seq.is_none_or(|u| seq < u)
+    }
+}
+
 /// What a run of a world showed.
 #[derive(Clone, Debug, Default)]
 pub struct Observation {
@@ -344,6 +445,11 @@ pub struct Observation {
     pub refusals: Vec<Refusal>,
     /// Whether the revoke began.
     pub revoke_started: bool,
+    /// Every revoke of every buffer, in the order they began.
+    pub revokes: Vec<RevokeRecord>,
+    /// What each importer did after a cycle's un-revoke (empty when the
+    /// world has no cycle, or an importer's un-revoke never came).
+    pub restores: Vec<Restore>,
     /// Whether the (first) revoke returned.
     pub revoke_returned: bool,
     /// Time from revoke start to return (virtual under the scheduler).
@@ -355,6 +461,10 @@ pub struct Observation {
     pub live_mappings_at_return: i64,
     /// Every hazard the monitor recorded, in order.
     pub hazards: Vec<Hazard>,
+    /// Every time memory was reset, powered down, decode-disabled, freed
+    /// or re-assigned, with the mappings of it still outstanding at that
+    /// moment (the platform's record, in order).
+    pub reuse: Vec<ReuseEvent>,
     /// End-of-run leaks: buffers not released, attachments not detached,
     /// release/detach diagnostics (empty in stall mode, where userspace
     /// never tears down).

@@ -306,8 +306,10 @@ fn the_final_sequence_is_bounded_for_every_revocable_importer() {
         ),
         StallMode::StallUserspaceAtRevoke,
     );
-    assert!(o.revoke_returned, "v5 gives up after a second");
-    assert_eq!(o.revoke_latency_ns, Some(1_000_000_000));
+    // The 1 s wait gives up at the latest after a second; the search may
+    // make it expire earlier (a timed wait may time out at any point).
+    assert!(o.revoke_returned, "v5 gives up");
+    assert!(o.revoke_latency_ns.is_some_and(|l| l <= 1_000_000_000));
     assert_eq!(o.live_mappings_at_return, 1);
     // v5's un-revoke re-arms the count over the live mapping
     // (kref_init), so the buffer comes back although the importer never
@@ -384,9 +386,10 @@ fn unrevoke_remap_revoke_close_rearms_everything_and_leaks_nothing() {
             "{kind}: mapped again after the un-revoke"
         );
         assert_eq!(counter(&o, "maps"), counter(&o, "unmaps"), "{kind}");
-        assert!(
-            counter(&o, "jobs_ok") >= 2,
-            "{kind}: jobs ran on the re-mapping"
+        assert_eq!(
+            counter(&o, "jobs_after_unrevoke_ok"),
+            1,
+            "{kind}: the job right after the re-map ran"
         );
     }
 }

@@ -50,6 +50,7 @@ fn every_vfio_world_ends_cleanly_under_random_and_pct_schedules() {
                 Trigger::Flr,
                 Trigger::Close,
                 Trigger::UnrevokeCycle,
+                Trigger::FlrCycle,
                 Trigger::HotReset,
             ] {
                 for mode in [StallMode::Normal, StallMode::StallUserspaceAtRevoke] {
@@ -96,4 +97,50 @@ fn heap_and_vram_worlds_end_cleanly_with_mixed_importers() {
         }
     }
     assert!(fails.is_empty(), "{:#?}", fails);
+}
+
+#[test]
+fn a_matrix_cell_revokes_unrevokes_remaps_revokes_and_closes_and_records_every_revoke() {
+    for (imp, remaps) in [
+        ("gpu", true),
+        ("rdma-odp", true),
+        ("iommufd", true),
+        // Pinned revocable MRs are revoked for good: the re-map is refused.
+        ("rdma-pinned-revocable", false),
+    ] {
+        let spec = WorldSpec::vfio(common::p("v6-final"), common::k(imp));
+        assert_eq!(spec.trigger, Trigger::FlrCycle);
+        for seed in 0..3 {
+            let mut s = Random::new(seed);
+            assert!(s.next_execution());
+            let probe = WorldProbe::new();
+            let (p2, sp) = (probe.clone(), spec.clone());
+            let r = sched::run(&mut s, &RunConfig::default(), move || {
+                run_world_with(&sp, StallMode::Normal, &p2);
+            });
+            assert_eq!(r.outcome, Outcome::Completed, "{imp}");
+            let o = probe.snapshot();
+            assert!(o.errors.is_empty(), "{imp}: {:?}", o.errors);
+            assert_eq!(
+                o.counters["vfio_revokes"], 3,
+                "{imp}: FLR, decode off, close"
+            );
+            assert_eq!(o.counters["vfio_unrevokes"], 1, "{imp}");
+            let ok = o
+                .counters
+                .get("jobs_after_unrevoke_ok")
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(ok == 1, remaps, "{imp}: {:?}", o.counters);
+            assert_eq!(o.revokes.len(), 3, "{imp}: {:?}", o.revokes);
+            assert!(
+                o.revokes
+                    .iter()
+                    .all(|r| r.returned && r.live_mappings_at_return == 0)
+            );
+            assert!(o.revokes[0].unrevoked_seq.is_some(), "the FLR un-revokes");
+            assert!(o.revokes[1].unrevoked_seq.is_none(), "closed while revoked");
+            assert!(o.revokes[2].already_revoked, "cleanup of a revoked buffer");
+        }
+    }
 }

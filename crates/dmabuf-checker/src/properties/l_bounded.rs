@@ -26,6 +26,23 @@ impl Check for LBounded {
         // exporter never revokes have nothing to judge here.
         let started = run.obs.as_ref().is_none_or(|o| o.revoke_started);
         let returned = run.obs.as_ref().is_some_and(|o| o.revoke_returned);
+        // Every revoke that began must return (a cycle revokes several
+        // times; the search chooses which one userspace stalls at).
+        let stuck = run.obs.as_ref().and_then(|o| {
+            o.revokes
+                .iter()
+                .position(|r| !r.returned)
+                .map(|i| (i + 1, o.revokes.len()))
+        });
+        if let Some((i, n)) = stuck {
+            return Some(Violation {
+                hazard: None,
+                detail: format!(
+                    "revoke {i} of {n} did not complete with userspace stalled ({})",
+                    outcome_detail(&run.report.outcome)
+                ),
+            });
+        }
         (started && !returned).then(|| Violation {
             hazard: None,
             detail: format!(

@@ -3,6 +3,7 @@
 //! observed in one run.
 
 pub mod l_bounded;
+pub mod l_restore;
 pub mod lockdep;
 pub mod no_deadlock;
 pub mod no_leak;
@@ -27,10 +28,16 @@ pub(crate) fn hazard(
     })
 }
 
-/// Whether monitor sequence `seq` lies after the (first) revoke returned.
-pub(crate) fn after_return(run: &RunOutcome, seq: u64) -> bool {
-    run.obs
-        .as_ref()
-        .and_then(|o| o.revoke_return_seq)
-        .is_some_and(|r| seq > r)
+/// Whether monitor sequence `seq` lies after some revoke's fence wait had
+/// completed and before the un-revoke that followed it (every revoke of
+/// the run).
+pub(crate) fn after_fences(run: &RunOutcome, seq: u64) -> bool {
+    let Some(o) = run.obs.as_ref() else {
+        return false;
+    };
+    if o.revokes.is_empty() {
+        // Observations built without revoke records (synthetic runs).
+        return o.revoke_return_seq.is_some_and(|r| seq > r);
+    }
+    o.revokes.iter().any(|r| r.after_fences(seq))
 }

@@ -1,8 +1,10 @@
-//! `s-fence`: once revoke returns, no write reaches the exporter's memory
-//! (a write after the revoke, or a write that the monitor saw land after
-//! the revoke's fence point).
+//! `s-fence`: once a revoke's fence wait has completed, no write reaches the
+//! exporter's memory: not while the exporter then waits for the unmaps,
+//! not after the revoke returned (until the un-revoke that follows). The
+//! monitor records such a write as `WriteAfterFences` (and, after the
+//! return, `AccessAfterRevoke` too).
 
-use super::{after_return, hazard};
+use super::{after_fences, hazard};
 use crate::explore::{RunOutcome, Violation};
 use crate::property::Check;
 use crate::token::RunMode;
@@ -19,7 +21,7 @@ impl Check for SFence {
         'F'
     }
     fn describe(&self) -> &'static str {
-        "after revoke returns, no write reaches the exporter's memory"
+        "once the revoke's fence wait completed, no write reaches the exporter's memory"
     }
     fn judged_in(&self, _mode: RunMode) -> bool {
         true
@@ -33,9 +35,9 @@ impl Check for SFence {
                         h.class,
                         HazardClass::AccessAfterRevoke | HazardClass::WriteAfterFences
                     )
-                    && after_return(run, h.seq)
+                    && after_fences(run, h.seq)
             },
-            "a write reached the exporter's memory after revoke returned",
+            "a write reached the exporter's memory after the revoke's fence wait completed",
         )
     }
 }

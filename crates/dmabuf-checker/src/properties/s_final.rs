@@ -1,5 +1,6 @@
 //! `s-final`: once revoke returns, no access of any kind reaches the
-//! exporter's memory and no mapping of it is outstanding.
+//! exporter's memory and no mapping of it is outstanding; judged for every
+//! revoke of the run (until the un-revoke that follows it).
 
 use super::hazard;
 use crate::explore::{RunOutcome, Violation};
@@ -32,6 +33,23 @@ impl Check for SFinal {
             return Some(v);
         }
         let obs = run.obs.as_ref()?;
+        // Every revoke of the run (a cycle revokes several times).
+        if let Some((i, r)) = obs
+            .revokes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.returned && r.live_mappings_at_return > 0)
+        {
+            return Some(Violation {
+                hazard: None,
+                detail: format!(
+                    "{} mapping(s) still outstanding when revoke {} of {} returned",
+                    r.live_mappings_at_return,
+                    i + 1,
+                    obs.revokes.len()
+                ),
+            });
+        }
         (obs.revoke_returned && obs.live_mappings_at_return > 0).then(|| Violation {
             hazard: None,
             detail: format!(

@@ -1,5 +1,13 @@
-//! `s-noreuse`: the exporter never frees, powers down, resets or hands to
-//! another device memory that is still mapped.
+//! `s-noreuse`: the exporter never resets, powers down, disables decode of,
+//! frees or re-assigns memory while a mapping of it (an sg mapping, an
+//! IOMMU or IOTLB translation, a CPU PTE) is outstanding, whether or not an
+//! access lands.
+//!
+//! The evidence comes from the run: at each such moment the platform lists
+//! the mappings of the memory still outstanding (a
+//! [`ReuseEvent`](dmabuf_platform::ReuseEvent), docs/hazards.md). An access
+//! that did land on reset, freed or re-assigned memory (`UseAfterFree`,
+//! `Aer`, `MisdirectedDma`) is a violation as well.
 
 use super::hazard;
 use crate::explore::{RunOutcome, Violation};
@@ -18,12 +26,29 @@ impl Check for SNoreuse {
         'N'
     }
     fn describe(&self) -> &'static str {
-        "memory is never freed, powered down, reset or re-assigned while mapped"
+        "memory is never reset, powered down, decode-disabled, freed or re-assigned while a mapping of it is outstanding"
     }
     fn judged_in(&self, _mode: RunMode) -> bool {
         true
     }
     fn judge(&self, run: &RunOutcome) -> Option<Violation> {
+        let obs = run.obs.as_ref()?;
+        if let Some(ev) = obs.reuse.iter().find(|e| !e.outstanding.is_empty()) {
+            return Some(Violation {
+                hazard: None,
+                detail: format!(
+                    "{} of {} while {} mapping(s) of it were outstanding: {}",
+                    ev.kind,
+                    ev.who,
+                    ev.outstanding.len(),
+                    ev.outstanding
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            });
+        }
         hazard(
             run,
             &|h| {
@@ -32,7 +57,7 @@ impl Check for SNoreuse {
                     HazardClass::UseAfterFree | HazardClass::Aer | HazardClass::MisdirectedDma
                 )
             },
-            "memory was freed, powered down, reset or re-assigned while still mapped",
+            "an access reached memory that was freed, powered down, reset or re-assigned",
         )
     }
 }

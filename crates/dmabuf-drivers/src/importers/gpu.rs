@@ -31,7 +31,14 @@
 //!    after its latency (a bounded delay: the worker is a work item), tells
 //!    the device to stop reading ahead from the mapping, then takes the lock
 //!    and unmaps. So the unmap comes in bounded time after the invalidate.
-//! 5. The next job maps again (lazily).
+//!    With `unmap_on_free` (`gpu-lazy`) there is no such unmap: the
+//!    fences are the same, but the mapping stays (and the device may read
+//!    ahead through it) until userspace frees the BO or its next job
+//!    re-validates it: an unbounded unmap.
+//! 5. The next job maps again (lazily). With [`Remap::Revalidate`] (and
+//!    [`Remap::CacheEnodevRevalidate`]) an invalidate that finds the BO
+//!    already unmapped (the buffer came back: an un-revoke notifies) maps
+//!    again at once, inside the callback, under the lock.
 //!
 //! With the `writes-after-fences` flag the device keeps writing through the
 //! stale mapping after the unbind fence signalled (a broken importer: after
@@ -90,6 +97,10 @@ pub struct GpuConfig {
     pub readahead: bool,
     /// What a job does after a map failed with `ENODEV`.
     pub remap: Remap,
+    /// The kernel worker does not unmap after the unbind: the mapping goes
+    /// only when userspace frees the BO (or its next job re-validates it).
+    /// Fences stay correct (`gpu-lazy`).
+    pub unmap_on_free: bool,
 }
 
 /// When the importer maps again after an invalidate or a refused map.
@@ -103,6 +114,27 @@ pub enum Remap {
     /// clears the note (a driver that treats ENODEV as "gone until told
     /// otherwise").
     CacheEnodev,
+    /// An `invalidate_mappings` that finds the BO unmapped (the buffer
+    /// came back: an un-revoke's notification) re-validates at once, inside
+    /// the callback, under the reservation lock; a refusal there is not
+    /// remembered (the next job maps lazily).
+    Revalidate,
+    /// [`Remap::CacheEnodev`] and [`Remap::Revalidate`]: a refused map is
+    /// remembered; an invalidate clears the note and re-validates inside
+    /// the callback, and a refusal there is remembered again.
+    CacheEnodevRevalidate,
+}
+
+impl Remap {
+    /// Whether a refused map is remembered until the next invalidate.
+    pub fn caches_enodev(self) -> bool {
+        matches!(self, Remap::CacheEnodev | Remap::CacheEnodevRevalidate)
+    }
+
+    /// Whether an invalidate of an unmapped BO re-validates in the callback.
+    pub fn revalidates(self) -> bool {
+        matches!(self, Remap::Revalidate | Remap::CacheEnodevRevalidate)
+    }
 }
 
 impl Default for GpuConfig {
@@ -113,6 +145,7 @@ impl Default for GpuConfig {
             worker_latency: Duration::from_micros(120),
             readahead: true,
             remap: Remap::Lazy,
+            unmap_on_free: false,
         }
     }
 }
@@ -289,6 +322,8 @@ struct BoState {
     unbind: Option<(u64, Fence)>,
     /// [`Remap::CacheEnodev`]: the last map was refused with `ENODEV`.
     enodev_cached: bool,
+    /// Teardown began: no re-validation any more.
+    closing: bool,
 }
 
 struct ImportInner {
@@ -323,6 +358,7 @@ const COUNTERS: &[&str] = &[
     "map_enodev",
     "map_enodev_cached",
     "writes_after_fences",
+    "revalidates",
 ];
 
 impl GpuImport {
@@ -346,6 +382,7 @@ impl GpuImport {
                     jobs: Vec::new(),
                     unbind: None,
                     enodev_cached: false,
+                    closing: false,
                 },
             ),
             counters: Counters::new(COUNTERS),
@@ -385,6 +422,12 @@ impl GpuImport {
         st.bound = false;
         st.enodev_cached = false;
         if st.mapping.is_none() {
+            if imp.0.dev.0.cfg.remap.revalidates() && st.proc.is_some() && !st.closing {
+                drop(st);
+                imp.0.counters.bump("revalidates");
+                trace_event!("gpu_revalidate_in_callback", "bo={}", imp.0.name);
+                let _ = imp.ensure_bound(attach, guard);
+            }
             return;
         }
         if st.unbind.as_ref().is_some_and(|(g, _)| *g == st.generation) {
@@ -420,6 +463,20 @@ impl GpuImport {
         st.unbind = Some((generation, fence.clone()));
         drop(st);
         imp.0.counters.bump("unbinds");
+        if dev.cfg.unmap_on_free {
+            // Fences are published as for `gpu`; nobody unmaps until
+            // userspace frees the BO (an unbounded unmap).
+            trace_event!(
+                "gpu_evict",
+                "bo={} gen={} fence={}:{} usage={:?} unmap=on-free",
+                imp.0.name,
+                generation,
+                fence.context(),
+                fence.seqno(),
+                usage
+            );
+            return;
+        }
         trace_event!(
             "gpu_evict",
             "bo={} gen={} fence={}:{} usage={:?}",
@@ -517,7 +574,7 @@ impl GpuImport {
             Err(e) => {
                 if e.errno() == errno::ENODEV {
                     self.0.counters.bump("map_enodev");
-                    if dev.cfg.remap == Remap::CacheEnodev {
+                    if dev.cfg.remap.caches_enodev() {
                         self.0.st.lock("amdgpu_bo_validate enodev").enodev_cached = true;
                     }
                 }
@@ -615,6 +672,7 @@ impl Importer for GpuImport {
             let g = crate::host::lock_resv(buf.resv());
             let (m, unbind) = {
                 let mut st = self.0.st.lock("gpu teardown unmap");
+                st.closing = true;
                 st.bound = false;
                 st.generation += 1;
                 (st.mapping.take(), st.unbind.take())

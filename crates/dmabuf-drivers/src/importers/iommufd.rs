@@ -42,7 +42,12 @@
 //! 3. `dma_buf_put`.
 //! 4. Only now destroy `pages->mutex` (before, an invalidate could still
 //!    take it: CVE-2026-74328). A callback that finds it destroyed is
-//!    recorded as a use-after-destroy.
+//!    recorded as a use-after-destroy and reported as the KASAN splat the
+//!    kernel would print ([`Host::splat`]).
+//!
+//! [`Iommufd::with_release_order`] selects the order before f2d70dbd3dce
+//! (destroy, then detach), to replay the bug: a revoke whose invalidate
+//! runs between the two uses the destroyed mutex.
 //!
 //! # Lock rules
 //!
@@ -98,6 +103,8 @@ struct Pages {
     attach: Mutex<Option<Attachment>>,
     buf: Mutex<Option<DmaBuf>>,
     revokes: Counters,
+    /// Release destroys the mutex before detaching (before f2d70dbd3dce).
+    destroy_first: bool,
 }
 
 impl Pages {
@@ -113,6 +120,11 @@ impl Pages {
         if st.destroyed {
             pages.revokes.bump("use_after_destroy");
             trace_event!("iommufd_pages_use_after_destroy", "attach={}", attach.id());
+            drop(st);
+            pages.host.splat(&format!(
+                "BUG: KASAN: use-after-free in mutex_lock: iopt_revoke_notify took pages->mutex of attachment {} after iopt_release_pages destroyed it (not yet detached from the dma-buf; CVE-2026-74328, fixed by f2d70dbd3dce)",
+                attach.id()
+            ));
             return;
         }
         if st.phys.1 == 0 {
@@ -168,7 +180,8 @@ impl IoasMapping {
         }
     }
 
-    /// `iopt_release_pages`, in the fixed order (steps 1–4).
+    /// `iopt_release_pages`: steps 1–4 in the fixed order, or with the
+    /// mutex destroyed before the detach (before f2d70dbd3dce).
     pub fn release(&self) -> Result<(), ImportError> {
         self.unmap();
         let attach = self.pages.attach.lock().take();
@@ -177,6 +190,13 @@ impl IoasMapping {
             {
                 let g = crate::host::lock_resv(buf.resv());
                 dma_buf::unpin(&attach, &g).map_err(ImportError::dmabuf(Stage::Teardown))?;
+            }
+            if self.pages.destroy_first {
+                self.pages.mutex.lock("iopt_release_pages").destroyed = true;
+                trace_event!(
+                    "iopt_release_pages",
+                    "destroyed pages->mutex before dma_buf_detach"
+                );
             }
             dma_buf::detach(&buf, &attach).map_err(ImportError::dmabuf(Stage::Teardown))?;
             drop(buf);
@@ -197,6 +217,7 @@ pub struct Iommufd {
     host: Host,
     domains: Vec<IommuDomain>,
     accessor: Accessor,
+    destroy_first: bool,
 }
 
 impl Iommufd {
@@ -206,7 +227,15 @@ impl Iommufd {
             host: host.clone(),
             domains,
             accessor: Accessor::new(IOMMUFD_DEVICE),
+            destroy_first: false,
         }
+    }
+
+    /// With `destroy_first`, `iopt_release_pages` destroys `pages->mutex`
+    /// before `dma_buf_detach`, as before f2d70dbd3dce.
+    pub fn with_release_order(mut self, destroy_first: bool) -> Self {
+        self.destroy_first = destroy_first;
+        self
     }
 
     /// `IOMMU_IOAS_MAP_FILE`: maps `[start, start + len)` of the dma-buf
@@ -256,6 +285,7 @@ impl Iommufd {
             attach: Mutex::new(Some(attach.clone())),
             buf: Mutex::new(Some(buf.clone())),
             revokes: Counters::new(&["revokes", "use_after_destroy"]),
+            destroy_first: self.destroy_first,
         });
         let p: Arc<dyn Any + Send + Sync> = pages.clone();
         attach.set_importer_priv(Some(&p));
@@ -377,6 +407,17 @@ impl IommufdImporter {
     /// A VMM whose guest device is `guest_dev`: allocates a domain, attaches
     /// the device to it, starts the device's engine.
     pub fn new(host: &Host, name: &str, guest_dev: PciDevice) -> Result<Self, ImportError> {
+        Self::with_release_order(host, name, guest_dev, false)
+    }
+
+    /// [`IommufdImporter::new`], releasing its pages in the order before
+    /// f2d70dbd3dce when `destroy_first` ([`Iommufd::with_release_order`]).
+    pub fn with_release_order(
+        host: &Host,
+        name: &str,
+        guest_dev: PciDevice,
+        destroy_first: bool,
+    ) -> Result<Self, ImportError> {
         let iommu = host.platform().iommu();
         let dom = iommu.domain_alloc(&format!("{name}-ioas"));
         let err = |e: &dyn Errno, what: String| ImportError::Device {
@@ -397,7 +438,7 @@ impl IommufdImporter {
             .map_err(|e| err(&e, e.to_string()))?;
         Ok(Self {
             name: name.to_owned(),
-            ictx: Iommufd::new(host, vec![dom]),
+            ictx: Iommufd::new(host, vec![dom]).with_release_order(destroy_first),
             engine,
             fctx: FenceContext::named("iommufd-guest", name),
             st: Mutex::new(UserState {

@@ -330,6 +330,13 @@ pub trait Importer: Send + Sync {
         Ok(())
     }
 
+    /// Whether, by design, it uses the buffer again after an un-revoke
+    /// (`l-restore` asks that it can). A pinned revocable MR is revoked for
+    /// good and never does; most importers do.
+    fn restores(&self) -> bool {
+        true
+    }
+
     /// Unmap, unpin, deregister, detach, close the fd.
     fn teardown(&self) -> Result<(), ImportError>;
 

@@ -38,6 +38,14 @@
 //! and unmaps only when userspace deregisters. Under `v6-final` a revoke
 //! then waits for userspace: the bounded-time promise is broken.
 //!
+//! **Autonomous DMA** ([`RdmaImporter::with_autonomous_dma`], the built-in
+//! `lying` importer): the device does not wait for its userspace to post
+//! work. From registration until deregistration (or
+//! [`AUTONOMOUS_BURSTS`] bursts, [`AUTONOMOUS_INTERVAL`] apart, whichever
+//! comes first) a device task (group `hw`) issues a write and a read
+//! through the MR by itself, as a NIC working through its queues or a
+//! device polling a ring does; a stalled userspace does not stop it.
+//!
 //! # MR states
 //!
 //! | state | translations | mapping | pinned | `revoked` |
@@ -64,17 +72,24 @@ use dmabuf_core::dma_buf::{self, AttachOps, Attachment, DmaBuf, InvalidateFn};
 use dmabuf_core::dma_fence::MAX_SCHEDULE_TIMEOUT;
 use dmabuf_core::dma_resv::{ResvGuard, Usage};
 use dmabuf_core::errno::{self, Errno};
-use dmabuf_core::sync::{Arc, Weak};
+use dmabuf_core::sync::thread::{self, JoinHandle};
+use dmabuf_core::sync::{Arc, Mutex, Weak};
 use dmabuf_core::uapi::Process;
 use dmabuf_core::{Fence, trace_event};
 use dmabuf_platform::{Accessor, FaultResponse, UnmapReason};
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// The lock class of an MR's state (`umem_dmabuf` and the mlx5 MR fields
 /// the kernel guards with the reservation lock: the sg table, `pinned`,
 /// `revoked`, `private`). It nests inside the reservation lock.
 pub static MR_STATE_CLASS: LockClass = LockClass::new("umem_dmabuf mr state");
+
+/// The most DMA bursts an autonomous device issues after registering.
+pub const AUTONOMOUS_BURSTS: u64 = 24;
+/// The time between two bursts of an autonomous device.
+pub const AUTONOMOUS_INTERVAL: Duration = Duration::from_micros(50);
 
 /// Which MR flavour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +141,9 @@ struct MrInner {
     /// The MR's state, class [`MR_STATE_CLASS`].
     st: ClassMutex<MrState>,
     counters: Counters,
+    /// The device issues DMA by itself.
+    autonomous: bool,
+    device: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// An RDMA MR importer (cheap to clone handle).
@@ -147,6 +165,7 @@ const COUNTERS: &[&str] = &[
     "faults_failed",
     "jobs",
     "revoked",
+    "autonomous_dma",
 ];
 
 fn entries(d: &Declared) -> Vec<(u64, u64)> {
@@ -185,7 +204,66 @@ impl RdmaImporter {
                 },
             ),
             counters: Counters::new(COUNTERS),
+            autonomous: false,
+            device: Mutex::new(None),
         }))
+    }
+
+    /// An MR whose device keeps issuing DMA through it by itself, without
+    /// its userspace (module docs, "Autonomous DMA").
+    pub fn with_autonomous_dma(
+        host: &Host,
+        name: &str,
+        flavour: MrFlavour,
+        nic: &Nic,
+        owns_nic: bool,
+    ) -> Self {
+        let mut me = Self::new(host, name, flavour, nic, owns_nic);
+        if let Some(inner) = Arc::get_mut(&mut me.0) {
+            inner.autonomous = true;
+        }
+        me
+    }
+
+    /// The device's own loop: a burst every [`AUTONOMOUS_INTERVAL`] until
+    /// the MR is deregistered or [`AUTONOMOUS_BURSTS`] were issued.
+    fn start_device(&self) {
+        let me = Arc::downgrade(&self.0);
+        let h = thread::spawn_named(format!("{}-device", self.0.name), move || {
+            dmabuf_core::sync::sched::set_group("hw");
+            for burst in 0..AUTONOMOUS_BURSTS {
+                thread::sleep(AUTONOMOUS_INTERVAL);
+                let Some(mr) = me.upgrade() else {
+                    return;
+                };
+                let (va, len, live) = {
+                    let st = mr.st.lock("mr device burst");
+                    (st.va, st.len, st.attach.is_some() && !st.dying)
+                };
+                if !live {
+                    return;
+                }
+                let pages = (len / dmabuf_platform::PAGE_SIZE).max(1);
+                mr.counters.bump("autonomous_dma");
+                let job = mr.nic.post(
+                    va,
+                    pages,
+                    burst % pages,
+                    0xd0u8.wrapping_add(burst as u8),
+                    None,
+                    &format!("{} device", mr.name),
+                );
+                let _ = job.wait();
+            }
+        });
+        *self.0.device.lock() = Some(h);
+    }
+
+    fn stop_device(&self) {
+        let h = self.0.device.lock().take();
+        if let Some(h) = h {
+            let _ = h.join();
+        }
     }
 
     /// Whether the MR holds a mapping now.
@@ -420,6 +498,9 @@ impl Importer for RdmaImporter {
             return Err(e);
         }
         self.0.st.lock("mr register fd").proc = Some((proc.clone(), fd));
+        if self.0.autonomous {
+            self.start_device();
+        }
         Ok(())
     }
 
@@ -454,6 +535,8 @@ impl Importer for RdmaImporter {
             st.dying = true;
             (st.buf.clone(), st.attach.clone(), st.proc.take(), st.va)
         };
+        // The device notices the deregistration at its next burst.
+        self.stop_device();
         let (Some(buf), Some(attach)) = (buf, attach) else {
             return Ok(());
         };
@@ -487,7 +570,14 @@ impl Importer for RdmaImporter {
         Ok(())
     }
 
+    fn restores(&self) -> bool {
+        // ib_umem_dmabuf_revoke_locked: the MR is revoked for good.
+        self.0.flavour != MrFlavour::PinnedRevocable
+    }
+
     fn shutdown(&self) {
+        self.0.st.lock("mr shutdown").dying = true;
+        self.stop_device();
         if self.0.owns_nic {
             self.0.nic.shutdown();
         }
