@@ -24,7 +24,9 @@ set +e
 if [ -n "${REPORT_FROM:-}" ]; then
   cp "$REPORT_FROM" "$out/matrix.json"; rc=0
 else
-  dmabuf matrix --schedules "${REPORT_SCHEDULES:-20}" --quiet --json > "$out/matrix.json"
+  # Sampling only: the proof attempts would add minutes and the DOM check
+  # does not need them.
+  dmabuf matrix --schedules "${REPORT_SCHEDULES:-20}" --proof-budget 0 --quiet --json > "$out/matrix.json"
   rc=$?
 fi
 set -e

@@ -58,7 +58,7 @@ use dmabuf_drivers::system_heap::SystemHeap;
 use dmabuf_drivers::vfio::{ResetKind, RevokeEvent, TriggerReport, VfioError, VfioPciDevice};
 use dmabuf_drivers::vfio_uapi::DmaRange;
 use dmabuf_platform::{Accessor, DeviceConfig, PAGE_SIZE, Platform, PlatformConfig, PowerState};
-use dmabuf_scenario::world::{ExporterKind, ImporterBase, ImporterSpec, OnInvalidate};
+use dmabuf_scenario::world::{ExporterKind, ImporterBase, ImporterSpec, OnInvalidate, UnmapWhen};
 use std::time::Duration;
 
 /// Pages per buffer.
@@ -145,6 +145,7 @@ fn make_importer(
                 kernel_fence: s.invalidate == OnInvalidate::Evict(Usage::Kernel),
                 writes_after_fences: s.writes_after_fences,
                 worker_latency: s.unmap_latency,
+                unmap_on_free: s.unmap == UnmapWhen::OnFree,
                 readahead: s.read_ahead,
                 remap: s.remap,
             };
@@ -237,7 +238,7 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
             RevokeEvent::Warn(w) => {
                 sh2.finding_at(FindingKind::Warning, Some(epi), Some("vfio"), w.clone())
             }
-            RevokeEvent::FencesDone { .. } => {}
+            RevokeEvent::FencesDone { .. } | RevokeEvent::UnrevokeBegin { .. } => {}
         })));
     }
 
