@@ -853,10 +853,13 @@ fn spawn_importer(
                 },
                 1,
             );
+            // The coordination lock is a shim lock (a scheduling point):
+            // read it before taking the probe's plain lock, never under it.
+            let expected = imp.restores() && !coord.st.lock().permanent;
             probe.with(|o| {
                 o.restores.push(Restore {
                     importer: name.clone(),
-                    expected: imp.restores() && !coord.st.lock().permanent,
+                    expected,
                     remap_ok: remap.is_ok(),
                     job_ok: r.is_ok(),
                 })
