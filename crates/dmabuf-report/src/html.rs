@@ -265,7 +265,7 @@ td.refused{background:#ececec;color:#777;font-size:12px} td.holds{background:#e8
 .p.h.proved{background:#2f9e44;color:#fff} .p.h.sampled{background:#fff;color:#2f9e44;border-color:#2f9e44}
 .p.v{background:#d62728;color:#fff;font-weight:600} .p.v:hover{outline:2px solid #000}
 .legend span{margin-right:12px;font-size:12px} .chart-legend{font-size:12px;color:#555;margin-bottom:8px}
-section.cx{background:#fff;border:1px solid #ccc;border-radius:6px;padding:12px;margin:16px 0;overflow-x:auto}
+section.cx{background:#fff;border:1px solid #ccc;border-radius:6px;padding:12px;margin:16px 0;overflow-x:auto;content-visibility:auto;contain-intrinsic-size:auto 3000px}
 section.cx:target{border-color:#d62728;box-shadow:0 0 0 3px #f5b7b1}
 .cmd{display:flex;gap:6px;align-items:center;margin:6px 0} .cmd code{background:#222;color:#eee;padding:4px 8px;border-radius:4px;font-size:12px;word-break:break-all}
 button.copy{font-size:11px}

@@ -11,7 +11,7 @@
 //! | hazard | red row, red dot, red arrow to the exporter's memory |
 //! | revoke | dashed bands at its start and its return |
 //! | exporter state | left column: revoked or not, live mappings, hazards so far; printed where it changes |
-//! | folded run | four or more consecutive `dma_readahead`/`dma_access` rows of one task without a hazard: one row saying how many |
+//! | folded run | four or more consecutive rows of one task that are neither an arrow's end nor a hazard (DMA accesses, read-ahead, lock and fence bookkeeping): one row saying how many |
 
 use crate::links::{Analysis, LinkKind, analyse};
 use dmabuf_core::trace::{Event, SCHED_SWITCH};
@@ -66,8 +66,21 @@ fn is_preemption(e: &Event) -> bool {
     e.name == SCHED_SWITCH && e.field("prev_state").as_deref() == Some("R+")
 }
 
+/// Rows that are never the end of an arrow nor a hazard: a run of them by
+/// one task folds (DMA accesses and read-ahead, and the lock and fence
+/// bookkeeping that a whole revoke cycle repeats).
 fn repetitive(e: &Event) -> bool {
-    matches!(e.name, "dma_readahead" | "dma_access")
+    matches!(
+        e.name,
+        "dma_readahead"
+            | "dma_access"
+            | "lock_acquire"
+            | "lock_acquired"
+            | "lock_release"
+            | "dma_fence_init"
+            | "dma_fence_enable_signal"
+            | "dma_fence_destroy"
+    )
 }
 
 /// The rows of a chart: every event but `sched_switch`, repetitive runs
@@ -210,7 +223,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
         {
             let _ = write!(
                 s,
-                r#"<rect class="hz-row" x="0" y="{:.1}" width="{width:.0}" height="{ROW_H}"/>"#,
+                r#"<rect class="hz-row" x="0" y="{:.0}" width="{width:.0}" height="{ROW_H}"/>"#,
                 y(r) - ROW_H / 2.0
             );
         }
@@ -224,7 +237,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
         };
         let _ = write!(
             s,
-            r#"<line class="{cls}" x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{height:.1}"/><text class="lane-head" x="{x:.1}" y="{:.1}">{}</text>"#,
+            r#"<line class="{cls}" x1="{x:.0}" y1="{:.0}" x2="{x:.0}" y2="{height:.0}"/><text class="lane-head" x="{x:.0}" y="{:.0}">{}</text>"#,
             TOP - 10.0,
             TOP - 18.0,
             esc(l)
@@ -232,7 +245,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
     }
     let _ = write!(
         s,
-        r#"<text class="state-head" x="{:.1}" y="{:.1}">exporter state</text>"#,
+        r#"<text class="state-head" x="{:.0}" y="{:.0}">exporter state</text>"#,
         NUM_W,
         TOP - 18.0
     );
@@ -245,7 +258,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
             let yy = y(r) - ROW_H / 2.0;
             let _ = write!(
                 s,
-                r#"<line class="band" x1="0" y1="{yy:.1}" x2="{width:.0}" y2="{yy:.1}"/><text class="band-label" x="{:.1}" y="{:.1}">{label}</text>"#,
+                r#"<line class="band" x1="0" y1="{yy:.0}" x2="{width:.0}" y2="{yy:.0}"/><text class="band-label" x="{:.0}" y="{:.0}">{label}</text>"#,
                 LEFT + LANE_W * lanes.len() as f64 - 4.0,
                 yy - 2.0
             );
@@ -255,7 +268,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
     let arrow = |s: &mut String, cls: &str, x1: f64, y1: f64, x2: f64, y2: f64, title: &str| {
         let _ = write!(
             s,
-            r#"<line class="arr {cls}" x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" marker-end="url(#ah-{cls})"><title>{}</title></line>"#,
+            r#"<line class="arr {cls}" x1="{x1:.0}" y1="{y1:.0}" x2="{x2:.0}" y2="{y2:.0}" marker-end="url(#ah-{cls})"><title>{}</title></line>"#,
             esc(title)
         );
     };
@@ -312,6 +325,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
     // Rows: number, time, dot, label; the exporter's state where it changes.
     let sx = NUM_W;
     let mut last_state: Option<&ExporterState> = None;
+    let mut last_secs: Option<String> = None;
     for (r, row) in rows.iter().enumerate() {
         let yy = y(r);
         let (first, last) = match *row {
@@ -334,14 +348,22 @@ pub fn svg(events: &[Event], id: &str) -> String {
             e.ts_ns / 1_000_000_000,
             (e.ts_ns / 1000) % 1_000_000
         );
+        // The time only where it moved since the row above (virtual time
+        // stands still for most rows).
         let _ = write!(
             s,
-            r#"<text class="rowno" x="4" y="{:.1}">{}</text><text class="time" x="{:.1}" y="{:.1}">{secs}</text>"#,
+            r#"<text class="rowno" x="4" y="{:.0}">{}</text>"#,
             yy + 4.0,
-            e.seq,
-            28.0,
-            yy + 4.0
+            e.seq
         );
+        if last_secs.as_deref() != Some(secs.as_str()) {
+            let _ = write!(
+                s,
+                r#"<text class="time" x="28" y="{:.0}">{secs}</text>"#,
+                yy + 4.0
+            );
+            last_secs = Some(secs);
+        }
         match *row {
             Row::One(i) => {
                 let hz = e.name == "hazard";
@@ -364,17 +386,21 @@ pub fn svg(events: &[Event], id: &str) -> String {
                 } else {
                     format!("{} {}", e.name, short_args(e, 48))
                 };
+                // The whole row as a tooltip only where the label does not
+                // already show it (a third of the page's size otherwise).
+                let full = format!("{} {}", e.name, e.args);
+                let title = if label == full {
+                    String::new()
+                } else {
+                    format!("<title>{}</title>", esc(&e.args))
+                };
                 let _ = write!(
                     s,
-                    r#"<g class="{cls}" data-row="{}"><circle cx="{x:.1}" cy="{yy:.1}" r="3.5"/><text x="{:.1}" y="{:.1}">{}</text><title>row {} {} {}: {}</title></g>"#,
+                    r#"<g class="{cls}" data-row="{}"><circle cx="{x:.0}" cy="{yy:.0}" r="3.5"/><text x="{:.0}" y="{:.0}">{}</text>{title}</g>"#,
                     e.seq,
                     x + 6.0,
                     yy + 4.0,
                     esc(&label),
-                    e.seq,
-                    esc(&e.who),
-                    e.name,
-                    esc(&e.args)
                 );
                 let _ = i;
             }
@@ -388,7 +414,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
                 let what: Vec<String> = counts.iter().map(|(n, c)| format!("{n} ×{c}")).collect();
                 let _ = write!(
                     s,
-                    r#"<g class="ev folded" data-from="{}" data-to="{}"><rect x="{:.1}" y="{:.1}" width="10" height="10"/><text x="{:.1}" y="{:.1}">⋯ rows {}–{} folded: {}</text></g>"#,
+                    r#"<g class="ev folded" data-from="{}" data-to="{}"><rect x="{:.0}" y="{:.0}" width="10" height="10"/><text x="{:.0}" y="{:.0}">⋯ rows {}–{} folded: {}</text></g>"#,
                     events[from].seq,
                     events[to].seq,
                     x - 5.0,
@@ -405,7 +431,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
         if last_state != Some(now) {
             let _ = write!(
                 s,
-                r#"<text class="state{}" x="{sx:.1}" y="{:.1}">{} · {} live mapping{} · {} hazard{}</text>"#,
+                r#"<text class="state{}" x="{sx:.0}" y="{:.0}">{} · {} live mapping{} · {} hazard{}</text>"#,
                 if now.revoked { " revoked" } else { "" },
                 yy + 4.0,
                 if now.revoked {
@@ -510,8 +536,8 @@ mod tests {
         let svg = svg(&e, "p");
         assert!(
             svg.contains(
-                r#"class="ev preempt" data-row="1"><circle cx="{:.1}""#
-                    .replace("{:.1}", &format!("{:.1}", LEFT + LANE_W * 0.5))
+                r#"class="ev preempt" data-row="1"><circle cx="{:.0}""#
+                    .replace("{:.0}", &format!("{:.0}", LEFT + LANE_W * 0.5))
                     .as_str()
             ),
             "{svg}"
