@@ -232,7 +232,7 @@ impl ProofOptions {
 
 /// Normal-mode executions a matrix cell's proof attempt may use by default
 /// (the stalled-userspace search gets a quarter of it).
-pub const DEFAULT_PROOF_BUDGET: u64 = 6_000;
+pub const DEFAULT_PROOF_BUDGET: u64 = 1_000;
 
 /// What the proof attempt found for one property.
 #[derive(Clone, Debug, PartialEq, Eq)]
