@@ -298,7 +298,10 @@ fn build_platform(spec: &WorldSpec) -> Result<Platform, String> {
     Platform::new(cfg).map_err(|e| format!("platform: {e}"))
 }
 
-fn make_importer(
+/// Builds the importer model an [`ImporterSpec`] describes, on the host's
+/// device `name` (the one place a spec becomes a driver: the worlds here
+/// and the soak's episodes both use it).
+pub fn make_importer(
     host: &Host,
     s: &ImporterSpec,
     name: &str,

@@ -35,7 +35,6 @@ use crate::check::{self, FindingKind};
 use crate::plan::{Episode, Event, PlanConfig, Victim, exporter_name};
 use crate::shared::{Op, Shared, set_thread_alloc_failures};
 use dmabuf_core::dma_buf::DmaBufRef;
-use dmabuf_core::dma_resv::Usage;
 use dmabuf_core::errno::{self, Errno};
 use dmabuf_core::revoke::Protocol;
 use dmabuf_core::sync::thread::{self, JoinHandle};
@@ -48,17 +47,13 @@ use dmabuf_core::uapi::{
 use dmabuf_core::{Fence, FenceContext};
 use dmabuf_drivers::gpu_vram::GpuVram;
 use dmabuf_drivers::host::Host;
-use dmabuf_drivers::importers::gpu::{GpuConfig, GpuDevice, GpuImport};
-use dmabuf_drivers::importers::iommufd::IommufdImporter;
-use dmabuf_drivers::importers::nic::Nic;
-use dmabuf_drivers::importers::rdma::RdmaImporter;
-use dmabuf_drivers::importers::static_import::StaticImporter;
-use dmabuf_drivers::importers::{ImportError, Importer, Job, Stage};
+use dmabuf_drivers::importers::{ImportError, Importer, Job};
 use dmabuf_drivers::system_heap::SystemHeap;
 use dmabuf_drivers::vfio::{ResetKind, RevokeEvent, TriggerReport, VfioError, VfioPciDevice};
 use dmabuf_drivers::vfio_uapi::DmaRange;
 use dmabuf_platform::{Accessor, DeviceConfig, PAGE_SIZE, Platform, PlatformConfig, PowerState};
-use dmabuf_scenario::world::{ExporterKind, ImporterBase, ImporterSpec, OnInvalidate, UnmapWhen};
+use dmabuf_scenario::runner::make_importer;
+use dmabuf_scenario::world::{ExporterKind, ImporterBase, ImporterSpec};
 use std::time::Duration;
 
 /// Pages per buffer.
@@ -128,40 +123,6 @@ struct Import {
 
 fn errno_of(e: &ImportError) -> i32 {
     e.errno()
-}
-
-fn make_importer(
-    host: &Host,
-    s: &ImporterSpec,
-    name: &str,
-) -> Result<Arc<dyn Importer>, ImportError> {
-    let dev = host
-        .device_by_name(name)
-        .ok_or_else(|| ImportError::NotSetUp(name.into()))?;
-    Ok(match s.base {
-        ImporterBase::Static => Arc::new(StaticImporter::new(host, name, dev)?),
-        ImporterBase::Gpu => {
-            let cfg = GpuConfig {
-                kernel_fence: s.invalidate == OnInvalidate::Evict(Usage::Kernel),
-                writes_after_fences: s.writes_after_fences,
-                worker_latency: s.unmap_latency,
-                unmap_on_free: s.unmap == UnmapWhen::OnFree,
-                readahead: s.read_ahead,
-                remap: s.remap,
-            };
-            let g = GpuDevice::new(host, dev, cfg)?;
-            Arc::new(GpuImport::new(name, &g, true))
-        }
-        ImporterBase::Rdma => {
-            let flavour = s.mr_flavour().ok_or_else(|| ImportError::Invalid {
-                stage: Stage::Attach,
-                what: format!("{name}: no RDMA model has this behaviour"),
-            })?;
-            let nic = Nic::new(host, dev)?;
-            Arc::new(RdmaImporter::new(host, name, flavour, &nic, true))
-        }
-        ImporterBase::Iommufd => Arc::new(IommufdImporter::new(host, name, dev)?),
-    })
 }
 
 /// What the episode needs besides the plan.
