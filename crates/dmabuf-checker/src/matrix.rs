@@ -247,11 +247,11 @@ pub fn run_matrix_parallel(
     }
 }
 
-/// The second table: per accepted cell, how many of its properties are
-/// proved (`proved/judged`), `-` for refused or not run cells.
-pub fn render_proofs(m: &Matrix) -> String {
+/// A grid of the matrix: `corner` above the row names, one column per
+/// importer, each cell's text from `text` (`None`: not run).
+fn grid(m: &Matrix, corner: &str, text: impl Fn(Option<&Cell>) -> String) -> String {
     let rw = m.rows.iter().map(|r| r.len()).max().unwrap_or(0).max(8);
-    let mut s = format!("{:<rw$}", "proved");
+    let mut s = format!("{corner:<rw$}");
     let widths: Vec<usize> = m.columns.iter().map(|c| c.len().max(7)).collect();
     for (k, w) in m.columns.iter().zip(&widths) {
         s.push_str(&format!(" {k:<w$}"));
@@ -262,18 +262,24 @@ pub fn render_proofs(m: &Matrix) -> String {
         for (k, w) in m.columns.iter().zip(&widths) {
             let w = *w;
             let c = m.cells.iter().find(|c| &c.policy == v && &c.importer == k);
-            let text = match c {
-                Some(c) if c.refused.is_none() => {
-                    let ps = &c.report.properties;
-                    format!("{}/{}", ps.iter().filter(|p| p.proved()).count(), ps.len())
-                }
-                _ => "-".to_owned(),
-            };
-            s.push_str(&format!(" {text:<w$}"));
+            let t = text(c);
+            s.push_str(&format!(" {t:<w$}"));
         }
         s.push('\n');
     }
     s
+}
+
+/// The second table: per accepted cell, how many of its properties are
+/// proved (`proved/judged`), `-` for refused or not run cells.
+pub fn render_proofs(m: &Matrix) -> String {
+    grid(m, "proved", |c| match c {
+        Some(c) if c.refused.is_none() => {
+            let ps = &c.report.properties;
+            format!("{}/{}", ps.iter().filter(|p| p.proved()).count(), ps.len())
+        }
+        _ => "-".to_owned(),
+    })
 }
 
 /// Cells every property of which is proved, and accepted cells.
@@ -295,41 +301,25 @@ pub fn code(p: Property) -> char {
 
 /// The human table: rows policies, columns importers.
 pub fn render(m: &Matrix) -> String {
-    let rw = m.rows.iter().map(|r| r.len()).max().unwrap_or(0).max(8);
-    let mut s = format!("{:<rw$}", "");
-    let widths: Vec<usize> = m.columns.iter().map(|c| c.len().max(7)).collect();
-    for (k, w) in m.columns.iter().zip(&widths) {
-        s.push_str(&format!(" {k:<w$}"));
-    }
-    s.push('\n');
-    for v in &m.rows {
-        s.push_str(&format!("{v:<rw$}"));
-        for (k, w) in m.columns.iter().zip(&widths) {
-            let w = *w;
-            let c = m.cells.iter().find(|c| &c.policy == v && &c.importer == k);
-            let text = match c {
-                None => "-".to_owned(),
-                Some(c) if c.refused.is_some() => "refused".to_owned(),
-                Some(c) => {
-                    let bad: String = c
-                        .report
-                        .properties
-                        .iter()
-                        .filter(|p| !p.holds())
-                        .map(|p| code(p.property))
-                        .collect();
-                    let err = if c.report.errors.is_empty() { "" } else { "!" };
-                    if bad.is_empty() {
-                        format!("ok{err}")
-                    } else {
-                        format!("{bad}{err}")
-                    }
-                }
-            };
-            s.push_str(&format!(" {text:<w$}"));
+    let mut s = grid(m, "", |c| match c {
+        None => "-".to_owned(),
+        Some(c) if c.refused.is_some() => "refused".to_owned(),
+        Some(c) => {
+            let bad: String = c
+                .report
+                .properties
+                .iter()
+                .filter(|p| !p.holds())
+                .map(|p| code(p.property))
+                .collect();
+            let err = if c.report.errors.is_empty() { "" } else { "!" };
+            if bad.is_empty() {
+                format!("ok{err}")
+            } else {
+                format!("{bad}{err}")
+            }
         }
-        s.push('\n');
-    }
+    });
     s.push_str(
         &format!(
             "\nok: no explored run violated any property; letters: violated {}; !: runs reported errors; \
