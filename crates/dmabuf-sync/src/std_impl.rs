@@ -99,8 +99,15 @@ pub mod atomic {
                     self.0.get_mut()
                 }
                 /// Consumes the atomic.
-                pub fn into_inner(self) -> $prim {
-                    self.0.into_inner()
+                pub fn into_inner(mut self) -> $prim {
+                    *self.0.get_mut()
+                }
+            }
+
+            impl Drop for $name {
+                #[inline]
+                fn drop(&mut self) {
+                    sched::forget(self.addr());
                 }
             }
         };
@@ -177,7 +184,20 @@ impl<T> Mutex<T> {
     }
     /// Consumes the mutex.
     pub fn into_inner(self) -> T {
-        self.inner.into_inner()
+        let this = ManuallyDrop::new(self);
+        sched::forget(this.addr());
+        // SAFETY: `this` is never used or dropped again, so its `inner` is
+        // moved out exactly once.
+        unsafe { std::ptr::read(&this.inner) }.into_inner()
+    }
+}
+
+/// A dropped mutex is forgotten by the scheduler's object numbering
+/// ([`sched::forget`]): a later object at its address is a new one.
+impl<T: ?Sized> Drop for Mutex<T> {
+    #[inline]
+    fn drop(&mut self) {
+        sched::forget(self.addr());
     }
 }
 
@@ -279,6 +299,15 @@ pub struct Condvar {
 
 // SAFETY: `_addr` is never read or written; it only reserves an address.
 unsafe impl Sync for Condvar {}
+
+/// Forgotten by the scheduler's object numbering when dropped (see
+/// [`sched::forget`]).
+impl Drop for Condvar {
+    #[inline]
+    fn drop(&mut self) {
+        sched::forget(self.addr());
+    }
+}
 // SAFETY: as above.
 unsafe impl Send for Condvar {}
 
@@ -561,6 +590,15 @@ pub struct SetOnce<T> {
 impl<T: std::fmt::Debug> std::fmt::Debug for SetOnce<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("SetOnce").field(&*self.v.lock()).finish()
+    }
+}
+
+/// Forgotten by the scheduler's object numbering when dropped (see
+/// [`sched::forget`]).
+impl<T> Drop for SetOnce<T> {
+    #[inline]
+    fn drop(&mut self) {
+        sched::forget(self as *const Self as usize);
     }
 }
 

@@ -196,8 +196,14 @@ struct State {
     record: bool,
     /// Accesses of the running segment (when recording).
     cur: Vec<(ObjKey, Access)>,
-    /// Execution-local object numbers, in first-touch order.
+    /// Execution-local object numbers, in first-touch order, of the objects
+    /// alive (a dropped object's key is forgotten: [`Execution::forget`]).
     objs: HashMap<ObjKey, u32>,
+    /// The next object number.
+    next_obj: u32,
+    /// Objects dropped by the running segment, forgotten once it is
+    /// reported (its own accesses to them still count).
+    dropped: Vec<usize>,
     /// Group names by index (when recording).
     groups: Vec<String>,
     /// Reused buffer for a segment's numbered accesses.
@@ -348,12 +354,15 @@ impl Execution {
     }
 
     fn report(st: &mut State, task: Option<TaskId>, accesses: &[(ObjKey, Access)]) {
-        let fresh_from = st.objs.len() as u32;
+        let fresh_from = st.next_obj;
         let mut buf = std::mem::take(&mut st.ev_buf);
         buf.clear();
         for &(k, a) in accesses {
-            let n = st.objs.len() as u32;
+            let n = st.next_obj;
             let id = *st.objs.entry(k).or_insert(n);
+            if id == n {
+                st.next_obj += 1;
+            }
             if id == n && profiling() {
                 let d = st.descr.get(&k).cloned().unwrap_or_default();
                 eprintln!("DPOR-OBJ {id} {k:?} {d}");
@@ -375,6 +384,10 @@ impl Execution {
             w += 1;
         }
         buf.truncate(w);
+        for addr in std::mem::take(&mut st.dropped) {
+            st.objs.remove(&ObjKey::Addr(addr));
+            st.objs.remove(&ObjKey::Release(addr));
+        }
         if let Some(p) = &st.strategy {
             let ev = StepEvent {
                 task,
@@ -385,6 +398,20 @@ impl Execution {
             unsafe { (*p.0).on_event(&ev) };
         }
         st.ev_buf = buf;
+    }
+
+    /// Forgets the numbers of the object at `addr`, which is being dropped,
+    /// once the running segment (which may have touched it last) is
+    /// reported: an object allocated later at the same address is a new
+    /// object with a new number. Without this, numbering would depend on where the
+    /// allocator places things, which differs between executions (per-thread
+    /// caches persist across them), and a replayed prefix could number its
+    /// objects differently from the execution that recorded it.
+    pub(super) fn forget(&self, addr: usize) {
+        let mut st = self.lock();
+        if st.record {
+            st.dropped.push(addr);
+        }
     }
 
     /// Records an access of the running segment of `me`.
@@ -1013,6 +1040,8 @@ pub(super) fn run<F: FnOnce() + Send + 'static>(
             record,
             cur: Vec::new(),
             objs: HashMap::new(),
+            next_obj: 0,
+            dropped: Vec::new(),
             groups: vec!["main".to_owned()],
             ev_buf: Vec::new(),
             panics: Vec::new(),

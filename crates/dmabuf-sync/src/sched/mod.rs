@@ -469,6 +469,19 @@ pub fn release(addr: usize) {
     }
 }
 
+/// The object at `addr` is being dropped (see the shim types' `Drop`): its
+/// execution-local numbers are forgotten, so that an object allocated later
+/// at the same address is numbered as the new object it is. Nothing outside
+/// an execution.
+#[inline(always)]
+pub fn forget(addr: usize) {
+    if active()
+        && let Some((e, _)) = engine::ctx()
+    {
+        e.forget(addr);
+    }
+}
+
 /// Records that the running segment of the caller touched the object at
 /// `addr` (an operation that is not a scheduling point of its own, such as
 /// a mutex release). Not a scheduling point; nothing outside an execution.

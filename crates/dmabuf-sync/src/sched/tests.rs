@@ -469,3 +469,76 @@ fn a_set_once_wait_never_races_with_its_set_but_get_does() {
         BTreeSet::from(["None".to_owned(), "Some(7)".to_owned()])
     );
 }
+
+/// Records every segment's numbered accesses of one execution.
+struct Recorder {
+    done: bool,
+    events: Vec<Vec<(u32, Access)>>,
+}
+
+impl Strategy for Recorder {
+    fn name(&self) -> String {
+        "recorder".into()
+    }
+    fn next_execution(&mut self) -> bool {
+        !std::mem::replace(&mut self.done, true)
+    }
+    fn choose(&mut self, runnable: &[TaskId], _current: Option<TaskId>, _step: u64) -> TaskId {
+        runnable[0]
+    }
+    fn observes_events(&self) -> bool {
+        true
+    }
+    fn on_event(&mut self, ev: &StepEvent<'_>) {
+        self.events.push(ev.accesses.to_vec());
+    }
+}
+
+/// An object dropped and another built at the very same address are two
+/// objects to the search: numbering must not depend on where the allocator
+/// puts things (it differs between executions, and a replayed prefix that
+/// numbered a reused address differently was reported as nondeterminism).
+#[test]
+fn a_dropped_object_and_a_new_one_at_its_address_are_numbered_apart() {
+    let mut rec = Recorder {
+        done: false,
+        events: Vec::new(),
+    };
+    assert!(rec.next_execution());
+    rec.done = false;
+    let addrs: Arc<std::sync::Mutex<Vec<usize>>> = Arc::default();
+    let a2 = addrs.clone();
+    let r = run(&mut rec, &RunConfig::default(), move || {
+        let mut slot = std::mem::MaybeUninit::<AtomicUsize>::uninit();
+        for v in [1, 2] {
+            let a = slot.write(AtomicUsize::new(v));
+            a2.lock().unwrap().push(a as *const AtomicUsize as usize);
+            assert_eq!(a.load(SeqCst), v);
+            // SAFETY: written just above, dropped once, never read again
+            // before the next write.
+            unsafe { slot.assume_init_drop() };
+        }
+    });
+    assert!(matches!(r.outcome, Outcome::Completed), "{:?}", r.outcome);
+    let addrs = addrs.lock().unwrap().clone();
+    assert_eq!(addrs[0], addrs[1], "both atomics live in one slot");
+    // Every segment reads its task's group; the loads are the other reads,
+    // and they read two different object numbers.
+    let group = rec.events[0]
+        .iter()
+        .find(|(_, a)| *a == Access::Read)
+        .map(|(n, _)| *n);
+    let loads: BTreeSet<u32> = rec
+        .events
+        .iter()
+        .flatten()
+        .filter(|(n, a)| *a == Access::Read && Some(*n) != group)
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(
+        loads.len(),
+        2,
+        "the loads of the two atomics: {:?}",
+        rec.events
+    );
+}

@@ -66,12 +66,15 @@
 //! * Objects are numbered per execution in first-touch order; a replayed
 //!   prefix numbers them identically. A sleeper's accesses to objects first
 //!   touched by its own segment are compared conservatively with every
-//!   object first touched after it. **Not covered**: an object freed during
-//!   an execution whose address another shim object reuses is one object to
-//!   the search; within one execution this only adds dependencies, but a
-//!   sleep-set entry recorded in one execution could then fail to wake in
-//!   another whose allocator placed things differently. Programs that free
-//!   shim objects while tasks still run are explored with that caveat.
+//!   object first touched after it. A shim object that is dropped is
+//!   forgotten ([`forget`](super::super::forget)), so a later object at its
+//!   address gets a number of its own: numbering never depends on where the
+//!   allocator puts things. (It did before: per-thread allocator caches
+//!   outlive an execution, so a replayed prefix could number a reused
+//!   address differently from the execution that recorded it, wake other
+//!   sleepers, and end early; the search reported that as nondeterminism
+//!   and cut the branch. The 7-property cell `matrix.v6-final.iommufd`
+//!   diverged within its first thousand executions.)
 //! * `thread::yield_now` removes the yielder from the runnable set while
 //!   another task can run (a fairness rule for spin loops, not a dependency):
 //!   spin-waiting programs are explored, but the reduction's completeness
