@@ -410,56 +410,294 @@ pub fn observations(cases: &BTreeMap<String, Outcome>) -> BTreeMap<&'static str,
         .collect()
 }
 
-/// The agreement table: per mode and observation, the kernel's beside
-/// ours, `=` when they agree and `≠` when not; the last line counts the
-/// cells that agree.
+/// One cell of the agreement table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgreementRow {
+    /// The mode.
+    pub mode: &'static str,
+    /// The observation (`attach`, `map while revoked`, `revoke`,
+    /// `invalidates`, `re-map after un-revoke`).
+    pub what: &'static str,
+    /// The kernel's.
+    pub kernel: String,
+    /// Ours (`None`: a case of ours is missing).
+    pub ours: Option<String>,
+}
+
+impl AgreementRow {
+    /// Whether ours is the kernel's.
+    pub fn agreed(&self) -> bool {
+        self.ours.as_deref() == Some(self.kernel.as_str())
+    }
+}
+
+/// The cells of the agreement table, for every mode the kernel's cases
+/// answer.
+pub fn agreement_rows(
+    kernel: &BTreeMap<String, Outcome>,
+    ours: &BTreeMap<String, Outcome>,
+) -> Vec<AgreementRow> {
+    let k = observations(kernel);
+    let o = observations(ours);
+    let mut rows = Vec::new();
+    for mode in KMOD_MODES {
+        let Some(kk) = k.get(mode) else {
+            continue;
+        };
+        let oo = o.get(mode);
+        let cells: [(&'static str, fn(&Observations) -> &String); 5] = [
+            ("attach", |x| &x.attach),
+            ("map while revoked", |x| &x.map_while_revoked),
+            ("revoke", |x| &x.revoke),
+            ("invalidates", |x| &x.invalidates),
+            ("re-map after un-revoke", |x| &x.remap),
+        ];
+        for (what, f) in cells {
+            rows.push(AgreementRow {
+                mode,
+                what,
+                kernel: f(kk).clone(),
+                ours: oo.map(|x| f(x).clone()),
+            });
+        }
+    }
+    rows
+}
+
+/// The agreement table as text: per mode and observation, the kernel's
+/// beside ours, `=` when they agree and `≠` when not; the last line counts
+/// the cells that agree.
 pub fn agreement_table(
     kernel: &BTreeMap<String, Outcome>,
     ours: &BTreeMap<String, Outcome>,
 ) -> String {
-    let k = observations(kernel);
-    let o = observations(ours);
-    let mut out = String::from(
-        "kmod observations: the real kernel's beside ours (protocol files)\n\
-         mode              | observation        | kernel                                   | ours\n",
+    let rows = agreement_rows(kernel, ours);
+    let mut out = format!(
+        "kmod observations: the real kernel's beside ours (protocols/kmod/)\n{:<17} | {:<22} | {:<44} | ours\n",
+        "mode", "observation", "kernel"
     );
-    let (mut n, mut m) = (0, 0);
-    for mode in KMOD_MODES {
-        let (Some(kk), oo) = (k.get(mode), o.get(mode)) else {
-            continue;
-        };
-        let rows: [(&str, &str, Option<&str>); 5] = [
-            ("attach", &kk.attach, oo.map(|x| x.attach.as_str())),
-            (
-                "map while revoked",
-                &kk.map_while_revoked,
-                oo.map(|x| x.map_while_revoked.as_str()),
-            ),
-            ("revoke", &kk.revoke, oo.map(|x| x.revoke.as_str())),
-            (
-                "invalidates",
-                &kk.invalidates,
-                oo.map(|x| x.invalidates.as_str()),
-            ),
-            (
-                "re-map after un-revoke",
-                &kk.remap,
-                oo.map(|x| x.remap.as_str()),
-            ),
-        ];
-        for (what, kv, ov) in rows {
-            m += 1;
-            let same = ov == Some(kv);
-            if same {
-                n += 1;
-            }
-            out.push_str(&format!(
-                "{mode:<17} | {what:<18} | {kv:<40} | {} {}\n",
-                if same { "=" } else { "≠" },
-                ov.unwrap_or("(missing)")
-            ));
-        }
+    for r in &rows {
+        out.push_str(&format!(
+            "{:<17} | {:<22} | {:<44} | {} {}\n",
+            r.mode,
+            r.what,
+            r.kernel,
+            if r.agreed() { "=" } else { "≠" },
+            r.ours.as_deref().unwrap_or("(missing)")
+        ));
     }
-    out.push_str(&format!("kmod observations agreed: {n}/{m}\n"));
+    let n = rows.iter().filter(|r| r.agreed()).count();
+    out.push_str(&format!("kmod observations agreed: {n}/{}\n", rows.len()));
     out
+}
+
+/// The agreement table as JSON (kebab-case keys).
+pub fn agreement_json(
+    kernel: &BTreeMap<String, Outcome>,
+    ours: &BTreeMap<String, Outcome>,
+) -> serde_json::Value {
+    let rows = agreement_rows(kernel, ours);
+    serde_json::json!({
+        "agreed": rows.iter().filter(|r| r.agreed()).count(),
+        "total": rows.len(),
+        "rows": rows.iter().map(|r| serde_json::json!({
+            "mode": r.mode,
+            "observation": r.what,
+            "kernel": r.kernel,
+            "ours": r.ours,
+            "agreed": r.agreed(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cases::Part;
+    use crate::report::Report;
+    use crate::serial::{self, BootEnd};
+    use dmabuf_scenario::script::KmodMode;
+
+    const KERNEL_LOG: &str = include_str!("../tests/fixtures/serial-kmod-7.2.13.log");
+    const TWIN: &str = include_str!("../tests/fixtures/twin-kmod.txt");
+
+    fn kernel() -> BTreeMap<String, Outcome> {
+        serial::parse(Part::Kmod, KERNEL_LOG, &BootEnd::Exited(Some(0)))
+            .unwrap()
+            .results
+    }
+
+    /// `id ret errno extra` lines (extra may be empty: never here).
+    fn twin() -> BTreeMap<String, Outcome> {
+        TWIN.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let mut it = l.splitn(4, ' ');
+                let id = it.next().unwrap().to_owned();
+                let ret: i64 = it.next().unwrap().parse().unwrap();
+                let errno = it.next().unwrap();
+                let extra = it.next().unwrap();
+                (id, Outcome::new(ret, errno, extra))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_file_parses_and_selects_the_mode_its_name_says() {
+        let s = scripts().unwrap();
+        let names: Vec<&str> = s.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names.len(), FILES.len(), "{names:?}");
+        let mut modes = Vec::new();
+        for x in &s {
+            assert_eq!(x.exporter, "v6-final", "{}", x.name);
+            let m = KmodMode::of(&x.importer).unwrap();
+            if x.name.starts_with("kmod-bad") {
+                assert_eq!(m, KmodMode::Odp, "the probe's kmod_bad attaches mode 1");
+                continue;
+            }
+            assert_eq!(x.name, format!("kmod-{}", m.name().replace('_', "-")));
+            assert_eq!(x.steps, MODE_SCRIPT, "{}", x.name);
+            modes.push(m.name());
+        }
+        assert_eq!(modes, KMOD_MODES, "one file per mode, in the probe's order");
+    }
+
+    #[test]
+    fn the_files_answer_what_the_twin_answered_and_agree_with_the_kernel() {
+        // One run (six exporter steps wait for the 2 s watchdog).
+        let ours = run_kmod().unwrap();
+        let twin = twin();
+        let k = kernel();
+        let mut want: Vec<&str> = Part::Kmod.cases().to_vec();
+        want.sort_unstable();
+        assert_eq!(ours.keys().map(String::as_str).collect::<Vec<_>>(), want);
+        for (id, t) in &twin {
+            if id == "kmod.gpu.close" {
+                // The twin's capture lost the race between the worker's
+                // delay and the probe's steps on a loaded host (see
+                // kmod-gpu.toml); the kernel and the file say otherwise.
+                assert_eq!(t.extra, "blocked=0,ev=unmap-worker+inv");
+                assert_eq!(ours[id].extra, "blocked=0,ev=inv+unmap-worker");
+                assert_eq!(ours[id], k[id]);
+                continue;
+            }
+            assert_eq!(&ours[id], t, "{id}");
+        }
+        let mut models = BTreeMap::new();
+        models.insert(Part::Kmod, ours.clone());
+        let run = serial::parse(Part::Kmod, KERNEL_LOG, &BootEnd::Exited(Some(0))).unwrap();
+        let rep = Report::build(&[run], &models);
+        assert_eq!(rep.totals(), (113, 113));
+        let table = agreement_table(&k, &ours);
+        assert!(
+            table.ends_with("kmod observations agreed: 40/40\n"),
+            "{table}"
+        );
+        assert!(!table.contains('≠'), "{table}");
+    }
+
+    #[test]
+    fn the_agreement_table_reads_the_five_observations_and_flags_a_difference() {
+        let k = kernel();
+        let o = observations(&k);
+        assert_eq!(o["static"].attach, "EOPNOTSUPP");
+        assert_eq!(o["pinned"].attach, "EOPNOTSUPP");
+        assert_eq!(o["odp"].attach, "admitted");
+        assert_eq!(o["odp"].map_while_revoked, "ENODEV/ENODEV");
+        assert_eq!(o["lying"].revoke, "blocked/blocked/blocked");
+        assert_eq!(o["gpu"].revoke, "returned/returned/returned");
+        assert_eq!(
+            o["odp"].invalidates,
+            "inv+unmap-cb+inv | inv+unmap-cb | inv | inv+unmap-cb"
+        );
+        assert_eq!(o["cache_revalidate"].remap, "ENODEV/ENODEV");
+        assert_eq!(o["cache_lazy"].remap, "0/0");
+        // A side that returns where the kernel blocked disagrees on one
+        // cell, and a missing case on all of that mode's.
+        let mut ours = k.clone();
+        ours.insert(
+            "kmod.lying.reset".into(),
+            Outcome::new(0, "0", "blocked=0,ev=inv+inv"),
+        );
+        ours.remove("kmod.gpu.attach");
+        let rows = agreement_rows(&k, &ours);
+        let bad: Vec<(&str, &str)> = rows
+            .iter()
+            .filter(|r| !r.agreed())
+            .map(|r| (r.mode, r.what))
+            .collect();
+        assert_eq!(bad.len(), 7, "{bad:?}");
+        assert!(bad.contains(&("lying", "revoke")));
+        assert!(bad.contains(&("lying", "invalidates")));
+        assert_eq!(bad.iter().filter(|(m, _)| *m == "gpu").count(), 5);
+        assert!(agreement_table(&k, &ours).ends_with("agreed: 33/40\n"));
+        let j = agreement_json(&k, &ours);
+        assert_eq!(j["agreed"], 33);
+        assert_eq!(j["rows"][0]["observation"], "attach");
+    }
+
+    #[test]
+    fn a_script_that_is_not_the_probes_is_refused() {
+        let lib = library().unwrap();
+        let (s, _, own) = lib
+            .scenarios
+            .iter()
+            .find(|(s, ..)| s.name == "kmod-odp")
+            .unwrap();
+        let mut sc = lib.resolve_script(s, own).unwrap();
+        sc.steps.pop();
+        let run = script::run_script(&sc.protocol, &sc.importer, &sc.steps).unwrap();
+        let e = mode_cases(&run).unwrap_err();
+        assert!(e.contains("not the probe's kmod_part"), "{e}");
+    }
+
+    #[test]
+    fn v5_of_the_series_would_disagree_with_the_kernel() {
+        // v5 (Message-ID <20260124-dmabuf-revoke-v5-4-f98fca917e96@nvidia.com>):
+        // the unmap wait gives up after 1 s, and un-revoke clears the flag
+        // before it invalidates. The comparison must tell it apart.
+        let lib = dmabuf_scenario::builtin::Library::builtin().unwrap();
+        let v5 = lib.exporter("v5-unmap-timeout").unwrap().protocol.clone();
+        let m = run_kmod_with(Some(&v5)).unwrap();
+        // The reset gives up waiting for the lying importer by itself.
+        assert!(
+            m["kmod.lying.reset"].extra.starts_with("blocked=0,"),
+            "{:?}",
+            m["kmod.lying.reset"]
+        );
+        // The un-revoke's invalidate comes after the flag is cleared: the
+        // re-validating importer maps again (on 7.2.13 it never does).
+        assert_eq!(m["kmod.cache_revalidate.map_after_on"].errno, "0");
+        assert_eq!(
+            m["kmod.cache_revalidate.memory_on"].extra,
+            "blocked=0,ev=inv+remap-cb"
+        );
+        let k = kernel();
+        let rows = agreement_rows(&k, &m);
+        assert!(
+            rows.iter()
+                .any(|r| r.mode == "lying" && r.what == "revoke" && !r.agreed())
+        );
+        assert!(rows.iter().any(|r| r.mode == "cache_revalidate"
+            && r.what == "re-map after un-revoke"
+            && !r.agreed()));
+    }
+
+    #[test]
+    fn the_argument_checks_are_the_modules() {
+        let m = argument_checks(&Protocol::merged()).unwrap();
+        for (id, e) in [
+            ("kmod.bad.unknown_mode", "EINVAL"),
+            ("kmod.bad.not_dmabuf", "EINVAL"),
+            ("kmod.bad.closed_fd", "EBADF"),
+            ("kmod.bad.no_pci_device", "ENODEV"),
+            ("kmod.bad.null_argument", "EFAULT"),
+            ("kmod.bad.unknown_ioctl", "ENOTTY"),
+            ("kmod.bad.mark_256", "EINVAL"),
+        ] {
+            assert_eq!(m[id].errno, e, "{id}");
+            assert_eq!(m[id].ret, -1, "{id}");
+        }
+        assert_eq!(m.len(), 7);
+    }
 }
