@@ -613,6 +613,21 @@ impl Library {
         if let Some(s) = &f.scenario {
             return Ok(vec![self.resolve(s, f)?]);
         }
+        if let Some(k) = f
+            .importers
+            .iter()
+            .find(|i| i.spec.base == ImporterBase::Kmod)
+        {
+            return Err(FileError {
+                path: f.path.clone(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "importer '{}' has base kmod: a kmod importer runs only in a script scenario, not in matrix cells",
+                    k.spec.name
+                ),
+            });
+        }
         let mut out = Vec::new();
         if let Some(e) = &f.exporter {
             let imps: Vec<&ImporterDef> = if f.importers.is_empty() {
@@ -661,10 +676,11 @@ impl Library {
             .collect())
     }
 
-    /// Every named scenario, resolved.
+    /// Every named scenario (a world; script scenarios are not), resolved.
     pub fn named(&self) -> Result<Vec<Scenario>, FileError> {
         self.scenarios
             .iter()
+            .filter(|(s, ..)| s.script.is_none())
             .map(|(s, _, f)| self.resolve(s, f))
             .collect()
     }
@@ -738,7 +754,9 @@ mod tests {
         // protocols/fixes/ holds replays of kernel fixes, checked one file
         // at a time (`dmabuf check protocols/fixes/X.toml`), not part of the
         // library.
-        on_disk.retain(|p| !p.starts_with(root.join("fixes")));
+        // protocols/kmod/ holds the real-kernel oracle's script scenarios
+        // (run by `dmabuf-oracle --part kmod`), not matrix rows or columns.
+        on_disk.retain(|p| !p.starts_with(root.join("fixes")) && !p.starts_with(root.join("kmod")));
         assert_eq!(
             on_disk.len(),
             BUILTIN.len(),

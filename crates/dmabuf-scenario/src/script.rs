@@ -718,3 +718,200 @@ pub fn run_script(
     let _ = proc.close(fd);
     Ok(ScriptRun { mode, steps: out })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builtin::Library;
+
+    const ODP: &str = r#"
+[[importer]]
+name = "k"
+base = "kmod"
+invalidate = "stop-and-unmap"
+unmap = "in-callback"
+
+[scenario]
+name = "s"
+exporter = "v6-final"
+script = ["attach", "map", "device-reset", "map", "decode-off", "map", "decode-on", "map", "close", "map", "detach"]
+"#;
+
+    fn resolve(text: &str) -> Result<crate::builtin::ScriptScenario, crate::file::FileError> {
+        let mut lib = Library::builtin().unwrap();
+        let f = lib.add_text("t.toml", text)?;
+        let s = f.scenario.clone().unwrap();
+        lib.resolve_script(&s, &f)
+    }
+
+    fn text(r: &StepRecord) -> String {
+        let ev: Vec<String> = r
+            .events
+            .iter()
+            .map(|e| {
+                if e.errno == 0 {
+                    e.name.to_owned()
+                } else {
+                    format!("{}:{}", e.name, e.errno)
+                }
+            })
+            .collect();
+        format!("{:?} {:?} {}", r.result, r.blocked, ev.join("+"))
+    }
+
+    #[test]
+    fn an_odp_script_records_each_steps_result_and_events_under_the_merged_protocol() {
+        let s = resolve(ODP).unwrap();
+        assert_eq!(s.exporter, "v6-final");
+        let run = run_script(&s.protocol, &s.importer, &s.steps).unwrap();
+        assert_eq!(run.mode, KmodMode::Odp);
+        let got: Vec<String> = run.steps.iter().map(text).collect();
+        let enodev = errno::ENODEV;
+        assert_eq!(
+            got,
+            [
+                "Ok(0) None attach".to_owned(),
+                "Ok(0) None map".into(),
+                "Ok(0) Some(false) inv+unmap-cb+inv".into(),
+                "Ok(0) None map".into(),
+                "Ok(0) Some(false) inv+unmap-cb".into(),
+                format!("Err({enodev}) None map:{enodev}"),
+                "Ok(0) Some(false) inv".into(),
+                "Ok(0) None map".into(),
+                "Ok(0) Some(false) inv+unmap-cb".into(),
+                format!("Err({enodev}) None map:{enodev}"),
+                "Ok(0) None detach".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn state_errors_are_the_modules() {
+        let text_ = ODP.replace(
+            r#"script = ["attach", "map", "device-reset", "map", "decode-off", "map", "decode-on", "map", "close", "map", "detach"]"#,
+            r#"script = ["map", "attach", "attach", "unmap", "map", "map", "unmap", "unpin", "pin", "pin", "unpin", "release", "detach"]"#,
+        );
+        let s = resolve(&text_).unwrap();
+        let run = run_script(&s.protocol, &s.importer, &s.steps).unwrap();
+        let r: Vec<Result<i64, i32>> = run.steps.iter().map(|x| x.result).collect();
+        assert_eq!(
+            r,
+            [
+                Err(ENOTCONN),
+                Ok(0),
+                Err(errno::EBUSY),
+                Err(errno::EINVAL),
+                Ok(0),
+                Ok(0),
+                Ok(0),
+                Err(errno::EINVAL),
+                Ok(0),
+                Err(errno::EBUSY),
+                Ok(0),
+                Ok(0),
+                Err(ENOTCONN),
+            ]
+        );
+        assert_eq!(run.steps[5].events[0].name, "map-kept");
+        assert_eq!(run.steps[11].events.last().unwrap().name, "detach");
+    }
+
+    #[test]
+    fn each_field_combination_selects_one_mode_and_others_are_refused() {
+        let mode = |fields: &str| {
+            let t = format!("[[importer]]\nname = \"k\"\nbase = \"kmod\"\n{fields}\n");
+            crate::file::parse("i.toml", &t).map(|f| KmodMode::of(&f.importers[0].spec).unwrap())
+        };
+        let cases = [
+            (
+                "invalidate = \"none\"\nunmap = \"on-free\"",
+                KmodMode::Static,
+            ),
+            ("", KmodMode::Odp),
+            (
+                "invalidate = \"evict(bookkeep)\"\nunmap = \"worker-after-fences\"",
+                KmodMode::Gpu,
+            ),
+            (
+                "invalidate = \"none\"\nunmap = \"on-free\"\npin = true",
+                KmodMode::Pinned,
+            ),
+            (
+                "invalidate = \"ignore\"\nunmap = \"on-free\"",
+                KmodMode::Lying,
+            ),
+            (
+                "invalidate = \"evict(bookkeep)\"\nunmap = \"on-free\"",
+                KmodMode::Lazy,
+            ),
+            ("remap = \"cache-enodev\"", KmodMode::CacheLazy),
+            (
+                "remap = \"cache-enodev-revalidate\"",
+                KmodMode::CacheRevalidate,
+            ),
+        ];
+        for (i, (f, m)) in cases.iter().enumerate() {
+            assert_eq!(mode(f).unwrap(), *m, "{f}");
+            assert_eq!(m.number(), i as u32, "the module's enum order");
+        }
+        let e = mode("invalidate = \"ignore\"\nunmap = \"in-callback\"").unwrap_err();
+        assert!(e.message.contains("a kmod importer is one of"), "{e}");
+        assert_eq!((e.line, e.col), (4, 14), "{e}");
+        let e = mode("remap = \"revalidate\"").unwrap_err();
+        assert!(e.message.contains("a kmod importer is one of"), "{e}");
+    }
+
+    #[test]
+    fn scripts_and_worlds_do_not_mix() {
+        // An unknown step points at it.
+        let e = resolve(&ODP.replace("\"detach\"]", "\"detach\", \"flr\"]")).unwrap_err();
+        assert!(e.message.contains("unknown script step 'flr'"), "{e}");
+        assert_eq!(e.line, 11, "{e}");
+        // A trigger beside a script.
+        let e = resolve(&ODP.replace("exporter = ", "trigger = \"flr\"\nexporter = ")).unwrap_err();
+        assert!(e.message.contains("has no trigger"), "{e}");
+        let e = resolve(&ODP.replace("script = [\"attach\"", "script = [] #")).unwrap_err();
+        assert!(e.message.contains("1 to 256 steps"), "{e}");
+        // A script scenario is not a world, and a world has no kmod importer.
+        let mut lib = Library::builtin().unwrap();
+        let f = lib.add_text("t.toml", ODP).unwrap();
+        let e = lib.resolve(f.scenario.as_ref().unwrap(), &f).unwrap_err();
+        assert!(e.message.contains("is a script"), "{e}");
+        let world = ODP.replace("script = [", "jobs = 1 # [");
+        let mut lib = Library::builtin().unwrap();
+        let f = lib.add_text("w.toml", &world).unwrap();
+        let e = lib.resolve(f.scenario.as_ref().unwrap(), &f).unwrap_err();
+        assert!(e.message.contains("runs only in a script scenario"), "{e}");
+        let imp = ODP.split("[scenario]").next().unwrap();
+        let mut lib = Library::builtin().unwrap();
+        let f = lib.add_text("i.toml", imp).unwrap();
+        let e = lib.questions(&f).unwrap_err();
+        assert!(e.message.contains("not in matrix cells"), "{e}");
+        // A script needs a kmod importer and a vfio-bar exporter.
+        let e = resolve(
+            "[scenario]\nname = \"s\"\nexporter = \"v6-final\"\nimporters = [\"gpu\"]\nscript = [\"attach\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("a script needs a kmod importer"), "{e}");
+        let e = resolve(&ODP.replace("\"v6-final\"", "\"system-heap\"")).unwrap_err();
+        assert!(e.message.contains("needs a vfio-bar exporter"), "{e}");
+    }
+
+    #[test]
+    fn a_lying_importer_blocks_the_merged_revoke_until_the_watchdog_unmaps() {
+        let t = ODP
+            .replace(
+                "invalidate = \"stop-and-unmap\"\nunmap = \"in-callback\"",
+                "invalidate = \"ignore\"\nunmap = \"on-free\"",
+            )
+            .replace(
+                r#"script = ["attach", "map", "device-reset", "map", "decode-off", "map", "decode-on", "map", "close", "map", "detach"]"#,
+                r#"script = ["attach", "map", "decode-off", "decode-on"]"#,
+            );
+        let s = resolve(&t).unwrap();
+        let run = run_script(&s.protocol, &s.importer, &s.steps).unwrap();
+        assert_eq!(run.mode, KmodMode::Lying);
+        assert_eq!(text(&run.steps[2]), "Ok(0) Some(true) inv+unmap");
+        assert_eq!(text(&run.steps[3]), "Ok(0) Some(false) inv");
+    }
+}
