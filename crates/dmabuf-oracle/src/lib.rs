@@ -8,7 +8,7 @@
 //! | [`serial`] | the probe's console protocol and its strict parser |
 //! | [`qemu`] | one boot with a hard time limit |
 //! | [`model`] | our back end (core ABI) |
-//! | [`kmod`] | our back end of the test importer module's part: a twin of the module on the core, against our VFIO exporter |
+//! | [`kmod`] | our back end of the test importer module's part: the script scenarios of `protocols/kmod/` run by `dmabuf_scenario::script` against the merged VFIO sequence; the five-observation agreement table |
 //! | [`exporters`] | the only module using `dmabuf-drivers`: system heap, VFIO |
 //! | [`report`] | normalisation, agreement table, JSON |
 #![warn(missing_docs)]

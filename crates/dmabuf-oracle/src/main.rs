@@ -204,10 +204,25 @@ fn main() -> ExitCode {
         }
     }
     let rep = Report::build(&runs, &ours);
+    // The kmod part's observations per mode, the kernel's beside ours.
+    let kmod_pair = runs
+        .iter()
+        .find(|r| r.part == Part::Kmod)
+        .zip(ours.get(&Part::Kmod));
     if o.json {
-        println!("{}", rep.json());
+        let mut j = rep.json();
+        if let (Some((k, m)), Some(obj)) = (kmod_pair, j.as_object_mut()) {
+            obj.insert(
+                "kmod-observations".into(),
+                kmod::agreement_json(&k.results, m),
+            );
+        }
+        println!("{j}");
     } else {
         print!("{}", rep.table());
+        if let Some((k, m)) = kmod_pair {
+            print!("{}", kmod::agreement_table(&k.results, m));
+        }
     }
     let (n, m) = rep.totals();
     if let Some(min) = o.min_agreed

@@ -10,11 +10,17 @@
 //! | `matrix.<exporter>.<importer>` | one matrix cell: the exporter with one importer; FLR with DMA in flight, un-revoke, re-map with DMA in flight, revoke again, close while revoked ([`Trigger::FlrCycle`]) |
 //! | either, ending in `.jobs<N>` | the same with `N` DMA jobs per importer (a shrunk counterexample) |
 //!
+//! A script scenario (`script = [...]`) is not a world: [`Library::resolve`]
+//! refuses it, and [`Library::resolve_script`] resolves it for
+//! [`crate::script::run_script`].
+//!
 //! A name defined twice (a user file that redefines a built-in, or two user
 //! files) is an error naming both files: a question must have one meaning.
 
 use crate::file::{self, Expect, ExporterDef, FileError, ImporterDef, ProtocolFile, ScenarioDef};
-use crate::world::{ExporterKind, ImporterSpec, Trigger, WorldSpec};
+use crate::script::ScriptStep;
+use crate::world::{ExporterKind, ImporterBase, ImporterSpec, Trigger, WorldSpec};
+use dmabuf_core::revoke::Protocol;
 use dmabuf_core::sync::Arc;
 use std::path::Path;
 
@@ -219,6 +225,25 @@ pub fn spec_hash(spec: &WorldSpec) -> u64 {
     file::fnv1a(text.as_bytes())
 }
 
+/// A resolved script scenario (see [`crate::script`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptScenario {
+    /// Name.
+    pub name: String,
+    /// What it exercises.
+    pub description: String,
+    /// The exporter's name.
+    pub exporter: String,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// The one importer (base `kmod`).
+    pub importer: ImporterSpec,
+    /// The steps.
+    pub steps: Vec<ScriptStep>,
+    /// The file it came from.
+    pub origin: String,
+}
+
 /// Exporters, importers and scenarios by name.
 #[derive(Clone, Debug, Default)]
 pub struct Library {
@@ -401,9 +426,12 @@ impl Library {
         }
     }
 
-    /// Resolves a scenario's references. `own` is the file that defined it
-    /// (its own `[exporter]` and `[[importer]]`s come first).
-    pub fn resolve(&self, s: &ScenarioDef, own: &ProtocolFile) -> Result<Scenario, FileError> {
+    /// The exporter and importer instances a scenario names.
+    fn references(
+        &self,
+        s: &ScenarioDef,
+        own: &ProtocolFile,
+    ) -> Result<(ExporterDef, Vec<ImporterSpec>), FileError> {
         let exporter = match (&s.exporter, &own.exporter) {
             (Some((name, at)), _) => self.exporter(name).cloned().ok_or_else(|| {
                 resolve_err(
@@ -443,6 +471,78 @@ impl Library {
                 message: format!(
                     "scenario '{}' has no importer: add importers = [\"NAME\"] or an [[importer]] section",
                     s.name
+                ),
+            });
+        }
+        Ok((exporter, importers))
+    }
+
+    /// Resolves a script scenario (a `[scenario]` with `script`): a
+    /// vfio-bar exporter and exactly one importer instance of base `kmod`.
+    pub fn resolve_script(
+        &self,
+        s: &ScenarioDef,
+        own: &ProtocolFile,
+    ) -> Result<ScriptScenario, FileError> {
+        let fail = |message: String| FileError {
+            path: s.path.clone(),
+            line: 0,
+            col: 0,
+            message,
+        };
+        let Some(steps) = &s.script else {
+            return Err(fail(format!("scenario '{}' has no script", s.name)));
+        };
+        let (exporter, importers) = self.references(s, own)?;
+        if exporter.kind != ExporterKind::Vfio {
+            return Err(fail(format!(
+                "a script needs a vfio-bar exporter; '{}' is {}",
+                exporter.name,
+                file::exporter_kind_name(exporter.kind)
+            )));
+        }
+        let [importer] = importers.as_slice() else {
+            return Err(fail(format!(
+                "a script has exactly one importer instance; scenario '{}' has {}",
+                s.name,
+                importers.len()
+            )));
+        };
+        crate::script::KmodMode::of(importer).map_err(&fail)?;
+        Ok(ScriptScenario {
+            name: s.name.clone(),
+            description: s.description.clone(),
+            exporter: exporter.name.clone(),
+            protocol: exporter.protocol.clone(),
+            importer: importer.clone(),
+            steps: steps.iter().map(|(x, _)| *x).collect(),
+            origin: s.path.clone(),
+        })
+    }
+
+    /// Resolves a scenario's references. `own` is the file that defined it
+    /// (its own `[exporter]` and `[[importer]]`s come first).
+    pub fn resolve(&self, s: &ScenarioDef, own: &ProtocolFile) -> Result<Scenario, FileError> {
+        if s.script.is_some() {
+            return Err(FileError {
+                path: s.path.clone(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "scenario '{}' is a script: it runs step by step in the real-kernel oracle's kmod part (dmabuf-oracle --part kmod), not as a world of the checker",
+                    s.name
+                ),
+            });
+        }
+        let (exporter, importers) = self.references(s, own)?;
+        if let Some(k) = importers.iter().find(|i| i.base == ImporterBase::Kmod) {
+            return Err(FileError {
+                path: s.path.clone(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "importer '{}' has base kmod: a kmod importer runs only in a script scenario",
+                    k.name
                 ),
             });
         }
@@ -513,6 +613,21 @@ impl Library {
         if let Some(s) = &f.scenario {
             return Ok(vec![self.resolve(s, f)?]);
         }
+        if let Some(k) = f
+            .importers
+            .iter()
+            .find(|i| i.spec.base == ImporterBase::Kmod)
+        {
+            return Err(FileError {
+                path: f.path.clone(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "importer '{}' has base kmod: a kmod importer runs only in a script scenario, not in matrix cells",
+                    k.spec.name
+                ),
+            });
+        }
         let mut out = Vec::new();
         if let Some(e) = &f.exporter {
             let imps: Vec<&ImporterDef> = if f.importers.is_empty() {
@@ -561,10 +676,11 @@ impl Library {
             .collect())
     }
 
-    /// Every named scenario, resolved.
+    /// Every named scenario (a world; script scenarios are not), resolved.
     pub fn named(&self) -> Result<Vec<Scenario>, FileError> {
         self.scenarios
             .iter()
+            .filter(|(s, ..)| s.script.is_none())
             .map(|(s, _, f)| self.resolve(s, f))
             .collect()
     }
@@ -638,7 +754,9 @@ mod tests {
         // protocols/fixes/ holds replays of kernel fixes, checked one file
         // at a time (`dmabuf check protocols/fixes/X.toml`), not part of the
         // library.
-        on_disk.retain(|p| !p.starts_with(root.join("fixes")));
+        // protocols/kmod/ holds the real-kernel oracle's script scenarios
+        // (run by `dmabuf-oracle --part kmod`), not matrix rows or columns.
+        on_disk.retain(|p| !p.starts_with(root.join("fixes")) && !p.starts_with(root.join("kmod")));
         assert_eq!(
             on_disk.len(),
             BUILTIN.len(),

@@ -24,6 +24,7 @@
 //! structural mistakes in a sequence (an unlock without a lock), missing
 //! sections and absurd numbers. Nothing here panics on any input.
 
+use crate::script::{self, ScriptStep};
 use crate::world::{ExporterKind, ImporterBase, ImporterSpec, OnInvalidate, Trigger, UnmapWhen};
 use dmabuf_core::dma_resv::Usage;
 use dmabuf_core::revoke::{Gate, Protocol, Sequence, Step, Timeout};
@@ -40,6 +41,8 @@ pub const MAX_JOBS: i64 = 64;
 pub const MAX_COUNT: i64 = 8;
 /// The most members of one `[[mix]]`.
 pub const MAX_MIX: i64 = 4;
+/// The most steps of a script.
+pub const MAX_SCRIPT: usize = 256;
 /// The largest file accepted.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
 
@@ -209,6 +212,10 @@ pub struct ScenarioDef {
     /// line (`pct` or `random`): a race whose window PCT
     /// rarely preempts in is found by `random` in a few schedules.
     pub strategy: Option<String>,
+    /// A script scenario's steps, each with where it was written: run one
+    /// at a time by [`crate::script::run_script`], not a world for the
+    /// checker (`None` for a world).
+    pub script: Option<Vec<(ScriptStep, String)>>,
     /// The file.
     pub path: String,
 }
@@ -301,6 +308,7 @@ struct ScenarioDoc {
     remap_during_unrevoke: Option<bool>,
     properties: Option<Vec<S>>,
     strategy: Option<S>,
+    script: Option<Spanned<Vec<S>>>,
 }
 
 #[derive(Deserialize)]
@@ -568,7 +576,7 @@ fn importer(c: &Ctx<'_>, d: &Spanned<ImporterDoc>) -> Result<ImporterDef, FileEr
             c.err(
                 i.base.span(),
                 format!(
-                    "unknown importer base '{}' (expected static, gpu, rdma or iommufd)",
+                    "unknown importer base '{}' (expected static, gpu, rdma, iommufd or kmod)",
                     i.base.get_ref()
                 ),
             )
@@ -712,6 +720,37 @@ fn scenario(c: &Ctx<'_>, d: &Spanned<ScenarioDoc>) -> Result<ScenarioDef, FileEr
                 )
             })?,
     };
+    let script = match &s.script {
+        None => None,
+        Some(list) => {
+            if let Some(t) = &s.trigger {
+                return Err(c.err(
+                    t.span(),
+                    "a scenario with a script has no trigger: its exporter steps (device-reset, decode-off, decode-on, close) are the triggers",
+                ));
+            }
+            let steps = list.get_ref();
+            if steps.is_empty() || steps.len() > MAX_SCRIPT {
+                return Err(c.err(list.span(), format!("a script has 1 to {MAX_SCRIPT} steps")));
+            }
+            let mut out = Vec::with_capacity(steps.len());
+            for x in steps {
+                let step = ScriptStep::parse(x.get_ref()).ok_or_else(|| {
+                    let names: Vec<&str> = script::STEPS.iter().map(|(n, _)| *n).collect();
+                    c.err(
+                        x.span(),
+                        format!(
+                            "unknown script step '{}' (expected one of: {})",
+                            x.get_ref(),
+                            names.join(", ")
+                        ),
+                    )
+                })?;
+                out.push((step, c.at(x)));
+            }
+            Some(out)
+        }
+    };
     let jobs = match &s.jobs {
         None => 2,
         Some(j) if (1..=MAX_JOBS).contains(j.get_ref()) => *j.get_ref() as usize,
@@ -750,6 +789,7 @@ fn scenario(c: &Ctx<'_>, d: &Spanned<ScenarioDoc>) -> Result<ScenarioDef, FileEr
                 ));
             }
         },
+        script,
         path: c.path.to_owned(),
     })
 }

@@ -337,6 +337,12 @@ pub fn make_importer(
                 Arc::new(RdmaImporter::new(host, name, flavour, &nic, true))
             }
         }
+        ImporterBase::Kmod => {
+            return Err(ImportError::Invalid {
+                stage: Stage::Attach,
+                what: format!("{name}: a kmod importer runs only in a script scenario"),
+            });
+        }
         ImporterBase::Iommufd => Arc::new(IommufdImporter::with_release_order(
             host,
             name,

@@ -70,15 +70,20 @@ pub enum ImporterBase {
     Rdma,
     /// iommufd `IOMMU_IOAS_MAP_FILE`.
     Iommufd,
+    /// The test importer module of the real-kernel oracle
+    /// (`crates/dmabuf-oracle/kmod/`): runs only in a script scenario
+    /// ([`crate::script`]), where its fields select the module's mode.
+    Kmod,
 }
 
 impl ImporterBase {
     /// Every base.
-    pub const ALL: [ImporterBase; 4] = [
+    pub const ALL: [ImporterBase; 5] = [
         ImporterBase::Static,
         ImporterBase::Gpu,
         ImporterBase::Rdma,
         ImporterBase::Iommufd,
+        ImporterBase::Kmod,
     ];
 
     /// File name.
@@ -88,6 +93,7 @@ impl ImporterBase {
             ImporterBase::Gpu => "gpu",
             ImporterBase::Rdma => "rdma",
             ImporterBase::Iommufd => "iommufd",
+            ImporterBase::Kmod => "kmod",
         }
     }
 }
@@ -167,6 +173,7 @@ impl ImporterSpec {
             ),
             ImporterBase::Rdma => (OnInvalidate::StopAndUnmap, UnmapWhen::InCallback, false),
             ImporterBase::Iommufd => (OnInvalidate::StopAndUnmap, UnmapWhen::InCallback, true),
+            ImporterBase::Kmod => (OnInvalidate::StopAndUnmap, UnmapWhen::InCallback, false),
         };
         Self {
             name: name.to_owned(),
@@ -240,6 +247,9 @@ impl ImporterSpec {
                     return Err(("pin", "the gpu model does not pin".into()));
                 }
             }
+            ImporterBase::Kmod => {
+                crate::script::KmodMode::of(self).map_err(|m| ("invalidate", m))?;
+            }
             ImporterBase::Rdma => {
                 if self.mr_flavour().is_none() {
                     return Err((
@@ -262,9 +272,11 @@ impl ImporterSpec {
             ));
         }
         if self.base != ImporterBase::Gpu {
+            // The test module caches errors and re-validates as a GPU does.
+            let remap_ok = self.base == ImporterBase::Kmod;
             for (set, field) in [
                 (self.writes_after_fences, "writes_after_fences"),
-                (self.remap != Remap::Lazy, "remap"),
+                (self.remap != Remap::Lazy && !remap_ok, "remap"),
                 (self.read_ahead, "read_ahead"),
             ] {
                 if set {
