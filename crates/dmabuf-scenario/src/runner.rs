@@ -101,7 +101,7 @@ use dmabuf_core::errno::Errno;
 use dmabuf_core::sync::sched;
 use dmabuf_core::sync::thread::{self, JoinHandle};
 use dmabuf_core::sync::time::now_ns;
-use dmabuf_core::sync::{Arc, Condvar, Mutex};
+use dmabuf_core::sync::{Arc, Monotone, Mutex};
 use dmabuf_core::uapi::Process;
 use dmabuf_core::{Fence, FenceContext, SignalHandle};
 use dmabuf_drivers::gpu_vram::GpuVram;
@@ -213,36 +213,28 @@ struct Phase {
     trigger_done: bool,
 }
 
+/// The harness's coordination state. Every field only grows (flags are
+/// set, counts go up), so every predicate waited on is monotone: a
+/// [`Monotone`] cell, on which waiters never race with each other or with
+/// the update they wait for (a mutex and condvar made every re-check of
+/// every waiter an acquisition the exploration had to permute).
 struct Coord {
-    st: Mutex<Phase>,
-    cv: Condvar,
+    st: Monotone<Phase>,
 }
 
 impl Coord {
     fn update(&self, f: impl FnOnce(&mut Phase)) {
-        f(&mut self.st.lock());
-        self.cv.notify_all();
+        self.st.update(f);
     }
 
     /// Waits until `pred` holds (true) or `timeout` passes (false).
     fn wait(&self, pred: impl Fn(&Phase) -> bool, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| now_ns().saturating_add(t.as_nanos() as u64));
-        let mut g = self.st.lock();
-        loop {
-            if pred(&g) {
-                return true;
-            }
-            match deadline {
-                None => g = self.cv.wait(g),
-                Some(d) => {
-                    let now = now_ns();
-                    if now >= d {
-                        return false;
-                    }
-                    g = self.cv.wait_timeout(g, Duration::from_nanos(d - now)).0;
-                }
-            }
-        }
+        self.st.wait_until(pred, timeout)
+    }
+
+    /// Reads the state (races with updates).
+    fn read<R>(&self, f: impl FnOnce(&Phase) -> R) -> R {
+        self.st.read(f)
     }
 }
 
@@ -392,8 +384,7 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
         return probe.snapshot();
     };
     let coord = Arc::new(Coord {
-        st: Mutex::new(Phase::default()),
-        cv: Condvar::new(),
+        st: Monotone::new(Phase::default()),
     });
     let gate_ctx = FenceContext::named("world", "gate");
     let (gate, gate_h) = gate_ctx.create();
@@ -619,7 +610,7 @@ fn cpu_touches(v: &VfioPciDevice, coord: &Coord, probe: &WorldProbe) {
         }
     };
     for i in 0..CPU_TOUCHES {
-        if coord.st.lock().trigger_done {
+        if coord.read(|p| p.trigger_done) {
             break;
         }
         let r = syscall(|| m.write(0, &[i as u8; 8]));
@@ -812,7 +803,7 @@ fn spawn_importer(
             } else {
                 coord.wait(|p| p.unrevoked, Some(POST_WAIT))
             };
-        if ready && !coord.st.lock().trigger_done {
+        if ready && !coord.read(|p| p.trigger_done) {
             let mut remap = syscall(|| imp.remap());
             if remap_race {
                 // The racing attempt may legitimately fail (the buffer is
@@ -864,7 +855,7 @@ fn spawn_importer(
             );
             // The coordination lock is a shim lock (a scheduling point):
             // read it before taking the probe's plain lock, never under it.
-            let expected = imp.restores() && !coord.st.lock().permanent;
+            let expected = imp.restores() && !coord.read(|p| p.permanent);
             probe.with(|o| {
                 o.restores.push(Restore {
                     importer: name.clone(),
@@ -1121,7 +1112,7 @@ fn vfio_trigger(
                 report(probe, v.set_memory_decode(true));
             }
             coord.update(|p| p.unrevoked = true);
-            let accepted = coord.st.lock().accepted;
+            let accepted = coord.read(|p| p.accepted);
             coord.wait(|p| p.remapped >= accepted, Some(REMAP_WAIT));
             if stall_second {
                 sched::stall_group("userspace");

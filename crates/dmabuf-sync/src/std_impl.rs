@@ -653,3 +653,128 @@ impl<T: Clone> SetOnce<T> {
         }
     }
 }
+
+/// A value that only grows, which tasks wait on with predicates: the
+/// coordination state of a test harness (phases reached, counts of things
+/// done).
+///
+/// # Contract
+///
+/// | operation | scheduling point | access of the object |
+/// |---|---|---|
+/// | [`update`](Self::update) | yes | a write; wakes every waiter |
+/// | [`wait_until`](Self::wait_until), predicate true | no | a wake-up: ordered after the last update, never racing with it |
+/// | [`wait_until`](Self::wait_until), predicate false | blocks | none until an update wakes it |
+///
+/// The caller promises *monotonicity*: every predicate passed to
+/// `wait_until`, once true, stays true under every later `update` (fields
+/// are only set, counters only grow). Then a waiter that finds its
+/// predicate true ends in the same state as one that blocked and was woken
+/// by the update that made it true, so, as with [`SetOnce::wait`], a wait
+/// never races with the update it waits for, and waiters never race with
+/// each other: a mutex and condvar would make every re-check an
+/// acquisition racing with every other one, which the exploration would
+/// have to permute. Updates race with each other (their order is
+/// explored). A predicate that can turn false again breaks the argument:
+/// the search could then miss the schedules where it is checked late.
+///
+/// Lock rules: the value sits behind a plain `parking_lot` mutex held only
+/// while `f` or a predicate runs, never across a scheduling point.
+#[derive(Default)]
+pub struct Monotone<T> {
+    v: parking_lot::Mutex<T>,
+    cv: parking_lot::Condvar,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Monotone<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Monotone").field(&*self.v.lock()).finish()
+    }
+}
+
+/// Forgotten by the scheduler's object numbering when dropped (see
+/// [`sched::forget`]).
+impl<T> Drop for Monotone<T> {
+    #[inline]
+    fn drop(&mut self) {
+        sched::forget(self as *const Self as usize);
+    }
+}
+
+impl<T> Monotone<T> {
+    /// A cell holding `v`.
+    pub const fn new(v: T) -> Self {
+        Self {
+            v: parking_lot::Mutex::new(v),
+            cv: parking_lot::Condvar::new(),
+        }
+    }
+
+    fn addr(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Applies `f` (which must only grow the value, see the type's
+    /// contract) and wakes every waiter.
+    pub fn update(&self, f: impl FnOnce(&mut T)) {
+        if sched::active() {
+            sched::yield_point_on(self.addr(), sched::Access::Write);
+            f(&mut self.v.lock());
+            sched::unblock_all(self.addr());
+            return;
+        }
+        f(&mut self.v.lock());
+        self.cv.notify_all();
+    }
+
+    /// Reads the value (a scheduling point that races with updates).
+    pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        sched::point_on(self.addr(), sched::Access::Read);
+        f(&self.v.lock())
+    }
+
+    /// Waits until `pred` holds (true) or `timeout` passes (false). A
+    /// timeout on a controlled task is virtual time: it passes only when
+    /// no task can run.
+    pub fn wait_until(&self, pred: impl Fn(&T) -> bool, timeout: Option<Duration>) -> bool {
+        if sched::active() {
+            let deadline = timeout.map(|t| sched::now_ns().saturating_add(duration_ns(t)));
+            loop {
+                if pred(&self.v.lock()) {
+                    sched::access(self.addr(), sched::Access::Wake);
+                    return true;
+                }
+                match deadline {
+                    None => sched::block_on(self.addr(), "monotone"),
+                    Some(d) => {
+                        if sched::block_on_until(self.addr(), "monotone", d) {
+                            let held = pred(&self.v.lock());
+                            if held {
+                                sched::access(self.addr(), sched::Access::Wake);
+                            }
+                            return held;
+                        }
+                    }
+                }
+            }
+        }
+        let mut g = self.v.lock();
+        match timeout {
+            None => {
+                while !pred(&g) {
+                    self.cv.wait(&mut g);
+                }
+                true
+            }
+            Some(t) => {
+                let end = std::time::Instant::now() + t;
+                while !pred(&g) {
+                    if self.cv.wait_until(&mut g, end).timed_out() {
+                        return pred(&g);
+                    }
+                }
+                true
+            }
+        }
+    }
+}
