@@ -79,7 +79,7 @@ use crate::dma_fence::{
     CancelToken, Fence, FenceError, FenceInner, MAX_SCHEDULE_TIMEOUT, context_alloc,
 };
 use crate::dma_fence_array::FenceArray;
-use crate::errno::{self, Errno};
+use crate::errno::{self, AsErrno, Errno};
 use crate::sync::Arc;
 use crate::sync::atomic::{self, AtomicUsize, Ordering};
 use crate::sync::rcu;
@@ -205,8 +205,8 @@ pub enum ResvError {
     Fence(FenceError),
 }
 
-impl Errno for ResvError {
-    fn errno(&self) -> i32 {
+impl AsErrno for ResvError {
+    fn errno(&self) -> Errno {
         match self {
             ResvError::Ww(e) => e.errno(),
             ResvError::NotHeld { .. } => errno::EPERM,

@@ -15,7 +15,7 @@
 //! # Quick start
 //!
 //! Every call returns a `Result` whose error maps to the kernel's errno
-//! ([`Errno`]); none panics on bad input.
+//! ([`Errno`], through [`AsErrno`]); none panics on bad input.
 //!
 //! ## Fences: create, wait, signal
 //!
@@ -155,7 +155,7 @@ pub use dma_fence::{
 pub use dma_fence_array::FenceArray;
 pub use dma_fence_chain::FenceChain;
 pub use dma_resv::{DmaResv, ResvError, ResvGuard, Usage};
-pub use errno::Errno;
+pub use errno::{AsErrno, Errno};
 pub use sync_file::SyncFile;
 pub use ww_mutex::{LockSet, RESERVATION_WW_CLASS, WwAcquireCtx, WwClass, WwError, WwMutex};
 

@@ -54,7 +54,7 @@ use dmabuf_core::dma_buf::{
     self, AttachOps, Attachment, DmaBuf, DmaDirection, InvalidateFn, Mapping,
 };
 use dmabuf_core::dma_resv::ResvGuard;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::revoke::Protocol;
 use dmabuf_core::sync::thread;
 use dmabuf_core::sync::{Arc, Mutex, Weak};
@@ -72,7 +72,7 @@ pub const BLOCK: Duration = Duration::from_secs(2);
 /// How long after that the run gives up.
 pub const HANG: Duration = Duration::from_secs(10);
 /// `ENOTCONN`.
-pub const ENOTCONN: i32 = 107;
+pub const ENOTCONN: Errno = Errno::new(107);
 /// The importing device: the exporter's own PCI device, as in the guest.
 pub const IMPORT_DEV: &str = "edu";
 
@@ -152,8 +152,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct TestImporter(Arc<Inner>);
 
-fn err_of(e: &impl Errno) -> i32 {
-    -e.errno()
+fn err_of(e: &impl AsErrno) -> i32 {
+    e.errno().to_negative()
 }
 
 impl Inner {
@@ -243,7 +243,7 @@ impl Inner {
     fn worker(&self, a: &Attachment) {
         let buf = a.dmabuf().clone();
         let Ok(g) = buf.resv().lock(None) else {
-            self.log("unmap-worker", -errno::EINVAL);
+            self.log("unmap-worker", errno::EINVAL.to_negative());
             return;
         };
         let mut st = self.st.lock();
@@ -266,7 +266,7 @@ impl TestImporter {
     }
 
     /// `DTI_ATTACH`; `None` is a NULL argument.
-    pub fn attach(&self, proc: &Process, args: Option<&AttachArgs>) -> Result<i64, i32> {
+    pub fn attach(&self, proc: &Process, args: Option<&AttachArgs>) -> Result<i64, Errno> {
         let a = args.ok_or(errno::EFAULT)?;
         let mode = Mode::from_number(a.mode).ok_or(errno::EINVAL)?;
         if self.0.st.lock().attach.is_some() {
@@ -324,7 +324,7 @@ impl TestImporter {
         }
     }
 
-    fn handles(&self) -> Result<(Mode, DmaBuf, Attachment), i32> {
+    fn handles(&self) -> Result<(Mode, DmaBuf, Attachment), Errno> {
         let st = self.0.st.lock();
         match (st.mode, &st.buf, &st.attach) {
             (Some(m), Some(b), Some(a)) => Ok((m, b.clone(), a.clone())),
@@ -337,7 +337,7 @@ impl TestImporter {
     fn locked<R>(
         &self,
         f: impl FnOnce(&Inner, &mut State, &Attachment, Option<&ResvGuard<'_>>) -> R,
-    ) -> Result<R, i32> {
+    ) -> Result<R, Errno> {
         let (mode, buf, a) = self.handles()?;
         if mode == Mode::Static {
             let mut st = self.0.st.lock();
@@ -349,7 +349,7 @@ impl TestImporter {
     }
 
     /// `DTI_MAP`.
-    pub fn map(&self) -> Result<i64, i32> {
+    pub fn map(&self) -> Result<i64, Errno> {
         let r = self.locked(|me, st, a, g| {
             st.want = true;
             if st.cached_err != 0 {
@@ -367,11 +367,11 @@ impl TestImporter {
             }
             r
         })?;
-        if r == 0 { Ok(0) } else { Err(-r) }
+        if r == 0 { Ok(0) } else { Err(Errno::new(r)) }
     }
 
     /// `DTI_UNMAP` (the lying and lazy importers' "told to unmap").
-    pub fn unmap(&self) -> Result<i64, i32> {
+    pub fn unmap(&self) -> Result<i64, Errno> {
         let had = self.locked(|me, st, a, g| {
             st.want = false;
             let had = st.sgt.is_some();
@@ -383,32 +383,34 @@ impl TestImporter {
 
     /// `DTI_PIN` (`dma_buf_pin`; VFIO has no pin op, so it is a no-op
     /// answering 0 on both sides; the scenario pins nothing).
-    pub fn pin(&self) -> Result<i64, i32> {
+    pub fn pin(&self) -> Result<i64, Errno> {
         self.pin_or_unpin(true)
     }
 
     /// `DTI_UNPIN`.
-    pub fn unpin(&self) -> Result<i64, i32> {
+    pub fn unpin(&self) -> Result<i64, Errno> {
         self.pin_or_unpin(false)
     }
 
-    fn pin_or_unpin(&self, pin: bool) -> Result<i64, i32> {
+    fn pin_or_unpin(&self, pin: bool) -> Result<i64, Errno> {
         let (mode, _, _) = self.handles()?;
         if mode == Mode::Static {
             return Err(errno::EINVAL);
         }
         let r = self.locked(|me, st, a, g| {
-            let Some(g) = g else { return -errno::EINVAL };
+            let Some(g) = g else {
+                return errno::EINVAL.to_negative();
+            };
             let r = if pin {
                 if st.pinned {
-                    -errno::EBUSY
+                    errno::EBUSY.to_negative()
                 } else {
                     let r = dma_buf::pin(a, g).err().map_or(0, |e| err_of(&e));
                     st.pinned = r == 0;
                     r
                 }
             } else if !st.pinned {
-                -errno::EINVAL
+                errno::EINVAL.to_negative()
             } else {
                 st.pinned = false;
                 dma_buf::unpin(a, g).err().map_or(0, |e| err_of(&e))
@@ -416,13 +418,13 @@ impl TestImporter {
             me.log(if pin { "pin" } else { "unpin" }, r);
             r
         })?;
-        if r == 0 { Ok(0) } else { Err(-r) }
+        if r == 0 { Ok(0) } else { Err(Errno::new(r)) }
     }
 
     /// The commands without an argument by their number (`_IO('D', nr)`):
     /// 2 map, 3 unmap, 4 pin, 5 unpin, 6 detach, 8 clear; anything else ENOTTY, as
     /// the module's switch.
-    pub fn command(&self, nr: u32) -> Result<i64, i32> {
+    pub fn command(&self, nr: u32) -> Result<i64, Errno> {
         match nr {
             2 => self.map(),
             3 => self.unmap(),
@@ -439,7 +441,7 @@ impl TestImporter {
     }
 
     /// `DTI_MARK`.
-    pub fn mark(&self, v: u64) -> Result<i64, i32> {
+    pub fn mark(&self, v: u64) -> Result<i64, Errno> {
         if v > 255 {
             return Err(errno::EINVAL);
         }
@@ -447,7 +449,7 @@ impl TestImporter {
     }
 
     /// `DTI_DETACH` (also what closing the file does).
-    pub fn detach(&self) -> Result<i64, i32> {
+    pub fn detach(&self) -> Result<i64, Errno> {
         self.locked(|me, st, a, g| {
             me.do_unmap(st, a, g, "unmap");
             if let (true, Some(g)) = (st.pinned, g) {
@@ -495,7 +497,7 @@ impl TestImporter {
 /// to be told to unmap before it returned.
 pub struct OpResult {
     /// The operation's result (the errno on failure).
-    pub result: Result<(), i32>,
+    pub result: Result<(), Errno>,
     /// The operation had not returned after [`BLOCK`].
     pub blocked: bool,
 }
@@ -504,9 +506,9 @@ pub struct OpResult {
 pub fn exporter_op(
     imp: &TestImporter,
     what: &str,
-    op: impl FnOnce() -> Result<(), i32> + Send + 'static,
+    op: impl FnOnce() -> Result<(), Errno> + Send + 'static,
 ) -> Result<OpResult, String> {
-    let slot: Arc<Mutex<Option<Result<(), i32>>>> = Arc::new(Mutex::new(None));
+    let slot: Arc<Mutex<Option<Result<(), Errno>>>> = Arc::new(Mutex::new(None));
     let s2 = slot.clone();
     let _h = thread::spawn(move || {
         let r = op();
@@ -536,10 +538,10 @@ pub fn exporter_op(
 struct Out(BTreeMap<String, Outcome>);
 
 impl Out {
-    fn res(&mut self, id: &str, r: Result<i64, i32>, extra: &str) {
+    fn res(&mut self, id: &str, r: Result<i64, Errno>, extra: &str) {
         let o = match r {
             Ok(v) => Outcome::new(v, "0", extra),
-            Err(e) => Outcome::new(-1, &errno_name(e), extra),
+            Err(e) => Outcome::new(-1, &errno_name(e.get()), extra),
         };
         self.0.insert(id.to_owned(), o);
     }
@@ -555,7 +557,7 @@ fn export(vf: &Vfio, p: &Process) -> Result<i32, String> {
         p,
         &feat(GET_DMA_BUF, 0, O_RDWR_CLOEXEC, 0, 1, &[(0, PAGE)], 0),
     )
-    .map_err(|e| format!("exporting BAR0: {}", errno_name(e)))
+    .map_err(|e| format!("exporting BAR0: {}", errno_name(e.get())))
 }
 
 fn args(fd: i32, mode: u32, dev: &str) -> AttachArgs {
@@ -581,7 +583,7 @@ fn bad_input(o: &mut Out, protocol: &Protocol) -> Result<(), String> {
         dmabuf_core::uapi::DMA_BUF_IOCTL_EXPORT_SYNC_FILE,
         &mut sfa,
     )
-    .map_err(|e| format!("export sync_file: {}", errno_name(e.errno())))?;
+    .map_err(|e| format!("export sync_file: {}", errno_name(e.errno().get())))?;
     let sf = i32::from_le_bytes([sfa[4], sfa[5], sfa[6], sfa[7]]);
     let s = TestImporter::open(DEVICES);
     o.res(
@@ -652,10 +654,10 @@ fn scenario(o: &mut Out, m: u32, mode: &str, protocol: &Protocol) -> Result<(), 
     let id = |step: &str| format!("kmod.{mode}.{step}");
     let r = s.attach(p, Some(&args(b, m, IMPORT_DEV)));
     o.res(&id("attach"), r, &s.take_events());
-    let call = |o: &mut Out, step: &str, r: Result<i64, i32>| {
+    let call = |o: &mut Out, step: &str, r: Result<i64, Errno>| {
         o.res(&id(step), r, &s.take_events());
     };
-    let op = |o: &mut Out, step: &str, f: Box<dyn FnOnce() -> Result<(), i32> + Send>| {
+    let op = |o: &mut Out, step: &str, f: Box<dyn FnOnce() -> Result<(), Errno> + Send>| {
         let r = exporter_op(&s, &format!("{mode} {step}"), f)?;
         let x = format!("blocked={},ev={}", u8::from(r.blocked), s.take_events());
         o.res(&id(step), r.result.map(|_| 0), &x);

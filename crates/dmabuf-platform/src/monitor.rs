@@ -75,7 +75,7 @@ use crate::iommu::{DomainId, IommuFaultCause};
 use crate::memory::{PAGE_SIZE, PhysMemory};
 use crate::pci::DeviceId;
 use crate::trace;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use dmabuf_core::sync::{Arc, Mutex};
 use dmabuf_core::trace_event;
@@ -431,8 +431,8 @@ pub enum MonitorError {
     AlreadyUnmapped(u64),
 }
 
-impl Errno for MonitorError {
-    fn errno(&self) -> i32 {
+impl AsErrno for MonitorError {
+    fn errno(&self) -> Errno {
         match self {
             MonitorError::UnknownExporter(_) => errno::ENOENT,
             MonitorError::TooManyExporters { .. } => errno::ENOMEM,

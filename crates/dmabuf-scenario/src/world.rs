@@ -384,8 +384,8 @@ pub struct Refusal {
     pub importer: String,
     /// `attach`, `pin`, `map` or `register`.
     pub stage: &'static str,
-    /// Positive errno.
-    pub errno: i32,
+    /// The errno it was refused with.
+    pub errno: dmabuf_core::errno::Errno,
 }
 
 /// What one importer instance did after a cycle's un-revoke.

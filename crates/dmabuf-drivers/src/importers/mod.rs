@@ -40,7 +40,7 @@ use crate::vfio::VfioError;
 use dmabuf_core::Fence;
 use dmabuf_core::dma_buf::{self, Attachment, DmaBufError, DmaDirection, Mapping};
 use dmabuf_core::dma_resv::ResvGuard;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::Arc;
 use dmabuf_core::uapi::{Process, SysError};
 use dmabuf_platform::{
@@ -120,12 +120,12 @@ pub enum ImportError {
         source: SysError,
     },
     /// The importer's device or hardware refused.
-    #[error("{stage}: {what} ({})", errno::name(*errno))]
+    #[error("{stage}: {what} ({errno})")]
     Device {
         /// Where.
         stage: Stage,
-        /// Positive errno.
-        errno: i32,
+        /// The errno.
+        errno: Errno,
         /// What failed.
         what: String,
     },
@@ -142,8 +142,8 @@ pub enum ImportError {
     },
 }
 
-impl Errno for ImportError {
-    fn errno(&self) -> i32 {
+impl AsErrno for ImportError {
+    fn errno(&self) -> Errno {
         match self {
             ImportError::DmaBuf { source, .. } => source.errno(),
             ImportError::Vfio { source, .. } => source.errno(),
@@ -302,7 +302,7 @@ impl Job {
     }
 
     /// Waits for the job; the bytes it read, or the errno it failed with.
-    pub fn wait(&self) -> Result<Vec<u8>, i32> {
+    pub fn wait(&self) -> Result<Vec<u8>, Errno> {
         let o = self.0.wait()?;
         if let Err(e) = &o.status {
             return Err(e.errno());
