@@ -869,7 +869,7 @@ fn run(
                 "addr": h.addr, "speculative": h.speculative, "seq": h.seq, "detail": h.detail,
                 "text": h.to_string(),
             })).collect::<Vec<_>>(),
-            "refusals": obs.refusals.iter().map(|r| json!({"importer": r.importer, "stage": r.stage, "errno": r.errno.name()})).collect::<Vec<_>>(),
+            "refusals": obs.refusals.iter().map(|r| json!({"importer": r.importer, "stage": r.stage.name(), "errno": r.errno.name()})).collect::<Vec<_>>(),
             "warnings": obs.warnings,
             "counters": obs.counters.iter().map(|(k, v)| (kebab(k), json!(v))).collect::<serde_json::Map<String, Value>>(),
             "verdicts": verdicts.iter().map(|(p, v)| (p.name().to_owned(), verdict_json(v.as_ref()))).collect::<serde_json::Map<String, Value>>(),

@@ -733,7 +733,7 @@ fn spawn_importer(
                 probe.with(|o| {
                     o.refusals.push(Refusal {
                         importer: name.clone(),
-                        stage: e.stage().name(),
+                        stage: e.stage(),
                         errno: e.errno(),
                     })
                 });

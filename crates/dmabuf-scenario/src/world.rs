@@ -382,8 +382,8 @@ pub enum StallMode {
 pub struct Refusal {
     /// Importer instance name.
     pub importer: String,
-    /// `attach`, `pin`, `map` or `register`.
-    pub stage: &'static str,
+    /// Where it was refused: `attach`, `pin`, `map` or `register`.
+    pub stage: dmabuf_drivers::importers::Stage,
     /// The errno it was refused with.
     pub errno: dmabuf_core::errno::Errno,
 }

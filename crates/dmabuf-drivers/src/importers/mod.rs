@@ -72,7 +72,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    /// The name used in [`crate::world::Refusal::stage`].
+    /// The name a refusal is printed with (`attach`, `pin`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Stage::Fd => "fd",
