@@ -186,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn new_is_total_and_never_negative() {
+    fn positive_is_total_and_never_negative() {
         assert_eq!(Errno::new(EIO.to_negative()), EIO);
         assert_eq!(Errno::new(EBUSY.get()), EBUSY);
         assert_eq!(Errno::new(ERESTARTSYS.to_negative()), ERESTARTSYS);
