@@ -132,6 +132,10 @@ pub mod fault;
 pub mod lockdep;
 pub mod revoke;
 pub mod sync;
+/// One table of `Variant => "name"` for an enum's `ALL`, `name`, `Display`
+/// and `FromStr` (defined in `dmabuf-sync`, the lowest crate).
+pub use dmabuf_sync::named_enum;
+pub use dmabuf_sync::named_enum::UnknownName;
 /// Declares a thread-local through the shim (std's, or loom's under
 /// `--cfg loom`).
 pub use dmabuf_sync::shim_thread_local;

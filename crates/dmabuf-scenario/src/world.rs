@@ -57,38 +57,22 @@ pub enum ExporterKind {
     GpuVram,
 }
 
-/// The driver model an importer is built on; its behaviour fields choose
-/// the variant (see [`ImporterSpec`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ImporterBase {
-    /// `dma_buf_attach`, no ops (v4l2, display, ...).
-    Static,
-    /// amdgpu/xe-like dynamic importer.
-    Gpu,
-    /// An RDMA MR (mlx5): ODP, pinned, pinned with a revoke callback, or a
-    /// liar.
-    Rdma,
-    /// iommufd `IOMMU_IOAS_MAP_FILE`.
-    Iommufd,
-}
-
-impl ImporterBase {
-    /// Every base.
-    pub const ALL: [ImporterBase; 4] = [
-        ImporterBase::Static,
-        ImporterBase::Gpu,
-        ImporterBase::Rdma,
-        ImporterBase::Iommufd,
-    ];
-
-    /// File name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ImporterBase::Static => "static",
-            ImporterBase::Gpu => "gpu",
-            ImporterBase::Rdma => "rdma",
-            ImporterBase::Iommufd => "iommufd",
-        }
+dmabuf_core::named_enum! {
+    /// The driver model an importer is built on; its behaviour fields choose
+    /// the variant (see [`ImporterSpec`]).
+    ///
+    /// `name()`: file name.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum ImporterBase {
+        /// `dma_buf_attach`, no ops (v4l2, display, ...).
+        Static => "static",
+        /// amdgpu/xe-like dynamic importer.
+        Gpu => "gpu",
+        /// An RDMA MR (mlx5): ODP, pinned, pinned with a revoke callback, or a
+        /// liar.
+        Rdma => "rdma",
+        /// iommufd `IOMMU_IOAS_MAP_FILE`.
+        Iommufd => "iommufd",
     }
 }
 

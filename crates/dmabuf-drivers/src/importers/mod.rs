@@ -52,43 +52,26 @@ use std::fmt;
 /// Bytes each job reads and writes (at the start of its page).
 pub const JOB_BYTES: usize = 64;
 
-/// Where an importer operation failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Stage {
-    /// `dma_buf_get` on the fd.
-    Fd,
-    /// `dma_buf_attach` / `dma_buf_dynamic_attach`.
-    Attach,
-    /// `dma_buf_pin`.
-    Pin,
-    /// `dma_buf_map_attachment` (or VFIO's private interface for iommufd).
-    Map,
-    /// The importer's own registration (an MR, an IOAS mapping).
-    Register,
-    /// A DMA job.
-    Job,
-    /// Teardown.
-    Teardown,
-}
-
-impl Stage {
-    /// The name a refusal is printed with (`attach`, `pin`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Fd => "fd",
-            Stage::Attach => "attach",
-            Stage::Pin => "pin",
-            Stage::Map => "map",
-            Stage::Register => "register",
-            Stage::Job => "job",
-            Stage::Teardown => "teardown",
-        }
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+dmabuf_core::named_enum! {
+    /// Where an importer operation failed.
+    ///
+    /// `name()`: the name a refusal is printed with (`attach`, `pin`, ...).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Stage {
+        /// `dma_buf_get` on the fd.
+        Fd => "fd",
+        /// `dma_buf_attach` / `dma_buf_dynamic_attach`.
+        Attach => "attach",
+        /// `dma_buf_pin`.
+        Pin => "pin",
+        /// `dma_buf_map_attachment` (or VFIO's private interface for iommufd).
+        Map => "map",
+        /// The importer's own registration (an MR, an IOAS mapping).
+        Register => "register",
+        /// A DMA job.
+        Job => "job",
+        /// Teardown.
+        Teardown => "teardown",
     }
 }
 
