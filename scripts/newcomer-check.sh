@@ -94,8 +94,8 @@ expect "check --depth 4294967295 is refused, not a 34 GB allocation" 2 "$DMABUF"
 expect "fences --count 2^64-1 is refused, not an allocation" 2 "$DMABUF" fences --count 18446744073709551615
 expect "replay with a 2^32-decision schedule is refused" 2 "$DMABUF" replay 'dmabuf2,vfio-gpu-reset,5b8dd3f1f4e64834,pct3,1,normal,1.a4294967296'
 # The library cases (ResvGuard::reserve_fences(1 << 30) -> ENOMEM,
-# errno::name(i32::MIN), SysError(i32::MIN), DmaBufError::errno(i32::MIN))
-# are tests of dmabuf-core: run them by name.
+# errno::raw_name(i32::MIN), Errno::new(i32::MIN) in SysError and
+# DmaBufError::errno) are tests of dmabuf-core: run them by name.
 if cargo test -q -p dmabuf-core --lib -- \
   dma_resv_reserve_fences_huge_is_enomem_not_abort name_is_total_and_sign_blind \
   positive_is_total_and_never_negative sys_error_display_is_total dma_buf_error_errno_is_total \

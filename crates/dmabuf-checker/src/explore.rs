@@ -618,14 +618,7 @@ fn check_dyn(
                     refusals = o
                         .refusals
                         .iter()
-                        .map(|r| {
-                            format!(
-                                "{}: {} {}",
-                                r.importer,
-                                r.stage,
-                                dmabuf_core::errno::name(r.errno)
-                            )
-                        })
+                        .map(|r| format!("{}: {} {}", r.importer, r.stage, r.errno))
                         .collect();
                 }
                 for e in run_errors(run) {

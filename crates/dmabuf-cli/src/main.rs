@@ -869,7 +869,7 @@ fn run(
                 "addr": h.addr, "speculative": h.speculative, "seq": h.seq, "detail": h.detail,
                 "text": h.to_string(),
             })).collect::<Vec<_>>(),
-            "refusals": obs.refusals.iter().map(|r| json!({"importer": r.importer, "stage": r.stage, "errno": dmabuf_core::errno::name(r.errno)})).collect::<Vec<_>>(),
+            "refusals": obs.refusals.iter().map(|r| json!({"importer": r.importer, "stage": r.stage.name(), "errno": r.errno.name()})).collect::<Vec<_>>(),
             "warnings": obs.warnings,
             "counters": obs.counters.iter().map(|(k, v)| (kebab(k), json!(v))).collect::<serde_json::Map<String, Value>>(),
             "verdicts": verdicts.iter().map(|(p, v)| (p.name().to_owned(), verdict_json(v.as_ref()))).collect::<serde_json::Map<String, Value>>(),
@@ -901,7 +901,7 @@ fn run(
                 "refused: {} at {} ({})",
                 r.importer,
                 r.stage,
-                dmabuf_core::errno::name(r.errno)
+                r.errno.name()
             );
         }
         println!("hazards: {}", obs.hazards.len());
@@ -1941,7 +1941,7 @@ fn fences_demo(count: u64, waiters: usize) -> ExitCode {
         for (i, h) in handles.into_iter().enumerate() {
             // Every third fence fails, to show error propagation.
             let r = if i % 3 == 2 {
-                h.signal_with_error(-dmabuf_core::errno::EIO)
+                h.signal_with_error(dmabuf_core::errno::EIO.to_negative())
             } else {
                 h.signal()
             };

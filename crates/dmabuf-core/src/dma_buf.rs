@@ -58,7 +58,7 @@ pub mod examples;
 
 use crate::dma_fence::{CancelToken, FenceError, MAX_SCHEDULE_TIMEOUT};
 use crate::dma_resv::{DmaResv, ResvError, ResvGuard, Usage};
-use crate::errno::{self, Errno};
+use crate::errno::{self, AsErrno, Errno};
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex, Weak};
 use crate::trace_event;
@@ -164,29 +164,29 @@ pub enum DmaBufError {
     #[error("interrupted while waiting for fences")]
     Interrupted,
     /// Failure reported by an exporter or importer, with its errno.
-    #[error("{what}: {}", errno::name(*errno))]
+    #[error("{what}: {errno}")]
     Errno {
-        /// Positive errno.
-        errno: i32,
+        /// The errno.
+        errno: Errno,
         /// Who failed.
         what: String,
     },
 }
 
 impl DmaBufError {
-    /// An error carrying an errno, for exporter and importer ops. The errno
-    /// may be given either way round; a value that is no errno (0,
-    /// `i32::MIN`, beyond `MAX_ERRNO`) becomes `EINVAL` ([`errno::positive`]).
-    pub fn errno(errno: i32, what: impl Into<String>) -> Self {
+    /// An error carrying an errno, for exporter and importer ops. A raw
+    /// number from outside goes through [`Errno::new`] first (either sign;
+    /// a value that is no errno becomes `EINVAL`).
+    pub fn errno(errno: Errno, what: impl Into<String>) -> Self {
         DmaBufError::Errno {
-            errno: errno::positive(errno),
+            errno,
             what: what.into(),
         }
     }
 }
 
-impl Errno for DmaBufError {
-    fn errno(&self) -> i32 {
+impl AsErrno for DmaBufError {
+    fn errno(&self) -> Errno {
         match self {
             DmaBufError::Invalid(_)
             | DmaBufError::NoExporterName
@@ -978,7 +978,7 @@ pub fn dynamic_attach(
             buf.exp_name(),
             buf.ino(),
             dev,
-            errno::name(e.errno())
+            e.errno()
         );
         a.0.state.lock().detached = true;
         return Err(e);

@@ -3,7 +3,7 @@
 use crate::dma_buf::*;
 use crate::dma_fence::FenceContext;
 use crate::dma_resv::{DmaResv, ResvGuard, Usage};
-use crate::errno::{self, Errno};
+use crate::errno::{self, AsErrno, Errno};
 use crate::revoke::{Gate, NoHooks, Protocol, Revocable, SeqOutcome, Sequence};
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex, thread};
@@ -17,7 +17,7 @@ pub(crate) struct MockExp {
     pub unaligned: bool,
     pub fail_map: bool,
     pub fail_pin: bool,
-    pub refuse_attach: Mutex<Option<i32>>,
+    pub refuse_attach: Mutex<Option<Errno>>,
     pub clear_p2p: bool,
     pub attaches: AtomicUsize,
     pub detaches: AtomicUsize,
@@ -962,20 +962,30 @@ fn revoke_waits_for_bookkeep_fences_before_returning() {
     drop(a);
 }
 
-/// `DmaBufError::errno` is total: an exporter handing back `i32::MIN` or 0
-/// gets `EINVAL`, never an overflow or a negative "positive errno".
+/// `DmaBufError::errno` of a raw number through `Errno::new` is total: an
+/// exporter handing back `i32::MIN` or 0 gets `EINVAL`, never an overflow
+/// or a negative "positive errno".
 #[test]
 fn dma_buf_error_errno_is_total() {
-    use crate::errno::Errno as _;
-    assert_eq!(DmaBufError::errno(i32::MIN, "x").errno(), errno::EINVAL);
-    assert_eq!(DmaBufError::errno(0, "x").errno(), errno::EINVAL);
-    assert_eq!(DmaBufError::errno(-errno::EBUSY, "x").errno(), errno::EBUSY);
+    use crate::errno::AsErrno as _;
+    assert_eq!(
+        DmaBufError::errno(Errno::new(i32::MIN), "x").errno(),
+        errno::EINVAL
+    );
+    assert_eq!(
+        DmaBufError::errno(Errno::new(0), "x").errno(),
+        errno::EINVAL
+    );
+    assert_eq!(
+        DmaBufError::errno(Errno::new(errno::EBUSY.to_negative()), "x").errno(),
+        errno::EBUSY
+    );
     assert_eq!(
         DmaBufError::errno(errno::ENODEV, "x").errno(),
         errno::ENODEV
     );
     assert!(
-        DmaBufError::errno(i32::MIN, "x")
+        DmaBufError::errno(Errno::new(i32::MIN), "x")
             .to_string()
             .contains("EINVAL")
     );

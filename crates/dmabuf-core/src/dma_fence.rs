@@ -50,7 +50,7 @@
 //! `is_signaled` on a signalled fence is one acquire load, and signalling a
 //! fence nobody listens to takes no lock at all.
 
-use crate::errno::{self, Errno};
+use crate::errno::{self, AsErrno, Errno};
 use crate::lockdep;
 use crate::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use crate::sync::{Arc, Mutex, thread};
@@ -138,8 +138,8 @@ pub enum FenceError {
     },
 }
 
-impl Errno for FenceError {
-    fn errno(&self) -> i32 {
+impl AsErrno for FenceError {
+    fn errno(&self) -> Errno {
         match self {
             FenceError::AlreadySignaled { .. } => errno::EINVAL,
             FenceError::InvalidErrorCode(_) => errno::EINVAL,
@@ -1098,7 +1098,7 @@ impl Drop for SignalHandle {
         if let Some(f) = self.fence.take()
             && !f.test_signaled_flag()
         {
-            let _ = f.set_error_internal(-errno::ECANCELED);
+            let _ = f.set_error_internal(errno::ECANCELED.to_negative());
             let _ = f.signal_timestamp_internal(crate::sync::time::timestamp_ns());
         }
     }

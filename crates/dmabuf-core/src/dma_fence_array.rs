@@ -270,7 +270,7 @@ pub fn match_context(fence: &Fence, context: u64) -> bool {
 mod tests {
     use super::*;
     use crate::dma_fence::{FenceContext, FenceOps, context_alloc};
-    use crate::errno::{self, Errno};
+    use crate::errno::{self, AsErrno};
     use crate::sync::Arc;
     use crate::sync::atomic::AtomicU64;
 
@@ -295,9 +295,9 @@ mod tests {
     fn array_polls_children_when_not_armed() {
         let (f1, h1) = leaf();
         let a = FenceArray::create(vec![f1], 7, 1).unwrap();
-        h1.signal_with_error(-errno::EIO).unwrap();
+        h1.signal_with_error(errno::EIO.to_negative()).unwrap();
         assert!(a.is_signaled());
-        assert_eq!(a.get_status(), -errno::EIO);
+        assert_eq!(a.get_status(), errno::EIO.to_negative());
     }
 
     #[test]
@@ -307,21 +307,22 @@ mod tests {
         let (f3, h3) = leaf();
         let a = FenceArray::create(vec![f1, f2, f3], 9, 1).unwrap();
         a.enable_sw_signaling();
-        h2.signal_with_error(-errno::ETIMEDOUT).unwrap();
-        h1.signal_with_error(-errno::EIO).unwrap();
+        h2.signal_with_error(errno::ETIMEDOUT.to_negative())
+            .unwrap();
+        h1.signal_with_error(errno::EIO.to_negative()).unwrap();
         assert_eq!(a.get_status(), 0);
         h3.signal().unwrap();
-        assert_eq!(a.get_status(), -errno::ETIMEDOUT);
+        assert_eq!(a.get_status(), errno::ETIMEDOUT.to_negative());
     }
 
     #[test]
     fn arming_with_every_child_signalled_signals_at_once() {
         let (f1, h1) = leaf();
-        h1.signal_with_error(-errno::EIO).unwrap();
+        h1.signal_with_error(errno::EIO.to_negative()).unwrap();
         let a = FenceArray::create(vec![f1], 9, 1).unwrap();
         assert!(!a.enable_sw_signaling());
         assert!(a.test_signaled_flag());
-        assert_eq!(a.error(), Some(-errno::EIO));
+        assert_eq!(a.error(), Some(errno::EIO.to_negative()));
     }
 
     #[test]

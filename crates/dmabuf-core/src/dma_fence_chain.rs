@@ -388,7 +388,7 @@ impl FenceImpl for FenceChain {
 mod tests {
     use super::*;
     use crate::dma_fence::{FenceContext, SignalHandle};
-    use crate::errno::{self, Errno};
+    use crate::errno::{self, AsErrno};
 
     fn leaf() -> (Fence, SignalHandle) {
         FenceContext::named("test", "payload").create()
@@ -483,7 +483,7 @@ mod tests {
         let (f0, h0) = leaf();
         let c0 = chain(None, f0, 1);
         c0.enable_sw_signaling();
-        h0.signal_with_error(-errno::EIO).unwrap();
+        h0.signal_with_error(errno::EIO.to_negative()).unwrap();
         assert_eq!(c0.get_status(), 1);
     }
 

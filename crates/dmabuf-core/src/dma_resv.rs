@@ -79,7 +79,7 @@ use crate::dma_fence::{
     CancelToken, Fence, FenceError, FenceInner, MAX_SCHEDULE_TIMEOUT, context_alloc,
 };
 use crate::dma_fence_array::FenceArray;
-use crate::errno::{self, Errno};
+use crate::errno::{self, AsErrno, Errno};
 use crate::sync::Arc;
 use crate::sync::atomic::{self, AtomicUsize, Ordering};
 use crate::sync::rcu;
@@ -93,39 +93,30 @@ use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::panic::Location;
 
-/// `enum dma_resv_usage`: how a fence uses the buffer. Ordered: a query at
-/// one level returns every fence at that level or below.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[repr(u8)]
-pub enum Usage {
-    /// Kernel memory management (moves, clears): everybody waits for these.
-    Kernel = 0,
-    /// Implicit-sync writers.
-    Write = 1,
-    /// Implicit-sync readers.
-    Read = 2,
-    /// No implicit sync (preemption fences, page-table updates, TLB flushes).
-    Bookkeep = 3,
+crate::named_enum! {
+    /// `enum dma_resv_usage`: how a fence uses the buffer. Ordered: a query at
+    /// one level returns every fence at that level or below.
+    ///
+    /// `name()`: the kernel's lowercase name (`kernel`, `write`, `read`, `bookkeep`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    #[repr(u8)]
+    pub enum Usage {
+        /// Kernel memory management (moves, clears): everybody waits for these.
+        Kernel = 0 => "kernel",
+        /// Implicit-sync writers.
+        Write = 1 => "write",
+        /// Implicit-sync readers.
+        Read = 2 => "read",
+        /// No implicit sync (preemption fences, page-table updates, TLB flushes).
+        Bookkeep = 3 => "bookkeep",
+    }
 }
 
 impl Usage {
-    /// Every usage, lowest first.
-    pub const ALL: [Usage; 4] = [Usage::Kernel, Usage::Write, Usage::Read, Usage::Bookkeep];
-
     /// `dma_resv_usage_rw`: what a new access must wait for: a write waits
     /// for readers and writers (`Read`), a read only for writers (`Write`).
     pub fn usage_rw(write: bool) -> Usage {
         if write { Usage::Read } else { Usage::Write }
-    }
-
-    /// The kernel's lowercase name (`kernel`, `write`, `read`, `bookkeep`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Usage::Kernel => "kernel",
-            Usage::Write => "write",
-            Usage::Read => "read",
-            Usage::Bookkeep => "bookkeep",
-        }
     }
 
     /// The usage packed in a slot word (a table lookup, no branch).
@@ -139,12 +130,6 @@ impl Usage {
     #[inline(always)]
     fn excludes(self, w: usize) -> bool {
         w & USAGE_MASK > self as usize
-    }
-}
-
-impl fmt::Display for Usage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -205,8 +190,8 @@ pub enum ResvError {
     Fence(FenceError),
 }
 
-impl Errno for ResvError {
-    fn errno(&self) -> i32 {
+impl AsErrno for ResvError {
+    fn errno(&self) -> Errno {
         match self {
             ResvError::Ww(e) => e.errno(),
             ResvError::NotHeld { .. } => errno::EPERM,

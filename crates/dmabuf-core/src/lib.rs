@@ -15,7 +15,7 @@
 //! # Quick start
 //!
 //! Every call returns a `Result` whose error maps to the kernel's errno
-//! ([`Errno`]); none panics on bad input.
+//! ([`Errno`], through [`AsErrno`]); none panics on bad input.
 //!
 //! ## Fences: create, wait, signal
 //!
@@ -132,6 +132,10 @@ pub mod fault;
 pub mod lockdep;
 pub mod revoke;
 pub mod sync;
+/// One table of `Variant => "name"` for an enum's `ALL`, `name`, `Display`
+/// and `FromStr` (defined in `dmabuf-sync`, the lowest crate).
+pub use dmabuf_sync::named_enum;
+pub use dmabuf_sync::named_enum::UnknownName;
 /// Declares a thread-local through the shim (std's, or loom's under
 /// `--cfg loom`).
 pub use dmabuf_sync::shim_thread_local;
@@ -155,7 +159,7 @@ pub use dma_fence::{
 pub use dma_fence_array::FenceArray;
 pub use dma_fence_chain::FenceChain;
 pub use dma_resv::{DmaResv, ResvError, ResvGuard, Usage};
-pub use errno::Errno;
+pub use errno::{AsErrno, Errno};
 pub use sync_file::SyncFile;
 pub use ww_mutex::{LockSet, RESERVATION_WW_CLASS, WwAcquireCtx, WwClass, WwError, WwMutex};
 

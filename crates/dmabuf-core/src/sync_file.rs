@@ -344,15 +344,15 @@ mod tests {
         assert_eq!(i.fences[0].timestamp_ns, 0);
         assert_eq!(i.leaf_status(), 0);
         h1.signal_timestamp(1234).unwrap();
-        h2.signal_with_error(-errno::EIO).unwrap();
+        h2.signal_with_error(errno::EIO.to_negative()).unwrap();
         let i = sf.info();
-        assert_eq!(i.status, -errno::EIO);
-        assert_eq!(i.leaf_status(), -errno::EIO);
+        assert_eq!(i.status, errno::EIO.to_negative());
+        assert_eq!(i.leaf_status(), errno::EIO.to_negative());
         assert_eq!(i.fences[0].status, 1);
         assert_eq!(i.fences[0].timestamp_ns, 1234);
         assert_eq!(i.fences[0].obj_name, "signaled-timeline");
         assert_eq!(i.fences[0].driver_name, "detached-driver");
-        assert_eq!(i.fences[1].status, -errno::EIO);
+        assert_eq!(i.fences[1].status, errno::EIO.to_negative());
         assert!(i.fences[1].timestamp_ns > 0);
     }
 

@@ -27,7 +27,7 @@
 use crate::dma_buf::{self, DmaBuf, DmaDirection, MmapRequest, PollDir};
 use crate::dma_fence::Fence;
 use crate::dma_resv::Usage;
-use crate::errno::{self, Errno};
+use crate::errno::{self, AsErrno, Errno};
 use crate::sync::{Arc, Mutex};
 use crate::sync_file::SyncFile;
 use std::collections::BTreeMap;
@@ -103,17 +103,17 @@ pub const SYNC_FENCE_INFO_SIZE: usize = 80;
 
 /// An errno returned through the ABI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{name} ({0})", name = errno::name(*.0))]
-pub struct SysError(pub i32);
+#[error("{} ({})", .0.name(), .0.get())]
+pub struct SysError(pub Errno);
 
-impl Errno for SysError {
-    fn errno(&self) -> i32 {
+impl AsErrno for SysError {
+    fn errno(&self) -> Errno {
         self.0
     }
 }
 
 impl SysError {
-    fn from_err(e: &impl Errno) -> Self {
+    fn from_err(e: &impl AsErrno) -> Self {
         SysError(e.errno())
     }
 }
@@ -707,7 +707,7 @@ impl Process {
 
 /// The errnos each command can return, for property tests and callers that
 /// want to validate an answer.
-pub fn possible_errnos(cmd: u32) -> &'static [i32] {
+pub fn possible_errnos(cmd: u32) -> &'static [Errno] {
     use errno::*;
     match cmd {
         DMA_BUF_IOCTL_SYNC => &[

@@ -51,7 +51,7 @@
 //! tokens wake it.
 
 use crate::dma_fence::{CancelToken, MAX_SCHEDULE_TIMEOUT, Waiter};
-use crate::errno::{self, Errno};
+use crate::errno::{self, AsErrno, Errno};
 use crate::lockdep::{self, ClassId, Site};
 use crate::sync::atomic::global::{AtomicU32 as GlobalU32, AtomicU64 as GlobalU64};
 use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -148,8 +148,8 @@ pub enum WwError {
     NotLocked,
 }
 
-impl Errno for WwError {
-    fn errno(&self) -> i32 {
+impl AsErrno for WwError {
+    fn errno(&self) -> Errno {
         match self {
             WwError::Deadlock { .. } => errno::EDEADLK,
             WwError::AlreadyHeld { .. } => errno::EALREADY,

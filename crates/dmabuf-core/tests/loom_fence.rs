@@ -71,10 +71,10 @@ fn waiter_and_signaller_never_lose_the_wake_up() {
     loom::model(|| {
         let (f, h) = fence(1);
         let signaller = thread::spawn(move || {
-            h.signal_with_error(-errno::EIO).unwrap();
+            h.signal_with_error(errno::EIO.to_negative()).unwrap();
         });
         f.wait(None).unwrap();
-        assert_eq!(f.get_status(), -errno::EIO);
+        assert_eq!(f.get_status(), errno::EIO.to_negative());
         signaller.join().unwrap();
     });
 }
@@ -92,12 +92,12 @@ fn array_completes_once_when_children_signal_concurrently() {
         let reg = array
             .add_callback(move |a: &Fence| {
                 r.fetch_add(1, Ordering::SeqCst);
-                assert_eq!(a.get_status(), -errno::EIO);
+                assert_eq!(a.get_status(), errno::EIO.to_negative());
             })
             .ok()
             .expect("array is pending");
         let t1 = thread::spawn(move || h1.signal().unwrap());
-        let t2 = thread::spawn(move || h2.signal_with_error(-errno::EIO).unwrap());
+        let t2 = thread::spawn(move || h2.signal_with_error(errno::EIO.to_negative()).unwrap());
         t1.join().unwrap();
         t2.join().unwrap();
         assert!(array.test_signaled_flag());
@@ -116,10 +116,10 @@ fn array_armed_while_children_signal() {
         let (c1, h1) = fence(1);
         let (c2, h2) = fence(2);
         let array = FenceArray::create(vec![c1, c2], 2, 1).unwrap();
-        let t1 = thread::spawn(move || h1.signal_with_error(-errno::EIO).unwrap());
+        let t1 = thread::spawn(move || h1.signal_with_error(errno::EIO.to_negative()).unwrap());
         let t2 = thread::spawn(move || h2.signal().unwrap());
         array.wait(None).unwrap();
-        assert_eq!(array.get_status(), -errno::EIO);
+        assert_eq!(array.get_status(), errno::EIO.to_negative());
         t1.join().unwrap();
         t2.join().unwrap();
     });

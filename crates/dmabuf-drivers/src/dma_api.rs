@@ -22,7 +22,7 @@
 //! None of its own: the IOMMU's locks only.
 
 use crate::host::Host;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::atomic::Ordering;
 use dmabuf_core::sync::atomic::global::AtomicU64;
 use dmabuf_platform::{DeviceId, DmaAddr, IommuError, IommuPerm, PAGE_SIZE, UnmapReason};
@@ -59,8 +59,8 @@ pub enum DmaApiError {
     },
 }
 
-impl Errno for DmaApiError {
-    fn errno(&self) -> i32 {
+impl AsErrno for DmaApiError {
+    fn errno(&self) -> Errno {
         match self {
             DmaApiError::BadRange { .. } => errno::EINVAL,
             DmaApiError::NoIova { .. } => errno::ENOMEM,

@@ -52,7 +52,7 @@ use dmabuf_core::dma_buf::{
     SgEntry, SgTable,
 };
 use dmabuf_core::dma_resv::{ResvGuard, Usage};
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::atomic::{AtomicU64, Ordering};
 use dmabuf_core::sync::{Arc, Mutex, Weak};
 use dmabuf_core::{Fence, FenceContext, trace_event};
@@ -116,8 +116,8 @@ pub enum VramError {
     Monitor(#[from] MonitorError),
 }
 
-impl Errno for VramError {
-    fn errno(&self) -> i32 {
+impl AsErrno for VramError {
+    fn errno(&self) -> Errno {
         match self {
             VramError::NoVramBar { .. } => errno::ENODEV,
             VramError::ZeroSize => errno::EINVAL,

@@ -19,7 +19,7 @@
 //!
 //! The slot lock is a leaf; the engine is called without it held.
 
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::atomic::{AtomicUsize, Ordering};
 use dmabuf_core::sync::{Arc, Condvar, Mutex};
 use dmabuf_core::{Fence, SignalHandle};
@@ -28,7 +28,7 @@ use dmabuf_platform::{DmaEngine, DmaJob, JobOutcome, JobTicket};
 enum Slot {
     Waiting,
     Submitted(JobTicket),
-    Failed(i32),
+    Failed(Errno),
 }
 
 struct Shared {
@@ -77,7 +77,7 @@ impl PendingJob {
 
     /// Waits until the job has run and returns its outcome, or the errno
     /// the engine refused it with.
-    pub fn wait(&self) -> Result<JobOutcome, i32> {
+    pub fn wait(&self) -> Result<JobOutcome, Errno> {
         // The fence may signal before the submitter stored the ticket (the
         // engine can run the job first), so the slot is what we wait on.
         let ticket = {
@@ -129,12 +129,12 @@ pub fn submit_after(
 }
 
 /// The errno a job outcome failed with, if it failed.
-pub fn outcome_errno(o: &JobOutcome) -> Option<i32> {
+pub fn outcome_errno(o: &JobOutcome) -> Option<Errno> {
     o.status.as_ref().err().map(|e| e.errno())
 }
 
 /// `EIO`, for importers reporting a failed job without a better errno.
-pub const JOB_EIO: i32 = errno::EIO;
+pub const JOB_EIO: Errno = errno::EIO;
 
 #[cfg(test)]
 mod tests {

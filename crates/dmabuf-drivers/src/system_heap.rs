@@ -29,7 +29,7 @@ use dmabuf_core::dma_buf::{
     MmapRequest, SgEntry, SgTable,
 };
 use dmabuf_core::dma_resv::ResvGuard;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::{Arc, Mutex};
 use dmabuf_core::trace_event;
 use dmabuf_core::uapi::O_CLOEXEC;
@@ -68,8 +68,8 @@ pub enum HeapError {
     Monitor(#[from] MonitorError),
 }
 
-impl Errno for HeapError {
-    fn errno(&self) -> i32 {
+impl AsErrno for HeapError {
+    fn errno(&self) -> Errno {
         match self {
             HeapError::ZeroLength | HeapError::BadFlags { .. } => errno::EINVAL,
             HeapError::NoMemory(_) => errno::ENOMEM,

@@ -117,7 +117,7 @@ use dmabuf_core::dma_buf::{
     SgEntry, SgTable,
 };
 use dmabuf_core::dma_resv::ResvGuard;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::revoke::{Protocol, Revocable, SeqOutcome, SequenceHooks};
 use dmabuf_core::sync::atomic::{AtomicU64, Ordering};
 use dmabuf_core::sync::{Arc, Mutex, Weak};
@@ -142,10 +142,10 @@ pub static MEMORY_LOCK_CLASS: LockClass = LockClass::new("vdev->memory_lock");
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VfioError {
     /// The `VFIO_DEVICE_FEATURE` payload was refused by the ABI checks.
-    #[error("VFIO_DEVICE_FEATURE: {} ({errno})", errno::name(*errno))]
+    #[error("VFIO_DEVICE_FEATURE: {errno} ({})", errno.get())]
     Feature {
-        /// Positive errno of the failed check.
-        errno: i32,
+        /// The errno of the failed check.
+        errno: Errno,
     },
     /// The region index names no BAR of this device.
     #[error("BAR{index} of {device} is not implemented")]
@@ -156,7 +156,7 @@ pub enum VfioError {
         index: u32,
     },
     /// A range leaves the BAR (`EINVAL`) or overflows (`EOVERFLOW`).
-    #[error("range outside BAR{index} of {device} ({:#x} bytes): {}", size, errno::name(*errno))]
+    #[error("range outside BAR{index} of {device} ({:#x} bytes): {errno}", size)]
     Range {
         /// Device name.
         device: String,
@@ -165,7 +165,7 @@ pub enum VfioError {
         /// BAR size.
         size: u64,
         /// `EINVAL` or `EOVERFLOW`.
-        errno: i32,
+        errno: Errno,
     },
     /// The device was closed or unplugged.
     #[error("VFIO device {device} is gone")]
@@ -194,10 +194,10 @@ pub enum VfioError {
     #[error("installing the dma-buf fd: {0}")]
     Fd(SysError),
     /// The private iommufd interface refused (`EOPNOTSUPP`, `ENODEV`).
-    #[error("vfio_pci_dma_buf_iommufd_map: {what} ({})", errno::name(*errno))]
+    #[error("vfio_pci_dma_buf_iommufd_map: {what} ({errno})")]
     Iommufd {
-        /// Positive errno.
-        errno: i32,
+        /// The errno.
+        errno: Errno,
         /// Why.
         what: &'static str,
     },
@@ -221,8 +221,8 @@ pub enum VfioError {
     },
 }
 
-impl Errno for VfioError {
-    fn errno(&self) -> i32 {
+impl AsErrno for VfioError {
+    fn errno(&self) -> Errno {
         match self {
             VfioError::Feature { errno } | VfioError::Range { errno, .. } => *errno,
             VfioError::NoBar { .. } | VfioError::DeviceGone { .. } => errno::ENODEV,

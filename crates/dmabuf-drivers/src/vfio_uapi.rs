@@ -19,7 +19,7 @@
 //! unaligned `EINVAL`, total overflow `EINVAL`), then each range against the
 //! BAR (`EOVERFLOW` on arithmetic overflow, `EINVAL` past its end).
 
-use dmabuf_core::errno::{EFAULT, EINVAL, ENODEV, ENOTTY, EOVERFLOW};
+use dmabuf_core::errno::{EFAULT, EINVAL, ENODEV, ENOTTY, EOVERFLOW, Errno};
 
 /// `VFIO_DEVICE_FEATURE` = `_IO(';', 117)`.
 pub const VFIO_DEVICE_FEATURE: u32 = 0x3B75;
@@ -103,7 +103,7 @@ pub fn encode(
 /// Parses and validates a `VFIO_DEVICE_FEATURE` payload up to (not
 /// including) the BAR bounds check, which needs the device. Errors are
 /// positive errnos.
-pub fn parse(payload: &[u8]) -> Result<FeatureCall, i32> {
+pub fn parse(payload: &[u8]) -> Result<FeatureCall, Errno> {
     let argsz = u32_at(payload, 0).ok_or(EFAULT)?;
     let flags = u32_at(payload, 4).ok_or(EFAULT)?;
     if argsz < 8 {
@@ -173,7 +173,7 @@ pub fn parse(payload: &[u8]) -> Result<FeatureCall, i32> {
 
 /// `vfio_pci_core_fill_phys_vec`: turns ranges into physical ranges inside
 /// the BAR at `start` of `len` bytes.
-pub fn fill_phys(ranges: &[DmaRange], start: u64, len: u64) -> Result<Vec<(u64, u64)>, i32> {
+pub fn fill_phys(ranges: &[DmaRange], start: u64, len: u64) -> Result<Vec<(u64, u64)>, Errno> {
     let max = start.checked_add(len).ok_or(EOVERFLOW)?;
     ranges
         .iter()

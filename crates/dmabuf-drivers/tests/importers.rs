@@ -2,7 +2,7 @@
 //! does inside `invalidate_mappings`, what it does afterwards, and how it
 //! comes back.
 
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno};
 use dmabuf_core::sync::sched::{self, Random, RunConfig, Strategy};
 use dmabuf_core::sync::{Arc as ShimArc, thread};
 use dmabuf_core::uapi::Process;

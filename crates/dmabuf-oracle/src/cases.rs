@@ -4,31 +4,23 @@
 //!
 //! The area of a case is its id up to the first dot.
 
-/// Which boot a case runs in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Part {
-    /// The dma-buf / sync_file ABI (pc machine, system heap, udmabuf, vgem).
-    Abi,
-    /// The VFIO exporter (q35, intel-iommu, edu device bound to vfio-pci).
-    Vfio,
-    /// The test importer module (`kmod/`) against the VFIO exporter's
-    /// revoke: the same machine as [`Part::Vfio`].
-    Kmod,
+dmabuf_core::named_enum! {
+    /// Which boot a case runs in.
+    ///
+    /// `name()`: its name on the kernel command line and in the serial framing.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Part {
+        /// The dma-buf / sync_file ABI (pc machine, system heap, udmabuf, vgem).
+        Abi => "abi",
+        /// The VFIO exporter (q35, intel-iommu, edu device bound to vfio-pci).
+        Vfio => "vfio",
+        /// The test importer module (`kmod/`) against the VFIO exporter's
+        /// revoke: the same machine as [`Part::Vfio`].
+        Kmod => "kmod",
+    }
 }
 
 impl Part {
-    /// Its name on the kernel command line and in the serial framing.
-    pub fn name(self) -> &'static str {
-        match self {
-            Part::Abi => "abi",
-            Part::Vfio => "vfio",
-            Part::Kmod => "kmod",
-        }
-    }
-
-    /// Both parts, in boot order.
-    pub const ALL: [Part; 3] = [Part::Abi, Part::Vfio, Part::Kmod];
-
     /// The case ids of this part, in the order the probe runs them.
     pub fn cases(self) -> &'static [&'static str] {
         match self {

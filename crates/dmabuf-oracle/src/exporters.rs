@@ -12,7 +12,7 @@
 //! | vgem importing a dma-buf (`DRM_IOCTL_PRIME_FD_TO_HANDLE`) | [`Vfio::static_import`]: `dma_buf_attach` from a device `vgem` (a static importer) |
 
 use dmabuf_core::dma_buf;
-use dmabuf_core::errno::Errno;
+use dmabuf_core::errno::{AsErrno, Errno};
 use dmabuf_core::revoke::Protocol;
 use dmabuf_core::uapi::Process;
 use dmabuf_drivers::host::Host;
@@ -58,7 +58,7 @@ impl Exporters {
         len: u64,
         fd_flags: u32,
         heap_flags: u64,
-    ) -> Result<i32, i32> {
+    ) -> Result<i32, Errno> {
         let buf = self
             .heap
             .allocate(len, fd_flags, heap_flags)
@@ -93,7 +93,7 @@ pub struct Vfio {
 impl Vfio {
     /// `ioctl(device, VFIO_DEVICE_FEATURE, payload)`: the returned fd (or 0
     /// for a probe), or the errno.
-    pub fn feature(&self, proc: &Process, payload: &[u8]) -> Result<i32, i32> {
+    pub fn feature(&self, proc: &Process, payload: &[u8]) -> Result<i32, Errno> {
         self.dev
             .device_feature(proc, payload)
             .map_err(|e| e.errno())
@@ -101,7 +101,7 @@ impl Vfio {
 
     /// A write of `PCI_COMMAND` through the config region that clears or
     /// sets the memory-space bit.
-    pub fn memory(&self, on: bool) -> Result<(), i32> {
+    pub fn memory(&self, on: bool) -> Result<(), Errno> {
         self.dev
             .set_memory_decode(on)
             .map(|_| ())
@@ -109,7 +109,7 @@ impl Vfio {
     }
 
     /// `VFIO_DEVICE_RESET`.
-    pub fn reset(&self) -> Result<(), i32> {
+    pub fn reset(&self) -> Result<(), Errno> {
         self.dev
             .reset(ResetKind::DeviceReset)
             .map(|_| ())
@@ -117,13 +117,13 @@ impl Vfio {
     }
 
     /// `close(device fd)`.
-    pub fn close(&self) -> Result<(), i32> {
+    pub fn close(&self) -> Result<(), Errno> {
         self.dev.close().map(|_| ()).map_err(|e| e.errno())
     }
 
     /// vgem importing the dma-buf behind `fd`: a static attachment from the
     /// `vgem` device (detached again at once when it succeeds).
-    pub fn static_import(proc: &Process, fd: i32) -> Result<(), i32> {
+    pub fn static_import(proc: &Process, fd: i32) -> Result<(), Errno> {
         let buf = proc.dma_buf_get(fd).map_err(|e| e.errno())?;
         let a = dma_buf::attach(&buf, "vgem").map_err(|e| e.errno())?;
         dma_buf::detach(&buf, &a).map_err(|e| e.errno())

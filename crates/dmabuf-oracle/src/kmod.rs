@@ -30,7 +30,8 @@ use crate::cases::{KMOD_MODES, KMOD_STEPS};
 use crate::exporters::Exporters;
 use crate::model::{errno_name, feat};
 use crate::serial::Outcome;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::AsErrno;
+use dmabuf_core::errno;
 use dmabuf_core::revoke::Protocol;
 use dmabuf_core::uapi::Process;
 use dmabuf_scenario::builtin::{Library, ScriptScenario};
@@ -202,13 +203,13 @@ pub fn attach_arguments(
     arg: Option<(i32, u32, &str)>,
     devices: &[&str],
 ) -> Result<(), i32> {
-    let (fd, mode, dev) = arg.ok_or(errno::EFAULT)?;
+    let (fd, mode, dev) = arg.ok_or(errno::EFAULT.get())?;
     if mode >= MODES {
-        return Err(errno::EINVAL);
+        return Err(errno::EINVAL.get());
     }
-    proc.dma_buf_get(fd).map_err(|e| e.errno())?;
+    proc.dma_buf_get(fd).map_err(|e| e.errno().get())?;
     if !devices.contains(&dev) {
-        return Err(errno::ENODEV);
+        return Err(errno::ENODEV.get());
     }
     Ok(())
 }
@@ -224,7 +225,7 @@ pub fn argument_checks(protocol: &Protocol) -> Result<BTreeMap<String, Outcome>,
             p,
             &feat(GET_DMA_BUF, 0, O_RDWR_CLOEXEC, 0, 1, &[(0, PAGE)], 0),
         )
-        .map_err(|e| format!("exporting BAR0: {}", errno_name(e)))?;
+        .map_err(|e| format!("exporting BAR0: {}", errno_name(e.get())))?;
     // A sync_file of the buffer: an fd that is not a dma-buf.
     let mut sfa = [0u8; 8];
     sfa[..4].copy_from_slice(&3u32.to_le_bytes());
@@ -233,7 +234,7 @@ pub fn argument_checks(protocol: &Protocol) -> Result<BTreeMap<String, Outcome>,
         dmabuf_core::uapi::DMA_BUF_IOCTL_EXPORT_SYNC_FILE,
         &mut sfa,
     )
-    .map_err(|e| format!("export sync_file: {}", errno_name(e.errno())))?;
+    .map_err(|e| format!("export sync_file: {}", errno_name(e.errno().get())))?;
     let sf = i32::from_le_bytes([sfa[4], sfa[5], sfa[6], sfa[7]]);
     let devs = [script::DEVICE, "vgem"];
     let dev = script::DEVICE;
@@ -263,8 +264,8 @@ pub fn argument_checks(protocol: &Protocol) -> Result<BTreeMap<String, Outcome>,
     );
     put("kmod.bad.null_argument", attach_arguments(p, None, &devs));
     // The switch's default; DTI_MARK takes a byte.
-    put("kmod.bad.unknown_ioctl", Err(errno::ENOTTY));
-    put("kmod.bad.mark_256", Err(errno::EINVAL));
+    put("kmod.bad.unknown_ioctl", Err(errno::ENOTTY.get()));
+    put("kmod.bad.mark_256", Err(errno::EINVAL.get()));
     let _ = p.close(sf);
     let _ = p.close(b);
     Ok(o)

@@ -22,7 +22,7 @@ use dmabuf_core::dma_buf::{
 };
 use dmabuf_core::dma_fence::{FenceContext, SignalHandle};
 use dmabuf_core::dma_resv::{ResvGuard, Usage};
-use dmabuf_core::errno::Errno;
+use dmabuf_core::errno::{AsErrno, Errno};
 use dmabuf_core::uapi::{
     self, File, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE, Process, SysError,
 };
@@ -93,13 +93,13 @@ impl Out {
     fn call<T: Into<i64>>(&mut self, id: &str, r: Result<T, SysError>, extra: impl AsRef<[u8]>) {
         match r {
             Ok(v) => self.emit(id, v.into(), 0, extra),
-            Err(e) => self.emit(id, -1, e.errno(), extra),
+            Err(e) => self.emit(id, -1, e.errno().get(), extra),
         }
     }
-    fn call_errno<T>(&mut self, id: &str, r: Result<T, i32>, extra: impl AsRef<[u8]>) {
+    fn call_errno<T>(&mut self, id: &str, r: Result<T, Errno>, extra: impl AsRef<[u8]>) {
         match r {
             Ok(_) => self.emit(id, 0, 0, extra),
-            Err(e) => self.emit(id, -1, e, extra),
+            Err(e) => self.emit(id, -1, e.get(), extra),
         }
     }
 }
@@ -168,7 +168,7 @@ fn cstr(b: &[u8]) -> String {
 fn fdinfo(proc: &Process, fd: i32, keys: &[&str]) -> Vec<u8> {
     let text = match proc.fdinfo_bytes(fd) {
         Ok(t) => t,
-        Err(e) => return format!("fdinfo={}", errno_name(e.errno())).into_bytes(),
+        Err(e) => return format!("fdinfo={}", errno_name(e.errno().get())).into_bytes(),
     };
     let mut out = Vec::new();
     for (i, k) in keys.iter().enumerate() {
@@ -199,7 +199,7 @@ fn fdinfo_keys(proc: &Process, fd: i32) -> String {
 fn fdlink(proc: &Process, fd: i32) -> String {
     match proc.fd_path(fd) {
         Ok(s) => s,
-        Err(e) => format!("readlink={}", errno_name(e.errno())),
+        Err(e) => format!("readlink={}", errno_name(e.errno().get())),
     }
 }
 
@@ -213,7 +213,7 @@ fn pollbits(proc: &Process, fd: i32, events: u32) -> String {
             if r & POLLOUT != 0 { "OUT" } else { "" },
             if r & POLLPRI != 0 { "PRI" } else { "" }
         ),
-        Err(e) => format!("poll={}", errno_name(e.errno())),
+        Err(e) => format!("poll={}", errno_name(e.errno().get())),
     }
 }
 
@@ -229,7 +229,7 @@ fn file_info(proc: &Process, fd: i32, num: u32, arr: u64) -> (Result<i64, SysErr
 fn describe_sync(proc: &Process, fd: i32) -> String {
     let (r, info) = file_info(proc, fd, 0, 0);
     if let Err(e) = r {
-        return format!("info={}", errno_name(e.errno()));
+        return format!("info={}", errno_name(e.errno().get()));
     }
     let n = rd32(&info, 40);
     let count = n.min(8);
@@ -240,7 +240,7 @@ fn describe_sync(proc: &Process, fd: i32) -> String {
     if count > 0
         && let Err(e) = r2
     {
-        return format!("info2={}", errno_name(e.errno()));
+        return format!("info2={}", errno_name(e.errno().get()));
     }
     let mut s = format!(
         "name={},status={},n={}",
@@ -325,7 +325,7 @@ pub fn run_abi() -> Result<BTreeMap<String, Outcome>, String> {
     let p = &*proc;
     let mut o = Out(BTreeMap::new());
     let heap = |fl: u32| ex.heap_alloc(p, BUF_SIZE, fl, 0);
-    let heap_ok = |fl: u32| heap(fl).map_err(|e| format!("heap alloc: {}", errno_name(e)));
+    let heap_ok = |fl: u32| heap(fl).map_err(|e| format!("heap alloc: {}", errno_name(e.get())));
 
     // sync
     let b = heap_ok(O_RDWR | O_CLOEXEC)?;
@@ -424,7 +424,7 @@ pub fn run_abi() -> Result<BTreeMap<String, Outcome>, String> {
             let _ = p.close(fd);
             o.emit(id, 0, 0, &x);
         }
-        Err(e) => o.emit(id, -1, e, ""),
+        Err(e) => o.emit(id, -1, e.get(), ""),
     };
     alloc("heap.len_1", 1, O_RDWR | O_CLOEXEC, 0, Some(FD_KEYS));
     alloc("heap.len_0", 0, O_RDWR, 0, None);
@@ -505,7 +505,7 @@ pub fn run_abi() -> Result<BTreeMap<String, Outcome>, String> {
                 let _ = p.close(s);
                 o.emit(id, 0, 0, &x);
             }
-            Err(e) => o.emit(id, -1, e.errno(), ""),
+            Err(e) => o.emit(id, -1, e.errno().get(), ""),
         }
     }
     {
@@ -592,7 +592,7 @@ pub fn run_abi() -> Result<BTreeMap<String, Outcome>, String> {
                     let _ = p.close(s);
                     o.emit(&id, 0, 0, &x);
                 }
-                Err(e) => o.emit(&id, -1, e.errno(), ""),
+                Err(e) => o.emit(&id, -1, e.errno().get(), ""),
             }
         }
         o.emit(
@@ -886,7 +886,7 @@ fn exporter_cases(p: &Process, o: &mut Out) -> Result<(), String> {
                 let _ = p.close(s);
                 o.emit(&id, 0, 0, &x);
             }
-            Err(e) => o.emit(&id, -1, e.errno(), ""),
+            Err(e) => o.emit(&id, -1, e.errno().get(), ""),
         }
         let _ = p.close(b);
     }
@@ -932,7 +932,7 @@ fn buf_abi(p: &Process, o: &mut Out, phase: &str, b: i32) {
             let _ = p.close(s);
             o.emit(&id, 0, 0, &x);
         }
-        Err(e) => o.emit(&id, -1, e.errno(), ""),
+        Err(e) => o.emit(&id, -1, e.errno().get(), ""),
     }
     o.call(
         &format!("vfio.{phase}.seek_end"),
@@ -1080,10 +1080,10 @@ pub fn run_vfio() -> Result<BTreeMap<String, Outcome>, String> {
             b
         }
         Err(e) => {
-            o.emit("vfio.export_two_ranges", -1, e, "");
+            o.emit("vfio.export_two_ranges", -1, e.get(), "");
             return Err(format!(
                 "the model refused the valid VFIO export ({})",
-                errno_name(e)
+                errno_name(e.get())
             ));
         }
     };
@@ -1100,7 +1100,7 @@ pub fn run_vfio() -> Result<BTreeMap<String, Outcome>, String> {
             );
             let _ = p.close(ro);
         }
-        Err(e) => o.emit("vfio.export_open_flags", -1, e, ""),
+        Err(e) => o.emit("vfio.export_open_flags", -1, e.get(), ""),
     }
     o.call("vfio.mmap", p.mmap(b, 0, 1).map(|_| 0i64), "");
     o.call_errno("vfio.vgem_import", Vfio::static_import(p, b), "");

@@ -32,7 +32,7 @@ use crate::access::{Fabric, Io, OpState, Req, Target};
 use crate::memory::{PAGE_SHIFT, PAGE_SIZE, page_chunks};
 use crate::monitor::{Accessor, AddrSpace, MappingToken, Outstanding, PhysRange, Via};
 use crate::trace;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::lockdep;
 use dmabuf_core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dmabuf_core::sync::{Arc, Mutex};
@@ -140,8 +140,8 @@ pub enum CpuError {
     },
 }
 
-impl Errno for CpuError {
-    fn errno(&self) -> i32 {
+impl AsErrno for CpuError {
+    fn errno(&self) -> Errno {
         match self {
             CpuError::Sigbus { .. } => errno::EFAULT,
             CpuError::Oom { .. } => errno::ENOMEM,

@@ -61,7 +61,7 @@ use crate::monitor::{Accessor, AddrSpace, AerReason, MappingToken, Via};
 use crate::pci::{DeviceId, F_D3HOT, F_MASTER, F_PRESENT, F_RESET, F_UNPLUGGED};
 use crate::trace;
 use dmabuf_core::SignalHandle;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::lockdep;
 use dmabuf_core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use dmabuf_core::sync::thread::{self, JoinHandle};
@@ -299,8 +299,8 @@ pub enum DmaFault {
     Cancelled,
 }
 
-impl Errno for DmaFault {
-    fn errno(&self) -> i32 {
+impl AsErrno for DmaFault {
+    fn errno(&self) -> Errno {
         match self {
             DmaFault::DeviceGone { .. } => errno::ENODEV,
             DmaFault::Cancelled => errno::ECANCELED,
@@ -338,8 +338,8 @@ pub enum DmaError {
     NotManual(String),
 }
 
-impl Errno for DmaError {
-    fn errno(&self) -> i32 {
+impl AsErrno for DmaError {
+    fn errno(&self) -> Errno {
         match self {
             DmaError::Stopped(_) => errno::ECANCELED,
             DmaError::DeviceGone { .. } | DmaError::NoSuchDevice(_) => errno::ENODEV,
@@ -748,7 +748,7 @@ fn signal(fence: Option<SignalHandle>, status: &Result<(), DmaFault>) {
         // driver's `signaled` hook is simply left as it is.
         let _ = match status {
             Ok(()) => h.signal(),
-            Err(e) => h.signal_with_error(-e.errno()),
+            Err(e) => h.signal_with_error(e.errno().to_negative()),
         };
     }
 }
@@ -857,7 +857,7 @@ impl EngineInner {
             label,
             match &status {
                 Ok(()) => "0".to_string(),
-                Err(e) => format!("-{} ({e})", errno::name(e.errno())),
+                Err(e) => format!("-{} ({e})", e.errno()),
             }
         );
         slot.set(JobOutcome {
@@ -1028,7 +1028,7 @@ impl DmaEngine {
         };
         if let Some(e) = err {
             if let Some(h) = job.fence {
-                let _ = h.signal_with_error(-e.errno());
+                let _ = h.signal_with_error(e.errno().to_negative());
             }
             return Err(e);
         }

@@ -43,7 +43,7 @@ use crate::memory::{PAGE_SHIFT, PAGE_SIZE, PhysMemory};
 use crate::monitor::{AccessKind, MappingToken, Outstanding, PhysRange};
 use crate::pci::DeviceId;
 use crate::trace;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dmabuf_core::sync::{Arc, Mutex, MutexGuard};
 use dmabuf_core::trace_event;
@@ -241,8 +241,8 @@ pub enum IommuError {
     NoSuchDevice(u32),
 }
 
-impl Errno for IommuError {
-    fn errno(&self) -> i32 {
+impl AsErrno for IommuError {
+    fn errno(&self) -> Errno {
         match self {
             IommuError::Overlap { .. } => errno::EBUSY,
             IommuError::AlreadyAttached { .. } => errno::EBUSY,

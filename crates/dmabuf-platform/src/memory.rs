@@ -54,7 +54,7 @@
 
 use crate::monitor::{PhysRange, ReuseKind};
 use crate::trace;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::Arc;
 use dmabuf_core::sync::Mutex;
 use dmabuf_core::sync::atomic::{AtomicU64, Ordering};
@@ -117,8 +117,8 @@ pub enum MemoryError {
     BadConfig(String),
 }
 
-impl Errno for MemoryError {
-    fn errno(&self) -> i32 {
+impl AsErrno for MemoryError {
+    fn errno(&self) -> Errno {
         match self {
             MemoryError::OutOfFrames { .. } => errno::ENOMEM,
             MemoryError::NotRam { .. } => errno::EINVAL,

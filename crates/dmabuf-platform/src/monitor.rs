@@ -75,7 +75,7 @@ use crate::iommu::{DomainId, IommuFaultCause};
 use crate::memory::{PAGE_SIZE, PhysMemory};
 use crate::pci::DeviceId;
 use crate::trace;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use dmabuf_core::sync::{Arc, Mutex};
 use dmabuf_core::trace_event;
@@ -151,58 +151,32 @@ impl AccessKind {
     }
 }
 
-/// The hazard classes (see the module docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum HazardClass {
-    /// RAM freed or reused since mapped.
-    UseAfterFree,
-    /// BAR not answering (decode off, D3hot, reset, unplugged, unassigned, unreachable peer).
-    Aer,
-    /// No valid translation.
-    IommuFault,
-    /// BAR range now owned by a different device.
-    MisdirectedDma,
-    /// Importer write after the revoking exporter's fence wait finished.
-    WriteAfterFences,
-    /// Access through a mapping after it was unmapped.
-    AccessAfterUnmap,
-    /// Access to exporter memory after its revoke returned.
-    AccessAfterRevoke,
+dmabuf_core::named_enum! {
+    /// The hazard classes (see the module docs).
+    ///
+    /// `name()`: the name used in traces and reports.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum HazardClass {
+        /// RAM freed or reused since mapped.
+        UseAfterFree => "UseAfterFree",
+        /// BAR not answering (decode off, D3hot, reset, unplugged, unassigned, unreachable peer).
+        Aer => "Aer",
+        /// No valid translation.
+        IommuFault => "IommuFault",
+        /// BAR range now owned by a different device.
+        MisdirectedDma => "MisdirectedDma",
+        /// Importer write after the revoking exporter's fence wait finished.
+        WriteAfterFences => "WriteAfterFences",
+        /// Access through a mapping after it was unmapped.
+        AccessAfterUnmap => "AccessAfterUnmap",
+        /// Access to exporter memory after its revoke returned.
+        AccessAfterRevoke => "AccessAfterRevoke",
+    }
 }
 
 impl HazardClass {
-    /// Every class, in declaration order.
-    pub const ALL: [HazardClass; 7] = [
-        HazardClass::UseAfterFree,
-        HazardClass::Aer,
-        HazardClass::IommuFault,
-        HazardClass::MisdirectedDma,
-        HazardClass::WriteAfterFences,
-        HazardClass::AccessAfterUnmap,
-        HazardClass::AccessAfterRevoke,
-    ];
-
-    /// The name used in traces and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            HazardClass::UseAfterFree => "UseAfterFree",
-            HazardClass::Aer => "Aer",
-            HazardClass::IommuFault => "IommuFault",
-            HazardClass::MisdirectedDma => "MisdirectedDma",
-            HazardClass::WriteAfterFences => "WriteAfterFences",
-            HazardClass::AccessAfterUnmap => "AccessAfterUnmap",
-            HazardClass::AccessAfterRevoke => "AccessAfterRevoke",
-        }
-    }
-
     pub(crate) fn bit(self) -> u8 {
         1 << (self as u8)
-    }
-}
-
-impl fmt::Display for HazardClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -431,8 +405,8 @@ pub enum MonitorError {
     AlreadyUnmapped(u64),
 }
 
-impl Errno for MonitorError {
-    fn errno(&self) -> i32 {
+impl AsErrno for MonitorError {
+    fn errno(&self) -> Errno {
         match self {
             MonitorError::UnknownExporter(_) => errno::ENOENT,
             MonitorError::TooManyExporters { .. } => errno::ENOMEM,
@@ -442,40 +416,24 @@ impl Errno for MonitorError {
     }
 }
 
-/// What happened to memory in a [`ReuseEvent`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ReuseKind {
-    /// FLR or secondary bus reset began.
-    Reset,
-    /// The device went to D3hot.
-    PowerDown,
-    /// `PCI_COMMAND_MEMORY` was cleared.
-    DecodeOff,
-    /// The device was unplugged: its ranges are unassigned.
-    Unplug,
-    /// A hot-plugged device was given the range.
-    Reassign,
-    /// RAM frames (or a driver's memory) were freed.
-    Free,
-}
-
-impl ReuseKind {
-    /// The name used in traces and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            ReuseKind::Reset => "reset",
-            ReuseKind::PowerDown => "D3hot",
-            ReuseKind::DecodeOff => "decode-off",
-            ReuseKind::Unplug => "unplug",
-            ReuseKind::Reassign => "re-assign",
-            ReuseKind::Free => "free",
-        }
-    }
-}
-
-impl fmt::Display for ReuseKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+dmabuf_core::named_enum! {
+    /// What happened to memory in a [`ReuseEvent`].
+    ///
+    /// `name()`: the name used in traces and reports.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum ReuseKind {
+        /// FLR or secondary bus reset began.
+        Reset => "reset",
+        /// The device went to D3hot.
+        PowerDown => "D3hot",
+        /// `PCI_COMMAND_MEMORY` was cleared.
+        DecodeOff => "decode-off",
+        /// The device was unplugged: its ranges are unassigned.
+        Unplug => "unplug",
+        /// A hot-plugged device was given the range.
+        Reassign => "re-assign",
+        /// RAM frames (or a driver's memory) were freed.
+        Free => "free",
     }
 }
 

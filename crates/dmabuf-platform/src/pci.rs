@@ -44,7 +44,7 @@
 use crate::memory::{PAGE_SIZE, PhysMemory};
 use crate::monitor::{PhysRange, ReuseKind};
 use crate::trace;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::atomic::{AtomicU32, Ordering};
 use dmabuf_core::sync::{Arc, Mutex, thread};
 use dmabuf_core::trace_event;
@@ -180,8 +180,8 @@ pub enum PciError {
     NoSuchSwitch(String),
 }
 
-impl Errno for PciError {
-    fn errno(&self) -> i32 {
+impl AsErrno for PciError {
+    fn errno(&self) -> Errno {
         match self {
             PciError::NoSuchDevice(_) => errno::ENODEV,
             PciError::Unplugged { .. } => errno::ENODEV,

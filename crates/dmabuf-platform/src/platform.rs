@@ -24,7 +24,7 @@ use crate::iommu::Iommu;
 use crate::memory::{MemoryError, PhysMemory};
 use crate::monitor::{Accessor, Hazard, MappingToken, Monitor, Outstanding, PhysRange, ReuseKind};
 use crate::pci::{DeviceConfig, DeviceId, PciBus, PciDevice, PciError};
-use dmabuf_core::errno::Errno;
+use dmabuf_core::errno::{AsErrno, Errno};
 use dmabuf_core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dmabuf_core::sync::{Arc, Mutex, Weak};
 use std::fmt;
@@ -118,8 +118,8 @@ pub enum PlatformError {
     ShutDown,
 }
 
-impl Errno for PlatformError {
-    fn errno(&self) -> i32 {
+impl AsErrno for PlatformError {
+    fn errno(&self) -> Errno {
         match self {
             PlatformError::Memory(e) => e.errno(),
             PlatformError::Pci(e) => e.errno(),

@@ -77,7 +77,7 @@ fn a_faulting_job_signals_its_fence_with_eio_and_stops_at_the_fault() {
         )
         .unwrap();
     e.drain();
-    assert_eq!(fence.get_status(), -EIO);
+    assert_eq!(fence.get_status(), EIO.to_negative());
     assert_eq!(
         t.wait().status,
         Err(DmaFault::Iommu {
@@ -101,13 +101,13 @@ fn jobs_on_an_unplugged_device_fail_with_enodev_at_submit_and_in_the_queue() {
         .unwrap();
     m.p.pci().unplug(m.gpu.id()).unwrap();
     e.drain();
-    assert_eq!(queued.get_status(), -ENODEV);
+    assert_eq!(queued.get_status(), ENODEV.to_negative());
     let (late, h2) = fences().create();
     let r = e.submit(DmaJob::new(vec![]).with_fence(h2));
     assert_eq!(r.unwrap_err(), DmaError::DeviceGone { device: m.gpu.id() });
     assert_eq!(
         late.get_status(),
-        -ENODEV,
+        ENODEV.to_negative(),
         "the refused job's fence is signalled"
     );
     assert!(matches!(
@@ -126,7 +126,7 @@ fn a_device_in_reset_cannot_master_and_its_jobs_fail_without_hazard() {
     e.submit(DmaJob::new(vec![DmaOp::fill(DmaAddr::Iova(0x10000), 8, 0)]).with_fence(h))
         .unwrap();
     e.drain();
-    assert_eq!(f.get_status(), -EIO);
+    assert_eq!(f.get_status(), EIO.to_negative());
     assert!(m.p.take_hazards().is_empty());
 }
 
@@ -150,7 +150,10 @@ fn stop_joins_the_thread_and_cancels_queued_jobs() {
     assert!(!e.is_running());
     for f in &fs {
         let s = f.get_status();
-        assert!(s == 1 || s == -ECANCELED, "every fence signalled: {s}");
+        assert!(
+            s == 1 || s == ECANCELED.to_negative(),
+            "every fence signalled: {s}"
+        );
     }
     assert!(matches!(
         e.submit(DmaJob::new(vec![])),
@@ -401,6 +404,6 @@ fn an_oversized_operation_is_refused_at_submit_with_its_fence_signalled() {
             len: MAX_OP_LEN + 1
         }
     );
-    assert_eq!(f.get_status(), -dmabuf_core::errno::EINVAL);
+    assert_eq!(f.get_status(), dmabuf_core::errno::EINVAL.to_negative());
     assert_eq!(e.pending(), 0);
 }

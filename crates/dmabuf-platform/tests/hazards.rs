@@ -71,7 +71,7 @@ fn dma_to_a_decoding_bar_is_fine_and_with_decode_off_is_aer() {
             reason: AerReason::DecodeOff
         }
     );
-    assert_eq!(dmabuf_core::Errno::errno(&e), dmabuf_core::errno::EIO);
+    assert_eq!(dmabuf_core::AsErrno::errno(&e), dmabuf_core::errno::EIO);
     assert_eq!(b, [0xff; 4], "an unsupported request reads all ones");
     assert!(m.gpu_port.write(&bus(bar), b"lost").is_err());
     let hz = m.p.take_hazards();

@@ -86,25 +86,18 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// A herd7-style answer about a property's violation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Answer {
-    /// No explored execution violates it.
-    Never,
-    /// Some do, some do not.
-    Sometimes,
-    /// Every judged execution violates it.
-    Always,
-}
-
-impl Answer {
-    /// The word herd7 prints.
-    pub fn name(self) -> &'static str {
-        match self {
-            Answer::Never => "Never",
-            Answer::Sometimes => "Sometimes",
-            Answer::Always => "Always",
-        }
+dmabuf_core::named_enum! {
+    /// A herd7-style answer about a property's violation.
+    ///
+    /// `name()`: the word herd7 prints.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Answer {
+        /// No explored execution violates it.
+        Never => "Never",
+        /// Some do, some do not.
+        Sometimes => "Sometimes",
+        /// Every judged execution violates it.
+        Always => "Always",
     }
 }
 

@@ -97,7 +97,7 @@ use crate::world::{
 };
 use dmabuf_core::dma_buf::DmaBufRef;
 use dmabuf_core::dma_resv::Usage;
-use dmabuf_core::errno::Errno;
+use dmabuf_core::errno::{AsErrno, Errno};
 use dmabuf_core::sync::sched;
 use dmabuf_core::sync::thread::{self, JoinHandle};
 use dmabuf_core::sync::time::now_ns;
@@ -654,7 +654,7 @@ impl Expect {
         name: &str,
         page: u64,
         pat: u8,
-        r: &Result<Vec<u8>, i32>,
+        r: &Result<Vec<u8>, Errno>,
     ) {
         let from = read_page(page, BUF_PAGES);
         match r {
@@ -678,7 +678,7 @@ impl Expect {
     }
 }
 
-fn record_job(probe: &WorldProbe, r: &Result<Vec<u8>, i32>) {
+fn record_job(probe: &WorldProbe, r: &Result<Vec<u8>, Errno>) {
     match r {
         Ok(_) => bump(probe, "jobs_ok", 1),
         Err(_) => bump(probe, "jobs_failed", 1),
@@ -730,7 +730,7 @@ fn spawn_importer(
                 probe.with(|o| {
                     o.refusals.push(Refusal {
                         importer: name.clone(),
-                        stage: e.stage().name(),
+                        stage: e.stage(),
                         errno: e.errno(),
                     })
                 });

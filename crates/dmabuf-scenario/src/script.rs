@@ -72,7 +72,7 @@ use dmabuf_core::dma_buf::{
     self, AttachOps, Attachment, DmaBuf, DmaDirection, InvalidateFn, Mapping,
 };
 use dmabuf_core::dma_resv::{ResvGuard, Usage};
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno};
 use dmabuf_core::revoke::Protocol;
 use dmabuf_core::sync::thread;
 use dmabuf_core::sync::{Arc, Mutex, Weak};
@@ -307,8 +307,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct TestImporter(Arc<Inner>);
 
-fn err_of(e: &impl Errno) -> i32 {
-    e.errno()
+fn err_of(e: &impl AsErrno) -> i32 {
+    e.errno().get()
 }
 
 impl Inner {
@@ -400,7 +400,7 @@ impl Inner {
     fn worker(&self, a: &Attachment, generation: u64) {
         let buf = a.dmabuf().clone();
         let Ok(g) = buf.resv().lock(None) else {
-            self.log("unmap-worker", errno::EINVAL);
+            self.log("unmap-worker", errno::EINVAL.get());
             return;
         };
         let mut st = self.st.lock();
@@ -429,9 +429,9 @@ impl TestImporter {
     /// `DTI_ATTACH` of the dma-buf behind `fd` from device `dev`.
     pub fn attach(&self, proc: &Process, fd: i32, dev: &str) -> Result<i64, i32> {
         if self.0.st.lock().attach.is_some() {
-            return Err(errno::EBUSY);
+            return Err(errno::EBUSY.get());
         }
-        let buf = proc.dma_buf_get(fd).map_err(|e| e.errno())?;
+        let buf = proc.dma_buf_get(fd).map_err(|e| e.errno().get())?;
         let w: Weak<Inner> = Arc::downgrade(&self.0);
         let op: InvalidateFn = Arc::new(move |att: &Attachment, g: &ResvGuard<'_>| {
             if let Some(me) = w.upgrade() {
@@ -473,7 +473,7 @@ impl TestImporter {
             }
             Err(e) => {
                 self.0.log("attach", err_of(&e));
-                Err(e.errno())
+                Err(e.errno().get())
             }
         }
     }
@@ -497,7 +497,7 @@ impl TestImporter {
             let mut st = self.0.st.lock();
             return Ok(f(&self.0, &mut st, &a, None));
         }
-        let g = buf.resv().lock(None).map_err(|e| e.errno())?;
+        let g = buf.resv().lock(None).map_err(|e| e.errno().get())?;
         let mut st = self.0.st.lock();
         Ok(f(&self.0, &mut st, &a, Some(&g)))
     }
@@ -533,29 +533,29 @@ impl TestImporter {
             me.do_unmap(st, a, g, "unmap");
             had
         })?;
-        if had { Ok(0) } else { Err(errno::EINVAL) }
+        if had { Ok(0) } else { Err(errno::EINVAL.get()) }
     }
 
     /// `DTI_PIN` / `DTI_UNPIN`.
     fn pin_or_unpin(&self, pin: bool) -> Result<i64, i32> {
         self.handles()?;
         if self.0.mode == KmodMode::Static {
-            return Err(errno::EINVAL);
+            return Err(errno::EINVAL.get());
         }
         let r = self.locked(|me, st, a, g| {
             let Some(g) = g else {
-                return errno::EINVAL;
+                return errno::EINVAL.get();
             };
             let r = if pin {
                 if st.pinned {
-                    errno::EBUSY
+                    errno::EBUSY.get()
                 } else {
                     let r = dma_buf::pin(a, g).err().map_or(0, |e| err_of(&e));
                     st.pinned = r == 0;
                     r
                 }
             } else if !st.pinned {
-                errno::EINVAL
+                errno::EINVAL.get()
             } else {
                 st.pinned = false;
                 dma_buf::unpin(a, g).err().map_or(0, |e| err_of(&e))
@@ -605,7 +605,7 @@ impl TestImporter {
                 let _ = self.detach();
                 Ok(0)
             }
-            _ => Err(errno::EINVAL),
+            _ => Err(errno::EINVAL.get()),
         }
     }
 }
@@ -696,7 +696,7 @@ pub fn run_script(
                     ScriptStep::DecodeOn => v.set_memory_decode(true),
                     _ => v.close(),
                 };
-                r.map(|_| ()).map_err(|e| e.errno())
+                r.map(|_| ()).map_err(|e| e.errno().get())
             };
             let r = exporter_op(&imp, &format!("step {} ({})", i + 1, s.name()), op)?;
             (r.result.map(|()| 0), Some(r.blocked))
@@ -766,7 +766,7 @@ script = ["attach", "map", "device-reset", "map", "decode-off", "map", "decode-o
         let run = run_script(&s.protocol, &s.importer, &s.steps).unwrap();
         assert_eq!(run.mode, KmodMode::Odp);
         let got: Vec<String> = run.steps.iter().map(text).collect();
-        let enodev = errno::ENODEV;
+        let enodev = errno::ENODEV.get();
         assert_eq!(
             got,
             [
@@ -799,14 +799,14 @@ script = ["attach", "map", "device-reset", "map", "decode-off", "map", "decode-o
             [
                 Err(ENOTCONN),
                 Ok(0),
-                Err(errno::EBUSY),
-                Err(errno::EINVAL),
+                Err(errno::EBUSY.get()),
+                Err(errno::EINVAL.get()),
                 Ok(0),
                 Ok(0),
                 Ok(0),
-                Err(errno::EINVAL),
+                Err(errno::EINVAL.get()),
                 Ok(0),
-                Err(errno::EBUSY),
+                Err(errno::EBUSY.get()),
                 Ok(0),
                 Ok(0),
                 Err(ENOTCONN),

@@ -57,44 +57,26 @@ pub enum ExporterKind {
     GpuVram,
 }
 
-/// The driver model an importer is built on; its behaviour fields choose
-/// the variant (see [`ImporterSpec`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ImporterBase {
-    /// `dma_buf_attach`, no ops (v4l2, display, ...).
-    Static,
-    /// amdgpu/xe-like dynamic importer.
-    Gpu,
-    /// An RDMA MR (mlx5): ODP, pinned, pinned with a revoke callback, or a
-    /// liar.
-    Rdma,
-    /// iommufd `IOMMU_IOAS_MAP_FILE`.
-    Iommufd,
-    /// The test importer module of the real-kernel oracle
-    /// (`crates/dmabuf-oracle/kmod/`): runs only in a script scenario
-    /// ([`crate::script`]), where its fields select the module's mode.
-    Kmod,
-}
-
-impl ImporterBase {
-    /// Every base.
-    pub const ALL: [ImporterBase; 5] = [
-        ImporterBase::Static,
-        ImporterBase::Gpu,
-        ImporterBase::Rdma,
-        ImporterBase::Iommufd,
-        ImporterBase::Kmod,
-    ];
-
-    /// File name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ImporterBase::Static => "static",
-            ImporterBase::Gpu => "gpu",
-            ImporterBase::Rdma => "rdma",
-            ImporterBase::Iommufd => "iommufd",
-            ImporterBase::Kmod => "kmod",
-        }
+dmabuf_core::named_enum! {
+    /// The driver model an importer is built on; its behaviour fields choose
+    /// the variant (see [`ImporterSpec`]).
+    ///
+    /// `name()`: file name.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum ImporterBase {
+        /// `dma_buf_attach`, no ops (v4l2, display, ...).
+        Static => "static",
+        /// amdgpu/xe-like dynamic importer.
+        Gpu => "gpu",
+        /// An RDMA MR (mlx5): ODP, pinned, pinned with a revoke callback, or a
+        /// liar.
+        Rdma => "rdma",
+        /// iommufd `IOMMU_IOAS_MAP_FILE`.
+        Iommufd => "iommufd",
+        /// The test importer module of the real-kernel oracle
+        /// (`crates/dmabuf-oracle/kmod/`): runs only in a script scenario
+        /// ([`crate::script`]), where its fields select the module's mode.
+        Kmod => "kmod",
     }
 }
 
@@ -394,10 +376,10 @@ pub enum StallMode {
 pub struct Refusal {
     /// Importer instance name.
     pub importer: String,
-    /// `attach`, `pin`, `map` or `register`.
-    pub stage: &'static str,
-    /// Positive errno.
-    pub errno: i32,
+    /// Where it was refused: `attach`, `pin`, `map` or `register`.
+    pub stage: dmabuf_drivers::importers::Stage,
+    /// The errno it was refused with.
+    pub errno: dmabuf_core::errno::Errno,
 }
 
 /// What one importer instance did after a cycle's un-revoke.

@@ -5,6 +5,7 @@
 mod common;
 use dmabuf_core::errno;
 use dmabuf_core::sync::sched::{self, Outcome, Random, RunConfig, RunReport, Strategy};
+use dmabuf_drivers::importers::Stage;
 use dmabuf_platform::{AccessKind, Hazard, HazardClass, IommuFaultCause};
 use dmabuf_scenario::world::{
     ExporterKind, ImporterSpec, Observation, StallMode, Trigger, WorldProbe, WorldSpec, run_world,
@@ -218,7 +219,7 @@ fn vfio_refuses_rdma_pinned_under_the_gated_policies() {
     assert_eq!(o.refusals.len(), 1);
     assert_eq!(
         (o.refusals[0].stage, o.refusals[0].errno),
-        ("attach", errno::EOPNOTSUPP)
+        (Stage::Attach, errno::EOPNOTSUPP)
     );
     let (o, _) = controlled(
         &spec(
@@ -230,7 +231,7 @@ fn vfio_refuses_rdma_pinned_under_the_gated_policies() {
     );
     assert_eq!(
         (o.refusals[0].stage, o.refusals[0].errno),
-        ("pin", errno::EOPNOTSUPP)
+        (Stage::Pin, errno::EOPNOTSUPP)
     );
 }
 
@@ -339,7 +340,7 @@ fn vfio_refuses_static_importers_under_every_policy() {
         assert_eq!(o.refusals.len(), 1, "{policy}");
         assert_eq!(
             (o.refusals[0].stage, o.refusals[0].errno),
-            ("attach", errno::EOPNOTSUPP)
+            (Stage::Attach, errno::EOPNOTSUPP)
         );
         assert!(o.hazards.is_empty());
     }

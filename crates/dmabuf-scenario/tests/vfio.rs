@@ -5,7 +5,7 @@
 
 mod common;
 use dmabuf_core::dma_buf::{self, AttachOps, Attachment, DmaBuf, DmaDirection};
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::sched::{self, Random, RunConfig, Strategy};
 use dmabuf_core::uapi::Process;
 use dmabuf_drivers::dma_api;
@@ -196,7 +196,7 @@ fn attach_gates_follow_the_policy() {
     }
 }
 
-fn map(a: &Attachment) -> Result<dma_buf::Mapping, i32> {
+fn map(a: &Attachment) -> Result<dma_buf::Mapping, Errno> {
     dma_buf::map_attachment_unlocked(a, DmaDirection::Bidirectional).map_err(|e| e.errno())
 }
 

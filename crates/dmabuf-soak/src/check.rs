@@ -19,40 +19,28 @@
 use dmabuf_core::dma_buf::DmaBufRef;
 use dmabuf_platform::{AccessKind, Hazard, HazardClass, PlatformStats};
 
-/// What a finding is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum FindingKind {
-    /// The monitor classified an access as a hazard.
-    Hazard,
-    /// An object was not released.
-    Leak,
-    /// A thread stayed in one step longer than the hung-task bound.
-    HungTask,
-    /// A revoke ran longer than the revoke bound.
-    SlowRevoke,
-    /// Lockdep reported a rule broken.
-    Lockdep,
-    /// A kernel WARN (refcount misuse, a timed-out wait).
-    Warning,
-    /// A thread of the run panicked.
-    Panic,
-    /// RSS kept growing after the warm-up.
-    RssGrowth,
-}
-
-impl FindingKind {
-    /// Kebab-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            FindingKind::Hazard => "hazard",
-            FindingKind::Leak => "leak",
-            FindingKind::HungTask => "hung-task",
-            FindingKind::SlowRevoke => "slow-revoke",
-            FindingKind::Lockdep => "lockdep",
-            FindingKind::Warning => "warning",
-            FindingKind::Panic => "panic",
-            FindingKind::RssGrowth => "rss-growth",
-        }
+dmabuf_core::named_enum! {
+    /// What a finding is about.
+    ///
+    /// `name()`: kebab-case name.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum FindingKind {
+        /// The monitor classified an access as a hazard.
+        Hazard => "hazard",
+        /// An object was not released.
+        Leak => "leak",
+        /// A thread stayed in one step longer than the hung-task bound.
+        HungTask => "hung-task",
+        /// A revoke ran longer than the revoke bound.
+        SlowRevoke => "slow-revoke",
+        /// Lockdep reported a rule broken.
+        Lockdep => "lockdep",
+        /// A kernel WARN (refcount misuse, a timed-out wait).
+        Warning => "warning",
+        /// A thread of the run panicked.
+        Panic => "panic",
+        /// RSS kept growing after the warm-up.
+        RssGrowth => "rss-growth",
     }
 }
 

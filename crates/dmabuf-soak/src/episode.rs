@@ -35,7 +35,7 @@ use crate::check::{self, FindingKind};
 use crate::plan::{Episode, Event, PlanConfig, Victim, exporter_name};
 use crate::shared::{Op, Shared, set_thread_alloc_failures};
 use dmabuf_core::dma_buf::DmaBufRef;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{AsErrno, Errno};
 use dmabuf_core::revoke::Protocol;
 use dmabuf_core::sync::thread::{self, JoinHandle};
 use dmabuf_core::sync::time::now_ns;
@@ -121,7 +121,7 @@ struct Import {
     killed: Arc<dmabuf_core::sync::atomic::AtomicBool>,
 }
 
-fn errno_of(e: &ImportError) -> i32 {
+fn errno_of(e: &ImportError) -> Errno {
     e.errno()
 }
 
@@ -238,7 +238,7 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
         let imp_obj = match made {
             Ok(x) => x,
             Err(e) => {
-                sh.error(format!("probe/{}", errno::name(errno_of(&e))));
+                sh.error(format!("probe/{}", errno_of(&e)));
                 continue;
             }
         };
@@ -338,7 +338,7 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
                         match v.close() {
                             Ok(r) => trigger_errors(&sh, &r),
                             Err(VfioError::Closed { .. }) => {}
-                            Err(e) => sh.error(format!("kill-close/{}", errno::name(e.errno()))),
+                            Err(e) => sh.error(format!("kill-close/{}", e.errno())),
                         }
                     }
                 }),
@@ -359,7 +359,7 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
                 t.step("pci_stop_and_remove_bus_device");
                 match platform.pci().unplug(dev.id()) {
                     Ok(()) => sh.add(Op::Unplug, 1),
-                    Err(e) => sh.error(format!("unplug/{}", errno::name(e.errno()))),
+                    Err(e) => sh.error(format!("unplug/{}", e.errno())),
                 }
             }),
         ));
@@ -395,7 +395,7 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
         match v.close() {
             Ok(r) => trigger_errors(sh, &r),
             Err(VfioError::Closed { .. }) => {}
-            Err(e) => sh.error(format!("final-close/{}", errno::name(e.errno()))),
+            Err(e) => sh.error(format!("final-close/{}", e.errno())),
         }
     }
     let mut maps = 0;
@@ -507,20 +507,16 @@ fn export(exporter: &Exporter, vmm: &Process, b: u64) -> Result<i32, String> {
                 }],
                 2,
             )
-            .map_err(|e| errno::name(e.errno()).to_string()),
+            .map_err(|e| e.errno().to_string()),
         Exporter::Heap(h) => {
-            let buf = h
-                .allocate(len, 2, 0)
-                .map_err(|e| errno::name(e.errno()).to_string())?;
-            vmm.dma_buf_fd(buf, 0)
-                .map_err(|e| errno::name(e.0).to_string())
+            let buf = h.allocate(len, 2, 0).map_err(|e| e.errno().to_string())?;
+            vmm.dma_buf_fd(buf, 0).map_err(|e| e.0.to_string())
         }
         Exporter::Vram(g) => {
             let buf = g
                 .create_bo(BUF_PAGES, 2)
-                .map_err(|e| errno::name(e.errno()).to_string())?;
-            vmm.dma_buf_fd(buf, 0)
-                .map_err(|e| errno::name(e.0).to_string())
+                .map_err(|e| e.errno().to_string())?;
+            vmm.dma_buf_fd(buf, 0).map_err(|e| e.0.to_string())
         }
     }
 }
@@ -551,7 +547,7 @@ fn report(sh: &Shared, r: Result<TriggerReport, VfioError>) {
         Ok(r) => trigger_errors(sh, &r),
         // The VMM was killed first: its device fd is gone.
         Err(VfioError::Closed { .. }) => sh.error("trigger/closed".into()),
-        Err(e) => sh.error(format!("trigger/{}", errno::name(e.errno()))),
+        Err(e) => sh.error(format!("trigger/{}", e.errno())),
     }
 }
 
@@ -590,7 +586,7 @@ fn run_event(sh: &Shared, ep: &Episode, exporter: &Exporter, vmm: &Process, coor
             if v.is_closed()
                 && let Err(e) = v.hotplug_replacement("newdev0")
             {
-                sh.error(format!("hotplug/{}", errno::name(e.errno())));
+                sh.error(format!("hotplug/{}", e.errno()));
             }
         }
         (_, Event::Close) => vmm.close_all(),
@@ -618,7 +614,7 @@ fn cpu_bar(
     let m = match v.mmap_bar(0, Accessor::new("vmm")) {
         Ok(m) => m,
         Err(e) => {
-            sh.error(format!("cpu-mmap/{}", errno::name(e.errno())));
+            sh.error(format!("cpu-mmap/{}", e.errno()));
             return;
         }
     };
@@ -687,10 +683,10 @@ fn spawn_import(
                             sh.refusal(format!(
                                 "{refusal_prefix}/{}/{}",
                                 e.stage().name(),
-                                errno::name(e.errno())
+                                e.errno()
                             ));
                         } else {
-                            sh.error(format!("setup/{}", errno::name(e.errno())));
+                            sh.error(format!("setup/{}", e.errno()));
                         }
                         false
                     }
@@ -706,7 +702,7 @@ fn spawn_import(
                     Ok(j) => queued.push(j),
                     Err(e) => {
                         sh.add(Op::JobFailed, 1);
-                        sh.error(format!("submit/{}", errno::name(e.errno())));
+                        sh.error(format!("submit/{}", e.errno()));
                     }
                 }
             }
@@ -735,7 +731,7 @@ fn spawn_import(
                 t.step("importer_remap");
                 match imp.remap() {
                     Ok(()) => sh.add(Op::Remap, 1),
-                    Err(e) => sh.error(format!("remap/{}", errno::name(e.errno()))),
+                    Err(e) => sh.error(format!("remap/{}", e.errno())),
                 }
                 coord.update(|p| p.remapped += 1);
             }
@@ -769,7 +765,7 @@ fn spawn_import(
             t.step("importer_teardown");
             match imp.teardown() {
                 Ok(()) => sh.add(Op::Teardown, 1),
-                Err(e) => sh.error(format!("teardown/{}", errno::name(e.errno()))),
+                Err(e) => sh.error(format!("teardown/{}", e.errno())),
             }
         }
         proc.close_all();
@@ -783,7 +779,7 @@ fn fence_traffic(sh: &Shared, proc: &Process, fd: i32, t: &crate::shared::TaskGu
     t.step("poll(dma-buf)");
     match proc.poll(fd, EPOLLIN | EPOLLOUT, Arc::new(|_| {})) {
         Ok(_) => sh.add(Op::Poll, 1),
-        Err(e) => sh.error(format!("poll/{}", errno::name(e.0))),
+        Err(e) => sh.error(format!("poll/{}", e.0)),
     }
     t.step("DMA_BUF_IOCTL_EXPORT_SYNC_FILE");
     let mut payload = [0u8; 8];
@@ -803,7 +799,7 @@ fn fence_traffic(sh: &Shared, proc: &Process, fd: i32, t: &crate::shared::TaskGu
             }
             let _ = proc.close(sfd);
         }
-        Err(e) => sh.error(format!("export-sync-file/{}", errno::name(e.0))),
+        Err(e) => sh.error(format!("export-sync-file/{}", e.0)),
     }
 }
 
@@ -811,13 +807,13 @@ fn fence_traffic(sh: &Shared, proc: &Process, fd: i32, t: &crate::shared::TaskGu
 fn cpu_dmabuf_access(sh: &Shared, proc: &Process, fd: i32) {
     match proc.mmap(fd, 0, 1) {
         Ok(()) => sh.add(Op::Cpu, 1),
-        Err(e) => sh.error(format!("mmap/{}", errno::name(e.0))),
+        Err(e) => sh.error(format!("mmap/{}", e.0)),
     }
     for flags in [DMA_BUF_SYNC_RW, DMA_BUF_SYNC_RW | DMA_BUF_SYNC_END] {
         let mut p = flags.to_le_bytes();
         match proc.ioctl_buf(fd, DMA_BUF_IOCTL_SYNC, &mut p) {
             Ok(_) => sh.add(Op::Cpu, 1),
-            Err(e) => sh.error(format!("sync/{}", errno::name(e.0))),
+            Err(e) => sh.error(format!("sync/{}", e.0)),
         }
     }
 }

@@ -30,62 +30,36 @@ use dmabuf_scenario::world::ExporterKind;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
-/// The exporter's event in an episode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Event {
-    /// Nothing happens to the exporter.
-    None,
-    /// Function-level reset.
-    Flr,
-    /// `VFIO_DEVICE_RESET`.
-    DeviceReset,
-    /// Secondary bus reset.
-    HotReset,
-    /// `PCI_COMMAND_MEMORY` cleared, then set again.
-    DecodeOff,
-    /// D3hot and back to D0.
-    D3hot,
-    /// Revoke, un-revoke, re-maps, revoke, close.
-    UnrevokeCycle,
-    /// Device (or exporting process) close.
-    Close,
-    /// Close, then hot-plug of a new device at the same BAR range.
-    CloseHotplug,
-    /// VRAM eviction to system memory and migration back.
-    Evict,
+dmabuf_core::named_enum! {
+    /// The exporter's event in an episode.
+    ///
+    /// `name()`: kebab-case name.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum Event {
+        /// Nothing happens to the exporter.
+        None => "none",
+        /// Function-level reset.
+        Flr => "flr",
+        /// `VFIO_DEVICE_RESET`.
+        DeviceReset => "device-reset",
+        /// Secondary bus reset.
+        HotReset => "hot-reset",
+        /// `PCI_COMMAND_MEMORY` cleared, then set again.
+        DecodeOff => "decode-off",
+        /// D3hot and back to D0.
+        D3hot => "d3hot",
+        /// Revoke, un-revoke, re-maps, revoke, close.
+        UnrevokeCycle => "unrevoke-cycle",
+        /// Device (or exporting process) close.
+        Close => "close",
+        /// Close, then hot-plug of a new device at the same BAR range.
+        CloseHotplug => "close-hotplug",
+        /// VRAM eviction to system memory and migration back.
+        Evict => "evict",
+    }
 }
 
 impl Event {
-    /// Every event, in order.
-    pub const ALL: [Event; 10] = [
-        Event::None,
-        Event::Flr,
-        Event::DeviceReset,
-        Event::HotReset,
-        Event::DecodeOff,
-        Event::D3hot,
-        Event::UnrevokeCycle,
-        Event::Close,
-        Event::CloseHotplug,
-        Event::Evict,
-    ];
-
-    /// Kebab-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Event::None => "none",
-            Event::Flr => "flr",
-            Event::DeviceReset => "device-reset",
-            Event::HotReset => "hot-reset",
-            Event::DecodeOff => "decode-off",
-            Event::D3hot => "d3hot",
-            Event::UnrevokeCycle => "unrevoke-cycle",
-            Event::Close => "close",
-            Event::CloseHotplug => "close-hotplug",
-            Event::Evict => "evict",
-        }
-    }
-
     /// The events `exporter` has.
     pub fn of(exporter: ExporterKind) -> &'static [Event] {
         match exporter {

@@ -16,112 +16,60 @@ use dmabuf_core::sync::time::now_ns;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 
-/// Operation kinds counted (the summary's `ops`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Op {
-    /// A buffer exported and its fd installed.
-    Export,
-    /// An importer set up (attach, pin, map, register).
-    Setup,
-    /// An exporter turned an importer away (`EOPNOTSUPP`/`ENODEV`).
-    Refusal,
-    /// `dma_buf_map_attachment` by an importer (its counter).
-    Map,
-    /// `dma_buf_unmap_attachment` by an importer (its counter).
-    Unmap,
-    /// `invalidate_mappings` callbacks run (importers' counter).
-    Invalidate,
-    /// A DMA job that completed.
-    JobOk,
-    /// A DMA job refused or failed.
-    JobFailed,
-    /// A CPU access (BAR write through the VFIO mmap; dma-buf mmap and
-    /// `DMA_BUF_IOCTL_SYNC`).
-    Cpu,
-    /// `DMA_BUF_IOCTL_EXPORT_SYNC_FILE`.
-    SyncFile,
-    /// `poll` on a dma-buf or sync_file fd.
-    Poll,
-    /// A wait on a sync_file's fence.
-    FenceWait,
-    /// An exporter event.
-    Event,
-    /// A revoke that returned (every buffer, every trigger).
-    Revoke,
-    /// An un-revoke.
-    Unrevoke,
-    /// An importer re-map after an un-revoke.
-    Remap,
-    /// An importer teardown.
-    Teardown,
-    /// A process killed.
-    Kill,
-    /// A device surprise-unplugged.
-    Unplug,
-    /// An allocation failed on purpose.
-    AllocFail,
-    /// An episode completed.
-    Episode,
-    /// Accesses the monitor recorded that are no violation
-    /// ([`crate::check::is_violation`]): IOMMU faults on revoked IOVAs (the
-    /// access was stopped), accesses in an importer's unmap window,
-    /// accesses by a device the soak unplugged.
-    Stopped,
-}
-
-impl Op {
-    /// Every kind.
-    pub const ALL: [Op; 22] = [
-        Op::Export,
-        Op::Setup,
-        Op::Refusal,
-        Op::Map,
-        Op::Unmap,
-        Op::Invalidate,
-        Op::JobOk,
-        Op::JobFailed,
-        Op::Cpu,
-        Op::SyncFile,
-        Op::Poll,
-        Op::FenceWait,
-        Op::Event,
-        Op::Revoke,
-        Op::Unrevoke,
-        Op::Remap,
-        Op::Teardown,
-        Op::Kill,
-        Op::Unplug,
-        Op::AllocFail,
-        Op::Episode,
-        Op::Stopped,
-    ];
-
-    /// Kebab-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Export => "export",
-            Op::Setup => "setup",
-            Op::Refusal => "refusal",
-            Op::Map => "map",
-            Op::Unmap => "unmap",
-            Op::Invalidate => "invalidate",
-            Op::JobOk => "job-ok",
-            Op::JobFailed => "job-failed",
-            Op::Cpu => "cpu-access",
-            Op::SyncFile => "export-sync-file",
-            Op::Poll => "poll",
-            Op::FenceWait => "fence-wait",
-            Op::Event => "exporter-event",
-            Op::Revoke => "revoke",
-            Op::Unrevoke => "unrevoke",
-            Op::Remap => "remap",
-            Op::Teardown => "teardown",
-            Op::Kill => "kill",
-            Op::Unplug => "unplug",
-            Op::AllocFail => "alloc-fail-injected",
-            Op::Episode => "episode",
-            Op::Stopped => "stopped-access",
-        }
+dmabuf_core::named_enum! {
+    /// Operation kinds counted (the summary's `ops`).
+    ///
+    /// `name()`: kebab-case name.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    pub enum Op {
+        /// A buffer exported and its fd installed.
+        Export => "export",
+        /// An importer set up (attach, pin, map, register).
+        Setup => "setup",
+        /// An exporter turned an importer away (`EOPNOTSUPP`/`ENODEV`).
+        Refusal => "refusal",
+        /// `dma_buf_map_attachment` by an importer (its counter).
+        Map => "map",
+        /// `dma_buf_unmap_attachment` by an importer (its counter).
+        Unmap => "unmap",
+        /// `invalidate_mappings` callbacks run (importers' counter).
+        Invalidate => "invalidate",
+        /// A DMA job that completed.
+        JobOk => "job-ok",
+        /// A DMA job refused or failed.
+        JobFailed => "job-failed",
+        /// A CPU access (BAR write through the VFIO mmap; dma-buf mmap and
+        /// `DMA_BUF_IOCTL_SYNC`).
+        Cpu => "cpu-access",
+        /// `DMA_BUF_IOCTL_EXPORT_SYNC_FILE`.
+        SyncFile => "export-sync-file",
+        /// `poll` on a dma-buf or sync_file fd.
+        Poll => "poll",
+        /// A wait on a sync_file's fence.
+        FenceWait => "fence-wait",
+        /// An exporter event.
+        Event => "exporter-event",
+        /// A revoke that returned (every buffer, every trigger).
+        Revoke => "revoke",
+        /// An un-revoke.
+        Unrevoke => "unrevoke",
+        /// An importer re-map after an un-revoke.
+        Remap => "remap",
+        /// An importer teardown.
+        Teardown => "teardown",
+        /// A process killed.
+        Kill => "kill",
+        /// A device surprise-unplugged.
+        Unplug => "unplug",
+        /// An allocation failed on purpose.
+        AllocFail => "alloc-fail-injected",
+        /// An episode completed.
+        Episode => "episode",
+        /// Accesses the monitor recorded that are no violation
+        /// ([`crate::check::is_violation`]): IOMMU faults on revoked IOVAs (the
+        /// access was stopped), accesses in an importer's unmap window,
+        /// accesses by a device the soak unplugged.
+        Stopped => "stopped-access",
     }
 }
 

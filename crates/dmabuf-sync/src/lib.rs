@@ -58,6 +58,8 @@
 //!   numbers) use [`atomic::global`], which is always the std type, so they
 //!   can be `static` under loom too.
 
+pub mod named_enum;
+
 #[cfg(not(loom))]
 mod fast_clock;
 #[cfg(not(loom))]

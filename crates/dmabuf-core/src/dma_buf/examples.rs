@@ -38,6 +38,7 @@ use super::{
     PAGE_SIZE, PinOps, SgEntry, SgTable, export,
 };
 use crate::dma_resv::ResvGuard;
+use crate::errno::Errno;
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
@@ -100,14 +101,11 @@ impl SimpleExporter {
         Ok((buf, exp))
     }
 
-    /// From now on, refuse every attach with `errno` (0: accept again).
-    pub fn refuse_attach(&self, errno: i32) {
-        let e = if errno == 0 {
-            0
-        } else {
-            crate::errno::positive(errno)
-        };
-        self.refuse.store(e, Ordering::SeqCst);
+    /// From now on, refuse every attach with `errno` (`None`: accept
+    /// again).
+    pub fn refuse_attach(&self, errno: Option<Errno>) {
+        self.refuse
+            .store(errno.map_or(0, Errno::get), Ordering::SeqCst);
     }
 
     /// Attachments accepted by `attach`.
@@ -153,7 +151,7 @@ impl DmaBufOps for SimpleExporter {
                 self.attaches.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             }
-            e => Err(DmaBufError::errno(e, "SimpleExporter attach")),
+            e => Err(DmaBufError::errno(Errno::new(e), "SimpleExporter attach")),
         }
     }
     fn pin_ops(&self) -> Option<&dyn PinOps> {
@@ -197,7 +195,7 @@ impl DmaBufOps for SimpleExporter {
 mod tests {
     use super::*;
     use crate::dma_buf::{self, AttachOps};
-    use crate::errno::{self, Errno};
+    use crate::errno::{self, AsErrno, Errno};
 
     #[test]
     fn ranges_that_are_not_page_aligned_are_refused() {
@@ -237,10 +235,10 @@ mod tests {
     #[test]
     fn refused_attach_carries_the_errno() {
         let (buf, exp) = SimpleExporter::export("simple", 0, PAGE_SIZE).unwrap();
-        exp.refuse_attach(-errno::EOPNOTSUPP);
+        exp.refuse_attach(Some(Errno::new(errno::EOPNOTSUPP.to_negative())));
         let e = dma_buf::attach(&buf, "x").unwrap_err();
         assert_eq!(e.errno(), errno::EOPNOTSUPP);
-        exp.refuse_attach(0);
+        exp.refuse_attach(None);
         assert!(dma_buf::attach(&buf, "x").is_ok());
         assert_eq!(exp.attaches(), 1);
     }

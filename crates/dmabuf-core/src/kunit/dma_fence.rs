@@ -6,7 +6,7 @@ use crate::dma_fence::{
     SignalHandle, wait_any_timeout,
 };
 use crate::dma_fence_array::FenceArray;
-use crate::errno::{self, Errno};
+use crate::errno::{self, AsErrno};
 use crate::lockdep;
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::sync::{Arc, Mutex, thread};
@@ -123,10 +123,14 @@ fn test_status() {
 fn test_error() {
     let (f, h) = mock_fence();
     f.enable_sw_signaling();
-    h.set_error(-errno::EIO).unwrap();
+    h.set_error(errno::EIO.to_negative()).unwrap();
     assert_eq!(f.get_status(), 0, "fence error not pending");
     h.signal().unwrap();
-    assert_eq!(f.get_status(), -errno::EIO, "fence error not reported");
+    assert_eq!(
+        f.get_status(),
+        errno::EIO.to_negative(),
+        "fence error not reported"
+    );
 }
 
 #[test]
@@ -315,15 +319,15 @@ fn set_error_after_signal_is_refused() {
     let (g, hg) = mock_fence();
     h.signal().unwrap();
     // Only the core can reach a signalled fence's error; the handle is gone.
-    let e = f.set_error_internal(-errno::EIO).unwrap_err();
+    let e = f.set_error_internal(errno::EIO.to_negative()).unwrap_err();
     assert!(matches!(e, FenceError::AlreadySignaled { .. }));
     assert_eq!(f.get_status(), 1, "a late error changed the status");
-    hg.set_error(-errno::EIO).unwrap();
-    hg.set_error(-errno::ETIMEDOUT).unwrap();
+    hg.set_error(errno::EIO.to_negative()).unwrap();
+    hg.set_error(errno::ETIMEDOUT.to_negative()).unwrap();
     hg.signal().unwrap();
     assert_eq!(
         g.get_status(),
-        -errno::ETIMEDOUT,
+        errno::ETIMEDOUT.to_negative(),
         "last error before signal wins"
     );
 }
@@ -331,7 +335,7 @@ fn set_error_after_signal_is_refused() {
 #[test]
 fn error_codes_must_be_negative_errnos() {
     let (f, h) = mock_fence();
-    for bad in [0, 1, errno::EIO, -errno::MAX_ERRNO - 1, i32::MIN] {
+    for bad in [0, 1, errno::EIO.get(), -errno::MAX_ERRNO - 1, i32::MIN] {
         let e = h.set_error(bad).unwrap_err();
         assert_eq!(e, FenceError::InvalidErrorCode(bad));
         assert_eq!(e.errno(), errno::EINVAL);
@@ -376,17 +380,17 @@ fn dropping_an_unsignalled_handle_signals_ecanceled() {
     drop(h);
     assert!(f.is_signaled());
     assert!(seen.load(Ordering::SeqCst));
-    assert_eq!(f.get_status(), -errno::ECANCELED);
+    assert_eq!(f.get_status(), errno::ECANCELED.to_negative());
 }
 
 #[test]
 fn dropping_a_handle_keeps_an_error_already_set() {
     let (f, h) = mock_fence();
-    h.set_error(-errno::EIO).unwrap();
+    h.set_error(errno::EIO.to_negative()).unwrap();
     drop(h);
     assert_eq!(
         f.get_status(),
-        -errno::ECANCELED,
+        errno::ECANCELED.to_negative(),
         "drop overrides with ECANCELED"
     );
 }
@@ -471,12 +475,12 @@ fn enable_signaling_returning_false_signals_at_once() {
         1,
         1,
     );
-    h.set_error(-errno::EIO).unwrap();
+    h.set_error(errno::EIO.to_negative()).unwrap();
     let seen = Arc::new(AtomicBool::new(false));
     assert!(f.add_callback(simple_cb(&seen)).is_err());
     assert!(f.test_signaled_flag());
     assert!(!seen.load(Ordering::SeqCst));
-    assert_eq!(f.get_status(), -errno::EIO);
+    assert_eq!(f.get_status(), errno::EIO.to_negative());
     assert!(f.timestamp().is_some());
 }
 

@@ -5,7 +5,7 @@
 use crate::dma_fence::{Fence, FenceContext, FenceKind, FenceOps, NamedOps, SignalHandle};
 use crate::dma_fence_array::FenceArray;
 use crate::dma_resv::{DmaResv, ResvError, ResvGuard, Usage, lock_all, usage_rw};
-use crate::errno::{self, Errno};
+use crate::errno::{self, AsErrno};
 use crate::lockdep::{self, ClassId, ReportKind};
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Arc, thread};
@@ -97,7 +97,7 @@ fn test_for_each_unlocked(usage: Usage) {
     }
     // The kernel test's state machine: -ENOENT, then -EINVAL after
     // corrupting the cursor, then 0.
-    let mut state = -errno::ENOENT;
+    let mut state = errno::ENOENT.to_negative();
     let mut visits = 0;
     let mut it = resv.iter_unlocked(usage);
     while let Some(e) = it.next() {
@@ -106,10 +106,10 @@ fn test_for_each_unlocked(usage: Usage) {
         assert!(e.restarted, "No restart flag");
         assert!(e.fence.ptr_eq(&f), "Unexpected fence");
         assert_eq!(e.usage, usage, "Unexpected fence usage");
-        if state == -errno::ENOENT {
-            state = -errno::EINVAL;
+        if state == errno::ENOENT.to_negative() {
+            state = errno::EINVAL.to_negative();
             it.force_restart();
-        } else if state == -errno::EINVAL {
+        } else if state == errno::EINVAL.to_negative() {
             state = 0;
         }
     }

@@ -70,7 +70,7 @@ use crate::host::{ClassMutex, Host, LockClass};
 use crate::job::submit_after;
 use dmabuf_core::dma_buf::{self, AttachOps, Attachment, DmaBuf, InvalidateFn};
 use dmabuf_core::dma_resv::{ResvGuard, Usage};
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno};
 use dmabuf_core::sync::thread::{self, JoinHandle};
 use dmabuf_core::sync::{Arc, Condvar, Mutex, Weak};
 use dmabuf_core::uapi::Process;
@@ -189,7 +189,7 @@ impl std::fmt::Debug for GpuDevice {
     }
 }
 
-fn device_err(stage: Stage, e: &impl Errno, what: String) -> ImportError {
+fn device_err(stage: Stage, e: &impl AsErrno, what: String) -> ImportError {
     ImportError::Device {
         stage,
         errno: e.errno(),

@@ -62,7 +62,7 @@ use crate::job::submit_after;
 use crate::vfio;
 use dmabuf_core::dma_buf::{self, AttachOps, Attachment, DmaBuf, InvalidateFn};
 use dmabuf_core::dma_resv::ResvGuard;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno};
 use dmabuf_core::sync::{Arc, Mutex};
 use dmabuf_core::uapi::Process;
 use dmabuf_core::{Fence, FenceContext, trace_event};
@@ -420,7 +420,7 @@ impl IommufdImporter {
     ) -> Result<Self, ImportError> {
         let iommu = host.platform().iommu();
         let dom = iommu.domain_alloc(&format!("{name}-ioas"));
-        let err = |e: &dyn Errno, what: String| ImportError::Device {
+        let err = |e: &dyn AsErrno, what: String| ImportError::Device {
             stage: Stage::Register,
             errno: e.errno(),
             what,

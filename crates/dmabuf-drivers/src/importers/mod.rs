@@ -40,7 +40,7 @@ use crate::vfio::VfioError;
 use dmabuf_core::Fence;
 use dmabuf_core::dma_buf::{self, Attachment, DmaBufError, DmaDirection, Mapping};
 use dmabuf_core::dma_resv::ResvGuard;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::Arc;
 use dmabuf_core::uapi::{Process, SysError};
 use dmabuf_platform::{
@@ -52,43 +52,26 @@ use std::fmt;
 /// Bytes each job reads and writes (at the start of its page).
 pub const JOB_BYTES: usize = 64;
 
-/// Where an importer operation failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Stage {
-    /// `dma_buf_get` on the fd.
-    Fd,
-    /// `dma_buf_attach` / `dma_buf_dynamic_attach`.
-    Attach,
-    /// `dma_buf_pin`.
-    Pin,
-    /// `dma_buf_map_attachment` (or VFIO's private interface for iommufd).
-    Map,
-    /// The importer's own registration (an MR, an IOAS mapping).
-    Register,
-    /// A DMA job.
-    Job,
-    /// Teardown.
-    Teardown,
-}
-
-impl Stage {
-    /// The name used in [`crate::world::Refusal::stage`].
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Fd => "fd",
-            Stage::Attach => "attach",
-            Stage::Pin => "pin",
-            Stage::Map => "map",
-            Stage::Register => "register",
-            Stage::Job => "job",
-            Stage::Teardown => "teardown",
-        }
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+dmabuf_core::named_enum! {
+    /// Where an importer operation failed.
+    ///
+    /// `name()`: the name a refusal is printed with (`attach`, `pin`, ...).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Stage {
+        /// `dma_buf_get` on the fd.
+        Fd => "fd",
+        /// `dma_buf_attach` / `dma_buf_dynamic_attach`.
+        Attach => "attach",
+        /// `dma_buf_pin`.
+        Pin => "pin",
+        /// `dma_buf_map_attachment` (or VFIO's private interface for iommufd).
+        Map => "map",
+        /// The importer's own registration (an MR, an IOAS mapping).
+        Register => "register",
+        /// A DMA job.
+        Job => "job",
+        /// Teardown.
+        Teardown => "teardown",
     }
 }
 
@@ -120,12 +103,12 @@ pub enum ImportError {
         source: SysError,
     },
     /// The importer's device or hardware refused.
-    #[error("{stage}: {what} ({})", errno::name(*errno))]
+    #[error("{stage}: {what} ({errno})")]
     Device {
         /// Where.
         stage: Stage,
-        /// Positive errno.
-        errno: i32,
+        /// The errno.
+        errno: Errno,
         /// What failed.
         what: String,
     },
@@ -142,8 +125,8 @@ pub enum ImportError {
     },
 }
 
-impl Errno for ImportError {
-    fn errno(&self) -> i32 {
+impl AsErrno for ImportError {
+    fn errno(&self) -> Errno {
         match self {
             ImportError::DmaBuf { source, .. } => source.errno(),
             ImportError::Vfio { source, .. } => source.errno(),
@@ -302,7 +285,7 @@ impl Job {
     }
 
     /// Waits for the job; the bytes it read, or the errno it failed with.
-    pub fn wait(&self) -> Result<Vec<u8>, i32> {
+    pub fn wait(&self) -> Result<Vec<u8>, Errno> {
         let o = self.0.wait()?;
         if let Err(e) = &o.status {
             return Err(e.errno());

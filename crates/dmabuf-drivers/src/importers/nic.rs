@@ -24,7 +24,7 @@
 use super::{ImportError, Job, Stage, job_ops, read_page};
 use crate::host::Host;
 use crate::job::submit_after;
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno};
 use dmabuf_core::sync::atomic::{AtomicU64, Ordering};
 use dmabuf_core::sync::{Arc, Mutex, Weak};
 use dmabuf_core::{Fence, FenceContext};
@@ -67,7 +67,7 @@ impl std::fmt::Debug for Nic {
     }
 }
 
-fn dev_err(e: &impl Errno, what: String) -> ImportError {
+fn dev_err(e: &impl AsErrno, what: String) -> ImportError {
     ImportError::Device {
         stage: Stage::Register,
         errno: e.errno(),

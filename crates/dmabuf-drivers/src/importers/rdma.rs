@@ -71,7 +71,7 @@ use crate::host::{ClassMutex, Host, LockClass};
 use dmabuf_core::dma_buf::{self, AttachOps, Attachment, DmaBuf, InvalidateFn};
 use dmabuf_core::dma_fence::MAX_SCHEDULE_TIMEOUT;
 use dmabuf_core::dma_resv::{ResvGuard, Usage};
-use dmabuf_core::errno::{self, Errno};
+use dmabuf_core::errno::{self, AsErrno};
 use dmabuf_core::sync::thread::{self, JoinHandle};
 use dmabuf_core::sync::{Arc, Mutex, Weak};
 use dmabuf_core::uapi::Process;
@@ -434,7 +434,7 @@ impl PageFault for MrInner {
                     "mlx5_ib_pagefault_failed",
                     "mr={} err={}",
                     self.name,
-                    errno::name(e.errno())
+                    e.errno()
                 );
                 FaultResponse::Abort
             }

@@ -72,7 +72,7 @@ impl StaticImporter {
             )
             .map_err(|e| ImportError::Device {
                 stage: Stage::Register,
-                errno: dmabuf_core::Errno::errno(&e),
+                errno: dmabuf_core::AsErrno::errno(&e),
                 what: e.to_string(),
             })?;
         Ok(Self {

@@ -36,34 +36,19 @@ fn execution_rng(seed: u64, index: u64) -> Pcg64 {
     Pcg64::seed_from_u64(z ^ (z >> 31))
 }
 
-/// A bound that cut a systematic search (so it is not exhaustive).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Bound {
-    /// An execution had more decisions than the search branches on.
-    Depth,
-    /// An execution reached `RunConfig::max_steps`.
-    Steps,
-    /// The caller stopped the search after its budget of executions.
-    Executions,
-    /// The program was not deterministic under the scheduler, so the tree
-    /// the search walked is not the program's.
-    Nondeterminism,
-}
-
-impl Bound {
-    /// Its name in reports: `depth`, `steps`, `executions`, `nondeterminism`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Bound::Depth => "depth",
-            Bound::Steps => "steps",
-            Bound::Executions => "executions",
-            Bound::Nondeterminism => "nondeterminism",
-        }
-    }
-}
-
-impl std::fmt::Display for Bound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+crate::named_enum! {
+    /// A bound that cut a systematic search (so it is not exhaustive); its
+    /// name in reports.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Bound {
+        /// An execution had more decisions than the search branches on.
+        Depth => "depth",
+        /// An execution reached `RunConfig::max_steps`.
+        Steps => "steps",
+        /// The caller stopped the search after its budget of executions.
+        Executions => "executions",
+        /// The program was not deterministic under the scheduler, so the tree
+        /// the search walked is not the program's.
+        Nondeterminism => "nondeterminism",
     }
 }
