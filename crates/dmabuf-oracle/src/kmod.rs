@@ -433,6 +433,9 @@ impl AgreementRow {
 }
 
 /// The cells of the agreement table, for every mode the kernel's cases
+/// Reads one of the five observations compared per mode.
+type ObservationField = fn(&Observations) -> &String;
+
 /// answer.
 pub fn agreement_rows(
     kernel: &BTreeMap<String, Outcome>,
@@ -446,7 +449,7 @@ pub fn agreement_rows(
             continue;
         };
         let oo = o.get(mode);
-        let cells: [(&'static str, fn(&Observations) -> &String); 5] = [
+        let cells: [(&'static str, ObservationField); 5] = [
             ("attach", |x| &x.attach),
             ("map while revoked", |x| &x.map_while_revoked),
             ("revoke", |x| &x.revoke),
