@@ -288,7 +288,7 @@ mod tests {
     #[test]
     fn the_count_is_read_from_the_last_rows() {
         assert_eq!(count_at(&[]), None);
-        let e = vec![
+        let e = [
             ev(0, 1, "kref_get", "kref=kref#1 refcount=2"),
             ev(
                 1,
@@ -310,7 +310,7 @@ mod tests {
             "an unreadable value changes nothing"
         );
         let s = [ev(0, 1, "kref_put", "kref=kref#2 refcount=0 saturated=1")];
-        assert_eq!(count_at(&s).unwrap().saturated, true);
+        assert!(count_at(&s).unwrap().saturated);
         assert_eq!(count_at(&s).unwrap().kref, "kref#2");
     }
 

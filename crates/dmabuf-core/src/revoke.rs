@@ -1393,6 +1393,85 @@ mod tests {
         assert!(ok > 0 && expired > 0, "ok {ok}, expired {expired}");
     }
 
+    /// The count's rows carry the value after each change (a mapping's
+    /// get, two puts, the release's `complete`, the wait's end), and
+    /// recording them changes no schedule: each seed chooses the same
+    /// schedule with tracing off and on.
+    #[test]
+    fn count_rows_carry_the_value_and_change_no_schedule() {
+        use crate::sync::sched::{Random, RunConfig, Strategy, run};
+        let body = || {
+            let r = Arc::new(Revocable::new(false));
+            let r2 = r.clone();
+            r.kref_get(None);
+            let t = crate::sync::thread::spawn(move || {
+                crate::sync::thread::yield_now();
+                r2.kref_put(None);
+                r2.kref_put(None);
+            });
+            r.wait_for_completion(Timeout::Ns(1_000_000_000));
+            t.join().unwrap();
+        };
+        let (mut completed, mut expired) = (0, 0);
+        for seed in 0..30 {
+            let mut runs = Vec::new();
+            for on in [false, true] {
+                let scope = on.then(crate::trace::enable_scoped);
+                let mut s = Random::new(seed);
+                assert!(s.next_execution());
+                runs.push(run(&mut s, &RunConfig::default(), body));
+                drop(scope);
+            }
+            assert_eq!(runs[0].schedule, runs[1].schedule, "seed {seed}");
+            assert_eq!(runs[0].decisions, runs[1].decisions, "seed {seed}");
+            let rows: Vec<(&str, String)> = runs[1]
+                .trace
+                .iter()
+                .filter(|e| e.field("kref").as_deref() == Some("kref#1"))
+                .map(|e| (e.name, e.args.clone()))
+                .collect();
+            let refs: Vec<String> = rows
+                .iter()
+                .filter(|r| r.0.starts_with("kref_"))
+                .map(|r| format!("{} {}", r.0, r.1))
+                .collect();
+            assert_eq!(
+                refs,
+                [
+                    "kref_get kref=kref#1 refcount=2",
+                    "kref_put kref=kref#1 refcount=1",
+                    "kref_put kref=kref#1 refcount=0",
+                ],
+                "seed {seed}"
+            );
+            // The release completes right after the last put.
+            let at0 = rows
+                .iter()
+                .position(|r| r.1.ends_with("refcount=0"))
+                .unwrap();
+            assert_eq!(rows[at0 + 1], ("complete", "kref=kref#1 done=1".into()));
+            let end = rows
+                .iter()
+                .position(|r| r.0 == "wait_for_completion_end")
+                .expect("the wait's end is a row");
+            match rows[end].1.as_str() {
+                "kref=kref#1 done=0 ret=completed" => {
+                    assert!(end > at0 + 1, "completed only after complete");
+                    completed += 1;
+                }
+                "kref=kref#1 done=0 ret=timed-out" => {
+                    assert!(end < at0, "expired before the release");
+                    expired += 1;
+                }
+                "kref=kref#1 done=1 ret=timed-out" => {
+                    unreachable!("a wait whose completion is done returns success")
+                }
+                other => panic!("seed {seed}: {other}"),
+            }
+        }
+        assert!(completed > 0 && expired > 0, "{completed} {expired}");
+    }
+
     #[test]
     fn refcount_saturates_and_warns_on_underflow_and_addition_on_zero() {
         let warns = Arc::new(Mutex::new(Vec::<String>::new()));
