@@ -11,12 +11,12 @@
 //! | hazard | red row, red dot, red arrow to the exporter's memory |
 //! | revoke | dashed bands at its start and its return |
 //! | exporter state | left column: revoked or not, live mappings, the revoke's count (`kref N`, from the `refcount=` of `kref_get`/`kref_put`/`kref_init` rows; `saturated` after a misuse; `done D` while its completion holds completions), hazards so far; printed where it changes |
-//! | shared rows | rows several charts of a page share from their start ([`svgs`]): written once, drawn by `<use>` elsewhere |
+//! | shared rows | rows several charts of a page draw alike at the same place ([`svgs`]): written once, drawn by `<use>` elsewhere |
 //! | folded run | four or more consecutive rows of one task that are neither an arrow's end nor a hazard (DMA accesses, read-ahead, lock and fence bookkeeping): one row saying how many |
 
 use crate::links::{Analysis, LinkKind, analyse};
 use dmabuf_core::trace::{Event, SCHED_SWITCH};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 const ROW_H: f64 = 16.0;
@@ -247,64 +247,92 @@ struct Drawn {
 /// reference costs about 20 bytes, a definition's wrapper as much).
 const SHARE_MIN: usize = 96;
 
-/// Draws the charts of one page. Rows that two or more charts share from
-/// their start (the same events, so the same markup: a row's position
-/// depends only on the rows above it) are written once, as `<g
-/// id="shN">` in the first chart that has them, and drawn in the later
-/// charts by `<use href="#shN"/>`. Row styles therefore match the row's
-/// own classes, never an ancestor outside it (a `use` clone has none).
+/// Draws the charts of one page. A row's markup depends only on the rows
+/// above it, so charts of runs that share rows (the same setup before the
+/// schedules differ, the same cleanup after) often draw the same markup at
+/// the same row. Each such row belongs to the first chart that draws it; a
+/// later chart draws a run of rows that belong to an earlier one (when
+/// they are [`SHARE_MIN`] bytes or more) by `<use href="#sC-K"/>`, the
+/// earlier chart wrapping them in `<g id="sC-K">` (chart `C`, first row
+/// `K`). Row styles therefore match the row's own classes, never an
+/// ancestor outside it (a `use` clone has none).
 pub fn svgs(charts: &[(&[Event], String)]) -> Vec<String> {
     let drawn: Vec<Drawn> = charts.iter().map(|(e, id)| draw(e, id)).collect();
-    // A trie of row markup: node 0 is the root; `count` how many charts
-    // pass through each node.
-    let mut children: Vec<BTreeMap<&str, usize>> = vec![BTreeMap::new()];
-    let mut count: Vec<usize> = vec![0];
-    let mut paths: Vec<Vec<usize>> = Vec::new();
-    for d in &drawn {
-        let mut node = 0;
-        let mut path = Vec::with_capacity(d.rows.len());
-        for r in &d.rows {
-            node = match children[node].get(r.as_str()) {
-                Some(&n) => n,
-                None => {
-                    let n = children.len();
-                    children.push(BTreeMap::new());
-                    count.push(0);
-                    children[node].insert(r.as_str(), n);
-                    n
-                }
-            };
-            count[node] += 1;
-            path.push(node);
-        }
-        paths.push(path);
-    }
-    // Each path cut where the number of charts sharing it changes: a run
-    // shared by several charts is the same run in each of them.
-    let mut defined = vec![false; children.len()];
-    let mut out = Vec::with_capacity(drawn.len());
-    for (d, path) in drawn.iter().zip(&paths) {
-        let mut s = d.head.clone();
+    // Who first drew each (row, markup).
+    let mut first: HashMap<(usize, &str), usize> = HashMap::new();
+    let owner: Vec<Vec<usize>> = drawn
+        .iter()
+        .enumerate()
+        .map(|(c, d)| {
+            d.rows
+                .iter()
+                .enumerate()
+                .map(|(k, r)| *first.entry((k, r.as_str())).or_insert(c))
+                .collect()
+        })
+        .collect();
+    // Each chart's runs of rows of one owner: (owner, first, last, drawn
+    // by reference). An owner cuts its rows where a reference starts or
+    // ends.
+    let mut cuts: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); drawn.len()];
+    let mut wanted: Vec<Vec<(usize, usize)>> = vec![Vec::new(); drawn.len()];
+    let mut runs: Vec<Vec<(usize, usize, usize, bool)>> = Vec::with_capacity(drawn.len());
+    for (c, d) in drawn.iter().enumerate() {
+        let mut rs = Vec::new();
         let mut k = 0;
-        while k < path.len() {
-            let c = count[path[k]];
+        while k < d.rows.len() {
+            let o = owner[c][k];
             let mut m = k;
-            while m + 1 < path.len() && count[path[m + 1]] == c {
+            while m + 1 < d.rows.len() && owner[c][m + 1] == o {
                 m += 1;
             }
             let bytes: usize = d.rows[k..=m].iter().map(String::len).sum();
-            let start = path[k];
-            if c < 2 || bytes < SHARE_MIN {
-                d.rows[k..=m].iter().for_each(|r| s.push_str(r));
-            } else if defined[start] {
-                let _ = write!(s, r##"<use href="#sh{start}"/>"##);
-            } else {
-                defined[start] = true;
-                let _ = write!(s, r#"<g id="sh{start}">"#);
-                d.rows[k..=m].iter().for_each(|r| s.push_str(r));
-                s.push_str("</g>");
+            let by_ref = o != c && bytes >= SHARE_MIN;
+            if by_ref {
+                cuts[o].insert(k);
+                cuts[o].insert(m + 1);
+                wanted[o].push((k, m));
             }
+            rs.push((o, k, m, by_ref));
             k = m + 1;
+        }
+        runs.push(rs);
+    }
+    // Pieces of an owner's rows k0..=k1 between its cuts.
+    let pieces = |o: usize, k0: usize, k1: usize| -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut a = k0;
+        if k1 > k0 {
+            for &cut in cuts[o].range(k0 + 1..=k1) {
+                out.push((a, cut - 1));
+                a = cut;
+            }
+        }
+        out.push((a, k1));
+        out
+    };
+    let mut out = Vec::with_capacity(drawn.len());
+    for (c, d) in drawn.iter().enumerate() {
+        let mut s = d.head.clone();
+        for &(o, k0, k1, by_ref) in &runs[c] {
+            if by_ref {
+                for (a, _) in pieces(o, k0, k1) {
+                    let _ = write!(s, r##"<use href="#s{o}-{a}"/>"##);
+                }
+            } else if o == c {
+                for (a, b) in pieces(c, k0, k1) {
+                    let shared = wanted[c].iter().any(|&(x, y)| x <= a && b <= y);
+                    if shared {
+                        let _ = write!(s, r#"<g id="s{c}-{a}">"#);
+                    }
+                    d.rows[a..=b].iter().for_each(|r| s.push_str(r));
+                    if shared {
+                        s.push_str("</g>");
+                    }
+                }
+            } else {
+                d.rows[k0..=k1].iter().for_each(|r| s.push_str(r));
+            }
         }
         s.push_str("</svg>");
         out.push(s);
@@ -826,56 +854,100 @@ mod tests {
         assert!(!super::svg(&sample(), "s").contains(" · kref"));
     }
 
+    /// Each `<use href="#ID"/>` replaced by what `<g id="ID">` holds in
+    /// any of `page`.
+    fn expand(chart: &str, page: &[String]) -> String {
+        let mut out = chart.to_owned();
+        while let Some(u) = out.find(r##"<use href="#"##) {
+            let end = u + out[u..].find("/>").unwrap() + 2;
+            let id = &out[u + 12..end - 3];
+            let open = format!(r#"<g id="{id}">"#);
+            let body = page
+                .iter()
+                .find_map(|c| {
+                    let at = c.find(&open)? + open.len();
+                    let inner = &c[at..];
+                    let mut depth = 0usize;
+                    for (i, _) in inner.match_indices('<') {
+                        if inner[i..].starts_with("<g") {
+                            depth += 1;
+                        } else if inner[i..].starts_with("</g>") {
+                            if depth == 0 {
+                                return Some(inner[..i].to_owned());
+                            }
+                            depth -= 1;
+                        }
+                    }
+                    None
+                })
+                .unwrap_or_else(|| panic!("no definition of {id}"));
+            out.replace_range(u..end, &body);
+        }
+        // The wrappers of definitions.
+        while let Some(g) = out.find(r#"<g id="s"#) {
+            let close = g + out[g..].find('>').unwrap() + 1;
+            let inner = &out[close..];
+            let mut depth = 0usize;
+            let mut end = None;
+            for (i, _) in inner.match_indices('<') {
+                if inner[i..].starts_with("<g") {
+                    depth += 1;
+                } else if inner[i..].starts_with("</g>") {
+                    if depth == 0 {
+                        end = Some(close + i);
+                        break;
+                    }
+                    depth -= 1;
+                }
+            }
+            let end = end.unwrap();
+            out.replace_range(end..end + 4, "");
+            out.replace_range(g..close, "");
+        }
+        out
+    }
+
     #[test]
-    fn charts_sharing_their_first_rows_write_them_once() {
+    fn charts_drawing_the_same_rows_write_them_once() {
         let mut a = sample();
         let mut b = sample();
         // The same run up to its last row, then different.
         a.push(ev(90, "gpu0", "dma_buf_detach", "attach=1"));
         b.push(ev(90, "gpu0", "dma_buf_attach", "attach=2 dev=gpu0"));
+        // Different in its first row only (the same lane, other words).
+        let mut d = sample();
+        d[0].args = "exp_name=vfio_pci ino=1 attach=1 dev=gpu0 x=1".into();
         let c: Vec<Event> = sample().into_iter().skip(1).collect();
-        let out = svgs(&[
-            (a.as_slice(), "m1".into()),
-            (b.as_slice(), "m2".into()),
-            (c.as_slice(), "m3".into()),
-        ]);
-        assert_eq!(out.len(), 3);
-        let def = out[0]
-            .find(r#"<g id="sh"#)
-            .expect("the first chart defines");
-        let id: String = out[0][def + 7..]
-            .chars()
-            .take_while(|c| *c != '"')
-            .collect();
-        assert!(
-            out[1].contains(&format!(r##"<use href="#{id}"/>"##)),
-            "{}",
-            out[1]
-        );
-        assert!(!out[1].contains(r#"<g id="sh"#));
-        // The third starts differently: nothing shared, drawn whole.
-        assert!(!out[2].contains("<use") && !out[2].contains(r#"<g id="sh"#));
+        let all = [
+            (a.as_slice(), "m1".to_owned()),
+            (b.as_slice(), "m2".to_owned()),
+            (c.as_slice(), "m3".to_owned()),
+            (d.as_slice(), "m4".to_owned()),
+        ];
+        let out = svgs(&all);
+        assert_eq!(out.len(), 4);
+        assert!(out[0].contains(r#"<g id="s0-0">"#), "{}", out[0]);
+        assert!(!out[0].contains("<use"));
+        assert!(out[1].starts_with(&svg(&b, "m2")[..40]));
+        assert!(out[1].contains(r##"<use href="#s0-0"/>"##), "{}", out[1]);
+        assert!(!out[1].contains(r#"<g id="s"#));
+        // The third starts differently: every row is elsewhere, nothing
+        // shared.
+        assert!(!out[2].contains("<use") && !out[2].contains(r#"<g id="s"#));
         assert_eq!(out[2], svg(&c, "m3"));
-        // What the second chart draws itself plus what it uses is what it
-        // would draw alone.
-        let alone = svg(&b, "m2");
-        let inner = out[0][def..].split_once('>').unwrap().1;
-        let mut depth = 0usize;
-        let mut end = 0;
-        for (i, _) in inner.match_indices('<') {
-            if inner[i..].starts_with("<g") {
-                depth += 1;
-            } else if inner[i..].starts_with("</g>") {
-                if depth == 0 {
-                    end = i;
-                    break;
-                }
-                depth -= 1;
-            }
+        // The fourth differs in its first row and shares the rest.
+        assert!(out[3].contains(r##"<use href="#s0-1"/>"##), "{}", out[3]);
+        assert!(
+            out[0].contains(r#"<g id="s0-1">"#),
+            "cut where m4 starts using"
+        );
+        // Each chart expanded is what it draws alone, and the page is
+        // smaller.
+        for (k, (e, id)) in all.iter().enumerate() {
+            assert_eq!(expand(&out[k], &out), svg(e, id), "chart {id}");
         }
-        let rebuilt = out[1].replace(&format!(r##"<use href="#{id}"/>"##), &inner[..end]);
-        assert_eq!(rebuilt, alone);
-        assert!(out[0].len() + out[1].len() < svg(&a, "m1").len() + alone.len());
+        let alone: usize = all.iter().map(|(e, id)| svg(e, id).len()).sum();
+        assert!(out.iter().map(String::len).sum::<usize>() < alone);
     }
 
     #[test]
