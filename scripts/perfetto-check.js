@@ -33,6 +33,18 @@ for (const t of proc.threads) {
     if (e.isInstant() && cats(e).has('hazard')) hazards++;
   }
 }
+// Counters: one value per count row, the row's value (`refcount` of
+// kref_get/kref_put/kref_init, `done` of complete/wait_for_completion_end/
+// reinit_completion), in row order, as the model reads the `C` events.
+const countRows = rows
+  .filter((r) => r.args && r.args.kref && (r.args.refcount !== undefined || r.args.done !== undefined))
+  .filter((r) => /^\d+$/.test(r.args.refcount !== undefined ? r.args.refcount : r.args.done))
+  .map((r) => (r.args.refcount !== undefined ? `${r.args.kref} refcount=${r.args.refcount}` : `${r.args.kref} done=${r.args.done}`));
+const counters = proc.threads
+  .flatMap((t) => t.events.filter((e) => e.isCounter()))
+  .sort((a, b) => a.start - b.start)
+  .map((e) => `${e.name.split(' ')[0]} ${Object.keys(e.args)[0]}=${Object.values(e.args)[0]}`);
+if (JSON.stringify(countRows) !== JSON.stringify(counters)) errors.push(`counters ${counters.slice(0, 4)} != count rows ${countRows.slice(0, 4)} (${counters.length} vs ${countRows.length})`);
 const hazardRows = rows.filter((r) => r.name === 'hazard').length;
 if (slices !== rows.length) errors.push(`${slices} row slices for ${rows.length} trace rows`);
 if (flowBegin !== flowEnd || flowBegin === 0) errors.push(`flows: ${flowBegin} begin(s), ${flowEnd} end(s)`);
@@ -41,4 +53,4 @@ if (errors.length) {
   console.log('perfetto-check: FAILED:\n  ' + errors.join('\n  '));
   process.exit(1);
 }
-console.log(`perfetto-check: ok (TracerBench trace model: ${threads.length} threads, ${slices} row slices, ${flowBegin} flows, ${hazards} hazards)`);
+console.log(`perfetto-check: ok (TracerBench trace model: ${threads.length} threads, ${slices} row slices, ${flowBegin} flows, ${hazards} hazards, ${counters.length} counter values)`);

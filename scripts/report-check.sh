@@ -17,7 +17,10 @@ if [ -z "$browser" ]; then
   echo "report-check: FAILED: no chromium on PATH (apt-get install -y chromium); the report was not checked" >&2
   exit 1
 fi
-dmabuf() { cargo run --release -q -p dmabuf-cli -- "$@"; }
+# DMABUF=/path/to/dmabuf checks that binary instead of building one.
+dmabuf() {
+  if [ -n "${DMABUF:-}" ]; then "$DMABUF" "$@"; else cargo run --release -q -p dmabuf-cli -- "$@"; fi
+}
 # REPORT_FROM=FILE.json checks the report of an existing matrix result
 # (e.g. a full --schedules 200 run) instead of running a small matrix.
 set +e

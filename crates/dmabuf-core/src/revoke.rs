@@ -43,6 +43,25 @@
 //! | `wait_for_completion` | | waits for > 0, then takes one |
 //! | `reinit_completion` | | 0 |
 //!
+//! Each change of the count or of the completion is a trace row carrying
+//! the new value (tracing adds no scheduling point: the row is written
+//! under the count's lock, right after the change):
+//!
+//! | row | when | arguments |
+//! |---|---|---|
+//! | `kref_get` / `kref_put` | a map/unmap, or the step of that name | `kref=kref#N refcount=R` (`saturated=1` once misused); a step's row also has `ino=` and `step=` (and is its only row) |
+//! | `kref_init` | the step | `ino= step= kref= refcount=1` |
+//! | `complete` | the release callback, when a `kref_put` reaches 0 | `kref= done=D` (the completion's `done` after it) |
+//! | `wait_for_completion` / `wait_for_completion_timeout` | the step starts waiting (the step's row) | `ino= step=` |
+//! | `wait_for_completion_end` | the wait returns | `kref= done=D ret=completed` or `ret=timed-out` |
+//! | `reinit_completion` | the step | `ino= step= kref= done=0` |
+//!
+//! `kref#N` names the count as [`crate::trace::object`] names objects (by
+//! order of first appearance in the execution), the same name for its
+//! completion. The kernel has no tracepoint in `kref_get`/`kref_put`; the
+//! names are those of the functions (`include/linux/kref.h`,
+//! `kernel/sched/completion.c`).
+//!
 //! A saturated count never reaches zero again: as in the kernel, the
 //! buffer's memory is leaked rather than freed twice, and a later wait for
 //! the last unmap never ends. Each WARN goes to the buffer's warning sink
@@ -881,7 +900,7 @@ impl Revocable {
                 "map_dma_buf: buffer revoked",
             ));
         }
-        self.kref_get();
+        self.kref_get(None);
         self.shared.count.lock().live += 1;
         Ok(())
     }
@@ -889,19 +908,32 @@ impl Revocable {
     /// In `unmap_dma_buf`: `kref_put` for the mapping.
     pub fn map_put(&self) {
         self.shared.count.lock().live -= 1;
-        self.kref_put();
+        self.kref_put(None);
+    }
+
+    /// The count's name in the trace (`kref#N`, see [`crate::trace::object`]).
+    fn kref_name(&self) -> String {
+        crate::trace::object("kref", Arc::as_ptr(&self.shared) as usize)
     }
 
     /// The `refcount_t` misuse check shared by get and put: a saturated
-    /// count stays as it is; a zero count saturates and WARNs. Returns the
-    /// locked count when the operation may go on.
-    fn kref_checked(&self, misuse: &str) -> Option<crate::sync::MutexGuard<'_, Count>> {
+    /// count stays as it is; a zero count saturates and WARNs (the row of
+    /// the operation, `name`, is written then). Returns the locked count
+    /// when the operation may go on.
+    fn kref_checked(
+        &self,
+        name: &'static str,
+        step: Option<(u64, &Step)>,
+        misuse: &str,
+    ) -> Option<crate::sync::MutexGuard<'_, Count>> {
         let mut c = self.shared.count.lock();
         if c.saturated {
+            self.trace_count(name, &c, step);
             return None;
         }
         if c.refs == 0 {
             c.saturated = true;
+            self.trace_count(name, &c, step);
             drop(c);
             self.warn(misuse);
             return None;
@@ -909,23 +941,48 @@ impl Revocable {
         Some(c)
     }
 
-    fn kref_get(&self) {
-        if let Some(mut c) =
-            self.kref_checked("refcount_t: addition on 0; use-after-free (kref_get)")
-        {
+    /// Writes the row of a count change (`name`, with the step's `ino=` and
+    /// `step=` first when a sequence step made it), with the count locked.
+    fn trace_count(&self, name: &'static str, c: &Count, step: Option<(u64, &Step)>) {
+        if !crate::trace::enabled() {
+            return;
+        }
+        let mut a = match step {
+            Some((ino, s)) => format!("ino={ino} step={s} "),
+            None => String::new(),
+        };
+        a.push_str(&format!("kref={} refcount={}", self.kref_name(), c.refs));
+        if c.saturated {
+            a.push_str(" saturated=1");
+        }
+        crate::trace::emit(name, a);
+    }
+
+    fn kref_get(&self, step: Option<(u64, &Step)>) {
+        if let Some(mut c) = self.kref_checked(
+            "kref_get",
+            step,
+            "refcount_t: addition on 0; use-after-free (kref_get)",
+        ) {
             c.refs += 1;
+            self.trace_count("kref_get", &c, step);
         }
     }
 
-    fn kref_put(&self) {
-        let Some(mut c) = self.kref_checked("refcount_t: underflow; use-after-free (kref_put)")
-        else {
+    fn kref_put(&self, step: Option<(u64, &Step)>) {
+        let Some(mut c) = self.kref_checked(
+            "kref_put",
+            step,
+            "refcount_t: underflow; use-after-free (kref_put)",
+        ) else {
             return;
         };
         c.refs -= 1;
+        self.trace_count("kref_put", &c, step);
         if c.refs == 0 {
             // The release callback completes the revoke's wait.
             c.done = c.done.saturating_add(1);
+            trace_event!("complete", "kref={} done={}", self.kref_name(), c.done);
             drop(c);
             self.shared.cv.notify_all();
         }
@@ -986,6 +1043,13 @@ impl Revocable {
                 }
             };
             c.expiry_armed = 0;
+            trace_event!(
+                "wait_for_completion_end",
+                "kref={} done={} ret={}",
+                self.kref_name(),
+                c.done,
+                if done { "completed" } else { "timed-out" }
+            );
             done
         };
         if let Some(h) = timer {
@@ -1061,7 +1125,17 @@ impl Revocable {
             if !run {
                 out.skipped += 1;
             } else {
-                trace_event!(step.kind.kernel_name(), "ino={} step={}", buf.ino(), step);
+                // The count's steps write their row themselves, after the
+                // change and with the new value.
+                if !matches!(
+                    step.kind,
+                    StepKind::KrefGet
+                        | StepKind::KrefPut
+                        | StepKind::KrefInit
+                        | StepKind::ReinitCompletion
+                ) {
+                    trace_event!(step.kind.kernel_name(), "ino={} step={}", buf.ino(), step);
+                }
                 match step.kind {
                     StepKind::ResvLock => guard = Some(resv.lock(None)?),
                     StepKind::ResvUnlock => guard = None,
@@ -1081,12 +1155,13 @@ impl Revocable {
                         last_timed_out = left == 0;
                         out.timed_out |= last_timed_out;
                     }
-                    StepKind::KrefGet => self.kref_get(),
-                    StepKind::KrefPut => self.kref_put(),
+                    StepKind::KrefGet => self.kref_get(Some((buf.ino(), step))),
+                    StepKind::KrefPut => self.kref_put(Some((buf.ino(), step))),
                     StepKind::KrefInit => {
                         let mut c = self.shared.count.lock();
                         c.refs = 1;
                         c.saturated = false;
+                        self.trace_count("kref_init", &c, Some((buf.ino(), step)));
                     }
                     StepKind::WaitForCompletion(t) => {
                         last_timed_out = !self.wait_for_completion(t);
@@ -1095,7 +1170,17 @@ impl Revocable {
                         }
                         out.timed_out |= last_timed_out;
                     }
-                    StepKind::ReinitCompletion => self.shared.count.lock().done = 0,
+                    StepKind::ReinitCompletion => {
+                        let mut c = self.shared.count.lock();
+                        c.done = 0;
+                        trace_event!(
+                            "reinit_completion",
+                            "ino={} step={} kref={} done=0",
+                            buf.ino(),
+                            step,
+                            self.kref_name()
+                        );
+                    }
                     StepKind::UnmapMappingRange => hooks.unmap_mapping_range(),
                 }
             }
@@ -1215,7 +1300,7 @@ mod tests {
                     for _ in 0..3 {
                         crate::sync::thread::yield_now();
                     }
-                    r2.kref_put();
+                    r2.kref_put(None);
                 });
                 let t0 = crate::sync::time::now_ns();
                 let done = r.wait_for_completion(Timeout::Ns(1_000_000_000));
@@ -1243,7 +1328,7 @@ mod tests {
                         for _ in 0..3 {
                             crate::sync::thread::yield_now();
                         }
-                        r2.kref_put();
+                        r2.kref_put(None);
                     });
                     let done = r.wait_for_completion(Timeout::Ns(1_000_000_000));
                     t.join().unwrap();
@@ -1262,7 +1347,7 @@ mod tests {
         // Untimed, it never gives up; on real threads only the deadline ends
         // a timed wait.
         let r = Revocable::new(false);
-        r.kref_put();
+        r.kref_put(None);
         assert!(r.wait_for_completion(Timeout::Ns(1)));
         assert!(!r.wait_for_completion(Timeout::Ns(1_000)));
     }
@@ -1308,29 +1393,108 @@ mod tests {
         assert!(ok > 0 && expired > 0, "ok {ok}, expired {expired}");
     }
 
+    /// The count's rows carry the value after each change (a mapping's
+    /// get, two puts, the release's `complete`, the wait's end), and
+    /// recording them changes no schedule: each seed chooses the same
+    /// schedule with tracing off and on.
+    #[test]
+    fn count_rows_carry_the_value_and_change_no_schedule() {
+        use crate::sync::sched::{Random, RunConfig, Strategy, run};
+        let body = || {
+            let r = Arc::new(Revocable::new(false));
+            let r2 = r.clone();
+            r.kref_get(None);
+            let t = crate::sync::thread::spawn(move || {
+                crate::sync::thread::yield_now();
+                r2.kref_put(None);
+                r2.kref_put(None);
+            });
+            r.wait_for_completion(Timeout::Ns(1_000_000_000));
+            t.join().unwrap();
+        };
+        let (mut completed, mut expired) = (0, 0);
+        for seed in 0..30 {
+            let mut runs = Vec::new();
+            for on in [false, true] {
+                let scope = on.then(crate::trace::enable_scoped);
+                let mut s = Random::new(seed);
+                assert!(s.next_execution());
+                runs.push(run(&mut s, &RunConfig::default(), body));
+                drop(scope);
+            }
+            assert_eq!(runs[0].schedule, runs[1].schedule, "seed {seed}");
+            assert_eq!(runs[0].decisions, runs[1].decisions, "seed {seed}");
+            let rows: Vec<(&str, String)> = runs[1]
+                .trace
+                .iter()
+                .filter(|e| e.field("kref").as_deref() == Some("kref#1"))
+                .map(|e| (e.name, e.args.clone()))
+                .collect();
+            let refs: Vec<String> = rows
+                .iter()
+                .filter(|r| r.0.starts_with("kref_"))
+                .map(|r| format!("{} {}", r.0, r.1))
+                .collect();
+            assert_eq!(
+                refs,
+                [
+                    "kref_get kref=kref#1 refcount=2",
+                    "kref_put kref=kref#1 refcount=1",
+                    "kref_put kref=kref#1 refcount=0",
+                ],
+                "seed {seed}"
+            );
+            // The release completes right after the last put.
+            let at0 = rows
+                .iter()
+                .position(|r| r.1.ends_with("refcount=0"))
+                .unwrap();
+            assert_eq!(rows[at0 + 1], ("complete", "kref=kref#1 done=1".into()));
+            let end = rows
+                .iter()
+                .position(|r| r.0 == "wait_for_completion_end")
+                .expect("the wait's end is a row");
+            match rows[end].1.as_str() {
+                "kref=kref#1 done=0 ret=completed" => {
+                    assert!(end > at0 + 1, "completed only after complete");
+                    completed += 1;
+                }
+                "kref=kref#1 done=0 ret=timed-out" => {
+                    assert!(end < at0, "expired before the release");
+                    expired += 1;
+                }
+                "kref=kref#1 done=1 ret=timed-out" => {
+                    unreachable!("a wait whose completion is done returns success")
+                }
+                other => panic!("seed {seed}: {other}"),
+            }
+        }
+        assert!(completed > 0 && expired > 0, "{completed} {expired}");
+    }
+
     #[test]
     fn refcount_saturates_and_warns_on_underflow_and_addition_on_zero() {
         let warns = Arc::new(Mutex::new(Vec::<String>::new()));
         let w2 = warns.clone();
         let r = Revocable::with_warn_sink(false, Arc::new(move |m: &str| w2.lock().push(m.into())));
-        r.kref_put();
+        r.kref_put(None);
         assert_eq!(r.refcount(), (0, false));
         assert!(r.wait_for_completion(Timeout::Ns(1)), "release completes");
         assert!(
             !r.wait_for_completion(Timeout::Ns(1)),
             "one completion, taken once"
         );
-        r.kref_put();
+        r.kref_put(None);
         assert_eq!(r.refcount(), (0, true));
         assert!(warns.lock()[0].contains("underflow"));
-        r.kref_get();
+        r.kref_get(None);
         assert_eq!(r.refcount(), (0, true), "saturated stays saturated");
         let r2 = Revocable::with_warn_sink(false, {
             let w = warns.clone();
             Arc::new(move |m: &str| w.lock().push(m.into()))
         });
-        r2.kref_put();
-        r2.kref_get();
+        r2.kref_put(None);
+        r2.kref_get(None);
         assert!(warns.lock()[1].contains("addition on 0"));
     }
 }

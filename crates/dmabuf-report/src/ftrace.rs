@@ -12,7 +12,7 @@
 //! | `[cpu]` | `000`: the controlled scheduler runs one task at a time |
 //! | timestamp | virtual seconds, six decimals |
 //! | event | the tracepoint name (the kernel's where one exists: `dma_fence_signaled`, `sched_switch`, `iommu_map`, ...) |
-//! | arguments | as the tracepoint's `TP_printk` |
+//! | arguments | as the tracepoint's `TP_printk` (the revoke's count rows: `kref_put: ... kref=kref#1 refcount=1`) |
 
 use dmabuf_core::trace::Event;
 use std::fmt::Write as _;
@@ -80,6 +80,19 @@ mod tests {
         assert!(
             render(&[long]).contains(" a-very-long-tas-"),
             "comm cut to 15"
+        );
+        // The count's rows keep the layout, the value in the arguments.
+        let k = crate::links::tests::ev(
+            9,
+            "revoker",
+            "kref_put",
+            "ino=1 step=kref_put kref=kref#1 refcount=1",
+        );
+        assert_eq!(
+            render(&[k]).lines().nth(1),
+            Some(
+                "         revoker-7     [000]     1.000000: kref_put:            ino=1 step=kref_put kref=kref#1 refcount=1"
+            )
         );
     }
 }

@@ -271,20 +271,20 @@ section.cx:target{border-color:#d62728;box-shadow:0 0 0 3px #f5b7b1}
 button.copy{font-size:11px}
 .viol{color:#b71c1c} .hz{color:#b71c1c;font-family:monospace;font-size:12px} .dl{font-family:monospace;font-size:12px;color:#6d4c00}
 svg.msc{font:10.5px monospace;display:block;margin-top:8px}
-svg.msc .lane{stroke:#bbb;stroke-width:1} svg.msc .lane.dev{stroke:#888;stroke-dasharray:4 3}
-svg.msc .lane-head{font:bold 11px system-ui,sans-serif;text-anchor:middle}
-svg.msc .state-head{font:bold 11px system-ui,sans-serif}
-svg.msc .rowno,svg.msc .time{fill:#999;font-size:9.5px}
-svg.msc .ev circle{fill:#555} svg.msc .ev text{fill:#222;paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}
-svg.msc .ev.hz text{stroke:#fdecea}
-svg.msc .ev.preempt circle{fill:#d9822b} svg.msc .ev.preempt text{fill:#b35c00;font-style:italic}
-svg.msc .ev.hz circle{fill:#d62728} svg.msc .ev.hz text{fill:#b71c1c;font-weight:bold}
-svg.msc .ev.folded rect{fill:#ddd;stroke:#999} svg.msc .ev.folded text{fill:#777;font-style:italic}
-svg.msc .hz-row{fill:#fdecea}
-svg.msc .band{stroke:#d9822b;stroke-width:1.5;stroke-dasharray:6 4} svg.msc .band-label{fill:#d9822b;text-anchor:end;font:bold 10px system-ui,sans-serif}
-svg.msc .state{fill:#2f6f3e} svg.msc .state.revoked{fill:#b71c1c}
-svg.msc .arr{stroke-width:1.5;fill:none} svg.msc .notify{stroke:#d9822b} svg.msc .flow{stroke:#999;stroke-dasharray:3 3}
-svg.msc .unmap{stroke:#2b6cd9} svg.msc .wake{stroke:#2f9e44} svg.msc .iommu{stroke:#8e44ad} svg.msc .hazard{stroke:#d62728;stroke-width:2}
+.lane{stroke:#bbb;stroke-width:1} .lane.dev{stroke:#888;stroke-dasharray:4 3}
+.lane-head{font:bold 11px system-ui,sans-serif;text-anchor:middle;stroke:none}
+.state-head{font:bold 11px system-ui,sans-serif;stroke:none}
+circle{r:3.5px;fill:#555}
+text{fill:#222;paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}
+.n,.t{fill:#999;font-size:9.5px;stroke:none}
+.hzd text{stroke:#fdecea;fill:#b71c1c;font-weight:bold} .hzd circle{fill:#d62728}
+.pe circle{fill:#d9822b} .pe text{fill:#b35c00;font-style:italic}
+.fo rect{fill:#ddd;stroke:#999;stroke-width:1;width:10px;height:10px} .fo text{fill:#777;font-style:italic}
+.hzr{fill:#fdecea;width:100%;height:16px}
+.band{stroke:#d9822b;stroke-width:1.5;stroke-dasharray:6 4} .band-label{fill:#d9822b;text-anchor:end;font:bold 10px system-ui,sans-serif;stroke:none}
+.st{fill:#2f6f3e;stroke:none} .st.rv{fill:#b71c1c}
+.arr{stroke-width:1.5;fill:none} .notify{stroke:#d9822b;marker-end:url(#ah-notify)} .flow{stroke:#999;stroke-dasharray:3 3;marker-end:url(#ah-flow)}
+.unmap{stroke:#2b6cd9;marker-end:url(#ah-unmap)} .wake{stroke:#2f9e44;marker-end:url(#ah-wake)} .iommu{stroke:#8e44ad;marker-end:url(#ah-iommu)} .hazard{stroke:#d62728;stroke-width:2;marker-end:url(#ah-hazard)}
 "#;
 
 const JS: &str = r#"
@@ -428,6 +428,22 @@ pub fn page(grid: &Grid, replayed: &[Result<Replayed, String>], opts: &PageOptio
          <span style=\"color:#b35c00\">&#8674; preempted</span>\
          <span style=\"color:#777\">&#9632; folded read-ahead</span></div>",
     );
+    // The charts, drawn together so that rows they share are written once.
+    let drawn: Vec<(&[Event], String)> = replayed
+        .iter()
+        .take(tokens.len())
+        .enumerate()
+        .filter_map(|(i, r)| {
+            r.as_ref()
+                .ok()
+                .map(|r| (r.events.as_slice(), format!("msc-{}", i + 1)))
+        })
+        .collect();
+    let mut charts: BTreeMap<String, String> = drawn
+        .iter()
+        .map(|(_, id)| id.clone())
+        .zip(msc::svgs(&drawn))
+        .collect();
     for (i, tok) in tokens.iter().enumerate() {
         let n = i + 1;
         let _ = write!(
@@ -479,7 +495,8 @@ pub fn page(grid: &Grid, replayed: &[Result<Replayed, String>], opts: &PageOptio
                     let row = dmabuf_checker::tracefmt::hazard_with_row(&r.events, hz);
                     let _ = write!(h, "<div class=\"hz\">hazard: {}</div>", esc(&row));
                 }
-                h.push_str(&msc::svg(&r.events, &format!("msc-{n}")));
+                let chart = charts.remove(&format!("msc-{n}"));
+                h.push_str(&chart.unwrap_or_else(|| msc::svg(&r.events, &format!("msc-{n}"))));
             }
             Some(Err(e)) => {
                 let _ = write!(h, "<div class=\"hz\">not replayed: {}</div>", esc(e));

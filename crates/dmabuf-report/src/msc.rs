@@ -10,12 +10,13 @@
 //! | IOMMU | purple arrow from `iommu_map`/`iommu_unmap`/`iotlb_flush` to the IOMMU lane |
 //! | hazard | red row, red dot, red arrow to the exporter's memory |
 //! | revoke | dashed bands at its start and its return |
-//! | exporter state | left column: revoked or not, live mappings, hazards so far; printed where it changes |
+//! | exporter state | left column: revoked or not, live mappings, the revoke's count (`kref N`, from the `refcount=` of `kref_get`/`kref_put`/`kref_init` rows; `saturated` after a misuse; `done D` while its completion holds completions), hazards so far; printed where it changes |
+//! | shared rows | rows several charts of a page draw alike at the same place ([`svgs`]): written once, drawn by `<use>` elsewhere |
 //! | folded run | four or more consecutive rows of one task that are neither an arrow's end nor a hazard (DMA accesses, read-ahead, lock and fence bookkeeping): one row saying how many |
 
 use crate::links::{Analysis, LinkKind, analyse};
 use dmabuf_core::trace::{Event, SCHED_SWITCH};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 const ROW_H: f64 = 16.0;
@@ -136,6 +137,52 @@ pub struct ExporterState {
     pub live: i64,
     /// Hazards so far.
     pub hazards: u64,
+    /// Each revoke count (`kref#N`): its `refcount_t` value and whether it
+    /// saturated, from the last `kref_get`/`kref_put`/`kref_init` row.
+    pub krefs: BTreeMap<String, (u64, bool)>,
+    /// Each count's completion: `done`, from the last `complete`,
+    /// `wait_for_completion_end` or `reinit_completion` row.
+    pub done: BTreeMap<String, u64>,
+}
+
+impl ExporterState {
+    /// The state column's text: `revoked · 1 live mapping · kref 2 · 0
+    /// hazards`; the count only once the trace has shown it (a run of one
+    /// count says `kref N`, of several `kref#1 N kref#2 M`), `saturated`
+    /// after a misuse, `done D` while the completion holds completions.
+    pub fn label(&self) -> String {
+        let mut t = format!(
+            "{} · {} live mapping{}",
+            if self.revoked {
+                "revoked"
+            } else {
+                "not revoked"
+            },
+            self.live,
+            if self.live == 1 { "" } else { "s" }
+        );
+        let one = self.krefs.len() == 1;
+        for (k, (v, sat)) in &self.krefs {
+            if one {
+                let _ = write!(t, " · kref {v}");
+            } else {
+                let _ = write!(t, " · {k} {v}");
+            }
+            if *sat {
+                t.push_str(" saturated");
+            }
+            if let Some(d) = self.done.get(k).filter(|d| **d > 0) {
+                let _ = write!(t, " · done {d}");
+            }
+        }
+        let _ = write!(
+            t,
+            " · {} hazard{}",
+            self.hazards,
+            if self.hazards == 1 { "" } else { "s" }
+        );
+        t
+    }
 }
 
 /// The exporter's state after every event.
@@ -150,6 +197,23 @@ pub fn states(events: &[Event]) -> Vec<ExporterState> {
                 "monitor_map" => s.live += 1,
                 "monitor_unmap" => s.live -= 1,
                 "hazard" => s.hazards += 1,
+                "kref_get" | "kref_put" | "kref_init" => {
+                    if let (Some(k), Some(v)) = (
+                        e.field("kref"),
+                        e.field("refcount").and_then(|v| v.parse::<u64>().ok()),
+                    ) {
+                        let sat = e.field("saturated").as_deref() == Some("1");
+                        s.krefs.insert(k, (v, sat));
+                    }
+                }
+                "complete" | "wait_for_completion_end" | "reinit_completion" => {
+                    if let (Some(k), Some(d)) = (
+                        e.field("kref"),
+                        e.field("done").and_then(|v| v.parse::<u64>().ok()),
+                    ) {
+                        s.done.insert(k, d);
+                    }
+                }
                 _ => {}
             }
             s.clone()
@@ -169,6 +233,114 @@ fn short_args(e: &Event, max: usize) -> String {
 
 /// Draws the chart. `id` becomes the SVG's element id.
 pub fn svg(events: &[Event], id: &str) -> String {
+    svgs(&[(events, id.to_owned())]).pop().unwrap_or_default()
+}
+
+/// One chart before its rows are shared: everything but the rows, and the
+/// markup of each row.
+struct Drawn {
+    head: String,
+    rows: Vec<String>,
+}
+
+/// Rows shared by fewer bytes than this are written out in each chart (a
+/// reference costs about 20 bytes, a definition's wrapper as much).
+const SHARE_MIN: usize = 96;
+
+/// Draws the charts of one page. A row's markup depends only on the rows
+/// above it, so charts of runs that share rows (the same setup before the
+/// schedules differ, the same cleanup after) often draw the same markup at
+/// the same row. Each such row belongs to the first chart that draws it; a
+/// later chart draws a run of rows that belong to an earlier one (when
+/// they are [`SHARE_MIN`] bytes or more) by `<use href="#sC-K"/>`, the
+/// earlier chart wrapping them in `<g id="sC-K">` (chart `C`, first row
+/// `K`). Row styles therefore match the row's own classes, never an
+/// ancestor outside it (a `use` clone has none).
+pub fn svgs(charts: &[(&[Event], String)]) -> Vec<String> {
+    let drawn: Vec<Drawn> = charts.iter().map(|(e, id)| draw(e, id)).collect();
+    // Who first drew each (row, markup).
+    let mut first: HashMap<(usize, &str), usize> = HashMap::new();
+    let owner: Vec<Vec<usize>> = drawn
+        .iter()
+        .enumerate()
+        .map(|(c, d)| {
+            d.rows
+                .iter()
+                .enumerate()
+                .map(|(k, r)| *first.entry((k, r.as_str())).or_insert(c))
+                .collect()
+        })
+        .collect();
+    // Each chart's runs of rows of one owner: (owner, first, last, drawn
+    // by reference). An owner cuts its rows where a reference starts or
+    // ends.
+    let mut cuts: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); drawn.len()];
+    let mut wanted: Vec<Vec<(usize, usize)>> = vec![Vec::new(); drawn.len()];
+    let mut runs: Vec<Vec<(usize, usize, usize, bool)>> = Vec::with_capacity(drawn.len());
+    for (c, d) in drawn.iter().enumerate() {
+        let mut rs = Vec::new();
+        let mut k = 0;
+        while k < d.rows.len() {
+            let o = owner[c][k];
+            let mut m = k;
+            while m + 1 < d.rows.len() && owner[c][m + 1] == o {
+                m += 1;
+            }
+            let bytes: usize = d.rows[k..=m].iter().map(String::len).sum();
+            let by_ref = o != c && bytes >= SHARE_MIN;
+            if by_ref {
+                cuts[o].insert(k);
+                cuts[o].insert(m + 1);
+                wanted[o].push((k, m));
+            }
+            rs.push((o, k, m, by_ref));
+            k = m + 1;
+        }
+        runs.push(rs);
+    }
+    // Pieces of an owner's rows k0..=k1 between its cuts.
+    let pieces = |o: usize, k0: usize, k1: usize| -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut a = k0;
+        if k1 > k0 {
+            for &cut in cuts[o].range(k0 + 1..=k1) {
+                out.push((a, cut - 1));
+                a = cut;
+            }
+        }
+        out.push((a, k1));
+        out
+    };
+    let mut out = Vec::with_capacity(drawn.len());
+    for (c, d) in drawn.iter().enumerate() {
+        let mut s = d.head.clone();
+        for &(o, k0, k1, by_ref) in &runs[c] {
+            if by_ref {
+                for (a, _) in pieces(o, k0, k1) {
+                    let _ = write!(s, r##"<use href="#s{o}-{a}"/>"##);
+                }
+            } else if o == c {
+                for (a, b) in pieces(c, k0, k1) {
+                    let shared = wanted[c].iter().any(|&(x, y)| x <= a && b <= y);
+                    if shared {
+                        let _ = write!(s, r#"<g id="s{c}-{a}">"#);
+                    }
+                    d.rows[a..=b].iter().for_each(|r| s.push_str(r));
+                    if shared {
+                        s.push_str("</g>");
+                    }
+                }
+            } else {
+                d.rows[k0..=k1].iter().for_each(|r| s.push_str(r));
+            }
+        }
+        s.push_str("</svg>");
+        out.push(s);
+    }
+    out
+}
+
+fn draw(events: &[Event], id: &str) -> Drawn {
     let an: Analysis = analyse(events);
     let rows = rows(events);
     let st = states(events);
@@ -216,16 +388,12 @@ pub fn svg(events: &[Event], id: &str) -> String {
         rows.len(),
         lanes.len()
     );
-    // Hazard row backgrounds.
+    // Hazard row backgrounds (the page's CSS gives their width and height).
     for (r, row) in rows.iter().enumerate() {
         if let Row::One(i) = row
             && events[*i].name == "hazard"
         {
-            let _ = write!(
-                s,
-                r#"<rect class="hz-row" x="0" y="{:.0}" width="{width:.0}" height="{ROW_H}"/>"#,
-                y(r) - ROW_H / 2.0
-            );
+            let _ = write!(s, r#"<rect class="hzr" y="{:.0}"/>"#, y(r) - ROW_H / 2.0);
         }
     }
     // Lanes and their heads.
@@ -245,7 +413,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
     }
     let _ = write!(
         s,
-        r#"<text class="state-head" x="{:.0}" y="{:.0}">exporter state</text>"#,
+        r#"<text class="state-head" x="{:.0}" y="{:.0}">exporter state<title>revoked or not · mappings live (monitor) · the revoke's kref: refcount_t value (kref_get, kref_put, kref_init rows) and its completion's done while above 0 (complete, wait_for_completion_end) · hazards so far; printed where it changes</title></text>"#,
         NUM_W,
         TOP - 18.0
     );
@@ -264,13 +432,18 @@ pub fn svg(events: &[Event], id: &str) -> String {
             );
         }
     }
-    // Arrows.
+    // Arrows (their heads come from the page's CSS, by class). A title
+    // only where it says more than the class.
     let arrow = |s: &mut String, cls: &str, x1: f64, y1: f64, x2: f64, y2: f64, title: &str| {
         let _ = write!(
             s,
-            r#"<line class="arr {cls}" x1="{x1:.0}" y1="{y1:.0}" x2="{x2:.0}" y2="{y2:.0}" marker-end="url(#ah-{cls})"><title>{}</title></line>"#,
-            esc(title)
+            r#"<line class="arr {cls}" x1="{x1:.0}" y1="{y1:.0}" x2="{x2:.0}" y2="{y2:.0}""#
         );
+        if title.is_empty() {
+            s.push_str("/>");
+        } else {
+            let _ = write!(s, "><title>{}</title></line>", esc(title));
+        }
     };
     for l in &an.links {
         let (a, b) = (&events[l.from], &events[l.to]);
@@ -319,14 +492,17 @@ pub fn svg(events: &[Event], id: &str) -> String {
             arrow(&mut s, "iommu", x, y(r), ix, y(r), e.name);
         }
         if e.name == "hazard" {
-            arrow(&mut s, "hazard", x, y(r), ex_x, y(r), "hazard");
+            arrow(&mut s, "hazard", x, y(r), ex_x, y(r), "");
         }
     }
-    // Rows: number, time, dot, label; the exporter's state where it changes.
+    // Rows: number, time, dot, label; the exporter's state where it
+    // changes. Each row's markup depends on the rows above it only.
     let sx = NUM_W;
+    let mut out_rows = Vec::with_capacity(rows.len());
     let mut last_state: Option<&ExporterState> = None;
     let mut last_secs: Option<String> = None;
     for (r, row) in rows.iter().enumerate() {
+        let mut s = String::new();
         let yy = y(r);
         let (first, last) = match *row {
             Row::One(i) => (i, i),
@@ -341,6 +517,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
             e.who.clone()
         };
         let Some(&x) = lane_x.get(lane.as_str()) else {
+            out_rows.push(s);
             continue;
         };
         let secs = format!(
@@ -352,28 +529,21 @@ pub fn svg(events: &[Event], id: &str) -> String {
         // stands still for most rows).
         let _ = write!(
             s,
-            r#"<text class="rowno" x="4" y="{:.0}">{}</text>"#,
+            r#"<text class="n" x="4" y="{:.0}">{}</text>"#,
             yy + 4.0,
             e.seq
         );
         if last_secs.as_deref() != Some(secs.as_str()) {
             let _ = write!(
                 s,
-                r#"<text class="time" x="28" y="{:.0}">{secs}</text>"#,
+                r#"<text class="t" x="28" y="{:.0}">{secs}</text>"#,
                 yy + 4.0
             );
             last_secs = Some(secs);
         }
         match *row {
-            Row::One(i) => {
+            Row::One(_) => {
                 let hz = e.name == "hazard";
-                let cls = if hz {
-                    "ev hz"
-                } else if is_preemption(e) {
-                    "ev preempt"
-                } else {
-                    "ev"
-                };
                 let label = if is_preemption(e) {
                     format!("⇢ preempted: the scheduler runs {}", e.who)
                 } else if hz {
@@ -394,15 +564,21 @@ pub fn svg(events: &[Event], id: &str) -> String {
                 } else {
                     format!("<title>{}</title>", esc(&e.args))
                 };
-                let _ = write!(
-                    s,
-                    r#"<g class="{cls}" data-row="{}"><circle cx="{x:.0}" cy="{yy:.0}" r="3.5"/><text x="{:.0}" y="{:.0}">{}</text>{title}</g>"#,
-                    e.seq,
+                let dot_and_label = format!(
+                    r#"<circle cx="{x:.0}" cy="{yy:.0}"/><text x="{:.0}" y="{:.0}">{}{title}</text>"#,
                     x + 6.0,
                     yy + 4.0,
                     esc(&label),
                 );
-                let _ = i;
+                // Plain rows carry no class: the page styles `circle` and
+                // `text`; hazards and preemptions are grouped under theirs.
+                if hz {
+                    let _ = write!(s, r#"<g class="hzd">{dot_and_label}</g>"#);
+                } else if is_preemption(e) {
+                    let _ = write!(s, r#"<g class="pe">{dot_and_label}</g>"#);
+                } else {
+                    s.push_str(&dot_and_label);
+                }
             }
             Row::Folded { from, to } => {
                 let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -414,9 +590,7 @@ pub fn svg(events: &[Event], id: &str) -> String {
                 let what: Vec<String> = counts.iter().map(|(n, c)| format!("{n} ×{c}")).collect();
                 let _ = write!(
                     s,
-                    r#"<g class="ev folded" data-from="{}" data-to="{}"><rect x="{:.0}" y="{:.0}" width="10" height="10"/><text x="{:.0}" y="{:.0}">⋯ rows {}–{} folded: {}</text></g>"#,
-                    events[from].seq,
-                    events[to].seq,
+                    r#"<g class="fo"><rect x="{:.0}" y="{:.0}"/><text x="{:.0}" y="{:.0}">⋯ rows {}–{} folded: {}</text></g>"#,
                     x - 5.0,
                     yy - 5.0,
                     x + 8.0,
@@ -431,24 +605,19 @@ pub fn svg(events: &[Event], id: &str) -> String {
         if last_state != Some(now) {
             let _ = write!(
                 s,
-                r#"<text class="state{}" x="{sx:.0}" y="{:.0}">{} · {} live mapping{} · {} hazard{}</text>"#,
-                if now.revoked { " revoked" } else { "" },
+                r#"<text class="st{}" x="{sx:.0}" y="{:.0}">{}</text>"#,
+                if now.revoked { " rv" } else { "" },
                 yy + 4.0,
-                if now.revoked {
-                    "revoked"
-                } else {
-                    "not revoked"
-                },
-                now.live,
-                if now.live == 1 { "" } else { "s" },
-                now.hazards,
-                if now.hazards == 1 { "" } else { "s" }
+                esc(&now.label())
             );
             last_state = Some(now);
         }
+        out_rows.push(s);
     }
-    s.push_str("</svg>");
-    s
+    Drawn {
+        head: s,
+        rows: out_rows,
+    }
 }
 
 /// The arrow-head markers the charts refer to (put once in the page).
@@ -536,7 +705,8 @@ mod tests {
         let svg = svg(&e, "p");
         assert!(
             svg.contains(
-                r#"class="ev preempt" data-row="1"><circle cx="{:.0}""#
+                r#"<text class="n" x="4" y="{y}">1</text><g class="pe"><circle cx="{:.0}""#
+                    .replace("{y}", &format!("{:.0}", TOP + ROW_H * 1.5 + 4.0))
                     .replace("{:.0}", &format!("{:.0}", LEFT + LANE_W * 0.5))
                     .as_str()
             ),
@@ -603,11 +773,181 @@ mod tests {
             assert!(svg.contains(cls), "{cls}");
         }
         assert!(svg.contains("revoke starts") && svg.contains("revoke returned"));
-        assert!(svg.contains(r#"class="hz-row""#));
+        assert!(svg.contains(r#"class="hzr""#));
         assert!(
             svg.contains("not revoked · 0 live mappings · 1 hazard"),
             "{svg}"
         );
+    }
+
+    #[test]
+    fn the_count_is_drawn_where_it_changes() {
+        let e = vec![
+            ev(0, "imp", "kref_get", "kref=kref#1 refcount=2"),
+            ev(1, "imp", "monitor_map", "mapping=1"),
+            ev(2, "rev", "set_revoked", "ino=1 step=set_revoked"),
+            ev(
+                3,
+                "rev",
+                "kref_put",
+                "ino=1 step=kref_put kref=kref#1 refcount=1",
+            ),
+            ev(
+                4,
+                "rev",
+                "wait_for_completion",
+                "ino=1 step=wait_for_completion",
+            ),
+            ev(5, "imp", "monitor_unmap", "mapping=1"),
+            ev(6, "imp", "kref_put", "kref=kref#1 refcount=0"),
+            ev(7, "imp", "complete", "kref=kref#1 done=1"),
+            ev(
+                8,
+                "rev",
+                "wait_for_completion_end",
+                "kref=kref#1 done=0 ret=completed",
+            ),
+            ev(9, "rev", "kref_put", "kref=kref#1 refcount=0 saturated=1"),
+        ];
+        let st = states(&e);
+        assert_eq!(st[0].krefs["kref#1"], (2, false));
+        assert_eq!(st[3].krefs["kref#1"], (1, false));
+        assert_eq!(st[7].done["kref#1"], 1);
+        assert_eq!(st[8].done["kref#1"], 0);
+        assert_eq!(st[9].krefs["kref#1"], (0, true));
+        let svg = svg(&e, "k");
+        // The state column, top to bottom, where it changes.
+        let shown: Vec<&str> = svg
+            .split(r#"<text class="st"#)
+            .skip(1)
+            .filter(|t| t.starts_with('"') || t.starts_with(" rv"))
+            .map(|t| {
+                let t = &t[t.find('>').map_or(0, |i| i + 1)..];
+                &t[..t.find('<').unwrap_or(t.len())]
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                "not revoked · 0 live mappings · kref 2 · 0 hazards",
+                "not revoked · 1 live mapping · kref 2 · 0 hazards",
+                "revoked · 1 live mapping · kref 2 · 0 hazards",
+                "revoked · 1 live mapping · kref 1 · 0 hazards",
+                "revoked · 0 live mappings · kref 1 · 0 hazards",
+                "revoked · 0 live mappings · kref 0 · 0 hazards",
+                "revoked · 0 live mappings · kref 0 · done 1 · 0 hazards",
+                "revoked · 0 live mappings · kref 0 · 0 hazards",
+                "revoked · 0 live mappings · kref 0 saturated · 0 hazards",
+            ]
+        );
+        assert!(svg.contains(r#"<text class="st rv" x="86""#));
+        // Two counts are told apart by name.
+        let two = vec![
+            ev(0, "a", "kref_get", "kref=kref#1 refcount=2"),
+            ev(1, "a", "kref_get", "kref=kref#2 refcount=3"),
+        ];
+        assert_eq!(
+            states(&two)[1].label(),
+            "not revoked · 0 live mappings · kref#1 2 · kref#2 3 · 0 hazards"
+        );
+        // No count row, no count shown.
+        assert!(!super::svg(&sample(), "s").contains(" · kref"));
+    }
+
+    /// Each `<use href="#ID"/>` replaced by what `<g id="ID">` holds in
+    /// any of `page`.
+    fn expand(chart: &str, page: &[String]) -> String {
+        let mut out = chart.to_owned();
+        while let Some(u) = out.find(r##"<use href="#"##) {
+            let end = u + out[u..].find("/>").unwrap() + 2;
+            let id = &out[u + 12..end - 3];
+            let open = format!(r#"<g id="{id}">"#);
+            let body = page
+                .iter()
+                .find_map(|c| {
+                    let at = c.find(&open)? + open.len();
+                    let inner = &c[at..];
+                    let mut depth = 0usize;
+                    for (i, _) in inner.match_indices('<') {
+                        if inner[i..].starts_with("<g") {
+                            depth += 1;
+                        } else if inner[i..].starts_with("</g>") {
+                            if depth == 0 {
+                                return Some(inner[..i].to_owned());
+                            }
+                            depth -= 1;
+                        }
+                    }
+                    None
+                })
+                .unwrap_or_else(|| panic!("no definition of {id}"));
+            out.replace_range(u..end, &body);
+        }
+        // The wrappers of definitions.
+        while let Some(g) = out.find(r#"<g id="s"#) {
+            let close = g + out[g..].find('>').unwrap() + 1;
+            let inner = &out[close..];
+            let mut depth = 0usize;
+            let mut end = None;
+            for (i, _) in inner.match_indices('<') {
+                if inner[i..].starts_with("<g") {
+                    depth += 1;
+                } else if inner[i..].starts_with("</g>") {
+                    if depth == 0 {
+                        end = Some(close + i);
+                        break;
+                    }
+                    depth -= 1;
+                }
+            }
+            let end = end.unwrap();
+            out.replace_range(end..end + 4, "");
+            out.replace_range(g..close, "");
+        }
+        out
+    }
+
+    #[test]
+    fn charts_drawing_the_same_rows_write_them_once() {
+        let mut a = sample();
+        let mut b = sample();
+        // The same run up to its last row, then different.
+        a.push(ev(90, "gpu0", "dma_buf_detach", "attach=1"));
+        b.push(ev(90, "gpu0", "dma_buf_attach", "attach=2 dev=gpu0"));
+        // Different in its first row only (the same lane, other words).
+        let mut d = sample();
+        d[0].args = "exp_name=vfio_pci ino=1 attach=1 dev=gpu0 x=1".into();
+        let c: Vec<Event> = sample().into_iter().skip(1).collect();
+        let all = [
+            (a.as_slice(), "m1".to_owned()),
+            (b.as_slice(), "m2".to_owned()),
+            (c.as_slice(), "m3".to_owned()),
+            (d.as_slice(), "m4".to_owned()),
+        ];
+        let out = svgs(&all);
+        assert_eq!(out.len(), 4);
+        assert!(out[0].contains(r#"<g id="s0-0">"#), "{}", out[0]);
+        assert!(!out[0].contains("<use"));
+        assert!(out[1].starts_with(&svg(&b, "m2")[..40]));
+        assert!(out[1].contains(r##"<use href="#s0-0"/>"##), "{}", out[1]);
+        assert!(!out[1].contains(r#"<g id="s"#));
+        // The third starts differently: every row is elsewhere, nothing
+        // shared.
+        assert!(!out[2].contains("<use") && !out[2].contains(r#"<g id="s"#));
+        assert_eq!(out[2], svg(&c, "m3"));
+        // The fourth differs in its first row and shares the rest.
+        assert!(out[3].contains(r##"<use href="#s0-1"/>"##), "{}", out[3]);
+        assert!(
+            out[0].contains(r#"<g id="s0-1">"#),
+            "cut where m4 starts using"
+        );
+        // Each chart expanded is what it draws alone, and the page is
+        // smaller.
+        for (k, (e, id)) in all.iter().enumerate() {
+            assert_eq!(expand(&out[k], &out), svg(e, id), "chart {id}");
+        }
+        let alone: usize = all.iter().map(|(e, id)| svg(e, id).len()).sum();
+        assert!(out.iter().map(String::len).sum::<usize>() < alone);
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! | invalidate → unmap, signal → wake | `s` / `f` (`bp: "e"`), one id per arrow | [`crate::links`] |
 //! | hazard | `I` (instant; the older `i` is read too), thread scope | `hazard` rows |
 //! | revoke start / return | `I`, process scope | [`crate::links::Analysis`] |
+//! | the revoke's count | `C` counter `kref#N refcount` (`args.refcount`), category `kref` | each `kref_get`/`kref_put`/`kref_init` row (`dmabuf_core::revoke`) |
+//! | its completion | `C` counter `kref#N done` (`args.done`), category `kref` | each `complete`/`wait_for_completion_end`/`reinit_completion` row |
 //!
 //! Time: the controlled scheduler's clock is virtual and many rows share
 //! one instant, so row `n` is placed `n` ns after its virtual time (the
@@ -151,6 +153,25 @@ pub fn chrome_json(events: &[Event], title: &str) -> Value {
             }));
         }
     }
+    // Counter tracks: the value after each change, on the emitting task's
+    // track id (viewers key counters by process and name).
+    for e in events {
+        let (key, series) = match e.name {
+            "kref_get" | "kref_put" | "kref_init" => ("refcount", "refcount"),
+            "complete" | "wait_for_completion_end" | "reinit_completion" => ("done", "done"),
+            _ => continue,
+        };
+        let (Some(obj), Some(v)) = (
+            e.field("kref"),
+            e.field(key).and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        out.push(json!({
+            "ph": "C", "name": format!("{obj} {series}"), "cat": "kref",
+            "pid": PID, "tid": tid[&e.who], "ts": ts_us(e), "args": {key: v},
+        }));
+    }
     for (mark, name) in [
         (an.revoke_start, "revoke starts"),
         (an.revoke_return, "revoke returned"),
@@ -179,7 +200,8 @@ pub fn chrome_json(events: &[Event], title: &str) -> Value {
 /// `args`; every event has a `cat`; every flow id has exactly one `s` and one `f`, the `f` not
 /// before its `s`, and each end lies inside an `X` slice of its own track
 /// (where viewers bind it); `X` slices of a track nest (no partial
-/// overlap). Returns every broken rule.
+/// overlap); a `C` counter has `args` of numbers. Returns every broken
+/// rule.
 pub fn validate(doc: &Value) -> Result<(), Vec<String>> {
     let mut errs = Vec::new();
     let Some(evs) = doc.get("traceEvents").and_then(Value::as_array) else {
@@ -238,7 +260,17 @@ pub fn validate(doc: &Value) -> Result<(), Vec<String>> {
                 let ent = flows.entry(id).or_default();
                 if ph == "s" { &mut ent.0 } else { &mut ent.1 }.push((key.0, key.1, ts));
             }
-            "B" | "E" | "C" | "b" | "e" | "n" => {}
+            "C" => {
+                // A counter's values are numbers (one series per key).
+                let ok = e
+                    .get("args")
+                    .and_then(Value::as_object)
+                    .is_some_and(|a| !a.is_empty() && a.values().all(Value::is_number));
+                if !ok {
+                    errs.push(format!("event {n}: counter without numeric args"));
+                }
+            }
+            "B" | "E" | "b" | "e" | "n" => {}
             other => errs.push(format!("event {n}: unknown phase '{other}'")),
         }
         if ph != "M" && e.get("name").and_then(Value::as_str).is_none() {
@@ -326,6 +358,58 @@ mod tests {
     }
 
     #[test]
+    fn the_count_is_a_counter_track() {
+        use crate::links::tests::ev;
+        let e = vec![
+            ev(0, "imp", "kref_get", "kref=kref#1 refcount=2"),
+            ev(1, "rev", "set_revoked", "ino=1 step=set_revoked"),
+            ev(
+                2,
+                "rev",
+                "kref_put",
+                "ino=1 step=kref_put kref=kref#1 refcount=1",
+            ),
+            ev(3, "imp", "kref_put", "kref=kref#1 refcount=0"),
+            ev(4, "imp", "complete", "kref=kref#1 done=1"),
+            ev(
+                5,
+                "rev",
+                "wait_for_completion_end",
+                "kref=kref#1 done=0 ret=completed",
+            ),
+            ev(6, "rev", "kref_put", "kref=kref#1 refcount=bogus"),
+        ];
+        let doc = chrome_json(&e, "t");
+        validate(&doc).unwrap();
+        let evs = doc["traceEvents"].as_array().unwrap();
+        let series = |name: &str, key: &str| -> Vec<(u64, f64)> {
+            evs.iter()
+                .filter(|x| x["ph"] == "C" && x["name"] == name)
+                .map(|x| (x["args"][key].as_u64().unwrap(), x["ts"].as_f64().unwrap()))
+                .collect()
+        };
+        let refs = series("kref#1 refcount", "refcount");
+        assert_eq!(
+            refs.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![2, 1, 0],
+            "one value per change; an unreadable value is left out"
+        );
+        assert!(refs.windows(2).all(|w| w[0].1 < w[1].1), "in row order");
+        assert_eq!(
+            series("kref#1 done", "done")
+                .iter()
+                .map(|r| r.0)
+                .collect::<Vec<_>>(),
+            vec![1, 0]
+        );
+        assert!(
+            evs.iter()
+                .filter(|x| x["ph"] == "C")
+                .all(|x| x["cat"] == "kref")
+        );
+    }
+
+    #[test]
     fn the_validator_refuses_broken_documents() {
         assert!(validate(&json!({})).is_err());
         let bad = json!({"traceEvents": [
@@ -335,6 +419,7 @@ mod tests {
             {"ph": "X", "name": "b", "pid": 1, "tid": 2, "ts": 1.0, "dur": 5.0},
             {"ph": "X", "name": "c", "pid": 1, "tid": 2, "ts": 3.0, "dur": 5.0},
             {"ph": "i", "s": "x", "name": "h", "pid": 1, "tid": 1, "ts": 1.0},
+            {"ph": "C", "name": "k", "cat": "kref", "pid": 1, "tid": 1, "ts": 1.0, "args": {"refcount": "2"}},
         ]});
         let e = validate(&bad).unwrap_err();
         assert!(
@@ -351,5 +436,10 @@ mod tests {
         );
         assert!(e.iter().any(|m| m.contains("instant scope")), "{e:?}");
         assert!(e.iter().any(|m| m.contains("event 1: no cat")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.contains("event 6: counter without numeric args")),
+            "{e:?}"
+        );
     }
 }

@@ -91,3 +91,60 @@ fn a_bad_token_is_an_error_not_a_panic() {
         .is_err()
     );
 }
+
+#[test]
+fn the_chart_draws_the_count_of_a_known_counterexample() {
+    // v6: the revoke puts the base reference and waits for the importers'
+    // unmaps; the lying importer never unmaps, so the count stays at the
+    // one reference of its mapping.
+    let (lib, tok) = token_of("v6-final", "lying", Property::LBounded);
+    let r = replay_token(&lib, &tok).unwrap();
+    let svg = msc::svg(&r.events, "x");
+    let shown: Vec<String> = svg
+        .split(r#"<text class="st"#)
+        .skip(1)
+        .filter(|t| t.starts_with('"') || t.starts_with(" rv"))
+        .filter_map(|t| {
+            let t = &t[t.find('>')? + 1..];
+            Some(t[..t.find('<')?].to_owned())
+        })
+        .collect();
+    let kref = |l: &str| {
+        l.split(" · ")
+            .find_map(|p| p.strip_prefix("kref "))
+            .map(str::to_owned)
+    };
+    let values: Vec<String> = shown.iter().filter_map(|l| kref(l)).collect();
+    // The map takes a reference (2), the revoke's kref_put leaves 1.
+    assert_eq!(values.first().map(String::as_str), Some("2"), "{shown:#?}");
+    assert!(values.iter().any(|v| v == "1"), "{shown:#?}");
+    let last = shown.last().unwrap();
+    assert!(
+        last.starts_with("revoked · 1 live mapping · kref 1 · "),
+        "{shown:#?}"
+    );
+    // Each change of the count in the trace shows in the column.
+    let mut changes: Vec<String> = Vec::new();
+    for e in &r.events {
+        if let Some(v) = e.field("refcount")
+            && changes.last() != Some(&v)
+        {
+            changes.push(v);
+        }
+    }
+    let mut drawn = values.clone();
+    drawn.dedup();
+    assert_eq!(drawn, changes);
+    // The Perfetto export has the same values as a counter track.
+    let doc = perfetto::chrome_json(&r.events, &tok);
+    perfetto::validate(&doc).unwrap();
+    let mut counter: Vec<String> = doc["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "C" && e["name"] == "kref#1 refcount")
+        .map(|e| e["args"]["refcount"].to_string())
+        .collect();
+    counter.dedup();
+    assert_eq!(counter, changes);
+}
