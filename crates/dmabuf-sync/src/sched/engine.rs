@@ -826,6 +826,9 @@ impl Execution {
             let group_ix = st.tasks[me].group_ix;
             let stalled = st.stalled_groups.contains(&group);
             let mut task = Task::new(name.clone(), group, group_ix, stalled);
+            if st.record && profiling() {
+                eprintln!("DPOR-TASK {id} {name}");
+            }
             if st.record {
                 // The child's first segment is ordered after the spawn.
                 st.cur.push((ObjKey::Task(id), Access::Write));

@@ -79,7 +79,8 @@
 //!   another task can run (a fairness rule for spin loops, not a dependency):
 //!   spin-waiting programs are explored, but the reduction's completeness
 //!   argument assumes no task yields.
-//! * Profiling. With `DMABUF_DPOR_PROFILE` set, the engine prints every
+//! * Profiling. With `DMABUF_DPOR_PROFILE` set, the engine prints every task
+//!   it spawns (`DPOR-TASK <id> <name>`) and every
 //!   object it numbers with the code that first touched it
 //!   (`DPOR-OBJ <n> <key> <fn <- fn ...>`) and this strategy every race it
 //!   reverses (`DPOR-RACE <n> <task><access>@<segment> ...`): counting the
