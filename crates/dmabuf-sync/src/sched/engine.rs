@@ -629,10 +629,11 @@ impl Execution {
                 // touches nothing; its wake-up orders it (see `finish`).
                 Wait::Join(t) if ready => Some((ObjKey::Task(t), Access::Wake)),
                 Wait::Join(_) => None,
-                // A wait on a `SetOnce` that blocks: no event (the `set`
-                // that wakes it orders it).
+                // A wait on a `SetOnce` or a `Monotone` that blocks: no
+                // event (the `set` or `update` that wakes it orders it).
                 Wait::Resource {
-                    kind: "set-once", ..
+                    kind: "set-once" | "monotone",
+                    ..
                 } => None,
                 Wait::Resource {
                     resource,

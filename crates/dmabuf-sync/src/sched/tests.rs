@@ -542,3 +542,61 @@ fn a_dropped_object_and_a_new_one_at_its_address_are_numbered_apart() {
         rec.events
     );
 }
+
+/// `updaters` tasks each add one to a [`crate::Monotone`] counter; `waiters`
+/// tasks wait until it reaches `updaters` (a monotone predicate), one of
+/// them with a timeout that never passes first, and record what they saw;
+/// with `reader`, one more task reads it once.
+fn monotone(
+    updaters: usize,
+    waiters: usize,
+    reader: bool,
+) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
+        Box::new(move || {
+            let c = Arc::new(crate::Monotone::new(0usize));
+            for t in 0..waiters {
+                let (c, seen) = (c.clone(), seen.clone());
+                thread::spawn(move || {
+                    let timeout = (t == 0).then(|| std::time::Duration::from_secs(3600));
+                    let ok = c.wait_until(|v| *v >= updaters, timeout);
+                    record(&seen, &format!("w{t}"), format!("{ok}"));
+                });
+            }
+            if reader {
+                let (c, seen) = (c.clone(), seen.clone());
+                thread::spawn(move || {
+                    let v = c.read(|v| *v);
+                    record(&seen, "reader", v.to_string());
+                });
+            }
+            for _ in 0..updaters {
+                let c = c.clone();
+                thread::spawn(move || c.update(|v| *v += 1));
+            }
+        })
+    }
+}
+
+#[test]
+fn monotone_waits_never_race_with_each_other_or_the_update_they_wait_for() {
+    // Two waiters and one update: one trace (a mutex and condvar gave
+    // every re-check an acquisition to permute).
+    let (a, b) = same_as_dfs(&monotone(1, 2, false));
+    assert_eq!(a.executions, 1, "dfs ran {}", b.executions);
+    assert!(b.executions > 3, "dfs ran {}", b.executions);
+    for (o, _) in &a.outcomes {
+        assert!(o.iter().all(|(_, v)| v == "true"), "{o:?}");
+    }
+    // Two updates race with each other: two traces, same outcome.
+    let (a, _) = same_as_dfs(&monotone(2, 1, false));
+    assert_eq!(a.executions, 2);
+    // A read races with the updates: it sees 0, 1 or 2.
+    let (a, _) = same_as_dfs(&monotone(2, 0, true));
+    let reads: BTreeSet<String> = a
+        .outcomes
+        .iter()
+        .filter_map(|(o, _)| o.iter().find(|(k, _)| k == "reader").map(|x| x.1.clone()))
+        .collect();
+    assert_eq!(reads, BTreeSet::from(["0".into(), "1".into(), "2".into()]));
+}
