@@ -35,7 +35,8 @@ mod tests {
         assert_eq!(names.len(), all.len());
         assert_eq!(
             all.iter().filter(|s| s.name.starts_with("matrix.")).count(),
-            140
+            180,
+            "12 rows (11 VFIO protocols and the RDMA exporter) x 15 columns"
         );
         for n in [
             "vfio-iommufd-flr",
@@ -46,6 +47,9 @@ mod tests {
             "close-with-mappings",
             "runtime-pm",
             "vram-eviction",
+            "vfio-mmap-gpu",
+            "rdma-export-dm-free",
+            "rdma-export-disassociate",
         ] {
             assert!(find(n).is_ok(), "{n}");
         }

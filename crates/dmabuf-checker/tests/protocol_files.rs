@@ -40,7 +40,7 @@ fn a_new_sequence_file_gets_a_verdict_per_importer_with_a_token() {
     let (path, text) = example("v6-wait-after-unlock.toml");
     let mut lib = Library::builtin().unwrap();
     let qs = questions(&mut lib, &path, &text);
-    assert_eq!(qs.len(), 14, "crossed with every built-in importer and mix");
+    assert_eq!(qs.len(), 15, "crossed with every built-in importer and mix");
     for sc in &qs {
         let r = explore::check(sc, &opts(), |_| {});
         let ex = expectations(sc, &r).unwrap();
@@ -100,7 +100,7 @@ fn a_new_importer_file_gets_a_verdict_per_protocol_with_tokens() {
     let (path, text) = example("gpu-cache-enodev.toml");
     let mut lib = Library::builtin().unwrap();
     let qs = questions(&mut lib, &path, &text);
-    assert_eq!(qs.len(), 10, "crossed with every built-in revoke protocol");
+    assert_eq!(qs.len(), 12, "crossed with every built-in revoke protocol");
     assert!(
         qs.iter()
             .all(|s| s.spec.importers[0].name == "gpu-cache-enodev")

@@ -163,9 +163,10 @@ enum Cmd {
         strategy: Option<StrategyArg>,
         /// Normal-mode schedules, at least 1 (DFS: at most this many
         /// executions); a quarter as many stalled-userspace schedules are
-        /// added for l-bounded.
-        #[arg(long, default_value_t = 100)]
-        schedules: u64,
+        /// added for l-bounded (default: 100, or what the protocol file's
+        /// [scenario] suggests).
+        #[arg(long)]
+        schedules: Option<u64>,
         /// PCT depth (1..=1024, default 3), or the dfs/dpor decision bound
         /// (default 12 for dfs, 10000 for dpor); at most 1000 when given.
         #[arg(long)]
@@ -475,6 +476,8 @@ fn main() -> ExitCode {
                 }
             }
             let given = strategy.is_some();
+            let schedules_given = schedules.is_some();
+            let schedules = schedules.unwrap_or(DEFAULT_CHECK_SCHEDULES);
             let strategy = strategy.unwrap_or(StrategyArg::Pct);
             if let Err(e) = check_budget(schedules, depth, strategy) {
                 return usage_error(e);
@@ -503,6 +506,10 @@ fn main() -> ExitCode {
                 properties: props,
                 shrink: true,
                 proof: None,
+            };
+            let given = Given {
+                strategy: given,
+                schedules: schedules_given,
             };
             check(&mut lib, &scenario, &opts, given, json, quiet, shard)
         }
@@ -701,9 +708,8 @@ fn matrix_library(mut lib: Library, dirs: &[PathBuf]) -> Result<Library, String>
         .flat_map(|f| f.importers.iter().map(|i| i.spec.name.clone()))
         .collect();
     if !rows.is_empty() {
-        lib.exporters.retain(|e| {
-            rows.contains(&e.name) || e.kind != dmabuf_scenario::world::ExporterKind::Vfio
-        });
+        lib.exporters
+            .retain(|e| rows.contains(&e.name) || !e.kind.revokes());
     }
     if !cols.is_empty() {
         lib.importers.retain(|i| cols.contains(&i.spec.name));
@@ -1107,11 +1113,22 @@ fn print_report(r: &CheckReport, ex: &[ExpectationResult], partial: bool) {
     );
 }
 
+/// The `check` budget when neither the command line nor the file names one.
+const DEFAULT_CHECK_SCHEDULES: u64 = 100;
+
+/// Which `check` options the command line gave (the others may come from
+/// a protocol file's `[scenario]`).
+#[derive(Clone, Copy)]
+struct Given {
+    strategy: bool,
+    schedules: bool,
+}
+
 fn check(
     lib: &mut Library,
     name: &str,
     opts: &CheckOptions,
-    strategy_given: bool,
+    given: Given,
     json: bool,
     quiet: bool,
     shard: Option<Shard>,
@@ -1133,8 +1150,16 @@ fn check(
             continue;
         }
         let mut opts = opts.clone();
-        if !strategy_given && let Some(k) = sc.strategy.as_deref().and_then(suggested_strategy) {
+        if !given.strategy
+            && let Some(k) = sc.strategy.as_deref().and_then(suggested_strategy)
+        {
             opts.strategy = k;
+        }
+        if !given.schedules
+            && let Some(n) = sc.schedules
+        {
+            opts.schedules = n;
+            opts.stalled_schedules = (n / 4).max(1);
         }
         if opts.properties.is_empty() {
             opts.properties = match &sc.properties {

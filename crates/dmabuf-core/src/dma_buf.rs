@@ -330,7 +330,11 @@ pub struct MmapRequest {
 
 /// Exporter ops (`struct dma_buf_ops`). `map_dma_buf`, `unmap_dma_buf` and
 /// `release` are mandatory; everything else has a default meaning "absent".
-pub trait DmaBufOps: Send + Sync + 'static {
+///
+/// The ops value is also the exporter's private data (`dmabuf->priv`):
+/// exporter code that is handed a buffer gets its own type back with
+/// [`DmaBufRef::exporter_priv`] (`Any` is a supertrait for that).
+pub trait DmaBufOps: Any + Send + Sync + 'static {
     /// `attach`: may refuse the importer or clear its peer-to-peer flag.
     /// Called without the reservation lock, before the attachment is listed.
     fn attach(&self, _buf: &DmaBufRef, _attach: &Attachment) -> Result<(), DmaBufError> {
@@ -560,6 +564,14 @@ impl DmaBufRef {
     /// The exporter's ops.
     pub fn ops(&self) -> &Arc<dyn DmaBufOps> {
         &self.0.ops
+    }
+    /// The exporter's private data as its own type `T` (`dmabuf->priv`
+    /// checked against the exporter's `dma_buf_ops`, as
+    /// `vfio_pci_dma_buf_iommufd_map` checks `dmabuf->ops`); `None` when
+    /// another exporter made the buffer.
+    pub fn exporter_priv<T: DmaBufOps>(&self) -> Option<Arc<T>> {
+        let any: Arc<dyn Any + Send + Sync> = self.0.ops.clone();
+        any.downcast::<T>().ok()
     }
     /// `dma_buf_is_dynamic`: the exporter has pin/unpin.
     pub fn is_dynamic(&self) -> bool {

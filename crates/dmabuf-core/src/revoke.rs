@@ -22,7 +22,7 @@
 //! | `kref_get` / `kref_put` / `kref_init` | on `priv->kref` | `refcount_t` semantics, see below |
 //! | `wait_for_completion` / `wait_for_completion_timeout(t)` | on `priv->comp` | a counting completion, see below |
 //! | `reinit_completion` | `reinit_completion(&priv->comp)` | |
-//! | `unmap_mapping_range` | zap the CPU page tables of the buffer's mmaps | the exporter does it ([`SequenceHooks::unmap_mapping_range`]) |
+//! | `unmap_mapping_range` | zap the CPU page tables of the buffer's mmaps (`unmap_mapping_range(dmabuf->file->f_mapping, ...)`; VFIO also zaps its device fd's BAR mmaps) | the exporter does it ([`SequenceHooks::unmap_mapping_range`]); legal anywhere in a sequence, with or without the lock |
 //!
 //! Any step may end in ` if COND`: `was_revoked` (the buffer was already
 //! revoked when the sequence began), `timed_out` (the last timed wait of
@@ -603,6 +603,53 @@ impl Gate {
     }
 }
 
+/// Whether the exporter lets userspace `mmap` the dma-buf, and if so
+/// which lock its CPU fault handler holds while it checks the revoked state
+/// and inserts the PFN (`vm_ops->fault`). Matt Evans' VFIO series
+/// ("vfio/pci: Support mmap() of a DMABUF", RFC 3/7, Feb 2026; v3 June
+/// 2026) takes VFIO's `memory_lock`, which every revoking trigger holds for
+/// write: no fault can run between a trigger's start and its end, wherever
+/// the zap lies in the sequence. The other two are what a driver might
+/// write instead, and what the checker catches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MmapFault {
+    /// `down_read(&vdev->memory_lock)` around the check and the insert
+    /// (the series).
+    MemoryLock,
+    /// The buffer's reservation lock around them (as TTM's fault path
+    /// reserves the BO): the flag's own lock, but not the trigger's, so a
+    /// zap before `set_revoked` leaves a window.
+    DmaResvLock,
+    /// A lockless read of the flag (`READ_ONCE`), then the insert: a revoke
+    /// can set the flag and zap between the two.
+    Unlocked,
+}
+
+impl MmapFault {
+    /// The names a file uses, in the order of the variants.
+    pub const NAMES: [&'static str; 3] = ["memory_lock", "dma_resv_lock", "none"];
+
+    /// The file name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MmapFault::MemoryLock => "memory_lock",
+            MmapFault::DmaResvLock => "dma_resv_lock",
+            MmapFault::Unlocked => "none",
+        }
+    }
+
+    /// By file name.
+    pub fn by_name(name: &str) -> Option<Self> {
+        [
+            MmapFault::MemoryLock,
+            MmapFault::DmaResvLock,
+            MmapFault::Unlocked,
+        ]
+        .into_iter()
+        .find(|m| m.name() == name)
+    }
+}
+
 /// An exporter's revoke protocol: its gates and its three sequences.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Protocol {
@@ -627,6 +674,10 @@ pub struct Protocol {
     /// 8/9), when the exporter has it: afterwards no un-revoke brings the
     /// buffer back.
     pub permanent: Option<Sequence>,
+    /// Userspace may `mmap` the dma-buf (`None`: the exporter has no
+    /// `mmap` op, and `mmap` is `EINVAL`, as on 7.1 and 7.2); the lock the
+    /// fault handler checks the revoked state under.
+    pub mmap: Option<MmapFault>,
 }
 
 impl fmt::Display for Protocol {
@@ -689,6 +740,7 @@ impl Protocol {
             ]),
             disable_before_cleanup: false,
             permanent: None,
+            mmap: None,
         }
     }
 }
@@ -698,7 +750,9 @@ pub trait SequenceHooks {
     /// The fence point passed: after the last fence wait of the sequence
     /// (or its first unlock when it has none). Called at most once.
     fn fences_done(&mut self) {}
-    /// `unmap_mapping_range`: zap the CPU page tables of the buffer.
+    /// `unmap_mapping_range`: zap the CPU page tables of the buffer's
+    /// mmaps (and whatever other CPU mappings of the memory the exporter
+    /// zaps with them).
     fn unmap_mapping_range(&mut self) {}
     /// `clear_revoked` ran (lock held): from now on attach and map succeed
     /// again, so whatever the exporter tells observers about the buffer

@@ -109,23 +109,23 @@
 //! under a reservation lock or inside a fence signalling section is
 //! reported.
 
-use crate::dma_api;
 use crate::host::{ClassMutex, Host, LockClass};
+use crate::phys_dmabuf::{MoveHooks, PhysExport, PhysExportInfo, Reporter};
 use crate::vfio_uapi::{self, DmaRange, FeatureCall};
 use dmabuf_core::dma_buf::{
-    self, Attachment, DmaBuf, DmaBufError, DmaBufOps, DmaBufRef, DmaDirection, ExportInfo, PinOps,
-    SgEntry, SgTable,
+    self, Attachment, DmaBuf, DmaBufError, DmaBufOps, DmaBufRef, DmaDirection, ExportInfo,
+    MmapRequest, PinOps, SgTable,
 };
 use dmabuf_core::dma_resv::ResvGuard;
 use dmabuf_core::errno::{self, AsErrno, Errno};
-use dmabuf_core::revoke::{Protocol, Revocable, SeqOutcome, SequenceHooks};
+use dmabuf_core::revoke::{MmapFault, Protocol, Revocable};
 use dmabuf_core::sync::atomic::{AtomicU64, Ordering};
 use dmabuf_core::sync::{Arc, Mutex, Weak};
 use dmabuf_core::trace_event;
 use dmabuf_core::uapi::{Process, SysError};
 use dmabuf_platform::{
-    Accessor, CpuMapping, DeviceConfig, DeviceId, ExporterId, IommuPerm, MonitorError, P2pType,
-    PAGE_SIZE, PciDevice, PciError, PhysRange, PowerState, VmFault,
+    Accessor, CpuMapping, DeviceConfig, DeviceId, ExporterId, MonitorError, PAGE_SIZE, PciDevice,
+    PciError, PhysRange, PowerState, VmFault,
 };
 use std::any::Any;
 use std::fmt;
@@ -201,6 +201,14 @@ pub enum VfioError {
         /// Why.
         what: &'static str,
     },
+    /// `mmap` of a dma-buf fd failed: the ABI's and the core's checks, or
+    /// the exporter's op (`EINVAL` without an `mmap` op, `ENODEV` while
+    /// revoked), or the VMA could not be made.
+    #[error("mmap of a dma-buf: {errno}")]
+    Mmap {
+        /// The errno.
+        errno: Errno,
+    },
     /// A buffer could not be un-revoked (a mapping from before the revoke
     /// is still live); it stays revoked.
     #[error("un-revoke of dma-buf ino {ino}: {source}")]
@@ -230,7 +238,7 @@ impl AsErrno for VfioError {
             VfioError::Pci { source, .. } => source.errno(),
             VfioError::DmaBuf(e) => e.errno(),
             VfioError::Fd(e) => e.errno(),
-            VfioError::Iommufd { errno, .. } => *errno,
+            VfioError::Iommufd { errno, .. } | VfioError::Mmap { errno } => *errno,
             VfioError::Unrevoke { .. } => errno::EBUSY,
             VfioError::Monitor(e) => e.errno(),
             VfioError::StillBound { .. } => errno::EBUSY,
@@ -249,84 +257,7 @@ pub enum ResetKind {
     HotReset,
 }
 
-/// What one buffer's revoke did (steps 1–8 of the module docs).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BufferRevoke {
-    /// The buffer.
-    pub ino: u64,
-    /// It was already revoked (cleanup after an earlier trigger).
-    pub already_revoked: bool,
-    /// Attachments notified in step 4.
-    pub notified: usize,
-    /// Mappings counted live after step 6.
-    pub live_after_fences: usize,
-    /// Every mapping was unmapped before returning.
-    pub drained: bool,
-    /// When step 2 began.
-    pub began_ns: u64,
-    /// When step 8 happened.
-    pub returned_ns: u64,
-    /// Monitor sequence of `fences_done`.
-    pub fences_done_seq: u64,
-    /// Monitor sequence of `revoke_returned`.
-    pub returned_seq: u64,
-    /// Mappings the monitor still counted live at step 8.
-    pub live_mappings_at_return: i64,
-}
-
-/// Revoke progress, reported as it happens (the world runner records it
-/// even if a later step never completes).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RevokeEvent {
-    /// Step 2 of a buffer's revoke begins.
-    Begin {
-        /// The buffer.
-        ino: u64,
-        /// When.
-        ns: u64,
-    },
-    /// The fence point of the sequence passed (reported when it happens).
-    FencesDone {
-        /// The buffer.
-        ino: u64,
-        /// Monitor sequence.
-        seq: u64,
-    },
-    /// Step 8: the revoke returned.
-    Returned(BufferRevoke),
-    /// A kernel WARN (refcount_t misuse, a timed-out wait).
-    Warn(String),
-    /// An un-revoke of a buffer begins.
-    UnrevokeBegin {
-        /// The buffer.
-        ino: u64,
-    },
-    /// An un-revoke completed.
-    Unrevoked {
-        /// The buffer.
-        ino: u64,
-        /// Monitor sequence.
-        seq: u64,
-    },
-}
-
-/// Receives [`RevokeEvent`]s.
-pub type RevokeObserver = Arc<dyn Fn(&RevokeEvent) + Send + Sync>;
-
-/// What a trigger did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TriggerReport {
-    /// Buffers revoked, in order.
-    pub revoked: Vec<BufferRevoke>,
-    /// Buffers un-revoked.
-    pub unrevoked: Vec<u64>,
-    /// Buffers whose un-revoke was refused because a mapping from before
-    /// the revoke is still live (they stay revoked; a later un-revoke may
-    /// succeed once it is unmapped).
-    pub unrevoke_refused: Vec<u64>,
-    /// Steps that failed after the revoke (the buffers stay revoked).
-    pub errors: Vec<String>,
-}
+pub use crate::phys_dmabuf::{BufferRevoke, RevokeEvent, RevokeObserver, TriggerReport};
 
 /// Per-attachment exporter data: the buffer and the importer's device.
 struct VfioAttachPriv {
@@ -337,14 +268,10 @@ struct VfioAttachPriv {
 /// `struct vfio_pci_dma_buf`: one exported buffer's private data and ops.
 pub struct VfioDmaBuf {
     me: Weak<VfioDmaBuf>,
-    host: Host,
-    protocol: Arc<Protocol>,
+    /// Ranges, provider, protocol and revoke state (shared with the RDMA
+    /// exporter).
+    core: PhysExport,
     owner_dev: Weak<VfioInner>,
-    exporter: ExporterId,
-    provider: DeviceId,
-    phys: Vec<(u64, u64)>,
-    size: u64,
-    revocable: Revocable,
     /// Revoked for good by userspace (the three-state exporter's
     /// `PERM_REVOKED`): no un-revoke brings it back.
     perm: dmabuf_core::sync::atomic::AtomicBool,
@@ -354,30 +281,24 @@ pub struct VfioDmaBuf {
 
 impl fmt::Debug for VfioDmaBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "VfioDmaBuf(size={:#x} ranges={} {:?})",
-            self.size,
-            self.phys.len(),
-            self.revocable
-        )
+        write!(f, "VfioDmaBuf({:?})", self.core)
     }
 }
 
 impl VfioDmaBuf {
     /// Whether the buffer is revoked.
     pub fn is_revoked(&self) -> bool {
-        self.revocable.is_revoked()
+        self.core.is_revoked()
     }
 
     /// Mappings counted live.
     pub fn live_mappings(&self) -> usize {
-        self.revocable.live_mappings()
+        self.core.live_mappings()
     }
 
     /// The physical ranges.
     pub fn phys(&self) -> &[(u64, u64)] {
-        &self.phys
+        self.core.phys()
     }
 
     /// The buffer's inode, once exported.
@@ -391,10 +312,7 @@ impl VfioDmaBuf {
     }
 
     fn ranges(&self) -> Vec<PhysRange> {
-        self.phys
-            .iter()
-            .map(|&(a, l)| PhysRange::new(a, l))
-            .collect()
+        self.core.ranges()
     }
 
     fn attach_priv(attach: &Attachment) -> Option<Arc<VfioAttachPriv>> {
@@ -405,18 +323,18 @@ impl VfioDmaBuf {
 
     /// Steps 2–8 for one buffer: the protocol's revoke sequence, or its
     /// cleanup sequence when `permanent` (the device link is cleared
-    /// first).
+    /// first). `cpu` are the CPU mappings its `unmap_mapping_range` zaps.
     fn revoke_one(
         &self,
         file: &DmaBuf,
         permanent: bool,
-        cpu: &[CpuMapping],
+        cpu: &[&[CpuMapping]],
         obs: Option<&RevokeObserver>,
     ) -> BufferRevoke {
         let seq = if permanent {
-            &self.protocol.cleanup
+            &self.core.protocol.cleanup
         } else {
-            &self.protocol.revoke
+            &self.core.protocol.revoke
         };
         self.revoke_with(file, seq, permanent, cpu, obs)
     }
@@ -428,101 +346,40 @@ impl VfioDmaBuf {
         file: &DmaBuf,
         seq: &dmabuf_core::revoke::Sequence,
         unlink: bool,
-        cpu: &[CpuMapping],
+        cpu: &[&[CpuMapping]],
         obs: Option<&RevokeObserver>,
     ) -> BufferRevoke {
-        let mon = self.host.monitor();
-        let began_ns = dmabuf_core::sync::time::now_ns();
-        if let Some(o) = obs {
-            o(&RevokeEvent::Begin {
-                ino: file.ino(),
-                ns: began_ns,
-            });
-        }
-        if unlink {
-            *self.vdev.lock() = None;
-        }
-        let mut hooks = MoveHooks {
-            buf: self,
-            cpu,
-            fences_done_seq: 0,
-            fences_done: false,
-            obs,
-            ino: file.ino(),
-            unrevoked_seq: None,
-        };
-        let out = match self.revocable.run(seq, file, &mut hooks) {
-            Ok(o) => o,
-            Err(e) => {
-                self.warn(&format!("revoke sequence failed: {e}"));
-                SeqOutcome::default()
+        let before = || {
+            if unlink {
+                *self.vdev.lock() = None;
             }
         };
-        if !hooks.fences_done {
-            // A sequence without a lock or a wait: its fence point is its end.
-            hooks.fences_done();
-        }
-        let fences_done_seq = hooks.fences_done_seq;
-        let live_mappings_at_return = mon.live_mappings();
-        let returned_seq = mon
-            .revoke_returned(self.exporter, &self.ranges())
-            .unwrap_or(0);
-        let r = BufferRevoke {
-            ino: file.ino(),
-            already_revoked: out.was_revoked,
-            notified: out.notified,
-            live_after_fences: usize::try_from(out.live_after_fences).unwrap_or(0),
-            drained: self.revocable.live_mappings() == 0,
-            began_ns,
-            returned_ns: dmabuf_core::sync::time::now_ns(),
-            fences_done_seq,
-            returned_seq,
-            live_mappings_at_return,
-        };
-        trace_event!(
-            "vfio_pci_dma_buf_revoked",
-            "ino={:#x} protocol={} notified={} drained={} live_at_return={}",
-            r.ino,
-            self.protocol.name,
-            r.notified,
-            r.drained,
-            r.live_mappings_at_return
-        );
-        if let Some(o) = obs {
-            o(&RevokeEvent::Returned(r.clone()));
-        }
-        r
+        self.core
+            .revoke_with(file, seq, cpu, obs, &before, &|m| self.warn(m))
     }
 
     /// Un-revoke: the protocol's un-revoke sequence.
     fn unrevoke_one(
         &self,
         file: &DmaBuf,
-        cpu: &[CpuMapping],
+        cpu: &[&[CpuMapping]],
         obs: Option<&RevokeObserver>,
     ) -> Result<(), VfioError> {
-        if !self.revocable.is_revoked() {
+        if !self.core.revocable.is_revoked() {
             return Ok(());
         }
         if let Some(o) = obs {
             o(&RevokeEvent::UnrevokeBegin { ino: file.ino() });
         }
-        let mut hooks = MoveHooks {
-            buf: self,
-            cpu,
-            fences_done_seq: 0,
-            fences_done: true,
-            obs: None,
-            ino: file.ino(),
-            unrevoked_seq: None,
-        };
-        self.revocable
-            .run(&self.protocol.unrevoke, file, &mut hooks)
+        let mut hooks = MoveHooks::unrevoke(&self.core, cpu, file.ino());
+        self.core
+            .revocable
+            .run(&self.core.protocol.unrevoke, file, &mut hooks)
             .map_err(|source| VfioError::Unrevoke {
                 ino: file.ino(),
                 source,
             })?;
-        if self.revocable.is_revoked() {
+        if self.core.revocable.is_revoked() {
             // The sequence left the flag set (it has no clear_revoked): the
             // buffer stays revoked.
             return Err(VfioError::Unrevoke {
@@ -555,75 +412,27 @@ impl VfioDmaBuf {
     }
 }
 
-/// The exporter's own points of a sequence.
-struct MoveHooks<'a> {
-    buf: &'a VfioDmaBuf,
-    cpu: &'a [CpuMapping],
-    fences_done_seq: u64,
-    fences_done: bool,
-    obs: Option<&'a RevokeObserver>,
-    ino: u64,
-    /// Monitor sequence of the un-revoke, once the flag was cleared.
-    unrevoked_seq: Option<u64>,
-}
-
-impl SequenceHooks for MoveHooks<'_> {
-    fn fences_done(&mut self) {
-        if self.fences_done {
-            return;
-        }
-        self.fences_done = true;
-        self.fences_done_seq = self
-            .buf
-            .host
-            .monitor()
-            .fences_done(self.buf.exporter, &self.buf.ranges())
-            .unwrap_or(0);
-        // Reported as it happens: a revoke that then hangs in its unmap wait
-        // still has its fence point on record.
-        if let Some(o) = self.obs {
-            o(&RevokeEvent::FencesDone {
-                ino: self.ino,
-                seq: self.fences_done_seq,
-            });
-        }
-    }
-
-    fn unmap_mapping_range(&mut self) {
-        for m in self.cpu {
-            m.zap_all();
-        }
-    }
-
-    fn revoked_cleared(&mut self) {
-        // Maps succeed from here on: the memory is ordinary again for the
-        // monitor now, not when the rest of the sequence has run.
-        if let Ok(seq) = self
-            .buf
-            .host
-            .monitor()
-            .unrevoke(self.buf.exporter, &self.buf.ranges())
-        {
-            self.unrevoked_seq = Some(seq);
-        }
-    }
-}
-
 impl DmaBufOps for VfioDmaBuf {
     fn attach(&self, _buf: &DmaBufRef, attach: &Attachment) -> Result<(), DmaBufError> {
-        self.revocable.check_attach(attach, self.protocol.attach)?;
+        self.core
+            .revocable
+            .check_attach(attach, self.core.protocol.attach)?;
         let me = self
             .me
             .upgrade()
             .ok_or_else(|| DmaBufError::errno(errno::ENODEV, "vfio: buffer freed"))?;
-        let dev = self.host.device_by_name(attach.dev()).map(|d| d.id());
+        let dev = self.core.host.device_by_name(attach.dev()).map(|d| d.id());
         let p: Arc<dyn Any + Send + Sync> = Arc::new(VfioAttachPriv { buf: me, dev });
         attach.set_exporter_priv(Some(p));
         Ok(())
     }
 
     fn pin_ops(&self) -> Option<&dyn PinOps> {
-        self.protocol.pin.is_some().then_some(self as &dyn PinOps)
+        self.core
+            .protocol
+            .pin
+            .is_some()
+            .then_some(self as &dyn PinOps)
     }
 
     fn map_dma_buf(
@@ -632,47 +441,11 @@ impl DmaBufOps for VfioDmaBuf {
         _dir: DmaDirection,
         guard: &ResvGuard<'_>,
     ) -> Result<SgTable, DmaBufError> {
-        if self.revocable.is_revoked() {
-            return Err(DmaBufError::errno(
-                errno::ENODEV,
-                "vfio map_dma_buf: revoked",
-            ));
-        }
-        let dev = Self::attach_priv(attach)
-            .and_then(|p| p.dev)
-            .ok_or_else(|| {
-                DmaBufError::errno(
-                    errno::EINVAL,
-                    format!("vfio map_dma_buf: no device {}", attach.dev()),
-                )
-            })?;
-        let kind = self.host.platform().pci().p2p_distance(self.provider, dev);
-        let mut entries = Vec::with_capacity(self.phys.len());
-        for &(paddr, len) in &self.phys {
-            let dma_addr = match kind {
-                P2pType::BusAddr => Ok(paddr),
-                P2pType::ThruHostBridge => {
-                    dma_api::map_phys(&self.host, dev, paddr, len, IommuPerm::RW)
-                        .map_err(|e| DmaBufError::errno(e.errno(), e.to_string()))
-                }
-                P2pType::NotSupported => Err(DmaBufError::errno(
-                    errno::EINVAL,
-                    format!("vfio map_dma_buf: {} cannot reach the BAR", attach.dev()),
-                )),
-            };
-            match dma_addr {
-                Ok(a) => entries.push(SgEntry { dma_addr: a, len }),
-                Err(e) => {
-                    dma_api::unmap_entries(&self.host, dev, &entries);
-                    return Err(e);
-                }
-            }
-        }
-        if let Err(e) = self.revocable.map_get(guard) {
-            dma_api::unmap_entries(&self.host, dev, &entries);
-            return Err(e);
-        }
-        Ok(SgTable { entries })
+        self.core.map(
+            attach,
+            || Self::attach_priv(attach).and_then(|p| p.dev),
+            guard,
+        )
     }
 
     fn unmap_dma_buf(
@@ -682,10 +455,28 @@ impl DmaBufOps for VfioDmaBuf {
         _dir: DmaDirection,
         _guard: &ResvGuard<'_>,
     ) {
-        if let Some(dev) = Self::attach_priv(attach).and_then(|p| p.dev) {
-            dma_api::unmap_entries(&self.host, dev, &sgt.entries);
+        let dev = Self::attach_priv(attach).and_then(|p| p.dev);
+        self.core.unmap(dev, &sgt);
+    }
+
+    /// With a protocol that has `mmap` (Matt Evans' series), VFIO
+    /// dma-bufs can be mapped by userspace; without, there is no op and
+    /// the core answers `EINVAL` (7.1, 7.2).
+    fn has_mmap(&self) -> bool {
+        self.core.protocol.mmap.is_some()
+    }
+
+    /// `vfio_pci_dma_buf_mmap`: `ENODEV` unless the buffer is usable (the
+    /// range was checked by the core). The PTEs come later, from the fault
+    /// handler ([`mmap_dma_buf`]).
+    fn mmap(&self, _buf: &DmaBufRef, _req: MmapRequest) -> Result<(), DmaBufError> {
+        if self.core.revocable.is_revoked() {
+            return Err(DmaBufError::errno(
+                errno::ENODEV,
+                "vfio_pci_dma_buf_mmap: buffer revoked",
+            ));
         }
-        self.revocable.map_put();
+        Ok(())
     }
 
     fn release(&self, _buf: &DmaBufRef) {
@@ -697,6 +488,8 @@ impl DmaBufOps for VfioDmaBuf {
         if let Some(v) = vdev.and_then(|w| w.upgrade()) {
             let mut mem = v.memory_lock.lock("vfio_pci_dma_buf_release");
             mem.dmabufs.retain(|p| !std::ptr::eq(Arc::as_ptr(p), self));
+            mem.dmabuf_maps
+                .retain(|(b, _)| !std::ptr::eq(b.as_ptr(), self));
             *self.vdev.lock() = None;
             // Released while revoked: no importer is left, and the range is
             // the device's own BAR memory again (the VMM's BAR mmap touches
@@ -715,18 +508,19 @@ impl DmaBufOps for VfioDmaBuf {
                     .iter()
                     .any(|p| p.is_revoked() && p.ranges().iter().any(overlaps));
                 if !covered {
-                    let _ = self.host.monitor().unrevoke(self.exporter, &mine);
+                    let _ = self.core.host.monitor().unrevoke(self.core.exporter, &mine);
                 }
             }
         }
-        trace_event!("vfio_pci_dma_buf_release", "size={:#x}", self.size);
+        trace_event!("vfio_pci_dma_buf_release", "size={:#x}", self.core.size);
     }
 }
 
 impl PinOps for VfioDmaBuf {
     fn pin(&self, attach: &Attachment, _guard: &ResvGuard<'_>) -> Result<(), DmaBufError> {
-        self.revocable
-            .check_pin(attach, self.protocol.pin.unwrap_or_default())
+        self.core
+            .revocable
+            .check_pin(attach, self.core.protocol.pin.unwrap_or_default())
     }
 
     fn unpin(&self, _attach: &Attachment, _guard: &ResvGuard<'_>) {}
@@ -747,13 +541,13 @@ pub fn iommufd_map(attach: &Attachment, guard: &ResvGuard<'_>) -> Result<(u64, u
             what: "not a VFIO dma-buf",
         });
     };
-    if p.buf.revocable.is_revoked() {
+    if p.buf.core.revocable.is_revoked() {
         return Err(VfioError::Iommufd {
             errno: errno::ENODEV,
             what: "revoked",
         });
     }
-    match p.buf.phys.as_slice() {
+    match p.buf.core.phys.as_slice() {
         [one] => Ok(*one),
         _ => Err(VfioError::Iommufd {
             errno: errno::EOPNOTSUPP,
@@ -762,10 +556,109 @@ pub fn iommufd_map(attach: &Attachment, guard: &ResvGuard<'_>) -> Result<(u64, u
     }
 }
 
+/// `mmap(2)` of the whole dma-buf behind `fd` of `proc`, by `accessor`
+/// (Matt Evans' "vfio/pci: Support mmap() of a DMABUF"): the ABI's and the
+/// dma-buf core's checks and the exporter's op ([`Process::mmap`]: `EINVAL`
+/// when the protocol has no `mmap`, `ENODEV` unless the buffer is usable),
+/// then a VMA whose PTEs the fault handler inserts one page at a time, and
+/// which the buffer's `unmap_mapping_range` zaps.
+///
+/// The fault handler (`vfio_pci_dma_buf_find_pfn` in the RFC) checks the
+/// revoked state and inserts the PFN under the lock the protocol names
+/// ([`MmapFault`]): `memory_lock` (the series; every trigger holds it, so
+/// no fault lands inside a revoke), the reservation lock, or none. A
+/// revoked buffer answers `VM_FAULT_SIGBUS`.
+///
+/// `EOPNOTSUPP` for a buffer another exporter made.
+pub fn mmap_dma_buf(proc: &Process, fd: i32, accessor: Accessor) -> Result<CpuMapping, VfioError> {
+    let buf = proc.dma_buf_get(fd).map_err(VfioError::Fd)?;
+    let pages = buf.size() / PAGE_SIZE;
+    proc.mmap(fd, 0, pages)
+        .map_err(|e| VfioError::Mmap { errno: e.errno() })?;
+    let p = buf.exporter_priv::<VfioDmaBuf>().ok_or(VfioError::Mmap {
+        errno: errno::EOPNOTSUPP,
+    })?;
+    let kind = p.core.protocol.mmap.unwrap_or(MmapFault::MemoryLock);
+    let (weak, vdev, resv) = (
+        Arc::downgrade(&p),
+        p.vdev.lock().clone(),
+        buf.resv().clone(),
+    );
+    let handler = Arc::new(move |vma: &CpuMapping, pgoff: u64| -> Result<(), VmFault> {
+        let Some(b) = weak.upgrade() else {
+            return Err(VmFault::Sigbus);
+        };
+        let insert = || -> Result<(), VmFault> {
+            if b.core.revocable.is_revoked() {
+                return Err(VmFault::Sigbus);
+            }
+            let phys = b.core.phys_of(pgoff * PAGE_SIZE).ok_or(VmFault::Sigbus)?;
+            vma.insert_pfn(pgoff, phys).map_err(|_| VmFault::Sigbus)
+        };
+        match kind {
+            MmapFault::MemoryLock => {
+                // A device gone for good left its buffers revoked for good.
+                let Some(v) = vdev.as_ref().and_then(Weak::upgrade) else {
+                    return Err(VmFault::Sigbus);
+                };
+                let _mem = v.memory_lock.lock("vfio_pci_dma_buf_mmap_fault");
+                insert()
+            }
+            MmapFault::DmaResvLock => {
+                let _g = crate::host::lock_resv(&resv);
+                insert()
+            }
+            MmapFault::Unlocked => insert(),
+        }
+    });
+    let name = format!("dmabuf:{}", buf.ino());
+    let m = p
+        .core
+        .host
+        .platform()
+        .mmap(&name, accessor, pages, handler, None)
+        .map_err(|e| VfioError::Mmap { errno: e.errno() })?;
+    // Known to the buffer's zap from now on; a buffer whose device is gone
+    // is revoked for good and never zapped again.
+    let vdev = p.vdev.lock().clone().and_then(|w| w.upgrade());
+    if let Some(v) = vdev {
+        let mut mem = v.memory_lock.lock("vfio_pci_dma_buf_mmap");
+        if !mem.closed {
+            mem.dmabuf_maps.push((Arc::downgrade(&p), m.clone()));
+        }
+    }
+    trace_event!(
+        "vfio_pci_dma_buf_mmap",
+        "ino={:#x} vma={} pages={} fault={}",
+        buf.ino(),
+        name,
+        pages,
+        kind.name()
+    );
+    Ok(m)
+}
+
 struct MemState {
     dmabufs: Vec<Arc<VfioDmaBuf>>,
+    /// The device fd's mmaps of BARs.
     cpu_maps: Vec<CpuMapping>,
+    /// Userspace mmaps of the dma-bufs themselves (with a protocol that
+    /// has `mmap`), by buffer: what the buffer's `unmap_mapping_range`
+    /// zaps besides `cpu_maps`.
+    dmabuf_maps: Vec<(Weak<VfioDmaBuf>, CpuMapping)>,
     closed: bool,
+}
+
+impl MemState {
+    /// The dma-buf mmaps of buffer `p` (a plain list walk: no lock, no
+    /// scheduling point).
+    fn maps_of(&self, p: &Arc<VfioDmaBuf>) -> Vec<CpuMapping> {
+        self.dmabuf_maps
+            .iter()
+            .filter(|(b, _)| std::ptr::eq(b.as_ptr(), Arc::as_ptr(p)))
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
 }
 
 struct VfioInner {
@@ -776,21 +669,15 @@ struct VfioInner {
     exporter: ExporterId,
     /// `vdev->memory_lock` (write side), class [`MEMORY_LOCK_CLASS`].
     memory_lock: ClassMutex<MemState>,
-    observer: Mutex<Option<RevokeObserver>>,
+    /// The revoke observer and the kernel WARNs.
+    report: Reporter,
     revokes: AtomicU64,
     unrevokes: AtomicU64,
-    /// Kernel WARNs (a diagnostic record: never a scheduling point).
-    warnings: parking_lot::Mutex<Vec<String>>,
 }
 
 impl VfioInner {
     fn warn(&self, ino: u64, msg: &str) {
-        let line = format!("WARN: dma-buf ino {ino:#x}: {msg}");
-        self.warnings.lock().push(line.clone());
-        let obs = self.observer.lock().clone();
-        if let Some(o) = obs {
-            o(&RevokeEvent::Warn(line));
-        }
+        self.report.warn(ino, msg);
     }
 }
 
@@ -827,13 +714,13 @@ impl VfioPciDevice {
                 MemState {
                     dmabufs: Vec::new(),
                     cpu_maps: Vec::new(),
+                    dmabuf_maps: Vec::new(),
                     closed: false,
                 },
             ),
-            observer: Mutex::new(None),
+            report: Reporter::new(),
             revokes: AtomicU64::new(0),
             unrevokes: AtomicU64::new(0),
-            warnings: parking_lot::Mutex::new(Vec::new()),
         })))
     }
 
@@ -849,7 +736,7 @@ impl VfioPciDevice {
 
     /// Kernel WARNs so far (refcount_t misuse, timed-out waits).
     pub fn warnings(&self) -> Vec<String> {
-        self.0.warnings.lock().clone()
+        self.0.report.warnings()
     }
 
     /// The monitor's id of this exporter.
@@ -864,7 +751,7 @@ impl VfioPciDevice {
 
     /// Reports revoke progress to `obs` from now on.
     pub fn set_revoke_observer(&self, obs: Option<RevokeObserver>) {
-        *self.0.observer.lock() = obs;
+        self.0.report.set_observer(obs);
     }
 
     /// Buffers still linked to the device.
@@ -974,25 +861,29 @@ impl VfioPciDevice {
                     let revoked = !self.memory_enabled();
                     let priv_ = Arc::new_cyclic(|me| VfioDmaBuf {
                         me: me.clone(),
-                        host: self.0.host.clone(),
-                        protocol: self.0.protocol.clone(),
-                        owner_dev: Arc::downgrade(&self.0),
-                        exporter: self.0.exporter,
-                        provider: self.0.pdev.id(),
-                        phys,
-                        size: req.size,
-                        revocable: Revocable::with_warn_sink(revoked, {
-                            let (me, v) = (me.clone(), Arc::downgrade(&self.0));
-                            Arc::new(move |msg: &str| {
-                                let ino = me
-                                    .upgrade()
-                                    .and_then(|b: Arc<VfioDmaBuf>| b.ino())
-                                    .unwrap_or(0);
-                                if let Some(v) = v.upgrade() {
-                                    v.warn(ino, msg);
-                                }
-                            })
+                        core: PhysExport::new(PhysExportInfo {
+                            host: self.0.host.clone(),
+                            protocol: self.0.protocol.clone(),
+                            exporter: self.0.exporter,
+                            provider: self.0.pdev.id(),
+                            phys,
+                            size: req.size,
+                            revocable: Revocable::with_warn_sink(revoked, {
+                                let (me, v) = (me.clone(), Arc::downgrade(&self.0));
+                                Arc::new(move |msg: &str| {
+                                    let ino = me
+                                        .upgrade()
+                                        .and_then(|b: Arc<VfioDmaBuf>| b.ino())
+                                        .unwrap_or(0);
+                                    if let Some(v) = v.upgrade() {
+                                        v.warn(ino, msg);
+                                    }
+                                })
+                            }),
+                            who: "vfio",
+                            revoked_event: "vfio_pci_dma_buf_revoked",
                         }),
+                        owner_dev: Arc::downgrade(&self.0),
                         perm: dmabuf_core::sync::atomic::AtomicBool::new(false),
                         vdev: Mutex::new(Some(Arc::downgrade(&self.0))),
                         dmabuf: Mutex::new(None),
@@ -1045,7 +936,7 @@ impl VfioPciDevice {
         revoked: bool,
         report: &mut TriggerReport,
     ) {
-        let obs = self.0.observer.lock().clone();
+        let obs = self.0.report.observer();
         for p in mem.dmabufs.clone() {
             let Some(file) = p.dmabuf.lock().clone().and_then(|r| r.get_file_active()) else {
                 continue;
@@ -1055,14 +946,16 @@ impl VfioPciDevice {
                 deferred.push(file);
                 continue;
             }
-            if p.revocable.is_revoked() != revoked {
+            if p.core.revocable.is_revoked() != revoked {
+                let own = mem.maps_of(&p);
+                let cpu: [&[CpuMapping]; 2] = [&mem.cpu_maps, &own];
                 if revoked {
                     report
                         .revoked
-                        .push(p.revoke_one(&file, false, &mem.cpu_maps, obs.as_ref()));
+                        .push(p.revoke_one(&file, false, &cpu, obs.as_ref()));
                     self.0.revokes.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    match p.unrevoke_one(&file, &mem.cpu_maps, obs.as_ref()) {
+                    match p.unrevoke_one(&file, &cpu, obs.as_ref()) {
                         Ok(()) => {
                             report.unrevoked.push(file.ino());
                             self.0.unrevokes.fetch_add(1, Ordering::Relaxed);
@@ -1100,7 +993,7 @@ impl VfioPciDevice {
                     device: self.dev_name(),
                 });
             }
-            let obs = self.0.observer.lock().clone();
+            let obs = self.0.report.observer();
             let mut report = TriggerReport::default();
             for p in mem.dmabufs.clone() {
                 let Some(file) = p.dmabuf.lock().clone().and_then(|r| r.get_file_active()) else {
@@ -1110,9 +1003,13 @@ impl VfioPciDevice {
                     deferred.push(file);
                     continue;
                 }
-                report
-                    .revoked
-                    .push(p.revoke_with(&file, &seq, false, &mem.cpu_maps, obs.as_ref()));
+                report.revoked.push(p.revoke_with(
+                    &file,
+                    &seq,
+                    false,
+                    &[&mem.cpu_maps, &mem.maps_of(&p)],
+                    obs.as_ref(),
+                ));
                 self.0.revokes.fetch_add(1, Ordering::Relaxed);
                 trace_event!("vfio_pci_dma_buf_perm_revoked", "ino={:#x}", file.ino());
                 deferred.push(file);
@@ -1231,7 +1128,7 @@ impl VfioPciDevice {
                     device: self.dev_name(),
                 });
             }
-            let obs = self.0.observer.lock().clone();
+            let obs = self.0.report.observer();
             let mut report = TriggerReport::default();
             Self::zap_cpu(mem);
             if self.0.protocol.disable_before_cleanup {
@@ -1257,15 +1154,23 @@ impl VfioPciDevice {
                     *p.vdev.lock() = None;
                     continue;
                 };
-                report
-                    .revoked
-                    .push(p.revoke_one(&file, true, &mem.cpu_maps, obs.as_ref()));
+                report.revoked.push(p.revoke_one(
+                    &file,
+                    true,
+                    &[&mem.cpu_maps, &mem.maps_of(&p)],
+                    obs.as_ref(),
+                ));
                 self.0.revokes.fetch_add(1, Ordering::Relaxed);
                 deferred.push(file);
             }
             for m in mem.cpu_maps.drain(..) {
                 m.munmap();
             }
+            // The dma-bufs' own mmaps outlive the device fd (their VMAs
+            // hold the dma-buf file); the cleanup sequence zapped them, and
+            // their buffers are revoked for good, so every later fault
+            // answers SIGBUS.
+            mem.dmabuf_maps.clear();
             mem.closed = true;
             if self.0.pdev.is_present()
                 && let Err(e) = self.0.host.platform().pci().unplug(self.0.pdev.id())

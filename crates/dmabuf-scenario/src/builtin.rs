@@ -68,6 +68,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../protocols/exporters/v10-unrevoke-no-invalidate.toml"),
     ),
     (
+        "protocols/exporters/v10-mmap.toml",
+        include_str!("../../../protocols/exporters/v10-mmap.toml"),
+    ),
+    (
+        "protocols/exporters/rdma-export.toml",
+        include_str!("../../../protocols/exporters/rdma-export.toml"),
+    ),
+    (
         "protocols/exporters/gpu-vram.toml",
         include_str!("../../../protocols/exporters/gpu-vram.toml"),
     ),
@@ -120,6 +128,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../protocols/importers/lying.toml"),
     ),
     (
+        "protocols/importers/cpu-mmap.toml",
+        include_str!("../../../protocols/importers/cpu-mmap.toml"),
+    ),
+    (
         "protocols/importers/mixes.toml",
         include_str!("../../../protocols/importers/mixes.toml"),
     ),
@@ -167,6 +179,18 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "protocols/scenarios/unrevoke-race-no-invalidate.toml",
         include_str!("../../../protocols/scenarios/unrevoke-race-no-invalidate.toml"),
     ),
+    (
+        "protocols/scenarios/vfio-mmap-gpu.toml",
+        include_str!("../../../protocols/scenarios/vfio-mmap-gpu.toml"),
+    ),
+    (
+        "protocols/scenarios/rdma-export-dm-free.toml",
+        include_str!("../../../protocols/scenarios/rdma-export-dm-free.toml"),
+    ),
+    (
+        "protocols/scenarios/rdma-export-disassociate.toml",
+        include_str!("../../../protocols/scenarios/rdma-export-disassociate.toml"),
+    ),
 ];
 
 /// A runnable scenario: a world and what its file expects.
@@ -185,6 +209,9 @@ pub struct Scenario {
     /// The search strategy its file suggests (see
     /// [`crate::file::ScenarioDef::strategy`]).
     pub strategy: Option<String>,
+    /// The schedules its file suggests (see
+    /// [`crate::file::ScenarioDef::schedules`]).
+    pub schedules: Option<u64>,
     /// The file(s) it came from.
     pub origin: String,
 }
@@ -222,6 +249,12 @@ pub fn spec_hash(spec: &WorldSpec) -> u64 {
         spec.teardown_during_revoke,
         spec.remap_during_unrevoke
     );
+    // Fields added later enter the text only when set, so that the worlds
+    // that existed before them keep their hashes (and their tokens).
+    let text = match p.mmap {
+        None => text,
+        Some(m) => format!("{text}|mmap={}", m.name()),
+    };
     file::fnv1a(text.as_bytes())
 }
 
@@ -393,15 +426,23 @@ impl Library {
         self.importers.iter().find(|i| i.spec.name == name)
     }
 
-    /// The VFIO exporters (matrix rows).
+    /// The exporters that revoke with a protocol (matrix rows): VFIO's,
+    /// then the RDMA exporter's.
     pub fn rows(&self) -> Vec<&ExporterDef> {
         self.exporters
             .iter()
             .filter(|e| e.kind == ExporterKind::Vfio)
+            .chain(
+                self.exporters
+                    .iter()
+                    .filter(|e| e.kind == ExporterKind::RdmaDm),
+            )
             .collect()
     }
 
-    /// One matrix cell.
+    /// One matrix cell: a VFIO row's cell runs an FLR cycle
+    /// ([`Trigger::FlrCycle`]); an RDMA row's, the owner freeing the
+    /// exported device memory with DMA in flight ([`Trigger::DmFree`]).
     pub fn cell(&self, e: &ExporterDef, i: &ImporterDef) -> Scenario {
         let mut imps = i.instances();
         for x in &mut imps {
@@ -409,10 +450,23 @@ impl Library {
         }
         let mut spec = WorldSpec::vfio(Arc::new(e.protocol.clone()), imps[0].clone());
         spec.importers = imps;
+        let (what, timeline) = if e.kind == ExporterKind::RdmaDm {
+            spec.exporter = ExporterKind::RdmaDm;
+            spec.trigger = Trigger::DmFree;
+            (
+                "device memory",
+                "the owner frees the device memory with DMA in flight, then closes its context",
+            )
+        } else {
+            (
+                "a BAR",
+                "FLR with DMA in flight, un-revoke, re-map with DMA in flight, revoke again (decode off), close while revoked",
+            )
+        };
         Scenario {
             name: format!("matrix.{}.{}", e.name, i.spec.name),
             description: format!(
-                "{} exporting a BAR to {} {} importer{}; FLR with DMA in flight, un-revoke, re-map with DMA in flight, revoke again (decode off), close while revoked",
+                "{} exporting {what} to {} {} importer{}; {timeline}",
                 e.name,
                 if i.members.is_empty() { "one" } else { "the" },
                 i.spec.name,
@@ -422,6 +476,7 @@ impl Library {
             expect: Vec::new(),
             properties: None,
             strategy: None,
+            schedules: None,
             origin: format!("{} x {}", e.path, i.path),
         }
     }
@@ -546,8 +601,29 @@ impl Library {
                 ),
             });
         }
+        let rdma = exporter.kind == ExporterKind::RdmaDm;
+        let rdma_only = matches!(s.trigger, Trigger::DmFree | Trigger::Disassociate);
+        if rdma != rdma_only && !(rdma && s.trigger == Trigger::Close) {
+            return Err(FileError {
+                path: s.path.clone(),
+                line: 0,
+                col: 0,
+                message: if rdma {
+                    format!(
+                        "trigger '{}' is not one of the rdma-dm exporter '{}': dm-free, disassociate or close",
+                        file::trigger_name(s.trigger),
+                        exporter.name
+                    )
+                } else {
+                    format!(
+                        "trigger '{}' needs an rdma-dm exporter",
+                        file::trigger_name(s.trigger)
+                    )
+                },
+            });
+        }
         let revokes = exporter.kind == ExporterKind::Vfio;
-        if !revokes && !matches!(s.trigger, Trigger::Close | Trigger::Eviction) {
+        if !rdma && !revokes && !matches!(s.trigger, Trigger::Close | Trigger::Eviction) {
             return Err(FileError {
                 path: s.path.clone(),
                 line: 0,
@@ -601,6 +677,7 @@ impl Library {
             expect: own.expect.clone(),
             properties: s.properties.clone(),
             strategy: s.strategy.clone(),
+            schedules: s.schedules,
             origin: s.path.clone(),
         })
     }
@@ -745,18 +822,27 @@ mod tests {
     #[test]
     fn every_builtin_file_parses_and_the_list_matches_the_folder() {
         let lib = Library::builtin().unwrap();
-        assert_eq!(lib.rows().len(), 10);
-        assert_eq!(lib.importers.len(), 14, "11 importers and 3 mixes");
-        assert_eq!(lib.named().unwrap().len(), 11);
+        assert_eq!(
+            lib.rows().len(),
+            12,
+            "11 VFIO protocols and the RDMA exporter"
+        );
+        assert_eq!(lib.importers.len(), 15, "12 importers and 3 mixes");
+        assert_eq!(lib.named().unwrap().len(), 14);
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../protocols");
         let mut on_disk = Vec::new();
         collect(&root, &mut on_disk, 0).unwrap();
-        // protocols/fixes/ holds replays of kernel fixes, checked one file
-        // at a time (`dmabuf check protocols/fixes/X.toml`), not part of the
+        // protocols/fixes/ holds replays of kernel fixes and
+        // protocols/variants/ the buggy live variants, checked one file at
+        // a time (`dmabuf check protocols/fixes/X.toml`), not part of the
         // library.
         // protocols/kmod/ holds the real-kernel oracle's script scenarios
         // (run by `dmabuf-oracle --part kmod`), not matrix rows or columns.
-        on_disk.retain(|p| !p.starts_with(root.join("fixes")) && !p.starts_with(root.join("kmod")));
+        on_disk.retain(|p| {
+            !p.starts_with(root.join("fixes"))
+                && !p.starts_with(root.join("variants"))
+                && !p.starts_with(root.join("kmod"))
+        });
         assert_eq!(
             on_disk.len(),
             BUILTIN.len(),
@@ -784,6 +870,57 @@ mod tests {
             assert_eq!(lib.questions(&f).unwrap().len(), 1, "{}", p.display());
             assert!(!f.expect.is_empty(), "{}", p.display());
         }
+    }
+
+    #[test]
+    fn the_variant_files_parse_and_each_asks_one_question() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../protocols/variants");
+        let mut files = Vec::new();
+        collect(&root, &mut files, 0).unwrap();
+        assert_eq!(files.len(), 5);
+        for p in files {
+            let mut lib = Library::builtin().unwrap();
+            let f = lib.add_file(&p).unwrap();
+            let qs = lib.questions(&f).unwrap();
+            assert_eq!(qs.len(), 1, "{}", p.display());
+            assert!(!f.expect.is_empty(), "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn an_rdma_row_runs_the_dm_free_timeline_and_keeps_the_vfio_hashes() {
+        let lib = Library::builtin().unwrap();
+        let c = lib.find("matrix.rdma-export.gpu").unwrap();
+        assert_eq!(c.spec.exporter, ExporterKind::RdmaDm);
+        assert_eq!(c.spec.trigger, Trigger::DmFree);
+        // A protocol without mmap hashes as before the field existed (the
+        // hash MATRIX.md's token of this cell carries); one with it does
+        // not hash like the same protocol without it.
+        let v10 = lib.find("matrix.v10-three-state.gpu-lazy.jobs1").unwrap();
+        assert_eq!(format!("{:016x}", v10.hash()), "922c04f64a29e81b");
+        let mut m = v10.clone();
+        let mut p = (*m.spec.protocol).clone();
+        p.mmap = Some(dmabuf_core::revoke::MmapFault::MemoryLock);
+        m.spec.protocol = Arc::new(p);
+        assert_ne!(m.hash(), v10.hash());
+        // A trigger of one exporter kind is refused for the other.
+        let mut lib2 = Library::builtin().unwrap();
+        let f = lib2
+            .add_text(
+                "s.toml",
+                "[scenario]\nname = \"s\"\nexporter = \"v6-final\"\nimporters = [\"gpu\"]\ntrigger = \"dm-free\"\n",
+            )
+            .unwrap();
+        let e = lib2.questions(&f).unwrap_err();
+        assert!(e.message.contains("needs an rdma-dm exporter"), "{e}");
+        let f = lib2
+            .add_text(
+                "t.toml",
+                "[scenario]\nname = \"t\"\nexporter = \"rdma-export\"\nimporters = [\"gpu\"]\ntrigger = \"flr\"\n",
+            )
+            .unwrap();
+        let e = lib2.questions(&f).unwrap_err();
+        assert!(e.message.contains("dm-free, disassociate or close"), "{e}");
     }
 
     #[test]
@@ -828,8 +965,8 @@ mod tests {
         let qs = lib.questions(&f).unwrap();
         assert_eq!(
             qs.len(),
-            10,
-            "a mix file is crossed with every VFIO protocol"
+            12,
+            "a mix file is crossed with every protocol that revokes"
         );
         assert_eq!(qs[0].spec.importers.len(), 2);
     }

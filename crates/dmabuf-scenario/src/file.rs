@@ -27,7 +27,7 @@
 use crate::script::{self, ScriptStep};
 use crate::world::{ExporterKind, ImporterBase, ImporterSpec, OnInvalidate, Trigger, UnmapWhen};
 use dmabuf_core::dma_resv::Usage;
-use dmabuf_core::revoke::{Gate, Protocol, Sequence, Step, Timeout};
+use dmabuf_core::revoke::{Gate, MmapFault, Protocol, Sequence, Step, Timeout};
 use dmabuf_drivers::importers::gpu::Remap;
 use serde::Deserialize;
 use std::fmt;
@@ -45,6 +45,8 @@ pub const MAX_MIX: i64 = 4;
 pub const MAX_SCRIPT: usize = 256;
 /// The largest file accepted.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
+/// The most schedules a `[scenario]` may suggest.
+pub const MAX_SCHEDULES_HINT: i64 = 100_000;
 
 /// An error in a protocol file, with its position.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -209,6 +211,10 @@ pub struct ScenarioDef {
     /// at a time by [`crate::script::run_script`], not a world for the
     /// checker (`None` for a world).
     pub script: Option<Vec<(ScriptStep, String)>>,
+    /// The normal-mode schedules `check` runs when the command line gives
+    /// none (1 to [`MAX_SCHEDULES_HINT`]): a narrow race needs more than
+    /// the default 100.
+    pub schedules: Option<u64>,
     /// The file.
     pub path: String,
 }
@@ -256,6 +262,7 @@ struct ExporterDoc {
     cleanup: Option<Spanned<Vec<S>>>,
     close: Option<Spanned<Vec<S>>>,
     permanent: Option<Spanned<Vec<S>>>,
+    mmap: Option<S>,
 }
 
 #[derive(Deserialize)]
@@ -302,6 +309,7 @@ struct ScenarioDoc {
     properties: Option<Vec<S>>,
     strategy: Option<S>,
     script: Option<Spanned<Vec<S>>>,
+    schedules: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -417,6 +425,7 @@ fn exporter_kind(s: &str) -> Option<ExporterKind> {
         "vfio-bar" => Some(ExporterKind::Vfio),
         "system-heap" => Some(ExporterKind::SystemHeap),
         "gpu-vram" => Some(ExporterKind::GpuVram),
+        "rdma-dm" => Some(ExporterKind::RdmaDm),
         _ => None,
     }
 }
@@ -427,6 +436,7 @@ pub fn exporter_kind_name(k: ExporterKind) -> &'static str {
         ExporterKind::Vfio => "vfio-bar",
         ExporterKind::SystemHeap => "system-heap",
         ExporterKind::GpuVram => "gpu-vram",
+        ExporterKind::RdmaDm => "rdma-dm",
     }
 }
 
@@ -445,6 +455,8 @@ pub const TRIGGERS: &[(&str, Trigger)] = &[
     ("flr-cycle", Trigger::FlrCycle),
     ("permanent-cycle", Trigger::PermanentCycle),
     ("eviction", Trigger::Eviction),
+    ("dm-free", Trigger::DmFree),
+    ("disassociate", Trigger::Disassociate),
 ];
 
 /// The file name of a trigger.
@@ -470,7 +482,7 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
         c.err(
             e.kind.span(),
             format!(
-                "unknown exporter kind '{}' (expected vfio-bar, system-heap or gpu-vram)",
+                "unknown exporter kind '{}' (expected vfio-bar, rdma-dm, system-heap or gpu-vram)",
                 e.kind.get_ref()
             ),
         )
@@ -478,10 +490,57 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
     let missing = |field: &str| {
         c.err(
             d.span(),
-            format!("[exporter] '{name}' of kind vfio-bar needs '{field}'"),
+            format!(
+                "[exporter] '{name}' of kind {} needs '{field}'",
+                exporter_kind_name(kind)
+            ),
         )
     };
-    let protocol = if kind == ExporterKind::Vfio {
+    let refuse = |fields: &[(&str, Option<Range<usize>>)], why: &str| -> Result<(), FileError> {
+        match fields
+            .iter()
+            .find_map(|(f, sp)| sp.clone().map(|sp| (f, sp)))
+        {
+            Some((f, sp)) => Err(c.err(sp, format!("'{f}' {why}"))),
+            None => Ok(()),
+        }
+    };
+    let span = |v: &Option<Spanned<Vec<S>>>| v.as_ref().map(|x| x.span());
+    let protocol = if kind == ExporterKind::RdmaDm {
+        // The uverbs DMABUF object: a gate and a revoke; no pin op, no
+        // un-revoke (a freed DM or a disassociated context never comes
+        // back), no VFIO close order, no permanent ioctl, no mmap.
+        refuse(
+            &[
+                ("pin", span(&e.pin)),
+                ("unrevoke", span(&e.unrevoke)),
+                ("close", span(&e.close)),
+                ("permanent", span(&e.permanent)),
+                ("mmap", e.mmap.as_ref().map(|x| x.span())),
+            ],
+            "is not for rdma-dm exporters: they revoke for good (when the device memory is freed, on disassociate and on close) and have no pin or mmap op",
+        )?;
+        let attach = c.gate(e.attach.as_ref().ok_or_else(|| missing("attach"))?)?;
+        let revoke = c.sequence(
+            e.revoke.as_ref().ok_or_else(|| missing("revoke"))?,
+            "revoke",
+        )?;
+        let cleanup = match &e.cleanup {
+            Some(l) => c.sequence(l, "cleanup")?,
+            None => revoke.clone(),
+        };
+        Protocol {
+            name: name.clone(),
+            attach,
+            pin: None,
+            revoke,
+            unrevoke: Sequence::default(),
+            cleanup,
+            disable_before_cleanup: false,
+            permanent: None,
+            mmap: None,
+        }
+    } else if kind == ExporterKind::Vfio {
         let attach = c.gate(e.attach.as_ref().ok_or_else(|| missing("attach"))?)?;
         let pin = e.pin.as_ref().map(|p| c.gate(p)).transpose()?;
         let revoke = c.sequence(
@@ -517,6 +576,19 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
             .as_ref()
             .map(|l| c.sequence(l, "permanent"))
             .transpose()?;
+        let mmap = match &e.mmap {
+            None => None,
+            Some(v) => Some(MmapFault::by_name(v.get_ref()).ok_or_else(|| {
+                c.err(
+                    v.span(),
+                    format!(
+                        "unknown mmap fault lock '{}' (expected {})",
+                        v.get_ref(),
+                        MmapFault::NAMES.join(", ")
+                    ),
+                )
+            })?),
+        };
         Protocol {
             name: name.clone(),
             attach,
@@ -526,6 +598,7 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
             cleanup,
             disable_before_cleanup,
             permanent,
+            mmap,
         }
     } else {
         for (f, v) in [
@@ -540,9 +613,14 @@ fn exporter(c: &Ctx<'_>, d: &Spanned<ExporterDoc>) -> Result<ExporterDef, FileEr
             if let Some(v) = v {
                 return Err(c.err(
                     v.span(),
-                    format!("'{f}' is for vfio-bar exporters: only VFIO revokes in this model"),
+                    format!(
+                        "'{f}' is for vfio-bar and rdma-dm exporters: only they revoke in this model"
+                    ),
                 ));
             }
+        }
+        if let Some(v) = &e.mmap {
+            return Err(c.err(v.span(), "'mmap' is for vfio-bar exporters"));
         }
         Protocol {
             name: name.clone(),
@@ -569,7 +647,7 @@ fn importer(c: &Ctx<'_>, d: &Spanned<ImporterDoc>) -> Result<ImporterDef, FileEr
             c.err(
                 i.base.span(),
                 format!(
-                    "unknown importer base '{}' (expected static, gpu, rdma, iommufd or kmod)",
+                    "unknown importer base '{}' (expected static, gpu, rdma, iommufd, cpu or kmod)",
                     i.base.get_ref()
                 ),
             )
@@ -749,6 +827,16 @@ fn scenario(c: &Ctx<'_>, d: &Spanned<ScenarioDoc>) -> Result<ScenarioDef, FileEr
         Some(j) if (1..=MAX_JOBS).contains(j.get_ref()) => *j.get_ref() as usize,
         Some(j) => return Err(c.err(j.span(), format!("jobs must be 1 to {MAX_JOBS}"))),
     };
+    let schedules = match &s.schedules {
+        None => None,
+        Some(n) if (1..=MAX_SCHEDULES_HINT).contains(n.get_ref()) => Some(*n.get_ref() as u64),
+        Some(n) => {
+            return Err(c.err(
+                n.span(),
+                format!("schedules must be 1 to {MAX_SCHEDULES_HINT}"),
+            ));
+        }
+    };
     let refs = |v: &Option<Vec<S>>| -> Vec<(String, String)> {
         v.iter()
             .flatten()
@@ -783,6 +871,7 @@ fn scenario(c: &Ctx<'_>, d: &Spanned<ScenarioDoc>) -> Result<ScenarioDef, FileEr
             }
         },
         script,
+        schedules,
         path: c.path.to_owned(),
     })
 }
@@ -1033,6 +1122,86 @@ unrevoke = ["dma_resv_lock", "clear_revoked", "dma_resv_unlock"]
         assert!(e.message.contains("2 to 4 importers"), "{e}");
         let e = err("[[mix]]\nname = \"a b\"\nimporters = [\"a\", \"b\"]\n");
         assert!(e.message.contains("mix name 'a b'"), "{e}");
+    }
+
+    #[test]
+    fn mmap_names_the_fault_lock_and_only_vfio_has_it() {
+        let f = parse(
+            "t.toml",
+            &V6.replace("kind = ", "mmap = \"memory_lock\"\nkind = "),
+        )
+        .unwrap();
+        assert_eq!(
+            f.exporter.unwrap().protocol.mmap,
+            Some(MmapFault::MemoryLock)
+        );
+        let f = parse("t.toml", V6).unwrap();
+        assert_eq!(
+            f.exporter.unwrap().protocol.mmap,
+            None,
+            "no mmap op by default"
+        );
+        let e = err(&V6.replace("kind = ", "mmap = \"spinlock\"\nkind = "));
+        assert!(
+            e.message.contains("unknown mmap fault lock 'spinlock'"),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("memory_lock, dma_resv_lock, none"),
+            "{e}"
+        );
+        let e = err("[exporter]\nname = \"h\"\nkind = \"system-heap\"\nmmap = \"none\"\n");
+        assert!(
+            e.message.contains("'mmap' is for vfio-bar exporters"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_rdma_dm_exporter_needs_a_gate_and_a_revoke_and_never_unrevokes() {
+        let rdma = "[exporter]\nname = \"r\"\nkind = \"rdma-dm\"\nattach = [\"peer2peer\"]\nrevoke = [\"dma_resv_lock\", \"set_revoked\", \"dma_resv_unlock\"]\n";
+        let f = parse("r.toml", rdma).unwrap();
+        let e = f.exporter.unwrap();
+        assert_eq!(e.kind, ExporterKind::RdmaDm);
+        assert!(e.protocol.unrevoke.is_empty());
+        assert_eq!(
+            e.protocol.cleanup, e.protocol.revoke,
+            "cleanup defaults to revoke"
+        );
+        let e = err(&format!(
+            "{rdma}unrevoke = [\"dma_resv_lock\", \"clear_revoked\", \"dma_resv_unlock\"]\n"
+        ));
+        assert!(
+            e.message
+                .contains("'unrevoke' is not for rdma-dm exporters"),
+            "{e}"
+        );
+        assert_eq!(e.line, 6);
+        let e = err("[exporter]\nname = \"r\"\nkind = \"rdma-dm\"\nattach = [\"peer2peer\"]\n");
+        assert!(e.message.contains("of kind rdma-dm needs 'revoke'"), "{e}");
+    }
+
+    #[test]
+    fn a_cpu_importer_has_fixed_behaviour_and_triggers_and_schedules_parse() {
+        let f = parse("i.toml", "[[importer]]\nname = \"c\"\nbase = \"cpu\"\n").unwrap();
+        assert_eq!(f.importers[0].spec.base, ImporterBase::Cpu);
+        let e =
+            err("[[importer]]\nname = \"c\"\nbase = \"cpu\"\ninvalidate = \"stop-and-unmap\"\n");
+        assert!(
+            e.message.contains("a cpu importer's invalidate is fixed"),
+            "{e}"
+        );
+        let f = parse(
+            "s.toml",
+            "[scenario]\nname = \"s\"\ntrigger = \"disassociate\"\nschedules = 2000\n",
+        )
+        .unwrap();
+        let s = f.scenario.unwrap();
+        assert_eq!(s.trigger, Trigger::Disassociate);
+        assert_eq!(s.schedules, Some(2000));
+        let e = err("[scenario]\nname = \"s\"\nschedules = 0\n");
+        assert!(e.message.contains("schedules must be 1 to 100000"), "{e}");
+        assert_eq!(trigger_name(Trigger::DmFree), "dm-free");
     }
 
     #[test]

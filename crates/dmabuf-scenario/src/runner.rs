@@ -106,14 +106,18 @@ use dmabuf_core::uapi::Process;
 use dmabuf_core::{Fence, FenceContext, SignalHandle};
 use dmabuf_drivers::gpu_vram::GpuVram;
 use dmabuf_drivers::host::Host;
+use dmabuf_drivers::importers::cpu_mmap::CpuMmapImporter;
 use dmabuf_drivers::importers::gpu::{GpuConfig, GpuDevice, GpuImport};
 use dmabuf_drivers::importers::iommufd::IommufdImporter;
 use dmabuf_drivers::importers::nic::Nic;
 use dmabuf_drivers::importers::rdma::RdmaImporter;
 use dmabuf_drivers::importers::static_import::StaticImporter;
 use dmabuf_drivers::importers::{ImportError, Importer, JOB_BYTES, Job, Stage, read_page};
+use dmabuf_drivers::rdma_export::UverbsDevice;
 use dmabuf_drivers::system_heap::SystemHeap;
-use dmabuf_drivers::vfio::{ResetKind, RevokeEvent, TriggerReport, VfioError, VfioPciDevice};
+use dmabuf_drivers::vfio::{
+    ResetKind, RevokeEvent, RevokeObserver, TriggerReport, VfioError, VfioPciDevice,
+};
 use dmabuf_drivers::vfio_uapi::DmaRange;
 use dmabuf_platform::{
     Accessor, DeviceConfig, Monitor, PAGE_SIZE, Platform, PlatformConfig, PowerState,
@@ -249,6 +253,7 @@ fn syscall<R>(f: impl FnOnce() -> R) -> R {
 
 enum Exporter {
     Vfio(VfioPciDevice),
+    Rdma(UverbsDevice),
     Heap(SystemHeap),
     Vram(GpuVram),
 }
@@ -275,6 +280,11 @@ fn build_platform(spec: &WorldSpec) -> Result<Platform, String> {
         ),
         ExporterKind::GpuVram => cfg.device(
             DeviceConfig::new("vram0")
+                .bar(0, VFIO_BAR_SIZE)
+                .behind_switch("sw0"),
+        ),
+        ExporterKind::RdmaDm => cfg.device(
+            DeviceConfig::new("mlx0")
                 .bar(0, VFIO_BAR_SIZE)
                 .behind_switch("sw0"),
         ),
@@ -341,6 +351,7 @@ pub fn make_importer(
             dev,
             s.destroy_before_detach,
         )?),
+        ImporterBase::Cpu => Arc::new(CpuMmapImporter::new(host, name)),
     })
 }
 
@@ -463,6 +474,13 @@ fn build_world(
             .ok_or_else(|| "no vram0".to_string())
             .and_then(|d| GpuVram::new(host, d).map_err(|e| e.to_string()))
             .map(Exporter::Vram),
+        ExporterKind::RdmaDm => host
+            .device_by_name("mlx0")
+            .ok_or_else(|| "no mlx0".to_string())
+            .and_then(|d| {
+                UverbsDevice::bind(host, d, spec.protocol.clone()).map_err(|e| e.to_string())
+            })
+            .map(Exporter::Rdma),
     };
     let exporter = match exporter {
         Ok(e) => Arc::new(e),
@@ -585,6 +603,10 @@ fn export(exporter: &Exporter, vmm: &Process) -> Result<i32, String> {
                 2,
             )
             .map_err(|e| e.to_string()),
+        Exporter::Rdma(r) => {
+            let dm = r.alloc_dm(len).map_err(|e| e.to_string())?;
+            r.export_dm(vmm, dm, 2).map_err(|e| e.to_string())
+        }
         Exporter::Heap(h) => {
             let b = h.allocate(len, 2, 0).map_err(|e| e.to_string())?;
             vmm.dma_buf_fd(b, 0).map_err(|e| e.to_string())
@@ -926,55 +948,11 @@ fn spawn_revoker(
     let (exporter, vmm, coord, probe) =
         (exporter.clone(), vmm.clone(), coord.clone(), probe.clone());
     let spec = spec.clone();
-    if let Exporter::Vfio(v) = &*exporter {
-        let (coord2, probe2) = (coord.clone(), probe.clone());
-        v.set_revoke_observer(Some(Arc::new(move |ev: &RevokeEvent| match ev {
-            RevokeEvent::Warn(w) => probe2.with(|o| o.warnings.push(w.clone())),
-            RevokeEvent::Begin { ino, ns } => probe2.with(|o| {
-                o.revokes.push(RevokeRecord {
-                    ino: *ino,
-                    began_ns: *ns,
-                    ..RevokeRecord::default()
-                })
-            }),
-            RevokeEvent::FencesDone { ino, seq } => probe2.with(|o| {
-                if let Some(r) = open_revoke(o, *ino) {
-                    r.fences_done_seq = Some(*seq);
-                }
-            }),
-            RevokeEvent::UnrevokeBegin { .. } => coord2.update(|p| p.unrevoke_begun = true),
-            RevokeEvent::Unrevoked { ino, seq } => probe2.with(|o| {
-                if let Some(r) = o
-                    .revokes
-                    .iter_mut()
-                    .rev()
-                    .find(|r| r.ino == *ino && r.unrevoked_seq.is_none())
-                {
-                    r.unrevoked_seq = Some(*seq);
-                }
-            }),
-            RevokeEvent::Returned(r) => {
-                {
-                    let mut st = probe2.st.lock();
-                    let first = !st.obs.revoke_returned;
-                    if first {
-                        let t0 = st.t0.unwrap_or(r.began_ns);
-                        st.obs.revoke_returned = true;
-                        st.obs.revoke_latency_ns = Some(r.returned_ns.saturating_sub(t0));
-                        st.obs.revoke_return_seq = Some(r.returned_seq);
-                        st.obs.live_mappings_at_return = r.live_mappings_at_return;
-                    }
-                    if let Some(rec) = open_revoke(&mut st.obs, r.ino) {
-                        rec.returned = true;
-                        rec.returned_seq = Some(r.returned_seq);
-                        rec.latency_ns = Some(r.returned_ns.saturating_sub(r.began_ns));
-                        rec.live_mappings_at_return = r.live_mappings_at_return;
-                        rec.already_revoked = r.already_revoked;
-                    }
-                }
-                coord2.update(|p| p.revokes_returned += 1);
-            }
-        })));
+    let obs = || revoke_observer(&coord, &probe);
+    match &*exporter {
+        Exporter::Vfio(v) => v.set_revoke_observer(Some(obs())),
+        Exporter::Rdma(r) => r.set_revoke_observer(Some(obs())),
+        Exporter::Heap(_) | Exporter::Vram(_) => {}
     }
     thread::spawn_named("revoker".into(), move || {
         sched::set_group("revoker");
@@ -1002,7 +980,7 @@ fn spawn_revoker(
                 sched::stall_group("userspace");
             })
         });
-        if matches!(&*exporter, Exporter::Vfio(_)) {
+        if matches!(&*exporter, Exporter::Vfio(_) | Exporter::Rdma(_)) {
             let t0 = now_ns();
             probe.with(|o| o.revoke_started = true);
             probe.st.lock().t0 = Some(t0);
@@ -1017,6 +995,59 @@ fn spawn_revoker(
     })
 }
 
+/// The observer of a revoking exporter: records every revoke of every
+/// buffer in the probe and tells the timeline how far it got.
+fn revoke_observer(coord: &Arc<Coord>, probe: &Arc<WorldProbe>) -> RevokeObserver {
+    let (coord2, probe2) = (coord.clone(), probe.clone());
+    Arc::new(move |ev: &RevokeEvent| match ev {
+        RevokeEvent::Warn(w) => probe2.with(|o| o.warnings.push(w.clone())),
+        RevokeEvent::Begin { ino, ns } => probe2.with(|o| {
+            o.revokes.push(RevokeRecord {
+                ino: *ino,
+                began_ns: *ns,
+                ..RevokeRecord::default()
+            })
+        }),
+        RevokeEvent::FencesDone { ino, seq } => probe2.with(|o| {
+            if let Some(r) = open_revoke(o, *ino) {
+                r.fences_done_seq = Some(*seq);
+            }
+        }),
+        RevokeEvent::UnrevokeBegin { .. } => coord2.update(|p| p.unrevoke_begun = true),
+        RevokeEvent::Unrevoked { ino, seq } => probe2.with(|o| {
+            if let Some(r) = o
+                .revokes
+                .iter_mut()
+                .rev()
+                .find(|r| r.ino == *ino && r.unrevoked_seq.is_none())
+            {
+                r.unrevoked_seq = Some(*seq);
+            }
+        }),
+        RevokeEvent::Returned(r) => {
+            {
+                let mut st = probe2.st.lock();
+                let first = !st.obs.revoke_returned;
+                if first {
+                    let t0 = st.t0.unwrap_or(r.began_ns);
+                    st.obs.revoke_returned = true;
+                    st.obs.revoke_latency_ns = Some(r.returned_ns.saturating_sub(t0));
+                    st.obs.revoke_return_seq = Some(r.returned_seq);
+                    st.obs.live_mappings_at_return = r.live_mappings_at_return;
+                }
+                if let Some(rec) = open_revoke(&mut st.obs, r.ino) {
+                    rec.returned = true;
+                    rec.returned_seq = Some(r.returned_seq);
+                    rec.latency_ns = Some(r.returned_ns.saturating_sub(r.began_ns));
+                    rec.live_mappings_at_return = r.live_mappings_at_return;
+                    rec.already_revoked = r.already_revoked;
+                }
+            }
+            coord2.update(|p| p.revokes_returned += 1);
+        }
+    })
+}
+
 /// Where a stalled run stalls userspace (see the revoker).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum StallAt {
@@ -1026,7 +1057,7 @@ enum StallAt {
     Anywhere,
 }
 
-fn report(probe: &WorldProbe, r: Result<TriggerReport, VfioError>) {
+fn report<E: std::fmt::Display>(probe: &WorldProbe, r: Result<TriggerReport, E>) {
     match r {
         Ok(rep) => {
             bump(probe, "unrevoke_refused", rep.unrevoke_refused.len() as u64);
@@ -1048,6 +1079,7 @@ fn run_trigger(
 ) {
     match (exporter, spec.trigger) {
         (Exporter::Vfio(v), t) => vfio_trigger(spec, v, t, coord, probe, stall_second),
+        (Exporter::Rdma(r), t) => rdma_trigger(r, t, probe),
         (_, Trigger::Close) => vmm.close_all(),
         (Exporter::Vram(g), Trigger::Eviction) => {
             for f in g.evict_all() {
@@ -1124,7 +1156,32 @@ fn vfio_trigger(
             // buffer (the c64a647c84f3 path).
             report(probe, v.close());
         }
-        Trigger::Eviction => probe.error("trigger Eviction is not supported by VFIO".into()),
+        Trigger::Eviction | Trigger::DmFree | Trigger::Disassociate => {
+            probe.error(format!("trigger {t:?} is not supported by VFIO"))
+        }
+    }
+}
+
+fn rdma_trigger(r: &UverbsDevice, t: Trigger, probe: &WorldProbe) {
+    match t {
+        Trigger::DmFree => {
+            match r.dm_handles().first() {
+                Some(&dm) => report(probe, r.free_dm(dm)),
+                None => probe.error("dm-free: no device memory to free".into()),
+            }
+            // The process goes on for a while, then exits.
+            thread::sleep(OFF_WINDOW);
+            report(probe, r.close());
+        }
+        Trigger::Disassociate => {
+            // The reset window is the FLR's own.
+            report(probe, r.disassociate());
+            report(probe, r.close());
+        }
+        Trigger::Close => report(probe, r.close()),
+        t => probe.error(format!(
+            "trigger {t:?} is not supported by the RDMA exporter"
+        )),
     }
 }
 
@@ -1151,6 +1208,9 @@ fn finish(
         }
         Exporter::Vram(g) => {
             counters.insert("vram_moves".into(), g.moves());
+        }
+        Exporter::Rdma(r) => {
+            counters.insert("rdma_revokes".into(), r.revokes());
         }
         Exporter::Heap(_) => {}
     }

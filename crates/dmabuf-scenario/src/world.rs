@@ -55,6 +55,17 @@ pub enum ExporterKind {
     SystemHeap,
     /// GPU VRAM: dynamic, evicts and migrates under pressure.
     GpuVram,
+    /// An RDMA device exporting its device memory (the uverbs DMABUF
+    /// object), with a revoke protocol; revokes for good when the memory
+    /// is freed, on disassociate and on close.
+    RdmaDm,
+}
+
+impl ExporterKind {
+    /// Whether it revokes with a protocol (VFIO, RDMA).
+    pub fn revokes(self) -> bool {
+        matches!(self, ExporterKind::Vfio | ExporterKind::RdmaDm)
+    }
 }
 
 dmabuf_core::named_enum! {
@@ -77,6 +88,8 @@ dmabuf_core::named_enum! {
         /// (`crates/dmabuf-oracle/kmod/`): runs only in a script scenario
         /// ([`crate::script`]), where its fields select the module's mode.
         Kmod => "kmod",
+        /// A process that `mmap`s the dma-buf and touches it with the CPU.
+        Cpu => "cpu",
     }
 }
 
@@ -147,7 +160,9 @@ impl ImporterSpec {
     /// The default behaviour of `base` under `name`.
     pub fn base(name: &str, base: ImporterBase) -> Self {
         let (invalidate, unmap, pin) = match base {
-            ImporterBase::Static => (OnInvalidate::NoOp, UnmapWhen::OnFree, false),
+            ImporterBase::Static | ImporterBase::Cpu => {
+                (OnInvalidate::NoOp, UnmapWhen::OnFree, false)
+            }
             ImporterBase::Gpu => (
                 OnInvalidate::Evict(Usage::Bookkeep),
                 UnmapWhen::WorkerAfterFences,
@@ -195,7 +210,7 @@ impl ImporterSpec {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let base = self.base.name();
         match self.base {
-            ImporterBase::Static | ImporterBase::Iommufd => {
+            ImporterBase::Static | ImporterBase::Iommufd | ImporterBase::Cpu => {
                 let d = ImporterSpec::base(&self.name, self.base);
                 if self.invalidate != d.invalidate {
                     return Err((
@@ -299,6 +314,14 @@ pub enum Trigger {
     PermanentCycle,
     /// Memory pressure: the GPU VRAM exporter evicts (moves) the buffer.
     Eviction,
+    /// The RDMA exporter's owner frees the device memory it exported
+    /// (`ibv_free_dm`): revoke for good, the memory goes back to the
+    /// device; then the process closes its context.
+    DmFree,
+    /// The RDMA device is reset (or unplugged): the uverbs context is
+    /// disassociated, every buffer revoked for good, the function reset;
+    /// then the process closes its context.
+    Disassociate,
 }
 
 impl Trigger {

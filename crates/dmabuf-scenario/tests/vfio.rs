@@ -444,6 +444,89 @@ fn cpu_mappings_fault_in_while_enabled_and_sigbus_once_revoked() {
     );
 }
 
+#[test]
+fn dma_buf_mmap_needs_the_op_refuses_a_revoked_buffer_and_its_ptes_go_with_the_revoke() {
+    // 7.1 VFIO has no mmap op: the core answers EINVAL.
+    let fx = fixture(common::p("v6-final"), true);
+    let fd = fx
+        .vfio
+        .export_dma_buf(&fx.proc, 0, &[r(0, 0x2000)], 2)
+        .unwrap();
+    let e = vfio::mmap_dma_buf(&fx.proc, fd, Accessor::new("app")).unwrap_err();
+    assert_eq!(e.errno(), errno::EINVAL, "{e}");
+    // Matt Evans' series: mmap succeeds while usable; a fault inserts the
+    // PFN; the revoke's unmap_mapping_range (after the unmap completion)
+    // zaps it; a fault on the revoked buffer answers SIGBUS; mmap of a
+    // revoked buffer is ENODEV.
+    let fx = fixture(common::p("v10-mmap"), true);
+    let fd = fx
+        .vfio
+        .export_dma_buf(&fx.proc, 0, &[r(0, 0x2000)], 2)
+        .unwrap();
+    let m = vfio::mmap_dma_buf(&fx.proc, fd, Accessor::new("app")).unwrap();
+    assert_eq!(m.resident_pages(), 0, "no PTE before the first touch");
+    m.write(0x1000, b"hi").unwrap();
+    assert_eq!(m.resident_pages(), 1);
+    fx.vfio.set_memory_decode(false).unwrap();
+    assert_eq!(m.resident_pages(), 0, "the revoke zapped the PTE");
+    assert!(matches!(
+        m.write(0x1000, b"x"),
+        Err(CpuError::Sigbus { .. })
+    ));
+    assert_eq!(
+        vfio::mmap_dma_buf(&fx.proc, fd, Accessor::new("app"))
+            .unwrap_err()
+            .errno(),
+        errno::ENODEV
+    );
+    fx.vfio.set_memory_decode(true).unwrap();
+    m.write(0x1000, b"ok").unwrap();
+    let mut b = [0u8; 2];
+    m.read(0x1000, &mut b).unwrap();
+    assert_eq!(&b, b"ok");
+    assert!(fx.p.take_hazards().is_empty());
+    fx.vfio.close().unwrap();
+    assert_eq!(m.resident_pages(), 0, "the cleanup zapped it too");
+    assert!(matches!(m.write(0, b"x"), Err(CpuError::Sigbus { .. })));
+    m.munmap();
+}
+
+#[test]
+fn dma_buf_mmap_without_a_zap_in_the_sequence_leaves_the_pte_to_the_reset_bar() {
+    let mut lib = dmabuf_scenario::builtin::Library::builtin().unwrap();
+    let f = lib
+        .add_file(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../protocols/variants/v10-mmap-no-zap.toml"),
+        )
+        .unwrap();
+    let fx = fixture(std::sync::Arc::new(f.exporter.unwrap().protocol), true);
+    let fd = fx
+        .vfio
+        .export_dma_buf(&fx.proc, 0, &[r(0, 0x2000)], 2)
+        .unwrap();
+    let m = vfio::mmap_dma_buf(&fx.proc, fd, Accessor::new("app")).unwrap();
+    m.write(0, b"hi").unwrap();
+    fx.vfio.reset(ResetKind::Flr).unwrap();
+    assert_eq!(m.resident_pages(), 1, "nothing zapped the dma-buf's PTE");
+    let reuse = fx.p.monitor().reuse_events();
+    assert!(
+        reuse.iter().any(|e| e
+            .outstanding
+            .iter()
+            .any(|o| o.kind == "cpu" && o.holder == "app")),
+        "{reuse:?}"
+    );
+    fx.vfio.set_memory_decode(false).unwrap();
+    m.write(0, b"late").unwrap();
+    let classes: Vec<_> = fx.p.take_hazards().into_iter().map(|h| h.class).collect();
+    assert!(
+        classes.contains(&dmabuf_platform::HazardClass::AccessAfterRevoke),
+        "{classes:?}"
+    );
+    m.munmap();
+}
+
 fn lock_resv_for_test(r: &dmabuf_core::dma_resv::DmaResv) -> dmabuf_core::dma_resv::ResvGuard<'_> {
     r.lock(None).expect("test takes the lock once")
 }

@@ -162,7 +162,8 @@ pub fn run(ctx: &Ctx<'_>, ep: &Episode) {
                 .bar(0, BAR_SIZE)
                 .behind_switch("sw0"),
         ),
-        ExporterKind::SystemHeap => cfg,
+        // Not soaked (`plan::exporter_by_name` never selects it).
+        ExporterKind::SystemHeap | ExporterKind::RdmaDm => cfg,
     };
     for n in &names {
         cfg = cfg.device(DeviceConfig::new(n.clone()).behind_switch("sw0"));
@@ -491,6 +492,7 @@ fn build_exporter(kind: ExporterKind, host: &Host) -> Result<Exporter, String> {
             .ok_or_else(|| "no vram0".to_string())
             .and_then(|d| GpuVram::new(host, d).map_err(|e| e.to_string()))
             .map(Exporter::Vram),
+        ExporterKind::RdmaDm => Err("the soak does not run the RDMA exporter".into()),
     }
 }
 

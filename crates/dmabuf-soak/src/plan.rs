@@ -76,6 +76,8 @@ impl Event {
             ],
             ExporterKind::SystemHeap => &[Event::None, Event::Close],
             ExporterKind::GpuVram => &[Event::None, Event::Close, Event::Evict],
+            // Not soaked: `exporter_by_name` never selects it.
+            ExporterKind::RdmaDm => &[Event::None],
         }
     }
 }
@@ -86,6 +88,7 @@ pub fn exporter_name(e: ExporterKind) -> &'static str {
         ExporterKind::Vfio => "vfio",
         ExporterKind::SystemHeap => "system-heap",
         ExporterKind::GpuVram => "gpu-vram",
+        ExporterKind::RdmaDm => "rdma-dm",
     }
 }
 

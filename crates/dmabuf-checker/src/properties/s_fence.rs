@@ -3,12 +3,20 @@
 //! not after the revoke returned (until the un-revoke that follows). The
 //! monitor records such a write as `WriteAfterFences` (and, after the
 //! return, `AccessAfterRevoke` too).
+//!
+//! Only DMA is judged here. The fence wait is the point at which the
+//! importers' *device* writes must have stopped; no fence covers a CPU
+//! store through an mmap of the exporter's memory. The CPU is cut off by
+//! the exporter's own zap (`unmap_mapping_range`), which Matt Evans' VFIO
+//! series does after the unmap completion, i.e. after the fence wait: CPU
+//! stores in between are by design. A CPU access after the revoke
+//! returned is `s-final`'s (and a PTE left at a reset `s-noreuse`'s).
 
 use super::{after_fences, hazard};
 use crate::explore::{RunOutcome, Violation};
 use crate::property::Check;
 use crate::token::RunMode;
-use dmabuf_platform::{AccessKind, HazardClass};
+use dmabuf_platform::{AccessKind, HazardClass, Via};
 
 /// The property.
 pub struct SFence;
@@ -31,6 +39,7 @@ impl Check for SFence {
             run,
             &|h| {
                 h.kind == AccessKind::Write
+                    && matches!(h.via, Via::Dma { .. })
                     && matches!(
                         h.class,
                         HazardClass::AccessAfterRevoke | HazardClass::WriteAfterFences

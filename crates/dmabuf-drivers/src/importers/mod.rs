@@ -8,6 +8,7 @@
 //! | [`gpu`] | `gpu`, `gpu-kernel-fence`, `writes-after-fences` | amdgpu/xe importers (`amdgpu_dma_buf_move_notify`, `xe_dma_buf_move_notify`) |
 //! | [`rdma`] (on [`nic`]) | `rdma-odp`, `rdma-pinned`, `rdma-pinned-revocable`, `lying` | `umem_dmabuf.c`, mlx5 `mr.c`/`odp.c` |
 //! | [`iommufd`] | `iommufd` | `drivers/iommu/iommufd/pages.c` |
+//! | [`cpu_mmap`] | `cpu-mmap` | a process that `mmap`s the dma-buf fd and touches it (VFIO dma-buf mmap, Matt Evans' series) |
 //!
 //! # What every importer promises the monitor
 //!
@@ -27,6 +28,7 @@
 //! `remap` after an un-revoke where userspace must act, `teardown`, and
 //! finally `shutdown` of its kernel workers and engines.
 
+pub mod cpu_mmap;
 pub mod gpu;
 pub mod iommufd;
 pub mod nic;
@@ -68,6 +70,8 @@ dmabuf_core::named_enum! {
         Map => "map",
         /// The importer's own registration (an MR, an IOAS mapping).
         Register => "register",
+        /// `mmap` of the dma-buf fd (a CPU user).
+        Mmap => "mmap",
         /// A DMA job.
         Job => "job",
         /// Teardown.
@@ -152,12 +156,20 @@ impl ImportError {
     }
 
     /// Whether this is the exporter turning the importer away
-    /// (`EOPNOTSUPP` or `ENODEV` at attach, pin, map or register).
+    /// (`EOPNOTSUPP` or `ENODEV` at attach, pin, map or register; at
+    /// `mmap` also `EINVAL`, the core's answer for an exporter without an
+    /// `mmap` op).
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self.stage(),
-            Stage::Attach | Stage::Pin | Stage::Map | Stage::Register
-        ) && matches!(self.errno(), errno::EOPNOTSUPP | errno::ENODEV)
+        match self.stage() {
+            Stage::Attach | Stage::Pin | Stage::Map | Stage::Register => {
+                matches!(self.errno(), errno::EOPNOTSUPP | errno::ENODEV)
+            }
+            Stage::Mmap => matches!(
+                self.errno(),
+                errno::EOPNOTSUPP | errno::ENODEV | errno::EINVAL
+            ),
+            _ => false,
+        }
     }
 
     pub(crate) fn dmabuf(stage: Stage) -> impl FnOnce(DmaBufError) -> ImportError {
@@ -270,23 +282,42 @@ pub fn read_page(page: u64, pages: u64) -> u64 {
     (page + 1) % pages.max(1)
 }
 
-/// A job handed to an importer's device.
+/// A job handed to an importer: DMA on its device, or CPU accesses of a
+/// process through its mmap ([`cpu_mmap`]).
 #[derive(Clone, Debug)]
-pub struct Job(PendingJob);
+pub struct Job(JobKind);
+
+#[derive(Clone, Debug)]
+enum JobKind {
+    Dma(PendingJob),
+    Cpu(Arc<cpu_mmap::CpuJob>),
+}
 
 impl Job {
     pub(crate) fn new(p: PendingJob) -> Self {
-        Self(p)
+        Self(JobKind::Dma(p))
     }
 
-    /// The job's fence.
+    pub(crate) fn cpu(j: cpu_mmap::CpuJob) -> Self {
+        Self(JobKind::Cpu(Arc::new(j)))
+    }
+
+    /// The job's fence (a CPU job's signals once its accesses were made).
     pub fn fence(&self) -> &Fence {
-        self.0.fence()
+        match &self.0 {
+            JobKind::Dma(p) => p.fence(),
+            JobKind::Cpu(c) => c.fence(),
+        }
     }
 
     /// Waits for the job; the bytes it read, or the errno it failed with.
+    /// A CPU job makes its accesses here, on the waiting thread.
     pub fn wait(&self) -> Result<Vec<u8>, Errno> {
-        let o = self.0.wait()?;
+        let p = match &self.0 {
+            JobKind::Dma(p) => p,
+            JobKind::Cpu(c) => return c.run(),
+        };
+        let o = p.wait()?;
         if let Err(e) = &o.status {
             return Err(e.errno());
         }

@@ -26,6 +26,7 @@ pub fn policies() -> Vec<Arc<dmabuf_core::revoke::Protocol>> {
     let lib = dmabuf_scenario::builtin::Library::builtin().unwrap();
     lib.rows()
         .into_iter()
+        .filter(|e| e.kind == dmabuf_scenario::world::ExporterKind::Vfio)
         .map(|e| Arc::new(e.protocol.clone()))
         .collect()
 }
