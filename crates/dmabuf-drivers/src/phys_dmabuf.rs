@@ -34,7 +34,7 @@ use crate::dma_api;
 use crate::host::Host;
 use dmabuf_core::dma_buf::{Attachment, DmaBuf, DmaBufError, SgEntry, SgTable};
 use dmabuf_core::dma_resv::ResvGuard;
-use dmabuf_core::errno::{self, AsErrno, Errno};
+use dmabuf_core::errno::{self, AsErrno};
 use dmabuf_core::revoke::{Protocol, Revocable, SeqOutcome, Sequence, SequenceHooks};
 use dmabuf_core::sync::{Arc, Mutex};
 use dmabuf_core::trace_event;
