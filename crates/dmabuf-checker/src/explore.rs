@@ -197,10 +197,12 @@ pub struct CheckOptions {
 /// of the scenario, within a budget.
 ///
 /// The proof configuration is the scenario with at most `jobs` DMA jobs per
-/// importer (one job in flight is what the revoke races against; a second
-/// one multiplies the interleavings without adding a new kind of race to the
-/// protocol). Everything else (protocol, importer, trigger, read-ahead,
-/// timers) is the scenario's own. A property is *proved* for that
+/// importer. The default, [`DEFAULT_PROOF_JOBS`], is a matrix cell's own
+/// workload, so a proved cell is proved for exactly the configuration the
+/// table shows; fewer jobs (one job in flight is what a revoke races
+/// against) prove a smaller configuration, named `<cell>.jobsN`.
+/// Everything else (protocol, importer, trigger, read-ahead, timers) is the
+/// scenario's own. A property is *proved* for that
 /// configuration when the search finished in every mode the property is
 /// judged in without hitting any bound; otherwise the verdict stays a
 /// sampled one, and says which bound the proof attempt hit.
@@ -217,7 +219,7 @@ impl Default for ProofOptions {
     fn default() -> Self {
         Self {
             budget: DEFAULT_PROOF_BUDGET,
-            jobs: 1,
+            jobs: DEFAULT_PROOF_JOBS,
         }
     }
 }
@@ -229,6 +231,10 @@ impl ProofOptions {
         (self.budget / 4).max(1)
     }
 }
+
+/// DMA jobs per importer in a proof configuration by default: a matrix
+/// cell's own workload (`WorldSpec::vfio`), so the proof is of the cell.
+pub const DEFAULT_PROOF_JOBS: usize = 2;
 
 /// Normal-mode executions a matrix cell's proof attempt may use by default
 /// (the stalled-userspace search gets a quarter of it).

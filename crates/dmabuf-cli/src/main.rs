@@ -26,8 +26,8 @@
 
 use clap::{Parser, Subcommand};
 use dmabuf_checker::explore::{
-    self, CheckOptions, CheckReport, DEFAULT_PROOF_BUDGET, ExpectationResult, ProofOptions,
-    PropertyResult, RunOutcome,
+    self, CheckOptions, CheckReport, DEFAULT_PROOF_BUDGET, DEFAULT_PROOF_JOBS, ExpectationResult,
+    ProofOptions, PropertyResult, RunOutcome,
 };
 use dmabuf_checker::matrix::{self, Matrix, Shard};
 use dmabuf_checker::progress::{self, Progress};
@@ -219,8 +219,9 @@ enum Cmd {
         /// DPOR search of the cell with --proof-jobs jobs); 0: sample only.
         #[arg(long, default_value_t = DEFAULT_PROOF_BUDGET)]
         proof_budget: u64,
-        /// DMA jobs per importer in the proof configuration (1 to 8).
-        #[arg(long, default_value_t = 1)]
+        /// DMA jobs per importer in the proof configuration (1 to 8; the
+        /// default is a cell's own workload, so proofs are of the cells).
+        #[arg(long, default_value_t = DEFAULT_PROOF_JOBS)]
         proof_jobs: usize,
         /// Run only shard K of N (0-based): cell i of the row-major order
         /// when i % N == K. Combine the `--json` outputs with `dmabuf merge`.
