@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Replays every case of issue #17 ("a newcomer's first hour, and a CLI and
-# library that never crash") against the release binary and checks the new
-# behaviour: exit codes, no panic, outputs. Exits non-zero on the first
+# Replays the cases a newcomer trips on (a CLI and library that never
+# crash, honest exit codes, self-contained docs) against the release binary
+# and checks the behaviour: exit codes, no panic, outputs. Exits non-zero on the first
 # case that does not behave; prints "N passed, 0 failed" at the end.
 #
 #   scripts/newcomer-check.sh            (builds the release binary first)
