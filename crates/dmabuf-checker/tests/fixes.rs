@@ -8,7 +8,9 @@
 //! disabled under a live mapping, a pinned importer admitted, an early
 //! return with a live mapping.
 
-use dmabuf_checker::explore::{self, CheckOptions, CheckReport, expectations};
+mod common;
+
+use dmabuf_checker::explore::{self, CheckOptions, CheckReport};
 use dmabuf_checker::property::Property;
 use dmabuf_checker::scenario::{Library, Scenario};
 use dmabuf_checker::token::StrategyKind;
@@ -39,22 +41,7 @@ fn check(name: &str) -> (Library, Scenario, CheckReport) {
         ..CheckOptions::default()
     };
     let r = explore::check(&sc, &opts, |_| {});
-    assert!(r.errors.is_empty(), "{name}: run errors {:?}", r.errors);
-    let ex = expectations(&sc, &r).unwrap();
-    for e in &ex {
-        assert!(
-            e.met,
-            "{name}: {} expected {:?}, found {:?} ({})",
-            e.property, e.expected, e.found, e.at
-        );
-    }
-    for p in r.properties.iter().filter(|p| !p.holds()) {
-        assert!(
-            ex.iter().any(|e| e.property == p.property),
-            "{name}: {} violated without an expectation saying so",
-            p.property
-        );
-    }
+    common::assert_judged(name, &sc, &r);
     (lib, sc, r)
 }
 

@@ -17,7 +17,9 @@
 //! (`tests/fixes.rs`), every expectation must be met, nothing may be
 //! violated without one, and each buggy file must show its real symptom.
 
-use dmabuf_checker::explore::{self, CheckOptions, CheckReport, expectations};
+mod common;
+
+use dmabuf_checker::explore::{self, CheckOptions, CheckReport};
 use dmabuf_checker::property::Property;
 use dmabuf_checker::scenario::{Library, Scenario};
 use dmabuf_checker::token::{ReplayToken, StrategyKind};
@@ -49,22 +51,7 @@ fn options(sc: &Scenario) -> CheckOptions {
 /// verdict by).
 fn judged(name: &str, sc: &Scenario) -> CheckReport {
     let r = explore::check(sc, &options(sc), |_| {});
-    assert!(r.errors.is_empty(), "{name}: run errors {:?}", r.errors);
-    let ex = expectations(sc, &r).unwrap();
-    for e in &ex {
-        assert!(
-            e.met,
-            "{name}: {} expected {:?}, found {:?} ({})",
-            e.property, e.expected, e.found, e.at
-        );
-    }
-    for p in r.properties.iter().filter(|p| !p.holds()) {
-        assert!(
-            ex.iter().any(|e| e.property == p.property),
-            "{name}: {} violated without an expectation saying so",
-            p.property
-        );
-    }
+    common::assert_judged(name, sc, &r);
     r
 }
 
@@ -172,12 +159,13 @@ fn mmap_without_the_zap_leaves_a_pte_to_the_reset_bar() {
     let d = detail(&r, Property::SFinal);
     assert!(d.contains("AccessAfterRevoke by cpu-mmap0"), "{d}");
     // The token replays the stale PTE.
-    let (_, verdicts) = explore::replay(&lib, &token(&r, Property::SNoreuse)).unwrap();
-    assert!(
-        verdicts
-            .iter()
-            .any(|(p, v)| *p == Property::SNoreuse && v.is_some())
-    );
+    assert_replays_violating(&lib, &r, Property::SNoreuse);
+}
+
+/// The token of `p`'s violation replays as a violation of `p`.
+fn assert_replays_violating(lib: &Library, r: &CheckReport, p: Property) {
+    let (_, verdicts) = explore::replay(lib, &token(r, p)).unwrap();
+    assert!(verdicts.iter().any(|(q, v)| *q == p && v.is_some()), "{p}");
 }
 
 #[test]
@@ -186,12 +174,7 @@ fn mmap_zapping_before_the_flag_is_a_bug_under_the_reservation_lock_and_not_unde
     assert_eq!(sc.strategy.as_deref(), Some("random"));
     let d = detail(&r, Property::SFinal);
     assert!(d.contains("AccessAfterRevoke by cpu-mmap0"), "{d}");
-    let (_, verdicts) = explore::replay(&lib, &token(&r, Property::SFinal)).unwrap();
-    assert!(
-        verdicts
-            .iter()
-            .any(|(p, v)| *p == Property::SFinal && v.is_some())
-    );
+    assert_replays_violating(&lib, &r, Property::SFinal);
     // The same order with the series' fault handler: every trigger holds
     // memory_lock across the zap and the flag, no fault gets between.
     let (_, _, r) = check("v10-mmap-zap-before-revoked-memory-lock.toml");
@@ -207,12 +190,7 @@ fn mmap_a_fault_checking_without_a_lock_inserts_after_the_zap() {
     );
     let d = detail(&r, Property::SFinal);
     assert!(d.contains("AccessAfterRevoke by cpu-mmap0"), "{d}");
-    let (_, verdicts) = explore::replay(&lib, &token(&r, Property::SFinal)).unwrap();
-    assert!(
-        verdicts
-            .iter()
-            .any(|(p, v)| *p == Property::SFinal && v.is_some())
-    );
+    assert_replays_violating(&lib, &r, Property::SFinal);
 }
 
 #[test]

@@ -669,6 +669,31 @@ struct Expect {
 }
 
 impl Expect {
+    /// Counts a job's outcome and checks what it read.
+    fn finish(
+        &mut self,
+        probe: &WorldProbe,
+        name: &str,
+        page: u64,
+        pat: u8,
+        r: &Result<Vec<u8>, Errno>,
+    ) {
+        record_job(probe, r);
+        self.check(probe, name, page, pat, r);
+    }
+
+    /// Waits for queued jobs in order (each wait a system call) and
+    /// finishes each.
+    fn wait_queued(&mut self, probe: &WorldProbe, name: &str, queued: Queued) {
+        for (page, pat, j) in queued {
+            let r = match j {
+                Ok(j) => syscall(|| j.wait()),
+                Err(e) => Err(e.errno()),
+            };
+            self.finish(probe, name, page, pat, &r);
+        }
+    }
+
     /// A job wrote `pat` to `page` and read the next page.
     fn check(
         &mut self,
@@ -705,6 +730,36 @@ fn record_job(probe: &WorldProbe, r: &Result<Vec<u8>, Errno>) {
         Ok(_) => bump(probe, "jobs_ok", 1),
         Err(_) => bump(probe, "jobs_failed", 1),
     }
+}
+
+/// DMA jobs queued behind `gate` (one system call each), jobs `ks` of
+/// importer `index`: each with its page and pattern.
+type Queued = Vec<(u64, u8, Result<Job, ImportError>)>;
+
+fn queue_jobs(
+    imp: &dyn Importer,
+    index: usize,
+    ks: std::ops::Range<usize>,
+    gate: &Fence,
+) -> Queued {
+    ks.map(|k| {
+        let page = k as u64 % BUF_PAGES;
+        let pat = pattern(index, k);
+        (
+            page,
+            pat,
+            syscall(|| imp.submit(page, pat, Some(gate.clone()))),
+        )
+    })
+    .collect()
+}
+
+/// Submits one ungated job and waits for it, in one system call.
+fn run_job(imp: &dyn Importer, page: u64, pat: u8) -> Result<Vec<u8>, Errno> {
+    syscall(|| match imp.submit(page, pat, None) {
+        Ok(j) => j.wait(),
+        Err(e) => Err(e.errno()),
+    })
 }
 
 fn spawn_importer(
@@ -763,17 +818,7 @@ fn spawn_importer(
             coord.update(|p| p.setups_done += 1);
             return;
         }
-        let queued: Vec<(u64, u8, Result<Job, ImportError>)> = (0..jobs)
-            .map(|k| {
-                let page = k as u64 % BUF_PAGES;
-                let pat = pattern(index, k);
-                (
-                    page,
-                    pat,
-                    syscall(|| imp.submit(page, pat, Some(gate.clone()))),
-                )
-            })
-            .collect();
+        let queued = queue_jobs(&*imp, index, 0..jobs, &gate);
         coord.update(|p| {
             p.setups_done += 1;
             p.accepted += 1;
@@ -785,24 +830,10 @@ fn spawn_importer(
             if let Err(e) = syscall(|| imp.teardown()) {
                 probe.error(format!("{name}: teardown: {e}"));
             }
-            for (page, pat, j) in queued {
-                let r = match j {
-                    Ok(j) => syscall(|| j.wait()),
-                    Err(e) => Err(e.errno()),
-                };
-                record_job(&probe, &r);
-                expect.check(&probe, &name, page, pat, &r);
-            }
+            expect.wait_queued(&probe, &name, queued);
             return;
         }
-        for (page, pat, j) in queued {
-            let r = match j {
-                Ok(j) => syscall(|| j.wait()),
-                Err(e) => Err(e.errno()),
-            };
-            record_job(&probe, &r);
-            expect.check(&probe, &name, page, pat, &r);
-        }
+        expect.wait_queued(&probe, &name, queued);
         if early {
             coord.wait(|p| p.trigger_begun, Some(POST_WAIT));
         } else if cycle && remap_race {
@@ -833,10 +864,7 @@ fn spawn_importer(
                 // once the un-revoke is over.
                 let page = next as u64 % BUF_PAGES;
                 let pat = pattern(index, next);
-                let r = syscall(|| match imp.submit(page, pat, None) {
-                    Ok(j) => j.wait(),
-                    Err(e) => Err(e.errno()),
-                });
+                let r = run_job(&*imp, page, pat);
                 bump(
                     &probe,
                     if r.is_ok() {
@@ -846,8 +874,7 @@ fn spawn_importer(
                     },
                     1,
                 );
-                record_job(&probe, &r);
-                expect.check(&probe, &name, page, pat, &r);
+                expect.finish(&probe, &name, page, pat, &r);
                 next += 1;
                 coord.wait(|p| p.unrevoked || p.trigger_done, Some(POST_WAIT));
                 if remap.is_err() {
@@ -862,10 +889,7 @@ fn spawn_importer(
             }
             let page = next as u64 % BUF_PAGES;
             let pat = pattern(index, next);
-            let r = syscall(|| match imp.submit(page, pat, None) {
-                Ok(j) => j.wait(),
-                Err(e) => Err(e.errno()),
-            });
+            let r = run_job(&*imp, page, pat);
             bump(
                 &probe,
                 if r.is_ok() {
@@ -886,30 +910,12 @@ fn spawn_importer(
                     job_ok: r.is_ok(),
                 })
             });
-            record_job(&probe, &r);
-            expect.check(&probe, &name, page, pat, &r);
+            expect.finish(&probe, &name, page, pat, &r);
             next += 1;
-            let queued: Vec<(u64, u8, Result<Job, ImportError>)> = (next..next + jobs)
-                .map(|k| {
-                    let page = k as u64 % BUF_PAGES;
-                    let pat = pattern(index, k);
-                    (
-                        page,
-                        pat,
-                        syscall(|| imp.submit(page, pat, Some(gate2.clone()))),
-                    )
-                })
-                .collect();
+            let queued = queue_jobs(&*imp, index, next..next + jobs, &gate2);
             next += jobs;
             coord.update(|p| p.remapped += 1);
-            for (page, pat, j) in queued {
-                let r = match j {
-                    Ok(j) => syscall(|| j.wait()),
-                    Err(e) => Err(e.errno()),
-                };
-                record_job(&probe, &r);
-                expect.check(&probe, &name, page, pat, &r);
-            }
+            expect.wait_queued(&probe, &name, queued);
             coord.wait(
                 |p| p.revokes_returned >= 2 || p.trigger_done,
                 Some(POST_WAIT),
@@ -919,12 +925,8 @@ fn spawn_importer(
         for k in next..next + jobs {
             let page = k as u64 % BUF_PAGES;
             let pat = pattern(index, k);
-            let r = syscall(|| match imp.submit(page, pat, None) {
-                Ok(j) => j.wait(),
-                Err(e) => Err(e.errno()),
-            });
-            record_job(&probe, &r);
-            expect.check(&probe, &name, page, pat, &r);
+            let r = run_job(&*imp, page, pat);
+            expect.finish(&probe, &name, page, pat, &r);
         }
         // The application keeps its buffer until the device event is over
         // (or it gives up waiting): an importer that needs userspace to
