@@ -59,7 +59,7 @@ pub mod examples;
 use crate::dma_fence::{CancelToken, FenceError, MAX_SCHEDULE_TIMEOUT};
 use crate::dma_resv::{DmaResv, ResvError, ResvGuard, Usage};
 use crate::errno::{self, AsErrno, Errno};
-use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, Ordering, RefCount};
 use crate::sync::{Arc, Mutex, Weak};
 use crate::trace_event;
 use std::any::Any;
@@ -502,7 +502,7 @@ pub(crate) struct DmaBufInner {
     attachments: Mutex<Vec<Attachment>>,
     vmap: Mutex<VmapState>,
     poll: Mutex<PollState>,
-    file_refs: AtomicUsize,
+    file_refs: RefCount,
     released: AtomicBool,
     /// This buffer's own diagnostics (also appended to the process-wide
     /// list). A plain lock, never a scheduling point: recording a diagnostic
@@ -594,7 +594,7 @@ impl DmaBufRef {
     }
     /// Number of file references.
     pub fn file_count(&self) -> usize {
-        self.0.file_refs.load(Ordering::Acquire)
+        self.0.file_refs.count()
     }
     /// Whether two references name the same buffer.
     pub fn ptr_eq(&self, other: &DmaBufRef) -> bool {
@@ -603,20 +603,10 @@ impl DmaBufRef {
     /// Takes a file reference, if the buffer has not been released
     /// (`get_file_active`).
     pub fn get_file_active(&self) -> Option<DmaBuf> {
-        let mut n = self.0.file_refs.load(Ordering::Acquire);
-        loop {
-            if n == 0 {
-                return None;
-            }
-            match self
-                .0
-                .file_refs
-                .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Some(DmaBuf(self.0.clone())),
-                Err(now) => n = now,
-            }
-        }
+        self.0
+            .file_refs
+            .get_unless_zero()
+            .then(|| DmaBuf(self.0.clone()))
     }
 
     fn check_guard(&self, guard: &ResvGuard<'_>, call: &'static str) -> Result<(), DmaBufError> {
@@ -649,14 +639,14 @@ impl fmt::Debug for DmaBuf {
 
 impl Clone for DmaBuf {
     fn clone(&self) -> Self {
-        self.0.file_refs.fetch_add(1, Ordering::AcqRel);
+        self.0.file_refs.get();
         DmaBuf(self.0.clone())
     }
 }
 
 impl Drop for DmaBuf {
     fn drop(&mut self) {
-        if self.0.file_refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.file_refs.put() {
             release(&self.0);
         }
     }
@@ -788,7 +778,7 @@ pub fn export(info: ExportInfo) -> Result<DmaBuf, DmaBufError> {
             in_active: false,
             out_active: false,
         }),
-        file_refs: AtomicUsize::new(1),
+        file_refs: RefCount::new(1),
         released: AtomicBool::new(false),
         problems: parking_lot::Mutex::new(Vec::new()),
     });

@@ -52,7 +52,7 @@
 
 use crate::errno::{self, AsErrno, Errno};
 use crate::lockdep;
-use crate::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicBits, AtomicI32, AtomicU64, Ordering};
 use crate::sync::{Arc, Mutex, thread};
 use crate::trace_event;
 use std::any::Any;
@@ -309,7 +309,7 @@ pub fn live_fences() -> usize {
 pub(crate) struct FenceInner {
     context: u64,
     seqno: u64,
-    flags: AtomicU32,
+    flags: AtomicBits,
     error: AtomicI32,
     timestamp: AtomicU64,
     cbs: Mutex<CbList>,
@@ -322,7 +322,7 @@ impl FenceInner {
     #[cfg(not(loom))]
     #[inline(always)]
     pub(crate) fn signaled_flag_direct(&self) -> bool {
-        let f = self.flags.load_direct(Ordering::Acquire);
+        let f = self.flags.load_direct(u32::MAX, Ordering::Acquire);
         #[cfg(test)]
         assert_ne!(f, FREED_POISON, "a reader reached a freed fence");
         f & SIGNALED != 0
@@ -523,7 +523,7 @@ impl Fence {
         let f = Fence(Arc::new(FenceInner {
             context,
             seqno,
-            flags: AtomicU32::new(flags),
+            flags: AtomicBits::new(flags),
             error: AtomicI32::new(0),
             timestamp: AtomicU64::new(0),
             cbs: Mutex::new(CbList {
@@ -551,7 +551,7 @@ impl Fence {
         let f = Self::from_impl(Box::new(StubImpl), 0, 0, SEQNO64);
         f.0.timestamp.store(ts_ns, Ordering::Relaxed);
         f.0.flags
-            .fetch_or(SIGNALED | TIMESTAMP | CB_DONE, Ordering::Release);
+            .fetch_or(SIGNALED | TIMESTAMP | CB_DONE, 0, Ordering::Release);
         f
     }
 
@@ -575,7 +575,7 @@ impl Fence {
 
     /// Whether seqnos compare as 64-bit numbers.
     pub fn is_seqno64(&self) -> bool {
-        self.0.flags.load(Ordering::Relaxed) & SEQNO64 != 0
+        self.0.flags.load(SEQNO64, Ordering::Relaxed) != 0
     }
 
     /// Leaf, stub, array or chain.
@@ -632,7 +632,7 @@ impl Fence {
     /// `dma_fence_test_signaled_flag`: the flag only, no driver poll.
     #[inline]
     pub fn test_signaled_flag(&self) -> bool {
-        self.0.flags.load(Ordering::Acquire) & SIGNALED != 0
+        self.0.flags.load(SIGNALED, Ordering::Acquire) != 0
     }
 
     /// `dma_fence_is_signaled`: the flag, else the driver's `signaled` hook
@@ -676,7 +676,7 @@ impl Fence {
     /// `TIMESTAMP`, as sync_file does.
     pub fn timestamp(&self) -> Option<u64> {
         loop {
-            let f = self.0.flags.load(Ordering::Acquire);
+            let f = self.0.flags.load(SIGNALED | TIMESTAMP, Ordering::Acquire);
             if f & SIGNALED == 0 {
                 return None;
             }
@@ -709,42 +709,31 @@ impl Fence {
     /// their own fences; everyone else goes through [`SignalHandle`].
     pub(crate) fn signal_timestamp_internal(&self, ts_ns: u64) -> Result<(), FenceError> {
         let flags = &self.0.flags;
-        let mut cur = flags.load(Ordering::Acquire);
-        loop {
-            if cur & SIGNALED != 0 {
-                return Err(self.already());
-            }
-            if cur & HAS_CB != 0 {
-                return self.signal_slow(ts_ns);
-            }
-            match flags.compare_exchange_weak(
-                cur,
-                cur | SIGNALED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(now) => cur = now,
-            }
+        // One atomic step decides both "first signaller" and "callbacks
+        // were added": `add_callback` sets `HAS_CB` and tests `SIGNALED` in
+        // one step under the lock, so either it sees `SIGNALED` (and hands
+        // its callback back) or this sees `HAS_CB` (and takes the list
+        // under the lock, after the callback is on it).
+        let old = flags.fetch_or(SIGNALED, SIGNALED | HAS_CB, Ordering::AcqRel);
+        if old & SIGNALED != 0 {
+            return Err(self.already());
+        }
+        if old & HAS_CB != 0 {
+            return self.signal_slow(ts_ns);
         }
         self.0.timestamp.store(ts_ns, Ordering::Relaxed);
-        flags.fetch_or(TIMESTAMP | CB_DONE, Ordering::Release);
+        flags.fetch_or(TIMESTAMP | CB_DONE, 0, Ordering::Release);
         self.trace_signaled();
         Ok(())
     }
 
+    /// The rest of a signal whose `SIGNALED` bit the caller set, on a fence
+    /// that had callbacks added: runs them.
     #[cold]
     fn signal_slow(&self, ts_ns: u64) -> Result<(), FenceError> {
-        let list = {
-            let mut cbs = self.0.cbs.lock();
-            let old = self.0.flags.fetch_or(SIGNALED, Ordering::AcqRel);
-            if old & SIGNALED != 0 {
-                return Err(self.already());
-            }
-            std::mem::take(&mut cbs.list)
-        };
+        let list = std::mem::take(&mut self.0.cbs.lock().list);
         self.0.timestamp.store(ts_ns, Ordering::Relaxed);
-        self.0.flags.fetch_or(TIMESTAMP, Ordering::Release);
+        self.0.flags.fetch_or(TIMESTAMP, 0, Ordering::Release);
         self.trace_signaled();
         // Ends the section and publishes CB_DONE even if a callback panics
         // (lockdep in panic mode does that on purpose), so the thread's
@@ -753,7 +742,7 @@ impl Fence {
         impl Drop for Done<'_> {
             fn drop(&mut self) {
                 lockdep::end_signalling(self.1);
-                self.0.0.flags.fetch_or(CB_DONE, Ordering::Release);
+                self.0.0.flags.fetch_or(CB_DONE, 0, Ordering::Release);
             }
         }
         let _done = Done(self, lockdep::begin_signalling_at("dma_fence callbacks"));
@@ -781,7 +770,7 @@ impl Fence {
             return;
         }
         lockdep::might_wait("dma_fence_flush_callbacks");
-        while self.0.flags.load(Ordering::Acquire) & CB_DONE == 0 {
+        while self.0.flags.load(CB_DONE, Ordering::Acquire) == 0 {
             thread::yield_now();
         }
     }
@@ -801,7 +790,10 @@ impl Fence {
     /// fence (runs its `enable_signaling` once). Returns true if the fence is
     /// still pending afterwards.
     pub fn enable_sw_signaling(&self) -> bool {
-        let old = self.0.flags.fetch_or(ENABLE_SIGNAL, Ordering::AcqRel);
+        let old = self
+            .0
+            .flags
+            .fetch_or(ENABLE_SIGNAL, SIGNALED | ENABLE_SIGNAL, Ordering::AcqRel);
         if old & SIGNALED != 0 {
             return false;
         }
@@ -832,8 +824,17 @@ impl Fence {
         if self.test_signaled_flag() || !self.enable_sw_signaling() {
             return Err(f);
         }
+        self.add_callback_enabled(f)
+    }
+
+    /// [`add_callback`](Self::add_callback) once the caller has enabled
+    /// signalling (as `dma_fence_default_wait` does, once).
+    fn add_callback_enabled<F>(&self, f: F) -> Result<Callback, F>
+    where
+        F: FnOnce(&Fence) + Send + 'static,
+    {
         let mut cbs = self.0.cbs.lock();
-        let old = self.0.flags.fetch_or(HAS_CB, Ordering::AcqRel);
+        let old = self.0.flags.fetch_or(HAS_CB, SIGNALED, Ordering::AcqRel);
         if old & SIGNALED != 0 {
             return Err(f);
         }
@@ -847,6 +848,12 @@ impl Fence {
     }
 
     fn remove_callback_id(&self, id: u64) -> bool {
+        // Once `SIGNALED` is set the signaller owns the list: the callback
+        // has run or will run. Deciding that without the lock keeps two
+        // waiters that both saw the fence signal from ordering each other.
+        if self.test_signaled_flag() {
+            return false;
+        }
         let mut cbs = self.0.cbs.lock();
         match cbs.list.iter().position(|(i, _)| *i == id) {
             Some(pos) => {
@@ -912,7 +919,7 @@ impl Fence {
         }
         let waiter = Arc::new(Waiter::new());
         let w2 = waiter.clone();
-        let reg = match self.add_callback(move |_| w2.wake()) {
+        let reg = match self.add_callback_enabled(move |_| w2.wake()) {
             Ok(r) => r,
             Err(_) => return Ok(timeout_ns),
         };

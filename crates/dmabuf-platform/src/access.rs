@@ -15,7 +15,8 @@
 //!    owner that is not decoding (decode off, D3hot, reset), a range with no
 //!    owner, or a peer the DMA master cannot reach, is `Aer`: reads return
 //!    all ones, writes are dropped, and DMA operations fail with `-EIO`.
-//! 4. Protocol: the page's protocol word (revoke stages) against the
+//! 4. Protocol: the page's protocol words (revoke stages: the revoked word
+//!    for every access, the fences-done word for writes) against the
 //!    accessor, and the mapping token's `unmapped` flag or a stale IOTLB
 //!    entry.
 //!
@@ -306,23 +307,28 @@ impl Fabric {
         }
         if st.monitor {
             let prot = page.prot.load(Ordering::Acquire);
-            if prot != 0 && !prot_owner_is(prot, req.accessor) {
-                let flags = flags_of(prot);
-                if flags & P_REVOKED != 0 {
-                    self.record(
-                        req,
-                        st,
-                        HazardClass::AccessAfterRevoke,
-                        issued,
-                        token,
-                        || Extra {
-                            phys: Some(t.phys),
-                            exporter: self.mon.exporter_of(prot),
-                            ..Extra::default()
-                        },
-                    );
-                }
-                if flags & P_FENCES_DONE != 0 && req.kind == AccessKind::Write {
+            if prot != 0 && !prot_owner_is(prot, req.accessor) && flags_of(prot) & P_REVOKED != 0 {
+                self.record(
+                    req,
+                    st,
+                    HazardClass::AccessAfterRevoke,
+                    issued,
+                    token,
+                    || Extra {
+                        phys: Some(t.phys),
+                        exporter: self.mon.exporter_of(prot),
+                        ..Extra::default()
+                    },
+                );
+            }
+            // Only a write consults the fences-done word (see
+            // `Page::prot_fences`).
+            if req.kind == AccessKind::Write {
+                let prot = page.prot_fences.load(Ordering::Acquire);
+                if prot != 0
+                    && !prot_owner_is(prot, req.accessor)
+                    && flags_of(prot) & P_FENCES_DONE != 0
+                {
                     self.record(
                         req,
                         st,

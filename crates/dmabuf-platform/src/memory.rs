@@ -30,8 +30,9 @@
 //! So "freed since mapped", "freed and reused" and "BAR range given to a new
 //! device" are all one atomic load and a compare on the access path.
 //!
-//! Each page also has a *protocol word* written by the monitor (revoke stages
-//! declared by exporters), cleared when the page changes hands.
+//! Each page also has two *protocol words* written by the monitor (revoke
+//! stages declared by exporters: fences done, revoked), cleared when the
+//! page changes hands.
 //!
 //! # Rules
 //!
@@ -135,8 +136,14 @@ impl AsErrno for MemoryError {
 pub(crate) struct Page {
     /// The generation tag (see the module docs).
     pub(crate) tag: AtomicU64,
-    /// The monitor's protocol word (see [`crate::monitor`]).
+    /// The monitor's protocol word for the revoked stage (see
+    /// [`crate::monitor`]): non-zero with `P_REVOKED` once a revoke returned.
     pub(crate) prot: AtomicU64,
+    /// The protocol word for the fences-done stage: non-zero with
+    /// `P_FENCES_DONE` once a revoke's fence wait finished. Only writes
+    /// consult it, so a read (a speculative read-ahead above all) is not
+    /// ordered against the stamp that ends a fence wait.
+    pub(crate) prot_fences: AtomicU64,
     data: Mutex<Option<Box<[u8; PAGE]>>>,
 }
 
@@ -152,6 +159,7 @@ impl Page {
         Self {
             tag: AtomicU64::new(0),
             prot: AtomicU64::new(0),
+            prot_fences: AtomicU64::new(0),
             data: Mutex::new(None),
         }
     }
@@ -398,6 +406,7 @@ impl PhysMemory {
             let page = &self.ram[i];
             page.clear();
             page.prot.store(0, Ordering::Relaxed);
+            page.prot_fences.store(0, Ordering::Relaxed);
             let t = page.tag.load(Ordering::Relaxed);
             page.tag.store(t | RAM_ALLOCATED, Ordering::Release);
             a.owner[i] = Some(owner.clone());
@@ -439,6 +448,7 @@ impl PhysMemory {
             let t = page.tag.load(Ordering::Relaxed);
             page.tag.store(((t >> 1) + 1) << 1, Ordering::Release);
             page.prot.store(0, Ordering::Relaxed);
+            page.prot_fences.store(0, Ordering::Relaxed);
             a.owner[i] = None;
             a.free.push(i);
         }
@@ -536,6 +546,7 @@ impl PhysMemory {
                 let o = owner.map_or(0, |d| u64::from(d) + 1);
                 page.clear();
                 page.prot.store(0, Ordering::Relaxed);
+                page.prot_fences.store(0, Ordering::Relaxed);
                 page.tag.store((generation << 16) | o, Ordering::Release);
             }
             p += PAGE_SIZE;

@@ -66,7 +66,7 @@
 //! # Lock rules
 //!
 //! The check on the access path is atomics only: the page tag, the page's
-//! protocol word, the device flags and the token's `unmapped` flag. The
+//! protocol words, the device flags and the token's `unmapped` flag. The
 //! hazard log lock is taken only when a hazard is recorded, and nothing is
 //! taken under it. Turning the monitor off ([`Monitor::set_enabled`]) skips
 //! classification; faults and AER still change what the access does.
@@ -862,7 +862,16 @@ impl Monitor {
             let mut p = r.start & !(PAGE_SIZE - 1);
             while p < r.start + r.len {
                 if let Some((_, page)) = self.inner.mem.page(p) {
-                    page.prot.store(word, Ordering::Release);
+                    // Two words (see `Page::prot_fences`): the fences-done
+                    // stamp leaves the revoked word alone unless it was
+                    // set, so reads, which consult only that word, are not
+                    // ordered against it.
+                    let fences = if flags & P_FENCES_DONE != 0 { word } else { 0 };
+                    let revoked = if flags & P_REVOKED != 0 { word } else { 0 };
+                    page.prot_fences.store(fences, Ordering::Release);
+                    if revoked != 0 || page.prot.load(Ordering::Acquire) != 0 {
+                        page.prot.store(revoked, Ordering::Release);
+                    }
                 }
                 p += PAGE_SIZE;
             }

@@ -15,6 +15,61 @@ pub mod atomic {
         pub use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize};
     }
 
+    /// A word of independent flag bits (see the std shim): every operation
+    /// names the bits it reads and writes. Loom sees one atomic word.
+    #[derive(Debug)]
+    pub struct AtomicBits(AtomicU32);
+
+    impl AtomicBits {
+        /// Creates the word.
+        pub fn new(v: u32) -> Self {
+            Self(AtomicU32::new(v))
+        }
+        /// The bits of `mask` that are set.
+        pub fn load(&self, mask: u32, o: Ordering) -> u32 {
+            self.0.load(o) & mask
+        }
+        /// As [`load`](Self::load).
+        pub fn load_direct(&self, mask: u32, o: Ordering) -> u32 {
+            self.0.load(o) & mask
+        }
+        /// Sets `bits`, returns which bits of `observe` were set before.
+        pub fn fetch_or(&self, bits: u32, observe: u32, o: Ordering) -> u32 {
+            self.0.fetch_or(bits, o) & observe
+        }
+    }
+
+    /// A reference count (see the std shim). Loom sees one atomic.
+    #[derive(Debug)]
+    pub struct RefCount(AtomicUsize);
+
+    impl RefCount {
+        /// A count of `n`.
+        pub fn new(n: usize) -> Self {
+            Self(AtomicUsize::new(n))
+        }
+        /// Takes a reference; the caller holds one.
+        pub fn get(&self) {
+            self.0.fetch_add(1, Ordering::AcqRel);
+        }
+        /// Takes a reference unless the count reached zero.
+        pub fn get_unless_zero(&self) -> bool {
+            self.0
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n != 0).then_some(n + 1)
+                })
+                .is_ok()
+        }
+        /// Drops a reference; true if it was the last.
+        pub fn put(&self) -> bool {
+            self.0.fetch_sub(1, Ordering::AcqRel) == 1
+        }
+        /// The count now.
+        pub fn count(&self) -> usize {
+            self.0.load(Ordering::Acquire)
+        }
+    }
+
     /// Reads a word that no one stores to after the allocation holding it
     /// was published to the caller: loom's unsynchronised load, which is no
     /// branch point and which loom checks happens after the last store.

@@ -147,6 +147,125 @@ pub mod atomic {
         };
     }
 
+    /// A word of independent flag bits (the kernel's `unsigned long flags`
+    /// used with `test_bit`/`set_bit`): every operation names the bits it
+    /// reads and the bits it writes, and returns only the bits it reads.
+    /// Under the controlled scheduler each bit is an object of its own, so
+    /// setting one flag does not race with testing another (a fence's
+    /// `CB_DONE` with a waiter's test of `SIGNALED`). There is no
+    /// whole-word load: an operation that saw bits it did not name would
+    /// make the reduction unsound.
+    #[derive(Debug, Default)]
+    #[repr(transparent)]
+    pub struct AtomicBits(std::sync::atomic::AtomicU32);
+
+    impl AtomicBits {
+        /// Creates the word (usable in `const` and `static`).
+        pub const fn new(v: u32) -> Self {
+            Self(std::sync::atomic::AtomicU32::new(v))
+        }
+        #[inline(always)]
+        fn addr(&self) -> usize {
+            self as *const Self as usize
+        }
+        /// `test_bit`: the bits of `mask` that are set.
+        #[inline]
+        pub fn load(&self, mask: u32, o: Ordering) -> u32 {
+            sched::point_on_bits(self.addr(), mask, 0);
+            self.0.load(o) & mask
+        }
+        /// [`load`](Self::load) without a scheduling point: only for paths
+        /// that have established the caller is a real thread.
+        #[inline(always)]
+        pub fn load_direct(&self, mask: u32, o: Ordering) -> u32 {
+            self.0.load(o) & mask
+        }
+        /// `test_and_set_bit` generalised: sets `bits`, returns which bits
+        /// of `observe` were set before.
+        #[inline]
+        pub fn fetch_or(&self, bits: u32, observe: u32, o: Ordering) -> u32 {
+            sched::point_on_bits(self.addr(), observe, bits);
+            self.0.fetch_or(bits, o) & observe
+        }
+        /// Exclusive access without synchronisation.
+        pub fn get_mut(&mut self) -> &mut u32 {
+            self.0.get_mut()
+        }
+    }
+
+    impl Drop for AtomicBits {
+        #[inline]
+        fn drop(&mut self) {
+            sched::forget_bits(self.addr());
+        }
+    }
+
+    /// A reference count (the kernel's `kref` or a file's `f_count`) whose
+    /// holders take references only from a reference they hold (Rust's
+    /// `Clone` of an owned handle): such a [`get`](Self::get) never races
+    /// with the put that releases the object. Under the controlled
+    /// scheduler a get, and a put that leaves at least two references
+    /// behind (it found three or more), is a *read* of the count: they
+    /// commute with each other (the count ends the same in either order and
+    /// no put among them reaches zero in either order), so the search does
+    /// not order two holders' gets and puts. A put that finds fewer than
+    /// three, [`get_unless_zero`](Self::get_unless_zero) and
+    /// [`count`](Self::count) observe the value, and are writes.
+    #[derive(Debug)]
+    pub struct RefCount(std::sync::atomic::AtomicUsize);
+
+    impl RefCount {
+        /// A count of `n`.
+        pub const fn new(n: usize) -> Self {
+            Self(std::sync::atomic::AtomicUsize::new(n))
+        }
+        #[inline(always)]
+        fn addr(&self) -> usize {
+            self as *const Self as usize
+        }
+        /// `kref_get`: takes a reference; the caller holds one.
+        #[inline]
+        pub fn get(&self) {
+            sched::point_on(self.addr(), sched::Access::Read);
+            self.0.fetch_add(1, Ordering::AcqRel);
+        }
+        /// `kref_get_unless_zero`: takes a reference unless the count
+        /// reached zero; the caller need not hold one.
+        #[inline]
+        pub fn get_unless_zero(&self) -> bool {
+            sched::point_on(self.addr(), sched::Access::Write);
+            self.0
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n != 0).then_some(n + 1)
+                })
+                .is_ok()
+        }
+        /// `kref_put`: drops a reference; true if it was the last.
+        #[inline]
+        pub fn put(&self) -> bool {
+            sched::point_on(self.addr(), sched::Access::Read);
+            let old = self.0.fetch_sub(1, Ordering::AcqRel);
+            if old < 3 && sched::active() {
+                // Close to zero: the order of this put matters.
+                sched::access(self.addr(), sched::Access::Write);
+            }
+            old == 1
+        }
+        /// The count now (`kref_read`, `file_count`).
+        #[inline]
+        pub fn count(&self) -> usize {
+            sched::point_on(self.addr(), sched::Access::Write);
+            self.0.load(Ordering::Acquire)
+        }
+    }
+
+    impl Drop for RefCount {
+        #[inline]
+        fn drop(&mut self) {
+            sched::forget(self.addr());
+        }
+    }
+
     shim_atomic_common!(AtomicBool, std::sync::atomic::AtomicBool, bool);
     shim_atomic_int!(AtomicU32, std::sync::atomic::AtomicU32, u32);
     shim_atomic_int!(AtomicI32, std::sync::atomic::AtomicI32, i32);

@@ -53,6 +53,10 @@ pub(super) enum Wait {
 pub(super) enum ObjKey {
     /// A shim object (atomic, mutex, condvar) by address.
     Addr(usize),
+    /// One bit of an [`AtomicBits`](crate::atomic::AtomicBits) word, by the
+    /// word's address and the bit's index: the bits of one word are
+    /// separate objects, so operations on disjoint bits do not race.
+    Bit(usize, u8),
     /// A task's park token.
     Park(TaskId),
     /// A task's existence and completion (spawn, finish, join).
@@ -203,7 +207,7 @@ struct State {
     next_obj: u32,
     /// Objects dropped by the running segment, forgotten once it is
     /// reported (its own accesses to them still count).
-    dropped: Vec<usize>,
+    dropped: Vec<(usize, bool)>,
     /// Group names by index (when recording).
     groups: Vec<String>,
     /// Reused buffer for a segment's numbered accesses.
@@ -215,6 +219,10 @@ struct State {
     scratch: Vec<TaskId>,
     /// Profiling (`DMABUF_DPOR_PROFILE`): where each object was first touched.
     descr: HashMap<ObjKey, String>,
+    /// Tracing (`DMABUF_DPOR_TRACE`): the last code that made each
+    /// (object, task, access), and the segments reported so far.
+    callers: HashMap<(ObjKey, TaskId, Access), String>,
+    segments: usize,
 }
 
 /// Whether `DMABUF_DPOR_PROFILE` is set: the engine then names every object
@@ -222,7 +230,16 @@ struct State {
 /// strategy names the objects of every race it reverses.
 pub(super) fn profiling() -> bool {
     static P: OnceLock<bool> = OnceLock::new();
-    *P.get_or_init(|| std::env::var_os("DMABUF_DPOR_PROFILE").is_some())
+    *P.get_or_init(|| std::env::var_os("DMABUF_DPOR_PROFILE").is_some() || tracing())
+}
+
+/// Whether `DMABUF_DPOR_TRACE` is set: the engine then also prints every
+/// access of every segment with the code that made it (`DPOR-ACC <segment>
+/// <task> <object> <access> <fn <- fn ...>`), to be joined with the DPOR
+/// strategy's `DPOR-RACE` lines. Slow: a backtrace per access.
+pub(super) fn tracing() -> bool {
+    static P: OnceLock<bool> = OnceLock::new();
+    *P.get_or_init(|| std::env::var_os("DMABUF_DPOR_TRACE").is_some())
 }
 
 /// The caller's code above the shim, as `fn <- fn <- fn`.
@@ -368,7 +385,14 @@ impl Execution {
                 eprintln!("DPOR-OBJ {id} {k:?} {d}");
             }
             buf.push((id, a));
+            if tracing() {
+                let c = task
+                    .and_then(|t| st.callers.get(&(k, t, a)))
+                    .map_or("", |c| c.as_str());
+                eprintln!("DPOR-ACC {} {task:?} {id} {a:?} {c}", st.segments);
+            }
         }
+        st.segments += 1;
         // Ascending, one entry per object: a write wins over a read, a read
         // over a wake-up, and a wake-up with a write is both.
         buf.sort_unstable_by(|x, y| x.0.cmp(&y.0).then(y.1.cmp(&x.1)));
@@ -384,9 +408,14 @@ impl Execution {
             w += 1;
         }
         buf.truncate(w);
-        for addr in std::mem::take(&mut st.dropped) {
+        for (addr, bits) in std::mem::take(&mut st.dropped) {
             st.objs.remove(&ObjKey::Addr(addr));
             st.objs.remove(&ObjKey::Release(addr));
+            if bits {
+                for b in 0..32 {
+                    st.objs.remove(&ObjKey::Bit(addr, b));
+                }
+            }
         }
         if let Some(p) = &st.strategy {
             let ev = StepEvent {
@@ -407,10 +436,10 @@ impl Execution {
     /// allocator places things, which differs between executions (per-thread
     /// caches persist across them), and a replayed prefix could number its
     /// objects differently from the execution that recorded it.
-    pub(super) fn forget(&self, addr: usize) {
+    pub(super) fn forget(&self, addr: usize, bits: bool) {
         let mut st = self.lock();
         if st.record {
-            st.dropped.push(addr);
+            st.dropped.push((addr, bits));
         }
     }
 
@@ -420,6 +449,9 @@ impl Execution {
         if st.record {
             if profiling() && !st.descr.contains_key(&k) {
                 st.descr.insert(k, caller_summary());
+            }
+            if tracing() {
+                st.callers.insert((k, _me, a), caller_summary());
             }
             st.cur.push((k, a));
         }
@@ -586,6 +618,9 @@ impl Execution {
                     for &a in announce {
                         if profiling() && !st.descr.contains_key(&a.0) {
                             st.descr.insert(a.0, caller_summary());
+                        }
+                        if tracing() {
+                            st.callers.insert((a.0, me, a.1), caller_summary());
                         }
                         st.tasks[me].pending.push(a);
                     }
@@ -1052,6 +1087,8 @@ pub(super) fn run<F: FnOnce() + Send + 'static>(
             live_threads: 1,
             scratch: Vec::new(),
             descr: HashMap::new(),
+            callers: HashMap::new(),
+            segments: 0,
         }),
         done: Condvar::new(),
     });

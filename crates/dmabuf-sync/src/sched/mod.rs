@@ -425,6 +425,39 @@ pub fn yield_point_on(addr: usize, access: Access) {
     }
 }
 
+/// A scheduling point before an operation on the bits of the
+/// [`AtomicBits`](crate::atomic::AtomicBits) word at `addr` that reads the
+/// bits in `read` and writes those in `write`: each bit is an object of its
+/// own, so the operation races only with operations on the same bits.
+/// Nothing outside an execution.
+#[inline(always)]
+pub fn point_on_bits(addr: usize, read: u32, write: u32) {
+    if active() {
+        yield_point_on_bits(addr, read, write);
+    }
+}
+
+/// [`point_on_bits`] without the fast check.
+pub fn yield_point_on_bits(addr: usize, read: u32, write: u32) {
+    if let Some((e, me)) = engine::ctx() {
+        let mut acc = [(ObjKey::Bit(addr, 0), Access::Read); 32];
+        let mut n = 0;
+        for b in 0..32u8 {
+            let m = 1u32 << b;
+            let a = if write & m != 0 {
+                Access::Write
+            } else if read & m != 0 {
+                Access::Read
+            } else {
+                continue;
+            };
+            acc[n] = (ObjKey::Bit(addr, b), a);
+            n += 1;
+        }
+        e.yield_now(me, false, &acc[..n]);
+    }
+}
+
 /// The scheduling point before a blocking acquisition of the mutex at
 /// `addr`. The acquisition races with other acquisitions of the mutex (who
 /// gets it first) and is ordered after the last [`release`] of it without
@@ -478,7 +511,18 @@ pub fn forget(addr: usize) {
     if active()
         && let Some((e, _)) = engine::ctx()
     {
-        e.forget(addr);
+        e.forget(addr, false);
+    }
+}
+
+/// [`forget`] for an [`AtomicBits`](crate::atomic::AtomicBits) word: its
+/// per-bit numbers too.
+#[inline(always)]
+pub fn forget_bits(addr: usize) {
+    if active()
+        && let Some((e, _)) = engine::ctx()
+    {
+        e.forget(addr, true);
     }
 }
 
