@@ -357,3 +357,18 @@ fn bad_check_shards_are_usage_errors() {
         );
     }
 }
+
+#[test]
+fn three_shards_of_one_dfs_search_merge_into_exactly_the_whole_search() {
+    // The first decision's branches partition the tree: the same
+    // executions, the same counts, the same depth bound hit.
+    let (whole, merged, wc, mc) = whole_and_merged(
+        "matrix.v6-final.iommufd",
+        &["--strategy", "dfs", "--depth", "5", "--schedules", "2000"],
+        3,
+        "dfs",
+    );
+    assert_eq!(mc, wc);
+    assert_eq!(whole["properties"]["s-fence"]["bounds-hit"][0], "depth");
+    assert_eq!(merged, whole);
+}
