@@ -14,11 +14,25 @@
 //!
 //! `l-bounded` is judged on dedicated runs in which the `userspace` group is
 //! stalled from the moment revoke begins; every other property on normal runs.
+//!
+//! # One check split over several machines
+//!
+//! [`check_shard`] runs part `K` of `N` of a check: a DFS or DPOR search
+//! explores only its shard's branches of the first decision
+//! ([`SearchShard`]), a random one only the schedules `i` with
+//! `i % N == K` (schedule `i` of a seed is the same in every process). PCT
+//! cannot be split: its step estimate grows with the executions before, so
+//! schedule `i` depends on all earlier ones. The parts' counts add up, a
+//! part's search is exhaustive when it finished without hitting a bound
+//! (a part that owns no branch is, with no run), and counterexample tokens
+//! are schedules of the whole scenario (shrinking searches the whole
+//! scenario, not the part), so they replay without the split.
 
 use crate::property::Property;
 use crate::scenario::Scenario;
 use crate::token::{ReplayToken, RunMode, StrategyKind};
 use dmabuf_core::lockdep;
+use dmabuf_core::sync::sched::strategy::SearchShard;
 use dmabuf_core::sync::sched::{
     self, Bound, Dfs, Dpor, Outcome, Pct, Random, Replay, RunConfig, RunReport, Schedule, Strategy,
 };
@@ -370,6 +384,15 @@ pub struct ExpectationResult {
     pub met: bool,
 }
 
+/// Whether the answer `found` meets the expectation `expected`
+/// ([`ExpectationResult::met`]).
+pub fn meets(expected: Answer, found: Answer) -> bool {
+    match expected {
+        Answer::Sometimes => found != Answer::Never,
+        a => found == a,
+    }
+}
+
 /// Compares a report with a scenario's expectations. Unknown property
 /// names are errors naming where they were written.
 pub fn expectations(
@@ -386,10 +409,7 @@ pub fn expectations(
             continue;
         };
         let found = r.answer();
-        let met = match e.answer {
-            Answer::Sometimes => found != Answer::Never,
-            a => found == a,
-        };
+        let met = meets(e.answer, found);
         out.push(ExpectationResult {
             property: p,
             expected: e.answer,
@@ -416,6 +436,29 @@ pub struct CheckReport {
     pub errors: Vec<String>,
     /// Wall time.
     pub elapsed_s: f64,
+    /// A part of a split check ([`check_shard`]): what it held, per mode
+    /// searched; empty for a whole check.
+    pub split: Vec<SplitPart>,
+}
+
+/// What one part of a split check held in one mode ([`check_shard`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SplitPart {
+    /// The mode searched.
+    pub mode: RunMode,
+    /// DFS, DPOR: the choices at the split node (the first decision; 1
+    /// for a program without one). `None` for random sampling, which
+    /// splits the schedules instead.
+    pub choices: Option<usize>,
+    /// Of those choices (or of the mode's schedules), how many are this
+    /// part's.
+    pub owned: u64,
+    /// DPOR: executions run only to learn the first segment of a choice
+    /// another part explores (not counted as runs, not judged).
+    pub probes: u64,
+    /// The bounds this part's search of the mode hit (as in
+    /// [`PropertyResult::bounds_hit`], for every property judged in it).
+    pub bounds_hit: Vec<Bound>,
 }
 
 impl CheckReport {
@@ -432,11 +475,29 @@ struct Explored {
     bounds_hit: Vec<Bound>,
     sleep_blocked: u64,
     max_depth: usize,
+    /// A part of a split search: what it held.
+    split: Option<SplitPart>,
+}
+
+/// Whether a check with strategy `kind` can be split over shards
+/// ([`check_shard`]); the reason when not.
+pub fn splittable(kind: StrategyKind) -> Result<(), String> {
+    match kind {
+        StrategyKind::Pct(_) => Err(
+            "a PCT check of one scenario cannot be split over shards: PCT's estimate of an \
+             execution's length grows with the executions before, so schedule i depends on \
+             every earlier one (use --strategy random, dfs or dpor, or shard a protocol file's \
+             questions or a matrix)"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Runs up to `n` executions of `spec` in `mode`, keeping only what the
 /// judge needs (the outcome of each run is judged as it completes so the
 /// reports do not pile up).
+#[allow(clippy::too_many_arguments)]
 fn explore_mode(
     spec: &WorldSpec,
     mode: RunMode,
@@ -444,42 +505,74 @@ fn explore_mode(
     seed: u64,
     dfs_bound: usize,
     n: u64,
+    shard: Option<SearchShard>,
     mut on_run: impl FnMut(&RunOutcome),
 ) -> Explored {
     // Systematic searches are kept concrete: their completeness is part of
     // the verdict.
-    let mut dfs = Dfs::new(dfs_bound);
-    let mut dpor = Dpor::new(dfs_bound);
+    let whole = SearchShard { index: 0, count: 1 };
+    let mut dfs = Dfs::new(dfs_bound).shard(shard.unwrap_or(whole));
+    let mut dpor = Dpor::new(dfs_bound).shard(shard.unwrap_or(whole));
+    // Random sampling is split by schedule index.
+    let sampled_shard = shard.filter(|_| kind == StrategyKind::Random);
     let mut other: Box<dyn Strategy> = match kind {
         StrategyKind::Random | StrategyKind::Dfs | StrategyKind::Dpor => {
             Box::new(Random::new(seed))
         }
         StrategyKind::Pct(d) => Box::new(Pct::new(seed, d as usize, 2_000)),
     };
-    let strat: &mut dyn Strategy = match kind {
-        StrategyKind::Dfs => &mut dfs,
-        StrategyKind::Dpor => &mut dpor,
-        _ => other.as_mut(),
-    };
+    // The strategy in use, borrowed anew each time (the concrete searches
+    // are asked about probes between executions).
+    macro_rules! strat {
+        () => {
+            match kind {
+                StrategyKind::Dfs => &mut dfs as &mut dyn Strategy,
+                StrategyKind::Dpor => &mut dpor,
+                _ => other.as_mut(),
+            }
+        };
+    }
     let mut count = 0;
+    let mut index: u64 = 0;
     let mut finished = false;
-    while count < n {
+    // Sampling: schedule indices up to n (some another shard's); search:
+    // up to n executions of this part.
+    while if sampled_shard.is_some() {
+        index < n
+    } else {
+        count < n
+    } {
         // A stop request (Ctrl-C) ends the loop after the current execution.
         if crate::progress::stop_requested() {
             break;
         }
-        if !strat.next_execution() {
+        if !strat!().next_execution() {
             finished = true;
             break;
         }
-        let run = run_controlled(spec, mode, strat);
+        let i = index;
+        index += 1;
+        if sampled_shard.is_some_and(|s| !s.owns(i as usize)) {
+            // Schedule i is another shard's: its generator was drawn
+            // (that is all `next_execution` does) and is dropped unused.
+            continue;
+        }
+        let run = run_controlled(spec, mode, strat!());
+        let probe = match kind {
+            StrategyKind::Dfs => dfs.is_probe(),
+            StrategyKind::Dpor => dpor.is_probe(),
+            _ => false,
+        };
+        if probe {
+            continue;
+        }
         count += 1;
         on_run(&run);
     }
     // At the budget: finished only if there is no further branch (asking
     // runs nothing).
     if !finished && count == n {
-        finished = !strat.next_execution();
+        finished = !strat!().next_execution();
     }
     let (mut bounds_hit, sleep_blocked, max_depth) = match kind {
         StrategyKind::Dfs => (dfs.bounds_hit(), 0, dfs.max_depth()),
@@ -487,16 +580,43 @@ fn explore_mode(
             let st = dpor.stats();
             (dpor.bounds_hit(), st.sleep_blocked, st.max_depth)
         }
-        _ => return Explored::default(),
+        _ => {
+            return Explored {
+                split: sampled_shard.map(|_| SplitPart {
+                    mode,
+                    choices: None,
+                    owned: count,
+                    probes: 0,
+                    bounds_hit: Vec::new(),
+                }),
+                ..Explored::default()
+            };
+        }
     };
     if !finished {
         bounds_hit.push(Bound::Executions);
     }
+    let split = shard.filter(|s| s.count > 1).map(|s| {
+        let choices = match kind {
+            StrategyKind::Dfs => dfs.split_choices(),
+            _ => dpor.split_choices(),
+        };
+        SplitPart {
+            mode,
+            choices,
+            owned: choices.map_or(0, |c| s.owned_of(c) as u64),
+            probes: dpor.stats().probes,
+            bounds_hit: bounds_hit.clone(),
+        }
+    });
     Explored {
-        exhaustive: bounds_hit.is_empty() && count > 0,
+        // A part that owns no branch finished without a run: its (empty)
+        // part of the search is complete.
+        exhaustive: bounds_hit.is_empty() && (count > 0 || (split.is_some() && finished)),
         bounds_hit,
         sleep_blocked,
         max_depth,
+        split,
     }
 }
 
@@ -535,6 +655,7 @@ fn shrink(
             opts.seed,
             opts.dfs_bound,
             20,
+            None,
             |run| {
                 if found.is_none() && judge(run, p).is_some() {
                     found = Some(run.report.schedule.clone());
@@ -574,12 +695,31 @@ pub fn check(
     opts: &CheckOptions,
     mut progress: impl FnMut(u64),
 ) -> CheckReport {
-    check_dyn(scenario, opts, &mut progress)
+    check_dyn(scenario, opts, None, &mut progress)
+}
+
+/// Checks part `shard` of a scenario (see the module documentation): the
+/// same report as [`check`], over this part's runs, with
+/// [`CheckReport::split`] saying what the part held. Refused for PCT
+/// ([`splittable`]) and with a proof attempt (which is a search of its
+/// own: split the matrix by cells instead).
+pub fn check_shard(
+    scenario: &Scenario,
+    opts: &CheckOptions,
+    shard: SearchShard,
+    mut progress: impl FnMut(u64),
+) -> Result<CheckReport, String> {
+    splittable(opts.strategy)?;
+    if opts.proof.is_some() {
+        return Err("a check with a proof attempt cannot be split over shards".into());
+    }
+    Ok(check_dyn(scenario, opts, Some(shard), &mut progress))
 }
 
 fn check_dyn(
     scenario: &Scenario,
     opts: &CheckOptions,
+    shard: Option<SearchShard>,
     progress: &mut dyn FnMut(u64),
 ) -> CheckReport {
     let start = Instant::now();
@@ -589,6 +729,7 @@ fn check_dyn(
     let mut errors = Vec::new();
     let mut refusals = Vec::new();
     let mut runs = 0;
+    let mut split = Vec::new();
     for mode in [RunMode::Normal, RunMode::Stalled] {
         let n = match mode {
             RunMode::Normal => opts.schedules,
@@ -615,6 +756,7 @@ fn check_dyn(
             seed,
             opts.dfs_bound,
             n,
+            shard,
             |run| {
                 runs += 1;
                 progress(runs);
@@ -636,18 +778,7 @@ fn check_dyn(
                     if !judged_in(p, mode) {
                         continue;
                     }
-                    let r = results.entry(p).or_insert_with(|| PropertyResult {
-                        property: p,
-                        schedules: 0,
-                        violations: 0,
-                        strategy: String::new(),
-                        exhaustive: false,
-                        bounds_hit: Vec::new(),
-                        sleep_blocked: 0,
-                        max_depth: 0,
-                        counterexample: None,
-                        proof: None,
-                    });
+                    let r = results.entry(p).or_insert_with(|| empty_result(p));
                     r.schedules += 1;
                     if let Some(v) = judge(run, p) {
                         r.violations += 1;
@@ -658,6 +789,16 @@ fn check_dyn(
                 }
             },
         );
+        if let Some(sp) = explored.split.clone() {
+            // A part may hold no run at all: its properties still have a
+            // (zero) result for the merge to add up.
+            for &p in &opts.properties {
+                if judged_in(p, mode) {
+                    results.entry(p).or_insert_with(|| empty_result(p));
+                }
+            }
+            split.push(sp);
+        }
         let strategy_name = match opts.strategy {
             StrategyKind::Dfs => format!("dfs(bound={})", opts.dfs_bound),
             StrategyKind::Dpor => format!("dpor(bound={})", opts.dfs_bound),
@@ -757,7 +898,7 @@ fn check_dyn(
                 stalled_schedules: proof.stalled_budget(),
                 ..base.clone()
             };
-            check_dyn(&pc, &o, progress)
+            check_dyn(&pc, &o, None, progress)
         });
         let stalled_done = stalled
             .as_ref()
@@ -767,7 +908,7 @@ fn check_dyn(
                 schedules: proof.budget,
                 ..base.clone()
             };
-            check_dyn(&pc, &o, progress)
+            check_dyn(&pc, &o, None, progress)
         });
         for part in stalled.iter().chain(normal.iter()) {
             runs += part.runs;
@@ -831,6 +972,23 @@ fn check_dyn(
         runs,
         errors,
         elapsed_s: start.elapsed().as_secs_f64(),
+        split,
+    }
+}
+
+/// A property's result before any run.
+fn empty_result(p: Property) -> PropertyResult {
+    PropertyResult {
+        property: p,
+        schedules: 0,
+        violations: 0,
+        strategy: String::new(),
+        exhaustive: false,
+        bounds_hit: Vec::new(),
+        sleep_blocked: 0,
+        max_depth: 0,
+        counterexample: None,
+        proof: None,
     }
 }
 

@@ -27,7 +27,7 @@
 use clap::{Parser, Subcommand};
 use dmabuf_checker::explore::{
     self, CheckOptions, CheckReport, DEFAULT_PROOF_BUDGET, DEFAULT_PROOF_JOBS, ExpectationResult,
-    ProofOptions, PropertyResult, RunOutcome,
+    ProofOptions, PropertyResult, RunOutcome, SplitPart,
 };
 use dmabuf_checker::matrix::{self, Matrix, Shard};
 use dmabuf_checker::progress::{self, Progress};
@@ -35,7 +35,8 @@ use dmabuf_checker::property::Property;
 use dmabuf_checker::scenario::{Library, Scenario};
 use dmabuf_checker::token::{self, ReplayToken, RunMode, StrategyKind};
 use dmabuf_core::lockdep;
-use dmabuf_core::sync::sched::{Outcome, RunReport, Schedule};
+use dmabuf_core::sync::sched::strategy::SearchShard;
+use dmabuf_core::sync::sched::{Bound, Outcome, RunReport, Schedule};
 use dmabuf_core::sync::{Arc, thread};
 use dmabuf_core::{FenceContext, MAX_SCHEDULE_TIMEOUT};
 use dmabuf_scenario::file::{self, Answer, ProtocolFile};
@@ -184,8 +185,9 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
         /// Run only shard K of N (0-based): the questions of a protocol file
-        /// are dealt round-robin (a single scenario is shard 0's). Combine
-        /// the `--json` outputs with `dmabuf merge`.
+        /// are dealt round-robin; a single question's search is split (dfs,
+        /// dpor: the first decision's choices; random: the schedules; pct
+        /// is refused). Combine the `--json` outputs with `dmabuf merge`.
         #[arg(long)]
         shard: Option<String>,
     },
@@ -1114,6 +1116,55 @@ fn print_report(r: &CheckReport, ex: &[ExpectationResult], partial: bool) {
     );
 }
 
+/// What a part of a split search held in one mode, for `merge`.
+fn split_json(p: &SplitPart) -> Value {
+    json!({
+        "mode": p.mode.to_string(),
+        "choices": p.choices,
+        "owned": p.owned,
+        "probes": p.probes,
+        "bounds-hit": p.bounds_hit.iter().map(|b| b.name()).collect::<Vec<_>>(),
+    })
+}
+
+/// Says which part of the search a shard explored.
+fn print_split(parts: &[SplitPart], sh: SearchShard, opts: &CheckOptions) {
+    for p in parts {
+        let what = match p.choices {
+            None => {
+                let n = match p.mode {
+                    RunMode::Normal => opts.schedules,
+                    RunMode::Stalled => opts.stalled_schedules,
+                };
+                format!(
+                    "{} of the {n} schedules (schedule i is shard i % {}'s)",
+                    p.owned, sh.count
+                )
+            }
+            Some(c) if p.owned == 0 => format!(
+                "nothing: the search's first decision has {c} choice(s), fewer than {} shards",
+                sh.count
+            ),
+            Some(c) => format!(
+                "{} of the {c} choices of the search's first decision{}",
+                p.owned,
+                if p.probes > 0 {
+                    format!(
+                        " ({} probe run(s) to learn the others, not counted)",
+                        p.probes
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        };
+        println!(
+            "  shard {}/{} of the {} search: {what}",
+            sh.index, sh.count, p.mode
+        );
+    }
+}
+
 /// The `check` budget when neither the command line nor the file names one.
 const DEFAULT_CHECK_SCHEDULES: u64 = 100;
 
@@ -1138,6 +1189,13 @@ fn check(
         Ok(q) => q,
         Err(e) => return usage_error(e),
     };
+    // One question: its search is split; several: they are dealt out.
+    let split = shard
+        .filter(|s| s.count > 1 && qs.len() == 1)
+        .map(|s| SearchShard {
+            index: s.index,
+            count: s.count,
+        });
     stop_on_interrupt();
     let mut all_pass = true;
     let mut out = Vec::new();
@@ -1145,7 +1203,8 @@ fn check(
         if progress::stop_requested() {
             break;
         }
-        if let Some(sh) = shard
+        if split.is_none()
+            && let Some(sh) = shard
             && !sh.owns(index)
         {
             continue;
@@ -1183,8 +1242,21 @@ fn check(
             } else {
                 0
             };
+        if split.is_some()
+            && let Err(e) = explore::splittable(opts.strategy)
+        {
+            return usage_error(format!("--shard: {e}"));
+        }
         let mut bar = Progress::new("check", total, quiet || json);
-        let r = explore::check(sc, &opts, |n| bar.inc(1, &format!("run {n}")));
+        let r = match split {
+            None => explore::check(sc, &opts, |n| bar.inc(1, &format!("run {n}"))),
+            Some(sh) => {
+                match explore::check_shard(sc, &opts, sh, |n| bar.inc(1, &format!("run {n}"))) {
+                    Ok(r) => r,
+                    Err(e) => return usage_error(format!("--shard: {e}")),
+                }
+            }
+        };
         bar.finish();
         let ex = match explore::expectations(sc, &r) {
             Ok(x) => x,
@@ -1197,9 +1269,15 @@ fn check(
             if shard.is_some() {
                 v["index"] = json!(index);
             }
+            if split.is_some() {
+                v["search-split"] = Value::Array(r.split.iter().map(split_json).collect());
+            }
             out.push(v);
         } else {
             print_report(&r, &ex, partial);
+            if let Some(sh) = split {
+                print_split(&r.split, sh, &opts);
+            }
         }
     }
     if json && let Some(sh) = shard {
@@ -1658,11 +1736,14 @@ fn merge_matrix(parts: &[(PathBuf, Value)]) -> Result<Value, String> {
 }
 
 /// The merged check of its shards' JSON outputs: the reports in question
-/// order, as the unsharded `check --json` prints them.
+/// order, as the unsharded `check --json` prints them. A question whose
+/// search was split (its reports carry `search-split`) is in every part,
+/// and its parts are merged into one report ([`merge_search`]).
 fn merge_check(parts: &[(PathBuf, Value)]) -> Result<Value, String> {
     check_parts(parts, &["questions"])?;
-    let mut reports: Vec<(u64, Value)> = Vec::new();
+    let mut reports: BTreeMap<u64, Vec<(usize, Value)>> = BTreeMap::new();
     for (p, v) in parts {
+        let k = part_shard(p, v)?.index;
         let r = v
             .get("reports")
             .and_then(Value::as_array)
@@ -1672,14 +1753,9 @@ fn merge_check(parts: &[(PathBuf, Value)]) -> Result<Value, String> {
                 .get("index")
                 .and_then(Value::as_u64)
                 .ok_or_else(|| format!("{}: a report without \"index\"", p.display()))?;
-            let mut x = x.clone();
-            if let Some(o) = x.as_object_mut() {
-                o.remove("index");
-            }
-            reports.push((i, x));
+            reports.entry(i).or_default().push((k, x.clone()));
         }
     }
-    reports.sort_by_key(|r| r.0);
     let questions = parts[0]
         .1
         .get("questions")
@@ -1688,18 +1764,219 @@ fn merge_check(parts: &[(PathBuf, Value)]) -> Result<Value, String> {
     let partial = parts
         .iter()
         .any(|(_, v)| v.get("partial").and_then(Value::as_bool).unwrap_or(true));
-    if !partial && reports.len() as u64 != questions {
+    let mut r: Vec<Value> = Vec::new();
+    for (i, mut group) in reports {
+        group.sort_by_key(|g| g.0);
+        let split = group.iter().any(|(_, x)| x.get("search-split").is_some());
+        let mut x = if split {
+            if !partial && group.len() != parts.len() {
+                return Err(format!(
+                    "question {i}: its search was split, but only {} of the {} parts hold it",
+                    group.len(),
+                    parts.len()
+                ));
+            }
+            merge_search(&group)?
+        } else if group.len() == 1 {
+            group.remove(0).1
+        } else {
+            return Err(format!("question {i} is in {} parts", group.len()));
+        };
+        if let Some(o) = x.as_object_mut() {
+            o.remove("index");
+            o.remove("search-split");
+        }
+        r.push(x);
+    }
+    if !partial && r.len() as u64 != questions {
         return Err(format!(
             "the shards hold {} reports for {questions} questions",
-            reports.len()
+            r.len()
         ));
     }
-    let mut r: Vec<Value> = reports.into_iter().map(|r| r.1).collect();
     Ok(if questions == 1 && r.len() == 1 {
         r.remove(0)
     } else {
         Value::Array(r)
     })
+}
+
+/// The order in which a search names the bounds it hit (the strategies'
+/// `bounds_hit`, then `executions`), so that a merged list reads as the
+/// unsharded one.
+fn bound_rank(b: Bound) -> usize {
+    match b {
+        Bound::Depth => 0,
+        Bound::Steps => 1,
+        Bound::Nondeterminism => 2,
+        Bound::Executions => 3,
+    }
+}
+
+/// One question's report from the parts of its split search, `(shard,
+/// report)` by shard: counts added, the deepest execution the deepest
+/// part's, exhaustive when every part is, the bounds of each mode joined,
+/// the counterexample of the lowest shard that has one, and the answers,
+/// expectations and verdict computed again from the merged counts, as
+/// `check` computes them.
+fn merge_search(group: &[(usize, Value)]) -> Result<Value, String> {
+    let first = &group[0].1;
+    let text = |v: &Value, f: &str| v.get(f).and_then(Value::as_str).unwrap_or("").to_owned();
+    let num = |v: &Value, f: &str| v.get(f).and_then(Value::as_u64).unwrap_or(0);
+    let strings = |v: &Value, f: &str| -> Vec<String> {
+        v.get(f)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let scenario = text(first, "scenario");
+    for (k, v) in group {
+        if text(v, "scenario") != scenario {
+            return Err(format!(
+                "shard {k} searched '{}', shard {} '{scenario}': not parts of one run",
+                text(v, "scenario"),
+                group[0].0
+            ));
+        }
+    }
+    let partial = group
+        .iter()
+        .any(|(_, v)| v.get("partial").and_then(Value::as_bool).unwrap_or(true));
+    // The bounds each part's search of each mode hit.
+    let mut mode_bounds: BTreeMap<String, Vec<Bound>> = BTreeMap::new();
+    for (_, v) in group {
+        for sp in v
+            .get("search-split")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let l = mode_bounds.entry(text(sp, "mode")).or_default();
+            for b in strings(sp, "bounds-hit") {
+                let b: Bound = b.parse().map_err(|e| format!("bounds-hit: {e}"))?;
+                if !l.contains(&b) {
+                    l.push(b);
+                }
+            }
+        }
+    }
+    for l in mode_bounds.values_mut() {
+        l.sort_by_key(|b| bound_rank(*b));
+    }
+    let props = first
+        .get("properties")
+        .and_then(Value::as_object)
+        .ok_or("a report without \"properties\"")?;
+    let mut properties = Vec::new();
+    // Per property: the part whose counterexample is kept.
+    let mut examples: Vec<(String, Option<&Value>)> = Vec::new();
+    for name in props.keys() {
+        let property: Property = name.parse().map_err(|e| format!("{e}"))?;
+        let mut r = PropertyResult {
+            property,
+            schedules: 0,
+            violations: 0,
+            strategy: String::new(),
+            exhaustive: true,
+            bounds_hit: Vec::new(),
+            sleep_blocked: 0,
+            max_depth: 0,
+            counterexample: None,
+            proof: None,
+        };
+        let mut example = None;
+        for (k, v) in group {
+            let q = v
+                .get("properties")
+                .and_then(|p| p.get(name))
+                .ok_or_else(|| format!("shard {k} has no result for {name}"))?;
+            if !q.get("proof").is_none_or(Value::is_null) {
+                return Err(format!("shard {k}: {name} has a proof attempt"));
+            }
+            r.schedules += num(q, "schedules");
+            r.violations += num(q, "violations");
+            if r.strategy.is_empty() {
+                r.strategy = text(q, "strategy");
+            }
+            r.exhaustive &= q.get("exhaustive").and_then(Value::as_bool) == Some(true);
+            r.sleep_blocked += num(q, "sleep-blocked");
+            r.max_depth = r.max_depth.max(num(q, "max-depth") as usize);
+            if example.is_none() && q.get("replay").is_some() {
+                example = Some(q);
+            }
+        }
+        // As `check` joins them: the normal mode's bounds, then the
+        // stalled mode's that are new.
+        for mode in [RunMode::Normal, RunMode::Stalled] {
+            if explore::judged_in(property, mode)
+                && let Some(l) = mode_bounds.get(&mode.to_string())
+            {
+                for &b in l {
+                    if !r.bounds_hit.contains(&b) {
+                        r.bounds_hit.push(b);
+                    }
+                }
+            }
+        }
+        examples.push((name.clone(), example));
+        properties.push(r);
+    }
+    let mut errors: Vec<String> = Vec::new();
+    for (_, v) in group {
+        for e in strings(v, "errors") {
+            if errors.len() < 5 && !errors.contains(&e) {
+                errors.push(e);
+            }
+        }
+    }
+    let report = CheckReport {
+        scenario,
+        refusals: strings(first, "refusals"),
+        properties,
+        runs: group.iter().map(|(_, v)| num(v, "runs")).sum(),
+        errors,
+        elapsed_s: group
+            .iter()
+            .filter_map(|(_, v)| v.get("elapsed-s").and_then(Value::as_f64))
+            .fold(0.0, f64::max),
+        split: Vec::new(),
+    };
+    let mut ex = Vec::new();
+    for e in first
+        .get("expectations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let property: Property = text(e, "property").parse().map_err(|e| format!("{e}"))?;
+        let expected: Answer = text(e, "expected")
+            .parse()
+            .map_err(|e| format!("expectations: {e}"))?;
+        let Some(r) = report.properties.iter().find(|r| r.property == property) else {
+            continue;
+        };
+        let found = r.answer();
+        ex.push(ExpectationResult {
+            property,
+            expected,
+            found,
+            at: text(e, "at"),
+            met: explore::meets(expected, found),
+        });
+    }
+    let mut out = report_json(&report, &ex, partial);
+    for (name, example) in examples {
+        if let Some(q) = example {
+            for f in ["hazard", "detail", "replay", "trace-events", "decisions"] {
+                out["properties"][&name][f] = q.get(f).cloned().unwrap_or(Value::Null);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `dmabuf merge FILE...`.

@@ -180,3 +180,195 @@ fn bad_shards_are_usage_errors() {
         );
     }
 }
+
+/// Runs `check SCENARIO args --json --quiet` whole and in `n` shards,
+/// merges the parts; returns (whole, merged) without wall times, and both
+/// exit codes.
+fn whole_and_merged(
+    scenario: &str,
+    args: &[&str],
+    n: usize,
+    tag: &str,
+) -> (Value, Value, i32, i32) {
+    let tmp = std::env::temp_dir().join(format!("dmabuf-shard-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut common = vec!["check", scenario];
+    common.extend(args);
+    common.extend(["--json", "--quiet"]);
+    let (mut whole, whole_code) = run_json(&common);
+    let mut files = Vec::new();
+    for k in 0..n {
+        let shard = format!("{k}/{n}");
+        let mut a = common.clone();
+        a.extend(["--shard", &shard]);
+        let (part, _) = run_json(&a);
+        assert_eq!(part["shard"], shard.as_str());
+        assert_eq!(part["questions"], 1);
+        // Every shard holds a part of the one question's search.
+        let r = &part["reports"][0];
+        assert_eq!(r["index"], 0, "{part}");
+        assert!(r["search-split"].is_array(), "{part}");
+        let f = tmp.join(format!("part{k}.json"));
+        std::fs::write(&f, part.to_string()).unwrap();
+        files.push(f);
+    }
+    let mut m = vec!["merge", "--json"];
+    m.extend(files.iter().rev().map(|f| f.to_str().unwrap()));
+    let (mut merged, merged_code) = run_json(&m);
+    std::fs::remove_dir_all(&tmp).ok();
+    without_times(&mut whole);
+    without_times(&mut merged);
+    (whole, merged, whole_code, merged_code)
+}
+
+/// The fields a split DPOR search may count differently (docs/json.md):
+/// the split node is fully expanded, so the parts may run executions the
+/// whole search never needed (sleep-set blocked ones, mostly).
+fn without_search_counts(v: &mut Value) -> Vec<(String, u64, u64)> {
+    let mut counts = Vec::new();
+    if let Some(o) = v.as_object_mut() {
+        counts.push((
+            "runs".into(),
+            o.remove("runs").unwrap().as_u64().unwrap(),
+            0,
+        ));
+    }
+    if let Some(props) = v["properties"].as_object_mut() {
+        for (name, p) in props.iter_mut() {
+            let o = p.as_object_mut().unwrap();
+            let s = o.remove("schedules").unwrap().as_u64().unwrap();
+            let b = o.remove("sleep-blocked").unwrap().as_u64().unwrap();
+            o.remove("max-depth");
+            counts.push((name.clone(), s, b));
+        }
+    }
+    counts
+}
+
+#[test]
+fn four_shards_of_one_dpor_search_merge_into_the_whole_search() {
+    let (mut whole, mut merged, wc, mc) = whole_and_merged(
+        "matrix.v6-final.iommufd",
+        &["--strategy", "dpor", "--schedules", "20000"],
+        4,
+        "dpor",
+    );
+    assert_eq!(wc, 0);
+    assert_eq!(mc, wc, "same exit code");
+    // The whole search is a proof, and so is the merged one.
+    for (_, p) in whole["properties"].as_object().unwrap() {
+        assert_eq!(p["verdict"], "proved", "{whole}");
+    }
+    let w = without_search_counts(&mut whole);
+    let m = without_search_counts(&mut merged);
+    // Never fewer executions than the whole search: every class it ran is
+    // in some part.
+    for ((name, ws, _), (name2, ms, _)) in w.iter().zip(&m) {
+        assert_eq!(name, name2);
+        assert!(ms >= ws, "{name}: {ms} < {ws}");
+    }
+    // Everything else is the whole search's: answers, exhaustiveness,
+    // verdicts, expectations.
+    assert_eq!(merged, whole);
+}
+
+#[test]
+fn a_violation_in_a_split_search_is_a_violation_of_the_merged_result_and_replays() {
+    let (whole, merged, wc, mc) = whole_and_merged(
+        "matrix.v2-invalidate-only.gpu",
+        &["--strategy", "dpor", "--schedules", "150"],
+        4,
+        "violation",
+    );
+    assert_eq!(wc, 1);
+    assert_eq!(mc, 1, "the merged result fails as the whole one does");
+    assert_eq!(merged["verdict"], "fail");
+    assert_eq!(merged["all-hold"], false);
+    let p = &merged["properties"]["s-fence"];
+    assert_eq!(p["result"], "violated");
+    assert_eq!(p["verdict"], "violated");
+    assert_eq!(p["answer"], whole["properties"]["s-fence"]["answer"]);
+    assert!(p["violations"].as_u64().unwrap() > 0);
+    // The token is a schedule of the scenario, not of a shard: it replays
+    // without any split, and shows the violation (exit 1).
+    let token = p["replay"].as_str().unwrap();
+    let out = dmabuf().args(["replay", token]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The lowest shard with a counterexample is shard 0, which searches
+    // below the whole search's first choice exactly as it does: the same
+    // counterexample.
+    assert_eq!(p["replay"], whole["properties"]["s-fence"]["replay"]);
+}
+
+#[test]
+fn random_schedules_split_by_index_merge_into_exactly_the_whole_check() {
+    let (whole, merged, wc, mc) = whole_and_merged(
+        "matrix.v6-final.iommufd",
+        &["--strategy", "random", "--schedules", "24"],
+        3,
+        "random",
+    );
+    assert_eq!(mc, wc);
+    assert_eq!(whole["runs"], 30);
+    assert_eq!(merged, whole);
+}
+
+#[test]
+fn a_pct_check_of_one_scenario_is_not_split_but_refused() {
+    let out = dmabuf()
+        .args([
+            "check",
+            "matrix.v6-final.iommufd",
+            "--shard",
+            "1/4",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shard") && err.contains("PCT"), "{err}");
+}
+
+#[test]
+fn bad_check_shards_are_usage_errors() {
+    for bad in ["5/4", "0/0", "4/4"] {
+        let out = dmabuf()
+            .args([
+                "check",
+                "matrix.v6-final.iommufd",
+                "--strategy",
+                "dpor",
+                "--shard",
+                bad,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--shard"),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn three_shards_of_one_dfs_search_merge_into_exactly_the_whole_search() {
+    // The first decision's branches partition the tree: the same
+    // executions, the same counts, the same depth bound hit.
+    let (whole, merged, wc, mc) = whole_and_merged(
+        "matrix.v6-final.iommufd",
+        &["--strategy", "dfs", "--depth", "5", "--schedules", "2000"],
+        3,
+        "dfs",
+    );
+    assert_eq!(mc, wc);
+    assert_eq!(whole["properties"]["s-fence"]["bounds-hit"][0], "depth");
+    assert_eq!(merged, whole);
+}

@@ -12,9 +12,14 @@
 //! every branch was run, no execution had more decisions than the bound, no
 //! execution ended at the step limit (its tail was never explored) and the
 //! program behaved deterministically.
+//!
+//! A part of the search ([`Dfs::shard`], [`SearchShard`]) takes only its
+//! own branches of the first node: the shards' executions partition the
+//! unsharded search's. A shard that owns no branch runs one execution that
+//! is not its own ([`Dfs::is_probe`]) and is finished.
 
 use super::super::{Outcome, ScheduleError, Strategy, TaskId};
-use super::Bound;
+use super::{Bound, SearchShard};
 
 #[derive(Clone, Debug)]
 struct Node {
@@ -36,6 +41,10 @@ pub struct Dfs {
     executions: u64,
     max_depth: usize,
     error: Option<ScheduleError>,
+    shard: Option<SearchShard>,
+    /// The current execution is not this shard's (it owns no branch).
+    probe: bool,
+    split_choices: Option<usize>,
 }
 
 impl Dfs {
@@ -54,6 +63,38 @@ impl Dfs {
             executions: 0,
             max_depth: 0,
             error: None,
+            shard: None,
+            probe: false,
+            split_choices: None,
+        }
+    }
+
+    /// This search takes only `shard`'s branches of the first node (see
+    /// the module documentation); a part of one is the whole search.
+    pub fn shard(mut self, shard: SearchShard) -> Self {
+        self.shard = (shard.count > 1).then_some(shard);
+        self
+    }
+
+    /// Whether the execution just run is not this shard's (to be neither
+    /// counted nor judged).
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Branches of the first node (1 for a program without decisions), once
+    /// known; `None` for a whole search.
+    pub fn split_choices(&self) -> Option<usize> {
+        self.split_choices
+    }
+
+    /// A sharded execution that ends without a decision: one branch, 0.
+    fn settle_split(&mut self) {
+        if let Some(sh) = self.shard
+            && self.split_choices.is_none()
+        {
+            self.split_choices = Some(1);
+            self.probe = !sh.owns(0);
         }
     }
 
@@ -112,10 +153,23 @@ impl Strategy for Dfs {
             return false;
         }
         if self.started {
+            if self.probe {
+                // A shard without a branch of its own.
+                self.exhausted = true;
+                return false;
+            }
             self.path.truncate(self.pos);
-            while let Some(n) = self.path.last_mut() {
-                if n.taken + 1 < n.options.len() {
-                    n.taken += 1;
+            loop {
+                // The first node of a part: its next own branch.
+                let step = match self.shard {
+                    Some(sh) if self.path.len() == 1 => sh.count,
+                    _ => 1,
+                };
+                let Some(n) = self.path.last_mut() else {
+                    break;
+                };
+                if n.taken + step < n.options.len() {
+                    n.taken += step;
                     break;
                 }
                 self.path.pop();
@@ -134,6 +188,9 @@ impl Strategy for Dfs {
     fn choose(&mut self, runnable: &[TaskId], current: Option<TaskId>, _step: u64) -> TaskId {
         let options = Self::options(runnable, current);
         let decision = self.pos;
+        if self.probe {
+            return options[0];
+        }
         if let Some(n) = self.path.get(decision) {
             if n.options != options {
                 self.error.get_or_insert(ScheduleError::Nondeterministic {
@@ -149,22 +206,47 @@ impl Strategy for Dfs {
             }
         }
         if decision >= self.max_decisions {
+            if decision == 0 && self.shard.is_some() {
+                // No node at all: one branch.
+                self.settle_split();
+                if self.probe {
+                    return options[0];
+                }
+            }
             self.hit_bound = true;
             return options[0];
         }
-        let first = options[0];
-        self.path.push(Node { options, taken: 0 });
+        let mut taken = 0;
+        if decision == 0
+            && let Some(sh) = self.shard
+        {
+            self.split_choices = Some(options.len());
+            if sh.index >= options.len() {
+                self.probe = true;
+                return options[0];
+            }
+            taken = sh.index;
+        }
+        let chosen = options[taken];
+        self.path.push(Node { options, taken });
         self.pos += 1;
-        first
+        chosen
     }
 
     fn on_outcome(&mut self, outcome: &Outcome) {
-        if *outcome == Outcome::StepLimit {
+        self.settle_split();
+        if *outcome == Outcome::StepLimit && !self.probe {
             self.hit_steps = true;
         }
     }
 
     fn end_execution(&mut self, _steps: u64) -> Result<(), ScheduleError> {
+        self.settle_split();
+        if self.probe {
+            self.executions -= 1;
+            self.error = None;
+            return Ok(());
+        }
         self.max_depth = self.max_depth.max(self.pos);
         if let Some(n) = self.path.get(self.pos)
             && self.error.is_none()

@@ -96,9 +96,26 @@
 //! runnable tasks means the program is not deterministic
 //! ([`Bound::Nondeterminism`]). [`Dpor::bounds_hit`] lists them; the search
 //! is exhaustive only when it is finished and the list is empty.
+//!
+//! # A part of the search ([`Dpor::shard`])
+//!
+//! The split node (the first decision, see [`SearchShard`]) gets every
+//! runnable task in its backtrack set from the start, in the order the
+//! unsharded search would try them (its first choice, then ascending ids),
+//! so no race is ever reversed there (nor above it: everything before it
+//! is forced). A shard explores its own choices; each earlier choice it
+//! does not own runs once as a probe, which records that choice's first
+//! segment so that it sleeps below the later ones exactly as in the
+//! unsharded search, and is otherwise ignored (no node below the split
+//! node, no race analysis, no counters). The subtree of each choice is then
+//! explored as the unsharded search explores it below a fully expanded
+//! root. When the unsharded search ends up trying every task at its first
+//! decision anyway (the usual case: the tasks there race), the shards run
+//! exactly its executions between them; otherwise they run more (the
+//! extra choices' subtrees), never fewer classes.
 
 use super::super::{Access, Outcome, ScheduleError, StepEvent, Strategy, TaskId};
-use super::Bound;
+use super::{Bound, SearchShard};
 
 /// What a task's next segment touches, for sleep sets.
 #[derive(Clone, Debug)]
@@ -183,6 +200,9 @@ pub struct DporStats {
     pub max_depth: usize,
     /// The most segments any execution had.
     pub max_events: usize,
+    /// Executions run only to learn a split choice another shard explores
+    /// ([`Dpor::shard`]); not in `executions`.
+    pub probes: u64,
 }
 
 /// Source-set DPOR with sleep sets (see the module documentation).
@@ -207,6 +227,14 @@ pub struct Dpor {
     nondeterministic: bool,
     error: Option<ScheduleError>,
     stats: DporStats,
+    /// The part of the search explored (`None`: all of it).
+    shard: Option<SearchShard>,
+    /// The current execution is a probe (see the module documentation).
+    probe: bool,
+    /// Choices at the split node, once the first execution has shown them.
+    split_choices: Option<usize>,
+    /// The split node's choice (index) of the current execution.
+    split_choice: Option<usize>,
 }
 
 impl Dpor {
@@ -230,6 +258,48 @@ impl Dpor {
             nondeterministic: false,
             error: None,
             stats: DporStats::default(),
+            shard: None,
+            probe: false,
+            split_choices: None,
+            split_choice: None,
+        }
+    }
+
+    /// This search explores only `shard`'s part of the tree (see the module
+    /// documentation); a part of one is the whole search, unchanged.
+    pub fn shard(mut self, shard: SearchShard) -> Self {
+        self.shard = (shard.count > 1).then_some(shard);
+        self
+    }
+
+    /// Whether the execution just run (or running) is a probe: not this
+    /// shard's, to be neither counted nor judged.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Choices at the split node (1 for a program without decisions), once
+    /// known; `None` before the first execution ended, and for a whole
+    /// search.
+    pub fn split_choices(&self) -> Option<usize> {
+        self.split_choices
+    }
+
+    /// The split node's choice (its index) of the current execution (`None`
+    /// for a whole search, or before the split node).
+    pub fn split_choice(&self) -> Option<usize> {
+        self.split_choice
+    }
+
+    /// A sharded execution that ends without having met a decision: the
+    /// program has one branch, choice 0.
+    fn settle_split(&mut self) {
+        if let Some(sh) = self.shard
+            && self.split_choices.is_none()
+        {
+            self.split_choices = Some(1);
+            self.split_choice = Some(0);
+            self.probe = !sh.owns(0);
         }
     }
 
@@ -370,6 +440,9 @@ impl Dpor {
         let Some(d) = self.events[i].node else {
             return; // forced: nothing else could run there
         };
+        if d == 0 && self.shard.is_some() {
+            return; // the split node: every choice is there already
+        }
         if super::super::engine::profiling() {
             let (a, b) = (&self.events[i].accesses, &self.events[j].accesses);
             for &(o, x) in a {
@@ -451,6 +524,7 @@ impl Dpor {
     fn advance(&mut self) -> bool {
         // The path below the last decision of the previous execution is
         // gone; the deepest node with an unexplored backtrack task is next.
+        self.probe = false;
         self.nodes.truncate(self.pos.min(self.nodes.len()));
         while let Some(d) = self.nodes.len().checked_sub(1) {
             let ev = self.nodes[d].event;
@@ -466,9 +540,28 @@ impl Dpor {
                     fresh_from: fresh,
                 });
             }
-            let next = node.backtrack.iter().copied().find(|q| {
+            let untried = |q: &TaskId| {
                 !node.done.iter().any(|s| s.task == *q) && !node.sleep.iter().any(|s| s.task == *q)
-            });
+            };
+            let next = match self.shard.filter(|_| d == 0) {
+                None => node.backtrack.iter().copied().find(untried),
+                Some(sh) => {
+                    // The split node: this shard's choices, and the others
+                    // before its last one as probes.
+                    let last = (0..node.backtrack.len()).rev().find(|&i| sh.owns(i));
+                    let found = node
+                        .backtrack
+                        .iter()
+                        .copied()
+                        .enumerate()
+                        .find(|(i, q)| Some(*i) <= last && untried(q));
+                    found.map(|(i, q)| {
+                        self.probe = !sh.owns(i);
+                        self.split_choice = Some(i);
+                        q
+                    })
+                }
+            };
             match next {
                 Some(q) => {
                     node.chosen = q;
@@ -524,7 +617,7 @@ impl Strategy for Dpor {
         let default = current
             .filter(|c| runnable.contains(c))
             .unwrap_or(runnable[0]);
-        if self.blocked_at.is_some() {
+        if self.blocked_at.is_some() || (self.probe && d > 0) {
             return default;
         }
         if let Some(node) = self.nodes.get(d) {
@@ -546,6 +639,13 @@ impl Strategy for Dpor {
             return node.chosen;
         }
         if d >= self.max_decisions {
+            if d == 0 && self.shard.is_some() {
+                // No node at all: one choice, the default.
+                self.settle_split();
+                if self.probe {
+                    return default;
+                }
+            }
             self.hit_depth = true;
             self.pos += 1;
             return default;
@@ -562,10 +662,23 @@ impl Strategy for Dpor {
                 }
             },
         };
+        let backtrack = match self.shard.filter(|_| d == 0) {
+            None => vec![chosen],
+            Some(sh) => {
+                // The split node: every task is a choice, the one the whole
+                // search runs first, then ascending ids.
+                let mut order = vec![chosen];
+                order.extend(runnable.iter().copied().filter(|&t| t != chosen));
+                self.split_choices = Some(order.len());
+                self.split_choice = Some(0);
+                self.probe = !sh.owns(0);
+                order
+            }
+        };
         self.nodes.push(Node {
             enabled: runnable.to_vec(),
             chosen,
-            backtrack: vec![chosen],
+            backtrack,
             done: Vec::new(),
             sleep: self.sleep.clone(),
             event: usize::MAX,
@@ -597,6 +710,16 @@ impl Strategy for Dpor {
         {
             n.event = idx;
         }
+        if self.probe {
+            // Only the split node's segment matters.
+            self.events.push(Ev {
+                task: ev.task,
+                accesses: ev.accesses.to_vec(),
+                fresh_from: ev.fresh_from,
+                node,
+            });
+            return;
+        }
         if self.blocked_at.is_none()
             && node.is_none()
             && let Some(t) = ev.task
@@ -617,14 +740,21 @@ impl Strategy for Dpor {
     }
 
     fn on_outcome(&mut self, outcome: &Outcome) {
-        if *outcome == Outcome::StepLimit {
+        self.settle_split();
+        if *outcome == Outcome::StepLimit && !self.probe {
             self.hit_steps = true;
         }
     }
 
     fn end_execution(&mut self, _steps: u64) -> Result<(), ScheduleError> {
-        self.stats.max_depth = self.stats.max_depth.max(self.pos);
-        self.stats.max_events = self.stats.max_events.max(self.events.len());
+        self.settle_split();
+        if self.probe {
+            self.stats.executions -= 1;
+            self.stats.probes += 1;
+        } else {
+            self.stats.max_depth = self.stats.max_depth.max(self.pos);
+            self.stats.max_events = self.stats.max_events.max(self.events.len());
+        }
         if self.error.is_none()
             && let Some(n) = self.nodes.get(self.pos)
         {
@@ -637,7 +767,7 @@ impl Strategy for Dpor {
         }
         if self.error.is_some() {
             self.nondeterministic = true;
-        } else {
+        } else if !self.probe {
             self.analyse();
         }
         self.error.take().map_or(Ok(()), Err)

@@ -10,7 +10,27 @@
 //!
 //! Randomised strategies derive each execution's generator from the seed
 //! and the execution's index, so execution `i` of a seed is the same
-//! whatever ran before it in the process.
+//! whatever ran before it in the process ([`Random`] only: [`Pct`] also
+//! learns the length of the executions before).
+//!
+//! # Splitting one search over several machines
+//!
+//! [`Dfs::shard`] and [`Dpor::shard`] make a search explore only its part
+//! ([`SearchShard`]) of the tree. The *split node* is the first decision of
+//! an execution (the engine asks a strategy only when at least two tasks
+//! can run, so everything before it is forced, and every shard replays the
+//! same forced prefix). Its choices, the task the unsharded search would
+//! run first and then the others by ascending id, are dealt round-robin:
+//! choice `i` is shard `i % count`'s. A shard explores the subtrees of its
+//! own choices, each exactly as the unsharded search would below a node
+//! whose every choice is explored; the union over the shards covers every
+//! execution class the unsharded search covers (DFS: the very same
+//! executions, partitioned). DPOR needs, below choice `i`, the earlier
+//! choices asleep with their first segments: a shard runs each earlier
+//! choice it does not own once, as a *probe* ([`Dpor::is_probe`]) that the
+//! caller neither counts nor judges. A program with no decision at all is
+//! one choice, shard 0's; a shard that owns no choice runs one probe and is
+//! finished (its part is empty, and exhaustive).
 
 mod dfs;
 mod dpor;
@@ -23,6 +43,37 @@ pub use dpor::{Dpor, DporStats};
 pub use pct::Pct;
 pub use random::Random;
 pub use replay::Replay;
+
+#[cfg(test)]
+mod shard_tests;
+
+/// Part `index` of a systematic search split into `count` parts (see the
+/// module documentation): the choices `i` at the split node with
+/// `i % count == index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SearchShard {
+    /// This part, `0..count`.
+    pub index: usize,
+    /// Number of parts, at least 1.
+    pub count: usize,
+}
+
+impl SearchShard {
+    /// Part `index` of `count`; `None` unless `index < count`.
+    pub fn new(index: usize, count: usize) -> Option<Self> {
+        (index < count).then_some(Self { index, count })
+    }
+
+    /// Whether choice `i` of the split node is this part's.
+    pub fn owns(&self, i: usize) -> bool {
+        i % self.count == self.index
+    }
+
+    /// How many of `choices` choices are this part's.
+    pub fn owned_of(&self, choices: usize) -> usize {
+        (0..choices).filter(|&i| self.owns(i)).count()
+    }
+}
 
 use rand::SeedableRng;
 use rand_pcg::Pcg64;
