@@ -167,6 +167,13 @@ pub trait FenceOps: Send + Sync + 'static {
     fn enable_signaling(&self, _fence: &Fence) -> bool {
         true
     }
+    /// True only when [`enable_signaling`](Self::enable_signaling) is the
+    /// default (does nothing, returns true): who enables signalling first
+    /// then changes nothing but the trace, and waiters that enable it are
+    /// not ordered against each other by the search. The default is false.
+    fn enable_signaling_is_noop(&self) -> bool {
+        false
+    }
     /// Polled by [`Fence::is_signaled`]: return true when the hardware has
     /// passed this point (the fence is then signalled).
     fn signaled(&self, _fence: &Fence) -> bool {
@@ -201,6 +208,10 @@ pub(crate) trait FenceImpl: Send + Sync + 'static {
     fn timeline_name(&self) -> &str;
     /// Returns false if the fence has already passed (then it is signalled).
     fn enable_signaling(&self, fence: &Fence) -> bool;
+    /// See [`FenceOps::enable_signaling_is_noop`].
+    fn enable_signaling_is_noop(&self) -> bool {
+        false
+    }
     fn signaled(&self, fence: &Fence) -> bool;
     fn set_deadline(&self, fence: &Fence, deadline_ns: u64);
     fn release(&self, context: u64, seqno: u64);
@@ -221,6 +232,9 @@ impl<O: FenceOps> FenceImpl for DriverImpl<O> {
     }
     fn enable_signaling(&self, fence: &Fence) -> bool {
         self.0.enable_signaling(fence)
+    }
+    fn enable_signaling_is_noop(&self) -> bool {
+        self.0.enable_signaling_is_noop()
     }
     fn signaled(&self, fence: &Fence) -> bool {
         self.0.signaled(fence)
@@ -261,6 +275,9 @@ impl FenceOps for NamedOps {
     }
     fn timeline_name(&self) -> &str {
         &self.timeline
+    }
+    fn enable_signaling_is_noop(&self) -> bool {
+        true
     }
 }
 
@@ -431,6 +448,9 @@ impl<T: FenceOps + ?Sized> FenceOps for Arc<T> {
     }
     fn enable_signaling(&self, fence: &Fence) -> bool {
         (**self).enable_signaling(fence)
+    }
+    fn enable_signaling_is_noop(&self) -> bool {
+        (**self).enable_signaling_is_noop()
     }
     fn signaled(&self, fence: &Fence) -> bool {
         (**self).signaled(fence)
@@ -775,6 +795,17 @@ impl Fence {
         }
     }
 
+    fn trace_enable_signal(&self) {
+        trace_event!(
+            "dma_fence_enable_signal",
+            "driver={} timeline={} context={} seqno={}",
+            self.0.imp.driver_name(),
+            self.0.imp.timeline_name(),
+            self.context(),
+            self.seqno()
+        );
+    }
+
     fn trace_signaled(&self) {
         trace_event!(
             "dma_fence_signaled",
@@ -790,6 +821,22 @@ impl Fence {
     /// fence (runs its `enable_signaling` once). Returns true if the fence is
     /// still pending afterwards.
     pub fn enable_sw_signaling(&self) -> bool {
+        if self.0.imp.enable_signaling_is_noop() {
+            // Nothing runs on the first enable but its trace row: the flag
+            // is set idempotently, so two waiters enabling one fence are
+            // not ordered against each other.
+            let (old, first) =
+                self.0
+                    .flags
+                    .set_idempotent(ENABLE_SIGNAL, SIGNALED, Ordering::AcqRel);
+            if old & SIGNALED != 0 {
+                return false;
+            }
+            if first {
+                self.trace_enable_signal();
+            }
+            return !self.test_signaled_flag();
+        }
         let old = self
             .0
             .flags
@@ -798,14 +845,7 @@ impl Fence {
             return false;
         }
         if old & ENABLE_SIGNAL == 0 {
-            trace_event!(
-                "dma_fence_enable_signal",
-                "driver={} timeline={} context={} seqno={}",
-                self.0.imp.driver_name(),
-                self.0.imp.timeline_name(),
-                self.context(),
-                self.seqno()
-            );
+            self.trace_enable_signal();
             if !self.0.imp.enable_signaling(self) {
                 let _ = self.signal_timestamp_internal(crate::sync::time::timestamp_ns());
                 return false;

@@ -17,23 +17,23 @@
 //!
 //! # Lock rules
 //!
-//! The slot lock is a leaf; the engine is called without it held.
+//! The slot is a [`SetOnce`]: set once by whoever releases the job, awaited
+//! by its submitter (so the search does not order a wait that finds it set
+//! against one that blocks until it is). The job lock is a leaf; the engine
+//! is called without it held.
 
 use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::atomic::{AtomicUsize, Ordering};
-use dmabuf_core::sync::{Arc, Condvar, Mutex};
+use dmabuf_core::sync::{Arc, Mutex, SetOnce};
 use dmabuf_core::{Fence, SignalHandle};
 use dmabuf_platform::{DmaEngine, DmaJob, JobOutcome, JobTicket};
 
-enum Slot {
-    Waiting,
-    Submitted(JobTicket),
-    Failed(Errno),
-}
+/// Empty while waiting; then the engine's ticket or the errno it refused
+/// the job with.
+type Slot = SetOnce<Result<JobTicket, Errno>>;
 
 struct Shared {
-    slot: Mutex<Slot>,
-    cv: Condvar,
+    slot: Slot,
     job: Mutex<Option<DmaJob>>,
     remaining: AtomicUsize,
     engine: DmaEngine,
@@ -47,12 +47,8 @@ impl Shared {
         let Some(job) = self.job.lock().take() else {
             return;
         };
-        let next = match self.engine.submit(job) {
-            Ok(t) => Slot::Submitted(t),
-            Err(e) => Slot::Failed(e.errno()),
-        };
-        *self.slot.lock() = next;
-        self.cv.notify_all();
+        self.slot
+            .set(self.engine.submit(job).map_err(|e| e.errno()));
     }
 }
 
@@ -80,17 +76,7 @@ impl PendingJob {
     pub fn wait(&self) -> Result<JobOutcome, Errno> {
         // The fence may signal before the submitter stored the ticket (the
         // engine can run the job first), so the slot is what we wait on.
-        let ticket = {
-            let mut s = self.shared.slot.lock();
-            loop {
-                match &*s {
-                    Slot::Waiting => s = self.shared.cv.wait(s),
-                    Slot::Submitted(t) => break t.clone(),
-                    Slot::Failed(e) => return Err(*e),
-                }
-            }
-        };
-        Ok(ticket.wait())
+        Ok(self.shared.slot.wait()?.wait())
     }
 
     /// Whether the job has finished (run or refused).
@@ -110,8 +96,7 @@ pub fn submit_after(
 ) -> PendingJob {
     job.fence = Some(handle);
     let shared = Arc::new(Shared {
-        slot: Mutex::new(Slot::Waiting),
-        cv: Condvar::new(),
+        slot: SetOnce::new(),
         job: Mutex::new(Some(job)),
         // One extra count, released below, so the job cannot be pushed
         // while dependencies are still being registered.

@@ -37,6 +37,12 @@ pub mod atomic {
         pub fn fetch_or(&self, bits: u32, observe: u32, o: Ordering) -> u32 {
             self.0.fetch_or(bits, o) & observe
         }
+        /// Sets `bits`: which bits of `observe` were set before, and
+        /// whether the word changed (see the std shim).
+        pub fn set_idempotent(&self, bits: u32, observe: u32, o: Ordering) -> (u32, bool) {
+            let old = self.0.fetch_or(bits, o);
+            (old & observe, old & bits != bits)
+        }
     }
 
     /// A reference count (see the std shim). Loom sees one atomic.

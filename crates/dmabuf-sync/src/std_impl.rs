@@ -187,6 +187,18 @@ pub mod atomic {
             sched::point_on_bits(self.addr(), observe, bits);
             self.0.fetch_or(bits, o) & observe
         }
+        /// Sets `bits` *idempotently*: returns which bits of `observe` were
+        /// set before, and whether this call changed the word. Under the
+        /// controlled scheduler two such sets of one bit are not ordered
+        /// (either order leaves the same word), so the second value may
+        /// differ between schedules the search treats as one: use it for
+        /// diagnostics (a trace row), never to decide what the caller does.
+        #[inline]
+        pub fn set_idempotent(&self, bits: u32, observe: u32, o: Ordering) -> (u32, bool) {
+            sched::point_on_bits_set(self.addr(), observe, bits);
+            let old = self.0.fetch_or(bits, o);
+            (old & observe, old & bits != bits)
+        }
         /// Exclusive access without synchronisation.
         pub fn get_mut(&mut self) -> &mut u32 {
             self.0.get_mut()

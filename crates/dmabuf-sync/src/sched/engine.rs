@@ -399,8 +399,13 @@ impl Execution {
         let mut w = 0;
         for r in 0..buf.len() {
             if w > 0 && buf[w - 1].0 == buf[r].0 {
-                if buf[r].1 == Access::Wake && buf[w - 1].1 == Access::Write {
-                    buf[w - 1].1 = Access::WakeWrite;
+                match (buf[w - 1].1, buf[r].1) {
+                    (Access::Write, Access::Wake) | (Access::Set, Access::Wake) => {
+                        buf[w - 1].1 = Access::WakeWrite;
+                    }
+                    // Observed and set: not idempotent any more.
+                    (Access::Set, Access::Read) => buf[w - 1].1 = Access::Write,
+                    _ => {}
                 }
                 continue;
             }

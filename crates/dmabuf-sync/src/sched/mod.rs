@@ -175,6 +175,10 @@ pub enum Access {
     /// Observes the object only (atomic load, `is_finished`, a `try_lock`
     /// observing the mutex's releases, being a member of a group).
     Read,
+    /// Sets bits it does not observe (an [`AtomicBits`](crate::atomic::AtomicBits)
+    /// idempotent set): a write for reads and writes, but two sets commute
+    /// (either order leaves the same word and neither saw the other).
+    Set,
     /// Changes it, or its waiters (store, read-modify-write, mutex
     /// acquisition and release, wait, notify, park, unpark, spawn, finish,
     /// stall).
@@ -191,7 +195,13 @@ impl Access {
     /// Whether it changes the object ([`Write`](Access::Write) or
     /// [`WakeWrite`](Access::WakeWrite)).
     pub fn writes(self) -> bool {
-        matches!(self, Access::Write | Access::WakeWrite)
+        matches!(self, Access::Write | Access::WakeWrite | Access::Set)
+    }
+
+    /// Whether two accesses of one object by different tasks conflict:
+    /// one writes, and they are not both idempotent sets.
+    pub fn conflicts(self, other: Access) -> bool {
+        (self.writes() || other.writes()) && !(self == Access::Set && other == Access::Set)
     }
 }
 
@@ -433,19 +443,31 @@ pub fn yield_point_on(addr: usize, access: Access) {
 #[inline(always)]
 pub fn point_on_bits(addr: usize, read: u32, write: u32) {
     if active() {
-        yield_point_on_bits(addr, read, write);
+        yield_point_on_bits(addr, read, write, 0);
     }
 }
 
-/// [`point_on_bits`] without the fast check.
-pub fn yield_point_on_bits(addr: usize, read: u32, write: u32) {
+/// [`point_on_bits`] for an operation that also sets the bits of `set`
+/// without observing them ([`Access::Set`]).
+#[inline(always)]
+pub fn point_on_bits_set(addr: usize, read: u32, set: u32) {
+    if active() {
+        yield_point_on_bits(addr, read, 0, set);
+    }
+}
+
+/// [`point_on_bits`] without the fast check; bits in `set` (and not in
+/// `read` or `write`) are idempotent sets ([`Access::Set`]).
+pub fn yield_point_on_bits(addr: usize, read: u32, write: u32, set: u32) {
     if let Some((e, me)) = engine::ctx() {
         let mut acc = [(ObjKey::Bit(addr, 0), Access::Read); 32];
         let mut n = 0;
         for b in 0..32u8 {
             let m = 1u32 << b;
-            let a = if write & m != 0 {
+            let a = if write & m != 0 || (set & m != 0 && read & m != 0) {
                 Access::Write
+            } else if set & m != 0 {
+                Access::Set
             } else if read & m != 0 {
                 Access::Read
             } else {

@@ -152,7 +152,7 @@ impl Sleeper {
                     return false;
                 }
             } else if let Ok(i) = self.accesses.binary_search_by_key(&o, |x| x.0)
-                && (a.writes() || self.accesses[i].1.writes())
+                && a.conflicts(self.accesses[i].1)
             {
                 return false;
             }
@@ -349,9 +349,11 @@ impl Dpor {
         let mut vc: Vec<Vec<u32>> = Vec::with_capacity(n);
         let mut last_of_task: Vec<Option<usize>> = vec![None; ntasks];
         let mut barrier: Vec<u32> = vec![0; ntasks];
-        // Per object: the last write and the reads since.
+        // Per object: the last write, the idempotent sets and the reads
+        // since.
         let mut last_write: Vec<Option<usize>> = Vec::new();
         let mut reads: Vec<Vec<usize>> = Vec::new();
+        let mut sets: Vec<Vec<usize>> = Vec::new();
         let mut cands: Vec<usize> = Vec::new();
         let mut wakers: Vec<usize> = Vec::new();
         for j in 0..n {
@@ -378,6 +380,7 @@ impl Dpor {
                 if last_write.len() <= o {
                     last_write.resize(o + 1, None);
                     reads.resize(o + 1, Vec::new());
+                    sets.resize(o + 1, Vec::new());
                 }
                 let consider = |i: usize, cands: &mut Vec<usize>| {
                     let Some(ti) = self.events[i].task else {
@@ -392,19 +395,31 @@ impl Dpor {
                     if let Some(w) = last_write[o] {
                         wakers.push(w);
                     }
+                    wakers.extend_from_slice(&sets[o]);
                     if a == Access::Wake {
                         continue;
                     }
                 } else if let Some(w) = last_write[o] {
                     consider(w, &mut cands);
                 }
-                if a.writes() {
+                if a == Access::Set {
+                    // Races with the reads since the last write, not with
+                    // the other sets.
                     for &r in &reads[o] {
+                        consider(r, &mut cands);
+                    }
+                    sets[o].push(j);
+                } else if a.writes() {
+                    for &r in reads[o].iter().chain(&sets[o]) {
                         consider(r, &mut cands);
                     }
                     last_write[o] = Some(j);
                     reads[o].clear();
+                    sets[o].clear();
                 } else {
+                    for &x in &sets[o] {
+                        consider(x, &mut cands);
+                    }
                     reads[o].push(j);
                 }
             }
@@ -447,7 +462,7 @@ impl Dpor {
             let (a, b) = (&self.events[i].accesses, &self.events[j].accesses);
             for &(o, x) in a {
                 if let Some(&(_, y)) = b.iter().find(|p| p.0 == o)
-                    && (x.writes() || y.writes())
+                    && x.conflicts(y)
                     && x != Access::Wake
                     && y != Access::Wake
                 {
