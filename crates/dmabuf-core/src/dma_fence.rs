@@ -1151,22 +1151,21 @@ impl Drop for SignalHandle {
     }
 }
 
-/// A thread waiting for an event: a flag plus the thread to unpark.
+/// A thread waiting for an event: the thread to unpark. Whoever wakes it
+/// has made the waited-for condition true first; the waiter re-checks the
+/// condition after every wake-up (spurious ones included).
 pub(crate) struct Waiter {
-    woken: crate::sync::atomic::AtomicBool,
     thread: thread::Thread,
 }
 
 impl Waiter {
     pub(crate) fn new() -> Self {
         Self {
-            woken: crate::sync::atomic::AtomicBool::new(false),
             thread: thread::current(),
         }
     }
 
     pub(crate) fn wake(&self) {
-        self.woken.store(true, Ordering::Release);
         self.thread.unpark();
     }
 
@@ -1202,7 +1201,6 @@ impl Waiter {
                     thread::park_timeout(Duration::from_nanos(d - now));
                 }
             }
-            self.woken.store(false, Ordering::Relaxed);
         }
     }
 }

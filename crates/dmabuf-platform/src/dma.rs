@@ -1120,7 +1120,15 @@ impl DmaEngine {
         if !on {
             return self.stop_readahead();
         }
-        self.inner.ra.lock().enabled = true;
+        if self.inner.ra_on.load(Ordering::Acquire) {
+            // Already on: nothing to do (a driver turns it on at every
+            // submission), and no write for the engine's reads to race with.
+            return;
+        }
+        // Both under the lock, as `stop_readahead` clears them: `ra_on`
+        // never says on while the window is off.
+        let mut ra = self.inner.ra.lock();
+        ra.enabled = true;
         self.inner.ra_on.store(true, Ordering::Release);
     }
 
