@@ -60,6 +60,12 @@
 //!   acquisition was explored twice (tried-blocked-woken, and
 //!   acquired-after-the-release); `locked_counter(n)` now runs exactly n!
 //!   executions (`sched/tests.rs`).
+//! * Declared commuting by the code: the bits of an
+//!   [`AtomicBits`](crate::atomic::AtomicBits) word are objects of their
+//!   own; two idempotent sets ([`Access::Set`]) of one bit do not race
+//!   (they race with reads and writes of it); a
+//!   [`RefCount`](crate::atomic::RefCount)'s gets and its puts far from zero
+//!   are reads of the count, so they do not race with each other.
 //! * Not reduced, conservatively ordered: every access to one object by a
 //!   writer (a failed compare-exchange counts as a write; a mutex acquire
 //!   and release are writes of the mutex).
@@ -85,6 +91,10 @@
 //!   (`DPOR-OBJ <n> <key> <fn <- fn ...>`) and this strategy every race it
 //!   reverses (`DPOR-RACE <n> <task><access>@<segment> ...`): counting the
 //!   races per object shows where a search's executions come from.
+//!   `DMABUF_DPOR_TRACE` (slow: a backtrace per access) also prints every
+//!   access with the code that made it (`DPOR-ACC <segment> <task>
+//!   <object> <access> <fn <- fn ...>`), so each race can be joined with
+//!   the code on both of its sides.
 //! * Untracked shared state (plain memory shared without the shim, real
 //!   threads outside the execution) is invisible, as for every strategy.
 //!
