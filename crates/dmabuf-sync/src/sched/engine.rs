@@ -449,14 +449,14 @@ impl Execution {
     }
 
     /// Records an access of the running segment of `me`.
-    pub(super) fn access(&self, _me: TaskId, k: ObjKey, a: Access) {
+    pub(super) fn access(&self, me: TaskId, k: ObjKey, a: Access) {
         let mut st = self.lock();
         if st.record {
             if profiling() && !st.descr.contains_key(&k) {
                 st.descr.insert(k, caller_summary());
             }
             if tracing() {
-                st.callers.insert((k, _me, a), caller_summary());
+                st.callers.insert((k, me, a), caller_summary());
             }
             st.cur.push((k, a));
         }
