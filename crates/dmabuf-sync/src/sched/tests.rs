@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// What one execution observed: per task name, what it recorded. Kept in a
 /// real (non-shim) mutex, so recording is not an operation of the model.
-type Seen = Arc<std::sync::Mutex<BTreeMap<String, String>>>;
+pub(super) type Seen = Arc<std::sync::Mutex<BTreeMap<String, String>>>;
 
-fn record(seen: &Seen, who: &str, what: String) {
+pub(super) fn record(seen: &Seen, who: &str, what: String) {
     seen.lock().unwrap().insert(who.to_owned(), what);
 }
 
@@ -103,7 +103,7 @@ fn own_atomics(n: usize, k: usize) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> 
 /// what each swap returned: every interleaving is a different trace and a
 /// different outcome. Task `b` panics when it saw exactly the alternation
 /// a1 b1 a2 b2 ... (one interleaving among C(2k, k)) if `plant` is set.
-fn conflicting(k: usize, plant: bool) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+pub(super) fn conflicting(k: usize, plant: bool) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
     move |seen| {
         Box::new(move || {
             let x = Arc::new(AtomicUsize::new(0));

@@ -19,7 +19,7 @@
 //! is not its own ([`Dfs::is_probe`]) and is finished.
 
 use super::super::{Outcome, ScheduleError, Strategy, TaskId};
-use super::{Bound, SearchShard};
+use super::{Bound, PartState, SearchShard};
 
 #[derive(Clone, Debug)]
 struct Node {
@@ -41,10 +41,8 @@ pub struct Dfs {
     executions: u64,
     max_depth: usize,
     error: Option<ScheduleError>,
-    shard: Option<SearchShard>,
-    /// The current execution is not this shard's (it owns no branch).
-    probe: bool,
-    split_choices: Option<usize>,
+    /// The part of the search explored.
+    part: PartState,
 }
 
 impl Dfs {
@@ -63,39 +61,27 @@ impl Dfs {
             executions: 0,
             max_depth: 0,
             error: None,
-            shard: None,
-            probe: false,
-            split_choices: None,
+            part: PartState::default(),
         }
     }
 
     /// This search takes only `shard`'s branches of the first node (see
     /// the module documentation); a part of one is the whole search.
     pub fn shard(mut self, shard: SearchShard) -> Self {
-        self.shard = (shard.count > 1).then_some(shard);
+        self.part = PartState::of(shard);
         self
     }
 
     /// Whether the execution just run is not this shard's (to be neither
     /// counted nor judged).
     pub fn is_probe(&self) -> bool {
-        self.probe
+        self.part.probe
     }
 
     /// Branches of the first node (1 for a program without decisions), once
     /// known; `None` for a whole search.
     pub fn split_choices(&self) -> Option<usize> {
-        self.split_choices
-    }
-
-    /// A sharded execution that ends without a decision: one branch, 0.
-    fn settle_split(&mut self) {
-        if let Some(sh) = self.shard
-            && self.split_choices.is_none()
-        {
-            self.split_choices = Some(1);
-            self.probe = !sh.owns(0);
-        }
+        self.part.split_choices
     }
 
     /// The bounds some execution hit so far (empty and
@@ -153,7 +139,7 @@ impl Strategy for Dfs {
             return false;
         }
         if self.started {
-            if self.probe {
+            if self.part.probe {
                 // A shard without a branch of its own.
                 self.exhausted = true;
                 return false;
@@ -161,7 +147,7 @@ impl Strategy for Dfs {
             self.path.truncate(self.pos);
             loop {
                 // The first node of a part: its next own branch.
-                let step = match self.shard {
+                let step = match self.part.shard {
                     Some(sh) if self.path.len() == 1 => sh.count,
                     _ => 1,
                 };
@@ -188,7 +174,7 @@ impl Strategy for Dfs {
     fn choose(&mut self, runnable: &[TaskId], current: Option<TaskId>, _step: u64) -> TaskId {
         let options = Self::options(runnable, current);
         let decision = self.pos;
-        if self.probe {
+        if self.part.probe {
             return options[0];
         }
         if let Some(n) = self.path.get(decision) {
@@ -206,10 +192,10 @@ impl Strategy for Dfs {
             }
         }
         if decision >= self.max_decisions {
-            if decision == 0 && self.shard.is_some() {
+            if decision == 0 && self.part.shard.is_some() {
                 // No node at all: one branch.
-                self.settle_split();
-                if self.probe {
+                self.part.settle();
+                if self.part.probe {
                     return options[0];
                 }
             }
@@ -218,11 +204,11 @@ impl Strategy for Dfs {
         }
         let mut taken = 0;
         if decision == 0
-            && let Some(sh) = self.shard
+            && let Some(sh) = self.part.shard
         {
-            self.split_choices = Some(options.len());
+            self.part.split_choices = Some(options.len());
             if sh.index >= options.len() {
-                self.probe = true;
+                self.part.probe = true;
                 return options[0];
             }
             taken = sh.index;
@@ -234,15 +220,15 @@ impl Strategy for Dfs {
     }
 
     fn on_outcome(&mut self, outcome: &Outcome) {
-        self.settle_split();
-        if *outcome == Outcome::StepLimit && !self.probe {
+        self.part.settle();
+        if *outcome == Outcome::StepLimit && !self.part.probe {
             self.hit_steps = true;
         }
     }
 
     fn end_execution(&mut self, _steps: u64) -> Result<(), ScheduleError> {
-        self.settle_split();
-        if self.probe {
+        self.part.settle();
+        if self.part.probe {
             self.executions -= 1;
             self.error = None;
             return Ok(());

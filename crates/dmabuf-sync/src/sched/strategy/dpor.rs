@@ -125,7 +125,7 @@
 //! extra choices' subtrees), never fewer classes.
 
 use super::super::{Access, Outcome, ScheduleError, StepEvent, Strategy, TaskId};
-use super::{Bound, SearchShard};
+use super::{Bound, PartState, SearchShard};
 
 /// What a task's next segment touches, for sleep sets.
 #[derive(Clone, Debug)]
@@ -237,12 +237,8 @@ pub struct Dpor {
     nondeterministic: bool,
     error: Option<ScheduleError>,
     stats: DporStats,
-    /// The part of the search explored (`None`: all of it).
-    shard: Option<SearchShard>,
-    /// The current execution is a probe (see the module documentation).
-    probe: bool,
-    /// Choices at the split node, once the first execution has shown them.
-    split_choices: Option<usize>,
+    /// The part of the search explored.
+    part: PartState,
     /// The split node's choice (index) of the current execution.
     split_choice: Option<usize>,
 }
@@ -268,9 +264,7 @@ impl Dpor {
             nondeterministic: false,
             error: None,
             stats: DporStats::default(),
-            shard: None,
-            probe: false,
-            split_choices: None,
+            part: PartState::default(),
             split_choice: None,
         }
     }
@@ -278,21 +272,21 @@ impl Dpor {
     /// This search explores only `shard`'s part of the tree (see the module
     /// documentation); a part of one is the whole search, unchanged.
     pub fn shard(mut self, shard: SearchShard) -> Self {
-        self.shard = (shard.count > 1).then_some(shard);
+        self.part = PartState::of(shard);
         self
     }
 
     /// Whether the execution just run (or running) is a probe: not this
     /// shard's, to be neither counted nor judged.
     pub fn is_probe(&self) -> bool {
-        self.probe
+        self.part.probe
     }
 
     /// Choices at the split node (1 for a program without decisions), once
     /// known; `None` before the first execution ended, and for a whole
     /// search.
     pub fn split_choices(&self) -> Option<usize> {
-        self.split_choices
+        self.part.split_choices
     }
 
     /// The split node's choice (its index) of the current execution (`None`
@@ -304,12 +298,8 @@ impl Dpor {
     /// A sharded execution that ends without having met a decision: the
     /// program has one branch, choice 0.
     fn settle_split(&mut self) {
-        if let Some(sh) = self.shard
-            && self.split_choices.is_none()
-        {
-            self.split_choices = Some(1);
+        if self.part.settle() {
             self.split_choice = Some(0);
-            self.probe = !sh.owns(0);
         }
     }
 
@@ -465,7 +455,7 @@ impl Dpor {
         let Some(d) = self.events[i].node else {
             return; // forced: nothing else could run there
         };
-        if d == 0 && self.shard.is_some() {
+        if d == 0 && self.part.shard.is_some() {
             return; // the split node: every choice is there already
         }
         if super::super::engine::profiling() {
@@ -549,7 +539,7 @@ impl Dpor {
     fn advance(&mut self) -> bool {
         // The path below the last decision of the previous execution is
         // gone; the deepest node with an unexplored backtrack task is next.
-        self.probe = false;
+        self.part.probe = false;
         self.nodes.truncate(self.pos.min(self.nodes.len()));
         while let Some(d) = self.nodes.len().checked_sub(1) {
             let ev = self.nodes[d].event;
@@ -568,7 +558,7 @@ impl Dpor {
             let untried = |q: &TaskId| {
                 !node.done.iter().any(|s| s.task == *q) && !node.sleep.iter().any(|s| s.task == *q)
             };
-            let next = match self.shard.filter(|_| d == 0) {
+            let next = match self.part.shard.filter(|_| d == 0) {
                 None => node.backtrack.iter().copied().find(untried),
                 Some(sh) => {
                     // The split node: this shard's choices, and the others
@@ -581,7 +571,7 @@ impl Dpor {
                         .enumerate()
                         .find(|(i, q)| Some(*i) <= last && untried(q));
                     found.map(|(i, q)| {
-                        self.probe = !sh.owns(i);
+                        self.part.probe = !sh.owns(i);
                         self.split_choice = Some(i);
                         q
                     })
@@ -642,7 +632,7 @@ impl Strategy for Dpor {
         let default = current
             .filter(|c| runnable.contains(c))
             .unwrap_or(runnable[0]);
-        if self.blocked_at.is_some() || (self.probe && d > 0) {
+        if self.blocked_at.is_some() || (self.part.probe && d > 0) {
             return default;
         }
         if let Some(node) = self.nodes.get(d) {
@@ -664,10 +654,10 @@ impl Strategy for Dpor {
             return node.chosen;
         }
         if d >= self.max_decisions {
-            if d == 0 && self.shard.is_some() {
+            if d == 0 && self.part.shard.is_some() {
                 // No node at all: one choice, the default.
                 self.settle_split();
-                if self.probe {
+                if self.part.probe {
                     return default;
                 }
             }
@@ -687,16 +677,16 @@ impl Strategy for Dpor {
                 }
             },
         };
-        let backtrack = match self.shard.filter(|_| d == 0) {
+        let backtrack = match self.part.shard.filter(|_| d == 0) {
             None => vec![chosen],
             Some(sh) => {
                 // The split node: every task is a choice, the one the whole
                 // search runs first, then ascending ids.
                 let mut order = vec![chosen];
                 order.extend(runnable.iter().copied().filter(|&t| t != chosen));
-                self.split_choices = Some(order.len());
+                self.part.split_choices = Some(order.len());
                 self.split_choice = Some(0);
-                self.probe = !sh.owns(0);
+                self.part.probe = !sh.owns(0);
                 order
             }
         };
@@ -735,7 +725,7 @@ impl Strategy for Dpor {
         {
             n.event = idx;
         }
-        if self.probe {
+        if self.part.probe {
             // Only the split node's segment matters.
             self.events.push(Ev {
                 task: ev.task,
@@ -766,14 +756,14 @@ impl Strategy for Dpor {
 
     fn on_outcome(&mut self, outcome: &Outcome) {
         self.settle_split();
-        if *outcome == Outcome::StepLimit && !self.probe {
+        if *outcome == Outcome::StepLimit && !self.part.probe {
             self.hit_steps = true;
         }
     }
 
     fn end_execution(&mut self, _steps: u64) -> Result<(), ScheduleError> {
         self.settle_split();
-        if self.probe {
+        if self.part.probe {
             self.stats.executions -= 1;
             self.stats.probes += 1;
         } else {
@@ -792,7 +782,7 @@ impl Strategy for Dpor {
         }
         if self.error.is_some() {
             self.nondeterministic = true;
-        } else if !self.probe {
+        } else if !self.part.probe {
             self.analyse();
         }
         self.error.take().map_or(Ok(()), Err)

@@ -75,6 +75,39 @@ impl SearchShard {
     }
 }
 
+/// Where a search stands in its part of a split search (shared by the
+/// systematic strategies): the part, whether the running execution is not
+/// the part's own (a probe), and the split node's branches once known.
+#[derive(Clone, Copy, Debug, Default)]
+struct PartState {
+    shard: Option<SearchShard>,
+    probe: bool,
+    split_choices: Option<usize>,
+}
+
+impl PartState {
+    /// `shard`'s part; a part of one is the whole search.
+    fn of(shard: SearchShard) -> Self {
+        Self {
+            shard: (shard.count > 1).then_some(shard),
+            ..Self::default()
+        }
+    }
+
+    /// A sharded execution that ended without a decision: the program has
+    /// one branch, 0. True when this settled it.
+    fn settle(&mut self) -> bool {
+        match self.shard {
+            Some(sh) if self.split_choices.is_none() => {
+                self.split_choices = Some(1);
+                self.probe = !sh.owns(0);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 use rand::SeedableRng;
 use rand_pcg::Pcg64;
 

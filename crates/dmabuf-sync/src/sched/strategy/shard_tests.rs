@@ -4,44 +4,17 @@
 //! part is exhaustive, and a planted bug is found by exactly the part that
 //! owns its branch of the split node.
 
+use super::super::tests::{Seen, conflicting, record};
 use super::super::{Outcome, RunConfig, Strategy, run};
 use super::{Dfs, Dpor, SearchShard};
 use crate::atomic::{AtomicUsize, Ordering::SeqCst};
 use crate::{Arc, thread};
-use std::collections::{BTreeMap, BTreeSet};
-
-/// What one execution recorded (per task name), kept outside the model.
-type Seen = Arc<std::sync::Mutex<BTreeMap<String, String>>>;
+use std::collections::BTreeSet;
 
 /// One execution's records and whether it panicked.
 type Observed = (Vec<(String, String)>, bool);
 
 type Prog = dyn Fn(Seen) -> Box<dyn FnOnce() + Send>;
-
-fn record(seen: &Seen, who: &str, what: String) {
-    seen.lock().unwrap().insert(who.to_owned(), what);
-}
-
-/// Two tasks each swapping `k` values into one atomic: C(2k, k) traces,
-/// each its own outcome. `b` panics on the strict alternation a1 b1 a2 b2
-/// ... when `plant` is set (one trace among them).
-fn conflicting(k: usize, plant: bool) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
-    move |seen| {
-        Box::new(move || {
-            let x = Arc::new(AtomicUsize::new(0));
-            for (name, base) in [("a", 1), ("b", 100)] {
-                let (x, seen) = (x.clone(), seen.clone());
-                thread::spawn(move || {
-                    let got: Vec<usize> = (0..k).map(|i| x.swap(base + i, SeqCst)).collect();
-                    record(&seen, name, format!("{got:?}"));
-                    if plant && name == "b" && got == (1..=k).collect::<Vec<_>>() {
-                        panic!("planted bug: strict alternation");
-                    }
-                });
-            }
-        })
-    }
-}
 
 /// `main` spawns `a`, then `b`; each claims a slot by compare-exchange,
 /// and `b` winning is the bug (about half the interleavings).
