@@ -294,6 +294,19 @@ pub fn proved_cells(m: &Matrix) -> (usize, usize) {
     (proved, acc.len())
 }
 
+/// Accepted cells that are *decided*: every property proved, or violated
+/// (with a counterexample to replay).
+pub fn decided_cells(m: &Matrix) -> usize {
+    m.cells
+        .iter()
+        .filter(|c| c.refused.is_none())
+        .filter(|c| {
+            !c.report.properties.is_empty()
+                && c.report.properties.iter().all(|p| p.proved() || !p.holds())
+        })
+        .count()
+}
+
 /// One-letter codes for the human table.
 pub fn code(p: Property) -> char {
     p.code()

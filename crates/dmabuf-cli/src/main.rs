@@ -1346,6 +1346,7 @@ fn run_matrix(
         }
     }
     let (proved_cells, accepted) = matrix::proved_cells(&m);
+    let decided_cells = matrix::decided_cells(&m);
     let props = m
         .cells
         .iter()
@@ -1378,6 +1379,7 @@ fn run_matrix(
                 "proof-jobs": opts.proof.map(|p| p.jobs),
                 "cells-accepted": accepted,
                 "cells-proved": proved_cells,
+                "cells-decided": decided_cells,
                 "properties-judged": judged,
                 "properties-proved": proved_props,
             })
@@ -1396,7 +1398,8 @@ fn run_matrix(
             println!(
                 "\nproved: properties proved by an exhaustive DPOR search of the cell with {} DMA job(s) \
                  (at most {} executions per mode), of those judged; the others are sampled.\n\
-                 {proved_cells} of {accepted} accepted cells proved in full; {proved_props} of {judged} property verdicts proved",
+                 {proved_cells} of {accepted} accepted cells proved in full, {decided_cells} decided (every property proved or violated); \
+                 {proved_props} of {judged} property verdicts proved",
                 p.jobs, p.budget
             );
         }
@@ -1703,6 +1706,7 @@ fn merge_matrix(parts: &[(PathBuf, Value)]) -> Result<Value, String> {
         for f in [
             "cells-accepted",
             "cells-proved",
+            "cells-decided",
             "properties-judged",
             "properties-proved",
         ] {
@@ -2046,7 +2050,7 @@ fn merge(files: &[PathBuf], json: bool) -> ExitCode {
     } else if is_matrix(&merged) {
         let n = |f: &str| merged.get(f).and_then(Value::as_u64).unwrap_or(0);
         println!(
-            "merged {} shards: {} cells ({} accepted, {} proved in full; {} of {} property verdicts proved), {} runs",
+            "merged {} shards: {} cells ({} accepted, {} proved in full, {} decided; {} of {} property verdicts proved), {} runs",
             parts.len(),
             merged
                 .get("cells")
@@ -2054,6 +2058,7 @@ fn merge(files: &[PathBuf], json: bool) -> ExitCode {
                 .map_or(0, Vec::len),
             n("cells-accepted"),
             n("cells-proved"),
+            n("cells-decided"),
             n("properties-proved"),
             n("properties-judged"),
             n("runs"),

@@ -940,7 +940,16 @@ impl WwMutex {
 
     #[inline]
     pub(crate) fn is_held_by(&self, me: u64) -> bool {
-        self.is_locked() && self.owner.load(Ordering::Relaxed) == me
+        // `owner == me` becomes true and false only through the caller's
+        // own lock and unlock (the owner is stored while the lock bit is
+        // set, and cleared before it is released), so no other task can
+        // change the answer: not a scheduling point, and not ordered
+        // against other tasks' locks and unlocks by the search.
+        #[cfg(not(loom))]
+        let owner = self.owner.load_direct(Ordering::Relaxed);
+        #[cfg(loom)]
+        let owner = self.owner.load(Ordering::Relaxed);
+        owner == me
     }
 
     /// `dma_resv_locking_ctx`: the stamp of the context holding the lock,

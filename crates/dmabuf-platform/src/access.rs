@@ -249,7 +249,7 @@ impl Fabric {
                 let owner = cur & MMIO_OWNER_MASK;
                 if owner == 0 {
                     let was = t.expected.map_or(0, |e| e & MMIO_OWNER_MASK);
-                    let gone = was != 0 && self.pci.flags(was as u32 - 1) & F_UNPLUGGED != 0;
+                    let gone = was != 0 && self.pci.flags(was as u32 - 1, F_UNPLUGGED) != 0;
                     aer = Some(if gone {
                         AerReason::Unplugged
                     } else {
@@ -273,7 +273,9 @@ impl Fabric {
                         });
                     }
                     let dev = owner as u32 - 1;
-                    let f = self.pci.flags(dev);
+                    let f = self
+                        .pci
+                        .flags(dev, F_UNPLUGGED | F_RESET | F_D3HOT | F_DECODE);
                     aer = if f & F_UNPLUGGED != 0 {
                         Some(AerReason::Unplugged)
                     } else if f & F_RESET != 0 {

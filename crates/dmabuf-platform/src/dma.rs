@@ -416,7 +416,10 @@ impl DmaPort {
     }
 
     fn can_master(&self) -> Result<(), DmaFault> {
-        let f = self.fabric.pci.flags(self.device.0);
+        let f = self.fabric.pci.flags(
+            self.device.0,
+            F_PRESENT | F_UNPLUGGED | F_RESET | F_D3HOT | F_MASTER,
+        );
         let device = self.device;
         if f & F_PRESENT == 0 || f & F_UNPLUGGED != 0 {
             return Err(DmaFault::DeviceGone { device });

@@ -59,9 +59,24 @@
 //! # Order and time
 //!
 //! Every hazard and every declaration takes the next number of a
-//! per-platform sequence (`seq`), so hazards order against declarations.
-//! The global trace log has its own order: each hazard is also emitted as a
-//! `hazard` trace event carrying `mseq`, which ties the two together.
+//! per-platform sequence (`seq`), which orders them for reports. The global
+//! trace log has its own order: each hazard is also emitted as a `hazard`
+//! trace event carrying `mseq`, which ties the two together.
+//!
+//! The numbering, the hazard and reuse logs and the exporter registry are
+//! the monitor's own bookkeeping, not part of the system under test: they
+//! use plain (std and `parking_lot`) primitives, never a scheduling point,
+//! so the checker's partial-order reduction does not order two tasks'
+//! records against each other (an engine's speculative read and a revoke's
+//! stamp). What a verdict rests on is tracked: the page words an access
+//! reads and a stamp writes, the device flags, a token's `unmapped` flag,
+//! and the list of live mappings a reuse event consults (each change and
+//! each read of it is reported to the scheduler as an access of that list).
+//! Hence no verdict may depend on the relative numbers of two records: a
+//! hazard's class says what it broke, as the page words said at the access.
+//! The log keeps `max_hazards` records; which ones, once it is full, would
+//! depend on the schedule (the platform's default is far above what any
+//! controlled run reaches).
 //!
 //! # Lock rules
 //!
@@ -76,8 +91,8 @@ use crate::memory::{PAGE_SIZE, PhysMemory};
 use crate::pci::DeviceId;
 use crate::trace;
 use dmabuf_core::errno::{self, AsErrno, Errno};
-use dmabuf_core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use dmabuf_core::sync::{Arc, Mutex};
+use dmabuf_core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering, global};
+use dmabuf_core::sync::{Arc, sched};
 use dmabuf_core::trace_event;
 use std::fmt;
 
@@ -588,16 +603,18 @@ struct ExporterInfo {
 pub(crate) struct MonitorInner {
     pub(crate) mem: Arc<PhysMemory>,
     pub(crate) enabled: AtomicBool,
-    seq: AtomicU64,
-    hazards: Mutex<Vec<Hazard>>,
-    dropped: AtomicU64,
+    // Bookkeeping (see "Order and time"): plain primitives, never a
+    // scheduling point, and nothing is taken under the locks.
+    seq: global::AtomicU64,
+    hazards: parking_lot::Mutex<Vec<Hazard>>,
+    dropped: global::AtomicU64,
     max_hazards: usize,
-    exporters: Mutex<Vec<ExporterInfo>>,
+    exporters: parking_lot::Mutex<Vec<ExporterInfo>>,
     next_mapping: AtomicU64,
     live_mappings: AtomicI64,
-    // Plain locks: keeping the registry and the reuse log must never be a
-    // scheduling point (it would add branches to every map), and nothing is
-    // taken under them.
+    // A plain lock, but every change and read of the list is reported as
+    // an access of it (`live_access`): a reuse event's list of outstanding
+    // mappings is part of a verdict.
     live: parking_lot::Mutex<Vec<Arc<MappingRecord>>>,
     reuse: parking_lot::Mutex<Vec<ReuseEvent>>,
 }
@@ -620,6 +637,18 @@ impl fmt::Debug for Monitor {
 impl MonitorInner {
     pub(crate) fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// Reports a change (`write`) or a read of the live-mapping list to the
+    /// controlled scheduler, as an access of the list by the caller's
+    /// running segment (the list lock itself is not a scheduling point).
+    fn live_access(&self, write: bool) {
+        let a = if write {
+            sched::Access::Write
+        } else {
+            sched::Access::Read
+        };
+        sched::access(std::ptr::from_ref(&self.live) as usize, a);
     }
 
     /// Appends a hazard (fills in `seq` and `ts_ns`) and traces it.
@@ -669,11 +698,11 @@ impl Monitor {
             inner: Arc::new(MonitorInner {
                 mem,
                 enabled: AtomicBool::new(enabled),
-                seq: AtomicU64::new(0),
-                hazards: Mutex::new(Vec::new()),
-                dropped: AtomicU64::new(0),
+                seq: global::AtomicU64::new(0),
+                hazards: parking_lot::Mutex::new(Vec::new()),
+                dropped: global::AtomicU64::new(0),
                 max_hazards,
-                exporters: Mutex::new(Vec::new()),
+                exporters: parking_lot::Mutex::new(Vec::new()),
                 next_mapping: AtomicU64::new(1),
                 live_mappings: AtomicI64::new(0),
                 live: parking_lot::Mutex::new(Vec::new()),
@@ -814,6 +843,7 @@ impl Monitor {
             declared_seq: seq,
         });
         self.inner.live.lock().push(rec.clone());
+        self.inner.live_access(true);
         Ok(MappingToken(rec))
     }
 
@@ -824,6 +854,7 @@ impl Monitor {
         }
         self.inner.live_mappings.fetch_sub(1, Ordering::AcqRel);
         self.inner.live.lock().retain(|r| r.id != token.0.id);
+        self.inner.live_access(true);
         let seq = self.inner.next_seq();
         trace_event!(
             trace::MONITOR_UNMAP,
@@ -922,6 +953,7 @@ impl Monitor {
     /// were not declared unmapped (the `sg` entries of a [`ReuseEvent`]).
     pub(crate) fn outstanding_sg(&self, ranges: &[PhysRange]) -> Vec<Outstanding> {
         let live = self.inner.live.lock().clone();
+        self.inner.live_access(false);
         let mut out = Vec::new();
         for r in live {
             if r.unmapped.load(Ordering::Acquire) {

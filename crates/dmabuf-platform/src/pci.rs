@@ -36,8 +36,11 @@
 //!
 //! # Lock rules
 //!
-//! Device flags are one atomic word per device slot, read lock-free on every
-//! BAR access. Multi-step transitions (reset, unplug) take the device's
+//! Device flags are one word of independent bits per device slot
+//! (`AtomicBits`), read lock-free on every BAR access; each reader names the
+//! bits it needs, so under the controlled scheduler a DMA engine's
+//! reachability check (present, unplugged) is not ordered against another
+//! device's decode being turned off. Multi-step transitions (reset, unplug) take the device's
 //! config lock; plug/unplug and BAR assignment take the bus lock. Lock order:
 //! bus lock -> device config lock. No lock is held while sleeping in a reset.
 
@@ -45,7 +48,7 @@ use crate::memory::{PAGE_SIZE, PhysMemory};
 use crate::monitor::{PhysRange, ReuseKind};
 use crate::trace;
 use dmabuf_core::errno::{self, AsErrno, Errno};
-use dmabuf_core::sync::atomic::{AtomicU32, Ordering};
+use dmabuf_core::sync::atomic::{AtomicBits, AtomicU32, Ordering};
 use dmabuf_core::sync::{Arc, Mutex, thread};
 use dmabuf_core::trace_event;
 use std::time::Duration;
@@ -294,10 +297,12 @@ pub(crate) const F_D3HOT: u32 = 4;
 pub(crate) const F_RESET: u32 = 8;
 pub(crate) const F_UNPLUGGED: u32 = 16;
 pub(crate) const F_PRESENT: u32 = 32;
+/// Every flag.
+pub(crate) const F_ALL: u32 = F_DECODE | F_MASTER | F_D3HOT | F_RESET | F_UNPLUGGED | F_PRESENT;
 
 /// Hot-path state of a device slot, read without locks.
 pub(crate) struct DeviceHot {
-    pub(crate) flags: AtomicU32,
+    pub(crate) flags: AtomicBits,
     /// 0 for a root port, switch index + 1 otherwise.
     pub(crate) switch: AtomicU32,
 }
@@ -361,17 +366,18 @@ impl PciInner {
     }
 
     #[inline]
-    pub(crate) fn flags(&self, id: u32) -> u32 {
-        self.hot(id).map_or(0, |h| h.flags.load(Ordering::Acquire))
+    /// The flags of `mask` that device slot `id` has set.
+    pub(crate) fn flags(&self, id: u32, mask: u32) -> u32 {
+        self.hot(id)
+            .map_or(0, |h| h.flags.load(mask, Ordering::Acquire))
     }
 
     pub(crate) fn p2p(&self, provider: u32, client: u32) -> P2pType {
         let (Some(p), Some(c)) = (self.hot(provider), self.hot(client)) else {
             return P2pType::NotSupported;
         };
-        let usable = |h: &DeviceHot| {
-            h.flags.load(Ordering::Acquire) & (F_PRESENT | F_UNPLUGGED) == F_PRESENT
-        };
+        let usable =
+            |h: &DeviceHot| h.flags.load(F_PRESENT | F_UNPLUGGED, Ordering::Acquire) == F_PRESENT;
         if !usable(p) || !usable(c) {
             return P2pType::NotSupported;
         }
@@ -450,7 +456,7 @@ impl PciBus {
     ) -> Self {
         let hot = (0..max_devices)
             .map(|_| DeviceHot {
-                flags: AtomicU32::new(0),
+                flags: AtomicBits::new(0),
                 switch: AtomicU32::new(0),
             })
             .collect();
@@ -491,7 +497,7 @@ impl PciBus {
                 max: inner.hot.len(),
             });
         }
-        let present = |r: &DeviceRecord| inner.flags(r.id.0) & F_UNPLUGGED == 0;
+        let present = |r: &DeviceRecord| inner.flags(r.id.0, F_UNPLUGGED) == 0;
         if recs.iter().any(|r| r.name == cfg.name && present(r)) {
             return Err(PciError::DuplicateName(cfg.name));
         }
@@ -574,8 +580,9 @@ impl PciBus {
         }
         let hot = &inner.hot[id.0 as usize];
         hot.switch.store(bus_no, Ordering::Relaxed);
+        // A slot is never reused: its flags are all clear until now.
         hot.flags
-            .store(F_PRESENT | F_DECODE | F_MASTER, Ordering::Release);
+            .fetch_or(F_PRESENT | F_DECODE | F_MASTER, 0, Ordering::Release);
         recs.push(rec.clone());
         drop(recs);
         let dev = PciDevice {
@@ -619,7 +626,7 @@ impl PciBus {
         let rec = recs
             .iter()
             .rev()
-            .find(|r| r.name == name && self.inner.flags(r.id.0) & F_UNPLUGGED == 0)
+            .find(|r| r.name == name && self.inner.flags(r.id.0, F_UNPLUGGED) == 0)
             .cloned()
             .ok_or_else(|| PciError::NoSuchDevice(name.into()))?;
         drop(recs);
@@ -657,9 +664,9 @@ impl PciBus {
         let _cfg = dev.rec.cfg.lock();
         dev.check_present()?;
         let hot = &self.inner.hot[id.0 as usize];
-        hot.flags.fetch_or(F_UNPLUGGED, Ordering::AcqRel);
+        hot.flags.fetch_or(F_UNPLUGGED, 0, Ordering::AcqRel);
         hot.flags
-            .fetch_and(!(F_DECODE | F_MASTER), Ordering::AcqRel);
+            .fetch_clear(F_DECODE | F_MASTER, 0, Ordering::AcqRel);
         for b in &dev.rec.bars {
             self.inner.mem.mmio_assign(b.addr, b.size, None);
         }
@@ -759,7 +766,7 @@ impl PciDevice {
     }
 
     fn check_present(&self) -> Result<(), PciError> {
-        if self.hot().flags.load(Ordering::Acquire) & F_UNPLUGGED != 0 {
+        if self.hot().flags.load(F_UNPLUGGED, Ordering::Acquire) != 0 {
             return Err(PciError::Unplugged {
                 name: self.rec.name.clone(),
                 id: self.rec.id,
@@ -770,7 +777,7 @@ impl PciDevice {
 
     /// The config-space state now.
     pub fn state(&self) -> DeviceState {
-        let f = self.hot().flags.load(Ordering::Acquire);
+        let f = self.hot().flags.load(F_ALL, Ordering::Acquire);
         DeviceState {
             memory_decode: f & F_DECODE != 0,
             bus_master: f & F_MASTER != 0,
@@ -808,14 +815,17 @@ impl PciDevice {
     /// Whether a BAR access would reach the bytes now (decode on, D0, not in
     /// reset, present).
     pub fn bar_accessible(&self) -> bool {
-        let f = self.hot().flags.load(Ordering::Acquire);
-        f & (F_DECODE | F_D3HOT | F_RESET | F_UNPLUGGED) == F_DECODE
+        let f = self.hot().flags.load(
+            F_DECODE | F_D3HOT | F_RESET | F_UNPLUGGED,
+            Ordering::Acquire,
+        );
+        f == F_DECODE
     }
 
     fn locked_change(&self) -> Result<dmabuf_core::sync::MutexGuard<'_, ()>, PciError> {
         let g = self.rec.cfg.lock();
         self.check_present()?;
-        if self.hot().flags.load(Ordering::Acquire) & F_RESET != 0 {
+        if self.hot().flags.load(F_RESET, Ordering::Acquire) != 0 {
             return Err(PciError::InReset {
                 name: self.rec.name.clone(),
             });
@@ -827,12 +837,15 @@ impl PciDevice {
     pub fn set_memory_decode(&self, on: bool) -> Result<(), PciError> {
         let _g = self.locked_change()?;
         if on {
-            self.hot().flags.fetch_or(F_DECODE, Ordering::AcqRel);
+            self.hot().flags.fetch_or(F_DECODE, 0, Ordering::AcqRel);
             trace_event!(trace::PCI_DECODE_ON, "dev={}", self.rec.name);
         } else {
-            let was = self.hot().flags.fetch_and(!F_DECODE, Ordering::AcqRel);
+            let was = self
+                .hot()
+                .flags
+                .fetch_clear(F_DECODE, F_DECODE, Ordering::AcqRel);
             trace_event!(trace::PCI_DECODE_OFF, "dev={}", self.rec.name);
-            if was & F_DECODE != 0 {
+            if was != 0 {
                 self.note_reuse(ReuseKind::DecodeOff);
             }
         }
@@ -844,9 +857,9 @@ impl PciDevice {
     pub fn set_bus_master(&self, on: bool) -> Result<(), PciError> {
         let _g = self.locked_change()?;
         if on {
-            self.hot().flags.fetch_or(F_MASTER, Ordering::AcqRel);
+            self.hot().flags.fetch_or(F_MASTER, 0, Ordering::AcqRel);
         } else {
-            self.hot().flags.fetch_and(!F_MASTER, Ordering::AcqRel);
+            self.hot().flags.fetch_clear(F_MASTER, 0, Ordering::AcqRel);
         }
         trace_event!(trace::PCI_BUS_MASTER, "dev={} on={}", self.rec.name, on);
         Ok(())
@@ -858,14 +871,17 @@ impl PciDevice {
         let _g = self.locked_change()?;
         match p {
             PowerState::D3hot => {
-                let was = self.hot().flags.fetch_or(F_D3HOT, Ordering::AcqRel);
+                let was = self
+                    .hot()
+                    .flags
+                    .fetch_or(F_D3HOT, F_D3HOT, Ordering::AcqRel);
                 trace_event!(trace::PCI_D3HOT, "dev={}", self.rec.name);
-                if was & F_D3HOT == 0 {
+                if was == 0 {
                     self.note_reuse(ReuseKind::PowerDown);
                 }
             }
             PowerState::D0 => {
-                self.hot().flags.fetch_and(!F_D3HOT, Ordering::AcqRel);
+                self.hot().flags.fetch_clear(F_D3HOT, 0, Ordering::AcqRel);
                 trace_event!(trace::PCI_D0, "dev={}", self.rec.name);
             }
         }
@@ -878,10 +894,10 @@ impl PciDevice {
     /// the reset window open.
     pub fn begin_reset(&self) -> Result<(), PciError> {
         let _g = self.locked_change()?;
-        self.hot().flags.fetch_or(F_RESET, Ordering::AcqRel);
+        self.hot().flags.fetch_or(F_RESET, 0, Ordering::AcqRel);
         self.hot()
             .flags
-            .fetch_and(!(F_DECODE | F_MASTER), Ordering::AcqRel);
+            .fetch_clear(F_DECODE | F_MASTER, 0, Ordering::AcqRel);
         trace_event!(trace::PCI_FLR, "dev={} phase=begin", self.rec.name);
         self.note_reuse(ReuseKind::Reset);
         Ok(())
@@ -897,7 +913,7 @@ impl PciDevice {
         }
         self.hot()
             .flags
-            .fetch_and(!(F_RESET | F_D3HOT | F_DECODE | F_MASTER), Ordering::AcqRel);
+            .fetch_clear(F_RESET | F_D3HOT | F_DECODE | F_MASTER, 0, Ordering::AcqRel);
         trace_event!(trace::PCI_FLR, "dev={} phase=end", self.rec.name);
         Ok(())
     }

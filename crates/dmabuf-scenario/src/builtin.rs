@@ -22,6 +22,7 @@ use crate::script::ScriptStep;
 use crate::world::{ExporterKind, ImporterBase, ImporterSpec, Trigger, WorldSpec};
 use dmabuf_core::revoke::Protocol;
 use dmabuf_core::sync::Arc;
+use dmabuf_drivers::importers::gpu::DEFAULT_IDLE_PASSES;
 use std::path::Path;
 
 /// The built-in files, in matrix order (rows, then columns, then the named
@@ -230,8 +231,14 @@ pub fn spec_hash(spec: &WorldSpec) -> u64 {
     // Debug output of these plain data types is deterministic and names
     // every field; the protocol's steps print as the file wrote them.
     let p = &spec.protocol;
+    // Fields added later enter the text only when set (see below): the
+    // GPU's idle read-ahead passes only when not the default.
+    let importers = format!("{:?}", spec.importers).replace(
+        &format!(" read_ahead_idle_passes: {DEFAULT_IDLE_PASSES},"),
+        "",
+    );
     let text = format!(
-        "{:?}|{:?}|{:?}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}",
+        "{:?}|{:?}|{:?}|{}|{}|{}|{}|{:?}|{}|{:?}|{}|{}|{}|{}|{}|{}",
         spec.exporter,
         p.attach,
         p.pin,
@@ -240,7 +247,7 @@ pub fn spec_hash(spec: &WorldSpec) -> u64 {
         p.cleanup,
         p.disable_before_cleanup,
         p.permanent.as_ref().map(ToString::to_string),
-        spec.importers,
+        importers,
         spec.trigger,
         spec.jobs,
         spec.cpu_access,
@@ -902,6 +909,11 @@ mod tests {
         let mut p = (*m.spec.protocol).clone();
         p.mmap = Some(dmabuf_core::revoke::MmapFault::MemoryLock);
         m.spec.protocol = Arc::new(p);
+        assert_ne!(m.hash(), v10.hash());
+        // So do the GPU's idle read-ahead passes: only a count other than
+        // the default enters the hash.
+        let mut m = v10.clone();
+        m.spec.importers[0].read_ahead_idle_passes = 1;
         assert_ne!(m.hash(), v10.hash());
         // A trigger of one exporter kind is refused for the other.
         let mut lib2 = Library::builtin().unwrap();

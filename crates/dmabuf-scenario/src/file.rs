@@ -25,7 +25,9 @@
 //! sections and absurd numbers. Nothing here panics on any input.
 
 use crate::script::{self, ScriptStep};
-use crate::world::{ExporterKind, ImporterBase, ImporterSpec, OnInvalidate, Trigger, UnmapWhen};
+use crate::world::{
+    ExporterKind, ImporterBase, ImporterSpec, MAX_IDLE_PASSES, OnInvalidate, Trigger, UnmapWhen,
+};
 use dmabuf_core::dma_resv::Usage;
 use dmabuf_core::revoke::{Gate, MmapFault, Protocol, Sequence, Step, Timeout};
 use dmabuf_drivers::importers::gpu::Remap;
@@ -279,6 +281,7 @@ struct ImporterDoc {
     pin: Option<bool>,
     writes_after_fences: Option<bool>,
     read_ahead: Option<bool>,
+    read_ahead_idle_passes: Option<Spanned<i64>>,
     release: Option<S>,
     autonomous_dma: Option<bool>,
     count: Option<Spanned<i64>>,
@@ -730,6 +733,19 @@ fn importer(c: &Ctx<'_>, d: &Spanned<ImporterDoc>) -> Result<ImporterDef, FileEr
     if let Some(r) = i.read_ahead {
         spec.read_ahead = r;
     }
+    if let Some(n) = &i.read_ahead_idle_passes {
+        let Some(v) = u32::try_from(*n.get_ref())
+            .ok()
+            .filter(|v| *v <= MAX_IDLE_PASSES)
+        else {
+            return Err(c.err(
+                n.span(),
+                format!("read_ahead_idle_passes must be 0 to {MAX_IDLE_PASSES}"),
+            ));
+        };
+        spec.read_ahead_idle_passes = v;
+        blame.push(("read_ahead_idle_passes", n.span()));
+    }
     if let Some(a) = i.autonomous_dma {
         spec.autonomous_dma = a;
     }
@@ -1091,6 +1107,21 @@ unrevoke = ["dma_resv_lock", "clear_revoked", "dma_resv_unlock"]
         assert!(e.message.contains("count must be 1 to 8"), "{e}");
         let e = err("[[importer]]\nname = \"x y\"\nbase = \"gpu\"\n");
         assert!(e.message.contains("name 'x y'"), "{e}");
+        let f = parse(
+            "i.toml",
+            "[[importer]]\nname = \"eager\"\nbase = \"gpu\"\nread_ahead_idle_passes = 4\n",
+        )
+        .unwrap();
+        assert_eq!(f.importers[0].spec.read_ahead_idle_passes, 4);
+        for bad in ["-1", "17", "4294967297"] {
+            let e = err(&format!(
+                "[[importer]]\nname = \"x\"\nbase = \"gpu\"\nread_ahead_idle_passes = {bad}\n"
+            ));
+            assert_eq!((e.line, e.col), (4, 26), "{e}");
+            assert!(e.message.contains("must be 0 to 16"), "{e}");
+        }
+        let e = err("[[importer]]\nname = \"x\"\nbase = \"rdma\"\nread_ahead_idle_passes = 2\n");
+        assert!(e.message.contains("is a gpu field"), "{e}");
     }
 
     #[test]

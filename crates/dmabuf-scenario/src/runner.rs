@@ -320,6 +320,7 @@ pub fn make_importer(
                 worker_latency: s.unmap_latency,
                 unmap_on_free: s.unmap == UnmapWhen::OnFree,
                 readahead: s.read_ahead,
+                readahead_idle_passes: s.read_ahead_idle_passes,
                 remap: s.remap,
             };
             let g = GpuDevice::new(host, dev, cfg)?;

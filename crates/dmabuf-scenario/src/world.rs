@@ -46,6 +46,9 @@ use dmabuf_platform::{Hazard, ReuseEvent};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// The most read-ahead passes a GPU importer makes while idle after a job.
+pub const MAX_IDLE_PASSES: u32 = 16;
+
 /// Which exporter owns the memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExporterKind {
@@ -140,6 +143,9 @@ pub struct ImporterSpec {
     pub writes_after_fences: bool,
     /// Speculative read-ahead (GPU).
     pub read_ahead: bool,
+    /// Read-ahead passes while idle after each job (GPU, 0 to
+    /// [`MAX_IDLE_PASSES`]).
+    pub read_ahead_idle_passes: u32,
     /// Release destroys `pages->mutex` before detaching from the dma-buf
     /// (iommufd before f2d70dbd3dce).
     pub destroy_before_detach: bool,
@@ -182,6 +188,7 @@ impl ImporterSpec {
             pin,
             writes_after_fences: false,
             read_ahead: base == ImporterBase::Gpu,
+            read_ahead_idle_passes: GpuConfig::default().readahead_idle_passes,
             destroy_before_detach: false,
             autonomous_dma: false,
             count: 1,
@@ -275,6 +282,10 @@ impl ImporterSpec {
                 (self.writes_after_fences, "writes_after_fences"),
                 (self.remap != Remap::Lazy && !remap_ok, "remap"),
                 (self.read_ahead, "read_ahead"),
+                (
+                    self.read_ahead_idle_passes != GpuConfig::default().readahead_idle_passes,
+                    "read_ahead_idle_passes",
+                ),
             ] {
                 if set {
                     return Err((field, format!("{field} is a gpu field, not a {base} one")));
@@ -440,19 +451,6 @@ pub struct RevokeRecord {
     pub already_revoked: bool,
     /// Monitor sequence of the un-revoke that ended it, if any.
     pub unrevoked_seq: Option<u64>,
-}
-
-impl RevokeRecord {
-    /// Whether monitor sequence `seq` lies after its return and before the
-    /// un-revoke that followed (the revoked window).
-    pub fn after_return(&self, seq: u64) -> bool {
-        self.returned_seq.is_some_and(|r| seq > r) && self.unrevoked_seq.is_none_or(|u| seq < u)
-    }
-
-    /// Whether `seq` lies after its fence point and before the un-revoke.
-    pub fn after_fences(&self, seq: u64) -> bool {
-        self.fences_done_seq.is_some_and(|r| seq > r) && self.unrevoked_seq.is_none_or(|u| seq < u)
-    }
 }
 
 /// What a run of a world showed.

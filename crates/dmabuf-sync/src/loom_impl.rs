@@ -37,6 +37,10 @@ pub mod atomic {
         pub fn fetch_or(&self, bits: u32, observe: u32, o: Ordering) -> u32 {
             self.0.fetch_or(bits, o) & observe
         }
+        /// Clears `bits`, returns which bits of `observe` were set before.
+        pub fn fetch_clear(&self, bits: u32, observe: u32, o: Ordering) -> u32 {
+            self.0.fetch_and(!bits, o) & observe
+        }
         /// Sets `bits`: which bits of `observe` were set before, and
         /// whether the word changed (see the std shim).
         pub fn set_idempotent(&self, bits: u32, observe: u32, o: Ordering) -> (u32, bool) {

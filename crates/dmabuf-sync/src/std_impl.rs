@@ -187,6 +187,13 @@ pub mod atomic {
             sched::point_on_bits(self.addr(), observe, bits);
             self.0.fetch_or(bits, o) & observe
         }
+        /// `test_and_clear_bit` generalised: clears `bits`, returns which
+        /// bits of `observe` were set before.
+        #[inline]
+        pub fn fetch_clear(&self, bits: u32, observe: u32, o: Ordering) -> u32 {
+            sched::point_on_bits(self.addr(), observe, bits);
+            self.0.fetch_and(!bits, o) & observe
+        }
         /// Sets `bits` *idempotently*: returns which bits of `observe` were
         /// set before, and whether this call changed the word. Under the
         /// controlled scheduler two such sets of one bit are not ordered

@@ -27,17 +27,3 @@ pub(crate) fn hazard(
         detail: what.to_owned(),
     })
 }
-
-/// Whether monitor sequence `seq` lies after some revoke's fence wait had
-/// completed and before the un-revoke that followed it (every revoke of
-/// the run).
-pub(crate) fn after_fences(run: &RunOutcome, seq: u64) -> bool {
-    let Some(o) = run.obs.as_ref() else {
-        return false;
-    };
-    if o.revokes.is_empty() {
-        // Observations built without revoke records (synthetic runs).
-        return o.revoke_return_seq.is_some_and(|r| seq > r);
-    }
-    o.revokes.iter().any(|r| r.after_fences(seq))
-}

@@ -4,6 +4,12 @@
 //! monitor records such a write as `WriteAfterFences` (and, after the
 //! return, `AccessAfterRevoke` too).
 //!
+//! The class alone decides: the monitor gives it from the page words the
+//! access read, which the revoke's fences-done stamp set and the un-revoke
+//! cleared, so it says where the write fell in the revoke's life at the
+//! moment it happened. (The records' sequence numbers only order reports;
+//! the search does not order them.)
+//!
 //! Only DMA is judged here. The fence wait is the point at which the
 //! importers' *device* writes must have stopped; no fence covers a CPU
 //! store through an mmap of the exporter's memory. The CPU is cut off by
@@ -12,7 +18,7 @@
 //! stores in between are by design. A CPU access after the revoke
 //! returned is `s-final`'s (and a PTE left at a reset `s-noreuse`'s).
 
-use super::{after_fences, hazard};
+use super::hazard;
 use crate::explore::{RunOutcome, Violation};
 use crate::property::Check;
 use crate::token::RunMode;
@@ -44,7 +50,6 @@ impl Check for SFence {
                         h.class,
                         HazardClass::AccessAfterRevoke | HazardClass::WriteAfterFences
                     )
-                    && after_fences(run, h.seq)
             },
             "a write reached the exporter's memory after the revoke's fence wait completed",
         )

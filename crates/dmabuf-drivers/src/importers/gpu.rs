@@ -82,6 +82,13 @@ use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+/// Read-ahead passes while idle after each job, by default (50 µs apart).
+/// Fewer passes make a smaller search, but under the controlled
+/// scheduler's virtual clock they also change which timer orders are
+/// possible: with one pass, `unrevoke-race-v6`'s l-restore violation
+/// cannot happen (an exhaustive search says so), with four it can.
+pub const DEFAULT_IDLE_PASSES: u32 = 4;
+
 /// How a GPU behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GpuConfig {
@@ -95,6 +102,9 @@ pub struct GpuConfig {
     pub worker_latency: Duration,
     /// Speculative read-ahead.
     pub readahead: bool,
+    /// Read-ahead passes while idle after each job, each 50 µs (virtual
+    /// under the controlled scheduler) after the last.
+    pub readahead_idle_passes: u32,
     /// What a job does after a map failed with `ENODEV`.
     pub remap: Remap,
     /// The kernel worker does not unmap after the unbind: the mapping goes
@@ -144,6 +154,7 @@ impl Default for GpuConfig {
             writes_after_fences: false,
             worker_latency: Duration::from_micros(120),
             readahead: true,
+            readahead_idle_passes: DEFAULT_IDLE_PASSES,
             remap: Remap::Lazy,
             unmap_on_free: false,
         }
@@ -206,7 +217,7 @@ impl GpuDevice {
             EngineConfig::threaded(format!("{name}-gfx")).with_accessor(Accessor::new(&name));
         if cfg.readahead {
             ec = ec.with_readahead(4);
-            ec.readahead.idle_passes = 4;
+            ec.readahead.idle_passes = cfg.readahead_idle_passes;
             ec.readahead.interval = Duration::from_micros(50);
         }
         let engine = host
