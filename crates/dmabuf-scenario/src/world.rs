@@ -40,7 +40,7 @@ pub use crate::runner::{WorldProbe, run_world, run_world_with};
 use dmabuf_core::dma_resv::Usage;
 use dmabuf_core::revoke::Protocol;
 use dmabuf_core::sync::Arc;
-use dmabuf_drivers::importers::gpu::{GpuConfig, Remap};
+use dmabuf_drivers::importers::gpu::{DEFAULT_IDLE_PASSES, GpuConfig, Remap};
 use dmabuf_drivers::importers::rdma::MrFlavour;
 use dmabuf_platform::{Hazard, ReuseEvent};
 use std::collections::BTreeMap;
@@ -188,7 +188,7 @@ impl ImporterSpec {
             pin,
             writes_after_fences: false,
             read_ahead: base == ImporterBase::Gpu,
-            read_ahead_idle_passes: GpuConfig::default().readahead_idle_passes,
+            read_ahead_idle_passes: DEFAULT_IDLE_PASSES,
             destroy_before_detach: false,
             autonomous_dma: false,
             count: 1,
@@ -283,7 +283,7 @@ impl ImporterSpec {
                 (self.remap != Remap::Lazy && !remap_ok, "remap"),
                 (self.read_ahead, "read_ahead"),
                 (
-                    self.read_ahead_idle_passes != GpuConfig::default().readahead_idle_passes,
+                    self.read_ahead_idle_passes != DEFAULT_IDLE_PASSES,
                     "read_ahead_idle_passes",
                 ),
             ] {
