@@ -1037,8 +1037,10 @@ impl Revocable {
             // The release callback completes the revoke's wait.
             c.done = c.done.saturating_add(1);
             trace_event!("complete", "kref={} done={}", self.kref_name(), c.done);
-            drop(c);
+            // Woken under the lock, as complete() wakes under the wait
+            // queue's lock: the wake-up is ordered with the waiter's check.
             self.shared.cv.notify_all();
+            drop(c);
         }
     }
 
@@ -1065,8 +1067,8 @@ impl Revocable {
                 let mut c = sh.count.lock();
                 if c.expiry_armed == epoch {
                     c.expiry_fired = epoch;
-                    drop(c);
                     sh.cv.notify_all();
+                    drop(c);
                 }
             });
         }

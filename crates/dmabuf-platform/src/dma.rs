@@ -65,7 +65,7 @@ use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::lockdep;
 use dmabuf_core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use dmabuf_core::sync::thread::{self, JoinHandle};
-use dmabuf_core::sync::{Arc, Condvar, Mutex, SetOnce};
+use dmabuf_core::sync::{Arc, Guarded, Monotone, Mutex, SetOnce};
 use dmabuf_core::trace_event;
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -697,9 +697,28 @@ struct Queued {
 
 struct Queue {
     jobs: VecDeque<Queued>,
-    busy: bool,
     stopping: bool,
-    idle_passes_left: u32,
+    /// Jobs queued so far.
+    queued: u64,
+}
+
+/// What the engine has finished, for [`DmaEngine::drain`]: kept apart from
+/// the queue, so that finishing a job is no write of the queue that every
+/// submission would race with.
+#[derive(Clone, Default)]
+struct Finished {
+    /// Jobs whose cycle (the job, then its read-ahead pass) is over; jobs
+    /// run in queue order, so the first `jobs` queued are done.
+    jobs: u64,
+    stopped: bool,
+}
+
+/// What the engine thread does next.
+enum Cycle {
+    Stop,
+    Job(Queued),
+    /// A read-ahead pass while idle.
+    IdlePass,
 }
 
 struct Readahead {
@@ -712,9 +731,10 @@ pub(crate) struct EngineInner {
     port: DmaPort,
     threaded: bool,
     cfg: ReadaheadConfig,
-    q: Mutex<Queue>,
-    work: Condvar,
-    idle: Condvar,
+    /// The queue and the engine's state; its thread, `drain` and `stop`
+    /// wait on it (every change wakes them all).
+    q: Guarded<Queue>,
+    finished: Monotone<Finished>,
     exec: Mutex<()>,
     ra: Mutex<Readahead>,
     ra_on: AtomicBool,
@@ -897,49 +917,48 @@ impl EngineInner {
     }
 
     fn pop(&self) -> Option<Queued> {
-        let mut q = self.q.lock();
-        let j = q.jobs.pop_front();
-        if j.is_some() {
-            q.busy = true;
-        }
-        j
+        self.q.update(|q| q.jobs.pop_front())
     }
 
-    fn finish_cycle(&self, ran_job: bool) {
-        let mut q = self.q.lock();
-        q.busy = false;
-        if ran_job {
-            q.idle_passes_left = self.cfg.idle_passes;
-        }
-        drop(q);
-        self.idle.notify_all();
+    /// A job's cycle is over (its read-ahead pass included).
+    fn finish_job(&self) {
+        self.finished.update(|f| f.jobs += 1);
     }
 
     fn thread_main(self: Arc<Self>) {
         ENGINE_THREAD.with(|c| c.set(self.addr()));
+        // Read-ahead passes still to make while idle (only this thread
+        // counts them).
+        let mut idle_left = 0u32;
         loop {
-            let mut q = self.q.lock();
-            let job = loop {
-                if q.stopping {
-                    return;
-                }
-                if let Some(j) = q.jobs.pop_front() {
-                    q.busy = true;
-                    break Some(j);
-                }
-                if q.idle_passes_left > 0 && self.ra_on.load(Ordering::Acquire) {
-                    let (g, timed_out) = self.work.wait_timeout(q, self.cfg.interval);
-                    q = g;
-                    if timed_out && !q.stopping && q.jobs.is_empty() {
-                        q.idle_passes_left -= 1;
-                        q.busy = true;
-                        break None;
+            // Read before the wait (no shim call inside its closures): a
+            // read-ahead turned on meanwhile counts from the next cycle.
+            let ra = self.ra_on.load(Ordering::Acquire);
+            let interval = self.cfg.interval;
+            let next = self.q.wait_map(
+                |q, timed_out| {
+                    if q.stopping {
+                        Some(Cycle::Stop)
+                    } else if let Some(j) = q.jobs.pop_front() {
+                        Some(Cycle::Job(j))
+                    } else if timed_out && idle_left > 0 {
+                        Some(Cycle::IdlePass)
+                    } else {
+                        None
                     }
-                    continue;
+                },
+                |_| (idle_left > 0 && ra).then_some(interval),
+            );
+            let job = match next {
+                Some(Cycle::Stop) => return,
+                Some(Cycle::Job(j)) => Some(j),
+                Some(Cycle::IdlePass) => {
+                    idle_left -= 1;
+                    None
                 }
-                q = self.work.wait(q);
+                // Timed out with nothing to do: wait again.
+                None => continue,
             };
-            drop(q);
             let ran = job.is_some();
             if let Some(j) = job {
                 self.run(j);
@@ -947,7 +966,10 @@ impl EngineInner {
             if self.ra_on.load(Ordering::Acquire) {
                 self.speculate();
             }
-            self.finish_cycle(ran);
+            if ran {
+                idle_left = self.cfg.idle_passes;
+                self.finish_job();
+            }
         }
     }
 }
@@ -958,14 +980,12 @@ impl DmaEngine {
             name: cfg.name.clone(),
             port,
             threaded: cfg.threaded,
-            q: Mutex::new(Queue {
+            q: Guarded::new(Queue {
                 jobs: VecDeque::new(),
-                busy: false,
                 stopping: false,
-                idle_passes_left: 0,
+                queued: 0,
             }),
-            work: Condvar::new(),
-            idle: Condvar::new(),
+            finished: Monotone::new(Finished::default()),
             exec: Mutex::new(()),
             ra: Mutex::new(Readahead {
                 enabled: cfg.readahead.enabled,
@@ -1020,12 +1040,17 @@ impl DmaEngine {
             };
             (len > MAX_OP_LEN).then_some(DmaError::OpTooLong { index, len })
         });
+        // A stopped engine is found when the job is queued (one access of
+        // the queue per submission), unless the device is gone too: that
+        // refusal names the stop first, as the queue would.
         let err = if too_long.is_some() {
             too_long
-        } else if i.q.lock().stopping {
-            Some(DmaError::Stopped(i.name.clone()))
         } else if let Err(DmaFault::DeviceGone { device }) = i.port.can_master() {
-            Some(DmaError::DeviceGone { device })
+            Some(if i.q.read(|q| q.stopping) {
+                DmaError::Stopped(i.name.clone())
+            } else {
+                DmaError::DeviceGone { device }
+            })
         } else {
             None
         };
@@ -1045,20 +1070,24 @@ impl DmaEngine {
             job.label,
             job.ops.len()
         );
-        let mut q = i.q.lock();
-        if q.stopping {
-            drop(q);
-            let e = DmaError::Stopped(i.name.clone());
-            signal(job.fence, &Err(DmaFault::Cancelled));
-            return Err(e);
-        }
-        q.jobs.push_back(Queued {
+        let queued = Queued {
             id,
             job,
             slot: slot.clone(),
+        };
+        let refused = i.q.update(|q| {
+            if q.stopping {
+                return Some(queued);
+            }
+            q.jobs.push_back(queued);
+            q.queued += 1;
+            None
         });
-        drop(q);
-        i.work.notify_one();
+        if let Some(q) = refused {
+            let e = DmaError::Stopped(i.name.clone());
+            signal(q.job.fence, &Err(DmaFault::Cancelled));
+            return Err(e);
+        }
         Ok(JobTicket { id, slot })
     }
 
@@ -1077,7 +1106,7 @@ impl DmaEngine {
         if i.ra_on.load(Ordering::Acquire) {
             i.speculate();
         }
-        i.finish_cycle(true);
+        i.finish_job();
         Ok(Some(id))
     }
 
@@ -1090,15 +1119,14 @@ impl DmaEngine {
             while let Ok(Some(_)) = self.step() {}
             return;
         }
-        let mut q = i.q.lock();
-        while (!q.jobs.is_empty() || q.busy) && !q.stopping {
-            q = i.idle.wait(q);
-        }
+        let queued = i.q.read(|q| q.queued);
+        i.finished
+            .wait_until(|f| f.jobs >= queued || f.stopped, None);
     }
 
     /// Jobs queued and not started.
     pub fn pending(&self) -> usize {
-        self.inner.q.lock().jobs.len()
+        self.inner.q.read(|q| q.jobs.len())
     }
 
     /// Jobs completed so far.
@@ -1165,8 +1193,8 @@ impl DmaEngine {
     /// Idempotent.
     pub fn stop(&self) {
         let i = &self.inner;
-        i.q.lock().stopping = true;
-        i.work.notify_all();
+        i.q.update(|q| q.stopping = true);
+        i.finished.update(|f| f.stopped = true);
         let own = ENGINE_THREAD.with(Cell::get) == i.addr();
         let h = i.thread.lock().take();
         if let Some(h) = h
@@ -1174,7 +1202,7 @@ impl DmaEngine {
         {
             let _ = h.join();
         }
-        let rest: Vec<Queued> = i.q.lock().jobs.drain(..).collect();
+        let rest: Vec<Queued> = i.q.update(|q| q.jobs.drain(..).collect());
         for q in rest {
             i.complete(
                 q.id,
@@ -1185,6 +1213,5 @@ impl DmaEngine {
                 &q.job.label,
             );
         }
-        i.idle.notify_all();
     }
 }

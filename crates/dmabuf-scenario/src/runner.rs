@@ -198,7 +198,7 @@ impl WorldProbe {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Phase {
     fds_ready: bool,
     export_failed: bool,

@@ -800,8 +800,9 @@ impl<T: Clone> SetOnce<T> {
 ///
 /// | operation | scheduling point | access of the object |
 /// |---|---|---|
-/// | [`update`](Self::update) | yes | a write; wakes every waiter |
-/// | [`wait_until`](Self::wait_until), predicate true | no | a wake-up: ordered after the last update, never racing with it |
+/// | [`update`](Self::update) (the `n`-th) | yes | a write of the cell and of its version `n`; wakes every waiter |
+/// | [`read`](Self::read) | yes | a read of the cell (races with every update) |
+/// | [`wait_until`](Self::wait_until), predicate true | no | a wake-up on the first version at which the predicate held: ordered after that update only, never racing with it |
 /// | [`wait_until`](Self::wait_until), predicate false | blocks | none until an update wakes it |
 ///
 /// The caller promises *monotonicity*: every predicate passed to
@@ -816,12 +817,27 @@ impl<T: Clone> SetOnce<T> {
 /// explored). A predicate that can turn false again breaks the argument:
 /// the search could then miss the schedules where it is checked late.
 ///
-/// Lock rules: the value sits behind a plain `parking_lot` mutex held only
-/// while `f` or a predicate runs, never across a scheduling point.
+/// A waiter is ordered after the update that made its predicate true and
+/// *not* after later ones: it observes nothing but "the predicate holds",
+/// which every later update leaves as it is, so it commutes with them.
+/// Ordering it after the last update instead (what a plain wake-up on the
+/// cell would do) orders everything the waiter does next after whatever
+/// the updater did before its later updates, and hides the schedules in
+/// which the waiter runs between two updates. To find that update, a
+/// controlled execution keeps the cell's history (a clone of the value
+/// after each update; the predicate, being monotone, is searched by
+/// bisection); outside one nothing is kept.
+///
+/// Lock rules: the value and the history sit behind plain `parking_lot`
+/// mutexes held only while `f`, a clone or a predicate runs, never across
+/// a scheduling point.
 #[derive(Default)]
 pub struct Monotone<T> {
     v: parking_lot::Mutex<T>,
     cv: parking_lot::Condvar,
+    /// In a controlled execution: the initial value, then the value after
+    /// each update (entry `n` is version `n`).
+    history: parking_lot::Mutex<Vec<T>>,
 }
 
 impl<T: std::fmt::Debug> std::fmt::Debug for Monotone<T> {
@@ -835,16 +851,23 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Monotone<T> {
 impl<T> Drop for Monotone<T> {
     #[inline]
     fn drop(&mut self) {
-        sched::forget(self as *const Self as usize);
+        let versions = self.history.get_mut().len().saturating_sub(1);
+        let addr = self as *const Self as usize;
+        if versions == 0 {
+            sched::forget(addr);
+        } else {
+            sched::forget_versions(addr, u32::try_from(versions).unwrap_or(u32::MAX));
+        }
     }
 }
 
-impl<T> Monotone<T> {
+impl<T: Clone> Monotone<T> {
     /// A cell holding `v`.
     pub const fn new(v: T) -> Self {
         Self {
             v: parking_lot::Mutex::new(v),
             cv: parking_lot::Condvar::new(),
+            history: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -852,13 +875,35 @@ impl<T> Monotone<T> {
         self as *const Self as usize
     }
 
+    /// In a controlled execution: whether `pred` holds now; if it does,
+    /// the caller's segment is a wake-up on the first version at which it
+    /// held (none if it held from the start).
+    fn holds(&self, pred: &impl Fn(&T) -> bool) -> bool {
+        if !pred(&self.v.lock()) {
+            return false;
+        }
+        let first = self.history.lock().partition_point(|v| !pred(v));
+        if first > 0 {
+            sched::wake_on_version(self.addr(), u32::try_from(first).unwrap_or(u32::MAX));
+        }
+        true
+    }
+
     /// Applies `f` (which must only grow the value, see the type's
     /// contract) and wakes every waiter.
     pub fn update(&self, f: impl FnOnce(&mut T)) {
         if sched::active() {
             sched::yield_point_on(self.addr(), sched::Access::Write);
-            f(&mut self.v.lock());
-            sched::unblock_all(self.addr());
+            let mut v = self.v.lock();
+            let mut h = self.history.lock();
+            if h.is_empty() {
+                h.push(v.clone());
+            }
+            f(&mut v);
+            h.push(v.clone());
+            let n = u32::try_from(h.len() - 1).unwrap_or(u32::MAX);
+            drop((v, h));
+            sched::unblock_all_version(self.addr(), n);
             return;
         }
         f(&mut self.v.lock());
@@ -878,19 +923,14 @@ impl<T> Monotone<T> {
         if sched::active() {
             let deadline = timeout.map(|t| sched::now_ns().saturating_add(duration_ns(t)));
             loop {
-                if pred(&self.v.lock()) {
-                    sched::access(self.addr(), sched::Access::Wake);
+                if self.holds(&pred) {
                     return true;
                 }
                 match deadline {
                     None => sched::block_on(self.addr(), "monotone"),
                     Some(d) => {
                         if sched::block_on_until(self.addr(), "monotone", d) {
-                            let held = pred(&self.v.lock());
-                            if held {
-                                sched::access(self.addr(), sched::Access::Wake);
-                            }
-                            return held;
+                            return self.holds(&pred);
                         }
                     }
                 }
@@ -912,6 +952,177 @@ impl<T> Monotone<T> {
                     }
                 }
                 true
+            }
+        }
+    }
+}
+
+/// A value behind a lock with a wait queue on which every change wakes
+/// every waiter: the kernel's `wait_event_lock_irq(wq, condition, lock)`
+/// with `wake_up_all(wq)` after each change under the lock (a work queue,
+/// a job queue, a completion's count).
+///
+/// # Contract
+///
+/// | operation | scheduling point | access of the object |
+/// |---|---|---|
+/// | [`update`](Self::update) | yes | a write; wakes every waiter |
+/// | [`read`](Self::read) | yes | a read |
+/// | [`wait_map`](Self::wait_map), `f` returns `Some` | yes | a write; wakes every other waiter |
+/// | [`wait_map`](Self::wait_map), `f` returns `None` | yes, then blocks | none until an update wakes it |
+/// | [`wait_until`](Self::wait_until), predicate true | yes | a read |
+/// | [`wait_until`](Self::wait_until), predicate false | yes, then blocks | none until an update wakes it |
+/// | the timeout of a wait | after the clock jump | the wait's own access, once more |
+///
+/// The caller promises that a check that returns `None` (or a predicate)
+/// changes nothing. Since every update wakes every waiter, a check that
+/// finds nothing to do and blocks ends in the same state as the same check
+/// made after the next update: it is no event, so the exploration never
+/// permutes it with the updates (a mutex and condvar make every such check
+/// an acquisition racing with every other one: a worker's idle re-checks
+/// with every submission). A check that acts is an ordinary write, racing
+/// with the updates and the other checks that act.
+///
+/// Lock rules: the value sits behind a plain `parking_lot` mutex held only
+/// while a closure runs, never across a scheduling point; closures must
+/// not call into the shim (no atomics, locks or waits inside).
+#[derive(Default)]
+pub struct Guarded<T> {
+    v: parking_lot::Mutex<T>,
+    cv: parking_lot::Condvar,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Guarded<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Guarded").field(&*self.v.lock()).finish()
+    }
+}
+
+/// Forgotten by the scheduler's object numbering when dropped (see
+/// [`sched::forget`]).
+impl<T> Drop for Guarded<T> {
+    #[inline]
+    fn drop(&mut self) {
+        sched::forget(self as *const Self as usize);
+    }
+}
+
+impl<T> Guarded<T> {
+    /// A cell holding `v`.
+    pub const fn new(v: T) -> Self {
+        Self {
+            v: parking_lot::Mutex::new(v),
+            cv: parking_lot::Condvar::new(),
+        }
+    }
+
+    fn addr(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Applies `f` and wakes every waiter.
+    pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        if sched::active() {
+            sched::yield_point_on(self.addr(), sched::Access::Write);
+            let r = f(&mut self.v.lock());
+            sched::unblock_all(self.addr());
+            return r;
+        }
+        let r = f(&mut self.v.lock());
+        self.cv.notify_all();
+        r
+    }
+
+    /// Reads the value.
+    pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        sched::point_on(self.addr(), sched::Access::Read);
+        f(&self.v.lock())
+    }
+
+    /// Waits until `f` returns `Some`, and returns it. `f` may change the
+    /// value only when it returns `Some` (see the type's contract); its
+    /// flag says the wait timed out. `timeout` gives, from the value at
+    /// each check that found nothing, how long to wait before checking a
+    /// last time with the flag set (`None`: no timeout); that last check's
+    /// answer is returned, `None` included. A timeout on a controlled task
+    /// is virtual time: it passes only when no task can run.
+    pub fn wait_map<R>(
+        &self,
+        f: impl FnMut(&mut T, bool) -> Option<R>,
+        timeout: impl Fn(&T) -> Option<Duration>,
+    ) -> Option<R> {
+        self.wait_with(sched::Access::Write, f, timeout)
+    }
+
+    /// Waits until `pred` holds (true) or, `timeout` after a check that
+    /// found it false, returns whether it holds then. A check only reads.
+    pub fn wait_until(&self, pred: impl Fn(&T) -> bool, timeout: Option<Duration>) -> bool {
+        self.wait_with(
+            sched::Access::Read,
+            |v, timed_out| (pred(v) || timed_out).then(|| pred(v)),
+            |_| timeout,
+        )
+        .unwrap_or(false)
+    }
+
+    fn wait_with<R>(
+        &self,
+        access: sched::Access,
+        mut f: impl FnMut(&mut T, bool) -> Option<R>,
+        timeout: impl Fn(&T) -> Option<Duration>,
+    ) -> Option<R> {
+        // A check that acted may have changed the value: it wakes the
+        // other waiters as an update does.
+        let writes = access.writes();
+        if sched::active() {
+            loop {
+                sched::yield_point_on(self.addr(), access);
+                let t = {
+                    let mut g = self.v.lock();
+                    if let Some(r) = f(&mut g, false) {
+                        drop(g);
+                        if writes {
+                            sched::unblock_all(self.addr());
+                        }
+                        return Some(r);
+                    }
+                    timeout(&g)
+                };
+                match t {
+                    None => sched::block_on(self.addr(), "guarded"),
+                    Some(t) => {
+                        let d = sched::now_ns().saturating_add(duration_ns(t));
+                        if sched::block_on_until(self.addr(), "guarded", d) {
+                            sched::yield_point_on(self.addr(), access);
+                            let r = f(&mut self.v.lock(), true);
+                            if writes && r.is_some() {
+                                sched::unblock_all(self.addr());
+                            }
+                            return r;
+                        }
+                    }
+                }
+            }
+        }
+        let mut g = self.v.lock();
+        loop {
+            if let Some(r) = f(&mut g, false) {
+                if writes {
+                    self.cv.notify_all();
+                }
+                return Some(r);
+            }
+            match timeout(&g) {
+                None => self.cv.wait(&mut g),
+                Some(t) => {
+                    if self.cv.wait_for(&mut g, t).timed_out() {
+                        let r = f(&mut g, true);
+                        if writes && r.is_some() {
+                            self.cv.notify_all();
+                        }
+                        return r;
+                    }
+                }
             }
         }
     }

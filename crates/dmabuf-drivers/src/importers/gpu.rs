@@ -72,7 +72,7 @@ use dmabuf_core::dma_buf::{self, AttachOps, Attachment, DmaBuf, InvalidateFn};
 use dmabuf_core::dma_resv::{ResvGuard, Usage};
 use dmabuf_core::errno::{self, AsErrno};
 use dmabuf_core::sync::thread::{self, JoinHandle};
-use dmabuf_core::sync::{Arc, Condvar, Mutex, Weak};
+use dmabuf_core::sync::{Arc, Guarded, Mutex, Weak};
 use dmabuf_core::uapi::Process;
 use dmabuf_core::{Fence, FenceContext, trace_event};
 use dmabuf_platform::{
@@ -185,8 +185,8 @@ struct DevInner {
     fctx: FenceContext,
     /// The VM page table (a RAM frame the GPU owns): unbind jobs write it.
     pt_frame: u64,
-    work: Mutex<WorkQueue>,
-    work_cv: Condvar,
+    /// The worker's queue (every change wakes the worker).
+    work: Guarded<WorkQueue>,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -238,11 +238,10 @@ impl GpuDevice {
             engine,
             fctx: FenceContext::named("gpu", &name),
             pt_frame,
-            work: Mutex::new(WorkQueue {
+            work: Guarded::new(WorkQueue {
                 items: VecDeque::new(),
                 shutdown: false,
             }),
-            work_cv: Condvar::new(),
             worker: Mutex::new(None),
         }));
         let weak = Arc::downgrade(&dev.0);
@@ -267,8 +266,7 @@ impl GpuDevice {
     /// Stops the worker (after its queued unbinds) and the engine, and frees
     /// the page-table frame. Idempotent.
     pub fn shutdown(&self) {
-        self.0.work.lock().shutdown = true;
-        self.0.work_cv.notify_all();
+        self.0.work.update(|w| w.shutdown = true);
         let h = self.0.worker.lock().take();
         if let Some(h) = h {
             let _ = h.join();
@@ -283,8 +281,7 @@ impl GpuDevice {
     }
 
     fn queue(&self, u: Unbind) {
-        self.0.work.lock().items.push_back(u);
-        self.0.work_cv.notify_all();
+        self.0.work.update(|w| w.items.push_back(u));
     }
 }
 
@@ -293,19 +290,15 @@ fn worker_main(dev: Weak<DevInner>) {
         let Some(d) = dev.upgrade() else {
             return;
         };
-        let item = {
-            let mut w = d.work.lock();
-            loop {
-                if let Some(i) = w.items.pop_front() {
-                    break Some(i);
-                }
-                if w.shutdown {
-                    break None;
-                }
-                w = d.work_cv.wait(w);
-            }
-        };
-        let Some(item) = item else {
+        // An unbind, or `None` at shutdown (after the queued ones).
+        let item = d.work.wait_map(
+            |w, _| match w.items.pop_front() {
+                Some(i) => Some(Some(i)),
+                None => w.shutdown.then_some(None),
+            },
+            |_| None,
+        );
+        let Some(Some(item)) = item else {
             return;
         };
         let _ = item.fence.wait(None);

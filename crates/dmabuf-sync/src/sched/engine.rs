@@ -72,6 +72,31 @@ pub(super) enum ObjKey {
     /// an acquisition that comes first cannot succeed, it blocks until the
     /// release, which ends in the same state).
     Release(usize),
+    /// The `n`-th update (from 1) of a versioned cell (a
+    /// [`Monotone`](crate::Monotone)), by the cell's address. An update
+    /// writes the cell's `Addr` (updates race with each other and with
+    /// reads) and its own version; a waiter whose predicate holds is a
+    /// wake-up on the first version at which it held, so it is ordered
+    /// after that update and not after the later ones, with which it
+    /// commutes (it observes only that its predicate holds).
+    Version(usize, u32),
+    /// One wake-up (a condvar notify or an unpark that made a blocked task
+    /// runnable), numbered per execution: the waker writes it and the
+    /// woken task's next segment observes it, so that segment is ordered
+    /// after its waker and not after a later notify or unpark that runs
+    /// before it.
+    Wakeup(u32),
+}
+
+/// What to forget of a dropped object ([`Execution::forget`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Forget {
+    /// Its address (and its mutex releases).
+    Plain,
+    /// Also its 32 bits ([`ObjKey::Bit`]).
+    Bits,
+    /// Also its versions `1..=n` ([`ObjKey::Version`]).
+    Versions(u32),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,9 +230,11 @@ struct State {
     objs: HashMap<ObjKey, u32>,
     /// The next object number.
     next_obj: u32,
+    /// The next [`ObjKey::Wakeup`] number.
+    next_wakeup: u32,
     /// Objects dropped by the running segment, forgotten once it is
     /// reported (its own accesses to them still count).
-    dropped: Vec<(usize, bool)>,
+    dropped: Vec<(usize, Forget)>,
     /// Group names by index (when recording).
     groups: Vec<String>,
     /// Reused buffer for a segment's numbered accesses.
@@ -413,12 +440,20 @@ impl Execution {
             w += 1;
         }
         buf.truncate(w);
-        for (addr, bits) in std::mem::take(&mut st.dropped) {
+        for (addr, what) in std::mem::take(&mut st.dropped) {
             st.objs.remove(&ObjKey::Addr(addr));
             st.objs.remove(&ObjKey::Release(addr));
-            if bits {
-                for b in 0..32 {
-                    st.objs.remove(&ObjKey::Bit(addr, b));
+            match what {
+                Forget::Plain => {}
+                Forget::Bits => {
+                    for b in 0..32 {
+                        st.objs.remove(&ObjKey::Bit(addr, b));
+                    }
+                }
+                Forget::Versions(n) => {
+                    for v in 1..=n {
+                        st.objs.remove(&ObjKey::Version(addr, v));
+                    }
                 }
             }
         }
@@ -441,10 +476,10 @@ impl Execution {
     /// allocator places things, which differs between executions (per-thread
     /// caches persist across them), and a replayed prefix could number its
     /// objects differently from the execution that recorded it.
-    pub(super) fn forget(&self, addr: usize, bits: bool) {
+    pub(super) fn forget(&self, addr: usize, what: Forget) {
         let mut st = self.lock();
         if st.record {
-            st.dropped.push((addr, bits));
+            st.dropped.push((addr, what));
         }
     }
 
@@ -677,6 +712,17 @@ impl Execution {
                 } => None,
                 Wait::Resource {
                     resource,
+                    kind: "guarded",
+                } => {
+                    // A [`Guarded`](crate::Guarded) check that found
+                    // nothing to do changed nothing and blocks until the
+                    // next update wakes it: no event (its announced access
+                    // is withdrawn), as a failed mutex acquisition.
+                    st.cur.retain(|(k, _)| *k != ObjKey::Addr(resource));
+                    None
+                }
+                Wait::Resource {
+                    resource,
                     kind: "mutex",
                 } => {
                     // A failed acquisition is no event: it blocks until a
@@ -705,6 +751,14 @@ impl Execution {
         self.unblock_key(resource, only_one, ObjKey::Addr(resource));
     }
 
+    /// The `n`-th update of the versioned cell at `cell`: writes its
+    /// [`ObjKey::Version`] key and wakes every task blocked on the cell,
+    /// whose next segments observe that version as a wake-up (ordered
+    /// after this update, not after a later one that runs before them).
+    pub(super) fn unblock_version(&self, _me: TaskId, cell: usize, n: u32) {
+        self.unblock_key(cell, false, ObjKey::Version(cell, n));
+    }
+
     /// A mutex release: wakes every task blocked on the mutex; the release
     /// writes the mutex's [`ObjKey::Release`] key, which the woken tasks'
     /// next segments observe as a wake-up.
@@ -712,13 +766,21 @@ impl Execution {
         self.unblock_key(mutex, false, ObjKey::Release(mutex));
     }
 
+    /// Wakes the tasks blocked on `resource` (one or all), recording a
+    /// write of `key`. The woken tasks' next segments are wake-ups on
+    /// `key` when it names this very write (a mutex release, a version of
+    /// a cell); for a plain address, which later notifies write too, on a
+    /// fresh [`ObjKey::Wakeup`] of this call.
     fn unblock_key(&self, resource: usize, only_one: bool, key: ObjKey) {
         let mut st = self.lock();
         let record = st.record;
         if record {
             st.cur.push((key, Access::Write));
         }
-        for t in st.tasks.iter_mut() {
+        let mut woke = None;
+        let wakeup = ObjKey::Wakeup(st.next_wakeup);
+        for i in 0..st.tasks.len() {
+            let t = &mut st.tasks[i];
             if let TaskState::Blocked {
                 wait: Wait::Resource { resource: r, .. },
                 ..
@@ -728,12 +790,23 @@ impl Execution {
                 t.state = TaskState::Runnable;
                 t.timed_out = false;
                 if record {
-                    t.pending.push((key, Access::Wake));
+                    let k = match key {
+                        ObjKey::Addr(_) => {
+                            woke = Some(wakeup);
+                            wakeup
+                        }
+                        k => k,
+                    };
+                    t.pending.push((k, Access::Wake));
                 }
                 if only_one {
                     break;
                 }
             }
+        }
+        if let Some(k) = woke {
+            st.next_wakeup += 1;
+            st.cur.push((k, Access::Write));
         }
     }
 
@@ -746,6 +819,7 @@ impl Execution {
         if record {
             st.cur.push((ObjKey::Park(task), Access::Write));
         }
+        let wakeup = ObjKey::Wakeup(st.next_wakeup);
         let t = &mut st.tasks[task];
         match t.state {
             TaskState::Blocked {
@@ -754,7 +828,11 @@ impl Execution {
                 t.state = TaskState::Runnable;
                 t.timed_out = false;
                 if record {
-                    t.pending.push((ObjKey::Park(task), Access::Wake));
+                    // Ordered after this unpark, not after a later one
+                    // (which writes the token too) that runs first.
+                    t.pending.push((wakeup, Access::Wake));
+                    st.next_wakeup += 1;
+                    st.cur.push((wakeup, Access::Write));
                 }
             }
             TaskState::Finished => {}
@@ -1085,6 +1163,7 @@ pub(super) fn run<F: FnOnce() + Send + 'static>(
             cur: Vec::new(),
             objs: HashMap::new(),
             next_obj: 0,
+            next_wakeup: 0,
             dropped: Vec::new(),
             groups: vec!["main".to_owned()],
             ev_buf: Vec::new(),

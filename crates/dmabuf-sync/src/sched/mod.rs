@@ -108,7 +108,7 @@ pub use extension::{Extensions, Here};
 pub use schedule::{Schedule, ScheduleError};
 pub use strategy::{Bound, Dfs, Dpor, DporStats, Pct, Random, Replay};
 
-use engine::{LIVE_EXECUTIONS, ObjKey, Wait};
+use engine::{Forget, LIVE_EXECUTIONS, ObjKey, Wait};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -533,7 +533,7 @@ pub fn forget(addr: usize) {
     if active()
         && let Some((e, _)) = engine::ctx()
     {
-        e.forget(addr, false);
+        e.forget(addr, Forget::Plain);
     }
 }
 
@@ -544,7 +544,28 @@ pub fn forget_bits(addr: usize) {
     if active()
         && let Some((e, _)) = engine::ctx()
     {
-        e.forget(addr, true);
+        e.forget(addr, Forget::Bits);
+    }
+}
+
+/// [`forget`] for a versioned cell (a [`Monotone`](crate::Monotone)) that
+/// had `versions` updates: the numbers of its versions too.
+#[inline(always)]
+pub fn forget_versions(addr: usize, versions: u32) {
+    if active()
+        && let Some((e, _)) = engine::ctx()
+    {
+        e.forget(addr, Forget::Versions(versions));
+    }
+}
+
+/// Records that the running segment of the caller observed version `n`
+/// (from 1) of the versioned cell at `addr` as a wake-up: it is ordered
+/// after the `n`-th update (see [`unblock_all_version`]) and never races
+/// with it. Not a scheduling point; nothing outside an execution.
+pub fn wake_on_version(addr: usize, n: u32) {
+    if let Some((e, me)) = engine::ctx() {
+        e.access(me, ObjKey::Version(addr, n), Access::Wake);
     }
 }
 
@@ -586,6 +607,17 @@ pub fn block_on_until(resource: usize, kind: &'static str, deadline_ns: u64) -> 
 pub fn unblock_all(resource: usize) {
     if let Some((e, me)) = engine::ctx() {
         e.unblock(me, resource, false);
+    }
+}
+
+/// The `n`-th update (from 1) of the versioned cell at `addr` (a
+/// [`Monotone`](crate::Monotone)), in the segment that makes it: writes
+/// that version and makes every task blocked on `addr` runnable, their
+/// next segments ordered after this update (and not after a later update
+/// that runs before them).
+pub fn unblock_all_version(addr: usize, n: u32) {
+    if let Some((e, me)) = engine::ctx() {
+        e.unblock_version(me, addr, n);
     }
 }
 

@@ -601,6 +601,143 @@ fn monotone_waits_never_race_with_each_other_or_the_update_they_wait_for() {
     assert_eq!(reads, BTreeSet::from(["0".into(), "1".into(), "2".into()]));
 }
 
+/// A waiter whose predicate became true at one update and an updater that
+/// goes on (stores an atomic, updates the cell again): the waiter may run
+/// between the two updates and miss the store. Its wait is ordered after
+/// the update that made the predicate true, not after the later one (which
+/// would order it after the store and hide the outcome "0").
+fn monotone_between_updates(seen: Seen) -> Box<dyn FnOnce() + Send> {
+    Box::new(move || {
+        let c = Arc::new(crate::Monotone::new((false, false)));
+        let x = Arc::new(AtomicUsize::new(0));
+        let (c2, x2) = (c.clone(), x.clone());
+        thread::spawn(move || {
+            c2.update(|v| v.0 = true);
+            x2.store(1, SeqCst);
+            c2.update(|v| v.1 = true);
+        });
+        c.wait_until(|v| v.0, None);
+        record(&seen, "x", x.load(SeqCst).to_string());
+    })
+}
+
+#[test]
+fn a_monotone_wait_is_ordered_after_the_update_that_made_it_true_only() {
+    let (a, _) = same_as_dfs(&monotone_between_updates);
+    let xs: BTreeSet<String> = a
+        .outcomes
+        .iter()
+        .filter_map(|(o, _)| o.iter().find(|(k, _)| k == "x").map(|x| x.1.clone()))
+        .collect();
+    assert_eq!(xs, BTreeSet::from(["0".into(), "1".into()]));
+}
+
+/// A task waits on a condvar until a flag is set, then reads an atomic;
+/// the other sets the flag, notifies, stores the atomic and notifies again.
+/// The waiter may be woken by the first notify and run before the store
+/// ("waited 1, x 0"): its wake-up is ordered after the notify that woke
+/// it, not after the second one (a write of the same condvar), which
+/// would order its read after the store and hide that outcome.
+fn woken_between_notifies(seen: Seen) -> Box<dyn FnOnce() + Send> {
+    Box::new(move || {
+        let p = Arc::new((Mutex::new(false), Condvar::new(), AtomicUsize::new(0)));
+        let p2 = p.clone();
+        let h = thread::spawn(move || {
+            let (m, cv, x) = &*p2;
+            *m.lock() = true;
+            cv.notify_all();
+            x.store(1, SeqCst);
+            cv.notify_all();
+        });
+        let (m, cv, x) = &*p;
+        let mut g = m.lock();
+        let mut waits = 0;
+        while !*g {
+            g = cv.wait(g);
+            waits += 1;
+        }
+        drop(g);
+        let seen_x = x.load(SeqCst);
+        record(&seen, "x", format!("waited {waits}, x {seen_x}"));
+        h.join().unwrap();
+    })
+}
+
+#[test]
+fn a_woken_task_is_ordered_after_its_waker_only() {
+    let (a, _) = same_as_dfs(&woken_between_notifies);
+    let xs: BTreeSet<String> = a
+        .outcomes
+        .iter()
+        .filter_map(|(o, _)| o.iter().find(|(k, _)| k == "x").map(|x| x.1.clone()))
+        .collect();
+    assert!(xs.contains("waited 1, x 0"), "{xs:?}");
+}
+
+/// `submitters` tasks each queue a job on a [`crate::Guarded`] queue; a
+/// worker pops them in order and records the order; with `drainer`, one
+/// more task waits until the queue has been emptied.
+fn guarded_queue(submitters: usize, drainer: bool) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
+        Box::new(move || {
+            let q = Arc::new(crate::Guarded::new((Vec::<usize>::new(), 0usize)));
+            for i in 0..submitters {
+                let q = q.clone();
+                thread::spawn(move || q.update(|v| v.0.push(i)));
+            }
+            if drainer {
+                let (q, seen) = (q.clone(), seen.clone());
+                thread::spawn(move || {
+                    let ok = q.wait_until(|v| v.1 == submitters, None);
+                    record(&seen, "drained", ok.to_string());
+                });
+            }
+            let mut order = Vec::new();
+            for _ in 0..submitters {
+                let j = q.wait_map(
+                    |v, _| {
+                        let j = (!v.0.is_empty()).then(|| v.0.remove(0))?;
+                        v.1 += 1;
+                        Some(j)
+                    },
+                    |_| None,
+                );
+                order.push(j.unwrap());
+            }
+            record(&seen, "order", format!("{order:?}"));
+        })
+    }
+}
+
+#[test]
+fn a_guarded_check_that_finds_nothing_is_no_event() {
+    // One job: the worker's empty checks never race with the submission,
+    // so one trace.
+    let (a, b) = same_as_dfs(&guarded_queue(1, false));
+    assert_eq!(a.executions, 1, "dfs ran {}", b.executions);
+    assert!(b.executions > 1, "dfs ran {}", b.executions);
+    // Two jobs: the submissions race (two orders), and the first pop races
+    // with the second submission (before or after it): four traces, two
+    // outcomes.
+    let (a, _) = same_as_dfs(&guarded_queue(2, false));
+    assert_eq!(a.executions, 4);
+    assert_eq!(a.outcomes.len(), 2, "{:?}", a.outcomes);
+    // A drainer that only reads: its waits add no trace. A check that
+    // arrives after the pop it waits for races with it; run first, it
+    // blocks and is woken by that pop, the same trace, which sleep sets
+    // cut short.
+    let (a, _) = same_as_dfs(&guarded_queue(1, true));
+    assert_eq!(a.outcomes.len(), 1, "{:?}", a.outcomes);
+    for (o, _) in &a.outcomes {
+        assert!(o.contains(&("drained".into(), "true".into())), "{o:?}");
+    }
+    let mut dpor = Dpor::new(1000);
+    let a = search(&mut dpor, 1000, &guarded_queue(2, true));
+    assert!(a.finished);
+    let st = dpor.stats();
+    assert_eq!(st.executions - st.sleep_blocked, 4, "{st:?}");
+}
+
 /// Two tasks set a bit each of one [`AtomicBits`](crate::atomic::AtomicBits)
 /// word and then test a bit: disjoint bits never race; a task that tests
 /// the other's bit does.
