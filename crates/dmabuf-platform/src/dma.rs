@@ -950,7 +950,12 @@ impl EngineInner {
                 |_| (idle_left > 0 && ra).then_some(interval),
             );
             let job = match next {
-                Some(Cycle::Stop) => return,
+                Some(Cycle::Stop) => {
+                    // Said by the thread itself, after its last job: no
+                    // write for the jobs it finished to race with.
+                    self.finished.update(|f| f.stopped = true);
+                    return;
+                }
                 Some(Cycle::Job(j)) => Some(j),
                 Some(Cycle::IdlePass) => {
                     idle_left -= 1;
@@ -1194,7 +1199,9 @@ impl DmaEngine {
     pub fn stop(&self) {
         let i = &self.inner;
         i.q.update(|q| q.stopping = true);
-        i.finished.update(|f| f.stopped = true);
+        if !i.threaded {
+            i.finished.update(|f| f.stopped = true);
+        }
         let own = ENGINE_THREAD.with(Cell::get) == i.addr();
         let h = i.thread.lock().take();
         if let Some(h) = h
