@@ -935,20 +935,21 @@ impl EngineInner {
             // read-ahead turned on meanwhile counts from the next cycle.
             let ra = self.ra_on.load(Ordering::Acquire);
             let interval = self.cfg.interval;
-            let next = self.q.wait_map(
-                |q, timed_out| {
-                    if q.stopping {
-                        Some(Cycle::Stop)
-                    } else if let Some(j) = q.jobs.pop_front() {
-                        Some(Cycle::Job(j))
-                    } else if timed_out && idle_left > 0 {
-                        Some(Cycle::IdlePass)
-                    } else {
-                        None
-                    }
-                },
-                |_| (idle_left > 0 && ra).then_some(interval),
-            );
+            let next = self
+                .q
+                .wait_map(
+                    |q| {
+                        if q.stopping {
+                            Some(Cycle::Stop)
+                        } else {
+                            q.jobs.pop_front().map(Cycle::Job)
+                        }
+                    },
+                    |_| (idle_left > 0 && ra).then_some(interval),
+                )
+                // Timed out: idle for an interval, a read-ahead pass (the
+                // queue is looked at again after it).
+                .or((idle_left > 0).then_some(Cycle::IdlePass));
             let job = match next {
                 Some(Cycle::Stop) => {
                     // Said by the thread itself, after its last job: no
@@ -961,7 +962,6 @@ impl EngineInner {
                     idle_left -= 1;
                     None
                 }
-                // Timed out with nothing to do: wait again.
                 None => continue,
             };
             let ran = job.is_some();

@@ -972,7 +972,8 @@ impl<T: Clone> Monotone<T> {
 /// | [`wait_map`](Self::wait_map), `f` returns `None` | yes, then blocks | none until an update wakes it |
 /// | [`wait_until`](Self::wait_until), predicate true | yes | a read |
 /// | [`wait_until`](Self::wait_until), predicate false | yes, then blocks | none until an update wakes it |
-/// | the timeout of a wait | after the clock jump | the wait's own access, once more |
+/// | the timeout of [`wait_map`](Self::wait_map) | no: returns `None` | none |
+/// | the timeout of [`wait_until`](Self::wait_until) | yes | a read (the predicate, once more) |
 ///
 /// The caller promises that a check that returns `None` (or a predicate)
 /// changes nothing. Since every update wakes every waiter, a check that
@@ -1040,18 +1041,25 @@ impl<T> Guarded<T> {
     }
 
     /// Waits until `f` returns `Some`, and returns it. `f` may change the
-    /// value only when it returns `Some` (see the type's contract); its
-    /// flag says the wait timed out. `timeout` gives, from the value at
-    /// each check that found nothing, how long to wait before checking a
-    /// last time with the flag set (`None`: no timeout); that last check's
-    /// answer is returned, `None` included. A timeout on a controlled task
-    /// is virtual time: it passes only when no task can run.
+    /// value only when it returns `Some` (see the type's contract).
+    /// `timeout` gives, from the value at each check that found nothing,
+    /// how long to wait for a change (`None`: no timeout); when it passes,
+    /// the wait returns `None` without checking again: no change woke it,
+    /// so a check would find nothing either (a caller that wants to look
+    /// once more calls again). A timeout on a controlled task is virtual
+    /// time: it passes only when no task can run, and the wait touches
+    /// nothing after it.
     pub fn wait_map<R>(
         &self,
-        f: impl FnMut(&mut T, bool) -> Option<R>,
+        mut f: impl FnMut(&mut T) -> Option<R>,
         timeout: impl Fn(&T) -> Option<Duration>,
     ) -> Option<R> {
-        self.wait_with(sched::Access::Write, f, timeout)
+        self.wait_with(
+            sched::Access::Write,
+            |v, timed_out| if timed_out { None } else { f(v) },
+            timeout,
+            false,
+        )
     }
 
     /// Waits until `pred` holds (true) or, `timeout` after a check that
@@ -1061,15 +1069,19 @@ impl<T> Guarded<T> {
             sched::Access::Read,
             |v, timed_out| (pred(v) || timed_out).then(|| pred(v)),
             |_| timeout,
+            true,
         )
         .unwrap_or(false)
     }
 
+    /// The wait loop: `f` with its timed-out flag; after a timeout, one more
+    /// check only if `recheck`.
     fn wait_with<R>(
         &self,
         access: sched::Access,
         mut f: impl FnMut(&mut T, bool) -> Option<R>,
         timeout: impl Fn(&T) -> Option<Duration>,
+        recheck: bool,
     ) -> Option<R> {
         // A check that acted may have changed the value: it wakes the
         // other waiters as an update does.
@@ -1093,6 +1105,9 @@ impl<T> Guarded<T> {
                     Some(t) => {
                         let d = sched::now_ns().saturating_add(duration_ns(t));
                         if sched::block_on_until(self.addr(), "guarded", d) {
+                            if !recheck {
+                                return None;
+                            }
                             sched::yield_point_on(self.addr(), access);
                             let r = f(&mut self.v.lock(), true);
                             if writes && r.is_some() {
@@ -1116,6 +1131,9 @@ impl<T> Guarded<T> {
                 None => self.cv.wait(&mut g),
                 Some(t) => {
                     if self.cv.wait_for(&mut g, t).timed_out() {
+                        if !recheck {
+                            return None;
+                        }
                         let r = f(&mut g, true);
                         if writes && r.is_some() {
                             self.cv.notify_all();

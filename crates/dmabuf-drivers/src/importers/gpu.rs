@@ -292,7 +292,7 @@ fn worker_main(dev: Weak<DevInner>) {
         };
         // An unbind, or `None` at shutdown (after the queued ones).
         let item = d.work.wait_map(
-            |w, _| match w.items.pop_front() {
+            |w| match w.items.pop_front() {
                 Some(i) => Some(Some(i)),
                 None => w.shutdown.then_some(None),
             },

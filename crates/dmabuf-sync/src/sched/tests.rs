@@ -695,7 +695,7 @@ fn guarded_queue(submitters: usize, drainer: bool) -> impl Fn(Seen) -> Box<dyn F
             let mut order = Vec::new();
             for _ in 0..submitters {
                 let j = q.wait_map(
-                    |v, _| {
+                    |v| {
                         let j = (!v.0.is_empty()).then(|| v.0.remove(0))?;
                         v.1 += 1;
                         Some(j)
