@@ -1116,8 +1116,8 @@ impl DmaEngine {
     }
 
     /// Manual engine: runs every queued job. Threaded engine: waits until
-    /// the queue is empty and the engine idle (every fence of the jobs
-    /// queued before the call has been signalled).
+    /// every job queued before the call has finished its cycle (its fence
+    /// signalled, its read-ahead pass made), or the engine has stopped.
     pub fn drain(&self) {
         let i = &self.inner;
         if !i.threaded {

@@ -1101,10 +1101,10 @@ impl<T> Guarded<T> {
                     timeout(&g)
                 };
                 match t {
-                    None => sched::block_on(self.addr(), "guarded"),
+                    None => sched::block_on(self.addr(), "wait-queue"),
                     Some(t) => {
                         let d = sched::now_ns().saturating_add(duration_ns(t));
-                        if sched::block_on_until(self.addr(), "guarded", d) {
+                        if sched::block_on_until(self.addr(), "wait-queue", d) {
                             if !recheck {
                                 return None;
                             }

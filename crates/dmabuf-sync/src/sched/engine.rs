@@ -712,7 +712,7 @@ impl Execution {
                 } => None,
                 Wait::Resource {
                     resource,
-                    kind: "guarded",
+                    kind: "wait-queue",
                 } => {
                     // A [`Guarded`](crate::Guarded) check that found
                     // nothing to do changed nothing and blocks until the
