@@ -368,7 +368,7 @@ impl<T: ?Sized> Mutex<T> {
                     guard: ManuallyDrop::new(g),
                 };
             }
-            sched::block_on(self.addr(), "mutex");
+            sched::block_on(self.addr(), sched::WaitKind::Mutex);
         }
     }
 
@@ -468,7 +468,7 @@ impl Condvar {
         if sched::active() {
             let m = guard.mutex;
             drop(guard);
-            sched::block_on(self.addr(), "condvar");
+            sched::block_on(self.addr(), sched::WaitKind::Condvar);
             return m.lock();
         }
         self.inner.wait(&mut guard.guard);
@@ -486,7 +486,7 @@ impl Condvar {
             let m = guard.mutex;
             drop(guard);
             let deadline = sched::now_ns().saturating_add(duration_ns(dur));
-            let timed_out = sched::block_on_until(self.addr(), "condvar", deadline);
+            let timed_out = sched::block_on_until(self.addr(), sched::WaitKind::Condvar, deadline);
             return (m.lock(), timed_out);
         }
         let r = self.inner.wait_for(&mut guard.guard, dur);
@@ -779,7 +779,7 @@ impl<T: Clone> SetOnce<T> {
                     sched::access(self.addr(), sched::Access::Wake);
                     return v;
                 }
-                sched::block_on(self.addr(), "set-once");
+                sched::block_on(self.addr(), sched::WaitKind::SetOnce);
             }
         }
         let mut g = self.v.lock();
@@ -927,9 +927,9 @@ impl<T: Clone> Monotone<T> {
                     return true;
                 }
                 match deadline {
-                    None => sched::block_on(self.addr(), "monotone"),
+                    None => sched::block_on(self.addr(), sched::WaitKind::Monotone),
                     Some(d) => {
-                        if sched::block_on_until(self.addr(), "monotone", d) {
+                        if sched::block_on_until(self.addr(), sched::WaitKind::Monotone, d) {
                             return self.holds(&pred);
                         }
                     }
@@ -1101,10 +1101,10 @@ impl<T> Guarded<T> {
                     timeout(&g)
                 };
                 match t {
-                    None => sched::block_on(self.addr(), "wait-queue"),
+                    None => sched::block_on(self.addr(), sched::WaitKind::WaitQueue),
                     Some(t) => {
                         let d = sched::now_ns().saturating_add(duration_ns(t));
-                        if sched::block_on_until(self.addr(), "wait-queue", d) {
+                        if sched::block_on_until(self.addr(), sched::WaitKind::WaitQueue, d) {
                             if !recheck {
                                 return None;
                             }

@@ -17,7 +17,7 @@
 use super::extension::{Extensions, Here};
 use super::{
     Access, BlockedOn, Outcome, RunConfig, RunReport, Schedule, StepEvent, Strategy, TaskId,
-    TaskInfo, TaskPanic,
+    TaskInfo, TaskPanic, WaitKind,
 };
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::cell::RefCell;
@@ -38,7 +38,7 @@ struct Aborted;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Wait {
     /// A shim resource (mutex, condvar), by address.
-    Resource { resource: usize, kind: &'static str },
+    Resource { resource: usize, kind: WaitKind },
     /// `thread::park`.
     Park,
     /// `thread::sleep`.
@@ -176,7 +176,10 @@ impl Task {
             TaskState::Runnable | TaskState::Finished => (BlockedOn::Nothing, None),
             TaskState::Blocked { wait, deadline } => (
                 match wait {
-                    Wait::Resource { resource, kind } => BlockedOn::Resource { kind, resource },
+                    Wait::Resource { resource, kind } => BlockedOn::Resource {
+                        kind: kind.name(),
+                        resource,
+                    },
                     Wait::Park => BlockedOn::Park,
                     Wait::Sleep => BlockedOn::Sleep,
                     Wait::Join(t) => BlockedOn::Join(t),
@@ -707,12 +710,12 @@ impl Execution {
                 // A wait on a `SetOnce` or a `Monotone` that blocks: no
                 // event (the `set` or `update` that wakes it orders it).
                 Wait::Resource {
-                    kind: "set-once" | "monotone",
+                    kind: WaitKind::SetOnce | WaitKind::Monotone,
                     ..
                 } => None,
                 Wait::Resource {
                     resource,
-                    kind: "wait-queue",
+                    kind: WaitKind::WaitQueue,
                 } => {
                     // A [`Guarded`](crate::Guarded) check that found
                     // nothing to do changed nothing and blocks until the
@@ -723,7 +726,7 @@ impl Execution {
                 }
                 Wait::Resource {
                     resource,
-                    kind: "mutex",
+                    kind: WaitKind::Mutex,
                 } => {
                     // A failed acquisition is no event: it blocks until a
                     // release wakes it and then tries again (a new

@@ -480,12 +480,45 @@ pub fn yield_point_on_bits(addr: usize, read: u32, write: u32, set: u32) {
     }
 }
 
+/// What a task blocked on a shim resource ([`block_on`]) waits for. The kind
+/// decides what the blocking attempt is for the exploration (see the
+/// notes on soundness in [`strategy::Dpor`]'s module documentation) and names the wait
+/// in deadlock reports ([`BlockedOn::Resource`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WaitKind {
+    /// A contended mutex: the failed acquisition is no event (its
+    /// announced accesses are withdrawn); the release wakes it.
+    Mutex,
+    /// A condvar wait: a write of the condvar.
+    Condvar,
+    /// A [`SetOnce`](crate::SetOnce) not set yet: no event.
+    SetOnce,
+    /// A [`Monotone`](crate::Monotone) predicate still false: no event.
+    Monotone,
+    /// A [`Guarded`](crate::Guarded) check that found nothing to do: no
+    /// event (its announced access is withdrawn).
+    WaitQueue,
+}
+
+impl WaitKind {
+    /// The name deadlock reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            WaitKind::Mutex => "mutex",
+            WaitKind::Condvar => "condvar",
+            WaitKind::SetOnce => "set-once",
+            WaitKind::Monotone => "monotone",
+            WaitKind::WaitQueue => "wait-queue",
+        }
+    }
+}
+
 /// The scheduling point before a blocking acquisition of the mutex at
 /// `addr`. The acquisition races with other acquisitions of the mutex (who
 /// gets it first) and is ordered after the last [`release`] of it without
 /// racing with it: an acquisition cannot overtake a release, it would block
-/// until it. If the mutex is held, the caller must [`block_on`] it with kind
-/// `"mutex"`, which withdraws the announced accesses (a failed acquisition
+/// until it. If the mutex is held, the caller must [`block_on`] it with
+/// [`WaitKind::Mutex`], which withdraws the announced accesses (a failed acquisition
 /// is no event) and try again when woken.
 pub fn acquire_point(addr: usize) {
     if let Some((e, me)) = engine::ctx() {
@@ -589,14 +622,14 @@ pub fn yield_now() {
 }
 
 /// Blocks the calling task until `unblock_one/all(resource)`.
-pub fn block_on(resource: usize, kind: &'static str) {
+pub fn block_on(resource: usize, kind: WaitKind) {
     if let Some((e, me)) = engine::ctx() {
         e.block(me, Wait::Resource { resource, kind }, None);
     }
 }
 
 /// Like `block_on` with a virtual-time deadline; returns true on timeout.
-pub fn block_on_until(resource: usize, kind: &'static str, deadline_ns: u64) -> bool {
+pub fn block_on_until(resource: usize, kind: WaitKind, deadline_ns: u64) -> bool {
     match engine::ctx() {
         Some((e, me)) => e.block(me, Wait::Resource { resource, kind }, Some(deadline_ns)),
         None => true,
