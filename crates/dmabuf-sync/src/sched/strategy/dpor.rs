@@ -43,8 +43,17 @@
 //!   Stalling a group writes the group, and every segment of a member reads
 //!   it, so a stall is reordered against each member's steps: where it falls
 //!   is a choice the search explores.
-//! * Wake-ups. A woken task's next segment accesses what woke it (the mutex,
-//!   condvar, park token, finished task), so it is ordered after the waker.
+//! * Wake-ups. A woken task's next segment accesses what the waker wrote
+//!   for it (the mutex's releases, a fresh wake-up object of the notify or
+//!   unpark, the version of a [`Monotone`](crate::Monotone), the finished
+//!   task), so it is ordered after that waker and not after a later write
+//!   of the same condvar, token or cell: ordering it after the *last*
+//!   write instead orders everything it does next after whatever the
+//!   writer did in between, which hides the schedules where it runs
+//!   between the two (the tests in `sched/tests.rs` have one program for
+//!   each case). A [`Guarded`](crate::Guarded) check or a `Monotone` wait
+//!   that blocks is no event: every change wakes it, so it ends as the
+//!   same check made after that change.
 //! * Joins. Joining a task that has finished and blocking until it
 //!   finishes end in the same state, so a join is ordered after the finish
 //!   (a wake-up access) and never reversed with it; a join that blocks
