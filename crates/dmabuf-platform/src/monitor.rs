@@ -889,6 +889,12 @@ impl Monitor {
                 | ((u64::from(ex.0) + 1) << P_EXPORTER_SHIFT)
                 | (u64::from(owner.0) << P_OWNER_SHIFT)
         };
+        // One event of the model: the stage is reached by the whole buffer
+        // at once (the sequence step returned), so the pages are stamped in
+        // one segment after one scheduling point. Stamped page by page, a
+        // read-ahead pass over P pages could fall between the pages' stamps
+        // in 2^P ways the kernel has no counterpart of.
+        sched::point();
         for r in ranges {
             let mut p = r.start & !(PAGE_SIZE - 1);
             while p < r.start + r.len {
@@ -899,9 +905,9 @@ impl Monitor {
                     // ordered against it.
                     let fences = if flags & P_FENCES_DONE != 0 { word } else { 0 };
                     let revoked = if flags & P_REVOKED != 0 { word } else { 0 };
-                    page.prot_fences.store(fences, Ordering::Release);
-                    if revoked != 0 || page.prot.load(Ordering::Acquire) != 0 {
-                        page.prot.store(revoked, Ordering::Release);
+                    page.prot_fences.store_in_segment(fences, Ordering::Release);
+                    if revoked != 0 || page.prot.load_in_segment(Ordering::Acquire) != 0 {
+                        page.prot.store_in_segment(revoked, Ordering::Release);
                     }
                 }
                 p += PAGE_SIZE;

@@ -321,6 +321,11 @@ pub(crate) struct PciInner {
     mem: Arc<PhysMemory>,
     hot: Box<[DeviceHot]>,
     records: Mutex<Vec<Arc<DeviceRecord>>>,
+    /// Device names by id, for the hazard monitor's reports: bookkeeping
+    /// outside the model (a plain lock, never held across a scheduling
+    /// point), so naming the device in a hazard record does not take the
+    /// bus lock and race with every plug and unplug.
+    names: parking_lot::RwLock<Vec<String>>,
     switches: Vec<String>,
     host_bridge_p2p: bool,
     flr_delay: Duration,
@@ -396,10 +401,10 @@ impl PciInner {
     }
 
     pub(crate) fn name_of(&self, id: u32) -> String {
-        self.records
-            .lock()
+        self.names
+            .read()
             .get(id as usize)
-            .map_or_else(|| format!("dev{id}"), |r| r.name.clone())
+            .map_or_else(|| format!("dev{id}"), Clone::clone)
     }
 }
 
@@ -465,6 +470,7 @@ impl PciBus {
                 mem,
                 hot,
                 records: Mutex::new(Vec::new()),
+                names: parking_lot::RwLock::new(Vec::new()),
                 switches,
                 host_bridge_p2p,
                 flr_delay,
@@ -584,6 +590,7 @@ impl PciBus {
         hot.flags
             .fetch_or(F_PRESENT | F_DECODE | F_MASTER, 0, Ordering::Release);
         recs.push(rec.clone());
+        inner.names.write().push(rec.name.clone());
         drop(recs);
         let dev = PciDevice {
             bus: self.inner.clone(),

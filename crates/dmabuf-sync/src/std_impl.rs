@@ -52,6 +52,27 @@ pub mod atomic {
                     sched::point_on(self.addr(), sched::Access::Write);
                     self.0.store(v, o)
                 }
+                /// [`store`](Self::store) as part of the caller's running
+                /// segment: reported to the scheduler as a write, but no
+                /// scheduling point of its own. For a group of stores that
+                /// is one event of the model (a stage stamped on every page
+                /// of a buffer at once) after one scheduling point.
+                #[inline]
+                pub fn store_in_segment(&self, v: $prim, o: Ordering) {
+                    if sched::active() {
+                        sched::access(self.addr(), sched::Access::Write);
+                    }
+                    self.0.store(v, o)
+                }
+                /// [`load`](Self::load) as part of the caller's running
+                /// segment (see [`store_in_segment`](Self::store_in_segment)).
+                #[inline]
+                pub fn load_in_segment(&self, o: Ordering) -> $prim {
+                    if sched::active() {
+                        sched::access(self.addr(), sched::Access::Read);
+                    }
+                    self.0.load(o)
+                }
                 /// Swaps in a value, returning the old one.
                 #[inline]
                 pub fn swap(&self, v: $prim, o: Ordering) -> $prim {
