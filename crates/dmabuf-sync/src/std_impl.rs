@@ -1072,15 +1072,10 @@ impl<T> Guarded<T> {
     /// nothing after it.
     pub fn wait_map<R>(
         &self,
-        mut f: impl FnMut(&mut T) -> Option<R>,
+        f: impl FnMut(&mut T) -> Option<R>,
         timeout: impl Fn(&T) -> Option<Duration>,
     ) -> Option<R> {
-        self.wait_with(
-            sched::Access::Write,
-            |v, timed_out| if timed_out { None } else { f(v) },
-            timeout,
-            false,
-        )
+        self.wait_with(sched::Access::Write, f, timeout, false)
     }
 
     /// Waits until `pred` holds (true) or, `timeout` after a check that
@@ -1088,19 +1083,19 @@ impl<T> Guarded<T> {
     pub fn wait_until(&self, pred: impl Fn(&T) -> bool, timeout: Option<Duration>) -> bool {
         self.wait_with(
             sched::Access::Read,
-            |v, timed_out| (pred(v) || timed_out).then(|| pred(v)),
+            |v| pred(v).then_some(()),
             |_| timeout,
             true,
         )
-        .unwrap_or(false)
+        .is_some()
     }
 
-    /// The wait loop: `f` with its timed-out flag; after a timeout, one more
-    /// check only if `recheck`.
+    /// The wait loop. After a timeout, one more check (a read: only
+    /// `wait_until` asks for it) if `recheck`, else `None`.
     fn wait_with<R>(
         &self,
         access: sched::Access,
-        mut f: impl FnMut(&mut T, bool) -> Option<R>,
+        mut f: impl FnMut(&mut T) -> Option<R>,
         timeout: impl Fn(&T) -> Option<Duration>,
         recheck: bool,
     ) -> Option<R> {
@@ -1112,7 +1107,7 @@ impl<T> Guarded<T> {
                 sched::yield_point_on(self.addr(), access);
                 let t = {
                     let mut g = self.v.lock();
-                    if let Some(r) = f(&mut g, false) {
+                    if let Some(r) = f(&mut g) {
                         drop(g);
                         if writes {
                             sched::unblock_all(self.addr());
@@ -1129,12 +1124,8 @@ impl<T> Guarded<T> {
                             if !recheck {
                                 return None;
                             }
-                            sched::yield_point_on(self.addr(), access);
-                            let r = f(&mut self.v.lock(), true);
-                            if writes && r.is_some() {
-                                sched::unblock_all(self.addr());
-                            }
-                            return r;
+                            sched::yield_point_on(self.addr(), sched::Access::Read);
+                            return f(&mut self.v.lock());
                         }
                     }
                 }
@@ -1142,7 +1133,7 @@ impl<T> Guarded<T> {
         }
         let mut g = self.v.lock();
         loop {
-            if let Some(r) = f(&mut g, false) {
+            if let Some(r) = f(&mut g) {
                 if writes {
                     self.cv.notify_all();
                 }
@@ -1152,14 +1143,7 @@ impl<T> Guarded<T> {
                 None => self.cv.wait(&mut g),
                 Some(t) => {
                     if self.cv.wait_for(&mut g, t).timed_out() {
-                        if !recheck {
-                            return None;
-                        }
-                        let r = f(&mut g, true);
-                        if writes && r.is_some() {
-                            self.cv.notify_all();
-                        }
-                        return r;
+                        return if recheck { f(&mut g) } else { None };
                     }
                 }
             }

@@ -77,6 +77,14 @@ fn search(
     out
 }
 
+/// Every value a task recorded under `who`, over all outcomes of a search.
+fn recorded(s: &Search, who: &str) -> BTreeSet<String> {
+    s.outcomes
+        .iter()
+        .filter_map(|(o, _)| o.iter().find(|(k, _)| k == who).map(|x| x.1.clone()))
+        .collect()
+}
+
 fn binomial(n: u64, k: u64) -> u64 {
     (1..=k).fold(1, |acc, i| acc * (n + 1 - i) / i)
 }
@@ -459,11 +467,7 @@ fn a_set_once_wait_never_races_with_its_set_but_get_does() {
     // A poll sees the value or not: two traces, both outcomes.
     let (a, _) = same_as_dfs(&set_once(1, true));
     assert_eq!(a.executions, 2);
-    let polls: BTreeSet<String> = a
-        .outcomes
-        .iter()
-        .filter_map(|(o, _)| o.iter().find(|(k, _)| k == "poll").map(|x| x.1.clone()))
-        .collect();
+    let polls: BTreeSet<String> = recorded(&a, "poll");
     assert_eq!(
         polls,
         BTreeSet::from(["None".to_owned(), "Some(7)".to_owned()])
@@ -593,11 +597,7 @@ fn monotone_waits_never_race_with_each_other_or_the_update_they_wait_for() {
     assert_eq!(a.executions, 2);
     // A read races with the updates: it sees 0, 1 or 2.
     let (a, _) = same_as_dfs(&monotone(2, 0, true));
-    let reads: BTreeSet<String> = a
-        .outcomes
-        .iter()
-        .filter_map(|(o, _)| o.iter().find(|(k, _)| k == "reader").map(|x| x.1.clone()))
-        .collect();
+    let reads: BTreeSet<String> = recorded(&a, "reader");
     assert_eq!(reads, BTreeSet::from(["0".into(), "1".into(), "2".into()]));
 }
 
@@ -624,11 +624,7 @@ fn monotone_between_updates(seen: Seen) -> Box<dyn FnOnce() + Send> {
 #[test]
 fn a_monotone_wait_is_ordered_after_the_update_that_made_it_true_only() {
     let (a, _) = same_as_dfs(&monotone_between_updates);
-    let xs: BTreeSet<String> = a
-        .outcomes
-        .iter()
-        .filter_map(|(o, _)| o.iter().find(|(k, _)| k == "x").map(|x| x.1.clone()))
-        .collect();
+    let xs: BTreeSet<String> = recorded(&a, "x");
     assert_eq!(xs, BTreeSet::from(["0".into(), "1".into()]));
 }
 
@@ -666,11 +662,7 @@ fn woken_between_notifies(seen: Seen) -> Box<dyn FnOnce() + Send> {
 #[test]
 fn a_woken_task_is_ordered_after_its_waker_only() {
     let (a, _) = same_as_dfs(&woken_between_notifies);
-    let xs: BTreeSet<String> = a
-        .outcomes
-        .iter()
-        .filter_map(|(o, _)| o.iter().find(|(k, _)| k == "x").map(|x| x.1.clone()))
-        .collect();
+    let xs: BTreeSet<String> = recorded(&a, "x");
     assert!(xs.contains("waited 1, x 0"), "{xs:?}");
 }
 
