@@ -49,18 +49,46 @@
 //! is one compare-and-swap, contention queues on a shim [`Mutex`] and parks
 //! through the shim, so controlled executions schedule it and cancellation
 //! tokens wake it.
+//!
+//! # The lock under the controlled scheduler
+//!
+//! For a controlled task the lock word is a mutex of the model, as a shim
+//! [`Mutex`] is: the word's own operations are not reported one by one.
+//!
+//! | operation | scheduling points | what the exploration sees |
+//! |---|---|---|
+//! | lock, by a caller that can only wait (no context holding locks, no cancellation) | one per attempt | the model's acquisition (a write of the lock, ordered after its last release, never a race with it); a lock found taken blocks until the next release and is no event |
+//! | lock by a context holding locks, or cancellable | one per attempt | an attempt that reads the releases (it may die or be cancelled on what it finds), then the wait queue as on real threads |
+//! | unlock | none (a wake of the queue, if any, takes its lock) | the model's release, which wakes the blocked callers |
+//! | `trylock`, a queued waiter taking it, the waiters bit | one | a write of the lock that reads its releases |
+//! | `is_locked`, `locking_ctx`, a queued waiter's look at the holder | one | a read of the lock and of its releases |
+//! | the holder's token (`owner == me`) | none | nothing: only the caller's own lock and unlock change the answer |
+//!
+//! Without this, a critical section cost seven scheduling points (word
+//! load, compare-and-swap and owner store; word load, owner load, owner
+//! store and release), and a second locker arriving between another's load
+//! and its compare-and-swap, or while the lock was held, made executions of
+//! its own (the queue, the park, the wake) that end as the same order of
+//! the two critical sections. Callers that only wait are woken by any
+//! release and race for the lock, where the queue would hand it to its
+//! oldest waiter: the model explores every order the scheduler can give
+//! (a deviation listed in DESIGN.md).
 
 use crate::dma_fence::{CancelToken, MAX_SCHEDULE_TIMEOUT, Waiter};
 use crate::errno::{self, AsErrno, Errno};
 use crate::lockdep::{self, ClassId, Site};
 use crate::sync::atomic::global::{AtomicU32 as GlobalU32, AtomicU64 as GlobalU64};
 use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[cfg(not(loom))]
+use crate::sync::sched;
 use crate::sync::{Arc, Mutex};
 use crate::trace_event;
 use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::marker::PhantomData;
 use std::panic::Location;
+#[cfg(not(loom))]
+use std::sync::atomic::AtomicU64 as StdU64;
 
 /// Errors of ww-mutex calls.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -380,6 +408,15 @@ fn stamp_of(word: u64) -> Option<u64> {
     }
 }
 
+/// Whether the caller is a task of a controlled execution, for which the
+/// lock word is a mutex of the model (see "The lock under the controlled
+/// scheduler" in the module docs).
+#[cfg(not(loom))]
+#[inline(always)]
+fn controlled() -> bool {
+    sched::active()
+}
+
 struct WaitSlot {
     generation: AtomicU64,
     waiter: Arc<Waiter>,
@@ -576,6 +613,10 @@ impl WwMutex {
     /// controlled schedules are unchanged.
     #[inline(always)]
     pub(crate) fn lock_fast(&self, me: u64) -> FastLock {
+        #[cfg(not(loom))]
+        if controlled() {
+            return FastLock::Skipped;
+        }
         if lockdep::mode() != lockdep::Mode::Off {
             return FastLock::Skipped;
         }
@@ -623,6 +664,10 @@ impl WwMutex {
         mode: LockMode<'_>,
         site: &'static Location<'static>,
     ) -> Result<(), WwError> {
+        #[cfg(not(loom))]
+        if controlled() {
+            return self.lock_controlled(me, ctx, mode, site);
+        }
         if let Some(c) = ctx.as_deref() {
             self.check_ctx(c, mode.slow)?;
         }
@@ -701,9 +746,165 @@ impl WwMutex {
         Ok(())
     }
 
+    /// The address the model knows the lock word by.
+    #[cfg(not(loom))]
+    #[inline(always)]
+    fn word_addr(&self) -> usize {
+        &self.word as *const AtomicU64 as usize
+    }
+
+    /// The lock word's operations for the controlled scheduler: the caller
+    /// reported them as the model's lock operations.
+    #[cfg(not(loom))]
+    #[inline(always)]
+    fn raw_word(&self) -> &StdU64 {
+        self.word.unreported()
+    }
+
+    /// [`lock_general`](Self::lock_general) under the controlled
+    /// scheduler: the lock word is a mutex of the model. An attempt is one
+    /// scheduling point (the model's acquisition) followed by the word's
+    /// compare-and-swap and the owner's store in the same segment. A caller
+    /// that can only wait (no context holding locks, no cancellation)
+    /// blocks on the model's mutex when the lock is taken, which is no
+    /// event, and tries again after the next release; the others look at
+    /// the holder (wait-die, a cancelled token) and queue as on real
+    /// threads.
+    #[cfg(not(loom))]
+    #[cold]
+    fn lock_controlled(
+        &self,
+        me: u64,
+        mut ctx: Option<&mut WwAcquireCtx>,
+        mode: LockMode<'_>,
+        site: &'static Location<'static>,
+    ) -> Result<(), WwError> {
+        if let Some(c) = ctx.as_deref() {
+            self.check_ctx(c, mode.slow)?;
+        }
+        // `owner == me` changes only through the caller's own lock and
+        // unlock: no look at the lock.
+        if self.owner.load_direct(Ordering::Relaxed) == me {
+            let holder = stamp_of(self.raw_word().load(Ordering::Relaxed));
+            return Err(match ctx.as_deref() {
+                Some(c) if holder == Some(c.stamp()) => WwError::AlreadyHeld { stamp: c.stamp() },
+                _ => WwError::Recursive { holder },
+            });
+        }
+        let stamp = ctx.as_deref().map(WwAcquireCtx::stamp);
+        let has_locks = ctx.as_deref().is_some_and(|c| c.acquired() > 0);
+        let only_waits = mode.cancel.is_none() && !(stamp.is_some() && has_locks);
+        let tracked = lockdep::mode() != lockdep::Mode::Off;
+        if tracked {
+            lockdep::acquire(
+                self.class.lockdep_class(),
+                self.addr(),
+                Site::Loc(site),
+                stamp,
+                true,
+                false,
+            );
+        }
+        let locked = LOCKED | stamp.unwrap_or(0) << STAMP_SHIFT;
+        let w = self.word_addr();
+        let r = loop {
+            if only_waits {
+                sched::acquire_point(w);
+            } else {
+                sched::try_acquire_point(w);
+            }
+            let one = sched::same_event();
+            if self
+                .raw_word()
+                .compare_exchange(0, locked, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.set_holder(me, ctx.as_deref());
+                break Ok(());
+            }
+            drop(one);
+            if only_waits {
+                sched::block_on(w, sched::WaitKind::Mutex);
+                continue;
+            }
+            break self.lock_contended(me, ctx.as_deref(), stamp, has_locks, mode.cancel);
+        };
+        match r {
+            Ok(()) => {
+                if let Some(c) = ctx.as_deref_mut() {
+                    c.contending = None;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if tracked {
+                    lockdep::release(self.class.lockdep_class(), self.addr());
+                }
+                if let (WwError::Deadlock { .. }, Some(c)) = (&e, ctx) {
+                    c.contending = Some(self.addr());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The lock word in the contended path: a look or a change, reported
+    /// to the controlled scheduler as the model's (see
+    /// [`lock_controlled`](Self::lock_controlled)); a plain shim
+    /// operation on real threads.
+    #[inline]
+    fn word_load(&self) -> u64 {
+        #[cfg(not(loom))]
+        if controlled() {
+            sched::observe_lock_point(self.word_addr());
+            return self.raw_word().load(Ordering::Acquire);
+        }
+        self.word.load(Ordering::Acquire)
+    }
+
+    /// [`word_load`](Self::word_load) for a change: `f` gets the current
+    /// word and returns the new one, or `None` to leave it. Returns the old
+    /// word and whether it changed.
+    #[inline]
+    fn word_update(&self, mut f: impl FnMut(u64) -> Option<u64>) -> (u64, bool) {
+        #[cfg(not(loom))]
+        if controlled() {
+            sched::try_acquire_point(self.word_addr());
+            let w = self.raw_word();
+            return match w.fetch_update(Ordering::AcqRel, Ordering::Acquire, &mut f) {
+                Ok(old) => (old, true),
+                Err(old) => (old, false),
+            };
+        }
+        let mut cur = self.word.load(Ordering::Acquire);
+        loop {
+            let Some(new) = f(cur) else {
+                return (cur, false);
+            };
+            match self
+                .word
+                .compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return (cur, true),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Stores the holder's thread token. Never reported to the controlled
+    /// scheduler: `owner == me` changes only through the caller's own lock
+    /// and unlock, so no other task's answer depends on the order.
+    #[inline(always)]
+    fn owner_store(&self, v: u64) {
+        #[cfg(not(loom))]
+        self.owner.unreported().store(v, Ordering::Relaxed);
+        #[cfg(loom)]
+        self.owner.store(v, Ordering::Relaxed);
+    }
+
     #[inline]
     fn set_holder(&self, me: u64, ctx: Option<&WwAcquireCtx>) {
-        self.owner.store(me, Ordering::Relaxed);
+        self.owner_store(me);
         if let Some(c) = ctx {
             c.shared.acquired.fetch_add(1, Ordering::Relaxed);
             // SAFETY: we hold the lock; only the holder touches holder_ctx.
@@ -746,7 +947,7 @@ impl WwMutex {
                 slot: slot.clone(),
             },
         );
-        self.word.fetch_or(WAITERS, Ordering::AcqRel);
+        self.word_update(|w| Some(w | WAITERS));
         if stamp.is_some() {
             // Younger waiters holding locks now have an older one ahead and
             // must die (kernel __ww_mutex_die).
@@ -762,27 +963,19 @@ impl WwMutex {
         loop {
             let pos = q.entries.iter().position(|e| e.id == id).unwrap_or(0);
             if pos == 0 {
-                let mut cur = self.word.load(Ordering::Acquire);
-                while cur & LOCKED == 0 {
-                    let rest = if q.entries.len() > 1 { WAITERS } else { 0 };
-                    let new = LOCKED | rest | stamp.unwrap_or(0) << STAMP_SHIFT;
-                    match self
-                        .word
-                        .compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
-                    {
-                        Ok(_) => {
-                            q.entries.remove(0);
-                            self.set_holder(me, ctx);
-                            return Ok(());
-                        }
-                        Err(now) => cur = now,
-                    }
+                let rest = if q.entries.len() > 1 { WAITERS } else { 0 };
+                let new = LOCKED | rest | stamp.unwrap_or(0) << STAMP_SHIFT;
+                let (_, took) = self.word_update(|cur| (cur & LOCKED == 0).then_some(new));
+                if took {
+                    q.entries.remove(0);
+                    self.set_holder(me, ctx);
+                    return Ok(());
                 }
             }
             if let Some(my) = stamp
                 && has_locks
             {
-                let word = self.word.load(Ordering::Acquire);
+                let word = self.word_load();
                 let holder = if word & LOCKED != 0 {
                     stamp_of(word)
                 } else {
@@ -824,7 +1017,13 @@ impl WwMutex {
     fn leave_queue(&self, q: &mut WaitQueue, id: u64) {
         q.entries.retain(|e| e.id != id);
         if q.entries.is_empty() {
-            self.word.fetch_and(!WAITERS, Ordering::AcqRel);
+            self.word_update(|w| Some(w & !WAITERS));
+            // Callers that only wait block on the model's mutex while the
+            // waiters bit is set: they look again.
+            #[cfg(not(loom))]
+            if controlled() {
+                sched::release(self.word_addr());
+            }
         } else {
             // The head may have changed while the lock is free.
             q.wake_all();
@@ -836,20 +1035,10 @@ impl WwMutex {
     #[track_caller]
     pub fn trylock(&self) -> bool {
         let me = thread_token();
-        let mut cur = self.word.load(Ordering::Relaxed);
-        loop {
-            if cur & LOCKED != 0 {
-                return false;
-            }
-            match self.word.compare_exchange_weak(
-                cur,
-                (cur & WAITERS) | LOCKED,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => cur = now,
-            }
+        let (_, took) =
+            self.word_update(|cur| (cur & LOCKED == 0).then_some((cur & WAITERS) | LOCKED));
+        if !took {
+            return false;
         }
         self.set_holder(me, None);
         if lockdep::mode() != lockdep::Mode::Off {
@@ -882,6 +1071,10 @@ impl WwMutex {
     /// returned.
     #[inline]
     pub(crate) fn unlock_with<R>(&self, me: u64, last: impl FnOnce() -> R) -> Result<R, WwError> {
+        #[cfg(not(loom))]
+        if controlled() {
+            return self.unlock_controlled(me, last);
+        }
         if self.word.load(Ordering::Relaxed) & LOCKED == 0 {
             return Err(WwError::NotLocked);
         }
@@ -900,6 +1093,40 @@ impl WwMutex {
         }
         // Clears the lock bit and the stamp, keeps the waiters bit.
         let prev = self.word.fetch_and(WAITERS, Ordering::AcqRel);
+        if prev & WAITERS != 0 {
+            self.wake_waiters();
+        }
+        Ok(r)
+    }
+
+    /// [`unlock_with`](Self::unlock_with) under the controlled scheduler:
+    /// the model's release (no scheduling point: the end of the critical
+    /// section's last segment, as a shim mutex's unlock), which wakes the
+    /// callers blocked on the model's mutex.
+    #[cfg(not(loom))]
+    #[cold]
+    fn unlock_controlled<R>(&self, me: u64, last: impl FnOnce() -> R) -> Result<R, WwError> {
+        let owner = self.owner.load_direct(Ordering::Relaxed);
+        if owner != me {
+            // Misuse: what it finds depends on the others.
+            sched::observe_lock_point(self.word_addr());
+            return Err(if self.raw_word().load(Ordering::Acquire) & LOCKED == 0 {
+                WwError::NotLocked
+            } else {
+                WwError::NotOwner { owner, caller: me }
+            });
+        }
+        let r = last();
+        // SAFETY: the caller holds the lock (owner == me).
+        if unsafe { (*self.holder_ctx.get()).is_some() } {
+            self.drop_holder_ctx();
+        }
+        self.owner_store(0);
+        if lockdep::mode() != lockdep::Mode::Off {
+            self.lockdep_release();
+        }
+        let prev = self.raw_word().fetch_and(WAITERS, Ordering::AcqRel);
+        sched::release(self.word_addr());
         if prev & WAITERS != 0 {
             self.wake_waiters();
         }
@@ -929,7 +1156,7 @@ impl WwMutex {
     /// `ww_mutex_is_locked`.
     #[inline]
     pub fn is_locked(&self) -> bool {
-        self.word.load(Ordering::Relaxed) & LOCKED != 0
+        self.word_load() & LOCKED != 0
     }
 
     /// Whether the calling thread holds the lock.
@@ -955,7 +1182,7 @@ impl WwMutex {
     /// `dma_resv_locking_ctx`: the stamp of the context holding the lock,
     /// `None` when free or held without a context.
     pub fn locking_ctx(&self) -> Option<u64> {
-        let w = self.word.load(Ordering::Relaxed);
+        let w = self.word_load();
         if w & LOCKED == 0 { None } else { stamp_of(w) }
     }
 }

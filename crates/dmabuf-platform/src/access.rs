@@ -32,8 +32,8 @@ use crate::monitor::{
     P_FENCES_DONE, P_REVOKED, Via, flags_of, prot_owner_is,
 };
 use crate::pci::{F_D3HOT, F_DECODE, F_RESET, F_UNPLUGGED, P2pType, PciInner};
-use dmabuf_core::sync::Arc;
 use dmabuf_core::sync::atomic::Ordering;
+use dmabuf_core::sync::{Arc, sched};
 
 /// Everything an access needs to reach memory and be judged.
 pub(crate) struct Fabric {
@@ -211,6 +211,13 @@ impl Fabric {
         t: Target<'_>,
         io: PageIo<'_>,
     ) -> Result<(), AerReason> {
+        // One PCIe transaction: the completer checks it against the
+        // fabric's state at one instant, so every check below is one event
+        // of the model (no other task runs between the owner, decode and
+        // protocol checks of one page). Checked word by word, a revoker's
+        // decode-off, reset and stage stamps could each fall between the
+        // checks of every page, in ways no transaction has.
+        let _one = sched::one_event();
         let token = req.mapping.or(t.pte_token);
         let Some((kind, page)) = self.mem.page(t.phys) else {
             if st.monitor {
@@ -371,6 +378,10 @@ impl Fabric {
         }
         let off = (t.phys & (PAGE_SIZE - 1)) as usize;
         match io {
+            // A speculative read's data is discarded: it moves no bytes, so
+            // it takes no byte lock (nothing of it is observable but the
+            // checks above).
+            PageIo::Read(_) if req.speculative => {}
             PageIo::Read(buf) => page.read(off, buf),
             PageIo::Write(d) => page.write(off, d),
             PageIo::Fill(b, n) => page.fill(off, n, b),

@@ -65,7 +65,7 @@ use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::lockdep;
 use dmabuf_core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use dmabuf_core::sync::thread::{self, JoinHandle};
-use dmabuf_core::sync::{Arc, Guarded, Monotone, Mutex, SetOnce};
+use dmabuf_core::sync::{Arc, Guarded, Monotone, Mutex, SetOnce, sched};
 use dmabuf_core::trace_event;
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -449,6 +449,11 @@ impl DmaPort {
         if start.checked_add(len as u64).is_none() {
             return Err(DmaFault::BadRange { addr: start, len });
         }
+        // A DMA operation is a burst of transactions issued at once: the
+        // master's state, the monitor switch and each page's checks are one
+        // event of the model until something takes a lock (a page's bytes,
+        // the IOMMU), see `Fabric::page`.
+        let _one = sched::one_event();
         self.can_master()?;
         let fabric = &*self.fabric;
         let mut st = OpState::new(fabric);

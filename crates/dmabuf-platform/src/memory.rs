@@ -56,9 +56,8 @@
 use crate::monitor::{PhysRange, ReuseKind};
 use crate::trace;
 use dmabuf_core::errno::{self, AsErrno, Errno};
-use dmabuf_core::sync::Arc;
-use dmabuf_core::sync::Mutex;
 use dmabuf_core::sync::atomic::{AtomicU64, Ordering};
+use dmabuf_core::sync::{Arc, Mutex, sched};
 use dmabuf_core::trace_event;
 
 /// log2 of the page size.
@@ -537,19 +536,35 @@ impl PhysMemory {
 
     /// Assigns MMIO pages to device `owner` (a new generation), clearing bytes
     /// and protocol state.
+    ///
+    /// The range changes hands at one instant: the tags and protocol words
+    /// of all its pages are one event of the model (see
+    /// [`sched::one_event`]), so an access sees the whole range before or
+    /// after. The bytes are cleared apart (each page's byte lock): before
+    /// the tags for a new owner, so it never sees the old bytes, and after
+    /// them for a range leaving its owner, when no access reaches them
+    /// any more.
     pub(crate) fn mmio_assign(&self, addr: u64, len: u64, owner: Option<u32>) {
-        let mut p = addr;
-        while p < addr + len {
-            if let Some((PageKind::Mmio(_), page)) = self.page(p) {
-                let t = page.tag.load(Ordering::Relaxed);
-                let generation = (t >> 16) + 1;
-                let o = owner.map_or(0, |d| u64::from(d) + 1);
-                page.clear();
-                page.prot.store(0, Ordering::Relaxed);
-                page.prot_fences.store(0, Ordering::Relaxed);
-                page.tag.store((generation << 16) | o, Ordering::Release);
+        if owner.is_some() {
+            self.mmio_clear(addr, len);
+        }
+        {
+            let _one = sched::one_event();
+            let mut p = addr;
+            while p < addr + len {
+                if let Some((PageKind::Mmio(_), page)) = self.page(p) {
+                    let t = page.tag.load(Ordering::Relaxed);
+                    let generation = (t >> 16) + 1;
+                    let o = owner.map_or(0, |d| u64::from(d) + 1);
+                    page.prot.store(0, Ordering::Relaxed);
+                    page.prot_fences.store(0, Ordering::Relaxed);
+                    page.tag.store((generation << 16) | o, Ordering::Release);
+                }
+                p += PAGE_SIZE;
             }
-            p += PAGE_SIZE;
+        }
+        if owner.is_none() {
+            self.mmio_clear(addr, len);
         }
     }
 

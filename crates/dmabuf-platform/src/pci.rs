@@ -49,7 +49,7 @@ use crate::monitor::{PhysRange, ReuseKind};
 use crate::trace;
 use dmabuf_core::errno::{self, AsErrno, Errno};
 use dmabuf_core::sync::atomic::{AtomicBits, AtomicU32, Ordering};
-use dmabuf_core::sync::{Arc, Mutex, thread};
+use dmabuf_core::sync::{Arc, Mutex, sched, thread};
 use dmabuf_core::trace_event;
 use std::time::Duration;
 
@@ -671,11 +671,16 @@ impl PciBus {
         let _cfg = dev.rec.cfg.lock();
         dev.check_present()?;
         let hot = &self.inner.hot[id.0 as usize];
-        hot.flags.fetch_or(F_UNPLUGGED, 0, Ordering::AcqRel);
-        hot.flags
-            .fetch_clear(F_DECODE | F_MASTER, 0, Ordering::AcqRel);
-        for b in &dev.rec.bars {
-            self.inner.mem.mmio_assign(b.addr, b.size, None);
+        {
+            // The device leaves the bus at one instant: its flags and its
+            // BAR ranges change in one event of the model.
+            let _one = sched::one_event();
+            hot.flags.fetch_or(F_UNPLUGGED, 0, Ordering::AcqRel);
+            hot.flags
+                .fetch_clear(F_DECODE | F_MASTER, 0, Ordering::AcqRel);
+            for b in &dev.rec.bars {
+                self.inner.mem.mmio_assign(b.addr, b.size, None);
+            }
         }
         drop(recs);
         trace_event!(
@@ -901,10 +906,13 @@ impl PciDevice {
     /// the reset window open.
     pub fn begin_reset(&self) -> Result<(), PciError> {
         let _g = self.locked_change()?;
+        // Entering reset is one change of the device's state (one event).
+        let one = sched::one_event();
         self.hot().flags.fetch_or(F_RESET, 0, Ordering::AcqRel);
         self.hot()
             .flags
             .fetch_clear(F_DECODE | F_MASTER, 0, Ordering::AcqRel);
+        drop(one);
         trace_event!(trace::PCI_FLR, "dev={} phase=begin", self.rec.name);
         self.note_reuse(ReuseKind::Reset);
         Ok(())

@@ -17,10 +17,14 @@
 //! 1. The VMM (`userspace`) exports the buffer and sends an fd to every
 //!    importer process. With `cpu_access` it also maps BAR 0 (VFIO) and
 //!    touches it until the trigger is done.
-//! 2. Each importer thread (`userspace`): `setup`; then queues `jobs` DMA
+//! 2. Each importer thread (`userspace`): `setup`; with several importers,
+//!    waits until every importer's setup returned; then queues `jobs` DMA
 //!    jobs behind the *gate* fence; then reports its setup done. Refusals
 //!    (`EOPNOTSUPP`/`ENODEV` at attach, pin, map, register) are recorded
-//!    and the thread ends.
+//!    and the thread ends. (Without that wait, a GPU whose mapping another
+//!    importer's pin evicted could wait, under the reservation lock, for
+//!    its unbind behind its own gated job, whose gate waits for the
+//!    trigger, which waits for the setup that needs the lock.)
 //! 3. The revoker (`revoker`) waits until every setup is done, stalls
 //!    `userspace` in [`StallMode::StallUserspaceAtRevoke`] and runs the
 //!    trigger. Where userspace stalls is a choice of the search
@@ -202,6 +206,9 @@ impl WorldProbe {
 struct Phase {
     fds_ready: bool,
     export_failed: bool,
+    /// Importers whose setup returned (accepted or refused); counted only
+    /// with more than one importer (see `spawn_importer`).
+    set_up: usize,
     setups_done: usize,
     accepted: usize,
     trigger_begun: bool,
@@ -784,7 +791,8 @@ fn spawn_importer(
     let teardown_race = spec.teardown_during_revoke;
     let remap_race = spec.remap_during_unrevoke;
     let early = spec.map_during_invalidate;
-    let single = spec.importers.iter().map(|s| s.count).sum::<usize>() == 1;
+    let importers = spec.importers.iter().map(|s| s.count).sum::<usize>();
+    let single = importers == 1;
     let check = single
         && matches!(
             spec.exporter,
@@ -816,8 +824,21 @@ fn spawn_importer(
                 probe.error(format!("{name}: setup: {e}"));
             }
             proc.close_all();
+            if !single {
+                coord.update(|p| p.set_up += 1);
+            }
             coord.update(|p| p.setups_done += 1);
             return;
+        }
+        if !single {
+            // Every importer sets up before any queues DMA behind the gate.
+            // A gated job's fence signals only after the trigger, which
+            // waits for every setup: an importer that waited on such a
+            // fence under the reservation lock (a GPU re-binding after an
+            // eviction by another's pin) would otherwise hold up a setup
+            // that needs that lock, and nothing would move again.
+            coord.update(|p| p.set_up += 1);
+            coord.wait(|p| p.set_up >= importers, None);
         }
         let queued = queue_jobs(&*imp, index, 0..jobs, &gate);
         coord.update(|p| {

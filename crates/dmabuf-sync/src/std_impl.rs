@@ -115,6 +115,16 @@ pub mod atomic {
                     sched::point_on(self.addr(), sched::Access::Write);
                     self.0.fetch_and(v, o)
                 }
+                /// The std atomic underneath: operations through it are no
+                /// scheduling point and are not reported to the
+                /// exploration. Only for a word whose model the caller
+                /// reports itself, operation by operation (a lock word
+                /// modelled as a mutex: `WwMutex` in `dmabuf-core`); any
+                /// other use hides accesses from the reduction.
+                #[inline(always)]
+                pub fn unreported(&self) -> &$std {
+                    &self.0
+                }
                 /// Exclusive access without synchronisation.
                 pub fn get_mut(&mut self) -> &mut $prim {
                     self.0.get_mut()
@@ -245,10 +255,12 @@ pub mod atomic {
     /// `Clone` of an owned handle): such a [`get`](Self::get) never races
     /// with the put that releases the object. Under the controlled
     /// scheduler a get, and a put that leaves at least two references
-    /// behind (it found three or more), is a *read* of the count: they
-    /// commute with each other (the count ends the same in either order and
-    /// no put among them reaches zero in either order), so the search does
-    /// not order two holders' gets and puts. A put that finds fewer than
+    /// behind (it found three or more), is a *count step* of the count
+    /// ([`sched::Access::Count`]): they commute with each other (the count
+    /// ends the same in either order and no put among them reaches zero in
+    /// either order), so the search does not order two holders' gets and
+    /// puts; but one may change what another holder's next put is, so it
+    /// wakes that holder from a sleep set. A put that finds fewer than
     /// three, [`get_unless_zero`](Self::get_unless_zero) and
     /// [`count`](Self::count) observe the value, and are writes.
     #[derive(Debug)]
@@ -266,7 +278,7 @@ pub mod atomic {
         /// `kref_get`: takes a reference; the caller holds one.
         #[inline]
         pub fn get(&self) {
-            sched::point_on(self.addr(), sched::Access::Read);
+            sched::point_on(self.addr(), sched::Access::Count);
             self.0.fetch_add(1, Ordering::AcqRel);
         }
         /// `kref_get_unless_zero`: takes a reference unless the count
@@ -283,7 +295,7 @@ pub mod atomic {
         /// `kref_put`: drops a reference; true if it was the last.
         #[inline]
         pub fn put(&self) -> bool {
-            sched::point_on(self.addr(), sched::Access::Read);
+            sched::point_on(self.addr(), sched::Access::Count);
             let old = self.0.fetch_sub(1, Ordering::AcqRel);
             if old < 3 && sched::active() {
                 // Close to zero: the order of this put matters.

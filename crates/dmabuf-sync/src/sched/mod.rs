@@ -175,6 +175,15 @@ pub enum Access {
     /// Observes the object only (atomic load, `is_finished`, a `try_lock`
     /// observing the mutex's releases, being a member of a group).
     Read,
+    /// A commutative step of a [`RefCount`](crate::atomic::RefCount) (a get,
+    /// a put far from zero): a read for races (two of them commute: the
+    /// count ends the same and neither reaches zero), but *not* independent
+    /// of another one for sleep sets. The classification depends on the
+    /// count: after another holder's far put, a sleeping holder's put that
+    /// was far may be the one that reaches the last references (a write),
+    /// a different step from the one the sleep set recorded, so such a
+    /// step wakes the sleeper.
+    Count,
     /// Sets bits it does not observe (an [`AtomicBits`](crate::atomic::AtomicBits)
     /// idempotent set): a write for reads and writes, but two sets commute
     /// (either order leaves the same word and neither saw the other).
@@ -202,6 +211,13 @@ impl Access {
     /// one writes, and they are not both idempotent sets.
     pub fn conflicts(self, other: Access) -> bool {
         (self.writes() || other.writes()) && !(self == Access::Set && other == Access::Set)
+    }
+
+    /// Whether a step with this access wakes a sleeper whose recorded next
+    /// step has `other` on the same object: a conflict, or two
+    /// [`Count`](Access::Count) steps (see there).
+    pub fn wakes_sleeper(self, other: Access) -> bool {
+        self.conflicts(other) || (self == Access::Count && other == Access::Count)
     }
 }
 
@@ -428,10 +444,67 @@ pub fn point_on(addr: usize, access: Access) {
     }
 }
 
-/// [`point_on`] without the fast check.
+/// [`point_on`] without the fast check. Inside a [`one_event`] scope, no
+/// scheduling point: the access joins the running segment.
 pub fn yield_point_on(addr: usize, access: Access) {
     if let Some((e, me)) = engine::ctx() {
-        e.yield_now(me, false, &[(ObjKey::Addr(addr), access)]);
+        if in_one_event() {
+            e.access(me, ObjKey::Addr(addr), access);
+        } else {
+            e.yield_now(me, false, &[(ObjKey::Addr(addr), access)]);
+        }
+    }
+}
+
+std::thread_local! {
+    static ONE_EVENT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+fn in_one_event() -> bool {
+    ONE_EVENT.with(std::cell::Cell::get) != 0
+}
+
+/// A scope that is one event of the model ([`one_event`]): while it lives,
+/// the calling thread's atomic operations (shim atomics, [`AtomicBits`],
+/// [`RefCount`]) make no scheduling point of their own and their accesses
+/// join the running segment. Blocking operations (a mutex, a condvar, a
+/// park) still make theirs: what follows one belongs to the segment it
+/// starts.
+///
+/// [`AtomicBits`]: crate::atomic::AtomicBits
+/// [`RefCount`]: crate::atomic::RefCount
+#[must_use = "the scope ends when the guard is dropped"]
+pub struct OneEvent {
+    /// Thread-bound: the scope is the calling thread's.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+/// Begins a scope that the exploration sees as one event: one scheduling
+/// point now, and none for the atomic operations the caller makes until
+/// the guard is dropped (see [`OneEvent`]). For what the modelled system
+/// does at one instant: a PCIe transaction checked against the fabric's
+/// state, a device removed from the bus with its BAR ranges. Scopes nest;
+/// outside a controlled execution only a thread-local counter moves.
+pub fn one_event() -> OneEvent {
+    if active() && !in_one_event() {
+        yield_point();
+    }
+    same_event()
+}
+
+/// [`one_event`] without its scheduling point: the atomic operations of
+/// the scope join the segment already running (after a point the caller
+/// made itself, such as [`acquire_point`]).
+pub fn same_event() -> OneEvent {
+    ONE_EVENT.with(|c| c.set(c.get() + 1));
+    OneEvent {
+        _thread: std::marker::PhantomData,
+    }
+}
+
+impl Drop for OneEvent {
+    fn drop(&mut self) {
+        ONE_EVENT.with(|c| c.set(c.get().saturating_sub(1)));
     }
 }
 
@@ -476,7 +549,13 @@ pub fn yield_point_on_bits(addr: usize, read: u32, write: u32, set: u32) {
             acc[n] = (ObjKey::Bit(addr, b), a);
             n += 1;
         }
-        e.yield_now(me, false, &acc[..n]);
+        if in_one_event() {
+            for &(k, a) in &acc[..n] {
+                e.access(me, k, a);
+            }
+        } else {
+            e.yield_now(me, false, &acc[..n]);
+        }
     }
 }
 
@@ -543,6 +622,22 @@ pub fn try_acquire_point(addr: usize) {
             false,
             &[
                 (ObjKey::Addr(addr), Access::Write),
+                (ObjKey::Release(addr), Access::Read),
+            ],
+        );
+    }
+}
+
+/// The scheduling point before a look at a lock's state that neither
+/// takes nor releases it (`ww_mutex_is_locked`): a read of the lock and of
+/// its releases.
+pub fn observe_lock_point(addr: usize) {
+    if let Some((e, me)) = engine::ctx() {
+        e.yield_now(
+            me,
+            false,
+            &[
+                (ObjKey::Addr(addr), Access::Read),
                 (ObjKey::Release(addr), Access::Read),
             ],
         );

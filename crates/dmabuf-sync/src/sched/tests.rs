@@ -848,3 +848,86 @@ fn dpor_orders_the_puts_that_release_a_reference_count() {
     assert_eq!(a.outcomes.len(), 2, "{:?}", a.outcomes);
     assert_eq!(a.executions, 2);
 }
+
+#[test]
+fn a_far_put_wakes_a_holder_whose_put_it_changes() {
+    // Three references: two tasks drop one each, the main task the last
+    // after joining them. Run first, a task's put finds three (a count
+    // step); run second, two (a write). With the other task first, the
+    // sleeping task's recorded put (a count step) is not the put it then
+    // makes (a write): the other's count step must wake it, or the search
+    // calls that execution redundant and stops looking at it.
+    let prog = |seen: Seen| -> Box<dyn FnOnce() + Send> {
+        Box::new(move || {
+            let c = Arc::new(crate::atomic::RefCount::new(3));
+            let hs: Vec<_> = (0..2)
+                .map(|i| {
+                    let c = c.clone();
+                    let s = seen.clone();
+                    thread::spawn(move || {
+                        let last = c.put();
+                        record(&s, &format!("t{i}"), format!("{last}"));
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+            record(&seen, "main", format!("{}", c.put()));
+        })
+    };
+    let mut dpor = Dpor::new(1000);
+    let a = search(&mut dpor, 1000, &prog);
+    assert!(a.finished);
+    let st = dpor.stats();
+    assert_eq!(st.executions, 2, "{st:?}");
+    assert_eq!(st.sleep_blocked, 0, "{st:?}");
+    let (_, b) = same_as_dfs(&prog);
+    assert_eq!(a.outcomes, b.outcomes);
+}
+
+/// A writer stores two words (inside a [`one_event`](super::one_event)
+/// scope or not) while a reader loads both, in the same order.
+fn two_words(scoped: bool) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
+        Box::new(move || {
+            let x = Arc::new(crate::atomic::AtomicU32::new(0));
+            let y = Arc::new(crate::atomic::AtomicU32::new(0));
+            let (x2, y2) = (x.clone(), y.clone());
+            let w = thread::spawn(move || {
+                let one = scoped.then(super::one_event);
+                x2.store(1, SeqCst);
+                y2.store(1, SeqCst);
+                drop(one);
+            });
+            let s = seen.clone();
+            let r = thread::spawn(move || {
+                let a = x.load(SeqCst);
+                let b = y.load(SeqCst);
+                record(&s, "read", format!("x{a} y{b}"));
+            });
+            w.join().unwrap();
+            r.join().unwrap();
+        })
+    }
+}
+
+#[test]
+fn a_one_event_scope_is_seen_whole_or_not_at_all() {
+    // Unscoped, the reader's loads can fall between the two stores and see
+    // the first without the second (x1 y0).
+    let (_, b) = same_as_dfs(&two_words(false));
+    let seen = recorded(&b, "read");
+    assert!(seen.contains("x1 y0"), "{seen:?}");
+    // Scoped, the two stores are one event: the reader's loads fall before
+    // it, after it, or around it (x0 y1); never inside it.
+    let (a, b) = same_as_dfs(&two_words(true));
+    let seen = recorded(&b, "read");
+    assert_eq!(
+        seen,
+        ["x0 y0", "x0 y1", "x1 y1"].map(String::from).into(),
+        "{seen:?}"
+    );
+    // The writer's event races with each load once: three traces.
+    assert_eq!(a.executions, 3, "{}", a.executions);
+}

@@ -75,6 +75,12 @@
 //!   (they race with reads and writes of it); a
 //!   [`RefCount`](crate::atomic::RefCount)'s gets and its puts far from zero
 //!   are reads of the count, so they do not race with each other.
+//! * Declared one event by the code: inside a
+//!   [`one_event`](super::super::one_event) scope a task's atomic
+//!   operations make no scheduling point and join its running segment, so
+//!   they are seen whole or not at all (what the modelled hardware does at
+//!   one instant: a DMA operation's checks, a device leaving the bus). This
+//!   coarsens the program, not the search: every access is still reported.
 //! * Not reduced, conservatively ordered: every access to one object by a
 //!   writer (a failed compare-exchange counts as a write; a mutex acquire
 //!   and release are writes of the mutex).
@@ -161,17 +167,20 @@ impl Sleeper {
             .filter(|a| a.0 >= self.fresh_from)
             .map(|a| a.1)
             .collect();
-        let fresh_write = fresh.iter().any(|a| a.writes());
+        // A count step may change what a sleeper's count step is (see
+        // `Access::Count`): conservatively a change here.
+        let changes = |a: &Access| a.writes() || *a == Access::Count;
+        let fresh_write = fresh.iter().any(changes);
         // A wake-up observes the object like a read does.
         for &(o, a) in acc {
             if o >= self.fresh_from {
                 // Numbered after the sleeper was recorded: may be one of the
                 // objects that were new to the sleeper's own segment.
-                if !fresh.is_empty() && (a.writes() || fresh_write) {
+                if !fresh.is_empty() && (changes(&a) || fresh_write) {
                     return false;
                 }
             } else if let Ok(i) = self.accesses.binary_search_by_key(&o, |x| x.0)
-                && a.conflicts(self.accesses[i].1)
+                && a.wakes_sleeper(self.accesses[i].1)
             {
                 return false;
             }
