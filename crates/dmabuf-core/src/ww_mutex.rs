@@ -408,6 +408,15 @@ fn stamp_of(word: u64) -> Option<u64> {
     }
 }
 
+/// The error of a lock call by the thread that holds the lock already
+/// (`holder`: the stamp of the context it holds it with).
+fn relock_error(ctx: Option<&WwAcquireCtx>, holder: Option<u64>) -> WwError {
+    match ctx {
+        Some(c) if holder == Some(c.stamp()) => WwError::AlreadyHeld { stamp: c.stamp() },
+        _ => WwError::Recursive { holder },
+    }
+}
+
 /// Whether the caller is a task of a controlled execution, for which the
 /// lock word is a mutex of the model (see "The lock under the controlled
 /// scheduler" in the module docs).
@@ -660,7 +669,7 @@ impl WwMutex {
         &self,
         me: u64,
         word: Option<u64>,
-        mut ctx: Option<&mut WwAcquireCtx>,
+        ctx: Option<&mut WwAcquireCtx>,
         mode: LockMode<'_>,
         site: &'static Location<'static>,
     ) -> Result<(), WwError> {
@@ -673,25 +682,11 @@ impl WwMutex {
         }
         let word = word.unwrap_or_else(|| self.word.load(Ordering::Relaxed));
         if word & LOCKED != 0 && self.owner.load(Ordering::Relaxed) == me {
-            let holder = self.locking_ctx();
-            return Err(match ctx.as_deref() {
-                Some(c) if holder == Some(c.stamp()) => WwError::AlreadyHeld { stamp: c.stamp() },
-                _ => WwError::Recursive { holder },
-            });
+            return Err(relock_error(ctx.as_deref(), self.locking_ctx()));
         }
         let stamp = ctx.as_deref().map(WwAcquireCtx::stamp);
         let has_locks = ctx.as_deref().is_some_and(|c| c.acquired() > 0);
-        let tracked = lockdep::mode() != lockdep::Mode::Off;
-        if tracked {
-            lockdep::acquire(
-                self.class.lockdep_class(),
-                self.addr(),
-                Site::Loc(site),
-                stamp,
-                true,
-                false,
-            );
-        }
+        let tracked = self.lockdep_acquire(site, stamp);
         let locked = LOCKED | stamp.unwrap_or(0) << STAMP_SHIFT;
         let r = if self
             .word
@@ -703,9 +698,36 @@ impl WwMutex {
         } else {
             self.lock_contended(me, ctx.as_deref(), stamp, has_locks, mode.cancel)
         };
+        self.end_lock(r, ctx, tracked)
+    }
+
+    /// Tells lockdep about the acquisition if it is on; returns whether.
+    fn lockdep_acquire(&self, site: &'static Location<'static>, stamp: Option<u64>) -> bool {
+        let tracked = lockdep::mode() != lockdep::Mode::Off;
+        if tracked {
+            lockdep::acquire(
+                self.class.lockdep_class(),
+                self.addr(),
+                Site::Loc(site),
+                stamp,
+                true,
+                false,
+            );
+        }
+        tracked
+    }
+
+    /// The end of a lock call: the context's contention state, and lockdep
+    /// told of a failed acquisition.
+    fn end_lock(
+        &self,
+        r: Result<(), WwError>,
+        ctx: Option<&mut WwAcquireCtx>,
+        tracked: bool,
+    ) -> Result<(), WwError> {
         match r {
             Ok(()) => {
-                if let Some(c) = ctx.as_deref_mut() {
+                if let Some(c) = ctx {
                     c.contending = None;
                 }
                 Ok(())
@@ -775,7 +797,7 @@ impl WwMutex {
     fn lock_controlled(
         &self,
         me: u64,
-        mut ctx: Option<&mut WwAcquireCtx>,
+        ctx: Option<&mut WwAcquireCtx>,
         mode: LockMode<'_>,
         site: &'static Location<'static>,
     ) -> Result<(), WwError> {
@@ -786,25 +808,12 @@ impl WwMutex {
         // unlock: no look at the lock.
         if self.owner.load_direct(Ordering::Relaxed) == me {
             let holder = stamp_of(self.raw_word().load(Ordering::Relaxed));
-            return Err(match ctx.as_deref() {
-                Some(c) if holder == Some(c.stamp()) => WwError::AlreadyHeld { stamp: c.stamp() },
-                _ => WwError::Recursive { holder },
-            });
+            return Err(relock_error(ctx.as_deref(), holder));
         }
         let stamp = ctx.as_deref().map(WwAcquireCtx::stamp);
         let has_locks = ctx.as_deref().is_some_and(|c| c.acquired() > 0);
         let only_waits = mode.cancel.is_none() && !(stamp.is_some() && has_locks);
-        let tracked = lockdep::mode() != lockdep::Mode::Off;
-        if tracked {
-            lockdep::acquire(
-                self.class.lockdep_class(),
-                self.addr(),
-                Site::Loc(site),
-                stamp,
-                true,
-                false,
-            );
-        }
+        let tracked = self.lockdep_acquire(site, stamp);
         let locked = LOCKED | stamp.unwrap_or(0) << STAMP_SHIFT;
         let w = self.word_addr();
         let r = loop {
@@ -829,23 +838,7 @@ impl WwMutex {
             }
             break self.lock_contended(me, ctx.as_deref(), stamp, has_locks, mode.cancel);
         };
-        match r {
-            Ok(()) => {
-                if let Some(c) = ctx.as_deref_mut() {
-                    c.contending = None;
-                }
-                Ok(())
-            }
-            Err(e) => {
-                if tracked {
-                    lockdep::release(self.class.lockdep_class(), self.addr());
-                }
-                if let (WwError::Deadlock { .. }, Some(c)) = (&e, ctx) {
-                    c.contending = Some(self.addr());
-                }
-                Err(e)
-            }
-        }
+        self.end_lock(r, ctx, tracked)
     }
 
     /// The lock word in the contended path: a look or a change, reported
@@ -1083,14 +1076,7 @@ impl WwMutex {
             return Err(WwError::NotOwner { owner, caller: me });
         }
         let r = last();
-        // SAFETY: the caller holds the lock (owner == me and LOCKED).
-        if unsafe { (*self.holder_ctx.get()).is_some() } {
-            self.drop_holder_ctx();
-        }
-        self.owner.store(0, Ordering::Relaxed);
-        if lockdep::mode() != lockdep::Mode::Off {
-            self.lockdep_release();
-        }
+        self.leave_holder();
         // Clears the lock bit and the stamp, keeps the waiters bit.
         let prev = self.word.fetch_and(WAITERS, Ordering::AcqRel);
         if prev & WAITERS != 0 {
@@ -1117,7 +1103,20 @@ impl WwMutex {
             });
         }
         let r = last();
-        // SAFETY: the caller holds the lock (owner == me).
+        self.leave_holder();
+        let prev = self.raw_word().fetch_and(WAITERS, Ordering::AcqRel);
+        sched::release(self.word_addr());
+        if prev & WAITERS != 0 {
+            self.wake_waiters();
+        }
+        Ok(r)
+    }
+
+    /// What the holder undoes before it clears the lock bit: its
+    /// context's count, its token, lockdep's record. Holder only.
+    #[inline]
+    fn leave_holder(&self) {
+        // SAFETY: called by the holder before it releases the lock.
         if unsafe { (*self.holder_ctx.get()).is_some() } {
             self.drop_holder_ctx();
         }
@@ -1125,12 +1124,6 @@ impl WwMutex {
         if lockdep::mode() != lockdep::Mode::Off {
             self.lockdep_release();
         }
-        let prev = self.raw_word().fetch_and(WAITERS, Ordering::AcqRel);
-        sched::release(self.word_addr());
-        if prev & WAITERS != 0 {
-            self.wake_waiters();
-        }
-        Ok(r)
     }
 
     #[cold]

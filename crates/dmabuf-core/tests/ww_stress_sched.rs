@@ -39,7 +39,11 @@ struct Shared {
     deaths: Mutex<Deaths>,
 }
 
-fn acquire(s: &Shared, me: usize, objs: &[usize]) {
+/// Takes `objs` with one context (wait-die back-off), checks that no one
+/// else holds them, and releases them; with `linger`, yields while holding
+/// them to widen the window the check watches (for random and PCT
+/// schedules: DPOR's completeness assumes no task yields).
+fn acquire(s: &Shared, me: usize, objs: &[usize], linger: bool) {
     let mut ctx = WwAcquireCtx::new(&RESERVATION_WW_CLASS);
     let mut held: Vec<usize> = Vec::new();
     let mut slow: Option<usize> = None;
@@ -81,7 +85,9 @@ fn acquire(s: &Shared, me: usize, objs: &[usize]) {
             prev - 1
         );
     }
-    thread::yield_now();
+    if linger {
+        thread::yield_now();
+    }
     for &o in &held {
         s.holder[o].store(0, Ordering::SeqCst);
         s.locks[o].unlock().expect("unlock");
@@ -103,7 +109,7 @@ fn world() -> Arc<Shared> {
             let s = s2.clone();
             thread::spawn(move || {
                 for r in 0..ROUNDS {
-                    acquire(&s, t, &plan(t, r));
+                    acquire(&s, t, &plan(t, r), true);
                 }
             })
         })
@@ -211,60 +217,36 @@ static OPPOSITE_DEATHS: dmabuf_core::sync::atomic::global::AtomicUsize =
     dmabuf_core::sync::atomic::global::AtomicUsize::new(0);
 
 /// Two contexts take the same two locks in opposite orders (backing off
-/// and retrying with `lock_slow` when they die), while a plain locker
-/// takes the first: the smallest world where a context holding a lock
-/// waits in the queue, dies, and meets a caller that only waits.
+/// and retrying with `lock_slow` when they die, as `acquire` does), while
+/// a plain locker takes the first: the smallest world where a context
+/// holding a lock waits in the queue, dies, and meets a caller that only
+/// waits.
 fn opposite_orders() {
-    fn take(locks: &[WwMutex], order: &[usize]) {
-        let mut ctx = WwAcquireCtx::new(&RESERVATION_WW_CLASS);
-        let mut held: Vec<usize> = Vec::new();
-        let mut slow: Option<usize> = None;
-        'retry: loop {
-            if let Some(o) = slow.take() {
-                locks[o]
-                    .lock_slow(&mut ctx)
-                    .expect("lock_slow with nothing held");
-                held.push(o);
-            }
-            for &o in order {
-                if held.contains(&o) {
-                    continue;
-                }
-                match locks[o].lock(Some(&mut ctx)) {
-                    Ok(()) => held.push(o),
-                    Err(WwError::Deadlock { .. }) => {
-                        OPPOSITE_DEATHS.fetch_add(1, Ordering::Relaxed);
-                        for h in held.drain(..) {
-                            locks[h].unlock().expect("unlock of a held lock");
-                        }
-                        slow = Some(o);
-                        continue 'retry;
-                    }
-                    Err(e) => panic!("unexpected ww error: {e}"),
-                }
-            }
-            break;
-        }
-        ctx.acquire_done().expect("acquire_done");
-        for h in held {
-            locks[h].unlock().expect("unlock");
-        }
-        ctx.fini().expect("fini with nothing held");
-    }
-    let locks = Arc::new([
-        WwMutex::new(&RESERVATION_WW_CLASS),
-        WwMutex::new(&RESERVATION_WW_CLASS),
-    ]);
-    let (a, b) = (locks.clone(), locks.clone());
-    let ta = thread::spawn(move || take(&*a, &[0, 1]));
-    let tb = thread::spawn(move || take(&*b, &[1, 0]));
+    let s = Arc::new(Shared {
+        locks: (0..2)
+            .map(|_| WwMutex::new(&RESERVATION_WW_CLASS))
+            .collect(),
+        holder: (0..2).map(|_| AtomicUsize::new(0)).collect(),
+        deaths: Mutex::new(Vec::new()),
+    });
+    let (a, b, c) = (s.clone(), s.clone(), s.clone());
+    let ta = thread::spawn(move || acquire(&a, 0, &[0, 1], false));
+    let tb = thread::spawn(move || acquire(&b, 1, &[1, 0], false));
     let tc = thread::spawn(move || {
-        locks[0].lock(None).expect("plain lock");
-        locks[0].unlock().expect("unlock");
+        c.locks[0].lock(None).expect("plain lock");
+        c.locks[0].unlock().expect("unlock");
     });
     for h in [ta, tb, tc] {
         h.join().expect("task panicked");
     }
+    let deaths = s.deaths.lock().clone();
+    for (stamp, older) in &deaths {
+        assert!(
+            older < stamp,
+            "ctx {stamp} died for ctx {older}, which is younger"
+        );
+    }
+    OPPOSITE_DEATHS.fetch_add(deaths.len(), Ordering::Relaxed);
 }
 
 #[test]
@@ -283,5 +265,5 @@ fn wait_die_completes_in_every_schedule_of_opposite_orders_and_a_plain_locker() 
     assert!(s.is_exhausted() && s.bounds_hit().is_empty(), "{runs} runs");
     // The contexts do contend: one dies and retries in some schedules, so
     // this is more than the uncontended path.
-    assert!(OPPOSITE_DEATHS.load(Ordering::Relaxed) > 0);
+    assert!(OPPOSITE_DEATHS.load(Ordering::Relaxed) > 0, "{runs} runs");
 }

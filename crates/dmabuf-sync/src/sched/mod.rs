@@ -600,29 +600,26 @@ impl WaitKind {
 /// [`WaitKind::Mutex`], which withdraws the announced accesses (a failed acquisition
 /// is no event) and try again when woken.
 pub fn acquire_point(addr: usize) {
-    if let Some((e, me)) = engine::ctx() {
-        e.yield_now(
-            me,
-            false,
-            &[
-                (ObjKey::Addr(addr), Access::Write),
-                (ObjKey::Release(addr), Access::Wake),
-            ],
-        );
-    }
+    lock_point(addr, Access::Write, Access::Wake);
 }
 
 /// The scheduling point before a non-blocking acquisition attempt
 /// (`try_lock`): its result depends on whether the last release came
 /// first, so it reads the mutex's releases (and races with them).
 pub fn try_acquire_point(addr: usize) {
+    lock_point(addr, Access::Write, Access::Read);
+}
+
+/// A scheduling point announcing `lock` on the lock at `addr` and
+/// `releases` on its releases.
+fn lock_point(addr: usize, lock: Access, releases: Access) {
     if let Some((e, me)) = engine::ctx() {
         e.yield_now(
             me,
             false,
             &[
-                (ObjKey::Addr(addr), Access::Write),
-                (ObjKey::Release(addr), Access::Read),
+                (ObjKey::Addr(addr), lock),
+                (ObjKey::Release(addr), releases),
             ],
         );
     }
@@ -632,16 +629,7 @@ pub fn try_acquire_point(addr: usize) {
 /// takes nor releases it (`ww_mutex_is_locked`): a read of the lock and of
 /// its releases.
 pub fn observe_lock_point(addr: usize) {
-    if let Some((e, me)) = engine::ctx() {
-        e.yield_now(
-            me,
-            false,
-            &[
-                (ObjKey::Addr(addr), Access::Read),
-                (ObjKey::Release(addr), Access::Read),
-            ],
-        );
-    }
+    lock_point(addr, Access::Read, Access::Read);
 }
 
 /// Releases the mutex at `addr`: wakes the tasks blocked on it (see

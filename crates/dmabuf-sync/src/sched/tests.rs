@@ -822,13 +822,12 @@ fn dpor_does_not_order_reference_gets_and_puts_that_stay_far_from_zero() {
     assert!(a.executions > 1, "near zero: {}", a.executions);
 }
 
-#[test]
-fn dpor_orders_the_puts_that_release_a_reference_count() {
-    // Two tasks each own one of the two references and drop it: which one
-    // releases depends on the order, and both orders are explored.
-    let prog = |seen: Seen| -> Box<dyn FnOnce() + Send> {
+/// A count of `refs` references: two tasks drop one each, and the main
+/// task, after joining them, drops whatever is left over them.
+fn two_putters(refs: usize) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
         Box::new(move || {
-            let c = Arc::new(crate::atomic::RefCount::new(2));
+            let c = Arc::new(crate::atomic::RefCount::new(refs));
             let hs: Vec<_> = (0..2)
                 .map(|i| {
                     let c = c.clone();
@@ -842,9 +841,18 @@ fn dpor_orders_the_puts_that_release_a_reference_count() {
             for h in hs {
                 h.join().unwrap();
             }
+            for _ in 2..refs {
+                record(&seen, "main", format!("{}", c.put()));
+            }
         })
-    };
-    let (a, _) = same_as_dfs(&prog);
+    }
+}
+
+#[test]
+fn dpor_orders_the_puts_that_release_a_reference_count() {
+    // Two tasks each own one of the two references and drop it: which one
+    // releases depends on the order, and both orders are explored.
+    let (a, _) = same_as_dfs(&two_putters(2));
     assert_eq!(a.outcomes.len(), 2, "{:?}", a.outcomes);
     assert_eq!(a.executions, 2);
 }
@@ -857,25 +865,7 @@ fn a_far_put_wakes_a_holder_whose_put_it_changes() {
     // sleeping task's recorded put (a count step) is not the put it then
     // makes (a write): the other's count step must wake it, or the search
     // calls that execution redundant and stops looking at it.
-    let prog = |seen: Seen| -> Box<dyn FnOnce() + Send> {
-        Box::new(move || {
-            let c = Arc::new(crate::atomic::RefCount::new(3));
-            let hs: Vec<_> = (0..2)
-                .map(|i| {
-                    let c = c.clone();
-                    let s = seen.clone();
-                    thread::spawn(move || {
-                        let last = c.put();
-                        record(&s, &format!("t{i}"), format!("{last}"));
-                    })
-                })
-                .collect();
-            for h in hs {
-                h.join().unwrap();
-            }
-            record(&seen, "main", format!("{}", c.put()));
-        })
-    };
+    let prog = two_putters(3);
     let mut dpor = Dpor::new(1000);
     let a = search(&mut dpor, 1000, &prog);
     assert!(a.finished);
