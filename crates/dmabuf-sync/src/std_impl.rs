@@ -254,15 +254,17 @@ pub mod atomic {
     /// holders take references only from a reference they hold (Rust's
     /// `Clone` of an owned handle): such a [`get`](Self::get) never races
     /// with the put that releases the object. Under the controlled
-    /// scheduler a get, and a put that leaves at least two references
-    /// behind (it found three or more), is a *count step* of the count
-    /// ([`sched::Access::Count`]): they commute with each other (the count
-    /// ends the same in either order and no put among them reaches zero in
-    /// either order), so the search does not order two holders' gets and
-    /// puts; but one may change what another holder's next put is, so it
-    /// wakes that holder from a sleep set. A put that finds fewer than
-    /// three, [`get_unless_zero`](Self::get_unless_zero) and
-    /// [`count`](Self::count) observe the value, and are writes.
+    /// scheduler a get is [`sched::Access::Get`]: it commutes with every
+    /// other get and put (the getter's reference keeps the count at two or
+    /// more while another holder drops its own, so no put releases in
+    /// either order). A put that does not release is
+    /// [`sched::Access::Count`]: it commutes with the other such puts, but
+    /// one may turn another holder's next put into the releasing one, so it
+    /// wakes that holder from a sleep set. The releasing put is
+    /// [`sched::Access::Put`] and races with every other put (their order
+    /// decides which releases).
+    /// [`get_unless_zero`](Self::get_unless_zero) and [`count`](Self::count)
+    /// observe the value, and are writes.
     #[derive(Debug)]
     pub struct RefCount(std::sync::atomic::AtomicUsize);
 
@@ -278,7 +280,7 @@ pub mod atomic {
         /// `kref_get`: takes a reference; the caller holds one.
         #[inline]
         pub fn get(&self) {
-            sched::point_on(self.addr(), sched::Access::Count);
+            sched::point_on(self.addr(), sched::Access::Get);
             self.0.fetch_add(1, Ordering::AcqRel);
         }
         /// `kref_get_unless_zero`: takes a reference unless the count
@@ -297,9 +299,9 @@ pub mod atomic {
         pub fn put(&self) -> bool {
             sched::point_on(self.addr(), sched::Access::Count);
             let old = self.0.fetch_sub(1, Ordering::AcqRel);
-            if old < 3 && sched::active() {
-                // Close to zero: the order of this put matters.
-                sched::access(self.addr(), sched::Access::Write);
+            if old == 1 && sched::active() {
+                // The releasing put: the order of the puts decides it.
+                sched::access(self.addr(), sched::Access::Put);
             }
             old == 1
         }

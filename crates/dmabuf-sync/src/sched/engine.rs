@@ -433,8 +433,11 @@ impl Execution {
                     (Access::Write, Access::Wake) | (Access::Set, Access::Wake) => {
                         buf[w - 1].1 = Access::WakeWrite;
                     }
-                    // Observed and set: not idempotent any more.
-                    (Access::Set, Access::Read) => buf[w - 1].1 = Access::Write,
+                    // Observed and set: not idempotent any more; observed
+                    // and counted: no longer commutes with other counts.
+                    (Access::Set | Access::Get | Access::Count | Access::Put, Access::Read) => {
+                        buf[w - 1].1 = Access::Write
+                    }
                     _ => {}
                 }
                 continue;

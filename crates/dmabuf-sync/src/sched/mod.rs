@@ -175,15 +175,28 @@ pub enum Access {
     /// Observes the object only (atomic load, `is_finished`, a `try_lock`
     /// observing the mutex's releases, being a member of a group).
     Read,
-    /// A commutative step of a [`RefCount`](crate::atomic::RefCount) (a get,
-    /// a put far from zero): a read for races (two of them commute: the
-    /// count ends the same and neither reaches zero), but *not* independent
-    /// of another one for sleep sets. The classification depends on the
-    /// count: after another holder's far put, a sleeping holder's put that
-    /// was far may be the one that reaches the last references (a write),
-    /// a different step from the one the sleep set recorded, so such a
-    /// step wakes the sleeper.
+    /// A [`RefCount`](crate::atomic::RefCount) get by a holder: it changes
+    /// the count but observes nothing, and the getter's reference keeps the
+    /// count at two or more while another holder drops its own, so a get
+    /// commutes with every put and every other get (no put releases in
+    /// either order). A write for reads and writes of the count.
+    Get,
+    /// A [`RefCount`](crate::atomic::RefCount) put that does not release
+    /// (it found two or more). Two of them commute: if the first found `c`
+    /// and the second `c - 1 >= 2`, then in the other order they find `c`
+    /// and `c - 1`, so the count ends the same and neither releases. It
+    /// races with the releasing [`Put`](Access::Put): moved after it, this
+    /// put would be the one that releases. *Not* independent of another
+    /// such put for sleep sets: after another holder's put, a sleeping
+    /// holder's recorded put may have become the releasing one, a different
+    /// step from the one the sleep set recorded, so such a step wakes the
+    /// sleeper.
     Count,
+    /// The [`RefCount`](crate::atomic::RefCount) put that releases (it
+    /// found one): which holder's put releases depends on the order of the
+    /// puts, so it races with every other put; no get can be concurrent
+    /// with it (a getter's own reference would keep the count above one).
+    Put,
     /// Sets bits it does not observe (an [`AtomicBits`](crate::atomic::AtomicBits)
     /// idempotent set): a write for reads and writes, but two sets commute
     /// (either order leaves the same word and neither saw the other).
@@ -208,14 +221,25 @@ impl Access {
     }
 
     /// Whether two accesses of one object by different tasks conflict:
-    /// one writes, and they are not both idempotent sets.
+    /// one writes, and they are not both idempotent sets; of a reference
+    /// count's steps only the releasing put conflicts with the other puts.
     pub fn conflicts(self, other: Access) -> bool {
-        (self.writes() || other.writes()) && !(self == Access::Set && other == Access::Set)
+        use Access::{Count, Get, Put};
+        match (self, other) {
+            (Get, Get | Count | Put) | (Count | Put, Get) | (Count, Count) => false,
+            (Get | Count | Put, _) | (_, Get | Count | Put) => true,
+            _ => {
+                (self.writes() || other.writes()) && !(self == Access::Set && other == Access::Set)
+            }
+        }
     }
 
     /// Whether a step with this access wakes a sleeper whose recorded next
-    /// step has `other` on the same object: a conflict, or two
-    /// [`Count`](Access::Count) steps (see there).
+    /// step has `other` on the same object: a conflict, or two puts that do
+    /// not release (see [`Count`](Access::Count)). A get never wakes a put:
+    /// it only takes a put further from zero, and a put that does not
+    /// release conflicts with less than the releasing put the sleeper may
+    /// have recorded.
     pub fn wakes_sleeper(self, other: Access) -> bool {
         self.conflicts(other) || (self == Access::Count && other == Access::Count)
     }

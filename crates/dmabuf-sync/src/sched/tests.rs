@@ -771,8 +771,13 @@ fn dpor_does_not_order_operations_on_disjoint_bits_of_one_word() {
 
 /// `holders` tasks each take and drop a reference of a count that the root
 /// holds (`extra` more references held by the root too); the root drops
-/// its own at the end and records whether its put was the last.
-fn ref_holders(holders: usize, extra: usize) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+/// its own (before joining them if `root_first`) and records whether its
+/// puts were the last.
+fn ref_holders(
+    holders: usize,
+    extra: usize,
+    root_first: bool,
+) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
     move |seen| {
         Box::new(move || {
             let c = Arc::new(crate::atomic::RefCount::new(1 + extra));
@@ -789,12 +794,19 @@ fn ref_holders(holders: usize, extra: usize) -> impl Fn(Seen) -> Box<dyn FnOnce(
                     })
                 })
                 .collect();
+            let mut lasts = Vec::new();
+            if root_first {
+                for _ in 0..=extra {
+                    lasts.push(c.put());
+                }
+            }
             for h in hs {
                 h.join().unwrap();
             }
-            let mut lasts = Vec::new();
-            for _ in 0..=extra {
-                lasts.push(c.put());
+            if !root_first {
+                for _ in 0..=extra {
+                    lasts.push(c.put());
+                }
             }
             record(&seen, "root", format!("{lasts:?}"));
         })
@@ -802,33 +814,34 @@ fn ref_holders(holders: usize, extra: usize) -> impl Fn(Seen) -> Box<dyn FnOnce(
 }
 
 #[test]
-fn dpor_does_not_order_reference_gets_and_puts_that_stay_far_from_zero() {
-    // The root holds three references throughout: every holder's get and
-    // put commutes with every other's.
-    let (a, b) = same_as_dfs(&ref_holders(2, 2));
-    assert_eq!(a.executions, 1, "one trace");
-    assert!(b.executions > 1, "dfs branches: {}", b.executions);
-    assert_eq!(a.outcomes.len(), 1);
+fn dpor_does_not_order_reference_gets_and_puts_that_do_not_release() {
+    // The root holds its references until the holders are done: every
+    // holder's get and put commutes with every other's, whatever the count.
+    for extra in [0, 2] {
+        let (a, b) = same_as_dfs(&ref_holders(2, extra, false));
+        assert_eq!(a.executions, 1, "one trace (extra {extra})");
+        assert!(b.executions > 1, "dfs branches: {}", b.executions);
+        assert_eq!(a.outcomes.len(), 1);
+    }
     // Too many interleavings for DFS, still one trace.
     let mut dpor = Dpor::new(1000);
-    let a = search(&mut dpor, 1000, &ref_holders(4, 2));
+    let a = search(&mut dpor, 1000, &ref_holders(4, 0, false));
     assert!(a.finished && dpor.bounds_hit().is_empty());
     assert_eq!(a.executions, 1, "four holders");
-    // With the root holding only one reference, the holders' last puts
-    // come near zero and are ordered: more than one trace.
-    let mut dpor = Dpor::new(1000);
-    let a = search(&mut dpor, 1000, &ref_holders(2, 0));
-    assert!(a.finished && dpor.bounds_hit().is_empty());
-    assert!(a.executions > 1, "near zero: {}", a.executions);
+    // With the root dropping its reference without waiting, the three
+    // last puts race to release: each of them may be the one.
+    let (a, _) = same_as_dfs(&ref_holders(2, 0, true));
+    assert!(a.executions >= 3, "releasing puts: {}", a.executions);
+    assert_eq!(a.outcomes.len(), 3, "{:?}", a.outcomes);
 }
 
-/// A count of `refs` references: two tasks drop one each, and the main
+/// A count of `refs` references: `n` tasks drop one each, and the main
 /// task, after joining them, drops whatever is left over them.
-fn two_putters(refs: usize) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+fn putters(n: usize, refs: usize) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
     move |seen| {
         Box::new(move || {
             let c = Arc::new(crate::atomic::RefCount::new(refs));
-            let hs: Vec<_> = (0..2)
+            let hs: Vec<_> = (0..n)
                 .map(|i| {
                     let c = c.clone();
                     let s = seen.clone();
@@ -841,7 +854,7 @@ fn two_putters(refs: usize) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
             for h in hs {
                 h.join().unwrap();
             }
-            for _ in 2..refs {
+            for _ in n..refs {
                 record(&seen, "main", format!("{}", c.put()));
             }
         })
@@ -852,28 +865,56 @@ fn two_putters(refs: usize) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
 fn dpor_orders_the_puts_that_release_a_reference_count() {
     // Two tasks each own one of the two references and drop it: which one
     // releases depends on the order, and both orders are explored.
-    let (a, _) = same_as_dfs(&two_putters(2));
+    let (a, _) = same_as_dfs(&putters(2, 2));
     assert_eq!(a.outcomes.len(), 2, "{:?}", a.outcomes);
     assert_eq!(a.executions, 2);
 }
 
+/// Two references: one task takes a second reference from its own, the
+/// other drops its reference; the main task drops what is left after
+/// joining them.
+fn get_beside_near_put(seen: Seen) -> Box<dyn FnOnce() + Send> {
+    Box::new(move || {
+        let c = Arc::new(crate::atomic::RefCount::new(2));
+        let (c1, c2) = (c.clone(), c.clone());
+        // The put's task first: the search runs it first, so its first
+        // execution has the put before the get.
+        let s = seen.clone();
+        let p = thread::spawn(move || record(&s, "put", format!("{}", c2.put())));
+        let g = thread::spawn(move || c1.get());
+        g.join().unwrap();
+        p.join().unwrap();
+        record(&seen, "main", format!("{} {}", c.put(), c.put()));
+    })
+}
+
 #[test]
-fn a_far_put_wakes_a_holder_whose_put_it_changes() {
-    // Three references: two tasks drop one each, the main task the last
-    // after joining them. Run first, a task's put finds three (a count
-    // step); run second, two (a write). With the other task first, the
-    // sleeping task's recorded put (a count step) is not the put it then
-    // makes (a write): the other's count step must wake it, or the search
-    // calls that execution redundant and stops looking at it.
-    let prog = two_putters(3);
+fn dpor_does_not_order_a_holders_get_with_another_holders_put() {
+    // Whatever the order, the put does not release and the main task's
+    // second put does: one trace, although the put finds two references in
+    // one order and three in the other.
+    let (a, b) = same_as_dfs(&get_beside_near_put);
+    assert_eq!(a.executions, 1, "{:?}", a.outcomes);
+    assert!(b.executions > 1, "dfs branches: {}", b.executions);
+    assert_eq!(a.outcomes.len(), 1, "{:?}", a.outcomes);
+}
+
+#[test]
+fn a_put_wakes_a_holder_whose_put_it_turns_into_the_releasing_one() {
+    // Three references, one task drops each: whichever puts last releases.
+    // A task's put recorded in a sleep set as one that does not release
+    // becomes the releasing one once the others have put: their puts must
+    // wake it, or the search calls those executions redundant and never
+    // sees that task release.
+    let prog = putters(3, 3);
     let mut dpor = Dpor::new(1000);
     let a = search(&mut dpor, 1000, &prog);
     assert!(a.finished);
     let st = dpor.stats();
-    assert_eq!(st.executions, 2, "{st:?}");
     assert_eq!(st.sleep_blocked, 0, "{st:?}");
     let (_, b) = same_as_dfs(&prog);
     assert_eq!(a.outcomes, b.outcomes);
+    assert_eq!(a.outcomes.len(), 3, "{:?}", a.outcomes);
 }
 
 /// A writer stores two words (inside a [`one_event`](super::one_event)
@@ -920,4 +961,157 @@ fn a_one_event_scope_is_seen_whole_or_not_at_all() {
     );
     // The writer's event races with each load once: three traces.
     assert_eq!(a.executions, 3, "{}", a.executions);
+}
+
+/// One step of a generated program (`random_counts`).
+#[derive(Clone, Copy, Debug)]
+enum CountOp {
+    /// Take a reference from one the task owns.
+    Get,
+    /// Drop one of the task's references; records whether it released.
+    Put,
+    /// Load the shared word; records the value.
+    Load,
+    /// Store the task's number in the shared word.
+    Store,
+}
+
+/// A generated program: a reference count whose references are dealt to
+/// the tasks (and the root) before they start, a shared word, and per task
+/// a few steps that never drop a reference the task does not own.
+fn random_counts(rng: &mut rand_pcg::Pcg64) -> (Vec<Vec<CountOp>>, Vec<usize>, usize, bool) {
+    use rand::Rng;
+    // Two tasks beside the root: three make full DFS run past 100,000
+    // executions (every spawn, record and join is a scheduling point).
+    let tasks = 2;
+    let root_refs = rng.gen_range(0..=1);
+    let mut owned = Vec::new();
+    let mut progs = Vec::new();
+    for _ in 0..tasks {
+        let start = rng.gen_range(1..=2);
+        let mut held: usize = start;
+        let mut ops = Vec::new();
+        for _ in 0..rng.gen_range(1..=2) {
+            let op = match rng.gen_range(0..4) {
+                0 if held > 0 => CountOp::Get,
+                1 if held > 0 => CountOp::Put,
+                2 => CountOp::Load,
+                3 => CountOp::Store,
+                _ => CountOp::Put,
+            };
+            match op {
+                CountOp::Get => held += 1,
+                CountOp::Put if held == 0 => continue,
+                CountOp::Put => held -= 1,
+                _ => {}
+            }
+            ops.push(op);
+        }
+        owned.push(start);
+        progs.push(ops);
+    }
+    let root_first = rng.gen_range(0..2) == 1;
+    (progs, owned, root_refs, root_first)
+}
+
+fn count_program(
+    progs: Vec<Vec<CountOp>>,
+    owned: Vec<usize>,
+    root_refs: usize,
+    root_first: bool,
+) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
+        let (progs, owned) = (progs.clone(), owned.clone());
+        Box::new(move || {
+            let total = root_refs + owned.iter().sum::<usize>();
+            let c = Arc::new(crate::atomic::RefCount::new(total));
+            let x = Arc::new(AtomicUsize::new(0));
+            let hs: Vec<_> = progs
+                .into_iter()
+                .zip(owned)
+                .enumerate()
+                .map(|(i, (ops, mut held))| {
+                    let (c, x, s) = (c.clone(), x.clone(), seen.clone());
+                    thread::spawn(move || {
+                        let mut log = Vec::new();
+                        for op in ops {
+                            match op {
+                                CountOp::Get => {
+                                    c.get();
+                                    held += 1;
+                                }
+                                CountOp::Put => {
+                                    held -= 1;
+                                    log.push(format!("p{}", c.put()));
+                                }
+                                CountOp::Load => log.push(format!("l{}", x.load(SeqCst))),
+                                CountOp::Store => x.store(i + 1, SeqCst),
+                            }
+                        }
+                        // The task's remaining references go at its end.
+                        for _ in 0..held {
+                            log.push(format!("e{}", c.put()));
+                        }
+                        record(&s, &format!("t{i}"), log.join(" "));
+                    })
+                })
+                .collect();
+            let mut log = Vec::new();
+            let drop_root = |log: &mut Vec<String>| {
+                for _ in 0..root_refs {
+                    log.push(format!("{}", c.put()));
+                }
+            };
+            if root_first {
+                drop_root(&mut log);
+            }
+            for h in hs {
+                h.join().unwrap();
+            }
+            if !root_first {
+                drop_root(&mut log);
+            }
+            record(&seen, "root", log.join(" "));
+        })
+    }
+}
+
+#[test]
+fn dpor_sees_what_dfs_sees_on_generated_reference_count_programs() {
+    // Gets, puts (some of them the releasing one, whichever task comes
+    // last), and loads and stores of a shared word, in two tasks beside
+    // the root (which may drop its references while they run): the
+    // reduction's outcomes are exactly the full search's, and it never
+    // runs more executions. Programs whose full search needs more than
+    // 2,000 executions are drawn again (counted: most are small enough).
+    use rand::SeedableRng;
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(7);
+    let (mut compared, mut drawn, mut fewer, mut several) = (0, 0, 0, 0);
+    while compared < 40 && drawn < 120 {
+        drawn += 1;
+        let (progs, owned, root_refs, root_first) = random_counts(&mut rng);
+        let what = format!("{progs:?} owned {owned:?} root {root_refs} {root_first}");
+        let prog = count_program(progs, owned, root_refs, root_first);
+        let mut dfs = Dfs::new(1000);
+        let b = search(&mut dfs, 2_000, &prog);
+        if !b.finished {
+            continue;
+        }
+        let mut dpor = Dpor::new(1000);
+        let a = search(&mut dpor, 200_000, &prog);
+        assert!(a.finished && dpor.bounds_hit().is_empty(), "{what}");
+        assert_eq!(a.outcomes, b.outcomes, "{what}");
+        assert!(a.executions <= b.executions, "{what}");
+        compared += 1;
+        fewer += usize::from(a.executions < b.executions);
+        several += usize::from(a.outcomes.len() > 1);
+    }
+    assert_eq!(
+        compared, 40,
+        "only {compared} of {drawn} drawn programs were small enough"
+    );
+    // The generator is not degenerate: most cases reduce, and many have
+    // several outcomes (which put releases, what a load sees).
+    assert!(fewer > 30, "{fewer} of 40 reduced");
+    assert!(several > 10, "{several} of 40 with several outcomes");
 }

@@ -169,7 +169,7 @@ impl Sleeper {
             .collect();
         // A count step may change what a sleeper's count step is (see
         // `Access::Count`): conservatively a change here.
-        let changes = |a: &Access| a.writes() || *a == Access::Count;
+        let changes = |a: &Access| *a != Access::Read && *a != Access::Wake;
         let fresh_write = fresh.iter().any(changes);
         // A wake-up observes the object like a read does.
         for &(o, a) in acc {
@@ -367,11 +367,10 @@ impl Dpor {
         let mut vc: Vec<Vec<u32>> = Vec::with_capacity(n);
         let mut last_of_task: Vec<Option<usize>> = vec![None; ntasks];
         let mut barrier: Vec<u32> = vec![0; ntasks];
-        // Per object: the last write, the idempotent sets and the reads
-        // since.
+        // Per object: the last write, and the other accesses since (reads,
+        // idempotent sets, reference count steps).
         let mut last_write: Vec<Option<usize>> = Vec::new();
-        let mut reads: Vec<Vec<usize>> = Vec::new();
-        let mut sets: Vec<Vec<usize>> = Vec::new();
+        let mut since: Vec<Vec<(usize, Access)>> = Vec::new();
         let mut cands: Vec<usize> = Vec::new();
         let mut wakers: Vec<usize> = Vec::new();
         for j in 0..n {
@@ -397,8 +396,7 @@ impl Dpor {
                 let o = o as usize;
                 if last_write.len() <= o {
                     last_write.resize(o + 1, None);
-                    reads.resize(o + 1, Vec::new());
-                    sets.resize(o + 1, Vec::new());
+                    since.resize(o + 1, Vec::new());
                 }
                 let consider = |i: usize, cands: &mut Vec<usize>| {
                     let Some(ti) = self.events[i].task else {
@@ -413,32 +411,26 @@ impl Dpor {
                     if let Some(w) = last_write[o] {
                         wakers.push(w);
                     }
-                    wakers.extend_from_slice(&sets[o]);
+                    wakers.extend(since[o].iter().filter(|x| x.1 != Access::Read).map(|x| x.0));
                     if a == Access::Wake {
                         continue;
                     }
                 } else if let Some(w) = last_write[o] {
                     consider(w, &mut cands);
                 }
-                if a == Access::Set {
-                    // Races with the reads since the last write, not with
-                    // the other sets.
-                    for &r in &reads[o] {
+                // Races with the accesses since the last write it conflicts
+                // with (a set not with other sets, a reference count's steps
+                // as `Access::conflicts` says).
+                for &(r, b) in &since[o] {
+                    if a.conflicts(b) {
                         consider(r, &mut cands);
                     }
-                    sets[o].push(j);
-                } else if a.writes() {
-                    for &r in reads[o].iter().chain(&sets[o]) {
-                        consider(r, &mut cands);
-                    }
+                }
+                if a.writes() && a != Access::Set {
                     last_write[o] = Some(j);
-                    reads[o].clear();
-                    sets[o].clear();
+                    since[o].clear();
                 } else {
-                    for &x in &sets[o] {
-                        consider(x, &mut cands);
-                    }
-                    reads[o].push(j);
+                    since[o].push((j, a));
                 }
             }
             let mut c = pre;
