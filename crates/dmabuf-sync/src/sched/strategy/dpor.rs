@@ -73,8 +73,9 @@
 //!   [`AtomicBits`](crate::atomic::AtomicBits) word are objects of their
 //!   own; two idempotent sets ([`Access::Set`]) of one bit do not race
 //!   (they race with reads and writes of it); a
-//!   [`RefCount`](crate::atomic::RefCount)'s gets and its puts far from zero
-//!   are reads of the count, so they do not race with each other.
+//!   [`RefCount`](crate::atomic::RefCount)'s get races with no put, and
+//!   only the put that releases races with the other puts
+//!   ([`Access::Get`], [`Access::Count`], [`Access::Put`]).
 //! * Declared one event by the code: inside a
 //!   [`one_event`](super::super::one_event) scope a task's atomic
 //!   operations make no scheduling point and join its running segment, so
