@@ -230,7 +230,7 @@ struct State {
     cur: Vec<(ObjKey, Access)>,
     /// Execution-local object numbers, in first-touch order, of the objects
     /// alive (a dropped object's key is forgotten: [`Execution::forget`]).
-    objs: HashMap<ObjKey, u32>,
+    objs: rustc_hash::FxHashMap<ObjKey, u32>,
     /// The next object number.
     next_obj: u32,
     /// The next [`ObjKey::Wakeup`] number.
@@ -1167,7 +1167,7 @@ pub(super) fn run<F: FnOnce() + Send + 'static>(
             counters: HashMap::new(),
             record,
             cur: Vec::new(),
-            objs: HashMap::new(),
+            objs: rustc_hash::FxHashMap::default(),
             next_obj: 0,
             next_wakeup: 0,
             dropped: Vec::new(),

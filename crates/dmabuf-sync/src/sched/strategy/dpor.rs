@@ -144,6 +144,13 @@ use super::super::{Access, Outcome, ScheduleError, StepEvent, Strategy, TaskId};
 use super::{Bound, PartState, SearchShard};
 
 /// What a task's next segment touches, for sleep sets.
+/// Whether `DPOR_DEBUG` asks for the search's own trace on stderr (read
+/// once: the search asks at every segment).
+fn debugging() -> bool {
+    static D: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *D.get_or_init(|| std::env::var_os("DPOR_DEBUG").is_some())
+}
+
 #[derive(Clone, Debug)]
 struct Sleeper {
     task: TaskId,
@@ -370,7 +377,10 @@ impl Dpor {
         let mut barrier: Vec<u32> = vec![0; ntasks];
         // Per object: the last write, and the other accesses since (reads,
         // idempotent sets, reference count steps).
+        // (Reads apart: a read conflicts with none of them, and an object
+        // read many times between writes would make every read scan them.)
         let mut last_write: Vec<Option<usize>> = Vec::new();
+        let mut reads: Vec<Vec<usize>> = Vec::new();
         let mut since: Vec<Vec<(usize, Access)>> = Vec::new();
         let mut cands: Vec<usize> = Vec::new();
         let mut wakers: Vec<usize> = Vec::new();
@@ -397,6 +407,7 @@ impl Dpor {
                 let o = o as usize;
                 if last_write.len() <= o {
                     last_write.resize(o + 1, None);
+                    reads.resize(o + 1, Vec::new());
                     since.resize(o + 1, Vec::new());
                 }
                 let consider = |i: usize, cands: &mut Vec<usize>| {
@@ -412,7 +423,7 @@ impl Dpor {
                     if let Some(w) = last_write[o] {
                         wakers.push(w);
                     }
-                    wakers.extend(since[o].iter().filter(|x| x.1 != Access::Read).map(|x| x.0));
+                    wakers.extend(since[o].iter().map(|x| x.0));
                     if a == Access::Wake {
                         continue;
                     }
@@ -421,7 +432,12 @@ impl Dpor {
                 }
                 // Races with the accesses since the last write it conflicts
                 // with (a set not with other sets, a reference count's steps
-                // as `Access::conflicts` says).
+                // as `Access::conflicts` says, reads with none of the reads).
+                if a != Access::Read {
+                    for &r in &reads[o] {
+                        consider(r, &mut cands);
+                    }
+                }
                 for &(r, b) in &since[o] {
                     if a.conflicts(b) {
                         consider(r, &mut cands);
@@ -429,7 +445,10 @@ impl Dpor {
                 }
                 if a.writes() && a != Access::Set {
                     last_write[o] = Some(j);
+                    reads[o].clear();
                     since[o].clear();
+                } else if a == Access::Read {
+                    reads[o].push(j);
                 } else {
                     since[o].push((j, a));
                 }
@@ -460,7 +479,7 @@ impl Dpor {
 
     /// Reverses the race between segments `i` and `j` (`cj` is `j`'s clock).
     fn reverse(&mut self, i: usize, j: usize, vc: &[Vec<u32>], cj: &[u32]) {
-        if std::env::var_os("DPOR_DEBUG").is_some() {
+        if debugging() {
             eprintln!("race {i} {j} vc_i {:?} cj {:?}", vc[i], cj);
         }
         let Some(d) = self.events[i].node else {
@@ -719,7 +738,7 @@ impl Strategy for Dpor {
     }
 
     fn on_event(&mut self, ev: &StepEvent<'_>) {
-        if std::env::var_os("DPOR_DEBUG").is_some() {
+        if debugging() {
             eprintln!(
                 "ev {} {:?} {:?} fresh {} awaiting {:?}",
                 self.events.len(),
