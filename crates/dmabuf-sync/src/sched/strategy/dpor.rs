@@ -143,7 +143,6 @@
 use super::super::{Access, Outcome, ScheduleError, StepEvent, Strategy, TaskId};
 use super::{Bound, PartState, SearchShard};
 
-/// What a task's next segment touches, for sleep sets.
 /// Whether `DPOR_DEBUG` asks for the search's own trace on stderr (read
 /// once: the search asks at every segment).
 fn debugging() -> bool {
@@ -151,6 +150,7 @@ fn debugging() -> bool {
     *D.get_or_init(|| std::env::var_os("DPOR_DEBUG").is_some())
 }
 
+/// What a task's next segment touches, for sleep sets.
 #[derive(Clone, Debug)]
 struct Sleeper {
     task: TaskId,
@@ -375,10 +375,10 @@ impl Dpor {
         let mut vc: Vec<Vec<u32>> = Vec::with_capacity(n);
         let mut last_of_task: Vec<Option<usize>> = vec![None; ntasks];
         let mut barrier: Vec<u32> = vec![0; ntasks];
-        // Per object: the last write, and the other accesses since (reads,
-        // idempotent sets, reference count steps).
-        // (Reads apart: a read conflicts with none of them, and an object
-        // read many times between writes would make every read scan them.)
+        // Per object: the last write, the reads since, and the other
+        // accesses since (idempotent sets, reference count steps). Reads
+        // are kept apart: no read conflicts with a read, and an object read
+        // many times between writes would make every read scan them.
         let mut last_write: Vec<Option<usize>> = Vec::new();
         let mut reads: Vec<Vec<usize>> = Vec::new();
         let mut since: Vec<Vec<(usize, Access)>> = Vec::new();
