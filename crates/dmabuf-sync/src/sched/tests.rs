@@ -993,18 +993,19 @@ fn random_counts(rng: &mut rand_pcg::Pcg64) -> (Vec<Vec<CountOp>>, Vec<usize>, u
         let mut ops = Vec::new();
         for _ in 0..rng.gen_range(1..=2) {
             let op = match rng.gen_range(0..4) {
-                0 if held > 0 => CountOp::Get,
-                1 if held > 0 => CountOp::Put,
+                0 if held > 0 => {
+                    held += 1;
+                    CountOp::Get
+                }
+                1 if held > 0 => {
+                    held -= 1;
+                    CountOp::Put
+                }
                 2 => CountOp::Load,
                 3 => CountOp::Store,
-                _ => CountOp::Put,
+                // A get or put with no reference of its own: skipped.
+                _ => continue,
             };
-            match op {
-                CountOp::Get => held += 1,
-                CountOp::Put if held == 0 => continue,
-                CountOp::Put => held -= 1,
-                _ => {}
-            }
             ops.push(op);
         }
         owned.push(start);
