@@ -63,7 +63,9 @@ def proofs_table(m):
         if not accepted(c):
             return "refused"
         ps = c["properties"]
-        return f"{sum(1 for p in ps.values() if p['verdict'] == 'proved')}/{len(ps)}"
+        own = sum(1 for p in ps.values() if p["verdict"] == "proved")
+        reduced = sum(1 for p in ps.values() if p["verdict"] == "proved-reduced")
+        return f"{own}/{len(ps)}" + (f"+{reduced}r" if reduced else "")
 
     return grid(m, text)
 
@@ -192,7 +194,12 @@ def main():
             texts[f] = texts[f].replace(old, new)
     changed = [f for f in texts if texts[f] != open(os.path.join(ROOT, f)).read()]
     print(f"tokens replaced: {sum(1 for o, n in mapping.items() if o != n)}; files changed: {', '.join(changed) or 'none'}")
-    print(f"cells proved: {m['cells-proved']} of {m['cells-accepted']}; verdicts proved: {m['properties-proved']} of {m['properties-judged']}; runs {m['runs']}")
+    print(
+        f"cells proved: {m['cells-proved']} of {m['cells-accepted']}; decided: {m['cells-decided']}"
+        f" (+{m.get('cells-decided-reduced', 0)} with proofs of the smallest configuration);"
+        f" verdicts proved: {m['properties-proved']} of {m['properties-judged']}"
+        f" (+{m.get('properties-proved-reduced', 0)} reduced); runs {m['runs']}"
+    )
     if not write:
         return
     for f in changed:

@@ -10,7 +10,8 @@
 //! | `holds` (dfs / dpor, exhaustive) | the search finished without hitting any bound (decisions, steps, executions): every schedule (dfs) or every Mazurkiewicz trace class (dpor) was run |
 //! | `holds` (dfs / dpor, not exhaustive) | the search stopped at the bound named in `bounds_hit` |
 //! | `violated` | a schedule was found, with a replay token that reproduces it exactly |
-//! | `proved` (with a proof attempt, [`ProofOptions`]) | it held, and the DPOR searches of the reduced configuration finished in every mode it is judged in ([`PropertyResult::status`]) |
+//! | `proved` (with a proof attempt, [`ProofOptions`]) | it held, and the DPOR searches of the scenario's own configuration finished in every mode it is judged in ([`PropertyResult::status`]) |
+//! | `proved-reduced` | the same for a smaller configuration only (fewer DMA jobs, fewer idle read-ahead passes), named in the proof: a proof of that configuration, not of the scenario |
 //!
 //! `l-bounded` is judged on dedicated runs in which the `userspace` group is
 //! stalled from the moment revoke begins; every other property on normal runs.
@@ -227,6 +228,17 @@ pub struct ProofOptions {
     pub budget: u64,
     /// Most DMA jobs per importer in the proof configuration.
     pub jobs: usize,
+    /// Executions per mode of a second attempt, on the scenario's smallest
+    /// configuration ([`smallest_proof_scenario`]: one job, one idle
+    /// read-ahead pass), for the properties the first attempt left
+    /// sampled; 0: no second attempt. Made only for a world of one
+    /// importer: a mix's searches are bound by its two importers'
+    /// critical sections on the reservation lock, which the smaller
+    /// configuration keeps (`matrix.v6-final.iommufd+gpu` with one job and
+    /// no idle pass does not finish in 50,000 executions), so there it
+    /// would only spend the budget. A property it proves is
+    /// `proved-reduced`, not `proved` ([`PropertyResult::status`]).
+    pub reduced_budget: u64,
 }
 
 impl Default for ProofOptions {
@@ -234,6 +246,7 @@ impl Default for ProofOptions {
         Self {
             budget: DEFAULT_PROOF_BUDGET,
             jobs: DEFAULT_PROOF_JOBS,
+            reduced_budget: DEFAULT_REDUCED_BUDGET,
         }
     }
 }
@@ -257,15 +270,26 @@ pub const DEFAULT_PROOF_JOBS: usize = 2;
 /// finishes in the default matrix needs 1,173 (the `gpu-lazy` cells of v1
 /// to v3) and 1,836 (`v5-unmap-timeout × lying`); the cells no budget
 /// within reach finishes (the mixes, the v4 and v5 GPU cells) spend it
-/// all, which keeps the default matrix at about 5.5 minutes on two cores.
+/// all, which keeps the default matrix at about 4 minutes on two cores
+/// (about 4.7 with the second attempts, [`DEFAULT_REDUCED_BUDGET`]).
 pub const DEFAULT_PROOF_BUDGET: u64 = 2_000;
+
+/// Executions per mode of the second attempt on the smallest
+/// configuration by default ([`ProofOptions::reduced_budget`]). The
+/// largest such search that finishes in the default matrix needs 7,141
+/// stalled-userspace executions (`matrix.v5-unmap-timeout.gpu-lazy.idle1.jobs1`;
+/// the v4 GPU cells 3,895).
+pub const DEFAULT_REDUCED_BUDGET: u64 = 8_000;
 
 /// What the proof attempt found for one property.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProofResult {
-    /// The configuration searched: the scenario name (with `.jobsN` when
-    /// the workload was reduced).
+    /// The configuration searched: the scenario name (with `.idleN` and
+    /// `.jobsN` when the workload was reduced).
     pub config: String,
+    /// The configuration is smaller than the scenario judged: a proof is of
+    /// that configuration only.
+    pub reduced: bool,
     /// The search finished without hitting any bound in every mode the
     /// property is judged in.
     pub exhaustive: bool,
@@ -339,18 +363,38 @@ impl PropertyResult {
         self.violations == 0 && self.proof.as_ref().is_none_or(|p| p.violations == 0)
     }
 
-    /// Whether the verdict is a proof: it holds, and either this search was
-    /// exhaustive or the proof attempt was.
+    /// Whether the verdict is a proof for the scenario judged: it holds,
+    /// and either this search was exhaustive or the proof attempt was, on
+    /// the scenario's own configuration.
     pub fn proved(&self) -> bool {
-        self.holds() && (self.exhaustive || self.proof.as_ref().is_some_and(|p| p.exhaustive))
+        self.holds()
+            && (self.exhaustive
+                || self
+                    .proof
+                    .as_ref()
+                    .is_some_and(|p| p.exhaustive && !p.reduced))
     }
 
-    /// `proved`, `sampled` or `violated`.
+    /// Whether it holds and is proved only for a smaller configuration of
+    /// the scenario ([`ProofResult::config`]).
+    pub fn proved_reduced(&self) -> bool {
+        self.holds()
+            && !self.proved()
+            && self
+                .proof
+                .as_ref()
+                .is_some_and(|p| p.exhaustive && p.reduced)
+    }
+
+    /// `proved`, `proved-reduced` (for the smaller configuration the proof
+    /// names), `sampled` or `violated`.
     pub fn status(&self) -> &'static str {
         if !self.holds() {
             "violated"
         } else if self.proved() {
             "proved"
+        } else if self.proved_reduced() {
+            "proved-reduced"
         } else {
             "sampled"
         }
@@ -883,88 +927,42 @@ fn check_dyn(
         && proof.budget > 0
     {
         let pc = proof_scenario(scenario, proof.jobs);
-        let base = CheckOptions {
-            strategy: StrategyKind::Dpor,
-            schedules: 0,
-            stalled_schedules: 0,
-            dfs_bound: DPOR_BOUND,
-            proof: None,
-            ..opts.clone()
-        };
-        let wants = |m: RunMode| opts.properties.iter().any(|&p| judged_in(p, m));
-        // The stalled-userspace search first: it is the smaller one (the
-        // userspace tasks stop at revoke). If it does not finish within its
-        // budget, the normal-mode search would not either, and is skipped.
-        // As for sampling, stalled runs are made only when `l-bounded` is
-        // asked for.
-        let stalled_wanted =
-            wants(RunMode::Stalled) && opts.properties.contains(&Property::LBounded);
-        let stalled = stalled_wanted.then(|| {
-            let o = CheckOptions {
-                stalled_schedules: proof.stalled_budget(),
-                ..base.clone()
-            };
-            check_dyn(&pc, &o, None, progress)
-        });
-        let stalled_done = stalled
-            .as_ref()
-            .is_none_or(|r| r.properties.iter().all(|p| p.exhaustive));
-        let normal = (stalled_done && wants(RunMode::Normal)).then(|| {
-            let o = CheckOptions {
-                schedules: proof.budget,
-                ..base.clone()
-            };
-            check_dyn(&pc, &o, None, progress)
-        });
-        for part in stalled.iter().chain(normal.iter()) {
-            runs += part.runs;
-            // A replayed prefix that met other runnable tasks is the
-            // search's `nondeterminism` bound (in each property's
-            // `bounds_hit`): the proof is not claimed, the sampled verdict
-            // stands.
-            for e in &part.errors {
-                if !e.starts_with("schedule divergence") && errors.len() < 5 && !errors.contains(e)
-                {
-                    errors.push(e.clone());
-                }
+        let a = proof_attempt(&pc, pc.name != scenario.name, opts, proof.budget, progress);
+        runs += a.runs;
+        for e in &a.errors {
+            if errors.len() < 5 && !errors.contains(e) {
+                errors.push(e.clone());
             }
         }
         for r in results.values_mut() {
-            let mut pr = ProofResult {
-                config: pc.name.clone(),
-                exhaustive: true,
-                executions: 0,
-                violations: 0,
-                bounds_hit: Vec::new(),
-            };
-            for (mode, part) in [(RunMode::Stalled, &stalled), (RunMode::Normal, &normal)] {
-                if !judged_in(r.property, mode) || (mode == RunMode::Stalled && !stalled_wanted) {
-                    continue;
-                }
-                let q = part
-                    .as_ref()
-                    .and_then(|x| x.properties.iter().find(|q| q.property == r.property));
-                let Some(q) = q else {
-                    // Not run: the stalled search hit its budget first.
-                    pr.exhaustive = false;
-                    if !pr.bounds_hit.contains(&Bound::Executions) {
-                        pr.bounds_hit.push(Bound::Executions);
-                    }
-                    continue;
-                };
-                pr.exhaustive &= q.exhaustive;
-                pr.executions += q.schedules;
-                pr.violations += q.violations;
-                for &b in &q.bounds_hit {
-                    if !pr.bounds_hit.contains(&b) {
-                        pr.bounds_hit.push(b);
-                    }
-                }
-                if r.counterexample.is_none() {
-                    r.counterexample = q.counterexample.clone();
+            r.proof = Some(a.result(r));
+        }
+        // The smallest configuration, for what the first attempt left
+        // sampled (see `ProofOptions::reduced_budget`).
+        let small = smallest_proof_scenario(scenario).filter(|s| s.name != pc.name);
+        if let Some(small) = small
+            && proof.reduced_budget > 0
+            && scenario.spec.importers.len() == 1
+            && !crate::progress::stop_requested()
+            && results.values().any(|r| r.holds() && !r.proved())
+        {
+            let b = proof_attempt(&small, true, opts, proof.reduced_budget, progress);
+            runs += b.runs;
+            for e in &b.errors {
+                if errors.len() < 5 && !errors.contains(e) {
+                    errors.push(e.clone());
                 }
             }
-            r.proof = Some(pr);
+            for r in results.values_mut().filter(|r| r.holds() && !r.proved()) {
+                let pr = b.result(r);
+                // Kept only when it decides the property: a proof of the
+                // smaller configuration, or a violation in it (with its
+                // token); otherwise the bounds the cell's own attempt hit
+                // are the better report.
+                if pr.exhaustive || pr.violations > 0 {
+                    r.proof = Some(pr);
+                }
+            }
         }
     }
     CheckReport {
@@ -1015,6 +1013,163 @@ pub fn proof_scenario(scenario: &Scenario, jobs: usize) -> Scenario {
     s.spec.jobs = jobs;
     s.name = format!("{}.jobs{jobs}", scenario.name);
     s
+}
+
+/// Idle read-ahead passes of the smallest proof configuration: one, so
+/// that a GPU still reads ahead after its job and once more while idle
+/// (the behaviour of its hazard), but not four times.
+pub const SMALLEST_IDLE_PASSES: u32 = 1;
+
+/// The smallest proof configuration of `scenario`: one DMA job per
+/// importer and at most [`SMALLEST_IDLE_PASSES`] idle read-ahead passes,
+/// named `<scenario>.idle1.jobs1` (each suffix only when it changes
+/// something; the name resolves, so its tokens replay). `None` when the
+/// scenario is already that small.
+pub fn smallest_proof_scenario(scenario: &Scenario) -> Option<Scenario> {
+    let mut s = scenario.clone();
+    let before: Vec<u32> = s
+        .spec
+        .importers
+        .iter()
+        .map(|i| i.read_ahead_idle_passes)
+        .collect();
+    s.spec.cap_idle_passes(SMALLEST_IDLE_PASSES);
+    let capped = s
+        .spec
+        .importers
+        .iter()
+        .zip(&before)
+        .any(|(i, b)| i.read_ahead_idle_passes != *b);
+    if capped {
+        s.name = format!("{}.idle{SMALLEST_IDLE_PASSES}", s.name);
+    }
+    let s = proof_scenario(&s, 1);
+    (capped || s.spec.jobs != scenario.spec.jobs).then_some(s)
+}
+
+/// One proof attempt's searches (see [`ProofOptions`]).
+struct Attempt {
+    config: String,
+    reduced: bool,
+    /// Whether `l-bounded` was asked for (stalled runs are made only then).
+    stalled_wanted: bool,
+    stalled: Option<CheckReport>,
+    normal: Option<CheckReport>,
+    runs: u64,
+    errors: Vec<String>,
+}
+
+/// Runs the DPOR searches of a proof attempt on `pc` (`reduced`: a smaller
+/// configuration than the scenario judged), each mode within `budget`
+/// executions.
+fn proof_attempt(
+    pc: &Scenario,
+    reduced: bool,
+    opts: &CheckOptions,
+    budget: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Attempt {
+    let base = CheckOptions {
+        strategy: StrategyKind::Dpor,
+        schedules: 0,
+        stalled_schedules: 0,
+        dfs_bound: DPOR_BOUND,
+        proof: None,
+        ..opts.clone()
+    };
+    let wants = |m: RunMode| opts.properties.iter().any(|&p| judged_in(p, m));
+    // The stalled-userspace search first: it is the smaller one (the
+    // userspace tasks stop at revoke). If it does not finish within its
+    // budget, the normal-mode search would not either, and is skipped.
+    // As for sampling, stalled runs are made only when `l-bounded` is
+    // asked for.
+    let stalled_wanted = wants(RunMode::Stalled) && opts.properties.contains(&Property::LBounded);
+    let stalled = stalled_wanted.then(|| {
+        let o = CheckOptions {
+            stalled_schedules: budget.max(1),
+            ..base.clone()
+        };
+        check_dyn(pc, &o, None, progress)
+    });
+    let stalled_done = stalled
+        .as_ref()
+        .is_none_or(|r| r.properties.iter().all(|p| p.exhaustive));
+    let normal = (stalled_done && wants(RunMode::Normal)).then(|| {
+        let o = CheckOptions {
+            schedules: budget,
+            ..base.clone()
+        };
+        check_dyn(pc, &o, None, progress)
+    });
+    let mut runs = 0;
+    let mut errors = Vec::new();
+    for part in stalled.iter().chain(normal.iter()) {
+        runs += part.runs;
+        // A replayed prefix that met other runnable tasks is the
+        // search's `nondeterminism` bound (in each property's
+        // `bounds_hit`): the proof is not claimed, the sampled verdict
+        // stands.
+        for e in &part.errors {
+            if !e.starts_with("schedule divergence") && !errors.contains(e) {
+                errors.push(e.clone());
+            }
+        }
+    }
+    Attempt {
+        config: pc.name.clone(),
+        reduced,
+        stalled_wanted,
+        stalled,
+        normal,
+        runs,
+        errors,
+    }
+}
+
+impl Attempt {
+    /// What the attempt found for `r`'s property; takes the attempt's
+    /// counterexample when `r` has none.
+    fn result(&self, r: &mut PropertyResult) -> ProofResult {
+        let mut pr = ProofResult {
+            config: self.config.clone(),
+            reduced: self.reduced,
+            exhaustive: true,
+            executions: 0,
+            violations: 0,
+            bounds_hit: Vec::new(),
+        };
+        for (mode, part) in [
+            (RunMode::Stalled, &self.stalled),
+            (RunMode::Normal, &self.normal),
+        ] {
+            if !judged_in(r.property, mode) || (mode == RunMode::Stalled && !self.stalled_wanted) {
+                continue;
+            }
+            let q = part
+                .as_ref()
+                .and_then(|x| x.properties.iter().find(|q| q.property == r.property));
+            let Some(q) = q else {
+                // Not run: the stalled search hit its budget first.
+                pr.exhaustive = false;
+                if !pr.bounds_hit.contains(&Bound::Executions) {
+                    pr.bounds_hit.push(Bound::Executions);
+                }
+                continue;
+            };
+            pr.exhaustive &= q.exhaustive;
+            pr.executions += q.schedules;
+            pr.violations += q.violations;
+            for &b in &q.bounds_hit {
+                if !pr.bounds_hit.contains(&b) {
+                    pr.bounds_hit.push(b);
+                }
+            }
+            if r.counterexample.is_none() {
+                r.counterexample = q.counterexample.clone();
+            }
+        }
+        pr
+    }
 }
 
 /// Resolves a token's scenario in `lib` and checks that it is the question

@@ -271,12 +271,20 @@ fn grid(m: &Matrix, corner: &str, text: impl Fn(Option<&Cell>) -> String) -> Str
 }
 
 /// The second table: per accepted cell, how many of its properties are
-/// proved (`proved/judged`), `-` for refused or not run cells.
+/// proved (`proved/judged`), followed by `+Nr` when N more are proved for
+/// a smaller configuration only (`proved-reduced`); `-` for refused or not
+/// run cells.
 pub fn render_proofs(m: &Matrix) -> String {
     grid(m, "proved", |c| match c {
         Some(c) if c.refused.is_none() => {
             let ps = &c.report.properties;
-            format!("{}/{}", ps.iter().filter(|p| p.proved()).count(), ps.len())
+            let own = ps.iter().filter(|p| p.proved()).count();
+            let reduced = ps.iter().filter(|p| p.proved_reduced()).count();
+            if reduced == 0 {
+                format!("{own}/{}", ps.len())
+            } else {
+                format!("{own}/{}+{reduced}r", ps.len())
+            }
         }
         _ => "-".to_owned(),
     })
@@ -303,6 +311,24 @@ pub fn decided_cells(m: &Matrix) -> usize {
         .filter(|c| {
             !c.report.properties.is_empty()
                 && c.report.properties.iter().all(|p| p.proved() || !p.holds())
+        })
+        .count()
+}
+
+/// Accepted cells decided only with proofs of a smaller configuration:
+/// every property proved (in the cell's or its smallest configuration)
+/// or violated, at least one only `proved-reduced`. Not counted in
+/// [`decided_cells`].
+pub fn decided_reduced_cells(m: &Matrix) -> usize {
+    m.cells
+        .iter()
+        .filter(|c| c.refused.is_none())
+        .filter(|c| {
+            let ps = &c.report.properties;
+            ps.iter().any(|p| p.proved_reduced())
+                && ps
+                    .iter()
+                    .all(|p| p.proved() || p.proved_reduced() || !p.holds())
         })
         .count()
 }

@@ -1,7 +1,9 @@
 //! The matrix's proof attempts (`CheckOptions::proof`): a property is
-//! `proved` only when the DPOR searches of its modes finished; over budget
-//! it stays `sampled` and names the bound; a violation the search finds is
-//! a violation, with a token for the reduced configuration.
+//! `proved` only when the DPOR searches of its modes finished on the
+//! scenario's own configuration, `proved-reduced` when they finished on a
+//! smaller one only; over budget it stays `sampled` and names the bound; a
+//! violation the search finds is a violation, with a token for the
+//! configuration searched.
 
 use dmabuf_checker::explore::{self, CheckOptions, ProofOptions};
 use dmabuf_checker::property::Property;
@@ -17,7 +19,11 @@ fn opts(props: &[Property], budget: u64) -> CheckOptions {
         seed: 1,
         properties: props.to_vec(),
         shrink: false,
-        proof: Some(ProofOptions { budget, jobs: 1 }),
+        proof: Some(ProofOptions {
+            budget,
+            jobs: 1,
+            reduced_budget: 0,
+        }),
         ..CheckOptions::default()
     }
 }
@@ -65,7 +71,7 @@ fn a_gpu_cell_is_proved_in_its_own_configuration() {
 }
 
 #[test]
-fn a_finished_stalled_search_proves_l_bounded_for_the_one_job_configuration() {
+fn a_finished_stalled_search_proves_l_bounded_for_the_one_job_configuration_only() {
     let sc = find("vfio-iommufd-flr").unwrap();
     assert!(
         sc.spec.jobs > 1,
@@ -79,8 +85,11 @@ fn a_finished_stalled_search_proves_l_bounded_for_the_one_job_configuration() {
     assert!(proof.bounds_hit.is_empty());
     assert!(proof.executions > 1);
     assert_eq!(proof.violations, 0);
-    assert!(p.proved());
-    assert_eq!(p.status(), "proved");
+    assert!(proof.reduced);
+    // A proof of the one-job configuration, not of the scenario's own.
+    assert!(!p.proved());
+    assert!(p.proved_reduced());
+    assert_eq!(p.status(), "proved-reduced");
     // The sampled part ran on the cell's own configuration.
     assert_eq!(p.schedules, 1);
     assert!(!p.exhaustive);
@@ -126,4 +135,70 @@ fn a_violation_the_search_finds_is_a_violation_with_a_token_for_its_configuratio
     assert_eq!(p.status(), "violated");
     let c = p.counterexample.as_ref().expect("a counterexample");
     assert!(c.token.scenario.starts_with("matrix.v6-final.lying"));
+}
+
+#[test]
+fn a_cell_its_own_search_cannot_finish_is_proved_for_its_smallest_configuration() {
+    // v4's GPU cell: each speculative read races with each step of the
+    // revoker, and no search of the cell's own two jobs and four idle
+    // passes finishes in 40,000 executions. The second attempt searches
+    // one job and one idle pass.
+    let sc = find("matrix.v4-bookkeep-wait.gpu").unwrap();
+    let mut o = opts(&Property::ALL, 20);
+    o.proof = Some(ProofOptions {
+        budget: 20,
+        jobs: explore::DEFAULT_PROOF_JOBS,
+        reduced_budget: explore::DEFAULT_REDUCED_BUDGET,
+    });
+    let r = explore::check(&sc, &o, |_| {});
+    let mut reduced = 0;
+    for p in &r.properties {
+        let proof = p.proof.as_ref().expect("a proof attempt was made");
+        if p.holds() {
+            assert_eq!(proof.config, "matrix.v4-bookkeep-wait.gpu.idle1.jobs1");
+            assert!(proof.reduced && proof.exhaustive, "{p:?}");
+            assert!(proof.executions > 20, "{p:?}");
+            assert_eq!(p.status(), "proved-reduced");
+            assert!(!p.proved());
+            reduced += 1;
+        } else {
+            // v4 returns from revoke with the GPU's mapping outstanding.
+            assert!(
+                matches!(p.property, Property::SFinal | Property::SNoreuse),
+                "{p:?}"
+            );
+            assert_eq!(p.status(), "violated");
+        }
+    }
+    assert_eq!(reduced, r.properties.len() - 2);
+    // The smaller configuration's name resolves to the world searched.
+    let small = explore::smallest_proof_scenario(&sc).unwrap();
+    assert_eq!(small.name, "matrix.v4-bookkeep-wait.gpu.idle1.jobs1");
+    assert_eq!(find(&small.name).unwrap().hash(), small.hash());
+}
+
+#[test]
+fn a_mix_gets_no_second_attempt_and_a_small_world_no_smaller_one() {
+    let sc = find("matrix.v6-final.iommufd+gpu").unwrap();
+    let mut o = opts(&[Property::SFence], 8);
+    o.proof = Some(ProofOptions {
+        budget: 8,
+        jobs: explore::DEFAULT_PROOF_JOBS,
+        reduced_budget: 100,
+    });
+    let r = explore::check(&sc, &o, |_| {});
+    let p = &r.properties[0];
+    let proof = p.proof.as_ref().unwrap();
+    assert_eq!(proof.config, "matrix.v6-final.iommufd+gpu", "{p:?}");
+    assert!(!proof.reduced && !proof.exhaustive);
+    assert_eq!(p.status(), "sampled");
+    // One job and no read-ahead: nothing to make smaller.
+    let one = find("matrix.v6-final.iommufd.jobs1").unwrap();
+    assert!(explore::smallest_proof_scenario(&one).is_none());
+    // Only what changes is named.
+    let iommufd = find("matrix.v6-final.iommufd").unwrap();
+    assert_eq!(
+        explore::smallest_proof_scenario(&iommufd).unwrap().name,
+        "matrix.v6-final.iommufd.jobs1"
+    );
 }

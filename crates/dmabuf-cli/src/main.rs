@@ -26,8 +26,8 @@
 
 use clap::{Parser, Subcommand};
 use dmabuf_checker::explore::{
-    self, CheckOptions, CheckReport, DEFAULT_PROOF_BUDGET, DEFAULT_PROOF_JOBS, ExpectationResult,
-    ProofOptions, PropertyResult, RunOutcome, SplitPart,
+    self, CheckOptions, CheckReport, DEFAULT_PROOF_BUDGET, DEFAULT_PROOF_JOBS,
+    DEFAULT_REDUCED_BUDGET, ExpectationResult, ProofOptions, PropertyResult, RunOutcome, SplitPart,
 };
 use dmabuf_checker::matrix::{self, Matrix, Shard};
 use dmabuf_checker::progress::{self, Progress};
@@ -225,6 +225,12 @@ enum Cmd {
         /// default is a cell's own workload, so proofs are of the cells).
         #[arg(long, default_value_t = DEFAULT_PROOF_JOBS)]
         proof_jobs: usize,
+        /// Executions per mode of a second proof attempt, on a one-importer
+        /// cell's smallest configuration (one job, one idle read-ahead
+        /// pass), for the properties the first left sampled; what it
+        /// proves is `proved-reduced`. 0: no second attempt.
+        #[arg(long, default_value_t = DEFAULT_REDUCED_BUDGET)]
+        reduced_budget: u64,
         /// Run only shard K of N (0-based): cell i of the row-major order
         /// when i % N == K. Combine the `--json` outputs with `dmabuf merge`.
         #[arg(long)]
@@ -526,6 +532,7 @@ fn main() -> ExitCode {
             allow_unsafe,
             proof_budget,
             proof_jobs,
+            reduced_budget,
             shard,
             threads,
         } => {
@@ -545,6 +552,11 @@ fn main() -> ExitCode {
             if proof_budget > MAX_SCHEDULES {
                 return usage_error(format!(
                     "--proof-budget {proof_budget} is beyond {MAX_SCHEDULES} executions"
+                ));
+            }
+            if reduced_budget > MAX_SCHEDULES {
+                return usage_error(format!(
+                    "--reduced-budget {reduced_budget} is beyond {MAX_SCHEDULES} executions"
                 ));
             }
             if !(1..=8).contains(&proof_jobs) {
@@ -577,6 +589,7 @@ fn main() -> ExitCode {
                 proof: (proof_budget > 0).then_some(ProofOptions {
                     budget: proof_budget,
                     jobs: proof_jobs,
+                    reduced_budget,
                 }),
                 ..CheckOptions::default()
             };
@@ -968,6 +981,7 @@ fn prop_json(p: &PropertyResult) -> Value {
         "verdict": p.status(),
         "proof": p.proof.as_ref().map(|q| json!({
             "config": q.config,
+            "reduced": q.reduced,
             "exhaustive": q.exhaustive,
             "executions": q.executions,
             "violations": q.violations,
@@ -1055,8 +1069,14 @@ fn print_report(r: &CheckReport, ex: &[ExpectationResult], partial: bool) {
         };
         let how = match &p.proof {
             Some(q) if q.exhaustive => format!(
-                "{how}; PROVED for {} by dpor: exhaustive, {} executions",
-                q.config, q.executions
+                "{how}; PROVED for {}{} by dpor: exhaustive, {} executions",
+                q.config,
+                if q.reduced {
+                    " (a smaller configuration)"
+                } else {
+                    ""
+                },
+                q.executions
             ),
             Some(q) => {
                 let b: Vec<&str> = q.bounds_hit.iter().map(|b| b.name()).collect();
@@ -1347,13 +1367,19 @@ fn run_matrix(
     }
     let (proved_cells, accepted) = matrix::proved_cells(&m);
     let decided_cells = matrix::decided_cells(&m);
+    let decided_reduced = matrix::decided_reduced_cells(&m);
     let props = m
         .cells
         .iter()
         .filter(|c| c.refused.is_none())
         .flat_map(|c| c.report.properties.iter());
-    let (judged, proved_props) =
-        props.fold((0, 0), |(j, p), r| (j + 1, p + usize::from(r.proved())));
+    let (judged, proved_props, reduced_props) = props.fold((0, 0, 0), |(j, p, q), r| {
+        (
+            j + 1,
+            p + usize::from(r.proved()),
+            q + usize::from(r.proved_reduced()),
+        )
+    });
     if json {
         let cells = matrix_cells_json(&m);
         println!(
@@ -1377,11 +1403,14 @@ fn run_matrix(
                 "shard": shard.to_string(),
                 "proof-budget": opts.proof.map_or(0, |p| p.budget),
                 "proof-jobs": opts.proof.map(|p| p.jobs),
+                "reduced-budget": opts.proof.map_or(0, |p| p.reduced_budget),
                 "cells-accepted": accepted,
                 "cells-proved": proved_cells,
                 "cells-decided": decided_cells,
+                "cells-decided-reduced": decided_reduced,
                 "properties-judged": judged,
                 "properties-proved": proved_props,
+                "properties-proved-reduced": reduced_props,
             })
         );
     } else {
@@ -1397,10 +1426,13 @@ fn run_matrix(
             print!("{}", matrix::render_proofs(&m));
             println!(
                 "\nproved: properties proved by an exhaustive DPOR search of the cell with {} DMA job(s) \
-                 (at most {} executions per mode), of those judged; the others are sampled.\n\
-                 {proved_cells} of {accepted} accepted cells proved in full, {decided_cells} decided (every property proved or violated); \
-                 {proved_props} of {judged} property verdicts proved",
-                p.jobs, p.budget
+                 (at most {} executions per mode), of those judged; +Nr: N more proved only for the cell's \
+                 smallest configuration (one job, one idle read-ahead pass; at most {} executions per mode); \
+                 the others are sampled.\n\
+                 {proved_cells} of {accepted} accepted cells proved in full, {decided_cells} decided (every property proved or violated), \
+                 {decided_reduced} more decided with proofs of the smallest configuration; \
+                 {proved_props} of {judged} property verdicts proved, {reduced_props} more for the smallest configuration",
+                p.jobs, p.budget, p.reduced_budget
             );
         }
         println!(
@@ -1659,6 +1691,7 @@ fn merge_matrix(parts: &[(PathBuf, Value)]) -> Result<Value, String> {
             "require-safe",
             "proof-budget",
             "proof-jobs",
+            "reduced-budget",
         ],
     )?;
     let first = &parts[0].1;
@@ -1707,8 +1740,10 @@ fn merge_matrix(parts: &[(PathBuf, Value)]) -> Result<Value, String> {
             "cells-accepted",
             "cells-proved",
             "cells-decided",
+            "cells-decided-reduced",
             "properties-judged",
             "properties-proved",
+            "properties-proved-reduced",
         ] {
             *sums.entry(f).or_default() += v.get(f).and_then(Value::as_u64).unwrap_or(0);
         }
@@ -2050,7 +2085,7 @@ fn merge(files: &[PathBuf], json: bool) -> ExitCode {
     } else if is_matrix(&merged) {
         let n = |f: &str| merged.get(f).and_then(Value::as_u64).unwrap_or(0);
         println!(
-            "merged {} shards: {} cells ({} accepted, {} proved in full, {} decided; {} of {} property verdicts proved), {} runs",
+            "merged {} shards: {} cells ({} accepted, {} proved in full, {} decided, {} more with proofs of the smallest configuration; {} of {} property verdicts proved, {} more for the smallest configuration), {} runs",
             parts.len(),
             merged
                 .get("cells")
@@ -2059,8 +2094,10 @@ fn merge(files: &[PathBuf], json: bool) -> ExitCode {
             n("cells-accepted"),
             n("cells-proved"),
             n("cells-decided"),
+            n("cells-decided-reduced"),
             n("properties-proved"),
             n("properties-judged"),
+            n("properties-proved-reduced"),
             n("runs"),
         );
         for c in merged

@@ -23,6 +23,9 @@ use std::fmt::Write as _;
 pub enum Proof {
     /// Every schedule (or every trace class) was run.
     Proved,
+    /// The same, but of a smaller configuration of the cell (fewer jobs,
+    /// fewer idle read-ahead passes) only.
+    ProvedReduced,
     /// Sampled schedules, or a bounded search.
     Sampled,
 }
@@ -87,10 +90,12 @@ fn props_of(v: &Value) -> Result<Vec<Prop>, String> {
     let mut out = Vec::new();
     for (name, p) in m {
         let result = s_of(p, "result").ok_or_else(|| format!("property {name}: no 'result'"))?;
-        // The checker's `verdict` (`proved`, `sampled` or `violated`) when
-        // present; older JSON: an exhaustive search is a proof.
+        // The checker's `verdict` (`proved`, `proved-reduced`, `sampled` or
+        // `violated`) when present; older JSON: an exhaustive search is a
+        // proof.
         let proof = match s_of(p, "verdict") {
             Some(s) if s == "proved" => Proof::Proved,
+            Some(s) if s == "proved-reduced" => Proof::ProvedReduced,
             Some(_) => Proof::Sampled,
             None if p.get("exhaustive").and_then(Value::as_bool) == Some(true) => Proof::Proved,
             None => Proof::Sampled,
@@ -262,7 +267,7 @@ table.grid td{border:1px solid #ccc;padding:4px;vertical-align:top;min-width:118
 td.refused{background:#ececec;color:#777;font-size:12px} td.holds{background:#e8f6ea} td.violated{background:#fdecea} td.erred{background:#fff4d6}
 .chips{display:flex;flex-wrap:wrap;gap:2px}
 .p{display:inline-block;font-size:10.5px;padding:1px 4px;border-radius:3px;text-decoration:none;border:1px solid transparent}
-.p.h.proved{background:#2f9e44;color:#fff} .p.h.sampled{background:#fff;color:#2f9e44;border-color:#2f9e44}
+.p.h.proved{background:#2f9e44;color:#fff} .p.h.reduced{background:#8fd19e;color:#114b1f} .p.h.sampled{background:#fff;color:#2f9e44;border-color:#2f9e44}
 .p.v{background:#d62728;color:#fff;font-weight:600} .p.v:hover{outline:2px solid #000}
 .legend span{margin-right:12px;font-size:12px} .chart-legend{font-size:12px;color:#555;margin-bottom:8px}
 section.cx{background:#fff;border:1px solid #ccc;border-radius:6px;padding:12px;margin:16px 0;overflow-x:auto;content-visibility:auto;contain-intrinsic-size:auto 3000px}
@@ -316,7 +321,7 @@ pub fn page(grid: &Grid, replayed: &[Result<Replayed, String>], opts: &PageOptio
     if !opts.command.is_empty() {
         let _ = write!(h, "<br>made by <code>{}</code>", esc(&opts.command));
     }
-    h.push_str("</div><div class=\"legend\"><span class=\"p h proved\">held, proved</span> <span>every schedule (or trace class) run</span><span class=\"p h sampled\">held, sampled</span> <span>no violation in the schedules run</span><span class=\"p v\">violated</span> <span>links to its counterexample</span></div>");
+    h.push_str("</div><div class=\"legend\"><span class=\"p h proved\">held, proved</span> <span>every schedule (or trace class) run</span><span class=\"p h reduced\">held, proved smaller</span> <span>every trace class of the cell with one job and one idle read-ahead pass</span><span class=\"p h sampled\">held, sampled</span> <span>no violation in the schedules run</span><span class=\"p v\">violated</span> <span>links to its counterexample</span></div>");
     // The grid.
     let _ = write!(
         h,
@@ -367,6 +372,7 @@ pub fn page(grid: &Grid, replayed: &[Result<Replayed, String>], opts: &PageOptio
             for p in &cell.props {
                 let how = match p.proof {
                     Proof::Proved => "proved",
+                    Proof::ProvedReduced => "reduced",
                     Proof::Sampled => "sampled",
                 };
                 if p.violated {
@@ -396,9 +402,13 @@ pub fn page(grid: &Grid, replayed: &[Result<Replayed, String>], opts: &PageOptio
                         }
                     }
                 } else {
+                    let what = match p.proof {
+                        Proof::ProvedReduced => "proved for a smaller configuration",
+                        _ => how,
+                    };
                     let _ = write!(
                         h,
-                        "<span class=\"p h {how}\" title=\"{} held in {} runs ({how})\">{}</span>",
+                        "<span class=\"p h {how}\" title=\"{} held in {} runs ({what})\">{}</span>",
                         esc(&p.name),
                         p.schedules,
                         esc(&p.name)
@@ -529,6 +539,7 @@ mod tests {
                 {"policy": "v6", "importer": "static", "attach": "refused", "refusal": "static0: attach EOPNOTSUPP"},
                 {"policy": "v6", "importer": "gpu", "attach": "accepted", "errors": [], "properties": {
                     "s-fence": {"result": "holds", "violations": 0, "schedules": 20, "exhaustive": false, "verdict": "proved"},
+                    "no-leak": {"result": "holds", "violations": 0, "schedules": 20, "exhaustive": false, "verdict": "proved-reduced"},
                     "l-bounded": {"result": "violated", "violations": 1, "schedules": 5, "replay": "T2"}}}
             ]
         })
@@ -563,6 +574,11 @@ mod tests {
         assert_eq!(
             v6.props.iter().find(|p| p.name == "s-fence").unwrap().proof,
             Proof::Proved
+        );
+        // A proof of the smaller configuration only is told apart.
+        assert_eq!(
+            v6.props.iter().find(|p| p.name == "no-leak").unwrap().proof,
+            Proof::ProvedReduced
         );
         assert!(Grid::from_json(&json!(3)).is_err());
         assert!(Grid::from_json(&json!({"cells": [{"importer": "x"}]})).is_err());

@@ -9,6 +9,7 @@
 //! | a `[scenario]`'s name | that scenario, its references resolved |
 //! | `matrix.<exporter>.<importer>` | one matrix cell: the exporter with one importer; FLR with DMA in flight, un-revoke, re-map with DMA in flight, revoke again, close while revoked ([`Trigger::FlrCycle`]) |
 //! | either, ending in `.jobs<N>` | the same with `N` DMA jobs per importer (a shrunk counterexample) |
+//! | either, ending in `.idle<N>` (before or after `.jobs<N>`) | the same with at most `N` idle read-ahead passes for every importer that reads ahead (a proof attempt's smaller configuration) |
 //!
 //! A script scenario (`script = [...]`) is not a world: [`Library::resolve`]
 //! refuses it, and [`Library::resolve_script`] resolves it for
@@ -786,6 +787,22 @@ impl Library {
             s.name = name.to_owned();
             return Ok(s);
         }
+        if let Some((base, n)) = name.rsplit_once(".idle")
+            && let Ok(n) = n.parse::<u32>()
+            && n <= crate::world::MAX_IDLE_PASSES
+        {
+            let mut s = self.find(base)?;
+            if !s.spec.cap_idle_passes(n) {
+                return Err(FileError {
+                    message: format!(
+                        "'{name}': no importer of '{base}' reads ahead, so it has no idle passes to cap"
+                    ),
+                    ..unknown()
+                });
+            }
+            s.name = name.to_owned();
+            return Ok(s);
+        }
         if let Some(rest) = name.strip_prefix("matrix.") {
             // Exporter names may contain dots only if a file says so; split
             // at the first dot that leaves a known exporter.
@@ -947,6 +964,39 @@ mod tests {
         assert!(lib.find("matrix.v6-final.nope").is_err());
         assert!(lib.find("vfio-iommufd-flr").is_ok());
         assert!(lib.find("vfio-iommufd-flr.jobs0").is_err());
+    }
+
+    #[test]
+    fn an_idle_suffix_caps_the_read_ahead_passes_of_the_importers_that_read_ahead() {
+        let lib = Library::builtin().unwrap();
+        let c = lib.find("matrix.v4-bookkeep-wait.gpu").unwrap();
+        assert!(c.spec.importers[0].read_ahead_idle_passes > 1);
+        let s = lib.find("matrix.v4-bookkeep-wait.gpu.idle1.jobs1").unwrap();
+        assert_eq!(s.name, "matrix.v4-bookkeep-wait.gpu.idle1.jobs1");
+        assert_eq!(s.spec.importers[0].read_ahead_idle_passes, 1);
+        assert_eq!(s.spec.jobs, 1);
+        assert_ne!(
+            s.hash(),
+            lib.find("matrix.v4-bookkeep-wait.gpu.jobs1")
+                .unwrap()
+                .hash()
+        );
+        // In a mix only the member that reads ahead changes.
+        let m = lib.find("matrix.v6-final.iommufd+gpu.idle0").unwrap();
+        assert_eq!(m.spec.importers[1].read_ahead_idle_passes, 0);
+        assert!(!m.spec.importers[0].read_ahead);
+        // Nothing reads ahead: refused, naming why; beyond the file
+        // format's limit: unknown.
+        let e = lib.find("matrix.v6-final.iommufd.idle1").unwrap_err();
+        assert!(e.message.contains("reads ahead"), "{e}");
+        assert!(lib.find("matrix.v6-final.gpu.idle17").is_err());
+        // Either order is the same world.
+        assert_eq!(
+            lib.find("matrix.v4-bookkeep-wait.gpu.jobs1.idle1")
+                .unwrap()
+                .hash(),
+            s.hash()
+        );
     }
 
     #[test]

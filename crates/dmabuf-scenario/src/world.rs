@@ -374,6 +374,18 @@ pub struct WorldSpec {
 }
 
 impl WorldSpec {
+    /// Caps the idle read-ahead passes of every importer that reads ahead
+    /// at `n` (a smaller configuration of the same world); false when no
+    /// importer reads ahead, so that there is nothing to cap.
+    pub fn cap_idle_passes(&mut self, n: u32) -> bool {
+        let mut any = false;
+        for i in self.importers.iter_mut().filter(|i| i.read_ahead) {
+            i.read_ahead_idle_passes = i.read_ahead_idle_passes.min(n);
+            any = true;
+        }
+        any
+    }
+
     /// A VFIO world with one `importer` under `protocol`: FLR with DMA in
     /// flight, un-revoke, re-map, revoke again, close
     /// ([`Trigger::FlrCycle`], a matrix cell).
