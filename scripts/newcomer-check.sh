@@ -88,7 +88,7 @@ interrupt_after() {
 echo "== 1. no panic, no abort"
 piped "scenarios | head -1" "$DMABUF" scenarios
 piped "run vfio-gpu-reset --trace | head -1" "$DMABUF" run vfio-gpu-reset --trace
-V2GPU='dmabuf3,matrix.v2-invalidate-only.gpu.jobs1,0e6bb811ee30d0f6,pct3,1,normal,1.a18b3c2de15df72d2c8b56c3d3b36d2c8b60c3db9a2,92f9c3f6'
+V2GPU='dmabuf3,matrix.v2-invalidate-only.gpu.jobs1,0e6bb811ee30d0f6,pct3,1,normal,1.a18b3c2de15df71d2c8b56c3d3b36d2c8b60c3db9a2,f94b6ecb'
 piped "replay TOKEN | head -1" "$DMABUF" replay "$V2GPU"
 expect "check --depth 4294967295 is refused, not a 34 GB allocation" 2 "$DMABUF" check vfio-gpu-reset --strategy dfs --depth 4294967295
 expect "fences --count 2^64-1 is refused, not an allocation" 2 "$DMABUF" fences --count 18446744073709551615

@@ -5,9 +5,9 @@
 //! violation the search finds is a violation, with a token for the
 //! configuration searched.
 
-use dmabuf_checker::explore::{self, CheckOptions, ProofOptions};
+use dmabuf_checker::explore::{self, CheckOptions, CheckReport, ProofOptions};
 use dmabuf_checker::property::Property;
-use dmabuf_checker::scenario::find;
+use dmabuf_checker::scenario::{Scenario, find};
 use dmabuf_checker::token::StrategyKind;
 use dmabuf_core::sync::sched::Bound;
 
@@ -137,13 +137,11 @@ fn a_violation_the_search_finds_is_a_violation_with_a_token_for_its_configuratio
     assert!(c.token.scenario.starts_with("matrix.v6-final.lying"));
 }
 
-#[test]
-fn a_cell_its_own_search_cannot_finish_is_proved_for_its_smallest_configuration() {
-    // v4's GPU cell: each speculative read races with each step of the
-    // revoker, and no search of the cell's own two jobs and four idle
-    // passes finishes in 40,000 executions. The second attempt searches
-    // one job and one idle pass.
-    let sc = find("matrix.v4-bookkeep-wait.gpu").unwrap();
+/// Every property of `name` checked with a proof attempt of 20 executions
+/// per mode (too few for the cell's own configuration) and the default
+/// second attempt.
+fn check_with_second_attempt(name: &str) -> (Scenario, CheckReport) {
+    let sc = find(name).unwrap();
     let mut o = opts(&Property::ALL, 20);
     o.proof = Some(ProofOptions {
         budget: 20,
@@ -151,6 +149,16 @@ fn a_cell_its_own_search_cannot_finish_is_proved_for_its_smallest_configuration(
         reduced_budget: explore::DEFAULT_REDUCED_BUDGET,
     });
     let r = explore::check(&sc, &o, |_| {});
+    (sc, r)
+}
+
+#[test]
+fn a_cell_its_own_search_cannot_finish_is_proved_for_its_smallest_configuration() {
+    // v4's GPU cell: each speculative read races with each step of the
+    // revoker, and no search of the cell's own two jobs and four idle
+    // passes finishes in 40,000 executions. The second attempt searches
+    // one job and one idle pass.
+    let (sc, r) = check_with_second_attempt("matrix.v4-bookkeep-wait.gpu");
     let mut reduced = 0;
     for p in &r.properties {
         let proof = p.proof.as_ref().expect("a proof attempt was made");
@@ -175,6 +183,37 @@ fn a_cell_its_own_search_cannot_finish_is_proved_for_its_smallest_configuration(
     let small = explore::smallest_proof_scenario(&sc).unwrap();
     assert_eq!(small.name, "matrix.v4-bookkeep-wait.gpu.idle1.jobs1");
     assert_eq!(find(&small.name).unwrap().hash(), small.hash());
+}
+
+#[test]
+fn a_cell_whose_revoke_waits_with_a_timeout_is_proved_for_its_smallest_configuration() {
+    // v5's revoke waits at most 1 s for the last unmap, and the wait may
+    // expire at any scheduling point once it sleeps: an order the search
+    // explores like any other, and which must not keep it from finishing.
+    let (_, r) = check_with_second_attempt("matrix.v5-unmap-timeout.gpu-lazy");
+    let mut reduced = Vec::new();
+    let mut violated = Vec::new();
+    for p in &r.properties {
+        let proof = p.proof.as_ref().expect("a proof attempt was made");
+        if p.holds() {
+            assert_eq!(proof.config, "matrix.v5-unmap-timeout.gpu-lazy.idle1.jobs1");
+            assert!(proof.reduced && proof.exhaustive, "{p:?}");
+            assert_eq!(p.status(), "proved-reduced");
+            reduced.push(p.property);
+        } else {
+            violated.push(p.property);
+        }
+    }
+    // The lazy GPU unmaps only when its BO is freed: the 1 s wait gives up
+    // with the mapping live, and the close of the revoked buffer
+    // underflows the count.
+    violated.sort_by_key(|p| p.name());
+    assert_eq!(
+        violated,
+        [Property::NoWarn, Property::SFinal, Property::SNoreuse],
+        "{r:?}"
+    );
+    assert_eq!(reduced.len(), 6);
 }
 
 #[test]

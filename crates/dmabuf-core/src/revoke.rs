@@ -83,7 +83,14 @@
 //! threads only the deadline ends the wait. A condition that already holds
 //! when the expiry runs wins: the wait returns success. The expiry task is
 //! joined before the wait returns. `MAX_SCHEDULE_TIMEOUT` waits never
-//! expire.
+//! expire. `wait_for_completion_timeout` arms its expiry only when its
+//! first check finds the completion not done, with the count still locked,
+//! so the expiry runs once the wait sleeps: a completion already done has
+//! nothing to expire, and an expiry just before the first check would end
+//! the wait as one just after the sleep does. Neither is an order worth a
+//! search's executions (`matrix.v5-unmap-timeout.gpu.idle1.jobs1` does not
+//! finish in 20,000 DPOR executions when every check races with its
+//! expiry, and finishes in 5,804 with this rule).
 //!
 //! # States of one buffer
 //!
@@ -954,15 +961,13 @@ impl Revocable {
                 "map_dma_buf: buffer revoked",
             ));
         }
-        self.kref_get(None);
-        self.shared.count.lock().live += 1;
+        self.kref_get(None, 1);
         Ok(())
     }
 
     /// In `unmap_dma_buf`: `kref_put` for the mapping.
     pub fn map_put(&self) {
-        self.shared.count.lock().live -= 1;
-        self.kref_put(None);
+        self.kref_put(None, -1);
     }
 
     /// The count's name in the trace (`kref#N`, see [`crate::trace::object`]).
@@ -973,14 +978,18 @@ impl Revocable {
     /// The `refcount_t` misuse check shared by get and put: a saturated
     /// count stays as it is; a zero count saturates and WARNs (the row of
     /// the operation, `name`, is written then). Returns the locked count
-    /// when the operation may go on.
+    /// when the operation may go on. `live` is added to the mappings
+    /// counted for observation in the same critical section, whatever the
+    /// check finds: a map or unmap takes the count's lock once.
     fn kref_checked(
         &self,
         name: &'static str,
         step: Option<(u64, &Step)>,
         misuse: &str,
+        live: i64,
     ) -> Option<crate::sync::MutexGuard<'_, Count>> {
         let mut c = self.shared.count.lock();
+        c.live += live;
         if c.saturated {
             self.trace_count(name, &c, step);
             return None;
@@ -1012,22 +1021,26 @@ impl Revocable {
         crate::trace::emit(name, a);
     }
 
-    fn kref_get(&self, step: Option<(u64, &Step)>) {
+    /// `kref_get`; `live`: see [`Self::kref_checked`].
+    fn kref_get(&self, step: Option<(u64, &Step)>, live: i64) {
         if let Some(mut c) = self.kref_checked(
             "kref_get",
             step,
             "refcount_t: addition on 0; use-after-free (kref_get)",
+            live,
         ) {
             c.refs += 1;
             self.trace_count("kref_get", &c, step);
         }
     }
 
-    fn kref_put(&self, step: Option<(u64, &Step)>) {
+    /// `kref_put`; `live`: see [`Self::kref_checked`].
+    fn kref_put(&self, step: Option<(u64, &Step)>, live: i64) {
         let Some(mut c) = self.kref_checked(
             "kref_put",
             step,
             "refcount_t: underflow; use-after-free (kref_put)",
+            live,
         ) else {
             return;
         };
@@ -1055,59 +1068,60 @@ impl Revocable {
         };
         let mut timer = None;
         let mut epoch = 0;
-        if deadline.is_some() {
-            epoch = {
-                let mut c = self.shared.count.lock();
-                c.expiry_epoch += 1;
-                c.expiry_armed = c.expiry_epoch;
-                c.expiry_epoch
-            };
-            let sh = self.shared.clone();
-            timer = arm_expiry(move || {
-                let mut c = sh.count.lock();
-                if c.expiry_armed == epoch {
-                    c.expiry_fired = epoch;
-                    sh.cv.notify_all();
-                    drop(c);
-                }
-            });
-        }
-        let done = {
-            let mut c = self.shared.count.lock();
-            let done = loop {
-                if c.done > 0 {
-                    c.done -= 1;
-                    break true;
-                }
-                if timer.is_some() && c.expiry_fired == epoch {
-                    trace_event!("wait_expired_early", "wait_for_completion_timeout");
-                    break false;
-                }
-                match deadline {
-                    None => c = self.shared.cv.wait(c),
-                    Some(d) => {
-                        let now = crate::sync::time::now_ns();
-                        if now >= d {
-                            break false;
-                        }
-                        c = self
-                            .shared
-                            .cv
-                            .wait_timeout(c, std::time::Duration::from_nanos(d - now))
-                            .0;
+        let mut c = self.shared.count.lock();
+        let done = loop {
+            if c.done > 0 {
+                c.done -= 1;
+                break true;
+            }
+            if timer.is_some() && c.expiry_fired == epoch {
+                trace_event!("wait_expired_early", "wait_for_completion_timeout");
+                break false;
+            }
+            match deadline {
+                None => c = self.shared.cv.wait(c),
+                Some(d) => {
+                    let now = crate::sync::time::now_ns();
+                    if now >= d {
+                        break false;
                     }
+                    if epoch == 0 {
+                        // Armed only once the completion is found not
+                        // done (a done one leaves nothing to expire), and
+                        // with the count still locked: the expiry can run
+                        // only once this wait sleeps, and an expiry that
+                        // ran before the first check would end it as one
+                        // right after does.
+                        c.expiry_epoch += 1;
+                        c.expiry_armed = c.expiry_epoch;
+                        epoch = c.expiry_epoch;
+                        let sh = self.shared.clone();
+                        timer = arm_expiry(move || {
+                            let mut c = sh.count.lock();
+                            if c.expiry_armed == epoch {
+                                c.expiry_fired = epoch;
+                                sh.cv.notify_all();
+                                drop(c);
+                            }
+                        });
+                    }
+                    c = self
+                        .shared
+                        .cv
+                        .wait_timeout(c, std::time::Duration::from_nanos(d - now))
+                        .0;
                 }
-            };
-            c.expiry_armed = 0;
-            trace_event!(
-                "wait_for_completion_end",
-                "kref={} done={} ret={}",
-                self.kref_name(),
-                c.done,
-                if done { "completed" } else { "timed-out" }
-            );
-            done
+            }
         };
+        c.expiry_armed = 0;
+        trace_event!(
+            "wait_for_completion_end",
+            "kref={} done={} ret={}",
+            self.kref_name(),
+            c.done,
+            if done { "completed" } else { "timed-out" }
+        );
+        drop(c);
         if let Some(h) = timer {
             let _ = h.join();
         }
@@ -1211,8 +1225,8 @@ impl Revocable {
                         last_timed_out = left == 0;
                         out.timed_out |= last_timed_out;
                     }
-                    StepKind::KrefGet => self.kref_get(Some((buf.ino(), step))),
-                    StepKind::KrefPut => self.kref_put(Some((buf.ino(), step))),
+                    StepKind::KrefGet => self.kref_get(Some((buf.ino(), step)), 0),
+                    StepKind::KrefPut => self.kref_put(Some((buf.ino(), step)), 0),
                     StepKind::KrefInit => {
                         let mut c = self.shared.count.lock();
                         c.refs = 1;
@@ -1356,7 +1370,7 @@ mod tests {
                     for _ in 0..3 {
                         crate::sync::thread::yield_now();
                     }
-                    r2.kref_put(None);
+                    r2.kref_put(None, 0);
                 });
                 let t0 = crate::sync::time::now_ns();
                 let done = r.wait_for_completion(Timeout::Ns(1_000_000_000));
@@ -1384,7 +1398,7 @@ mod tests {
                         for _ in 0..3 {
                             crate::sync::thread::yield_now();
                         }
-                        r2.kref_put(None);
+                        r2.kref_put(None, 0);
                     });
                     let done = r.wait_for_completion(Timeout::Ns(1_000_000_000));
                     t.join().unwrap();
@@ -1403,9 +1417,62 @@ mod tests {
         // Untimed, it never gives up; on real threads only the deadline ends
         // a timed wait.
         let r = Revocable::new(false);
-        r.kref_put(None);
+        r.kref_put(None, 0);
         assert!(r.wait_for_completion(Timeout::Ns(1)));
         assert!(!r.wait_for_completion(Timeout::Ns(1_000)));
+    }
+
+    /// Every execution of `body` under `s` (at most 100,000): the set of
+    /// answers and the number of executions.
+    fn explore_waits(
+        s: &mut dyn crate::sync::sched::Strategy,
+        body: fn() -> bool,
+    ) -> (std::collections::BTreeSet<bool>, u32) {
+        use crate::sync::sched::{RunConfig, run};
+        let (mut seen, mut n) = (std::collections::BTreeSet::new(), 0);
+        while n < 100_000 && s.next_execution() {
+            let out = Arc::new(Mutex::new(None));
+            let o2 = out.clone();
+            let r = run(s, &RunConfig::default(), move || *o2.lock() = Some(body()));
+            assert_eq!(r.divergence, None);
+            seen.insert(out.lock().take().expect("finished"));
+            n += 1;
+        }
+        assert!(n < 100_000, "{} did not finish: {seen:?}", s.name());
+        (seen, n)
+    }
+
+    #[test]
+    fn wait_for_completion_timeout_arms_its_expiry_only_when_not_done_and_asleep() {
+        use crate::sync::sched::{Dfs, Dpor};
+        // Done before the wait: nothing can expire, and the expiry (never
+        // armed) adds no order to explore.
+        fn done_first() -> bool {
+            let r = Revocable::new(false);
+            r.kref_put(None, 0);
+            r.wait_for_completion(Timeout::Ns(1_000_000_000))
+        }
+        let (seen, n) = explore_waits(&mut Dpor::new(1000), done_first);
+        assert_eq!((seen.into_iter().collect::<Vec<_>>(), n), (vec![true], 1));
+        // Completed by another task: both answers, as DFS finds them.
+        fn raced() -> bool {
+            let r = Arc::new(Revocable::new(false));
+            let r2 = r.clone();
+            let t = crate::sync::thread::spawn(move || r2.kref_put(None, 0));
+            let done = r.wait_for_completion(Timeout::Ns(1_000_000_000));
+            t.join().unwrap();
+            done
+        }
+        let (seen, n) = explore_waits(&mut Dpor::new(1000), raced);
+        let (dfs_seen, dfs_n) = explore_waits(&mut Dfs::new(1000), raced);
+        assert_eq!(seen, [false, true].into_iter().collect());
+        assert_eq!(seen, dfs_seen);
+        assert!(n <= dfs_n, "{n} > {dfs_n}");
+        // One execution per order of the count's critical sections that
+        // can matter: the put before the first check; after it, the put,
+        // the expiry and the waiter's re-check in each order the expiry can
+        // still take (it runs only once the wait sleeps). DFS runs 3,921.
+        assert_eq!(n, 5, "dpor executions");
     }
 
     #[test]
@@ -1459,11 +1526,11 @@ mod tests {
         let body = || {
             let r = Arc::new(Revocable::new(false));
             let r2 = r.clone();
-            r.kref_get(None);
+            r.kref_get(None, 0);
             let t = crate::sync::thread::spawn(move || {
                 crate::sync::thread::yield_now();
-                r2.kref_put(None);
-                r2.kref_put(None);
+                r2.kref_put(None, 0);
+                r2.kref_put(None, 0);
             });
             r.wait_for_completion(Timeout::Ns(1_000_000_000));
             t.join().unwrap();
@@ -1533,24 +1600,24 @@ mod tests {
         let warns = Arc::new(Mutex::new(Vec::<String>::new()));
         let w2 = warns.clone();
         let r = Revocable::with_warn_sink(false, Arc::new(move |m: &str| w2.lock().push(m.into())));
-        r.kref_put(None);
+        r.kref_put(None, 0);
         assert_eq!(r.refcount(), (0, false));
         assert!(r.wait_for_completion(Timeout::Ns(1)), "release completes");
         assert!(
             !r.wait_for_completion(Timeout::Ns(1)),
             "one completion, taken once"
         );
-        r.kref_put(None);
+        r.kref_put(None, 0);
         assert_eq!(r.refcount(), (0, true));
         assert!(warns.lock()[0].contains("underflow"));
-        r.kref_get(None);
+        r.kref_get(None, 0);
         assert_eq!(r.refcount(), (0, true), "saturated stays saturated");
         let r2 = Revocable::with_warn_sink(false, {
             let w = warns.clone();
             Arc::new(move |m: &str| w.lock().push(m.into()))
         });
-        r2.kref_put(None);
-        r2.kref_get(None);
+        r2.kref_put(None, 0);
+        r2.kref_get(None, 0);
         assert!(warns.lock()[1].contains("addition on 0"));
     }
 }
