@@ -783,7 +783,15 @@ fn check_dyn(
     let mut split = Vec::new();
     for mode in [RunMode::Normal, RunMode::Stalled] {
         let n = match mode {
-            RunMode::Normal => opts.schedules,
+            // Normal runs only when they judge something asked for: with
+            // `l-bounded` alone they would answer nothing.
+            RunMode::Normal => {
+                if opts.properties.iter().any(|&p| judged_in(p, mode)) {
+                    opts.schedules
+                } else {
+                    0
+                }
+            }
             RunMode::Stalled => {
                 if opts.properties.contains(&Property::LBounded) {
                     opts.stalled_schedules

@@ -293,3 +293,24 @@ fn a_timed_unmap_wait_can_lose_to_a_slow_importer_and_an_unbounded_unmap_hangs_v
     assert!(verdict("matrix.v6-final.gpu-lazy", Property::SFinal));
     assert!(!verdict("matrix.v6-final.gpu-lazy", Property::LBounded));
 }
+
+#[test]
+fn a_check_of_l_bounded_alone_makes_only_stalled_runs() {
+    // l-bounded is judged on stalled-userspace runs only: normal runs
+    // would answer nothing that was asked.
+    let sc = find("matrix.v6-final.iommufd").unwrap();
+    let o = CheckOptions {
+        properties: vec![Property::LBounded],
+        ..opts(12)
+    };
+    let r = explore::check(&sc, &o, |_| {});
+    assert_eq!(r.runs, 4, "the stalled schedules only");
+    assert_eq!(r.properties.len(), 1);
+    assert_eq!(r.properties[0].schedules, 4);
+    // With a property judged on normal runs too, both kinds are made.
+    let o = CheckOptions {
+        properties: vec![Property::LBounded, Property::NoDeadlock],
+        ..opts(12)
+    };
+    assert_eq!(explore::check(&sc, &o, |_| {}).runs, 16);
+}

@@ -164,7 +164,8 @@ enum Cmd {
         strategy: Option<StrategyArg>,
         /// Normal-mode schedules, at least 1 (DFS: at most this many
         /// executions); a quarter as many stalled-userspace schedules are
-        /// added for l-bounded (default: 100, or what the protocol file's
+        /// added for l-bounded, and made alone when l-bounded is the only
+        /// property asked (default: 100, or what the protocol file's
         /// [scenario] suggests).
         #[arg(long)]
         schedules: Option<u64>,
