@@ -172,10 +172,18 @@ impl Grid {
                 "runs",
                 "elapsed-s",
                 "partial",
+                "proof-budget",
+                "reduced-budget",
+                "cells-decided",
+                "cells-decided-reduced",
             ] {
                 if let Some(x) = v.get(k) {
-                    g.meta
-                        .push((k.to_owned(), x.to_string().trim_matches('"').to_owned()));
+                    // Seconds to a tenth; everything else as written.
+                    let text = match x.as_f64() {
+                        Some(f) if x.is_f64() => format!("{f:.1}"),
+                        _ => x.to_string().trim_matches('"').to_owned(),
+                    };
+                    g.meta.push((k.to_owned(), text));
                 }
             }
             return Ok(g);
@@ -612,6 +620,23 @@ mod tests {
                     == page.matches("xmlns=\"http://www.w3.org/2000/svg\"").count()
         );
         assert!(!page.contains("https://"));
+    }
+
+    #[test]
+    fn the_header_rounds_seconds_and_shows_the_proof_budgets() {
+        let mut m = matrix();
+        m["elapsed-s"] = json!(304.323472863);
+        m["runs"] = json!(217943);
+        m["proof-budget"] = json!(2000);
+        m["reduced-budget"] = json!(8000);
+        m["cells-decided-reduced"] = json!(11);
+        let g = Grid::from_json(&m).unwrap();
+        let get = |k: &str| g.meta.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("elapsed-s"), Some("304.3"));
+        assert_eq!(get("runs"), Some("217943"));
+        assert_eq!(get("proof-budget"), Some("2000"));
+        assert_eq!(get("reduced-budget"), Some("8000"));
+        assert_eq!(get("cells-decided-reduced"), Some("11"));
     }
 
     #[test]
