@@ -85,7 +85,10 @@
 //! joined before the wait returns. `MAX_SCHEDULE_TIMEOUT` waits never
 //! expire. `wait_for_completion_timeout` arms its expiry only when its
 //! first check finds the completion not done, with the count still locked,
-//! so the expiry runs once the wait sleeps: a completion already done has
+//! so the expiry runs once the wait sleeps, as in the kernel
+//! (`do_wait_for_common()` in `kernel/sched/completion.c` looks at
+//! `x->done` first, and only `schedule_timeout()` arms a timer, as it
+//! sleeps): a completion already done has
 //! nothing to expire, and an expiry just before the first check would end
 //! the wait as one just after the sleep does. Neither is an order worth a
 //! search's executions (`matrix.v5-unmap-timeout.gpu.idle1.jobs1` does not
