@@ -829,9 +829,7 @@ fn check_dyn(
                         .collect();
                 }
                 for e in run_errors(run) {
-                    if errors.len() < 5 && !errors.contains(&e) {
-                        errors.push(e);
-                    }
+                    keep_error(&mut errors, &e);
                 }
                 for &p in &opts.properties {
                     if !judged_in(p, mode) {
@@ -939,28 +937,23 @@ fn check_dyn(
         let a = proof_attempt(&pc, pc.name != scenario.name, opts, proof.budget, progress);
         runs += a.runs;
         for e in &a.errors {
-            if errors.len() < 5 && !errors.contains(e) {
-                errors.push(e.clone());
-            }
+            keep_error(&mut errors, e);
         }
         for r in results.values_mut() {
             r.proof = Some(a.result(r));
         }
         // The smallest configuration, for what the first attempt left
         // sampled (see `ProofOptions::reduced_budget`).
-        let small = smallest_proof_scenario(scenario).filter(|s| s.name != pc.name);
-        if let Some(small) = small
-            && proof.reduced_budget > 0
+        if proof.reduced_budget > 0
             && scenario.spec.importers.len() == 1
             && !crate::progress::stop_requested()
             && results.values().any(|r| r.holds() && !r.proved())
+            && let Some(small) = smallest_proof_scenario(scenario).filter(|s| s.name != pc.name)
         {
             let b = proof_attempt(&small, true, opts, proof.reduced_budget, progress);
             runs += b.runs;
             for e in &b.errors {
-                if errors.len() < 5 && !errors.contains(e) {
-                    errors.push(e.clone());
-                }
+                keep_error(&mut errors, e);
             }
             for r in results.values_mut().filter(|r| r.holds() && !r.proved()) {
                 let pr = b.result(r);
@@ -1024,6 +1017,13 @@ pub fn proof_scenario(scenario: &Scenario, jobs: usize) -> Scenario {
     s
 }
 
+/// Keeps `e` among a report's errors: the first five distinct ones.
+fn keep_error(errors: &mut Vec<String>, e: &str) {
+    if errors.len() < 5 && !errors.iter().any(|x| x == e) {
+        errors.push(e.to_owned());
+    }
+}
+
 /// Idle read-ahead passes of the smallest proof configuration: one, so
 /// that a GPU still reads ahead after its job and once more while idle
 /// (the behaviour of its hazard), but not four times.
@@ -1036,20 +1036,13 @@ pub const SMALLEST_IDLE_PASSES: u32 = 1;
 /// scenario is already that small.
 pub fn smallest_proof_scenario(scenario: &Scenario) -> Option<Scenario> {
     let mut s = scenario.clone();
-    let before: Vec<u32> = s
-        .spec
-        .importers
-        .iter()
-        .map(|i| i.read_ahead_idle_passes)
-        .collect();
-    s.spec.cap_idle_passes(SMALLEST_IDLE_PASSES);
     let capped = s
         .spec
         .importers
         .iter()
-        .zip(&before)
-        .any(|(i, b)| i.read_ahead_idle_passes != *b);
+        .any(|i| i.read_ahead && i.read_ahead_idle_passes > SMALLEST_IDLE_PASSES);
     if capped {
+        s.spec.cap_idle_passes(SMALLEST_IDLE_PASSES);
         s.name = format!("{}.idle{SMALLEST_IDLE_PASSES}", s.name);
     }
     let s = proof_scenario(&s, 1);
