@@ -3,9 +3,10 @@
 
 Any change that adds, removes or reorders a scheduling point changes every
 schedule, so the tokens recorded in the documents stop replaying. This
-script, given the JSON of a default matrix run, rewrites MATRIX.md's three
-generated tables (proved verdicts per cell, the verdict table, and the
-violated cells with their tokens), records the tokens of the fix and
+script, given the JSON of a default matrix run, rewrites MATRIX.md's four
+generated tables (proved verdicts per cell, the verdict table, the
+violated cells with their tokens, and the undecided cells with the size
+of their searches), records the tokens of the fix and
 variant files again, replaces the old tokens wherever they are quoted
 (README.md, scripts/newcomer-check.sh, docs/), and replays every token to
 check it still shows a violation (exit 1).
@@ -83,24 +84,61 @@ def verdict_table(m):
     return grid(m, text)
 
 
-def token_table(m):
-    out = ["| cell | property (answer, violating runs) | token |", "|---|---|---|"]
+def accepted_cells(m):
+    """(policy, importer, cell) of every accepted cell, in table order."""
     cells = {(c["policy"], c["importer"]): c for c in m["cells"]}
     for p in m["policies"]:
         for i in m["importers"]:
             c = cells.get((p, i))
-            if not accepted(c):
+            if accepted(c):
+                yield p, i, c
+
+
+def token_table(m):
+    out = ["| cell | property (answer, violating runs) | token |", "|---|---|---|"]
+    for p, i, c in accepted_cells(m):
+        rows = {}
+        for name, _ in PROPS:
+            r = c["properties"].get(name)
+            if not r or r.get("result") != "violated" or not r.get("replay"):
                 continue
-            rows = {}
-            for name, _ in PROPS:
-                r = c["properties"].get(name)
-                if not r or r.get("result") != "violated" or not r.get("replay"):
-                    continue
-                rows.setdefault(r["replay"], []).append(
-                    f"{name} ({r['answer']}, {r['violations']}/{r['schedules']})"
-                )
-            for tok, ps in rows.items():
-                out.append(f"| {p} × {i} | {', '.join(ps)} | `{tok}` |")
+            rows.setdefault(r["replay"], []).append(
+                f"{name} ({r['answer']}, {r['violations']}/{r['schedules']})"
+            )
+        for tok, ps in rows.items():
+            out.append(f"| {p} × {i} | {', '.join(ps)} | `{tok}` |")
+    return out
+
+
+UNDECIDED_HEADER = "| undecided cell | searched | executions run | a complete search, estimated from its progress |"
+
+
+def about(n):
+    """n rounded to two significant digits, thousands separated."""
+    scale = 1
+    while n // scale >= 100:
+        scale *= 10
+    return f"{(n + scale // 2) // scale * scale:,}"
+
+
+def undecided_table(m):
+    """Cells with a property neither proved (in full or reduced) nor violated,
+    with what their last proof attempt ran and would take in all."""
+    out = [UNDECIDED_HEADER, "|---|---|---|---|"]
+    for p, i, c in accepted_cells(m):
+        open_ = [
+            r for r in c["properties"].values()
+            if r["result"] == "holds" and r["verdict"] not in ("proved", "proved-reduced")
+        ]
+        proofs = [r["proof"] for r in open_ if r.get("proof")]
+        if not open_ or not proofs:
+            continue
+        q = max(proofs, key=lambda q: sum((q.get("estimated-executions") or {}).values()))
+        est = q.get("estimated-executions") or {}
+        modes = " + ".join(f"{about(n)} {mode}" for mode, n in sorted(est.items(), reverse=True))
+        if "normal" not in est:
+            modes += " (normal: not attempted)"
+        out.append(f"| {p} × {i} | `{q['config']}` | {q['executions']:,} | {modes or '-'} |")
     return out
 
 
@@ -162,6 +200,7 @@ def main():
     lines = replace_table(lines, header, proofs_table(m), 0)
     lines = replace_table(lines, header, verdict_table(m), 1)
     lines = replace_table(lines, "| cell | property (answer, violating runs) | token |", token_table(m), 0)
+    lines = replace_table(lines, UNDECIDED_HEADER, undecided_table(m), 0)
     text = "\n".join(lines)
 
     # Tokens quoted outside the generated tables: matrix cells by scenario

@@ -300,6 +300,11 @@ pub struct ProofResult {
     pub violations: u64,
     /// The bounds the attempt hit (`executions` when over budget).
     pub bounds_hit: Vec<Bound>,
+    /// Per mode searched, the executions its complete search takes (exact
+    /// when finished, estimated otherwise; see
+    /// [`PropertyResult::estimates`]). A mode the attempt skipped (the
+    /// normal one, when the stalled search did not finish) has none.
+    pub estimates: Vec<(RunMode, u64)>,
 }
 
 impl Default for CheckOptions {
@@ -352,6 +357,11 @@ pub struct PropertyResult {
     pub sleep_blocked: u64,
     /// Systematic searches: the most decisions an execution made.
     pub max_depth: usize,
+    /// A whole (unsharded) DPOR search: per mode the property is judged in,
+    /// the executions that mode's complete search takes: exact when it
+    /// finished, estimated from its progress when it stopped at its budget
+    /// ([`Dpor::estimate`]: usually low early in a search).
+    pub estimates: Vec<(RunMode, u64)>,
     /// The first violation found, shrunk.
     pub counterexample: Option<Counterexample>,
     /// The proof attempt, when one was made ([`CheckOptions::proof`]).
@@ -526,6 +536,10 @@ struct Explored {
     bounds_hit: Vec<Bound>,
     sleep_blocked: u64,
     max_depth: usize,
+    /// A whole DPOR search: the executions it takes, exact when it finished
+    /// and estimated from its progress when it stopped at its budget
+    /// ([`Dpor::estimate`]).
+    estimate: Option<u64>,
     /// A part of a split search: what it held.
     split: Option<SplitPart>,
 }
@@ -620,11 +634,15 @@ fn explore_mode(
         count += 1;
         on_run(&run);
     }
+    // Read before asking for a further branch (which moves the search on).
+    let estimate =
+        (kind == StrategyKind::Dpor && shard.is_none_or(|s| s.count == 1)).then(|| dpor.estimate());
     // At the budget: finished only if there is no further branch (asking
     // runs nothing).
     if !finished && count == n {
         finished = !strat!().next_execution();
     }
+    let estimate = estimate.map(|e| if finished { count } else { e.max(count) });
     let (mut bounds_hit, sleep_blocked, max_depth) = match kind {
         StrategyKind::Dfs => (dfs.bounds_hit(), 0, dfs.max_depth()),
         StrategyKind::Dpor => {
@@ -667,6 +685,7 @@ fn explore_mode(
         bounds_hit,
         sleep_blocked,
         max_depth,
+        estimate,
         split,
     }
 }
@@ -877,6 +896,9 @@ fn check_dyn(
                 }
                 r.sleep_blocked += explored.sleep_blocked;
                 r.max_depth = r.max_depth.max(explored.max_depth);
+                if let Some(e) = explored.estimate {
+                    r.estimates.push((mode, e));
+                }
             }
         }
     }
@@ -993,6 +1015,7 @@ fn empty_result(p: Property) -> PropertyResult {
         bounds_hit: Vec::new(),
         sleep_blocked: 0,
         max_depth: 0,
+        estimates: Vec::new(),
         counterexample: None,
         proof: None,
     }
@@ -1139,6 +1162,7 @@ impl Attempt {
             executions: 0,
             violations: 0,
             bounds_hit: Vec::new(),
+            estimates: Vec::new(),
         };
         for (mode, part) in [
             (RunMode::Stalled, &self.stalled),
@@ -1160,6 +1184,8 @@ impl Attempt {
             };
             pr.exhaustive &= q.exhaustive;
             pr.executions += q.schedules;
+            pr.estimates
+                .extend(q.estimates.iter().filter(|e| e.0 == mode));
             pr.violations += q.violations;
             for &b in &q.bounds_hit {
                 if !pr.bounds_hit.contains(&b) {

@@ -13,9 +13,10 @@
 //! order); either way a cell's report depends only on the cell and the
 //! options, so the union of the shards is the whole matrix.
 
-use crate::explore::{CheckOptions, CheckReport, check};
+use crate::explore::{CheckOptions, CheckReport, PropertyResult, check};
 use crate::property::Property;
 use crate::scenario::Library;
+use crate::token::RunMode;
 use std::time::Instant;
 
 /// One cell.
@@ -331,6 +332,46 @@ pub fn decided_reduced_cells(m: &Matrix) -> usize {
                     .all(|p| p.proved() || p.proved_reduced() || !p.holds())
         })
         .count()
+}
+
+/// Accepted cells left undecided (some property neither proved, in the
+/// cell's or its smallest configuration, nor violated), each with what its
+/// last proof attempt's searches would take in all: the largest, over its
+/// undecided properties, of the executions of every mode searched, exact
+/// for a mode that finished and estimated from the search's progress for
+/// one that stopped at its budget ([`ProofResult::estimates`]), and whether
+/// that covers only the stalled-userspace mode (the attempt skips the
+/// normal-mode search when the stalled one does not finish). `None` when
+/// the attempt made no DPOR search it could estimate.
+///
+/// [`ProofResult::estimates`]: crate::explore::ProofResult::estimates
+pub fn undecided_estimates(m: &Matrix) -> Vec<(String, Option<(u64, bool)>)> {
+    m.cells
+        .iter()
+        .filter(|c| c.refused.is_none())
+        .filter_map(|c| {
+            let open: Vec<&PropertyResult> = c
+                .report
+                .properties
+                .iter()
+                .filter(|p| p.holds() && !p.proved() && !p.proved_reduced())
+                .collect();
+            if open.is_empty() {
+                return None;
+            }
+            let est = open
+                .iter()
+                .filter_map(|p| p.proof.as_ref())
+                .filter(|q| !q.estimates.is_empty())
+                .map(|q| {
+                    let n = q.estimates.iter().fold(0u64, |a, e| a.saturating_add(e.1));
+                    let stalled_only = q.estimates.iter().all(|e| e.0 == RunMode::Stalled);
+                    (n, stalled_only)
+                })
+                .max();
+            Some((format!("{}.{}", c.policy, c.importer), est))
+        })
+        .collect()
 }
 
 /// One-letter codes for the human table.

@@ -6,9 +6,10 @@
 //! configuration searched.
 
 use dmabuf_checker::explore::{self, CheckOptions, CheckReport, ProofOptions};
+use dmabuf_checker::matrix;
 use dmabuf_checker::property::Property;
 use dmabuf_checker::scenario::{Scenario, find};
-use dmabuf_checker::token::StrategyKind;
+use dmabuf_checker::token::{RunMode, StrategyKind};
 use dmabuf_core::sync::sched::Bound;
 
 fn opts(props: &[Property], budget: u64) -> CheckOptions {
@@ -45,6 +46,10 @@ fn a_whole_cycle_cell_is_proved_in_its_own_configuration() {
         assert!(proof.executions > 1);
         assert_eq!(proof.violations, 0, "{p:?}");
         assert_eq!(p.status(), "proved");
+        // A finished search knows its size: the executions it ran, per
+        // mode.
+        let sized: u64 = proof.estimates.iter().map(|e| e.1).sum();
+        assert_eq!(sized, proof.executions, "{p:?}");
         // The sampled part ran 3 + 1 schedules and claims nothing.
         assert!(!p.exhaustive);
     }
@@ -119,6 +124,13 @@ fn a_search_over_its_budget_is_sampled_and_names_the_bound() {
         .find(|p| p.property == Property::SFence)
         .unwrap();
     assert_eq!(sf.proof.as_ref().unwrap().executions, 8);
+    // What the stalled search would take in all, from its progress: more
+    // than the 8 it ran; the normal-mode search, never started, has no
+    // estimate.
+    let est = &sf.proof.as_ref().unwrap().estimates;
+    assert_eq!(est.len(), 1, "{est:?}");
+    assert_eq!(est[0].0, RunMode::Stalled);
+    assert!(est[0].1 > 8, "{est:?}");
 }
 
 #[test]
@@ -239,5 +251,139 @@ fn a_mix_gets_no_second_attempt_and_a_small_world_no_smaller_one() {
     assert_eq!(
         explore::smallest_proof_scenario(&iommufd).unwrap().name,
         "matrix.v6-final.iommufd.jobs1"
+    );
+}
+
+/// A property's result with the given verdict parts (what the matrix's
+/// summaries read).
+fn result(
+    property: Property,
+    violations: u64,
+    exhaustive: bool,
+    proof: Option<explore::ProofResult>,
+) -> explore::PropertyResult {
+    explore::PropertyResult {
+        property,
+        schedules: 10,
+        violations,
+        strategy: "pct3".into(),
+        exhaustive,
+        bounds_hit: Vec::new(),
+        sleep_blocked: 0,
+        max_depth: 0,
+        estimates: Vec::new(),
+        counterexample: None,
+        proof,
+    }
+}
+
+fn attempt(estimates: Vec<(RunMode, u64)>, exhaustive: bool) -> explore::ProofResult {
+    explore::ProofResult {
+        config: "c".into(),
+        reduced: false,
+        exhaustive,
+        executions: 2_000,
+        violations: 0,
+        bounds_hit: if exhaustive {
+            Vec::new()
+        } else {
+            vec![Bound::Executions]
+        },
+        estimates,
+    }
+}
+
+fn cell(importer: &str, refused: bool, properties: Vec<explore::PropertyResult>) -> matrix::Cell {
+    matrix::Cell {
+        policy: "v6".into(),
+        importer: importer.into(),
+        refused: refused.then(|| "attach EOPNOTSUPP".into()),
+        report: CheckReport {
+            scenario: format!("matrix.v6.{importer}"),
+            refusals: Vec::new(),
+            properties,
+            runs: 10,
+            errors: Vec::new(),
+            elapsed_s: 0.0,
+            split: Vec::new(),
+        },
+    }
+}
+
+#[test]
+fn the_undecided_cells_are_sized_by_their_largest_open_search() {
+    const SFENCE: Property = Property::SFence;
+    const LBOUNDED: Property = Property::LBounded;
+    let big = vec![(RunMode::Stalled, 9_000), (RunMode::Normal, 40_000)];
+    let m = matrix::Matrix {
+        rows: vec!["v6".into()],
+        columns: Vec::new(),
+        cells: vec![
+            // Proved: not listed.
+            cell(
+                "proved",
+                false,
+                vec![result(
+                    SFENCE,
+                    0,
+                    false,
+                    Some(attempt(vec![(RunMode::Normal, 5)], true)),
+                )],
+            ),
+            // One property violated, the other proved: decided.
+            cell(
+                "decided",
+                false,
+                vec![
+                    result(SFENCE, 3, false, Some(attempt(vec![], false))),
+                    result(
+                        LBOUNDED,
+                        0,
+                        false,
+                        Some(attempt(vec![(RunMode::Stalled, 7)], true)),
+                    ),
+                ],
+            ),
+            // Two open properties: the larger total of modes (49,000) wins
+            // over the stalled-only one.
+            cell(
+                "open",
+                false,
+                vec![
+                    result(
+                        LBOUNDED,
+                        0,
+                        false,
+                        Some(attempt(vec![(RunMode::Stalled, 30_000)], false)),
+                    ),
+                    result(SFENCE, 0, false, Some(attempt(big, false))),
+                ],
+            ),
+            // Open, its attempt stopped in the stalled search: that alone.
+            cell(
+                "stalled-only",
+                false,
+                vec![result(
+                    SFENCE,
+                    0,
+                    false,
+                    Some(attempt(vec![(RunMode::Stalled, 64_000)], false)),
+                )],
+            ),
+            // Open without a proof attempt: listed, no size.
+            cell("unsized", false, vec![result(SFENCE, 0, false, None)]),
+            // Refused: not a cell of the question.
+            cell("refused", true, vec![result(SFENCE, 0, false, None)]),
+        ],
+        elapsed_s: 0.0,
+        runs: 0,
+    };
+    assert_eq!(
+        matrix::undecided_estimates(&m),
+        vec![
+            ("v6.open".to_owned(), Some((49_000, false))),
+            ("v6.stalled-only".to_owned(), Some((64_000, true))),
+            ("v6.unsized".to_owned(), None),
+        ]
     );
 }

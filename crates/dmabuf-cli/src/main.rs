@@ -968,6 +968,84 @@ fn run(
     }
 }
 
+/// A DPOR search's executions per mode (exact when it finished, estimated
+/// when it stopped at its budget): `{"normal": n, "stalled": n}`, or null
+/// when no whole DPOR search judged the property.
+fn estimates_json(e: &[(RunMode, u64)]) -> Value {
+    if e.is_empty() {
+        return Value::Null;
+    }
+    Value::Object(e.iter().map(|(m, n)| (m.to_string(), json!(n))).collect())
+}
+
+/// `n` rounded to two significant digits, with thousands separated
+/// (`2,100,000`): an estimate's precision.
+fn about(n: u64) -> String {
+    // Rounded once, half up, at the second digit (in u128: no overflow).
+    let n = u128::from(n);
+    let mut scale: u128 = 1;
+    while n / scale >= 100 {
+        scale *= 10;
+    }
+    let v = ((n + scale / 2) / scale * scale).to_string();
+    let mut out = String::new();
+    for (i, c) in v.chars().enumerate() {
+        if i > 0 && (v.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The lines saying what the DPOR searches that stopped at their budget
+/// would take in all (once per search: every property judged in a mode
+/// shares its search), from their progress.
+fn estimate_lines(r: &CheckReport) -> Vec<String> {
+    let mut searches: Vec<(String, Vec<(RunMode, u64)>)> = Vec::new();
+    let mut add = |what: String, e: &[(RunMode, u64)], bounds: &[Bound]| {
+        if e.is_empty() || !bounds.contains(&Bound::Executions) {
+            return;
+        }
+        let l = match searches.iter_mut().find(|s| s.0 == what) {
+            Some(l) => l,
+            None => {
+                searches.push((what, Vec::new()));
+                searches.last_mut().expect("just pushed")
+            }
+        };
+        for &(m, n) in e {
+            if !l.1.iter().any(|x| x.0 == m) {
+                l.1.push((m, n));
+            }
+        }
+    };
+    for p in &r.properties {
+        add("the search".into(), &p.estimates, &p.bounds_hit);
+        if let Some(q) = &p.proof {
+            add(
+                format!("the proof attempt's search of {}", q.config),
+                &q.estimates,
+                &q.bounds_hit,
+            );
+        }
+    }
+    searches
+        .into_iter()
+        .map(|(what, e)| {
+            let parts: Vec<String> = e
+                .iter()
+                .map(|(m, n)| format!("{} ({m} runs)", about(*n)))
+                .collect();
+            format!(
+                "{what} stopped at its budget; from its progress, the whole of it is about {} \
+                 executions (a rough estimate, usually low early in a search)",
+                parts.join(" + ")
+            )
+        })
+        .collect()
+}
+
 fn prop_json(p: &PropertyResult) -> Value {
     let mut v = json!({
         "result": if p.holds() { "holds" } else { "violated" },
@@ -979,6 +1057,7 @@ fn prop_json(p: &PropertyResult) -> Value {
         "bounds-hit": p.bounds_hit.iter().map(|b| b.name()).collect::<Vec<_>>(),
         "max-depth": p.max_depth,
         "sleep-blocked": p.sleep_blocked,
+        "estimated-executions": estimates_json(&p.estimates),
         "verdict": p.status(),
         "proof": p.proof.as_ref().map(|q| json!({
             "config": q.config,
@@ -987,6 +1066,7 @@ fn prop_json(p: &PropertyResult) -> Value {
             "executions": q.executions,
             "violations": q.violations,
             "bounds-hit": q.bounds_hit.iter().map(|b| b.name()).collect::<Vec<_>>(),
+            "estimated-executions": estimates_json(&q.estimates),
         })),
     });
     if let Some(c) = &p.counterexample {
@@ -1123,6 +1203,9 @@ fn print_report(r: &CheckReport, ex: &[ExpectationResult], partial: bool) {
                 println!("      ({} decisions, not shrunk: interrupted)", c.decisions);
             }
         }
+    }
+    for l in estimate_lines(r) {
+        println!("  {l}");
     }
     for e in &r.errors {
         println!("  error: {e}");
@@ -1435,6 +1518,25 @@ fn run_matrix(
                  {proved_props} of {judged} property verdicts proved, {reduced_props} more for the smallest configuration",
                 p.jobs, p.budget, p.reduced_budget
             );
+            let open = matrix::undecided_estimates(&m);
+            let est: Vec<(u64, bool)> = open.iter().filter_map(|c| c.1).collect();
+            let lo = est.iter().map(|e| e.0).min();
+            let hi = est.iter().map(|e| e.0).max();
+            if let (Some(lo), Some(hi)) = (lo, hi) {
+                println!(
+                    "undecided: {} cells; from the progress of their last proof attempts, \
+                     completing {} would take about {} to {} executions \
+                     (rough estimates, usually low early in a search; per cell and mode in --json)",
+                    open.len(),
+                    if est.iter().all(|e| e.1) {
+                        "each one's stalled-userspace search alone"
+                    } else {
+                        "each one's searches"
+                    },
+                    about(lo),
+                    about(hi)
+                );
+            }
         }
         println!(
             "\n{} controlled runs in {:.1}s ({:.1} schedules/s); {} normal + {} stalled schedules per accepted cell, {}{}",
@@ -1925,6 +2027,8 @@ fn merge_search(group: &[(usize, Value)]) -> Result<Value, String> {
             bounds_hit: Vec::new(),
             sleep_blocked: 0,
             max_depth: 0,
+            // A split search has no estimate (each part knows only its own).
+            estimates: Vec::new(),
             counterexample: None,
             proof: None,
         };
@@ -2340,6 +2444,17 @@ mod tests {
         assert_eq!(kebab("Flr"), "flr");
         assert_eq!(kebab("writes_after_fences"), "writes-after-fences");
         assert_eq!(kebab("already-kebab"), "already-kebab");
+    }
+
+    #[test]
+    fn estimates_are_shown_to_two_significant_digits() {
+        assert_eq!(about(0), "0");
+        assert_eq!(about(95), "95");
+        assert_eq!(about(1_909), "1,900");
+        assert_eq!(about(999), "1,000");
+        assert_eq!(about(6_249_999), "6,200,000");
+        assert_eq!(about(6_250_000), "6,300,000");
+        assert_eq!(about(u64::MAX), "18,000,000,000,000,000,000");
     }
 
     #[test]

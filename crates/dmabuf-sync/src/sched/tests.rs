@@ -1116,3 +1116,51 @@ fn dpor_sees_what_dfs_sees_on_generated_reference_count_programs() {
     assert!(fewer > 30, "{fewer} of 40 reduced");
     assert!(several > 10, "{several} of 40 with several outcomes");
 }
+
+/// Every execution of a DPOR search of `prog`, with the search's estimate
+/// of its total after it.
+fn estimates(prog: &dyn Fn(Seen) -> Box<dyn FnOnce() + Send>) -> Vec<(u64, f64, u64)> {
+    let mut d = Dpor::new(1000);
+    let cfg = RunConfig {
+        max_steps: 10_000,
+        ..RunConfig::default()
+    };
+    let mut out = Vec::new();
+    while d.next_execution() {
+        let seen: Seen = Arc::default();
+        let r = run(&mut d, &cfg, prog(seen));
+        assert!(matches!(r.outcome, Outcome::Completed));
+        out.push((d.stats().executions, d.progress(), d.estimate()));
+    }
+    assert!(d.is_exhausted());
+    assert_eq!(d.progress(), 1.0);
+    out
+}
+
+#[test]
+fn dpor_estimates_the_whole_search_from_its_progress() {
+    for k in 3..=6u64 {
+        let e = estimates(&conflicting(k as usize, false));
+        let total = binomial(2 * k, k);
+        assert_eq!(e.len() as u64, total);
+        for &(n, p, est) in &e {
+            assert!(p > 0.0 && p <= 1.0, "k={k} after {n}: progress {p}");
+            assert!(est >= n, "k={k} after {n}: estimate {est}");
+        }
+        // Exact at the end, and halfway: the two subtrees of the first
+        // decision (which task swaps first) are mirror images, and once
+        // the first is finished every choice below it is known.
+        assert_eq!(e.last().unwrap().2, total, "k={k}");
+        assert_eq!(e[(total / 2 - 1) as usize].2, total, "k={k}");
+        // Low before that: the choices found so far are fewer than the
+        // tree's.
+        assert!(e[(total / 4) as usize].2 < total, "k={k}");
+    }
+    // n tasks incrementing a locked counter: n! orders, estimated low
+    // until the end (each node's backtrack set grows as the races below
+    // it are reversed), never below the executions run.
+    let e = estimates(&locked_counter(4));
+    assert_eq!(e.len(), 24);
+    assert_eq!(e[11].2, 16);
+    assert_eq!(e[23].2, 24);
+}

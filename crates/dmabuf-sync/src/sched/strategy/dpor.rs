@@ -123,6 +123,17 @@
 //! ([`Bound::Nondeterminism`]). [`Dpor::bounds_hit`] lists them; the search
 //! is exhaustive only when it is finished and the list is empty.
 //!
+//! # Progress ([`Dpor::progress`], [`Dpor::estimate`])
+//!
+//! After each execution, every decision of its path knows the choices
+//! finished there, the one taken and those still in its backtrack set
+//! (not asleep). Counting each finished choice as an equal share of its
+//! node, and the execution as a finished leaf, gives the share of the tree
+//! done; the executions so far divided by it estimate the whole search.
+//! Exact once the search is exhausted; before, usually low, since a node's
+//! backtrack set grows as later executions reverse races to it (the tests
+//! in `sched/tests.rs` measure it on programs of known size).
+//!
 //! # A part of the search ([`Dpor::shard`])
 //!
 //! The split node (the first decision, see [`SearchShard`]) gets every
@@ -267,6 +278,8 @@ pub struct Dpor {
     part: PartState,
     /// The split node's choice (index) of the current execution.
     split_choice: Option<usize>,
+    /// [`progress`](Self::progress) after the last analysed execution.
+    progress: f64,
 }
 
 impl Dpor {
@@ -292,6 +305,7 @@ impl Dpor {
             stats: DporStats::default(),
             part: PartState::default(),
             split_choice: None,
+            progress: 0.0,
         }
     }
 
@@ -353,6 +367,58 @@ impl Dpor {
     /// Counters so far.
     pub fn stats(&self) -> DporStats {
         self.stats
+    }
+
+    /// The share of the search tree finished after the last execution (1
+    /// once the search is exhausted; see [`estimate`](Self::estimate)).
+    pub fn progress(&self) -> f64 {
+        if self.exhausted { 1.0 } else { self.progress }
+    }
+
+    /// The executions the whole search would take, estimated from
+    /// [`progress`](Self::progress): the executions so far divided by the
+    /// share finished. Exact once the search is exhausted. Biased low
+    /// before: it assumes that the subtrees of a node's choices are equally
+    /// large and knows only the choices found so far, and a node's
+    /// backtrack set grows as later executions reverse races to it.
+    pub fn estimate(&self) -> u64 {
+        let n = self.stats.executions;
+        let p = self.progress();
+        if p >= 1.0 || n == 0 {
+            return n;
+        }
+        let e = (n as f64 / p).ceil();
+        if e >= u64::MAX as f64 {
+            u64::MAX
+        } else {
+            (e as u64).max(n)
+        }
+    }
+
+    /// The share of the tree finished once the current execution has been
+    /// analysed: at each decision of its path, the choices already finished
+    /// count their share of the node's known choices (finished, the one
+    /// taken, and those still in the backtrack set and not asleep), and the
+    /// current execution counts as a finished leaf.
+    fn path_progress(&self) -> f64 {
+        let mut share = 1.0_f64;
+        let mut done = 0.0_f64;
+        for n in self.nodes.iter().take(self.pos) {
+            let finished = n.done.iter().filter(|s| s.task != n.chosen).count();
+            let pending = n
+                .backtrack
+                .iter()
+                .filter(|q| {
+                    **q != n.chosen
+                        && !n.done.iter().any(|s| s.task == **q)
+                        && !n.sleep.iter().any(|s| s.task == **q)
+                })
+                .count();
+            let total = (finished + pending + 1) as f64;
+            done += share * finished as f64 / total;
+            share /= total;
+        }
+        done + share
     }
 
     fn asleep(&self, t: TaskId) -> bool {
@@ -814,6 +880,7 @@ impl Strategy for Dpor {
             self.nondeterministic = true;
         } else if !self.part.probe {
             self.analyse();
+            self.progress = self.path_progress();
         }
         self.error.take().map_or(Ok(()), Err)
     }
