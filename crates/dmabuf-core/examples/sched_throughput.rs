@@ -2,7 +2,9 @@
 //!
 //! `cargo run --release -p dmabuf-core --example sched_throughput`
 //!
-//! Two workloads: a ping-pong where every scheduling point switches tasks
+//! A search's shape first (many short executions on one calling thread,
+//! bound to one CPU against unbound, same run), then two workloads: a
+//! ping-pong where every scheduling point switches tasks
 //! (`thread::yield_now` forces a switch), and four tasks contending for a
 //! mutex under the random strategy (a realistic mix of switching and
 //! non-switching points).
@@ -71,7 +73,55 @@ fn spawn_join() {
     }
 }
 
+/// A search's shape: many short executions, one after the other, on one
+/// calling thread. Runs per second with every thread of an execution (and
+/// the calling thread while it runs) bound to the calling thread's CPU,
+/// against no binding, measured alternately in this run.
+fn short_executions() {
+    fn runs_per_s(pin: bool, runs: u32) -> f64 {
+        let mut s = sched::Random::new(7);
+        let cfg = RunConfig {
+            pin_to_one_cpu: pin,
+            ..RunConfig::default()
+        };
+        let t0 = Instant::now();
+        for _ in 0..runs {
+            assert!(s.next_execution());
+            let r = sched::run(&mut s, &cfg, || {
+                let m = Arc::new(Mutex::new(0u64));
+                let hs: Vec<_> = (0..3)
+                    .map(|_| {
+                        let m = m.clone();
+                        thread::spawn(move || {
+                            for _ in 0..5 {
+                                *m.lock() += 1;
+                            }
+                        })
+                    })
+                    .collect();
+                for h in hs {
+                    h.join().unwrap();
+                }
+            });
+            assert_eq!(r.outcome, sched::Outcome::Completed);
+        }
+        f64::from(runs) / t0.elapsed().as_secs_f64()
+    }
+    let (mut pinned, mut free) = (0.0, 0.0);
+    for _ in 0..3 {
+        pinned += runs_per_s(true, 300);
+        free += runs_per_s(false, 300);
+    }
+    println!(
+        "short executions       {:>7.0} runs/s bound to one CPU, {:>7.0} unbound: {:.2}x",
+        pinned / 3.0,
+        free / 3.0,
+        pinned / free
+    );
+}
+
 fn main() {
+    short_executions();
     measure("ping-pong (yield_now)", 5, ping_pong);
     measure("4 tasks, one mutex", 20, contended_mutex);
     measure("spawn+join x4", 200, spawn_join);

@@ -68,7 +68,8 @@
 //! plus `std::thread::park`. Executions share nothing but the
 //! `LIVE_EXECUTIONS` counter (the fast path of [`active`]), a chained panic
 //! hook that records task panics, and the round-robin choice of the CPU
-//! their threads are bound to ([`RunConfig::pin_to_one_cpu`]), so several
+//! each calling thread's executions are bound to
+//! ([`RunConfig::pin_to_one_cpu`]), so several
 //! executions may run at once in one process, each fully independent.
 //!
 //! # Determinism
@@ -271,11 +272,16 @@ pub struct RunConfig {
     /// Whether task panics are also printed by the previous panic hook (they
     /// are always recorded in [`RunReport::panics`]).
     pub print_panics: bool,
-    /// Bind every task thread of the execution to one CPU (Linux). Only one
-    /// task runs at a time anyway, and a hand-over between threads of one
-    /// CPU avoids a cross-CPU wake-up: about 3-10x more switches per second
-    /// on the 2-CPU reference machine (`examples/sched_throughput.rs`).
-    /// Executions are spread round-robin over the CPUs the process may use.
+    /// Bind every task thread of the execution, and the calling thread
+    /// while the execution runs, to one CPU (Linux). Only one task runs at
+    /// a time anyway, and a hand-over between threads of one CPU avoids a
+    /// cross-CPU wake-up: about 3-10x more switches per second on the
+    /// 2-CPU reference machine (`examples/sched_throughput.rs`). The CPU is
+    /// chosen once per calling thread, round-robin over the CPUs the
+    /// process may use: threads running executions side by side (the
+    /// matrix's workers) spread out, and a search's executions and its
+    /// bookkeeping between them stay on one CPU. The calling thread's
+    /// binding is restored when the execution ends.
     pub pin_to_one_cpu: bool,
 }
 

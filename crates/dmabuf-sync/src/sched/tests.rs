@@ -1164,3 +1164,51 @@ fn dpor_estimates_the_whole_search_from_its_progress() {
     assert_eq!(e[11].2, 16);
     assert_eq!(e[23].2, 24);
 }
+
+/// The CPUs thread `tid` (0: the calling one) may run on.
+#[cfg(target_os = "linux")]
+fn affinity(tid: libc::pid_t) -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is plain data, filled by the kernel.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_execution_and_its_caller_share_one_cpu_and_the_caller_gets_its_binding_back() {
+    let before = affinity(0);
+    // SAFETY: gettid has no preconditions.
+    let caller = unsafe { libc::gettid() };
+    let seen: Arc<std::sync::Mutex<Vec<(Vec<usize>, Vec<usize>)>>> = Arc::default();
+    let cfg = RunConfig::default();
+    let mut s = Random::new(3);
+    for _ in 0..3 {
+        assert!(s.next_execution());
+        let seen2 = seen.clone();
+        let r = run(&mut s, &cfg, move || {
+            let h = thread::spawn(|| affinity(0));
+            let child = h.join().unwrap();
+            assert_eq!(child, affinity(0), "a task inherits the execution's CPU");
+            seen2.lock().unwrap().push((affinity(0), affinity(caller)));
+        });
+        assert!(matches!(r.outcome, Outcome::Completed), "{:?}", r.outcome);
+        assert_eq!(affinity(0), before, "the caller's binding is restored");
+    }
+    let seen = seen.lock().unwrap();
+    for (task, calling) in seen.iter() {
+        if before.len() > 1 {
+            assert_eq!(task.len(), 1, "one CPU: {task:?}");
+        }
+        assert_eq!(calling, task, "the caller runs where its execution runs");
+        // Every execution of this thread on the same CPU.
+        assert_eq!(task, &seen[0].0);
+    }
+}
