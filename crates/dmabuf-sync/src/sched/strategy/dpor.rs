@@ -180,22 +180,22 @@ impl Sleeper {
         if t == self.task {
             return false;
         }
-        let fresh: Vec<Access> = self
+        let mut fresh = self
             .accesses
             .iter()
             .filter(|a| a.0 >= self.fresh_from)
-            .map(|a| a.1)
-            .collect();
+            .map(|a| a.1);
         // A count step may change what a sleeper's count step is (see
         // `Access::Count`): conservatively a change here.
         let changes = |a: &Access| *a != Access::Read && *a != Access::Wake;
-        let fresh_write = fresh.iter().any(changes);
+        let any_fresh = fresh.clone().next().is_some();
+        let fresh_write = fresh.any(|a| changes(&a));
         // A wake-up observes the object like a read does.
         for &(o, a) in acc {
             if o >= self.fresh_from {
                 // Numbered after the sleeper was recorded: may be one of the
                 // objects that were new to the sleeper's own segment.
-                if !fresh.is_empty() && (changes(&a) || fresh_write) {
+                if any_fresh && (changes(&a) || fresh_write) {
                     return false;
                 }
             } else if let Ok(i) = self.accesses.binary_search_by_key(&o, |x| x.0)
@@ -227,7 +227,9 @@ struct Node {
 #[derive(Clone, Debug)]
 struct Ev {
     task: Option<TaskId>,
-    accesses: Vec<(u32, Access)>,
+    /// Its accesses: `Dpor::acc[acc.0..acc.1]` (one buffer for the whole
+    /// execution, reused by the next: no allocation per segment).
+    acc: (u32, u32),
     fresh_from: u32,
     /// The decision node that chose it (`None`: forced, or past the bound).
     node: Option<usize>,
@@ -262,6 +264,10 @@ pub struct Dpor {
     /// The node whose chosen segment is reported next.
     awaiting: Option<usize>,
     events: Vec<Ev>,
+    /// The accesses of every segment of `events`, in order.
+    acc: Vec<(u32, Access)>,
+    /// The race analysis's buffers, kept between executions.
+    scratch: Scratch,
     sleep: Vec<Sleeper>,
     /// Index of the first segment whose races are new in this execution.
     analyse_from: usize,
@@ -293,6 +299,8 @@ impl Dpor {
             pos: 0,
             awaiting: None,
             events: Vec::new(),
+            acc: Vec::new(),
+            scratch: Scratch::default(),
             sleep: Vec::new(),
             analyse_from: 0,
             blocked_at: None,
@@ -425,128 +433,144 @@ impl Dpor {
         self.sleep.iter().any(|s| s.task == t)
     }
 
+    /// Appends a segment's accesses to the execution's buffer; their range.
+    fn push_accesses(&mut self, a: &[(u32, Access)]) -> (u32, u32) {
+        let start = self.acc.len();
+        self.acc.extend_from_slice(a);
+        let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+        (n(start), n(self.acc.len()))
+    }
+
+    /// Segment `i`'s accesses.
+    fn accesses(&self, i: usize) -> &[(u32, Access)] {
+        let (a, b) = self.events[i].acc;
+        &self.acc[a as usize..b as usize]
+    }
+
     /// Builds happens-before over the current execution's segments and
     /// reverses the new races (those whose later segment is at or after
     /// `analyse_from` and before the sleep-blocked point).
     fn analyse(&mut self) {
         let limit = self.blocked_at.unwrap_or(self.events.len());
         let n = self.events.len().min(limit);
-        let ntasks = self
+        let nt = self
             .events
             .iter()
             .filter_map(|e| e.task)
             .max()
             .map_or(0, |m| m + 1);
-        // vc[i][t]: how many segments of task t happen before or are segment i.
-        let mut vc: Vec<Vec<u32>> = Vec::with_capacity(n);
-        let mut last_of_task: Vec<Option<usize>> = vec![None; ntasks];
-        let mut barrier: Vec<u32> = vec![0; ntasks];
-        // Per object: the last write, the reads since, and the other
-        // accesses since (idempotent sets, reference count steps). Reads
-        // are kept apart: no read conflicts with a read, and an object read
-        // many times between writes would make every read scan them.
-        let mut last_write: Vec<Option<usize>> = Vec::new();
-        let mut reads: Vec<Vec<usize>> = Vec::new();
-        let mut since: Vec<Vec<(usize, Access)>> = Vec::new();
-        let mut cands: Vec<usize> = Vec::new();
-        let mut wakers: Vec<usize> = Vec::new();
+        // The buffers of the last analysis, cleared, not freed.
+        let mut sc = std::mem::take(&mut self.scratch);
+        sc.reset(nt);
+        // vc row i (`Clocks::row`): how many segments of task t happen
+        // before or are segment i.
+        let mut pre = vec![0u32; nt];
         for j in 0..n {
             let Some(t) = self.events[j].task else {
                 // A clock jump: after everything so far, before everything
                 // after.
-                let mut c = barrier.clone();
-                for i in last_of_task.iter().flatten() {
-                    join(&mut c, &vc[*i]);
+                let mut c = sc.barrier.clone();
+                for i in sc.last_of_task.iter().flatten() {
+                    join(&mut c, sc.vc.row(*i));
                 }
-                barrier = c.clone();
-                vc.push(c);
+                sc.barrier.clone_from(&c);
+                sc.vc.push(&c);
                 continue;
             };
-            let mut pre = match last_of_task[t] {
-                Some(i) => vc[i].clone(),
-                None => vec![0; ntasks],
-            };
-            join(&mut pre, &barrier);
-            cands.clear();
-            wakers.clear();
-            for &(o, a) in &self.events[j].accesses {
+            match sc.last_of_task[t] {
+                Some(i) => pre.copy_from_slice(sc.vc.row(i)),
+                None => pre.fill(0),
+            }
+            join(&mut pre, &sc.barrier);
+            sc.cands.clear();
+            sc.wakers.clear();
+            let (a0, a1) = self.events[j].acc;
+            for &(o, a) in &self.acc[a0 as usize..a1 as usize] {
                 let o = o as usize;
-                if last_write.len() <= o {
-                    last_write.resize(o + 1, None);
-                    reads.resize(o + 1, Vec::new());
-                    since.resize(o + 1, Vec::new());
+                if sc.last_write.len() <= o {
+                    sc.last_write.resize(o + 1, None);
+                    sc.reads.resize_with(o + 1, Vec::new);
+                    sc.since.resize_with(o + 1, Vec::new);
                 }
+                let events = &self.events;
+                let vc = &sc.vc;
                 let consider = |i: usize, cands: &mut Vec<usize>| {
-                    let Some(ti) = self.events[i].task else {
+                    let Some(ti) = events[i].task else {
                         return;
                     };
-                    if ti != t && vc[i][ti] > pre[ti] && !cands.contains(&i) {
+                    if ti != t && vc.row(i)[ti] > pre[ti] && !cands.contains(&i) {
                         cands.push(i);
                     }
                 };
                 if a == Access::Wake || a == Access::WakeWrite {
                     // Ordered after what woke it, never reversed with it.
-                    if let Some(w) = last_write[o] {
-                        wakers.push(w);
+                    if let Some(w) = sc.last_write[o] {
+                        sc.wakers.push(w);
                     }
-                    wakers.extend(since[o].iter().map(|x| x.0));
+                    sc.wakers.extend(sc.since[o].iter().map(|x| x.0));
                     if a == Access::Wake {
                         continue;
                     }
-                } else if let Some(w) = last_write[o] {
-                    consider(w, &mut cands);
+                } else if let Some(w) = sc.last_write[o] {
+                    consider(w, &mut sc.cands);
                 }
                 // Races with the accesses since the last write it conflicts
                 // with (a set not with other sets, a reference count's steps
                 // as `Access::conflicts` says, reads with none of the reads).
                 if a != Access::Read {
-                    for &r in &reads[o] {
-                        consider(r, &mut cands);
+                    for &r in &sc.reads[o] {
+                        consider(r, &mut sc.cands);
                     }
                 }
-                for &(r, b) in &since[o] {
+                for &(r, b) in &sc.since[o] {
                     if a.conflicts(b) {
-                        consider(r, &mut cands);
+                        consider(r, &mut sc.cands);
                     }
                 }
                 if a.writes() && a != Access::Set {
-                    last_write[o] = Some(j);
-                    reads[o].clear();
-                    since[o].clear();
+                    sc.last_write[o] = Some(j);
+                    sc.reads[o].clear();
+                    sc.since[o].clear();
                 } else if a == Access::Read {
-                    reads[o].push(j);
+                    sc.reads[o].push(j);
                 } else {
-                    since[o].push((j, a));
+                    sc.since[o].push((j, a));
                 }
             }
-            let mut c = pre;
-            for &i in cands.iter().chain(&wakers) {
-                join(&mut c, &vc[i]);
+            let mut c = pre.clone();
+            for &i in sc.cands.iter().chain(&sc.wakers) {
+                join(&mut c, sc.vc.row(i));
             }
             c[t] += 1;
             // Races: candidates not ordered before another candidate.
             if j >= self.analyse_from {
+                let vc = &sc.vc;
+                let events = &self.events;
+                let cands = &sc.cands;
                 let races: Vec<usize> = cands
                     .iter()
                     .copied()
                     .filter(|&i| {
-                        let ti = self.events[i].task.unwrap_or(0);
-                        !cands.iter().any(|&k| k != i && vc[k][ti] >= vc[i][ti])
+                        let ti = events[i].task.unwrap_or(0);
+                        !cands
+                            .iter()
+                            .any(|&k| k != i && vc.row(k)[ti] >= vc.row(i)[ti])
                     })
                     .collect();
                 for i in races {
-                    self.reverse(i, j, &vc, &c);
+                    self.reverse(i, j, &sc.vc, &c);
                 }
             }
-            vc.push(c);
-            last_of_task[t] = Some(j);
+            sc.vc.push(&c);
+            sc.last_of_task[t] = Some(j);
         }
+        self.scratch = sc;
     }
 
     /// Reverses the race between segments `i` and `j` (`cj` is `j`'s clock).
-    fn reverse(&mut self, i: usize, j: usize, vc: &[Vec<u32>], cj: &[u32]) {
+    fn reverse(&mut self, i: usize, j: usize, vc: &Clocks, cj: &[u32]) {
         if debugging() {
-            eprintln!("race {i} {j} vc_i {:?} cj {:?}", vc[i], cj);
+            eprintln!("race {i} {j} vc_i {:?} cj {:?}", vc.row(i), cj);
         }
         let Some(d) = self.events[i].node else {
             return; // forced: nothing else could run there
@@ -555,7 +579,7 @@ impl Dpor {
             return; // the split node: every choice is there already
         }
         if super::super::engine::profiling() {
-            let (a, b) = (&self.events[i].accesses, &self.events[j].accesses);
+            let (a, b) = (self.accesses(i), self.accesses(j));
             for &(o, x) in a {
                 if let Some(&(_, y)) = b.iter().find(|p| p.0 == o)
                     && x.conflicts(y)
@@ -570,11 +594,11 @@ impl Dpor {
             }
         }
         let ti = self.events[i].task.unwrap_or(0);
-        let after_i = |k: usize, ck: &[u32]| ck[ti] >= vc[i][ti] && k != i;
+        let after_i = |k: usize, ck: &[u32]| ck[ti] >= vc.row(i)[ti] && k != i;
         // v = the segments after i not ordered after it, then j.
-        let mut v: Vec<usize> = (i + 1..j).filter(|&k| !after_i(k, &vc[k])).collect();
+        let mut v: Vec<usize> = (i + 1..j).filter(|&k| !after_i(k, vc.row(k))).collect();
         v.push(j);
-        let clock = |k: usize| -> &[u32] { if k == j { cj } else { &vc[k] } };
+        let clock = |k: usize| -> &[u32] { if k == j { cj } else { vc.row(k) } };
         let mut initials: Vec<TaskId> = Vec::new();
         let mut seen: Vec<TaskId> = Vec::new();
         for (x, &k) in v.iter().enumerate() {
@@ -587,7 +611,7 @@ impl Dpor {
             seen.push(tk);
             let ck = clock(k);
             let first = v[..x].iter().all(|&p| match self.events[p].task {
-                Some(tp) => ck[tp] < vc[p][tp],
+                Some(tp) => ck[tp] < vc.row(p)[tp],
                 None => false,
             });
             if first {
@@ -640,7 +664,10 @@ impl Dpor {
         while let Some(d) = self.nodes.len().checked_sub(1) {
             let ev = self.nodes[d].event;
             let (acc, fresh) = match self.events.get(ev) {
-                Some(e) => (e.accesses.clone(), e.fresh_from),
+                Some(e) => (
+                    self.acc[e.acc.0 as usize..e.acc.1 as usize].to_vec(),
+                    e.fresh_from,
+                ),
                 None => (Vec::new(), 0),
             };
             let node = &mut self.nodes[d];
@@ -688,6 +715,60 @@ impl Dpor {
     }
 }
 
+/// Vector clocks of an execution's segments, one row of `width` counts per
+/// segment, in one buffer.
+#[derive(Clone, Debug, Default)]
+struct Clocks {
+    width: usize,
+    cells: Vec<u32>,
+}
+
+impl Clocks {
+    fn row(&self, i: usize) -> &[u32] {
+        &self.cells[i * self.width..(i + 1) * self.width]
+    }
+
+    fn push(&mut self, c: &[u32]) {
+        debug_assert_eq!(c.len(), self.width);
+        self.cells.extend_from_slice(c);
+    }
+}
+
+/// The race analysis's working state ([`Dpor::analyse`]), kept between
+/// executions so that its buffers are allocated once.
+#[derive(Clone, Debug, Default)]
+struct Scratch {
+    vc: Clocks,
+    last_of_task: Vec<Option<usize>>,
+    barrier: Vec<u32>,
+    /// Per object: the last write, the reads since, and the other accesses
+    /// since (idempotent sets, reference count steps). Reads are kept
+    /// apart: no read conflicts with a read, and an object read many times
+    /// between writes would make every read scan them.
+    last_write: Vec<Option<usize>>,
+    reads: Vec<Vec<usize>>,
+    since: Vec<Vec<(usize, Access)>>,
+    cands: Vec<usize>,
+    wakers: Vec<usize>,
+}
+
+impl Scratch {
+    /// Empty, for an execution of `tasks` tasks (inner buffers kept).
+    fn reset(&mut self, tasks: usize) {
+        self.vc.width = tasks;
+        self.vc.cells.clear();
+        self.last_of_task.clear();
+        self.last_of_task.resize(tasks, None);
+        self.barrier.clear();
+        self.barrier.resize(tasks, 0);
+        self.last_write.fill(None);
+        self.reads.iter_mut().for_each(Vec::clear);
+        self.since.iter_mut().for_each(Vec::clear);
+        self.cands.clear();
+        self.wakers.clear();
+    }
+}
+
 fn join(a: &mut Vec<u32>, b: &[u32]) {
     if a.len() < b.len() {
         a.resize(b.len(), 0);
@@ -714,6 +795,7 @@ impl Strategy for Dpor {
         self.pos = 0;
         self.awaiting = None;
         self.events.clear();
+        self.acc.clear();
         self.sleep.clear();
         self.blocked_at = None;
         self.stats.executions += 1;
@@ -823,9 +905,10 @@ impl Strategy for Dpor {
         }
         if self.part.probe {
             // Only the split node's segment matters.
+            let acc = self.push_accesses(ev.accesses);
             self.events.push(Ev {
                 task: ev.task,
-                accesses: ev.accesses.to_vec(),
+                acc,
                 fresh_from: ev.fresh_from,
                 node,
             });
@@ -842,9 +925,10 @@ impl Strategy for Dpor {
         }
         self.sleep
             .retain(|s| s.independent_of(ev.task, ev.accesses));
+        let acc = self.push_accesses(ev.accesses);
         self.events.push(Ev {
             task: ev.task,
-            accesses: ev.accesses.to_vec(),
+            acc,
             fresh_from: ev.fresh_from,
             node,
         });
