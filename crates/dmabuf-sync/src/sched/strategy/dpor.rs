@@ -385,7 +385,7 @@ impl Dpor {
 
     /// The executions the whole search would take, estimated from
     /// [`progress`](Self::progress): the executions so far divided by the
-    /// share finished. Exact once the search is exhausted. Biased low
+    /// share finished. Exact once the search is exhausted. Usually low
     /// before: it assumes that the subtrees of a node's choices are equally
     /// large and knows only the choices found so far, and a node's
     /// backtrack set grows as later executions reverse races to it.
