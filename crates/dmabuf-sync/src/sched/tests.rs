@@ -1187,7 +1187,9 @@ fn an_execution_and_its_caller_share_one_cpu_and_the_caller_gets_its_binding_bac
     let before = affinity(0);
     // SAFETY: gettid has no preconditions.
     let caller = unsafe { libc::gettid() };
-    let seen: Arc<std::sync::Mutex<Vec<(Vec<usize>, Vec<usize>)>>> = Arc::default();
+    // Per execution: the CPUs of its task, and of the caller meanwhile.
+    type Bindings = Vec<(Vec<usize>, Vec<usize>)>;
+    let seen: Arc<std::sync::Mutex<Bindings>> = Arc::default();
     let cfg = RunConfig::default();
     let mut s = Random::new(3);
     for _ in 0..3 {
