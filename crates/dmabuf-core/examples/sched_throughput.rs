@@ -49,13 +49,15 @@ fn ping_pong() {
     h.join().unwrap();
 }
 
-fn contended_mutex() {
+/// `tasks` tasks each incrementing one mutex-protected counter `each`
+/// times.
+fn mutex_tasks(tasks: u64, each: u64) {
     let m = Arc::new(Mutex::new(0u64));
-    let hs: Vec<_> = (0..4)
+    let hs: Vec<_> = (0..tasks)
         .map(|_| {
             let m = m.clone();
             thread::spawn(move || {
-                for _ in 0..500 {
+                for _ in 0..each {
                     *m.lock() += 1;
                 }
             })
@@ -64,7 +66,11 @@ fn contended_mutex() {
     for h in hs {
         h.join().unwrap();
     }
-    assert_eq!(*m.lock(), 2000);
+    assert_eq!(*m.lock(), tasks * each);
+}
+
+fn contended_mutex() {
+    mutex_tasks(4, 500);
 }
 
 fn spawn_join() {
@@ -87,22 +93,7 @@ fn short_executions() {
         let t0 = Instant::now();
         for _ in 0..runs {
             assert!(s.next_execution());
-            let r = sched::run(&mut s, &cfg, || {
-                let m = Arc::new(Mutex::new(0u64));
-                let hs: Vec<_> = (0..3)
-                    .map(|_| {
-                        let m = m.clone();
-                        thread::spawn(move || {
-                            for _ in 0..5 {
-                                *m.lock() += 1;
-                            }
-                        })
-                    })
-                    .collect();
-                for h in hs {
-                    h.join().unwrap();
-                }
-            });
+            let r = sched::run(&mut s, &cfg, || mutex_tasks(3, 5));
             assert_eq!(r.outcome, sched::Outcome::Completed);
         }
         f64::from(runs) / t0.elapsed().as_secs_f64()

@@ -1264,12 +1264,7 @@ struct PinnedFor {
 impl PinnedFor {
     #[cfg(target_os = "linux")]
     fn run(cpu: usize) -> Self {
-        // SAFETY: as in `allowed_cpus`.
-        let before = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
-                .then_some(set)
-        };
+        let before = current_affinity();
         pin_current_thread(cpu);
         Self { before }
     }
@@ -1292,19 +1287,27 @@ impl Drop for PinnedFor {
     }
 }
 
+/// The calling thread's CPU binding.
 #[cfg(target_os = "linux")]
-fn allowed_cpus() -> Vec<usize> {
+fn current_affinity() -> Option<libc::cpu_set_t> {
     // SAFETY: `cpu_set_t` is plain data; all-zero is the empty set, and the
     // kernel writes at most `size_of::<cpu_set_t>()` bytes into it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then_some(set)
     }
+}
+
+#[cfg(target_os = "linux")]
+fn allowed_cpus() -> Vec<usize> {
+    let Some(set) = current_affinity() else {
+        return Vec::new();
+    };
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `set` is a valid set and `c` is below `CPU_SETSIZE`.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -1315,7 +1318,7 @@ fn allowed_cpus() -> Vec<usize> {
 /// Binds the calling thread to `cpu`. Failure only costs speed.
 #[cfg(target_os = "linux")]
 fn pin_current_thread(cpu: usize) {
-    // SAFETY: as in `allowed_cpus`; pid 0 is the calling thread.
+    // SAFETY: as in `current_affinity`; pid 0 is the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);

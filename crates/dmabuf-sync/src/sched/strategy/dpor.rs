@@ -537,7 +537,10 @@ impl Dpor {
                     sc.since[o].push((j, a));
                 }
             }
-            let mut c = pre.clone();
+            // The segment's clock, in a buffer kept between segments.
+            let mut c = std::mem::take(&mut sc.cur);
+            c.clear();
+            c.extend_from_slice(&pre);
             for &i in sc.cands.iter().chain(&sc.wakers) {
                 join(&mut c, sc.vc.row(i));
             }
@@ -562,6 +565,7 @@ impl Dpor {
                 }
             }
             sc.vc.push(&c);
+            sc.cur = c;
             sc.last_of_task[t] = Some(j);
         }
         self.scratch = sc;
@@ -750,6 +754,8 @@ struct Scratch {
     since: Vec<Vec<(usize, Access)>>,
     cands: Vec<usize>,
     wakers: Vec<usize>,
+    /// The clock of the segment being analysed.
+    cur: Vec<u32>,
 }
 
 impl Scratch {
