@@ -79,6 +79,68 @@ fn spawn_join() {
     }
 }
 
+/// What starting a task costs inside an execution (its thread comes from
+/// the engine's pool), against creating and joining an OS thread on one
+/// CPU, which every task paid before the pool: same run, alternated.
+fn task_start_cost() {
+    const TASKS: u32 = 4;
+    fn per_task_in_execution(runs: u32) -> f64 {
+        let mut s = sched::Random::new(3);
+        let cfg = RunConfig::default();
+        let t0 = Instant::now();
+        for _ in 0..runs {
+            assert!(s.next_execution());
+            let r = sched::run(&mut s, &cfg, spawn_join);
+            assert_eq!(r.outcome, sched::Outcome::Completed);
+        }
+        // The root is a task too.
+        t0.elapsed().as_secs_f64() * 1e6 / f64::from(runs * (TASKS + 1))
+    }
+    fn per_os_thread(n: u32) -> f64 {
+        let t0 = Instant::now();
+        for _ in 0..n {
+            std::thread::spawn(|| {}).join().unwrap();
+        }
+        t0.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    }
+    let cpu = {
+        // SAFETY: plain data; the kernel fills it.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid set of the right size, for this thread.
+        let ok = unsafe {
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0
+        };
+        // SAFETY: indices below `CPU_SETSIZE` of a valid set.
+        (ok).then(|| (0..libc::CPU_SETSIZE as usize).find(|&c| unsafe { libc::CPU_ISSET(c, &set) }))
+            .flatten()
+    };
+    // The OS threads on one CPU, as an execution's tasks are (the engine
+    // binds the executions' calling thread itself).
+    let os_thread = move || {
+        if let Some(c) = cpu {
+            // SAFETY: as above; pid 0 is the calling thread.
+            unsafe {
+                let mut one: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(c, &mut one);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one);
+            }
+        }
+        per_os_thread(2_000)
+    };
+    let (mut task, mut os) = (0.0, 0.0);
+    for _ in 0..3 {
+        task += std::thread::spawn(|| per_task_in_execution(500))
+            .join()
+            .unwrap();
+        os += std::thread::spawn(os_thread).join().unwrap();
+    }
+    let (task, os) = (task / 3.0, os / 3.0);
+    println!(
+        "starting a task        {task:>7.1} µs per task in an execution (pooled threads); an OS thread created and joined: {os:>6.1} µs ({:.1}x)",
+        os / task
+    );
+}
+
 /// A search's shape: many short executions, one after the other, on one
 /// calling thread. Runs per second with every thread of an execution (and
 /// the calling thread while it runs) bound to the calling thread's CPU,
@@ -113,6 +175,7 @@ fn short_executions() {
 
 fn main() {
     short_executions();
+    task_start_cost();
     measure("ping-pong (yield_now)", 5, ping_pong);
     measure("4 tasks, one mutex", 20, contended_mutex);
     measure("spawn+join x4", 200, spawn_join);

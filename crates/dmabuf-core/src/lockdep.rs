@@ -209,10 +209,7 @@ impl fmt::Display for Report {
 }
 
 fn thread_name() -> String {
-    std::thread::current()
-        .name()
-        .unwrap_or("<unnamed>")
-        .to_owned()
+    crate::sync::thread::current_name().unwrap_or_else(|| "<unnamed>".to_owned())
 }
 
 /// Files a report according to the mode.

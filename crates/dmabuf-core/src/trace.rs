@@ -297,9 +297,7 @@ pub fn parse_fields(text: &str) -> Vec<(&str, String)> {
 }
 
 fn emit_real(name: &'static str, args: String) {
-    let who = std::thread::current()
-        .name()
-        .map(str::to_owned)
+    let who = crate::sync::thread::current_name()
         .unwrap_or_else(|| format!("{:?}", std::thread::current().id()));
     let mut log = LOG.lock();
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);

@@ -213,6 +213,10 @@ pub mod thread {
     {
         loom::thread::spawn(f)
     }
+    /// The OS thread's name (loom names none of its threads).
+    pub fn current_name() -> Option<String> {
+        std::thread::current().name().map(str::to_owned)
+    }
     /// Parks (a timeout is an untimed park that may return spuriously).
     pub fn park_timeout(_d: Duration) {
         loom::thread::park()

@@ -2,7 +2,7 @@
 //! controlled scheduler in [`super::sched`].
 
 use crate::sched;
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::mem::ManuallyDrop;
 use std::time::Duration;
 
@@ -563,29 +563,37 @@ pub mod thread {
     /// Handle to a spawned thread.
     #[derive(Debug)]
     pub struct JoinHandle<T> {
-        inner: std::thread::JoinHandle<T>,
-        task: Option<sched::TaskId>,
+        inner: Inner<T>,
+    }
+
+    #[derive(Debug)]
+    enum Inner<T> {
+        Thread(std::thread::JoinHandle<T>),
+        Task(sched::TaskId, sched::TaskJoin<T>),
     }
 
     impl<T> JoinHandle<T> {
         /// Waits for the thread to finish. Returns `Err` with the panic
         /// payload when it panicked.
         pub fn join(self) -> std::thread::Result<T> {
-            if let Some(t) = self.task {
-                sched::join(t);
+            match self.inner {
+                Inner::Thread(h) => h.join(),
+                Inner::Task(t, h) => {
+                    sched::join(t);
+                    h.join()
+                }
             }
-            self.inner.join()
         }
 
         /// Whether the thread has finished.
         pub fn is_finished(&self) -> bool {
             sched::point();
-            // A finished task's OS thread may still be exiting: ask the
-            // scheduler, so that polling does not depend on real timing.
-            if let Some(done) = self.task.and_then(sched::is_finished) {
-                return done;
+            match &self.inner {
+                Inner::Thread(h) => h.is_finished(),
+                // Ask the scheduler, so that polling does not depend on
+                // real timing.
+                Inner::Task(t, h) => sched::is_finished(*t).unwrap_or_else(|| h.is_finished()),
             }
-            self.inner.is_finished()
         }
     }
 
@@ -605,21 +613,27 @@ pub mod thread {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        if sched::active() {
-            let (task, inner) = sched::spawn(name, f);
-            return JoinHandle {
-                inner,
-                task: Some(task),
-            };
-        }
+        let f = match sched::spawn(name.clone(), f) {
+            Ok((task, h)) => {
+                return JoinHandle {
+                    inner: Inner::Task(task, h),
+                };
+            }
+            Err(f) => f,
+        };
         let mut b = std::thread::Builder::new();
         if !name.is_empty() {
             b = b.name(name);
         }
         JoinHandle {
-            inner: b.spawn(f).expect("failed to spawn a thread"),
-            task: None,
+            inner: Inner::Thread(b.spawn(f).expect("failed to spawn a thread")),
         }
+    }
+
+    /// The calling thread's name: a controlled task's own (its OS thread
+    /// is one of the engine's reused task threads), or the OS thread's.
+    pub fn current_name() -> Option<String> {
+        sched::current_task_name().or_else(|| std::thread::current().name().map(str::to_owned))
     }
 
     /// A handle that can unpark a thread.
@@ -728,10 +742,111 @@ pub mod time {
     }
 }
 
-/// Declares a thread-local (std's; loom's under `--cfg loom`).
+/// Declares a thread-local (loom's under `--cfg loom`): a [`TaskLocal`],
+/// which a controlled task sees fresh even on an OS thread that ran other
+/// tasks before (the engine reuses task threads). Only the
+/// `static NAME: T = const { init };` form.
 #[macro_export]
 macro_rules! shim_thread_local {
-    ($($t:tt)*) => { std::thread_local!($($t)*); };
+    () => {};
+    ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = const { $init:expr }; $($rest:tt)*) => {
+        $(#[$attr])* $vis static $name: $crate::TaskLocal<$t> = {
+            std::thread_local! {
+                static SLOT: $crate::TaskLocalSlot<$t> =
+                    const { $crate::TaskLocalSlot::new($init) };
+            }
+            fn init() -> $t {
+                $init
+            }
+            $crate::TaskLocal::new(&SLOT, init)
+        };
+        $crate::shim_thread_local!($($rest)*);
+    };
+}
+
+std::thread_local! {
+    /// How many tasks this OS thread has started running (see
+    /// [`TaskLocal`]).
+    static INCARNATION: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The calling OS thread starts running a new task: every [`TaskLocal`] it
+/// touches from now on starts again from its initial value.
+pub(crate) fn new_incarnation() {
+    INCARNATION.with(|i| i.set(i.get() + 1));
+}
+
+/// The storage behind one [`TaskLocal`] on one OS thread (made by
+/// [`shim_thread_local!`](crate::shim_thread_local)).
+#[doc(hidden)]
+pub struct TaskLocalSlot<T> {
+    /// The incarnation the value belongs to.
+    epoch: Cell<u64>,
+    value: UnsafeCell<T>,
+}
+
+impl<T> TaskLocalSlot<T> {
+    #[doc(hidden)]
+    pub const fn new(value: T) -> Self {
+        Self {
+            epoch: Cell::new(0),
+            value: UnsafeCell::new(value),
+        }
+    }
+}
+
+/// A thread-local per task: on real threads, std's thread-local; on the
+/// engine's reused task threads, a value that starts from its initial one
+/// whenever the thread starts a new task, as it would on a new thread (a
+/// lock-ownership token, lockdep's held-lock stack and the like must not
+/// leak from one task into the next).
+pub struct TaskLocal<T: 'static> {
+    slot: &'static std::thread::LocalKey<TaskLocalSlot<T>>,
+    init: fn() -> T,
+}
+
+impl<T: 'static> TaskLocal<T> {
+    #[doc(hidden)]
+    pub const fn new(
+        slot: &'static std::thread::LocalKey<TaskLocalSlot<T>>,
+        init: fn() -> T,
+    ) -> Self {
+        Self { slot, init }
+    }
+
+    /// Runs `f` on the value; panics if the thread's locals are being
+    /// destroyed (as std's `LocalKey::with`).
+    pub fn with<R>(&'static self, f: impl FnOnce(&T) -> R) -> R {
+        match self.try_with(f) {
+            Ok(r) => r,
+            Err(_) => panic!("a task-local was used while its thread's locals were destroyed"),
+        }
+    }
+
+    /// Runs `f` on the value, or fails if the thread's locals are being
+    /// destroyed.
+    pub fn try_with<R>(
+        &'static self,
+        f: impl FnOnce(&T) -> R,
+    ) -> Result<R, std::thread::AccessError> {
+        let now = INCARNATION.try_with(Cell::get).unwrap_or(0);
+        self.slot.try_with(|s| {
+            if s.epoch.get() != now {
+                // The first use by this task: no reference to the value is
+                // alive (the thread's previous task has ended). The epoch is
+                // set first, so a destructor of the old value that uses this
+                // local sees the new one.
+                s.epoch.set(now);
+                // SAFETY: no reference into the value exists (see above),
+                // and only this thread reaches it.
+                let old = unsafe { std::mem::replace(&mut *s.value.get(), (self.init)()) };
+                drop(old);
+            }
+            // SAFETY: shared references only; the value is replaced only
+            // above, before any reference of this incarnation is handed out.
+            f(unsafe { &*s.value.get() })
+        })
+    }
 }
 
 /// A value set once and awaited (a one-shot event carrying a value; the

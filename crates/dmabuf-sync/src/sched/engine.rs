@@ -1,5 +1,5 @@
-//! The engine behind the facade: execution state, the baton, task threads,
-//! end-of-execution detection and unwinding.
+//! The engine behind the facade: execution state, the baton, tasks (on
+//! the threads of `pool.rs`), end-of-execution detection and unwinding.
 //!
 //! Lock rules: `Execution::state` (a `parking_lot` mutex, because the engine
 //! must not schedule itself) is taken for short, non-blocking updates only.
@@ -15,6 +15,7 @@
 //! at once and each of them unwinds.
 
 use super::extension::{Extensions, Here};
+use super::pool;
 use super::{
     Access, BlockedOn, Outcome, RunConfig, RunReport, Schedule, StepEvent, Strategy, TaskId,
     TaskInfo, TaskPanic, WaitKind,
@@ -243,7 +244,7 @@ struct State {
     /// Reused buffer for a segment's numbered accesses.
     ev_buf: Vec<(u32, Access)>,
     panics: Vec<TaskPanic>,
-    /// OS threads of this execution that have not exited yet.
+    /// Tasks of this execution whose body has not been left yet.
     live_threads: usize,
     /// Reused buffer for the runnable set.
     scratch: Vec<TaskId>,
@@ -861,6 +862,10 @@ impl Execution {
             .is_none_or(|t| t.state == TaskState::Finished)
     }
 
+    pub(super) fn task_name(&self, me: TaskId) -> String {
+        self.lock().tasks[me].name.clone()
+    }
+
     pub(super) fn local_counter(&self, _me: TaskId, key: &'static str, n: u64) -> u64 {
         let mut st = self.lock();
         if st.record {
@@ -934,7 +939,7 @@ impl Execution {
         me: TaskId,
         name: String,
         f: F,
-    ) -> (TaskId, std::thread::JoinHandle<T>)
+    ) -> (TaskId, TaskJoin<T>)
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -965,11 +970,11 @@ impl Execution {
             (id, name, baton)
         };
         let exec = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || task_main(exec, id, f));
-        let h = match spawned {
-            Ok(h) => h,
+        let result = Arc::new(TaskResult::default());
+        let r2 = result.clone();
+        let started = pool::start(self.cpu, Box::new(move || task_main(exec, id, f, &r2)));
+        let thread = match started {
+            Ok(t) => t,
             Err(e) => {
                 let mut st = self.lock();
                 st.tasks[id].state = TaskState::Finished;
@@ -981,9 +986,9 @@ impl Execution {
         // The baton's thread must be known before anybody can give it: only
         // the baton holder (this task, until its next scheduling point) or
         // the end of the execution (also caused by the holder) gives batons.
-        let _ = baton.thread.set(h.thread().clone());
+        let _ = baton.thread.set(thread);
         self.yield_now(me, false, &[]);
-        (id, h)
+        (id, TaskJoin { result })
     }
 
     /// Task `me` returned or panicked (`panic` holds the message).
@@ -1043,7 +1048,8 @@ fn end_outcome(st: &State) -> Outcome {
     }
 }
 
-/// Counts the OS thread out when it exits, however it exits.
+/// Counts the task's thread out when the task's body is left, however it
+/// is left.
 struct ThreadExit(Arc<Execution>);
 
 impl Drop for ThreadExit {
@@ -1054,13 +1060,11 @@ impl Drop for ThreadExit {
     }
 }
 
-/// Body of every task's OS thread.
-fn task_main<F: FnOnce() -> T, T>(exec: Arc<Execution>, id: TaskId, f: F) -> T {
+/// Body of every task, on a thread of the [`pool`]. Its result (or the
+/// payload of its panic, the abort's included) goes to `result` before the
+/// task counts as finished, so a join woken by the finish finds it.
+fn task_main<F: FnOnce() -> T, T>(exec: Arc<Execution>, id: TaskId, f: F, result: &TaskResult<T>) {
     let _exit = ThreadExit(exec.clone());
-    // Threads inherit their creator's binding: binding the root binds all.
-    if let Some(cpu) = exec.cpu.filter(|_| id == 0) {
-        pin_current_thread(cpu);
-    }
     let baton = exec.lock().tasks[id].baton.clone();
     set_ctx(Some(TaskCtx {
         exec: exec.clone(),
@@ -1076,18 +1080,77 @@ fn task_main<F: FnOnce() -> T, T>(exec: Arc<Execution>, id: TaskId, f: F) -> T {
     set_ctx(None);
     match r {
         Ok(v) => {
+            result.put(Ok(v));
             exec.finish(id, None);
-            v
         }
         Err(p) => {
-            if !p.is::<Aborted>() {
-                let msg = LAST_PANIC
-                    .with(|l| l.borrow_mut().take())
-                    .unwrap_or_else(|| payload_message(p.as_ref()));
-                exec.finish(id, Some(msg));
+            if p.is::<Aborted>() {
+                result.put(Err(p));
+                return;
             }
-            panic::resume_unwind(p)
+            let msg = LAST_PANIC
+                .with(|l| l.borrow_mut().take())
+                .unwrap_or_else(|| payload_message(p.as_ref()));
+            result.put(Err(p));
+            exec.finish(id, Some(msg));
         }
+    }
+}
+
+/// Where a task leaves its result for [`TaskJoin::join`].
+struct TaskResult<T> {
+    value: Mutex<Option<std::thread::Result<T>>>,
+    ready: Condvar,
+}
+
+impl<T> Default for TaskResult<T> {
+    fn default() -> Self {
+        Self {
+            value: Mutex::new(None),
+            ready: Condvar::new(),
+        }
+    }
+}
+
+impl<T> TaskResult<T> {
+    fn put(&self, r: std::thread::Result<T>) {
+        *self.value.lock() = Some(r);
+        self.ready.notify_all();
+    }
+}
+
+/// The join handle of a task (its thread goes back to the [`pool`] when
+/// the task ends, so std's handle would wait for nothing).
+pub struct TaskJoin<T> {
+    result: Arc<TaskResult<T>>,
+}
+
+impl<T> std::fmt::Debug for TaskJoin<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskJoin")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+impl<T> TaskJoin<T> {
+    /// The task's result, or the payload of its panic. The caller has
+    /// already waited for the task in the engine ([`super::join`]); this
+    /// waits in real time only for a task that was left running when its
+    /// execution ended (it is unwinding on its own thread).
+    pub fn join(self) -> std::thread::Result<T> {
+        let mut v = self.result.value.lock();
+        loop {
+            if let Some(r) = v.take() {
+                return r;
+            }
+            self.result.ready.wait(&mut v);
+        }
+    }
+
+    /// Whether the task's body has been left.
+    pub fn is_finished(&self) -> bool {
+        self.result.value.lock().is_some()
     }
 }
 
@@ -1188,19 +1251,19 @@ pub(super) fn run<F: FnOnce() + Send + 'static>(
     });
     LIVE_EXECUTIONS.fetch_add(1, Ordering::Relaxed);
     let e2 = exec.clone();
-    let h = std::thread::Builder::new()
-        .name("main".to_owned())
-        .spawn(move || task_main(e2, 0, f))
-        .expect("cannot spawn the root task's thread");
-    let _ = baton.thread.set(h.thread().clone());
-    drop(h);
+    let thread = pool::start(
+        cpu,
+        Box::new(move || task_main(e2, 0, f, &TaskResult::default())),
+    )
+    .expect("cannot start the root task's thread");
+    let _ = baton.thread.set(thread);
     baton.give();
 
     let mut st = exec.lock();
     while st.outcome.is_none() {
         exec.done.wait(&mut st);
     }
-    // Real time only bounds how long we wait for OS threads; it has no
+    // Real time only bounds how long we wait for task threads; it has no
     // meaning inside the execution.
     let deadline = Instant::now() + cfg.unwind_timeout;
     while st.live_threads > 0 {
@@ -1317,8 +1380,12 @@ fn allowed_cpus() -> Vec<usize> {
 
 /// Binds the calling thread to `cpu`. Failure only costs speed.
 #[cfg(target_os = "linux")]
-fn pin_current_thread(cpu: usize) {
-    // SAFETY: as in `current_affinity`; pid 0 is the calling thread.
+pub(super) fn pin_current_thread(cpu: usize) {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return;
+    }
+    // SAFETY: as in `current_affinity`; pid 0 is the calling thread, and
+    // `cpu` is below `CPU_SETSIZE`.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
@@ -1327,4 +1394,4 @@ fn pin_current_thread(cpu: usize) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn pin_current_thread(_cpu: usize) {}
+pub(super) fn pin_current_thread(_cpu: usize) {}

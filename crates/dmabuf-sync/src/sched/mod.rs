@@ -14,8 +14,11 @@
 //! # Model
 //!
 //! An execution ([`run`]) is a set of tasks: the root closure and every
-//! thread it (transitively) spawns through the shim. Each task is a real OS
-//! thread, but only the task holding the *baton* runs; every shim operation
+//! thread it (transitively) spawns through the shim. Each task runs on a
+//! real OS thread of its own (taken from a pool and given back when the
+//! task ends: creating a thread cost more than the rest of a short task;
+//! `pool.rs` says what a reused thread must not carry over), but only the
+//! task holding the *baton* runs; every shim operation
 //! is a scheduling point at which a [`Strategy`] picks the next task among
 //! the runnable, non-stalled ones. A choice among two or more tasks is a
 //! *decision*; the list of decisions is the [`Schedule`], which replays the
@@ -55,7 +58,8 @@
 //!    private payload, so destructors run and locks are released. While
 //!    aborting, [`active`] is false for them and shim operations use the real
 //!    primitives. [`run`] waits (in real time, [`RunConfig::unwind_timeout`])
-//!    for their OS threads and reports the ones that did not exit as leaked.
+//!    for their bodies to be left and reports the ones that were not as
+//!    leaked.
 //!
 //! Task code must not catch the abort payload (`catch_unwind` that swallows
 //! every panic): the task would go on running on real primitives.
@@ -67,9 +71,10 @@
 //! code runs, never held while blocking), and each task's baton is a flag
 //! plus `std::thread::park`. Executions share nothing but the
 //! `LIVE_EXECUTIONS` counter (the fast path of [`active`]), a chained panic
-//! hook that records task panics, and the round-robin choice of the CPU
+//! hook that records task panics, the round-robin choice of the CPU
 //! each calling thread's executions are bound to
-//! ([`RunConfig::pin_to_one_cpu`]), so several
+//! ([`RunConfig::pin_to_one_cpu`]) and the pool of idle task threads (one
+//! per CPU; a thread serves one task at a time), so several
 //! executions may run at once in one process, each fully independent.
 //!
 //! # Determinism
@@ -100,11 +105,13 @@
 
 mod engine;
 mod extension;
+mod pool;
 mod schedule;
 pub mod strategy;
 #[cfg(test)]
 mod tests;
 
+pub use engine::TaskJoin;
 pub use extension::{Extensions, Here};
 pub use schedule::{Schedule, ScheduleError};
 pub use strategy::{Bound, Dfs, Dpor, DporStats, Pct, Random, Replay};
@@ -267,7 +274,7 @@ pub struct RunConfig {
     pub max_steps: u64,
     /// Virtual time at the start, in nanoseconds.
     pub start_ns: u64,
-    /// Real time to wait for left-over OS threads to unwind.
+    /// Real time to wait for left-over tasks to unwind.
     pub unwind_timeout: Duration,
     /// Whether task panics are also printed by the previous panic hook (they
     /// are always recorded in [`RunReport::panics`]).
@@ -405,8 +412,9 @@ pub struct RunReport {
     pub extensions: Extensions,
     /// Panics of tasks, in order.
     pub panics: Vec<TaskPanic>,
-    /// OS threads that had not exited [`RunConfig::unwind_timeout`] after the
-    /// end; they are left running (detached) on real primitives.
+    /// Tasks whose body had not been left [`RunConfig::unwind_timeout`]
+    /// after the end; their threads are left running (detached, lost to
+    /// the thread pool) on real primitives.
     pub leaked_threads: usize,
     /// The strategy's complaint about this execution (see
     /// [`Strategy::end_execution`]).
@@ -830,23 +838,23 @@ pub fn is_finished(task: TaskId) -> Option<bool> {
 }
 
 /// Spawns a task of the caller's execution (a scheduling point right after
-/// the task exists, so it may run first). Outside an execution, spawns a
-/// plain thread and returns task id 0.
-pub fn spawn<F, T>(name: String, f: F) -> (TaskId, std::thread::JoinHandle<T>)
+/// the task exists, so it may run first); `Err(f)` back outside an
+/// execution.
+pub fn spawn<F, T>(name: String, f: F) -> Result<(TaskId, TaskJoin<T>), F>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
     match engine::ctx() {
-        Some((e, me)) => e.spawn(me, name, f),
-        None => {
-            let h = std::thread::Builder::new()
-                .name(name)
-                .spawn(f)
-                .expect("failed to spawn a thread");
-            (0, h)
-        }
+        Some((e, me)) => Ok(e.spawn(me, name, f)),
+        None => Err(f),
     }
+}
+
+/// The caller's task name, if it is a controlled task (its thread is one
+/// of the engine's reused task threads, whose OS name says nothing).
+pub fn current_task_name() -> Option<String> {
+    engine::ctx().map(|(e, me)| e.task_name(me))
 }
 
 /// A per-execution counter (context ids, inode numbers) so that replays see

@@ -1214,3 +1214,65 @@ fn an_execution_and_its_caller_share_one_cpu_and_the_caller_gets_its_binding_bac
         assert_eq!(task, &seen[0].0);
     }
 }
+
+crate::shim_thread_local! {
+    static MARK: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Task threads go back to a pool and serve later tasks (creating an OS
+/// thread per task cost more than the rest of a short execution); a
+/// reused thread must look new to the task: its task-locals start from
+/// their initial value, and its name is the task's.
+#[test]
+fn task_threads_are_reused_and_each_task_sees_fresh_task_locals_and_its_own_name() {
+    const EXECUTIONS: usize = 20;
+    const CHILDREN: usize = 3;
+    let threads: Arc<std::sync::Mutex<std::collections::HashSet<std::thread::ThreadId>>> =
+        Arc::default();
+    let cfg = RunConfig::default();
+    let mut s = Random::new(5);
+    for _ in 0..EXECUTIONS {
+        assert!(s.next_execution());
+        let seen = threads.clone();
+        let r = run(&mut s, &cfg, move || {
+            assert_eq!(MARK.with(|m| m.get()), 0, "the root starts afresh");
+            MARK.with(|m| m.set(1));
+            seen.lock().unwrap().insert(std::thread::current().id());
+            let hs: Vec<_> = (0..CHILDREN)
+                .map(|i| {
+                    thread::spawn_named(format!("child{i}"), move || {
+                        let fresh = MARK.with(|m| m.get()) == 0;
+                        MARK.with(|m| m.set(2));
+                        let kept = MARK.with(|m| m.get()) == 2;
+                        (
+                            fresh,
+                            kept,
+                            thread::current_name(),
+                            std::thread::current().id(),
+                        )
+                    })
+                })
+                .collect();
+            for (i, h) in hs.into_iter().enumerate() {
+                let (fresh, kept, name, id) = h.join().unwrap();
+                assert!(fresh, "a task's local starts from its initial value");
+                assert!(kept, "and keeps what the task stores in it");
+                assert_eq!(name.as_deref(), Some(format!("child{i}").as_str()));
+                seen.lock().unwrap().insert(id);
+            }
+            assert_eq!(
+                MARK.with(|m| m.get()),
+                1,
+                "the children's values are theirs"
+            );
+            assert_eq!(thread::current_name().as_deref(), Some("main"));
+        });
+        assert!(matches!(r.outcome, Outcome::Completed), "{:?}", r.outcome);
+        assert!(r.panics.is_empty(), "{:?}", r.panics);
+    }
+    let tasks = EXECUTIONS * (CHILDREN + 1);
+    let used = threads.lock().unwrap().len();
+    // Other tests of this process share the pool, so a few more threads
+    // than one execution's four may serve these tasks, but not one each.
+    assert!(used <= tasks / 2, "{used} OS threads for {tasks} tasks");
+}
