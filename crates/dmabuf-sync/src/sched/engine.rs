@@ -559,8 +559,10 @@ impl Execution {
             if st.record {
                 // The chosen task's segment starts: what was announced for
                 // it, what woke it.
-                let p = std::mem::take(&mut st.tasks[chosen].pending);
-                st.cur = p;
+                // Swapped rather than moved, so both keep their buffers.
+                let State { tasks, cur, .. } = st;
+                std::mem::swap(cur, &mut tasks[chosen].pending);
+                tasks[chosen].pending.clear();
             }
             if chosen == me {
                 return Next::Same;
