@@ -42,6 +42,7 @@ use dmabuf_scenario::builtin::Library;
 use dmabuf_scenario::file::Answer;
 use dmabuf_scenario::world::{Observation, StallMode, WorldProbe, WorldSpec, run_world_with};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Steps after which a run counts as a livelock.
@@ -206,6 +207,10 @@ pub struct CheckOptions {
     /// Also try to prove every property by an exhaustive DPOR search of
     /// the scenario's proof configuration (see [`ProofOptions`]).
     pub proof: Option<ProofOptions>,
+    /// Run the normal and the stalled-userspace searches on two threads
+    /// at once (the report is the same as one after the other). Off where
+    /// the caller already runs checks side by side (the matrix's workers).
+    pub parallel_modes: bool,
 }
 
 /// A proof attempt: an exhaustive DPOR search of a smaller configuration
@@ -318,6 +323,7 @@ impl Default for CheckOptions {
             properties: Property::ALL.to_vec(),
             shrink: true,
             proof: None,
+            parallel_modes: false,
         }
     }
 }
@@ -786,6 +792,95 @@ pub fn check_shard(
     Ok(check_dyn(scenario, opts, Some(shard), &mut progress))
 }
 
+/// One property in one mode's search: runs judged, violations, the first
+/// violation and its schedule.
+type ModeTally = (u64, u64, Option<(Violation, Schedule)>);
+
+/// What one mode's search of a check found, before it is merged with the
+/// other mode's ([`check_dyn`]).
+struct ModeSearch {
+    mode: RunMode,
+    explored: Explored,
+    /// The first non-empty list of refusals of its runs.
+    refusals: Vec<String>,
+    /// Its first distinct errors, in order.
+    errors: Vec<String>,
+    /// Per property judged: runs, violations, the first violation and its
+    /// schedule.
+    props: BTreeMap<Property, ModeTally>,
+    runs: u64,
+}
+
+/// Runs `n` schedules of `mode` of `scenario` and judges the properties of
+/// `opts` judged in that mode; `done` counts the runs (shared with the
+/// other mode's search), `tick` is called after each.
+fn search_mode(
+    scenario: &Scenario,
+    opts: &CheckOptions,
+    mode: RunMode,
+    n: u64,
+    shard: Option<SearchShard>,
+    done: &AtomicU64,
+    tick: &mut dyn FnMut(),
+) -> ModeSearch {
+    let seed = if mode == RunMode::Normal {
+        opts.seed
+    } else {
+        opts.seed.wrapping_add(0x9e37_79b9)
+    };
+    let mut refusals: Vec<String> = Vec::new();
+    let mut errors = Vec::new();
+    let mut props: BTreeMap<Property, ModeTally> = BTreeMap::new();
+    let mut runs = 0;
+    let explored = explore_mode(
+        &scenario.spec,
+        mode,
+        opts.strategy,
+        seed,
+        opts.dfs_bound,
+        n,
+        shard,
+        |run| {
+            runs += 1;
+            done.fetch_add(1, Ordering::Relaxed);
+            tick();
+            if refusals.is_empty()
+                && let Some(o) = &run.obs
+            {
+                refusals = o
+                    .refusals
+                    .iter()
+                    .map(|r| format!("{}: {} {}", r.importer, r.stage, r.errno))
+                    .collect();
+            }
+            for e in run_errors(run) {
+                keep_error(&mut errors, &e);
+            }
+            for &p in &opts.properties {
+                if !judged_in(p, mode) {
+                    continue;
+                }
+                let r = props.entry(p).or_insert((0, 0, None));
+                r.0 += 1;
+                if let Some(v) = judge(run, p) {
+                    r.1 += 1;
+                    if r.2.is_none() {
+                        r.2 = Some((v, run.report.schedule.clone()));
+                    }
+                }
+            }
+        },
+    );
+    ModeSearch {
+        mode,
+        explored,
+        refusals,
+        errors,
+        props,
+        runs,
+    }
+}
+
 fn check_dyn(
     scenario: &Scenario,
     opts: &CheckOptions,
@@ -800,6 +895,7 @@ fn check_dyn(
     let mut refusals = Vec::new();
     let mut runs = 0;
     let mut split = Vec::new();
+    let mut plan = Vec::new();
     for mode in [RunMode::Normal, RunMode::Stalled] {
         let n = match mode {
             // Normal runs only when they judge something asked for: with
@@ -819,52 +915,64 @@ fn check_dyn(
                 }
             }
         };
-        if n == 0 {
-            continue;
+        if n > 0 {
+            plan.push((mode, n));
         }
-        let seed = if mode == RunMode::Normal {
-            opts.seed
-        } else {
-            opts.seed.wrapping_add(0x9e37_79b9)
-        };
-        let explored = explore_mode(
-            &scenario.spec,
+    }
+    let done = AtomicU64::new(0);
+    let searched: Vec<ModeSearch> = if opts.parallel_modes && plan.len() > 1 {
+        // Each mode's search on a thread of its own; this thread only
+        // reports progress. The results are merged in mode order below,
+        // exactly as if the searches had run one after the other.
+        std::thread::scope(|s| {
+            let hs: Vec<_> = plan
+                .iter()
+                .map(|&(mode, n)| {
+                    let done = &done;
+                    s.spawn(move || search_mode(scenario, opts, mode, n, shard, done, &mut || {}))
+                })
+                .collect();
+            while !hs.iter().all(|h| h.is_finished()) {
+                progress(done.load(Ordering::Relaxed));
+                std::thread::park_timeout(std::time::Duration::from_millis(100));
+            }
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    } else {
+        plan.iter()
+            .map(|&(mode, n)| {
+                search_mode(scenario, opts, mode, n, shard, &done, &mut || {
+                    progress(done.load(Ordering::Relaxed))
+                })
+            })
+            .collect()
+    };
+    for ms in searched {
+        let ModeSearch {
             mode,
-            opts.strategy,
-            seed,
-            opts.dfs_bound,
-            n,
-            shard,
-            |run| {
-                runs += 1;
-                progress(runs);
-                if refusals.is_empty()
-                    && let Some(o) = &run.obs
-                {
-                    refusals = o
-                        .refusals
-                        .iter()
-                        .map(|r| format!("{}: {} {}", r.importer, r.stage, r.errno))
-                        .collect();
-                }
-                for e in run_errors(run) {
-                    keep_error(&mut errors, &e);
-                }
-                for &p in &opts.properties {
-                    if !judged_in(p, mode) {
-                        continue;
-                    }
-                    let r = results.entry(p).or_insert_with(|| empty_result(p));
-                    r.schedules += 1;
-                    if let Some(v) = judge(run, p) {
-                        r.violations += 1;
-                        first
-                            .entry(p)
-                            .or_insert_with(|| (v, run.report.schedule.clone(), mode));
-                    }
-                }
-            },
-        );
+            explored,
+            refusals: mode_refusals,
+            errors: mode_errors,
+            props,
+            runs: mode_runs,
+        } = ms;
+        runs += mode_runs;
+        if refusals.is_empty() {
+            refusals = mode_refusals;
+        }
+        for e in &mode_errors {
+            keep_error(&mut errors, e);
+        }
+        for (p, (schedules, violations, found)) in props {
+            let r = results.entry(p).or_insert_with(|| empty_result(p));
+            r.schedules += schedules;
+            r.violations += violations;
+            if let Some((v, sched)) = found {
+                first.entry(p).or_insert((v, sched, mode));
+            }
+        }
         if let Some(sp) = explored.split.clone() {
             // A part may hold no run at all: its properties still have a
             // (zero) result for the merge to add up.

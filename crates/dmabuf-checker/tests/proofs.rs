@@ -387,3 +387,62 @@ fn the_undecided_cells_are_sized_by_their_largest_open_search() {
         ]
     );
 }
+
+/// A report with its wall time removed, for comparing two runs.
+fn timeless(mut r: CheckReport) -> String {
+    r.elapsed_s = 0.0;
+    format!("{r:?}")
+}
+
+#[test]
+fn the_two_modes_searched_side_by_side_report_what_one_after_the_other_does() {
+    // v6 with the lying importer violates properties in both modes (its
+    // device writes after the fence wait; l-bounded, judged only with
+    // userspace stalled), so the merge has counts, first violations and
+    // tokens from both; DPOR over budget adds bounds and estimates.
+    let sc = find("matrix.v6-final.lying").unwrap();
+    for (strategy, schedules) in [(StrategyKind::Random, 24), (StrategyKind::Dpor, 40)] {
+        let o = CheckOptions {
+            strategy,
+            schedules,
+            stalled_schedules: schedules / 2,
+            seed: 3,
+            dfs_bound: 10_000,
+            shrink: false,
+            ..CheckOptions::default()
+        };
+        let apart = explore::check(&sc, &o, |_| {});
+        let side = explore::check(
+            &sc,
+            &CheckOptions {
+                parallel_modes: true,
+                ..o.clone()
+            },
+            |_| {},
+        );
+        let lb = apart
+            .properties
+            .iter()
+            .find(|p| p.property == Property::LBounded)
+            .unwrap();
+        assert!(lb.violations > 0, "{strategy:?}: l-bounded is violated");
+        assert!(
+            apart
+                .properties
+                .iter()
+                .any(|p| p.property != Property::LBounded && p.violations > 0),
+            "{strategy:?}: a normal-mode property is violated"
+        );
+        // s-fence is judged in both modes: its first violation (and token)
+        // must be the normal mode's, as when the modes run in turn.
+        let fence = apart
+            .properties
+            .iter()
+            .find(|p| p.property == Property::SFence)
+            .unwrap();
+        assert!(fence.schedules > lb.schedules && fence.violations > 0);
+        let token = &fence.counterexample.as_ref().unwrap().token;
+        assert_eq!(token.mode, RunMode::Normal, "{strategy:?}");
+        assert_eq!(timeless(apart), timeless(side), "{strategy:?}");
+    }
+}

@@ -191,6 +191,11 @@ enum Cmd {
         /// is refused). Combine the `--json` outputs with `dmabuf merge`.
         #[arg(long)]
         shard: Option<String>,
+        /// Threads (1 to 256; default: the CPUs available): with 2 or more,
+        /// the normal and the stalled-userspace searches run side by side.
+        /// The result is the same for every number.
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Every revoke protocol × importer.
     Matrix {
@@ -473,11 +478,18 @@ fn main() -> ExitCode {
             json,
             quiet,
             shard,
+            threads,
         } => {
             let shard = match shard.as_deref().map(Shard::parse).transpose() {
                 Ok(s) => s,
                 Err(e) => return usage_error(e),
             };
+            if threads == Some(0) || threads.is_some_and(|t| t > 256) {
+                return usage_error("--threads: give 1 to 256");
+            }
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            });
             let mut props = Vec::new();
             for p in &properties {
                 match p.parse::<Property>() {
@@ -516,6 +528,7 @@ fn main() -> ExitCode {
                 properties: props,
                 shrink: true,
                 proof: None,
+                parallel_modes: threads > 1,
             };
             let given = Given {
                 strategy: given,

@@ -1,6 +1,7 @@
 //! `--shard K/N` and `dmabuf merge`: four shards of a matrix (and of a
 //! protocol file's questions) run locally, merged, equal the unsharded run
-//! in everything but wall time.
+//! in everything but wall time. And `check --threads`: the two modes'
+//! searches side by side give the same report as one after the other.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -391,4 +392,40 @@ fn three_shards_of_one_dfs_search_merge_into_exactly_the_whole_search() {
     assert_eq!(mc, wc);
     assert_eq!(whole["properties"]["s-fence"]["bounds-hit"][0], "depth");
     assert_eq!(merged, whole);
+}
+
+#[test]
+fn a_check_on_two_threads_equals_the_check_on_one() {
+    // Violations in both modes (the liar's device writes after the fence
+    // wait; l-bounded with userspace stalled), a DPOR search per mode.
+    let args = |t: &'static str| {
+        [
+            "check",
+            "matrix.v6-final.lying",
+            "--strategy",
+            "dpor",
+            "--schedules",
+            "40",
+            "--json",
+            "--threads",
+            t,
+        ]
+    };
+    let (mut one, c1) = run_json(&args("1"));
+    let (mut two, c2) = run_json(&args("2"));
+    assert_eq!((c1, c2), (1, 1), "violations: exit 1");
+    without_times(&mut one);
+    without_times(&mut two);
+    assert_eq!(one, two);
+    for bad in ["0", "257", "x"] {
+        let out = dmabuf()
+            .args(["check", "matrix.v6-final.lying", "--threads", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--threads"),
+            "{bad}"
+        );
+    }
 }
