@@ -3,7 +3,9 @@
 //! `cargo run --release -p dmabuf-core --example sched_throughput`
 //!
 //! A search's shape first (many short executions on one calling thread,
-//! bound to one CPU against unbound, same run), then two workloads: a
+//! bound to one CPU against unbound, same run), what starting a task costs
+//! (its thread from the engine's pool) against creating an OS thread,
+//! then two workloads: a
 //! ping-pong where every scheduling point switches tasks
 //! (`thread::yield_now` forces a switch), and four tasks contending for a
 //! mutex under the random strategy (a realistic mix of switching and
