@@ -837,9 +837,11 @@ impl<T: 'static> TaskLocal<T> {
                 // set first, so a destructor of the old value that uses this
                 // local sees the new one.
                 s.epoch.set(now);
+                // Made before the value is borrowed mutably below.
+                let fresh = (self.init)();
                 // SAFETY: no reference into the value exists (see above),
                 // and only this thread reaches it.
-                let old = unsafe { std::mem::replace(&mut *s.value.get(), (self.init)()) };
+                let old = unsafe { std::mem::replace(&mut *s.value.get(), fresh) };
                 drop(old);
             }
             // SAFETY: shared references only; the value is replaced only
