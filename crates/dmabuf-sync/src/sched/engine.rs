@@ -1174,20 +1174,32 @@ fn install_panic_hook() {
     ONCE.call_once(|| {
         let prev = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
+            // Whether the caller is a task, and then whether to print and
+            // its name (its thread is a reused one of the pool, whose name
+            // says nothing; the state may be locked by the panicking code).
             let task = CURRENT
                 .try_with(|c| {
                     c.try_borrow().ok().and_then(|c| {
-                        c.as_ref()
-                            .filter(|t| !t.exec.aborting())
-                            .map(|t| t.exec.print_panics)
+                        c.as_ref().filter(|t| !t.exec.aborting()).map(|t| {
+                            let name = t
+                                .exec
+                                .state
+                                .try_lock()
+                                .and_then(|st| st.tasks.get(t.id).map(|k| k.name.clone()));
+                            (t.exec.print_panics, name)
+                        })
                     })
                 })
                 .ok()
                 .flatten();
-            if let Some(print) = task {
+            if let Some((print, name)) = task {
                 let mut msg = payload_message(info.payload());
                 if let Some(l) = info.location() {
                     msg = format!("{msg} at {}:{}", l.file(), l.line());
+                }
+                if print {
+                    let name = name.as_deref().unwrap_or("?");
+                    eprintln!("task '{name}' panicked: {msg}");
                 }
                 let _ = LAST_PANIC.try_with(|p| *p.borrow_mut() = Some(msg));
                 if !print {

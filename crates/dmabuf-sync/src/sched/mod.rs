@@ -276,8 +276,9 @@ pub struct RunConfig {
     pub start_ns: u64,
     /// Real time to wait for left-over tasks to unwind.
     pub unwind_timeout: Duration,
-    /// Whether task panics are also printed by the previous panic hook (they
-    /// are always recorded in [`RunReport::panics`]).
+    /// Whether task panics are also printed: a line naming the task, then
+    /// the previous panic hook's report (whose thread name is the pool
+    /// thread's). They are always recorded in [`RunReport::panics`].
     pub print_panics: bool,
     /// Bind every task thread of the execution, and the calling thread
     /// while the execution runs, to one CPU (Linux). Only one task runs at
