@@ -766,6 +766,10 @@ fn shrink(
 }
 
 /// Checks a scenario: explores, judges every property, shrinks.
+/// `progress` gets the runs made so far: after each run, or, when the two
+/// modes' searches run side by side ([`CheckOptions::parallel_modes`]),
+/// every 100 ms and as each search ends (so it may skip numbers and
+/// repeat one).
 pub fn check(
     scenario: &Scenario,
     opts: &CheckOptions,
@@ -925,11 +929,18 @@ fn check_dyn(
         // reports progress. The results are merged in mode order below,
         // exactly as if the searches had run one after the other.
         std::thread::scope(|s| {
+            let me = std::thread::current();
             let hs: Vec<_> = plan
                 .iter()
                 .map(|&(mode, n)| {
                     let done = &done;
-                    s.spawn(move || search_mode(scenario, opts, mode, n, shard, done, &mut || {}))
+                    let me = me.clone();
+                    s.spawn(move || {
+                        let r = search_mode(scenario, opts, mode, n, shard, done, &mut || {});
+                        // Wakes the reporting loop at once.
+                        me.unpark();
+                        r
+                    })
                 })
                 .collect();
             while !hs.iter().all(|h| h.is_finished()) {

@@ -1365,14 +1365,19 @@ fn check(
             return usage_error(format!("--shard: {e}"));
         }
         let mut bar = Progress::new("check", total, quiet || json);
+        // `n` is the runs so far (both modes' searches, which may run side
+        // by side and report together).
+        let mut seen = 0;
+        let mut tick = |n: u64| {
+            bar.inc(n.saturating_sub(seen), &format!("run {n}"));
+            seen = seen.max(n);
+        };
         let r = match split {
-            None => explore::check(sc, &opts, |n| bar.inc(1, &format!("run {n}"))),
-            Some(sh) => {
-                match explore::check_shard(sc, &opts, sh, |n| bar.inc(1, &format!("run {n}"))) {
-                    Ok(r) => r,
-                    Err(e) => return usage_error(format!("--shard: {e}")),
-                }
-            }
+            None => explore::check(sc, &opts, &mut tick),
+            Some(sh) => match explore::check_shard(sc, &opts, sh, &mut tick) {
+                Ok(r) => r,
+                Err(e) => return usage_error(format!("--shard: {e}")),
+            },
         };
         bar.finish();
         let ex = match explore::expectations(sc, &r) {
