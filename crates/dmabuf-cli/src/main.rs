@@ -45,6 +45,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 
 #[derive(Parser)]
 #[command(
@@ -192,8 +193,9 @@ enum Cmd {
         #[arg(long)]
         shard: Option<String>,
         /// Threads (1 to 256; default: the CPUs available): with 2 or more,
-        /// the normal and the stalled-userspace searches run side by side.
-        /// The result is the same for every number.
+        /// a protocol file's questions run side by side, and a single
+        /// question's normal and stalled-userspace searches do. The result
+        /// is the same for every number.
         #[arg(long)]
         threads: Option<usize>,
     },
@@ -534,7 +536,9 @@ fn main() -> ExitCode {
                 strategy: given,
                 schedules: schedules_given,
             };
-            check(&mut lib, &scenario, &opts, given, json, quiet, shard)
+            check(
+                &mut lib, &scenario, &opts, given, json, quiet, shard, threads,
+            )
         }
         Cmd::Matrix {
             dirs,
@@ -1293,6 +1297,7 @@ struct Given {
     schedules: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check(
     lib: &mut Library,
     name: &str,
@@ -1301,6 +1306,7 @@ fn check(
     json: bool,
     quiet: bool,
     shard: Option<Shard>,
+    threads: usize,
 ) -> ExitCode {
     let qs = match questions(lib, name) {
         Ok(q) => q,
@@ -1313,13 +1319,10 @@ fn check(
             index: s.index,
             count: s.count,
         });
-    stop_on_interrupt();
-    let mut all_pass = true;
-    let mut out = Vec::new();
+    // Every question's options first, so that a bad one is refused before
+    // anything runs: (question, options, runs it will make).
+    let mut plan: Vec<(usize, CheckOptions, u64)> = Vec::new();
     for (index, sc) in qs.iter().enumerate() {
-        if progress::stop_requested() {
-            break;
-        }
         if split.is_none()
             && let Some(sh) = shard
             && !sh.owns(index)
@@ -1364,28 +1367,100 @@ fn check(
         {
             return usage_error(format!("--shard: {e}"));
         }
-        let mut bar = Progress::new("check", total, quiet || json);
-        // `n` is the runs so far (both modes' searches, which may run side
-        // by side and report together).
-        let mut seen = 0;
-        let mut tick = |n: u64| {
-            bar.inc(n.saturating_sub(seen), &format!("run {n}"));
-            seen = seen.max(n);
+        plan.push((index, opts, total));
+    }
+    stop_on_interrupt();
+    // Several questions and threads: the questions side by side, one
+    // thread each (their two modes one after the other); otherwise one
+    // question at a time, its modes side by side if the options say so.
+    let side_by_side = threads > 1 && plan.len() > 1;
+    let all_runs: u64 = plan.iter().map(|p| p.2).sum();
+    let mut bar = Progress::new("check", all_runs, quiet || json);
+    // Per question of `plan`: its report and whether it was cut short.
+    let mut done: Vec<Option<(CheckReport, bool)>> = Vec::new();
+    if side_by_side {
+        let next = AtomicUsize::new(0);
+        let runs = AtomicU64::new(0);
+        let slots: std::sync::Mutex<Vec<Option<(CheckReport, bool)>>> =
+            std::sync::Mutex::new(plan.iter().map(|_| None).collect());
+        let me = std::thread::current();
+        let work = || {
+            loop {
+                if progress::stop_requested() {
+                    break;
+                }
+                let k = next.fetch_add(1, AtomicOrdering::Relaxed);
+                let Some((index, o, _)) = plan.get(k) else {
+                    break;
+                };
+                let o = CheckOptions {
+                    parallel_modes: false,
+                    ..o.clone()
+                };
+                let r = explore::check(&qs[*index], &o, |_| {
+                    runs.fetch_add(1, AtomicOrdering::Relaxed);
+                });
+                let partial = progress::stop_requested();
+                slots.lock().unwrap_or_else(|p| p.into_inner())[k] = Some((r, partial));
+            }
+            me.unpark();
         };
-        let r = match split {
-            None => explore::check(sc, &opts, &mut tick),
-            Some(sh) => match explore::check_shard(sc, &opts, sh, &mut tick) {
-                Ok(r) => r,
-                Err(e) => return usage_error(format!("--shard: {e}")),
-            },
-        };
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads.min(plan.len()))
+                .map(|_| s.spawn(work))
+                .collect();
+            let mut seen = 0;
+            loop {
+                let finished = hs.iter().all(|h| h.is_finished());
+                let n = runs.load(AtomicOrdering::Relaxed);
+                bar.inc(n.saturating_sub(seen), &format!("run {n}"));
+                seen = seen.max(n);
+                if finished {
+                    break;
+                }
+                std::thread::park_timeout(std::time::Duration::from_millis(100));
+            }
+        });
         bar.finish();
+        done = slots.into_inner().unwrap_or_else(|p| p.into_inner());
+    }
+    let mut all_pass = true;
+    let mut out = Vec::new();
+    for (k, (index, opts, total)) in plan.iter().enumerate() {
+        let (index, sc) = (*index, &qs[*index]);
+        let (r, partial) = if side_by_side {
+            // Not run (Ctrl-C before its turn).
+            let Some(x) = done[k].take() else {
+                continue;
+            };
+            x
+        } else {
+            if progress::stop_requested() {
+                break;
+            }
+            let mut bar = Progress::new("check", *total, quiet || json);
+            // `n` is the runs so far (both modes' searches, which may run
+            // side by side and report together).
+            let mut seen = 0;
+            let mut tick = |n: u64| {
+                bar.inc(n.saturating_sub(seen), &format!("run {n}"));
+                seen = seen.max(n);
+            };
+            let r = match split {
+                None => explore::check(sc, opts, &mut tick),
+                Some(sh) => match explore::check_shard(sc, opts, sh, &mut tick) {
+                    Ok(r) => r,
+                    Err(e) => return usage_error(format!("--shard: {e}")),
+                },
+            };
+            bar.finish();
+            (r, progress::stop_requested())
+        };
         let ex = match explore::expectations(sc, &r) {
             Ok(x) => x,
             Err(e) => return usage_error(e),
         };
         all_pass &= passes(&r, &ex);
-        let partial = progress::stop_requested();
         if json {
             let mut v = report_json(&r, &ex, partial);
             if shard.is_some() {
@@ -1398,7 +1473,7 @@ fn check(
         } else {
             print_report(&r, &ex, partial);
             if let Some(sh) = split {
-                print_split(&r.split, sh, &opts);
+                print_split(&r.split, sh, opts);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! `--shard K/N` and `dmabuf merge`: four shards of a matrix (and of a
 //! protocol file's questions) run locally, merged, equal the unsharded run
 //! in everything but wall time. And `check --threads`: the two modes'
-//! searches side by side give the same report as one after the other.
+//! searches, or a file's questions, side by side give the same report as
+//! one after the other.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -417,6 +418,32 @@ fn a_check_on_two_threads_equals_the_check_on_one() {
     without_times(&mut one);
     without_times(&mut two);
     assert_eq!(one, two);
+    // A file of several questions: the questions side by side.
+    let tmp = std::env::temp_dir().join(format!("dmabuf-threads-check-{}", std::process::id()));
+    let lib = tmp.join("lib");
+    small_library(&lib);
+    let file = lib.join("iommufd.toml");
+    let f = file.to_str().unwrap();
+    let args = |t: &'static str| {
+        [
+            "check",
+            f,
+            "--schedules",
+            "6",
+            "--json",
+            "--quiet",
+            "--threads",
+            t,
+        ]
+    };
+    let (mut one, c1) = run_json(&args("1"));
+    let (mut two, c2) = run_json(&args("2"));
+    assert!(one.as_array().is_some_and(|a| a.len() >= 4), "{one}");
+    assert_eq!(c1, c2);
+    without_times(&mut one);
+    without_times(&mut two);
+    assert_eq!(one, two);
+    std::fs::remove_dir_all(&tmp).ok();
     for bad in ["0", "257", "x"] {
         let out = dmabuf()
             .args(["check", "matrix.v6-final.lying", "--threads", bad])
