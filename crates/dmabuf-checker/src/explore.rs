@@ -577,6 +577,7 @@ fn explore_mode(
     dfs_bound: usize,
     n: u64,
     shard: Option<SearchShard>,
+    live: Option<&AtomicU64>,
     mut on_run: impl FnMut(&RunOutcome),
 ) -> Explored {
     // Systematic searches are kept concrete: their completeness is part of
@@ -638,6 +639,13 @@ fn explore_mode(
             continue;
         }
         count += 1;
+        // A whole DPOR search: its size as estimated so far, for progress.
+        if let Some(l) = live
+            && kind == StrategyKind::Dpor
+            && shard.is_none_or(|s| s.count == 1)
+        {
+            l.store(dpor.estimate().max(1), Ordering::Relaxed);
+        }
         on_run(&run);
     }
     // Read before asking for a further branch (which moves the search on).
@@ -732,6 +740,7 @@ fn shrink(
             opts.dfs_bound,
             20,
             None,
+            None,
             |run| {
                 if found.is_none() && judge(run, p).is_some() {
                     found = Some(run.report.schedule.clone());
@@ -765,15 +774,28 @@ fn shrink(
     (best_spec, best)
 }
 
+/// Where a check is ([`check`]'s progress).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tick {
+    /// Runs made so far (both modes).
+    pub runs: u64,
+    /// A whole DPOR search per mode: the executions it takes, estimated
+    /// from its progress so far ([`Dpor::estimate`]: usually low early);
+    /// `None` before its first run and for other strategies.
+    pub normal: Option<u64>,
+    /// The same for the stalled-userspace search.
+    pub stalled: Option<u64>,
+}
+
 /// Checks a scenario: explores, judges every property, shrinks.
-/// `progress` gets the runs made so far: after each run, or, when the two
+/// `progress` gets where the check is: after each run, or, when the two
 /// modes' searches run side by side ([`CheckOptions::parallel_modes`]),
-/// every 100 ms and as each search ends (so it may skip numbers and
+/// every 100 ms and as each search ends (so `runs` may skip numbers and
 /// repeat one).
 pub fn check(
     scenario: &Scenario,
     opts: &CheckOptions,
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(Tick),
 ) -> CheckReport {
     check_dyn(scenario, opts, None, &mut progress)
 }
@@ -787,7 +809,7 @@ pub fn check_shard(
     scenario: &Scenario,
     opts: &CheckOptions,
     shard: SearchShard,
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(Tick),
 ) -> Result<CheckReport, String> {
     splittable(opts.strategy)?;
     if opts.proof.is_some() {
@@ -817,14 +839,15 @@ struct ModeSearch {
 
 /// Runs `n` schedules of `mode` of `scenario` and judges the properties of
 /// `opts` judged in that mode; `done` counts the runs (shared with the
-/// other mode's search), `tick` is called after each.
+/// other mode's search), `live` holds the search's size as estimated so far
+/// (DPOR), `tick` is called after each run.
 fn search_mode(
     scenario: &Scenario,
     opts: &CheckOptions,
-    mode: RunMode,
-    n: u64,
+    (mode, n): (RunMode, u64),
     shard: Option<SearchShard>,
     done: &AtomicU64,
+    live: &AtomicU64,
     tick: &mut dyn FnMut(),
 ) -> ModeSearch {
     let seed = if mode == RunMode::Normal {
@@ -844,6 +867,7 @@ fn search_mode(
         opts.dfs_bound,
         n,
         shard,
+        Some(live),
         |run| {
             runs += 1;
             done.fetch_add(1, Ordering::Relaxed);
@@ -889,7 +913,7 @@ fn check_dyn(
     scenario: &Scenario,
     opts: &CheckOptions,
     shard: Option<SearchShard>,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(Tick),
 ) -> CheckReport {
     let start = Instant::now();
     lockdep::set_mode(lockdep::Mode::Collect);
@@ -924,6 +948,17 @@ fn check_dyn(
         }
     }
     let done = AtomicU64::new(0);
+    // Per mode (normal, stalled): its DPOR search's size so far (0: none).
+    let live = [AtomicU64::new(0), AtomicU64::new(0)];
+    let slot = |m: RunMode| usize::from(m == RunMode::Stalled);
+    let tick = || {
+        let est = |m: RunMode| Some(live[slot(m)].load(Ordering::Relaxed)).filter(|&e| e > 0);
+        Tick {
+            runs: done.load(Ordering::Relaxed),
+            normal: est(RunMode::Normal),
+            stalled: est(RunMode::Stalled),
+        }
+    };
     let searched: Vec<ModeSearch> = if opts.parallel_modes && plan.len() > 1 {
         // Each mode's search on a thread of its own; this thread only
         // reports progress. The results are merged in mode order below,
@@ -934,9 +969,11 @@ fn check_dyn(
                 .iter()
                 .map(|&(mode, n)| {
                     let done = &done;
+                    let live = &live[slot(mode)];
                     let me = me.clone();
                     s.spawn(move || {
-                        let r = search_mode(scenario, opts, mode, n, shard, done, &mut || {});
+                        let r =
+                            search_mode(scenario, opts, (mode, n), shard, done, live, &mut || {});
                         // Wakes the reporting loop at once.
                         me.unpark();
                         r
@@ -944,9 +981,11 @@ fn check_dyn(
                 })
                 .collect();
             while !hs.iter().all(|h| h.is_finished()) {
-                progress(done.load(Ordering::Relaxed));
+                progress(tick());
                 std::thread::park_timeout(std::time::Duration::from_millis(100));
             }
+            // Where both searches ended.
+            progress(tick());
             hs.into_iter()
                 .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect()
@@ -954,9 +993,15 @@ fn check_dyn(
     } else {
         plan.iter()
             .map(|&(mode, n)| {
-                search_mode(scenario, opts, mode, n, shard, &done, &mut || {
-                    progress(done.load(Ordering::Relaxed))
-                })
+                search_mode(
+                    scenario,
+                    opts,
+                    (mode, n),
+                    shard,
+                    &done,
+                    &live[slot(mode)],
+                    &mut || progress(tick()),
+                )
             })
             .collect()
     };
@@ -1211,7 +1256,7 @@ fn proof_attempt(
     reduced: bool,
     opts: &CheckOptions,
     budget: u64,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(Tick),
 ) -> Attempt {
     let base = CheckOptions {
         strategy: StrategyKind::Dpor,

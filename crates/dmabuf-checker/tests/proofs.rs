@@ -446,3 +446,56 @@ fn the_two_modes_searched_side_by_side_report_what_one_after_the_other_does() {
         assert_eq!(timeless(apart), timeless(side), "{strategy:?}");
     }
 }
+
+#[test]
+fn progress_carries_each_dpor_search_size_as_estimated_so_far() {
+    // The liar's normal-mode search finishes in a few executions; its
+    // stalled-userspace search stops at its budget.
+    let sc = find("matrix.v6-final.lying").unwrap();
+    for parallel_modes in [false, true] {
+        let o = CheckOptions {
+            strategy: StrategyKind::Dpor,
+            schedules: 40,
+            stalled_schedules: 20,
+            dfs_bound: 10_000,
+            shrink: false,
+            parallel_modes,
+            ..CheckOptions::default()
+        };
+        let mut ticks = Vec::new();
+        let r = explore::check(&sc, &o, |t| ticks.push(t));
+        let last = *ticks.last().unwrap();
+        assert_eq!(last.runs, r.runs, "parallel {parallel_modes}");
+        let lb = r
+            .properties
+            .iter()
+            .find(|p| p.property == Property::LBounded)
+            .unwrap();
+        let stalled = lb
+            .estimates
+            .iter()
+            .find(|(m, _)| *m == RunMode::Stalled)
+            .map(|e| e.1);
+        assert!(stalled.is_some_and(|e| e > 20), "{:?}", lb.estimates);
+        // The last size shown is the one reported.
+        assert_eq!(last.stalled, stalled, "parallel {parallel_modes}");
+        let normal_runs = r.runs - 20;
+        assert_eq!(last.normal, Some(normal_runs), "a finished search: exact");
+    }
+    // Sampling has no search size.
+    let o = CheckOptions {
+        strategy: StrategyKind::Random,
+        schedules: 8,
+        stalled_schedules: 2,
+        shrink: false,
+        ..CheckOptions::default()
+    };
+    let mut ticks = Vec::new();
+    explore::check(&sc, &o, |t| ticks.push(t));
+    assert_eq!(ticks.len(), 10);
+    assert!(
+        ticks
+            .iter()
+            .all(|t| t.normal.is_none() && t.stalled.is_none())
+    );
+}

@@ -1018,6 +1018,20 @@ fn about(n: u64) -> String {
 /// The lines saying what the DPOR searches that stopped at their budget
 /// would take in all (once per search: every property judged in a mode
 /// shares its search), from their progress.
+/// A progress line's detail: the size of each DPOR search as estimated so
+/// far (`search ≈ 12,000 normal, 3,900 stalled`), or else the run.
+fn tick_detail(t: &explore::Tick) -> String {
+    let sizes: Vec<String> = [(t.normal, "normal"), (t.stalled, "stalled")]
+        .iter()
+        .filter_map(|&(e, m)| e.map(|e| format!("{} {m}", about(e))))
+        .collect();
+    if sizes.is_empty() {
+        format!("run {}", t.runs)
+    } else {
+        format!("search ≈ {}", sizes.join(", "))
+    }
+}
+
 fn estimate_lines(r: &CheckReport) -> Vec<String> {
     let mut searches: Vec<(String, Vec<(RunMode, u64)>)> = Vec::new();
     let mut add = |what: String, e: &[(RunMode, u64)], bounds: &[Bound]| {
@@ -1439,12 +1453,12 @@ fn check(
                 break;
             }
             let mut bar = Progress::new("check", *total, quiet || json);
-            // `n` is the runs so far (both modes' searches, which may run
-            // side by side and report together).
+            // `t.runs` is the runs so far (both modes' searches, which may
+            // run side by side and report together).
             let mut seen = 0;
-            let mut tick = |n: u64| {
-                bar.inc(n.saturating_sub(seen), &format!("run {n}"));
-                seen = seen.max(n);
+            let mut tick = |t: explore::Tick| {
+                bar.inc(t.runs.saturating_sub(seen), &tick_detail(&t));
+                seen = seen.max(t.runs);
             };
             let r = match split {
                 None => explore::check(sc, opts, &mut tick),
@@ -2548,6 +2562,21 @@ mod tests {
         assert_eq!(about(6_249_999), "6,200,000");
         assert_eq!(about(6_250_000), "6,300,000");
         assert_eq!(about(u64::MAX), "18,000,000,000,000,000,000");
+    }
+
+    #[test]
+    fn progress_shows_each_search_size_or_else_the_run() {
+        let t = |normal, stalled| explore::Tick {
+            runs: 1_234,
+            normal,
+            stalled,
+        };
+        assert_eq!(tick_detail(&t(None, None)), "run 1234");
+        assert_eq!(
+            tick_detail(&t(Some(4_123_456), Some(239_000))),
+            "search ≈ 4,100,000 normal, 240,000 stalled"
+        );
+        assert_eq!(tick_detail(&t(None, Some(20))), "search ≈ 20 stalled");
     }
 
     #[test]
