@@ -963,33 +963,24 @@ fn check_dyn(
         // Each mode's search on a thread of its own; this thread only
         // reports progress. The results are merged in mode order below,
         // exactly as if the searches had run one after the other.
-        std::thread::scope(|s| {
-            let me = std::thread::current();
-            let hs: Vec<_> = plan
-                .iter()
-                .map(|&(mode, n)| {
-                    let done = &done;
-                    let live = &live[slot(mode)];
-                    let me = me.clone();
-                    s.spawn(move || {
-                        let r =
-                            search_mode(scenario, opts, (mode, n), shard, done, live, &mut || {});
-                        // Wakes the reporting loop at once.
-                        me.unpark();
-                        r
-                    })
-                })
-                .collect();
-            while !hs.iter().all(|h| h.is_finished()) {
-                progress(tick());
-                std::thread::park_timeout(std::time::Duration::from_millis(100));
-            }
-            // Where both searches ended.
-            progress(tick());
-            hs.into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        })
+        crate::progress::side_by_side(
+            plan.len(),
+            plan.len(),
+            |k| {
+                let (mode, n) = plan[k];
+                search_mode(
+                    scenario,
+                    opts,
+                    (mode, n),
+                    shard,
+                    &done,
+                    &live[slot(mode)],
+                    &mut || {},
+                )
+            },
+            |_, _| {},
+            || progress(tick()),
+        )
     } else {
         plan.iter()
             .map(|&(mode, n)| {

@@ -115,7 +115,7 @@ impl std::fmt::Display for Shard {
 pub fn run_matrix(
     lib: &Library,
     opts: &CheckOptions,
-    progress: impl FnMut(usize, usize, &str) + Send,
+    progress: impl FnMut(usize, usize, &str),
 ) -> Matrix {
     run_matrix_shard(lib, opts, Shard::ALL, progress)
 }
@@ -128,7 +128,7 @@ pub fn run_matrix_shard(
     lib: &Library,
     opts: &CheckOptions,
     shard: Shard,
-    progress: impl FnMut(usize, usize, &str) + Send,
+    progress: impl FnMut(usize, usize, &str),
 ) -> Matrix {
     run_matrix_parallel(lib, opts, shard, 1, progress)
 }
@@ -144,10 +144,8 @@ pub fn run_matrix_parallel(
     opts: &CheckOptions,
     shard: Shard,
     threads: usize,
-    progress: impl FnMut(usize, usize, &str) + Send,
+    mut progress: impl FnMut(usize, usize, &str),
 ) -> Matrix {
-    use std::sync::Mutex as StdMutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let start = Instant::now();
     let rows = lib.rows();
     let mut todo = Vec::new();
@@ -159,83 +157,68 @@ pub fn run_matrix_parallel(
         }
     }
     let total = todo.len();
-    let next = AtomicUsize::new(0);
-    // Per cell of `todo`: the cell and the runs it took; and how many are done.
-    type Slots = (Vec<Option<(Cell, u64)>>, usize);
-    let done: StdMutex<Slots> = StdMutex::new(((0..total).map(|_| None).collect(), 0));
-    let progress = StdMutex::new(progress);
-    let work = || {
-        loop {
-            // Ctrl-C: stop before the next cell; the cells run so far stay.
-            if crate::progress::stop_requested() {
-                return;
-            }
-            let k = next.fetch_add(1, Ordering::Relaxed);
-            let Some(&(e, i)) = todo.get(k) else {
-                return;
-            };
-            let sc = lib.cell(e, i);
-            let probe = check(
-                &sc,
-                &CheckOptions {
-                    schedules: 1,
-                    stalled_schedules: 0,
-                    properties: vec![Property::NoDeadlock],
-                    shrink: false,
-                    proof: None,
-                    ..opts.clone()
-                },
-                |_| {},
-            );
-            let cell = if !probe.refusals.is_empty() {
-                let runs = probe.runs;
-                (
-                    Cell {
-                        policy: e.name.clone(),
-                        importer: i.spec.name.clone(),
-                        refused: Some(probe.refusals.join(", ")),
-                        report: probe,
-                    },
-                    runs,
-                )
-            } else {
-                let report = check(&sc, opts, |_| {});
-                let runs = probe.runs + report.runs;
-                (
-                    Cell {
-                        policy: e.name.clone(),
-                        importer: i.spec.name.clone(),
-                        refused: None,
-                        report,
-                    },
-                    runs,
-                )
-            };
-            let n = {
-                let mut d = done.lock().unwrap_or_else(|p| p.into_inner());
-                d.0[k] = Some(cell);
-                d.1 += 1;
-                d.1
-            };
-            let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
-            (*p)(n, total, &sc.name);
+    let work = |k: usize| {
+        // Ctrl-C: no cell after it; the cells run so far stay.
+        if crate::progress::stop_requested() {
+            return None;
         }
+        let (e, i) = todo[k];
+        let sc = lib.cell(e, i);
+        let probe = check(
+            &sc,
+            &CheckOptions {
+                schedules: 1,
+                stalled_schedules: 0,
+                properties: vec![Property::NoDeadlock],
+                shrink: false,
+                proof: None,
+                ..opts.clone()
+            },
+            |_| {},
+        );
+        let cell = if !probe.refusals.is_empty() {
+            let runs = probe.runs;
+            (
+                Cell {
+                    policy: e.name.clone(),
+                    importer: i.spec.name.clone(),
+                    refused: Some(probe.refusals.join(", ")),
+                    report: probe,
+                },
+                runs,
+            )
+        } else {
+            let report = check(&sc, opts, |_| {});
+            let runs = probe.runs + report.runs;
+            (
+                Cell {
+                    policy: e.name.clone(),
+                    importer: i.spec.name.clone(),
+                    refused: None,
+                    report,
+                },
+                runs,
+            )
+        };
+        Some((cell, sc.name))
     };
-    let threads = threads.clamp(1, total.max(1));
-    if threads == 1 {
-        work();
-    } else {
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(work);
+    let mut finished = 0;
+    let slots = crate::progress::side_by_side(
+        total,
+        threads,
+        work,
+        |_, r| {
+            if let Some((_, name)) = r {
+                finished += 1;
+                progress(finished, total, name);
             }
-        });
-    }
-    let (slots, _) = done.into_inner().unwrap_or_else(|p| p.into_inner());
+        },
+        || {},
+    );
     let mut runs = 0;
     let mut cells = Vec::with_capacity(total);
     // The cells run, in order; after a Ctrl-C some are missing.
-    for (c, r) in slots.into_iter().flatten() {
+    for ((c, r), _) in slots.into_iter().flatten() {
         runs += r;
         cells.push(c);
     }

@@ -16,9 +16,17 @@
 //! end after the execution it is running; [`stop_requested`] is what the
 //! loops read. Nothing is lost: the loops return what they judged so far,
 //! and the caller prints it marked partial.
+//!
+//! # Work side by side
+//!
+//! [`side_by_side`] runs independent pieces of work (matrix cells, a
+//! file's questions, a check's two searches) on several threads while the
+//! calling thread reports progress; the results come back in the order of
+//! the pieces, so they do not depend on the number of threads.
 
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Interval of the plain progress lines when stderr is not a terminal.
@@ -169,6 +177,69 @@ impl Drop for Progress {
     }
 }
 
+/// Runs `work(k)` for every `k` in `0..n` on up to `threads` threads, each
+/// taking the next `k` in order. Meanwhile this thread calls `done(k, &r)`
+/// as each result arrives (in the order they finish) and `tick()` every
+/// 100 ms, and once more at the end. With one thread (or one piece) the
+/// work runs here, one piece after the other, with `done` after each and
+/// no `tick`. Returns the results by `k`. A panic in `work` is resumed
+/// here once the other threads have ended.
+pub fn side_by_side<R: Send>(
+    n: usize,
+    threads: usize,
+    work: impl Fn(usize) -> R + Sync,
+    mut done: impl FnMut(usize, &R),
+    mut tick: impl FnMut(),
+) -> Vec<R> {
+    let threads = threads.clamp(1, n.max(1));
+    if threads == 1 {
+        return (0..n)
+            .map(|k| {
+                let r = work(k);
+                done(k, &r);
+                r
+            })
+            .collect();
+    }
+    let next = AtomicUsize::new(0);
+    let mut slots: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (next, work) = (&next, &work);
+            s.spawn(move || {
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= n {
+                        break;
+                    }
+                    if tx.send((k, work(k))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        // The workers hold the only senders: when they have all ended
+        // (finished, or one panicked), the channel says so.
+        drop(tx);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok((k, r)) => {
+                    done(k, &r);
+                    slots[k] = Some(r);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => tick(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        tick();
+    });
+    // Every piece ran: a worker that panicked has made the scope resume
+    // its panic above.
+    slots.into_iter().flatten().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +259,36 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(42)), "42s");
         assert_eq!(human_duration(Duration::from_secs(65)), "1m05s");
         assert_eq!(human_duration(Duration::from_secs(3 * 3600 + 720)), "3h12m");
+    }
+
+    #[test]
+    fn work_side_by_side_comes_back_in_order_whatever_the_threads() {
+        for threads in [1, 3, 16] {
+            let mut seen = Vec::new();
+            let r = side_by_side(
+                10,
+                threads,
+                |k| {
+                    // Later pieces finish first when run side by side.
+                    std::thread::sleep(Duration::from_millis(10 - k as u64));
+                    k * k
+                },
+                |k, r| seen.push((k, *r)),
+                || {},
+            );
+            assert_eq!(r, (0..10).map(|k| k * k).collect::<Vec<_>>(), "{threads}");
+            seen.sort_unstable();
+            assert_eq!(seen, (0..10).map(|k| (k, k * k)).collect::<Vec<_>>());
+        }
+        let none: Vec<u8> = side_by_side(0, 4, |_| 0, |_, _| {}, || {});
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_panic_in_work_side_by_side_reaches_the_caller() {
+        let r = std::panic::catch_unwind(|| {
+            side_by_side(4, 2, |k| assert_ne!(k, 2, "piece 2"), |_, _| {}, || {})
+        });
+        assert!(r.is_err());
     }
 }

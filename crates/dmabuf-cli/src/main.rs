@@ -45,7 +45,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 #[derive(Parser)]
 #[command(
@@ -1388,25 +1388,22 @@ fn check(
     // thread each (their two modes one after the other); otherwise one
     // question at a time, its modes side by side if the options say so.
     let side_by_side = threads > 1 && plan.len() > 1;
-    let all_runs: u64 = plan.iter().map(|p| p.2).sum();
-    let mut bar = Progress::new("check", all_runs, quiet || json);
     // Per question of `plan`: its report and whether it was cut short.
     let mut done: Vec<Option<(CheckReport, bool)>> = Vec::new();
     if side_by_side {
-        let next = AtomicUsize::new(0);
+        let all_runs: u64 = plan.iter().map(|p| p.2).sum();
+        let mut bar = Progress::new("check", all_runs, quiet || json);
         let runs = AtomicU64::new(0);
-        let slots: std::sync::Mutex<Vec<Option<(CheckReport, bool)>>> =
-            std::sync::Mutex::new(plan.iter().map(|_| None).collect());
-        let me = std::thread::current();
-        let work = || {
-            loop {
+        let mut seen = 0;
+        done = progress::side_by_side(
+            plan.len(),
+            threads,
+            |k| {
+                // Ctrl-C: no question after it.
                 if progress::stop_requested() {
-                    break;
+                    return None;
                 }
-                let k = next.fetch_add(1, AtomicOrdering::Relaxed);
-                let Some((index, o, _)) = plan.get(k) else {
-                    break;
-                };
+                let (index, o, _) = &plan[k];
                 let o = CheckOptions {
                     parallel_modes: false,
                     ..o.clone()
@@ -1414,29 +1411,16 @@ fn check(
                 let r = explore::check(&qs[*index], &o, |_| {
                     runs.fetch_add(1, AtomicOrdering::Relaxed);
                 });
-                let partial = progress::stop_requested();
-                slots.lock().unwrap_or_else(|p| p.into_inner())[k] = Some((r, partial));
-            }
-            me.unpark();
-        };
-        std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads.min(plan.len()))
-                .map(|_| s.spawn(work))
-                .collect();
-            let mut seen = 0;
-            loop {
-                let finished = hs.iter().all(|h| h.is_finished());
+                Some((r, progress::stop_requested()))
+            },
+            |_, _| {},
+            || {
                 let n = runs.load(AtomicOrdering::Relaxed);
                 bar.inc(n.saturating_sub(seen), &format!("run {n}"));
                 seen = seen.max(n);
-                if finished {
-                    break;
-                }
-                std::thread::park_timeout(std::time::Duration::from_millis(100));
-            }
-        });
+            },
+        );
         bar.finish();
-        done = slots.into_inner().unwrap_or_else(|p| p.into_inner());
     }
     let mut all_pass = true;
     let mut out = Vec::new();
