@@ -26,7 +26,7 @@
 
 use clap::{Parser, Subcommand};
 use dmabuf_checker::explore::{
-    self, CheckOptions, CheckReport, DEFAULT_PROOF_BUDGET, DEFAULT_PROOF_JOBS,
+    self, CheckOptions, CheckReport, DEFAULT_MIX_BUDGET, DEFAULT_PROOF_BUDGET, DEFAULT_PROOF_JOBS,
     DEFAULT_REDUCED_BUDGET, ExpectationResult, ProofOptions, PropertyResult, RunOutcome, SplitPart,
 };
 use dmabuf_checker::matrix::{self, Matrix, Shard};
@@ -239,6 +239,12 @@ enum Cmd {
         /// proves is `proved-reduced`. 0: no second attempt.
         #[arg(long, default_value_t = DEFAULT_REDUCED_BUDGET)]
         reduced_budget: u64,
+        /// The same for a cell of several importers (a mix), whose
+        /// smallest configuration also has the importers' system-call
+        /// stages run one at a time (`<cell>.idle1.jobs1.turns`); only a
+        /// proof is kept. 0: no second attempt for a mix.
+        #[arg(long, default_value_t = DEFAULT_MIX_BUDGET)]
+        mix_budget: u64,
         /// Run only shard K of N (0-based): cell i of the row-major order
         /// when i % N == K. Combine the `--json` outputs with `dmabuf merge`.
         #[arg(long)]
@@ -551,6 +557,7 @@ fn main() -> ExitCode {
             proof_budget,
             proof_jobs,
             reduced_budget,
+            mix_budget,
             shard,
             threads,
         } => {
@@ -575,6 +582,11 @@ fn main() -> ExitCode {
             if reduced_budget > MAX_SCHEDULES {
                 return usage_error(format!(
                     "--reduced-budget {reduced_budget} is beyond {MAX_SCHEDULES} executions"
+                ));
+            }
+            if mix_budget > MAX_SCHEDULES {
+                return usage_error(format!(
+                    "--mix-budget {mix_budget} is beyond {MAX_SCHEDULES} executions"
                 ));
             }
             if !(1..=8).contains(&proof_jobs) {
@@ -608,6 +620,7 @@ fn main() -> ExitCode {
                     budget: proof_budget,
                     jobs: proof_jobs,
                     reduced_budget,
+                    mix_budget,
                 }),
                 ..CheckOptions::default()
             };
@@ -1579,6 +1592,7 @@ fn run_matrix(
                 "proof-budget": opts.proof.map_or(0, |p| p.budget),
                 "proof-jobs": opts.proof.map(|p| p.jobs),
                 "reduced-budget": opts.proof.map_or(0, |p| p.reduced_budget),
+                "mix-budget": opts.proof.map_or(0, |p| p.mix_budget),
                 "cells-accepted": accepted,
                 "cells-proved": proved_cells,
                 "cells-decided": decided_cells,
@@ -1602,12 +1616,12 @@ fn run_matrix(
             println!(
                 "\nproved: properties proved by an exhaustive DPOR search of the cell with {} DMA job(s) \
                  (at most {} executions per mode), of those judged; +Nr: N more proved only for the cell's \
-                 smallest configuration (one job, one idle read-ahead pass; at most {} executions per mode); \
-                 the others are sampled.\n\
+                 smallest configuration (one job, one idle read-ahead pass, and in a mix the importers taking \
+                 turns; at most {} executions per mode, {} in a mix); the others are sampled.\n\
                  {proved_cells} of {accepted} accepted cells proved in full, {decided_cells} decided (every property proved or violated), \
                  {decided_reduced} more decided with proofs of the smallest configuration; \
                  {proved_props} of {judged} property verdicts proved, {reduced_props} more for the smallest configuration",
-                p.jobs, p.budget, p.reduced_budget
+                p.jobs, p.budget, p.reduced_budget, p.mix_budget
             );
             let open = matrix::undecided_estimates(&m);
             let est: Vec<(u64, bool)> = open.iter().filter_map(|c| c.1).collect();
@@ -1886,6 +1900,7 @@ fn merge_matrix(parts: &[(PathBuf, Value)]) -> Result<Value, String> {
             "proof-budget",
             "proof-jobs",
             "reduced-budget",
+            "mix-budget",
         ],
     )?;
     let first = &parts[0].1;

@@ -131,6 +131,20 @@ fn four_matrix_shards_merge_into_the_unsharded_matrix() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("given twice"));
+    // And parts of runs with other budgets: here a mix budget.
+    let mix = whole["mix-budget"]
+        .as_u64()
+        .expect("the mix budget is reported");
+    let mut other: Value =
+        serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+    other["mix-budget"] = (mix + 1).into();
+    std::fs::write(&files[0], other.to_string()).unwrap();
+    let mut args = vec!["merge"];
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    let out = dmabuf().args(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"mix-budget\" differs"), "{err}");
     std::fs::remove_dir_all(&tmp).ok();
 }
 
@@ -166,6 +180,21 @@ fn four_check_shards_of_a_file_merge_into_the_unsharded_check() {
     without_times(&mut merged);
     assert_eq!(merged, whole);
     std::fs::remove_dir_all(&tmp).ok();
+}
+
+#[test]
+fn budgets_beyond_the_limit_are_usage_errors() {
+    for flag in ["--proof-budget", "--reduced-budget", "--mix-budget"] {
+        let out = dmabuf()
+            .args(["matrix", flag, "100000000000", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(flag),
+            "{flag}"
+        );
+    }
 }
 
 #[test]

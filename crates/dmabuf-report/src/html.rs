@@ -24,7 +24,8 @@ pub enum Proof {
     /// Every schedule (or every trace class) was run.
     Proved,
     /// The same, but of a smaller configuration of the cell (fewer jobs,
-    /// fewer idle read-ahead passes) only.
+    /// fewer idle read-ahead passes, in a mix the importers taking turns)
+    /// only.
     ProvedReduced,
     /// Sampled schedules, or a bounded search.
     Sampled,
@@ -329,7 +330,7 @@ pub fn page(grid: &Grid, replayed: &[Result<Replayed, String>], opts: &PageOptio
     if !opts.command.is_empty() {
         let _ = write!(h, "<br>made by <code>{}</code>", esc(&opts.command));
     }
-    h.push_str("</div><div class=\"legend\"><span class=\"p h proved\">held, proved</span> <span>every schedule (or trace class) run</span><span class=\"p h reduced\">held, proved smaller</span> <span>every trace class of the cell with one job and one idle read-ahead pass</span><span class=\"p h sampled\">held, sampled</span> <span>no violation in the schedules run</span><span class=\"p v\">violated</span> <span>links to its counterexample</span></div>");
+    h.push_str("</div><div class=\"legend\"><span class=\"p h proved\">held, proved</span> <span>every schedule (or trace class) run</span><span class=\"p h reduced\">held, proved smaller</span> <span>every trace class of the cell with one job and one idle read-ahead pass (a mix's with its importers taking turns)</span><span class=\"p h sampled\">held, sampled</span> <span>no violation in the schedules run</span><span class=\"p v\">violated</span> <span>links to its counterexample</span></div>");
     // The grid.
     let _ = write!(
         h,

@@ -10,6 +10,7 @@
 //! | `matrix.<exporter>.<importer>` | one matrix cell: the exporter with one importer; FLR with DMA in flight, un-revoke, re-map with DMA in flight, revoke again, close while revoked ([`Trigger::FlrCycle`]) |
 //! | either, ending in `.jobs<N>` | the same with `N` DMA jobs per importer (a shrunk counterexample) |
 //! | either, ending in `.idle<N>` (before or after `.jobs<N>`) | the same with at most `N` idle read-ahead passes for every importer that reads ahead (a proof attempt's smaller configuration) |
+//! | a world of several importers, ending in `.turns` (before or after the others) | the same with the importers' userspace taking turns at each stage of its program ([`WorldSpec::importers_take_turns`]; a mix's smallest proof configuration) |
 //!
 //! A script scenario (`script = [...]`) is not a world: [`Library::resolve`]
 //! refuses it, and [`Library::resolve_script`] resolves it for
@@ -262,6 +263,11 @@ pub fn spec_hash(spec: &WorldSpec) -> u64 {
     let text = match p.mmap {
         None => text,
         Some(m) => format!("{text}|mmap={}", m.name()),
+    };
+    let text = if spec.importers_take_turns {
+        format!("{text}|turns")
+    } else {
+        text
     };
     file::fnv1a(text.as_bytes())
 }
@@ -681,6 +687,7 @@ impl Library {
                 hotplug_after_close: s.hotplug_after_close,
                 teardown_during_revoke: s.teardown_during_revoke,
                 remap_during_unrevoke: s.remap_during_unrevoke,
+                importers_take_turns: s.importers_take_turns,
             },
             expect: own.expect.clone(),
             properties: s.properties.clone(),
@@ -800,6 +807,20 @@ impl Library {
                     ..unknown()
                 });
             }
+            s.name = name.to_owned();
+            return Ok(s);
+        }
+        if let Some(base) = name.strip_suffix(".turns") {
+            let mut s = self.find(base)?;
+            if s.spec.importers.iter().map(|i| i.count).sum::<usize>() < 2 {
+                return Err(FileError {
+                    message: format!(
+                        "'{name}': '{base}' has one importer, so there are no turns to take"
+                    ),
+                    ..unknown()
+                });
+            }
+            s.spec.importers_take_turns = true;
             s.name = name.to_owned();
             return Ok(s);
         }
@@ -997,6 +1018,44 @@ mod tests {
                 .hash(),
             s.hash()
         );
+    }
+
+    #[test]
+    fn a_turns_suffix_makes_the_importers_of_a_mix_take_turns() {
+        let lib = Library::builtin().unwrap();
+        let c = lib.find("matrix.v6-final.iommufd+gpu").unwrap();
+        assert!(!c.spec.importers_take_turns);
+        let t = lib
+            .find("matrix.v6-final.iommufd+gpu.idle1.jobs1.turns")
+            .unwrap();
+        assert_eq!(t.name, "matrix.v6-final.iommufd+gpu.idle1.jobs1.turns");
+        assert!(t.spec.importers_take_turns);
+        assert_eq!(t.spec.jobs, 1);
+        assert_eq!(t.spec.importers[1].read_ahead_idle_passes, 1);
+        // A world of its own (its tokens must not replay in the cell), and
+        // the suffixes in any order name the same one.
+        let small = lib.find("matrix.v6-final.iommufd+gpu.idle1.jobs1").unwrap();
+        assert_ne!(t.hash(), small.hash());
+        assert_eq!(
+            lib.find("matrix.v6-final.iommufd+gpu.turns.jobs1.idle1")
+                .unwrap()
+                .hash(),
+            t.hash()
+        );
+        // One importer: nothing to take turns with.
+        let e = lib.find("matrix.v6-final.gpu.turns").unwrap_err();
+        assert!(e.message.contains("one importer"), "{e}");
+        // A scenario file asks for it by name.
+        let mut lib2 = Library::builtin().unwrap();
+        let f = lib2
+            .add_text(
+                "t.toml",
+                "[scenario]\nname = \"t\"\nexporter = \"v6-final\"\nimporters = [\"iommufd\", \"gpu\"]\ntrigger = \"flr\"\nimporters_take_turns = true\n",
+            )
+            .unwrap();
+        let q = lib2.questions(&f).unwrap();
+        assert!(q[0].spec.importers_take_turns);
+        assert_eq!(q[0].spec.importers.len(), 2);
     }
 
     #[test]

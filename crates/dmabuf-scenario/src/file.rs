@@ -203,6 +203,8 @@ pub struct ScenarioDef {
     pub teardown_during_revoke: bool,
     /// In a cycle, importers re-map as soon as the un-revoke begins.
     pub remap_during_unrevoke: bool,
+    /// Several importers take turns at each stage of their programs.
+    pub importers_take_turns: bool,
     /// Properties to judge (all when `None`), with where they were named.
     pub properties: Option<Vec<(String, String)>>,
     /// The search strategy `check` uses when none is given on the command
@@ -309,6 +311,7 @@ struct ScenarioDoc {
     hotplug_after_close: Option<bool>,
     teardown_during_revoke: Option<bool>,
     remap_during_unrevoke: Option<bool>,
+    importers_take_turns: Option<bool>,
     properties: Option<Vec<S>>,
     strategy: Option<S>,
     script: Option<Spanned<Vec<S>>>,
@@ -871,6 +874,7 @@ fn scenario(c: &Ctx<'_>, d: &Spanned<ScenarioDoc>) -> Result<ScenarioDef, FileEr
         hotplug_after_close: s.hotplug_after_close.unwrap_or(false),
         teardown_during_revoke: s.teardown_during_revoke.unwrap_or(false),
         remap_during_unrevoke: s.remap_during_unrevoke.unwrap_or(false),
+        importers_take_turns: s.importers_take_turns.unwrap_or(false),
         properties: s.properties.as_ref().map(|_| refs(&s.properties)),
         strategy: match &s.strategy {
             None => None,

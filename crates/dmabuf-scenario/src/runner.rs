@@ -55,6 +55,24 @@
 //!    down and fills the [`Observation`], with one
 //!    [`RevokeRecord`] per revoke.
 //!
+//! # Turns
+//!
+//! With [`WorldSpec::importers_take_turns`] and several importers, the
+//! stages of their programs that make system calls (setup; queueing the
+//! first jobs; a cycle's re-map, job and queueing; the later jobs;
+//! teardown) run one at a time, in slots: stage by stage, and within a
+//! stage importer by importer in world order. A stage an importer skips
+//! (it was refused, its cycle did not come) counts as done once it moves
+//! past it or ends. Between its stages an importer still waits (for its
+//! jobs, the revoke, the un-revoke) beside the others, and every stage
+//! still races the revoker, the hardware and the importers' kernel work.
+//! What it removes is the order of two importers' system calls, which is
+//! most of a mix's orders: every acquisition of the reservation lock by
+//! an importer's userspace thread is inside a stage, and those sections
+//! were most of the races the search reversed. A waiting importer cannot
+//! run, so the virtual clock may move while it waits where it could not
+//! otherwise.
+//!
 //! # Syscalls and stalls
 //!
 //! A userspace thread runs each of its system calls (setup, job submission,
@@ -227,6 +245,76 @@ struct Phase {
     /// A cycle's second revoke is about to begin.
     second_begun: bool,
     trigger_done: bool,
+}
+
+/// The stages of an importer's program that importers taking turns
+/// ([`WorldSpec::importers_take_turns`]) run one at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TurnStage {
+    Setup = 0,
+    Queue = 1,
+    Remap = 2,
+    Jobs = 3,
+    Teardown = 4,
+}
+
+impl TurnStage {
+    const COUNT: usize = 5;
+}
+
+/// One importer's place in the turns: the `order`-th importer starts stage
+/// `k` once every importer before it finished stage `k` and every one
+/// after it stage `k - 1` (slot `k * n + order`). Every stage it skips
+/// (it was refused, its cycle did not come) counts as finished when it
+/// moves past it or ends, so the others never wait for it.
+///
+/// Each importer's progress (the first stage it has not finished) is a
+/// [`Monotone`] cell of its own, not a field of [`Coord`]: an update of
+/// one importer's cell then never races with another importer's update,
+/// only with the waits of the importers after it.
+struct Turns {
+    /// Every importer's progress, by order; `None`: no turns.
+    progress: Option<Arc<Vec<Monotone<usize>>>>,
+    order: usize,
+    /// The first stage not yet counted as finished.
+    next: usize,
+}
+
+impl Turns {
+    /// Waits for this importer's turn at `stage`, counting the stages
+    /// skipped before it as finished.
+    fn start(&mut self, stage: TurnStage) {
+        self.finish_before(stage as usize);
+        if let Some(p) = &self.progress {
+            let k = stage as usize;
+            // Slot `k * n + order`: every importer before this one has
+            // finished stage `k`, every one after it stage `k - 1`.
+            for (j, other) in p.iter().enumerate().filter(|&(j, _)| j != self.order) {
+                let need = if j < self.order { k + 1 } else { k };
+                other.wait_until(|&n| n >= need, None);
+            }
+        }
+    }
+
+    /// Counts `stage` (and any skipped before it) as finished.
+    fn done(&mut self, stage: TurnStage) {
+        self.finish_before(stage as usize + 1);
+    }
+
+    fn finish_before(&mut self, end: usize) {
+        if let Some(p) = &self.progress
+            && self.next < end
+        {
+            p[self.order].update(|n| *n = end);
+        }
+        self.next = self.next.max(end);
+    }
+}
+
+impl Drop for Turns {
+    fn drop(&mut self) {
+        self.finish_before(TurnStage::COUNT);
+    }
 }
 
 /// The harness's coordination state. Every field only grows (flags are
@@ -421,9 +509,21 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
 
     let timer = spawn_timer(&coord, gate_h, gate2_h);
     let vmm_thread = spawn_vmm(spec, &exporter, &instances, &vmm, &coord, probe, &bufs);
+    let progress = (spec.importers_take_turns && instances.len() > 1).then(|| {
+        Arc::new(
+            instances
+                .iter()
+                .map(|_| Monotone::new(0))
+                .collect::<Vec<_>>(),
+        )
+    });
     let user_threads: Vec<JoinHandle<()>> = instances
         .iter()
-        .map(|inst| spawn_importer(spec, inst, [&gate, &gate2], &coord, probe))
+        .enumerate()
+        .map(|(order, inst)| {
+            let turns = progress.as_ref();
+            spawn_importer(spec, inst, order, turns, [&gate, &gate2], &coord, probe)
+        })
         .collect();
     let revoker = spawn_revoker(spec, mode, &exporter, &vmm, &coord, probe, instances.len());
 
@@ -779,6 +879,8 @@ fn run_job(imp: &dyn Importer, page: u64, pat: u8) -> Result<Vec<u8>, Errno> {
 fn spawn_importer(
     spec: &WorldSpec,
     inst: &Instance,
+    order: usize,
+    progress: Option<&Arc<Vec<Monotone<usize>>>>,
     gates: [&Fence; 2],
     coord: &Arc<Coord>,
     probe: &Arc<WorldProbe>,
@@ -799,6 +901,11 @@ fn spawn_importer(
     let early = spec.map_during_invalidate;
     let importers = spec.importers.iter().map(|s| s.count).sum::<usize>();
     let single = importers == 1;
+    let mut turns = Turns {
+        progress: progress.cloned(),
+        order,
+        next: 0,
+    };
     let check = single
         && matches!(
             spec.exporter,
@@ -813,10 +920,12 @@ fn spawn_importer(
         };
         coord.wait(|p| p.fds_ready || p.export_failed, None);
         let fd = proc.fds().into_iter().next();
+        turns.start(TurnStage::Setup);
         let setup = match fd {
             Some(fd) => syscall(|| imp.setup(&proc, fd)),
             None => Err(ImportError::NotSetUp(name.clone())),
         };
+        turns.done(TurnStage::Setup);
         if let Err(e) = setup {
             if e.is_refusal() {
                 probe.with(|o| {
@@ -846,7 +955,9 @@ fn spawn_importer(
             coord.update(|p| p.set_up += 1);
             coord.wait(|p| p.set_up >= importers, None);
         }
+        turns.start(TurnStage::Queue);
         let queued = queue_jobs(&*imp, index, 0..jobs, &gate);
+        turns.done(TurnStage::Queue);
         coord.update(|p| {
             p.setups_done += 1;
             p.accepted += 1;
@@ -855,9 +966,11 @@ fn spawn_importer(
             // Userspace lets go of the buffer while the revoke runs (it
             // closes its fds, the kernel releases its mappings).
             coord.wait(|p| p.trigger_begun || p.trigger_done, None);
+            turns.start(TurnStage::Teardown);
             if let Err(e) = syscall(|| imp.teardown()) {
                 probe.error(format!("{name}: teardown: {e}"));
             }
+            turns.done(TurnStage::Teardown);
             expect.wait_queued(&probe, &name, queued);
             return;
         }
@@ -885,6 +998,7 @@ fn spawn_importer(
                 coord.wait(|p| p.unrevoked, Some(POST_WAIT))
             };
         if ready && !coord.read(|p| p.trigger_done) {
+            turns.start(TurnStage::Remap);
             let mut remap = syscall(|| imp.remap());
             if remap_race {
                 // The racing attempt may legitimately fail (the buffer is
@@ -943,6 +1057,7 @@ fn spawn_importer(
             let queued = queue_jobs(&*imp, index, next..next + jobs, &gate2);
             next += jobs;
             coord.update(|p| p.remapped += 1);
+            turns.done(TurnStage::Remap);
             expect.wait_queued(&probe, &name, queued);
             coord.wait(
                 |p| p.revokes_returned >= 2 || p.trigger_done,
@@ -950,19 +1065,23 @@ fn spawn_importer(
             );
             thread::sleep(POST_DELAY);
         }
+        turns.start(TurnStage::Jobs);
         for k in next..next + jobs {
             let page = k as u64 % BUF_PAGES;
             let pat = pattern(index, k);
             let r = run_job(&*imp, page, pat);
             expect.finish(&probe, &name, page, pat, &r);
         }
+        turns.done(TurnStage::Jobs);
         // The application keeps its buffer until the device event is over
         // (or it gives up waiting): an importer that needs userspace to
         // unmap is not let off by an early exit.
         coord.wait(|p| p.trigger_done, Some(POST_WAIT));
+        turns.start(TurnStage::Teardown);
         if let Err(e) = syscall(|| imp.teardown()) {
             probe.error(format!("{name}: teardown: {e}"));
         }
+        turns.done(TurnStage::Teardown);
     })
 }
 
@@ -1296,4 +1415,98 @@ fn finish(
         }
         o.leaks = leaks;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dmabuf_core::sync::atomic::{AtomicUsize, Ordering};
+    use dmabuf_core::sync::sched::{Dpor, Outcome, RunConfig, Strategy};
+
+    /// Three importers' stages under every order the search finds: the
+    /// second skips its re-map (its cycle did not come) and the third is
+    /// refused at setup and ends, so the others must not wait for them.
+    fn turns_program(log: Arc<parking_lot::Mutex<Vec<(usize, TurnStage)>>>) {
+        let progress = Arc::new((0..3).map(|_| Monotone::new(0)).collect::<Vec<_>>());
+        let between = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..3)
+            .map(|order| {
+                let (progress, log, between) = (progress.clone(), log.clone(), between.clone());
+                thread::spawn(move || {
+                    let mut turns = Turns {
+                        progress: Some(progress),
+                        order,
+                        next: 0,
+                    };
+                    let stages: &[TurnStage] = match order {
+                        0 => &[
+                            TurnStage::Setup,
+                            TurnStage::Queue,
+                            TurnStage::Remap,
+                            TurnStage::Jobs,
+                            TurnStage::Teardown,
+                        ],
+                        1 => &[
+                            TurnStage::Setup,
+                            TurnStage::Queue,
+                            TurnStage::Jobs,
+                            TurnStage::Teardown,
+                        ],
+                        _ => &[TurnStage::Setup],
+                    };
+                    for &st in stages {
+                        // Work between stages, racing the others'.
+                        between.fetch_add(1, Ordering::Relaxed);
+                        turns.start(st);
+                        // Entering and leaving, with the turns' own
+                        // scheduling points (the log is plain memory, not
+                        // seen by the search) around them.
+                        log.lock().push((order, st));
+                        log.lock().push((order, st));
+                        turns.done(st);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn importers_taking_turns_run_their_stages_one_at_a_time_and_skip_what_another_skipped() {
+        use TurnStage::*;
+        let mut dpor = Dpor::new(1000);
+        let mut executions = 0;
+        // One stage at a time, in slot order: stage by stage, importer by
+        // importer, whatever the schedule of the work between stages.
+        let expect: Vec<(usize, TurnStage)> = [
+            (0, Setup),
+            (1, Setup),
+            (2, Setup),
+            (0, Queue),
+            (1, Queue),
+            (0, Remap),
+            (0, Jobs),
+            (1, Jobs),
+            (0, Teardown),
+            (1, Teardown),
+        ]
+        .iter()
+        .flat_map(|&e| [e, e])
+        .collect();
+        while dpor.next_execution() {
+            let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+            let l2 = log.clone();
+            let r = sched::run(&mut dpor, &RunConfig::default(), move || turns_program(l2));
+            // Nobody waits for a stage another skipped or never reached.
+            assert_eq!(r.outcome, Outcome::Completed, "{r:?}");
+            assert_eq!(*log.lock(), expect);
+            executions += 1;
+        }
+        assert!(dpor.bounds_hit().is_empty());
+        // The work between the stages races: there was more than one
+        // schedule to try.
+        assert!(executions > 1, "{executions}");
+    }
 }

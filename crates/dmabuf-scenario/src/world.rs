@@ -371,6 +371,14 @@ pub struct WorldSpec {
     /// In a cycle, importers re-map as soon as the un-revoke begins,
     /// racing it, instead of after it returned.
     pub remap_during_unrevoke: bool,
+    /// With several importers, their userspace threads take turns: the
+    /// stages of their programs that make system calls (setup, queueing
+    /// the first jobs, a cycle's re-map, the later jobs, teardown) run one
+    /// at a time, every importer's setup in world order, then every
+    /// importer's queueing, and so on. Between its stages an importer
+    /// still waits and runs beside the others, the revoker and the
+    /// hardware.
+    pub importers_take_turns: bool,
 }
 
 impl WorldSpec {
@@ -401,6 +409,7 @@ impl WorldSpec {
             hotplug_after_close: false,
             teardown_during_revoke: false,
             remap_during_unrevoke: false,
+            importers_take_turns: false,
         }
     }
 }
