@@ -406,6 +406,28 @@ fn two_importers_on_one_buffer_are_both_drained_by_v6() {
 }
 
 #[test]
+fn importers_taking_turns_both_go_through_the_whole_cycle() {
+    // A mix's smallest proof world: the importers' system-call stages one
+    // at a time. Neither may miss the cycle waiting for its turn (the
+    // revoker waits only so long for the re-maps), nor hang.
+    let mut s = WorldSpec::vfio(common::p("v6-final"), common::k("iommufd"));
+    s.importers.push(common::k("gpu"));
+    s.jobs = 1;
+    s.importers_take_turns = true;
+    for seed in 1..=12 {
+        let (o, r) = controlled_seed(&s, StallMode::Normal, seed);
+        assert_clean(&o, &r);
+        assert!(o.hazards.iter().all(stopped_by_revoke), "{:?}", o.hazards);
+        assert_eq!(o.restores.len(), 2, "seed {seed}: {:?}", o.restores);
+        for x in &o.restores {
+            assert!(x.remap_ok && x.job_ok, "seed {seed}: {x:?}");
+        }
+        assert_eq!(counter(&o, "jobs_after_unrevoke_ok"), 2, "seed {seed}");
+        assert_eq!(counter(&o, "maps"), counter(&o, "unmaps"), "seed {seed}");
+    }
+}
+
+#[test]
 fn close_then_hotplug_misdirects_late_dma_unless_the_revoke_drained() {
     let mut s = spec(
         common::p("v2-invalidate-only"),
