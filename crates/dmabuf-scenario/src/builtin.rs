@@ -673,6 +673,17 @@ impl Library {
                 message: "trigger 'eviction' needs a gpu-vram exporter".into(),
             });
         }
+        if s.importers_take_turns && importers.iter().map(|i| i.count).sum::<usize>() < 2 {
+            return Err(FileError {
+                path: s.path.clone(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "scenario '{}': importers_take_turns needs two importers or more, to take turns",
+                    s.name
+                ),
+            });
+        }
         Ok(Scenario {
             name: s.name.clone(),
             description: s.description.clone(),
@@ -1056,6 +1067,15 @@ mod tests {
         let q = lib2.questions(&f).unwrap();
         assert!(q[0].spec.importers_take_turns);
         assert_eq!(q[0].spec.importers.len(), 2);
+        // With one importer it would mean nothing: refused.
+        let f = lib2
+            .add_text(
+                "u.toml",
+                "[scenario]\nname = \"u\"\nexporter = \"v6-final\"\nimporters = [\"gpu\"]\ntrigger = \"flr\"\nimporters_take_turns = true\n",
+            )
+            .unwrap();
+        let e = lib2.questions(&f).unwrap_err();
+        assert!(e.message.contains("two importers or more"), "{e}");
     }
 
     #[test]
