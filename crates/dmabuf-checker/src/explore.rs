@@ -248,10 +248,12 @@ pub struct ProofOptions {
     /// search of `matrix.v6-final.iommufd+gpu` with one job and one idle
     /// pass does not finish in 100,000 executions. Taking turns, that
     /// world's searches finish in 7,725 stalled-userspace and 1,053 normal
-    /// executions. Only a proof is kept: while one importer waits for its
-    /// turn the virtual clock may move where the unrestricted world could
-    /// not (it moves only when no task can run), so a violation found
-    /// there need not be one of the cell.
+    /// executions. A violation found there is not reported: while one
+    /// importer waits for its turn the virtual clock may move where the
+    /// unrestricted world could not (it moves only when no task can run),
+    /// so it need not be one of the cell. A search it does not finish is
+    /// reported instead of the cell's own (its bound and its estimated
+    /// size: how far the world within reach is from a proof).
     pub mix_budget: u64,
 }
 
@@ -1160,13 +1162,19 @@ fn check_dyn(
             }
             for r in results.values_mut().filter(|r| r.holds() && !r.proved()) {
                 let pr = b.result(r);
-                // Kept only when it decides the property: a proof of the
-                // smaller configuration, or a violation in it (with its
-                // token), but in a mix only a proof (see
-                // `ProofOptions::mix_budget`); otherwise the bounds the
-                // cell's own attempt hit are the better report.
-                let proved = pr.exhaustive && pr.violations == 0;
-                if proved || (!mix && (pr.exhaustive || pr.violations > 0)) {
+                // One importer: kept only when it decides the property (a
+                // proof of the smaller configuration, or a violation in it,
+                // with its token); otherwise the bounds the cell's own
+                // attempt hit are the better report. A mix: kept unless it
+                // found a violation (see `ProofOptions::mix_budget`), so
+                // that a search it did not finish tells how far the world
+                // with turns, the one within reach, is from a proof.
+                let keep = if mix {
+                    pr.violations == 0
+                } else {
+                    pr.exhaustive || pr.violations > 0
+                };
+                if keep {
                     r.proof = Some(pr);
                 }
             }

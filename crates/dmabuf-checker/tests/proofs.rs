@@ -266,6 +266,37 @@ fn a_mix_is_proved_for_its_smallest_configuration_with_its_importers_taking_turn
     let small = explore::smallest_proof_scenario(&sc).unwrap();
     assert!(small.spec.importers_take_turns);
     assert_eq!(find(&small.name).unwrap().hash(), small.hash());
+    // A mix budget too small to finish: sampled, and the attempt reported
+    // is the one with turns, with its bound and its estimated size.
+    let mut o = opts(&Property::ALL, 8);
+    o.proof = Some(proof(5));
+    let r = explore::check(&sc, &o, |_| {});
+    for p in &r.properties {
+        let pr = p.proof.as_ref().unwrap();
+        assert_eq!(
+            pr.config, "matrix.rdma-export.gpu+rdma-odp.idle1.jobs1.turns",
+            "{p:?}"
+        );
+        assert!(
+            !pr.exhaustive && pr.bounds_hit.contains(&Bound::Executions),
+            "{p:?}"
+        );
+        assert_eq!(p.status(), "sampled");
+    }
+    // The stalled-userspace search stopped at its budget, so the normal one
+    // was not made; those judged with userspace stalled carry its size.
+    let lb = r
+        .properties
+        .iter()
+        .find(|p| p.property == Property::LBounded);
+    let lb = lb.and_then(|p| p.proof.as_ref()).unwrap();
+    assert_eq!(lb.executions, 5);
+    assert!(
+        lb.estimates
+            .iter()
+            .any(|e| e.0 == RunMode::Stalled && e.1 > 5),
+        "{lb:?}"
+    );
     // The one-importer budget is not the mix's: with no mix budget the
     // mix keeps its own attempt's bound.
     let mut o = opts(&Property::ALL, 8);

@@ -241,8 +241,9 @@ enum Cmd {
         reduced_budget: u64,
         /// The same for a cell of several importers (a mix), whose
         /// smallest configuration also has the importers' system-call
-        /// stages run one at a time (`<cell>.idle1.jobs1.turns`); only a
-        /// proof is kept. 0: no second attempt for a mix.
+        /// stages run one at a time (`<cell>.idle1.jobs1.turns`); a
+        /// violation found there is not reported. 0: no second attempt
+        /// for a mix.
         #[arg(long, default_value_t = DEFAULT_MIX_BUDGET)]
         mix_budget: u64,
         /// Run only shard K of N (0-based): cell i of the row-major order
