@@ -1029,9 +1029,6 @@ fn about(n: u64) -> String {
     out
 }
 
-/// The lines saying what the DPOR searches that stopped at their budget
-/// would take in all (once per search: every property judged in a mode
-/// shares its search), from their progress.
 /// A progress line's detail: the size of each DPOR search as estimated so
 /// far (`search ≈ 12,000 normal, 3,900 stalled`), or else the run.
 fn tick_detail(t: &explore::Tick) -> String {
@@ -1046,6 +1043,9 @@ fn tick_detail(t: &explore::Tick) -> String {
     }
 }
 
+/// The lines saying what the DPOR searches that stopped at their budget
+/// would take in all (once per search: every property judged in a mode
+/// shares its search), from their progress.
 fn estimate_lines(r: &CheckReport) -> Vec<String> {
     let mut searches: Vec<(String, Vec<(RunMode, u64)>)> = Vec::new();
     let mut add = |what: String, e: &[(RunMode, u64)], bounds: &[Bound]| {
@@ -1263,6 +1263,24 @@ fn print_report(r: &CheckReport, ex: &[ExpectationResult], partial: bool) {
             "FAIL (a property violated without an expectation saying so, an expectation not met, or a run error)"
         }
     );
+}
+
+/// For a DPOR search that stopped at its budget: the smaller world the
+/// matrix's second proof attempt searches instead (one job, one idle
+/// read-ahead pass and, in a mix, the importers taking turns;
+/// docs/matrix.md), when there is one.
+fn smaller_world_hint(sc: &Scenario, r: &CheckReport) -> Option<String> {
+    let stopped = r.properties.iter().any(|p| {
+        p.strategy.starts_with("dpor") && !p.exhaustive && p.bounds_hit.contains(&Bound::Executions)
+    });
+    let small = stopped
+        .then(|| explore::smallest_proof_scenario(sc))
+        .flatten()?;
+    Some(format!(
+        "a smaller world, the one the matrix's second proof attempt searches: {} \
+         (docs/matrix.md)",
+        small.name
+    ))
 }
 
 /// What a part of a split search held in one mode, for `merge`.
@@ -1484,6 +1502,9 @@ fn check(
             out.push(v);
         } else {
             print_report(&r, &ex, partial);
+            if let Some(h) = smaller_world_hint(sc, &r) {
+                println!("  {h}");
+            }
             if let Some(sh) = split {
                 print_split(&r.split, sh, opts);
             }
