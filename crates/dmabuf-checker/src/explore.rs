@@ -982,6 +982,17 @@ fn check_dyn(
             stalled: est(RunMode::Stalled),
         }
     };
+    let search = |(mode, n): (RunMode, u64), tick: &mut dyn FnMut()| {
+        search_mode(
+            scenario,
+            opts,
+            (mode, n),
+            shard,
+            &done,
+            &live[slot(mode)],
+            tick,
+        )
+    };
     let searched: Vec<ModeSearch> = if opts.parallel_modes && plan.len() > 1 {
         // Each mode's search on a thread of its own; this thread only
         // reports progress. The results are merged in mode order below,
@@ -989,34 +1000,13 @@ fn check_dyn(
         crate::progress::side_by_side(
             plan.len(),
             plan.len(),
-            |k| {
-                let (mode, n) = plan[k];
-                search_mode(
-                    scenario,
-                    opts,
-                    (mode, n),
-                    shard,
-                    &done,
-                    &live[slot(mode)],
-                    &mut || {},
-                )
-            },
+            |k| search(plan[k], &mut || {}),
             |_, _| {},
             || progress(tick()),
         )
     } else {
         plan.iter()
-            .map(|&(mode, n)| {
-                search_mode(
-                    scenario,
-                    opts,
-                    (mode, n),
-                    shard,
-                    &done,
-                    &live[slot(mode)],
-                    &mut || progress(tick()),
-                )
-            })
+            .map(|&mn| search(mn, &mut || progress(tick())))
             .collect()
     };
     for ms in searched {
@@ -1271,13 +1261,7 @@ pub fn smallest_proof_scenario(scenario: &Scenario) -> Option<Scenario> {
 
 /// Whether `scenario`'s world has several importers.
 fn is_mix(scenario: &Scenario) -> bool {
-    scenario
-        .spec
-        .importers
-        .iter()
-        .map(|i| i.count)
-        .sum::<usize>()
-        > 1
+    scenario.spec.instances() > 1
 }
 
 /// One proof attempt's searches (see [`ProofOptions`]).

@@ -823,7 +823,7 @@ impl Library {
         }
         if let Some(base) = name.strip_suffix(".turns") {
             let mut s = self.find(base)?;
-            if s.spec.importers.iter().map(|i| i.count).sum::<usize>() < 2 {
+            if s.spec.instances() < 2 {
                 return Err(FileError {
                     message: format!(
                         "'{name}': '{base}' has one importer, so there are no turns to take"

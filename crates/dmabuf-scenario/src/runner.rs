@@ -249,7 +249,7 @@ struct Phase {
 
 /// The stages of an importer's program that importers taking turns
 /// ([`WorldSpec::importers_take_turns`]) run one at a time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TurnStage {
     Setup = 0,
     Queue = 1,
@@ -372,7 +372,7 @@ fn build_platform(spec: &WorldSpec) -> Result<Platform, String> {
     let mut cfg = PlatformConfig::default().switch("sw0").ram_frames(256);
     cfg.mmio_size = WORLD_MMIO_SIZE;
     cfg.flr_delay = RESET_WINDOW;
-    cfg.max_devices = 16 + spec.importers.iter().map(|s| s.count).sum::<usize>();
+    cfg.max_devices = 16 + spec.instances();
     cfg = match spec.exporter {
         ExporterKind::Vfio => cfg.device(
             DeviceConfig::new("vfio0")
@@ -899,7 +899,7 @@ fn spawn_importer(
     let teardown_race = spec.teardown_during_revoke;
     let remap_race = spec.remap_during_unrevoke;
     let early = spec.map_during_invalidate;
-    let importers = spec.importers.iter().map(|s| s.count).sum::<usize>();
+    let importers = spec.instances();
     let single = importers == 1;
     let mut turns = Turns {
         progress: progress.cloned(),

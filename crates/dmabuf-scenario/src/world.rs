@@ -382,6 +382,11 @@ pub struct WorldSpec {
 }
 
 impl WorldSpec {
+    /// Importer instances in the world (each spec's `count`, summed).
+    pub fn instances(&self) -> usize {
+        self.importers.iter().map(|i| i.count).sum()
+    }
+
     /// Caps the idle read-ahead passes of every importer that reads ahead
     /// at `n` (a smaller configuration of the same world); false when no
     /// importer reads ahead, so that there is nothing to cap.
