@@ -28,10 +28,15 @@
 //! 3. The revoker (`revoker`) waits until every setup is done, stalls
 //!    `userspace` in [`StallMode::StallUserspaceAtRevoke`] and runs the
 //!    trigger. Where userspace stalls is a choice of the search
-//!    ([`search_choice`]): when the revoke begins, when a cycle's second
-//!    revoke begins, or at any scheduling point after the trigger began (a
-//!    `userspace-staller` task of group `hw` stalls it whenever the search
-//!    runs it). The gate fence signals
+//!    ([`search_choice`], made before the world is built, so that its
+//!    alternatives are whole subtrees of the search): when the revoke
+//!    begins, when a cycle's second revoke begins, or at any scheduling
+//!    point after the trigger began and before the virtual clock next
+//!    moves (a `userspace-staller` task of group `hw` stalls it whenever
+//!    the search runs it; a task that can run keeps the clock still, so it
+//!    runs before the first timer or timeout after the trigger fires).
+//!    Points later in the first cycle (between its first revoke's return
+//!    and the second revoke) are not explored. The gate fence signals
 //!    [`INFLIGHT_DELAY`] after the trigger began (a timer of group `hw`):
 //!    the queued jobs are in flight across the revoke whatever the schedule.
 //! 4. Importers wait for their queued jobs; then, [`POST_DELAY`] after the
@@ -472,6 +477,19 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
     } else {
         mode
     };
+    // Where userspace stalls is a choice of the search (see the revoker),
+    // made before anything else runs: it commutes with the whole world, so
+    // made here its branches are the whole subtrees, where made later its
+    // racers would be interleaved with the tasks already running.
+    let stall_at = match (mode, spec.trigger.is_cycle()) {
+        (StallMode::Normal, _) => StallAt::Never,
+        (StallMode::StallUserspaceAtRevoke, true) => {
+            [StallAt::First, StallAt::Second, StallAt::Anywhere][search_choice(3)]
+        }
+        (StallMode::StallUserspaceAtRevoke, false) => {
+            [StallAt::First, StallAt::Anywhere][search_choice(2)]
+        }
+    };
     let platform = match build_platform(spec) {
         Ok(p) => p,
         Err(e) => {
@@ -525,7 +543,15 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
             spawn_importer(spec, inst, order, turns, [&gate, &gate2], &coord, probe)
         })
         .collect();
-    let revoker = spawn_revoker(spec, mode, &exporter, &vmm, &coord, probe, instances.len());
+    let revoker = spawn_revoker(
+        spec,
+        stall_at,
+        &exporter,
+        &vmm,
+        &coord,
+        probe,
+        instances.len(),
+    );
 
     let _ = revoker.join();
     if mode == StallMode::Normal {
@@ -638,18 +664,37 @@ fn spawn_timer(coord: &Arc<Coord>, gate: SignalHandle, gate2: SignalHandle) -> J
     })
 }
 
-/// A choice among `n` alternatives made by the search: `n` tasks race to
-/// claim it, and which one runs first is a scheduling decision, recorded
+/// A choice among `n` alternatives made by the search: up to `n - 1`
+/// races of two tasks claiming a slot, each a scheduling decision recorded
 /// in the schedule and replayed by its token (DFS and DPOR explore every
-/// alternative: the claims are conflicting writes to one atomic). On real
-/// threads, and for `n < 2`, the answer is 0.
+/// alternative: the claims are conflicting writes to one atomic). DPOR runs
+/// one execution per alternative when nothing else runs beside the racers
+/// (`n` racers at once would give it `n!`). Random sampling picks `k < n -
+/// 1` with probability `2^-(k+1)`. On real threads, and for `n < 2`, the
+/// answer is 0.
 pub fn search_choice(n: usize) -> usize {
-    use dmabuf_core::sync::atomic::{AtomicUsize, Ordering};
     if n < 2 || !sched::active() {
         return 0;
     }
+    // A chain of two-way races: each has exactly two classes of schedules,
+    // where n racers at once would have n! (the losers' failed claims
+    // conflict with each other too).
+    let mut k = 0;
+    while k + 1 < n && race_of_two() {
+        k += 1;
+    }
+    k
+}
+
+/// Two tasks race to claim a slot; true when the second one won.
+fn race_of_two() -> bool {
+    use dmabuf_core::sync::atomic::{AtomicUsize, Ordering};
+    // Touched here first, so the slot is no new object to the racers'
+    // segments (which a sleeping racer would compare with every later
+    // object conservatively).
     let slot = Arc::new(AtomicUsize::new(usize::MAX));
-    let racers: Vec<JoinHandle<()>> = (0..n)
+    slot.store(usize::MAX, Ordering::Release);
+    let racers: Vec<JoinHandle<()>> = (0..2)
         .map(|i| {
             let slot = slot.clone();
             thread::spawn_named(format!("choice{i}"), move || {
@@ -661,7 +706,7 @@ pub fn search_choice(n: usize) -> usize {
     for r in racers {
         let _ = r.join();
     }
-    slot.load(Ordering::Acquire).min(n - 1)
+    slot.load(Ordering::Acquire) == 1
 }
 
 fn spawn_vmm(
@@ -1087,7 +1132,7 @@ fn spawn_importer(
 
 fn spawn_revoker(
     spec: &WorldSpec,
-    mode: StallMode,
+    stall_at: StallAt,
     exporter: &Arc<Exporter>,
     vmm: &Arc<Process>,
     coord: &Arc<Coord>,
@@ -1109,17 +1154,11 @@ fn spawn_revoker(
             |p| (p.fds_ready && p.setups_done >= n) || p.export_failed,
             None,
         );
-        // Where userspace stalls is a choice of the search: when the
-        // (first) revoke begins, when a cycle's second one begins, or at
-        // any scheduling point after the trigger began (a task that stalls
-        // it whenever the search runs it). Every revoke is judged for
-        // l-bounded.
-        let stalled = mode == StallMode::StallUserspaceAtRevoke;
-        let stall_at = match (stalled, spec.trigger.is_cycle()) {
-            (false, _) => StallAt::Never,
-            (true, true) => [StallAt::First, StallAt::Second, StallAt::Anywhere][search_choice(3)],
-            (true, false) => [StallAt::First, StallAt::Anywhere][search_choice(2)],
-        };
+        // Where userspace stalls (chosen by the search before the world
+        // was built): when the (first) revoke begins, when a cycle's second
+        // one begins, or at any scheduling point after the trigger began
+        // and before the clock next moves (a task that stalls it whenever
+        // the search runs it). Every revoke is judged for l-bounded.
         if stall_at == StallAt::First {
             sched::stall_group("userspace");
         }
@@ -1508,5 +1547,29 @@ mod tests {
         // The work between the stages races: there was more than one
         // schedule to try.
         assert!(executions > 1, "{executions}");
+    }
+
+    #[test]
+    fn a_search_choice_is_one_execution_per_alternative_each_seen_once() {
+        for n in 1..=4 {
+            let mut dpor = Dpor::new(1000);
+            let mut seen = Vec::new();
+            while dpor.next_execution() {
+                let got = Arc::new(parking_lot::Mutex::new(None));
+                let g2 = got.clone();
+                let r = sched::run(&mut dpor, &RunConfig::default(), move || {
+                    *g2.lock() = Some(search_choice(n));
+                });
+                assert_eq!(r.outcome, Outcome::Completed, "{r:?}");
+                seen.push(got.lock().expect("the choice was made"));
+            }
+            assert!(dpor.bounds_hit().is_empty());
+            seen.sort_unstable();
+            // n racers at once would make n! executions (the losers'
+            // claims race too); a chain of two-way races makes n.
+            assert_eq!(seen, (0..n).collect::<Vec<_>>(), "n={n}");
+        }
+        // Outside a controlled execution: the first alternative.
+        assert_eq!(search_choice(3), 0);
     }
 }

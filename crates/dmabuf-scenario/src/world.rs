@@ -426,8 +426,8 @@ pub enum StallMode {
     Normal,
     /// The `userspace` group is never scheduled again from a point the
     /// search chooses: when the revoke begins, when a cycle's second revoke
-    /// begins, or any scheduling point after the trigger began (controlled
-    /// execution only).
+    /// begins, or any scheduling point after the trigger began and before
+    /// the virtual clock next moves (controlled execution only).
     StallUserspaceAtRevoke,
 }
 

@@ -1276,3 +1276,86 @@ fn task_threads_are_reused_and_each_task_sees_fresh_task_locals_and_its_own_name
     // than one execution's four may serve these tasks, but not one each.
     assert!(used <= tasks / 2, "{used} OS threads for {tasks} tasks");
 }
+
+/// A userspace task making `k` system calls (in group `kernel`, each
+/// counting on a shared atomic that a kernel task also reads) and returning
+/// to group `user` after each, and a task of group `hw` that stalls `user`
+/// whenever it runs. Outcome: how many calls the user task finished
+/// (recorded after each) and what the kernel task read.
+fn stalled_anywhere(k: usize) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
+        Box::new(move || {
+            let x = Arc::new(AtomicUsize::new(0));
+            let (x2, s2) = (x.clone(), seen.clone());
+            let user = thread::spawn_named("user".into(), move || {
+                set_group("user");
+                for i in 1..=k {
+                    set_group("kernel");
+                    x2.fetch_add(1, SeqCst);
+                    set_group("user");
+                    record(&s2, "user", i.to_string());
+                }
+            });
+            let staller = thread::spawn_named("staller".into(), || {
+                set_group("hw");
+                stall_group("user");
+            });
+            let (x3, s3) = (x.clone(), seen.clone());
+            let kernel = thread::spawn_named("kernel".into(), move || {
+                set_group("hw");
+                record(&s3, "kernel", x3.load(SeqCst).to_string());
+            });
+            let _ = staller.join();
+            let _ = kernel.join();
+            drop(user);
+        })
+    }
+}
+
+/// [`search`] for programs that may end with stalled tasks.
+fn search_stalled(
+    s: &mut dyn Strategy,
+    prog: &dyn Fn(Seen) -> Box<dyn FnOnce() + Send>,
+) -> (u64, BTreeSet<Vec<(String, String)>>) {
+    let cfg = RunConfig {
+        max_steps: 10_000,
+        ..RunConfig::default()
+    };
+    let mut n = 0;
+    let mut outcomes = BTreeSet::new();
+    while n < 100_000 && s.next_execution() {
+        let seen: Seen = Arc::default();
+        let r = run(s, &cfg, prog(seen.clone()));
+        assert_eq!(r.divergence, None);
+        assert!(
+            matches!(
+                r.outcome,
+                Outcome::Completed | Outcome::CompletedWithStalled { .. }
+            ),
+            "{:?}",
+            r.outcome
+        );
+        n += 1;
+        outcomes.insert(
+            std::mem::take(&mut *seen.lock().unwrap())
+                .into_iter()
+                .collect(),
+        );
+    }
+    (n, outcomes)
+}
+
+#[test]
+fn dpor_explores_every_point_a_group_may_be_stalled_at_like_dfs() {
+    for k in 1..=3 {
+        let mut dpor = Dpor::new(1000);
+        let (a, seen_dpor) = search_stalled(&mut dpor, &stalled_anywhere(k));
+        assert!(dpor.is_exhausted() && dpor.bounds_hit().is_empty());
+        let mut dfs = Dfs::new(1000);
+        let (b, seen_dfs) = search_stalled(&mut dfs, &stalled_anywhere(k));
+        assert!(dfs.bounds_hit().is_empty());
+        eprintln!("k={k}: dpor {a} executions, dfs {b}: {seen_dpor:?}");
+        assert_eq!(seen_dpor, seen_dfs, "k={k}");
+        assert!(a <= b);
+    }
+}
