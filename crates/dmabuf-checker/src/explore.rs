@@ -247,7 +247,7 @@ pub struct ProofOptions {
     /// importers' critical sections on the reservation lock: the normal
     /// search of `matrix.v6-final.iommufd+gpu` with one job and one idle
     /// pass does not finish in 100,000 executions. Taking turns, that
-    /// world's searches finish in 7,725 stalled-userspace and 1,053 normal
+    /// world's searches finish in 1,401 stalled-userspace and 1,053 normal
     /// executions. A violation found there is not reported: while one
     /// importer waits for its turn the virtual clock may move where the
     /// unrestricted world could not (it moves only when no task can run),
@@ -270,9 +270,9 @@ impl Default for ProofOptions {
 
 impl ProofOptions {
     /// Executions of the stalled-userspace search: the same budget. (Not a
-    /// quarter, as for sampling: with a stall possible at every scheduling
-    /// point, the stalled search of a cell is the larger one, e.g. 964
-    /// executions against 304 for `matrix.v6-final.gpu`.)
+    /// quarter, as for sampling: with three places to stall userspace, the
+    /// stalled search of a cell is often the larger one, e.g. 257
+    /// executions against 241 for `matrix.v6-final.gpu`.)
     pub fn stalled_budget(&self) -> u64 {
         self.budget.max(1)
     }
@@ -284,30 +284,33 @@ pub const DEFAULT_PROOF_JOBS: usize = 2;
 
 /// Executions a matrix cell's proof attempt may use by default
 /// (per mode: normal and stalled userspace). The largest search that
-/// finishes in the default matrix needs 1,173 (the `gpu-lazy` cells of v1
-/// to v3) and 1,836 (`v5-unmap-timeout × lying`); the cells no budget
-/// within reach finishes (the mixes, the v4 and v5 GPU cells) spend it
-/// all. With the second attempts ([`DEFAULT_REDUCED_BUDGET`],
-/// [`DEFAULT_MIX_BUDGET`]) the default matrix took 3 min 50 s on two
-/// cores (65 s without the mixes' second attempts).
+/// finishes in the default matrix needs 1,154 normal and 588
+/// stalled-userspace executions (the `gpu-lazy` cells of v1 to v3); the
+/// cells no budget within reach finishes (the mixes, the v4 and v5 GPU
+/// cells) spend it all. With the second attempts
+/// ([`DEFAULT_REDUCED_BUDGET`], [`DEFAULT_MIX_BUDGET`]) the default matrix
+/// took 2 min 18 s on two cores.
 pub const DEFAULT_PROOF_BUDGET: u64 = 2_000;
 
 /// Executions per mode of the second attempt on the smallest
 /// configuration by default ([`ProofOptions::reduced_budget`]). The
-/// largest such search in the default matrix needs 3,895
-/// stalled-userspace executions (`matrix.v4-bookkeep-wait.gpu.idle1.jobs1`
-/// and the other GPU cells of v3 to v5 but `gpu-lazy`); every one of them
+/// largest such search in the default matrix needs 1,949
+/// stalled-userspace and 1,909 normal executions
+/// (`matrix.v4-bookkeep-wait.gpu-enodev-revalidate.idle1.jobs1`, and the
+/// other GPU cells of v4 and v5 about as many); every one of them
 /// finishes, so the budget is a bound, not a cost.
 pub const DEFAULT_REDUCED_BUDGET: u64 = 8_000;
 
 /// Executions per mode of a mix's second attempt by default
 /// ([`ProofOptions::mix_budget`]). The largest such search that finishes
-/// in the default matrix needs 12,423 stalled-userspace executions
-/// (`v1-core-flag × gpu+rdma-odp`; its normal search 1,620). The nine
-/// mixes it leaves sampled (the GPU mixes of v4 and v5, `gpu+gpu-lazy`
-/// under v1 to v3) do not finish with twice that budget either, and
-/// `matrix.v4-bookkeep-wait.iommufd+gpu.idle1.jobs1.turns` not in 25,000
-/// stalled and 100,000 normal executions.
+/// in the default matrix needs 3,849 stalled-userspace executions (the
+/// `gpu+gpu-lazy` mixes from v6 on) and 1,620 normal ones
+/// (`v1-core-flag × gpu+rdma-odp`). The nine mixes it leaves sampled (the
+/// GPU mixes of v4 and v5, `gpu+gpu-lazy` under v1 to v3) need ten times
+/// more: `matrix.v1-core-flag.gpu+gpu-lazy.idle1.jobs1.turns` 124,782
+/// stalled-userspace executions, and
+/// `matrix.v4-bookkeep-wait.iommufd+gpu.idle1.jobs1.turns` 149,109 and
+/// 136,089 normal.
 pub const DEFAULT_MIX_BUDGET: u64 = 15_000;
 
 /// What the proof attempt found for one property.
