@@ -669,7 +669,9 @@ fn spawn_timer(coord: &Arc<Coord>, gate: SignalHandle, gate2: SignalHandle) -> J
 /// in the schedule and replayed by its token (DFS and DPOR explore every
 /// alternative: the claims are conflicting writes to one atomic). DPOR runs
 /// one execution per alternative when nothing else runs beside the racers
-/// (`n` racers at once would give it `n!`). Random sampling picks `k < n -
+/// (`n` racers at once would give it `n!`), and splits a search into parts
+/// below the choice ([`sched::before_split`]): made before anything else
+/// runs, the racers race with nothing after it. Random sampling picks `k < n -
 /// 1` with probability `2^-(k+1)`. On real threads, and for `n < 2`, the
 /// answer is 0.
 pub fn search_choice(n: usize) -> usize {
@@ -678,7 +680,9 @@ pub fn search_choice(n: usize) -> usize {
     }
     // A chain of two-way races: each has exactly two classes of schedules,
     // where n racers at once would have n! (the losers' failed claims
-    // conflict with each other too).
+    // conflict with each other too). Above the split node of a DPOR search
+    // split into parts: each part gets its share of every alternative.
+    let _split = sched::before_split();
     let mut k = 0;
     while k + 1 < n && race_of_two() {
         k += 1;

@@ -221,6 +221,9 @@ struct State {
     schedule: Schedule,
     strategy: Option<StrategyPtr>,
     stalled_groups: Vec<String>,
+    /// Open [`before_split`](super::before_split) scopes: decisions made
+    /// while one is open are not split points.
+    before_split: u32,
     outcome: Option<Outcome>,
     /// Extension slots of higher layers.
     extensions: Extensions,
@@ -539,9 +542,13 @@ impl Execution {
             } else {
                 let current = (st.tasks[me].eligible() && avoid != Some(me)).then_some(me);
                 let step = st.steps;
+                let splittable = st.before_split == 0;
                 let c = match &st.strategy {
                     // SAFETY: see `StrategyPtr`: the state lock is held.
-                    Some(p) => unsafe { (*p.0).choose(&runnable, current, step) },
+                    Some(p) => unsafe {
+                        (*p.0).split_point(splittable);
+                        (*p.0).choose(&runnable, current, step)
+                    },
                     None => runnable[0],
                 };
                 let c = if runnable.contains(&c) {
@@ -919,6 +926,17 @@ impl Execution {
         }
     }
 
+    /// Opens (`true`) or closes a [`before_split`](super::before_split)
+    /// scope.
+    pub(super) fn before_split(&self, open: bool) {
+        let mut st = self.lock();
+        st.before_split = if open {
+            st.before_split.saturating_add(1)
+        } else {
+            st.before_split.saturating_sub(1)
+        };
+    }
+
     pub(super) fn stall_group(&self, me: TaskId, name: &str) {
         {
             let mut st = self.lock();
@@ -1243,6 +1261,7 @@ pub(super) fn run<F: FnOnce() + Send + 'static>(
             schedule: Schedule::default(),
             strategy: Some(StrategyPtr(ptr)),
             stalled_groups: Vec::new(),
+            before_split: 0,
             outcome: None,
             extensions: Extensions::default(),
             counters: HashMap::new(),

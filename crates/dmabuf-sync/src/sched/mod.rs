@@ -167,6 +167,11 @@ pub trait Strategy: Send {
     /// How the execution ended; called once, before
     /// [`end_execution`](Self::end_execution).
     fn on_outcome(&mut self, _outcome: &Outcome) {}
+
+    /// Whether the decision the next [`choose`](Self::choose) makes may be
+    /// the split node of a search split into parts: false inside a
+    /// [`before_split`] scope. Called before every `choose`.
+    fn split_point(&mut self, _splittable: bool) {}
 }
 
 /// How a segment touched an object.
@@ -449,6 +454,45 @@ pub fn set_group(name: &str) {
 pub fn stall_group(name: &str) {
     if let Some((e, me)) = engine::ctx() {
         e.stall_group(me, name);
+    }
+}
+
+/// A scope whose decisions are above the split node of a search split into
+/// parts ([`SearchShard`](strategy::SearchShard)): every part explores
+/// them all, and the split node is the first decision made after the
+/// scope closes. For a choice a program makes before anything else runs
+/// (which of its alternatives to run, by a race of tasks that touch
+/// nothing else): split at the choice, a part would get whole
+/// alternatives; split below it, each part gets its share of each. The
+/// decisions inside must race with nothing after the scope, or a part
+/// could miss an order that another part's executions would have shown.
+/// [`Dpor`](strategy::Dpor) honours it; [`Dfs`](strategy::Dfs) splits at
+/// its first decision whatever the scope (its parts still partition the
+/// search). No effect outside a controlled execution.
+pub fn before_split() -> BeforeSplit {
+    let open = match engine::ctx() {
+        Some((e, _)) => {
+            e.before_split(true);
+            true
+        }
+        None => false,
+    };
+    BeforeSplit { open }
+}
+
+/// The scope [`before_split`] opened; closes it when dropped.
+#[must_use = "the scope ends when the guard is dropped"]
+pub struct BeforeSplit {
+    open: bool,
+}
+
+impl Drop for BeforeSplit {
+    fn drop(&mut self) {
+        if self.open
+            && let Some((e, _)) = engine::ctx()
+        {
+            e.before_split(false);
+        }
     }
 }
 

@@ -144,7 +144,19 @@
 //! does not own runs once as a probe, which records that choice's first
 //! segment so that it sleeps below the later ones exactly as in the
 //! unsharded search, and is otherwise ignored (no node below the split
-//! node, no race analysis, no counters). The subtree of each choice is then
+//! node, no race analysis below it, no counters).
+//!
+//! Decisions made inside a [`before_split`](super::super::before_split)
+//! scope (a choice the program makes before anything else runs) are not
+//! split points: the split node is the first decision after the scope, one
+//! per alternative of the choice, and every shard explores the decisions
+//! above it as the unsharded search does. A probe's segments before its
+//! split node are analysed (the races among them are every shard's; a
+//! shard that owns no choice below one alternative would otherwise never
+//! learn of the others). The scope's promise, that its decisions race with
+//! nothing after it, is what keeps the parts' union the whole search: a
+//! race between a segment above the split node and one below it would be
+//! reversed only by the shard that owns the later one. The subtree of each choice is then
 //! explored as the unsharded search explores it below a fully expanded
 //! root. When the unsharded search ends up trying every task at its first
 //! decision anyway (the usual case: the tasks there race), the shards run
@@ -222,6 +234,9 @@ struct Node {
     sleep: Vec<Sleeper>,
     /// Index of the chosen task's segment in the current execution.
     event: usize,
+    /// The split node of a search split into parts (every task a choice,
+    /// dealt among the parts).
+    split: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -284,6 +299,12 @@ pub struct Dpor {
     part: PartState,
     /// The split node's choice (index) of the current execution.
     split_choice: Option<usize>,
+    /// The depth of the split node on the current execution's path, once
+    /// reached.
+    split_at: Option<usize>,
+    /// Whether the next decision may be the split node
+    /// ([`Strategy::split_point`]).
+    splittable: bool,
     /// [`progress`](Self::progress) after the last analysed execution.
     progress: f64,
 }
@@ -313,6 +334,8 @@ impl Dpor {
             stats: DporStats::default(),
             part: PartState::default(),
             split_choice: None,
+            split_at: None,
+            splittable: true,
             progress: 0.0,
         }
     }
@@ -579,7 +602,7 @@ impl Dpor {
         let Some(d) = self.events[i].node else {
             return; // forced: nothing else could run there
         };
-        if d == 0 && self.part.shard.is_some() {
+        if self.nodes[d].split {
             return; // the split node: every choice is there already
         }
         if super::super::engine::profiling() {
@@ -685,7 +708,7 @@ impl Dpor {
             let untried = |q: &TaskId| {
                 !node.done.iter().any(|s| s.task == *q) && !node.sleep.iter().any(|s| s.task == *q)
             };
-            let next = match self.part.shard.filter(|_| d == 0) {
+            let next = match self.part.shard.filter(|_| node.split) {
                 None => node.backtrack.iter().copied().find(untried),
                 Some(sh) => {
                     // The split node: this shard's choices, and the others
@@ -804,6 +827,8 @@ impl Strategy for Dpor {
         self.acc.clear();
         self.sleep.clear();
         self.blocked_at = None;
+        self.split_at = None;
+        self.splittable = true;
         self.stats.executions += 1;
         if self.nodes.is_empty() {
             self.analyse_from = 0;
@@ -816,10 +841,14 @@ impl Strategy for Dpor {
         let default = current
             .filter(|c| runnable.contains(c))
             .unwrap_or(runnable[0]);
-        if self.blocked_at.is_some() || (self.part.probe && d > 0) {
+        let below_split = self.split_at.is_some_and(|s| d > s);
+        if self.blocked_at.is_some() || (self.part.probe && below_split) {
             return default;
         }
         if let Some(node) = self.nodes.get(d) {
+            if node.split {
+                self.split_at = Some(d);
+            }
             if node.enabled != runnable {
                 self.error.get_or_insert(ScheduleError::Nondeterministic {
                     decision: d,
@@ -837,8 +866,11 @@ impl Strategy for Dpor {
             self.awaiting = Some(d);
             return node.chosen;
         }
+        // The first decision of the path outside a `before_split` scope is
+        // the split node of a search split into parts.
+        let split = self.part.shard.is_some() && self.split_at.is_none() && self.splittable;
         if d >= self.max_decisions {
-            if d == 0 && self.part.shard.is_some() {
+            if split {
                 // No node at all: one choice, the default.
                 self.settle_split();
                 if self.part.probe {
@@ -861,15 +893,19 @@ impl Strategy for Dpor {
                 }
             },
         };
-        let backtrack = match self.part.shard.filter(|_| d == 0) {
+        let backtrack = match self.part.shard.filter(|_| split) {
             None => vec![chosen],
             Some(sh) => {
                 // The split node: every task is a choice, the one the whole
                 // search runs first, then ascending ids.
                 let mut order = vec![chosen];
                 order.extend(runnable.iter().copied().filter(|&t| t != chosen));
-                self.part.split_choices = Some(order.len());
+                // The first split node met tells the parts' choices (a later
+                // one, below another alternative of a `before_split`
+                // choice, may have more or fewer).
+                self.part.split_choices.get_or_insert(order.len());
                 self.split_choice = Some(0);
+                self.split_at = Some(d);
                 self.part.probe = !sh.owns(0);
                 order
             }
@@ -881,6 +917,7 @@ impl Strategy for Dpor {
             done: Vec::new(),
             sleep: self.sleep.clone(),
             event: usize::MAX,
+            split,
         });
         self.pos += 1;
         self.awaiting = Some(d);
@@ -889,6 +926,10 @@ impl Strategy for Dpor {
 
     fn observes_events(&self) -> bool {
         true
+    }
+
+    fn split_point(&mut self, splittable: bool) {
+        self.splittable = splittable;
     }
 
     fn on_event(&mut self, ev: &StepEvent<'_>) {
@@ -971,6 +1012,15 @@ impl Strategy for Dpor {
         } else if !self.part.probe {
             self.analyse();
             self.progress = self.path_progress();
+        } else if let Some(s) = self.split_at.filter(|&s| s > 0) {
+            // A probe below a split node that has decisions above it (a
+            // `before_split` choice): the races among the segments before
+            // the split node are this part's too, or a part whose every
+            // choice at this split node is another's would never try the
+            // other alternatives above it.
+            let ev = self.nodes[s].event;
+            self.blocked_at = Some(self.blocked_at.map_or(ev, |b| b.min(ev)));
+            self.analyse();
         }
         self.error.take().map_or(Ok(()), Err)
     }

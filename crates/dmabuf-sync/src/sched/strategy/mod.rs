@@ -19,7 +19,10 @@
 //! ([`SearchShard`]) of the tree. The *split node* is the first decision of
 //! an execution (the engine asks a strategy only when at least two tasks
 //! can run, so everything before it is forced, and every shard replays the
-//! same forced prefix). Its choices, the task the unsharded search would
+//! same forced prefix); for [`Dpor`], the first one made after a
+//! [`before_split`](super::before_split) scope, if the program opens one
+//! (a choice made before anything else runs: every shard then explores
+//! every alternative, and splits below each). Its choices, the task the unsharded search would
 //! run first and then the others by ascending id, are dealt round-robin:
 //! choice `i` is shard `i % count`'s. A shard explores the subtrees of its
 //! own choices, each exactly as the unsharded search would below a node

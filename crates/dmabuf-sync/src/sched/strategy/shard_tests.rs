@@ -265,3 +265,91 @@ fn a_part_of_one_is_the_whole_search() {
     assert_eq!(a.stats(), b.stats());
     assert_eq!(b.split_choices(), None);
 }
+
+/// A choice made before anything else runs, then a world whose shape
+/// depends on it: two tasks race to claim a slot (alternative 0 or 1,
+/// inside a [`before_split`] scope when `hold`); the winner's alternative
+/// spawns 2 + alternative workers, held until the scope has closed, then
+/// released at once, each swapping its number into one atomic and
+/// recording what it got. The first decision after the choice has 3 + alt
+/// runnable tasks (the root and the workers).
+fn choice_then_world(hold: bool) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
+        Box::new(move || {
+            let go = Arc::new(crate::Monotone::new(false));
+            let x = Arc::new(AtomicUsize::new(0));
+            let workers = {
+                let _scope = hold.then(crate::sched::before_split);
+                let slot = Arc::new(AtomicUsize::new(usize::MAX));
+                slot.store(usize::MAX, SeqCst);
+                let racers: Vec<_> = (0..2)
+                    .map(|i| {
+                        let slot = slot.clone();
+                        thread::spawn(move || {
+                            let _ = slot.compare_exchange(usize::MAX, i, SeqCst, SeqCst);
+                        })
+                    })
+                    .collect();
+                for r in racers {
+                    r.join().unwrap();
+                }
+                let alt = slot.load(SeqCst);
+                record(&seen, "alt", alt.to_string());
+                (0..2 + alt)
+                    .map(|w| {
+                        let (go, x, seen) = (go.clone(), x.clone(), seen.clone());
+                        thread::spawn(move || {
+                            go.wait_until(|g| *g, None);
+                            let got = x.swap(w + 1, SeqCst);
+                            record(&seen, &format!("w{w}"), got.to_string());
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            };
+            go.update(|g| *g = true);
+            for w in workers {
+                w.join().unwrap();
+            }
+        })
+    }
+}
+
+#[test]
+fn a_choice_before_the_split_gives_every_part_its_share_of_each_alternative() {
+    let prog = choice_then_world(true);
+    let mut whole = Dpor::new(1000);
+    let w = search(&mut whole, &prog, |_| false);
+    let alts = |p: &Part| -> BTreeSet<String> {
+        p.outcomes
+            .iter()
+            .filter_map(|(o, _)| o.iter().find(|r| r.0 == "alt").map(|r| r.1.clone()))
+            .collect()
+    };
+    assert_eq!(alts(&w).len(), 2);
+    for n in [2, 3, 4] {
+        let parts = dpor_parts(&prog, n);
+        let mut union = BTreeSet::new();
+        for (k, (p, _)) in parts.iter().enumerate() {
+            union.extend(p.outcomes.iter().cloned());
+            // The split node is the first decision after the choice (3 or
+            // 4 choices), not the choice's own race: below 3 parts, every
+            // part explores both alternatives; part 3 owns a choice only
+            // below alternative 1, which it finds although its every run
+            // below alternative 0 is a probe.
+            match k {
+                0..=2 => assert_eq!(alts(p).len(), 2, "part {k}/{n}"),
+                _ => assert_eq!(alts(p), BTreeSet::from(["1".to_owned()]), "part {k}/{n}"),
+            }
+        }
+        assert_eq!(union, w.outcomes, "{n} parts");
+    }
+    // Without the scope the split node is the first decision of the
+    // choice itself (the root spawning the first racer): two choices, and
+    // nothing for a third part.
+    let prog = choice_then_world(false);
+    let parts = dpor_parts(&prog, 3);
+    assert_eq!(parts[2].1.split_choices(), Some(2));
+    assert_eq!(parts[2].0.executions, 0);
+    let union: BTreeSet<Observed> = parts.iter().flat_map(|p| p.0.outcomes.clone()).collect();
+    assert_eq!(union, w.outcomes);
+}
