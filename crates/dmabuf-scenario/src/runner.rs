@@ -693,11 +693,7 @@ pub fn search_choice(n: usize) -> usize {
 /// Two tasks race to claim a slot; true when the second one won.
 fn race_of_two() -> bool {
     use dmabuf_core::sync::atomic::{AtomicUsize, Ordering};
-    // Touched here first, so the slot is no new object to the racers'
-    // segments (which a sleeping racer would compare with every later
-    // object conservatively).
     let slot = Arc::new(AtomicUsize::new(usize::MAX));
-    slot.store(usize::MAX, Ordering::Release);
     let racers: Vec<JoinHandle<()>> = (0..2)
         .map(|i| {
             let slot = slot.clone();

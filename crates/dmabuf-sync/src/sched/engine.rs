@@ -542,13 +542,9 @@ impl Execution {
             } else {
                 let current = (st.tasks[me].eligible() && avoid != Some(me)).then_some(me);
                 let step = st.steps;
-                let splittable = st.before_split == 0;
                 let c = match &st.strategy {
                     // SAFETY: see `StrategyPtr`: the state lock is held.
-                    Some(p) => unsafe {
-                        (*p.0).split_point(splittable);
-                        (*p.0).choose(&runnable, current, step)
-                    },
+                    Some(p) => unsafe { (*p.0).choose(&runnable, current, step) },
                     None => runnable[0],
                 };
                 let c = if runnable.contains(&c) {
@@ -935,6 +931,10 @@ impl Execution {
         } else {
             st.before_split.saturating_sub(1)
         };
+        if let Some(p) = &st.strategy {
+            // SAFETY: see `StrategyPtr`: the state lock is held.
+            unsafe { (*p.0).split_point(st.before_split == 0) };
+        }
     }
 
     pub(super) fn stall_group(&self, me: TaskId, name: &str) {

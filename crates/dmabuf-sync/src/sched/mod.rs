@@ -168,9 +168,10 @@ pub trait Strategy: Send {
     /// [`end_execution`](Self::end_execution).
     fn on_outcome(&mut self, _outcome: &Outcome) {}
 
-    /// Whether the decision the next [`choose`](Self::choose) makes may be
-    /// the split node of a search split into parts: false inside a
-    /// [`before_split`] scope. Called before every `choose`.
+    /// Whether the decisions from now on may be the split node of a search
+    /// split into parts: false while a [`before_split`] scope is open.
+    /// Called when a scope opens or closes; every execution starts with
+    /// none open.
     fn split_point(&mut self, _splittable: bool) {}
 }
 
