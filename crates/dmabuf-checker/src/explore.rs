@@ -207,6 +207,10 @@ pub struct CheckOptions {
     /// Also try to prove every property by an exhaustive DPOR search of
     /// the scenario's proof configuration (see [`ProofOptions`]).
     pub proof: Option<ProofOptions>,
+    /// Stall userspace during a cycle's re-map too, in the stalled runs of
+    /// every world with a cycle ([`WorldSpec::stall_in_remap`]; the
+    /// scenario is renamed `<name>.stall-remap`, so its tokens replay).
+    pub stall_in_remap: bool,
     /// Run the normal and the stalled-userspace searches on two threads
     /// at once (the report is the same as one after the other). Off where
     /// the caller already runs checks side by side (the matrix's workers).
@@ -349,6 +353,7 @@ impl Default for CheckOptions {
             properties: Property::ALL.to_vec(),
             shrink: true,
             proof: None,
+            stall_in_remap: false,
             parallel_modes: false,
         }
     }
@@ -941,6 +946,14 @@ fn check_dyn(
     shard: Option<SearchShard>,
     progress: &mut dyn FnMut(Tick),
 ) -> CheckReport {
+    let renamed;
+    let scenario = match with_stall_in_remap(scenario, opts) {
+        Some(s) => {
+            renamed = s;
+            &renamed
+        }
+        None => scenario,
+    };
     let start = Instant::now();
     lockdep::set_mode(lockdep::Mode::Collect);
     let mut results: BTreeMap<Property, PropertyResult> = BTreeMap::new();
@@ -1260,6 +1273,19 @@ pub fn smallest_proof_scenario(scenario: &Scenario) -> Option<Scenario> {
         s.name = format!("{}.turns", s.name);
     }
     (capped || turns || s.spec.jobs != scenario.spec.jobs).then_some(s)
+}
+
+/// `scenario` with [`CheckOptions::stall_in_remap`] applied, named
+/// `<name>.stall-remap` (a name that resolves to it); `None` when the
+/// option is off, the world has no cycle, or it stalls there already.
+pub fn with_stall_in_remap(scenario: &Scenario, opts: &CheckOptions) -> Option<Scenario> {
+    if !opts.stall_in_remap || !scenario.spec.trigger.is_cycle() || scenario.spec.stall_in_remap {
+        return None;
+    }
+    let mut s = scenario.clone();
+    s.spec.stall_in_remap = true;
+    s.name = format!("{}.stall-remap", s.name);
+    Some(s)
 }
 
 /// Whether `scenario`'s world has several importers.

@@ -198,6 +198,12 @@ enum Cmd {
         /// is the same for every number.
         #[arg(long)]
         threads: Option<usize>,
+        /// In a world with a cycle, stalled-userspace runs may also stall
+        /// userspace anywhere in the first importer's re-map, until the
+        /// clock next moves (the scenario becomes `<name>.stall-remap`);
+        /// several times the stalled runs' executions.
+        #[arg(long)]
+        stall_in_remap: bool,
     },
     /// Every revoke protocol × importer.
     Matrix {
@@ -254,6 +260,12 @@ enum Cmd {
         /// use; the result does not depend on it).
         #[arg(long)]
         threads: Option<usize>,
+        /// Stalled-userspace runs may also stall userspace anywhere in the
+        /// first importer's re-map, until the clock next moves (each cell
+        /// becomes `<cell>.stall-remap`); several times the stalled runs'
+        /// executions, and fewer mixes decided within --mix-budget.
+        #[arg(long)]
+        stall_in_remap: bool,
     },
     /// Combine the `--json` outputs of `check --shard` or `matrix --shard`
     /// runs (every shard of one run) into the unsharded result.
@@ -488,6 +500,7 @@ fn main() -> ExitCode {
             quiet,
             shard,
             threads,
+            stall_in_remap,
         } => {
             let shard = match shard.as_deref().map(Shard::parse).transpose() {
                 Ok(s) => s,
@@ -537,6 +550,7 @@ fn main() -> ExitCode {
                 properties: props,
                 shrink: true,
                 proof: None,
+                stall_in_remap,
                 parallel_modes: threads > 1,
             };
             let given = Given {
@@ -561,6 +575,7 @@ fn main() -> ExitCode {
             mix_budget,
             shard,
             threads,
+            stall_in_remap,
         } => {
             if threads == Some(0) || threads.is_some_and(|t| t > 256) {
                 return usage_error("--threads: give 1 to 256");
@@ -623,6 +638,7 @@ fn main() -> ExitCode {
                     reduced_budget,
                     mix_budget,
                 }),
+                stall_in_remap,
                 ..CheckOptions::default()
             };
             run_matrix(
@@ -1615,6 +1631,7 @@ fn run_matrix(
                 "proof-jobs": opts.proof.map(|p| p.jobs),
                 "reduced-budget": opts.proof.map_or(0, |p| p.reduced_budget),
                 "mix-budget": opts.proof.map_or(0, |p| p.mix_budget),
+                "stall-in-remap": opts.stall_in_remap,
                 "cells-accepted": accepted,
                 "cells-proved": proved_cells,
                 "cells-decided": decided_cells,
@@ -1923,6 +1940,7 @@ fn merge_matrix(parts: &[(PathBuf, Value)]) -> Result<Value, String> {
             "proof-jobs",
             "reduced-budget",
             "mix-budget",
+            "stall-in-remap",
         ],
     )?;
     let first = &parts[0].1;

@@ -11,6 +11,7 @@
 //! | either, ending in `.jobs<N>` | the same with `N` DMA jobs per importer (a shrunk counterexample) |
 //! | either, ending in `.idle<N>` (before or after `.jobs<N>`) | the same with at most `N` idle read-ahead passes for every importer that reads ahead (a proof attempt's smaller configuration) |
 //! | a world of several importers, ending in `.turns` (before or after the others) | the same with the importers' userspace taking turns at each stage of its program ([`WorldSpec::importers_take_turns`]; a mix's smallest proof configuration) |
+//! | a world with a cycle, ending in `.stall-remap` (before or after the others) | the same with a fourth point where stalled-userspace runs stall userspace: anywhere in the first importer's re-map, until the clock next moves ([`WorldSpec::stall_in_remap`]) |
 //!
 //! A script scenario (`script = [...]`) is not a world: [`Library::resolve`]
 //! refuses it, and [`Library::resolve_script`] resolves it for
@@ -266,6 +267,11 @@ pub fn spec_hash(spec: &WorldSpec) -> u64 {
     };
     let text = if spec.importers_take_turns {
         format!("{text}|turns")
+    } else {
+        text
+    };
+    let text = if spec.stall_in_remap {
+        format!("{text}|stall-remap")
     } else {
         text
     };
@@ -673,6 +679,17 @@ impl Library {
                 message: "trigger 'eviction' needs a gpu-vram exporter".into(),
             });
         }
+        if s.stall_in_remap && !s.trigger.is_cycle() {
+            return Err(FileError {
+                path: s.path.clone(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "scenario '{}': stall_in_remap needs a cycle's re-map (trigger 'flr-cycle', 'unrevoke-cycle' or 'permanent-cycle')",
+                    s.name
+                ),
+            });
+        }
         if s.importers_take_turns && importers.iter().map(|i| i.count).sum::<usize>() < 2 {
             return Err(FileError {
                 path: s.path.clone(),
@@ -699,6 +716,7 @@ impl Library {
                 teardown_during_revoke: s.teardown_during_revoke,
                 remap_during_unrevoke: s.remap_during_unrevoke,
                 importers_take_turns: s.importers_take_turns,
+                stall_in_remap: s.stall_in_remap,
             },
             expect: own.expect.clone(),
             properties: s.properties.clone(),
@@ -832,6 +850,18 @@ impl Library {
                 });
             }
             s.spec.importers_take_turns = true;
+            s.name = name.to_owned();
+            return Ok(s);
+        }
+        if let Some(base) = name.strip_suffix(".stall-remap") {
+            let mut s = self.find(base)?;
+            if !s.spec.trigger.is_cycle() {
+                return Err(FileError {
+                    message: format!("'{name}': '{base}' has no cycle, so no re-map to stall in"),
+                    ..unknown()
+                });
+            }
+            s.spec.stall_in_remap = true;
             s.name = name.to_owned();
             return Ok(s);
         }
@@ -1029,6 +1059,50 @@ mod tests {
                 .hash(),
             s.hash()
         );
+    }
+
+    #[test]
+    fn a_stall_remap_suffix_adds_the_re_map_stall_point_to_a_cycle_only() {
+        let lib = Library::builtin().unwrap();
+        let c = lib.find("matrix.v6-final.gpu").unwrap();
+        assert!(!c.spec.stall_in_remap);
+        let s = lib.find("matrix.v6-final.gpu.stall-remap").unwrap();
+        assert_eq!(s.name, "matrix.v6-final.gpu.stall-remap");
+        assert!(s.spec.stall_in_remap);
+        // A different question, so a different hash.
+        assert_ne!(s.hash(), c.hash());
+        // With the other suffixes, in either order.
+        assert_eq!(
+            lib.find("matrix.v6-final.gpu.stall-remap.jobs1")
+                .unwrap()
+                .hash(),
+            lib.find("matrix.v6-final.gpu.jobs1.stall-remap")
+                .unwrap()
+                .hash()
+        );
+        // No cycle, no re-map: refused, naming why.
+        let e = lib
+            .find("matrix.rdma-export.rdma-odp.stall-remap")
+            .unwrap_err();
+        assert!(e.message.contains("no cycle"), "{e}");
+        // The file key: the same world, and refused without a cycle.
+        let mut l2 = Library::builtin().unwrap();
+        let f = l2
+            .add_text(
+                "r.toml",
+                "[scenario]\nname = \"r\"\nexporter = \"v6-final\"\nimporters = [\"gpu\"]\ntrigger = \"flr-cycle\"\nstall_in_remap = true\n",
+            )
+            .unwrap();
+        let q = l2.questions(&f).unwrap();
+        assert!(q[0].spec.stall_in_remap);
+        let f = l2
+            .add_text(
+                "n.toml",
+                "[scenario]\nname = \"n\"\nexporter = \"v6-final\"\nimporters = [\"gpu\"]\ntrigger = \"flr\"\nstall_in_remap = true\n",
+            )
+            .unwrap();
+        let e = l2.questions(&f).unwrap_err();
+        assert!(e.message.contains("stall_in_remap needs a cycle"), "{e}");
     }
 
     #[test]

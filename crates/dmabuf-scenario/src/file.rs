@@ -205,6 +205,8 @@ pub struct ScenarioDef {
     pub remap_during_unrevoke: bool,
     /// Several importers take turns at each stage of their programs.
     pub importers_take_turns: bool,
+    /// Stalled-userspace runs also stall it during a cycle's re-map.
+    pub stall_in_remap: bool,
     /// Properties to judge (all when `None`), with where they were named.
     pub properties: Option<Vec<(String, String)>>,
     /// The search strategy `check` uses when none is given on the command
@@ -312,6 +314,7 @@ struct ScenarioDoc {
     teardown_during_revoke: Option<bool>,
     remap_during_unrevoke: Option<bool>,
     importers_take_turns: Option<bool>,
+    stall_in_remap: Option<bool>,
     properties: Option<Vec<S>>,
     strategy: Option<S>,
     script: Option<Spanned<Vec<S>>>,
@@ -875,6 +878,7 @@ fn scenario(c: &Ctx<'_>, d: &Spanned<ScenarioDoc>) -> Result<ScenarioDef, FileEr
         teardown_during_revoke: s.teardown_during_revoke.unwrap_or(false),
         remap_during_unrevoke: s.remap_during_unrevoke.unwrap_or(false),
         importers_take_turns: s.importers_take_turns.unwrap_or(false),
+        stall_in_remap: s.stall_in_remap.unwrap_or(false),
         properties: s.properties.as_ref().map(|_| refs(&s.properties)),
         strategy: match &s.strategy {
             None => None,

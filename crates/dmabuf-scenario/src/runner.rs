@@ -35,8 +35,12 @@
 //!    moves (a `userspace-staller` task of group `hw` stalls it whenever
 //!    the search runs it; a task that can run keeps the clock still, so it
 //!    runs before the first timer or timeout after the trigger fires).
-//!    Points later in the first cycle (between its first revoke's return
-//!    and the second revoke) are not explored. The gate fence signals
+//!    With [`WorldSpec::stall_in_remap`], a fourth alternative: the same
+//!    task, blocked (not holding the clock) until the first importer says
+//!    its re-map began, then stalling userspace at any scheduling point
+//!    until the clock next moves (`RemapAnnounce`). Other points later
+//!    in the first cycle (between its first revoke's return and the second
+//!    revoke) are not explored. The gate fence signals
 //!    [`INFLIGHT_DELAY`] after the trigger began (a timer of group `hw`):
 //!    the queued jobs are in flight across the revoke whatever the schedule.
 //! 4. Importers wait for their queued jobs; then, [`POST_DELAY`] after the
@@ -128,7 +132,7 @@ use dmabuf_core::errno::{AsErrno, Errno};
 use dmabuf_core::sync::sched;
 use dmabuf_core::sync::thread::{self, JoinHandle};
 use dmabuf_core::sync::time::now_ns;
-use dmabuf_core::sync::{Arc, Monotone, Mutex};
+use dmabuf_core::sync::{Arc, Monotone, Mutex, SetOnce};
 use dmabuf_core::uapi::Process;
 use dmabuf_core::{Fence, FenceContext, SignalHandle};
 use dmabuf_drivers::gpu_vram::GpuVram;
@@ -484,7 +488,13 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
     let stall_at = match (mode, spec.trigger.is_cycle()) {
         (StallMode::Normal, _) => StallAt::Never,
         (StallMode::StallUserspaceAtRevoke, true) => {
-            [StallAt::First, StallAt::Second, StallAt::Anywhere][search_choice(3)]
+            let points = [
+                StallAt::First,
+                StallAt::Second,
+                StallAt::Anywhere,
+                StallAt::Remap,
+            ];
+            points[search_choice(if spec.stall_in_remap { 4 } else { 3 })]
         }
         (StallMode::StallUserspaceAtRevoke, false) => {
             [StallAt::First, StallAt::Anywhere][search_choice(2)]
@@ -527,6 +537,9 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
 
     let timer = spawn_timer(&coord, gate_h, gate2_h);
     let vmm_thread = spawn_vmm(spec, &exporter, &instances, &vmm, &coord, probe, &bufs);
+    // The moment the first importer begins to re-map, when userspace may
+    // stall from there on (`StallAt::Remap`): set once, by that importer.
+    let remap_begun = (stall_at == StallAt::Remap).then(|| Arc::new(SetOnce::<bool>::new()));
     let progress = (spec.importers_take_turns && instances.len() > 1).then(|| {
         Arc::new(
             instances
@@ -539,13 +552,25 @@ pub fn run_world_with(spec: &WorldSpec, mode: StallMode, probe: &Arc<WorldProbe>
         .iter()
         .enumerate()
         .map(|(order, inst)| {
-            let turns = progress.as_ref();
-            spawn_importer(spec, inst, order, turns, [&gate, &gate2], &coord, probe)
+            let turns = Turns {
+                progress: progress.clone(),
+                order,
+                next: 0,
+            };
+            let announce = RemapAnnounce(remap_begun.clone().filter(|_| order == 0));
+            spawn_importer(
+                spec,
+                inst,
+                (turns, announce),
+                [&gate, &gate2],
+                &coord,
+                probe,
+            )
         })
         .collect();
     let revoker = spawn_revoker(
         spec,
-        stall_at,
+        (stall_at, remap_begun),
         &exporter,
         &vmm,
         &coord,
@@ -924,8 +949,7 @@ fn run_job(imp: &dyn Importer, page: u64, pat: u8) -> Result<Vec<u8>, Errno> {
 fn spawn_importer(
     spec: &WorldSpec,
     inst: &Instance,
-    order: usize,
-    progress: Option<&Arc<Vec<Monotone<usize>>>>,
+    (mut turns, mut announce): (Turns, RemapAnnounce),
     gates: [&Fence; 2],
     coord: &Arc<Coord>,
     probe: &Arc<WorldProbe>,
@@ -946,11 +970,6 @@ fn spawn_importer(
     let early = spec.map_during_invalidate;
     let importers = spec.instances();
     let single = importers == 1;
-    let mut turns = Turns {
-        progress: progress.cloned(),
-        order,
-        next: 0,
-    };
     let check = single
         && matches!(
             spec.exporter,
@@ -1044,6 +1063,7 @@ fn spawn_importer(
             };
         if ready && !coord.read(|p| p.trigger_done) {
             turns.start(TurnStage::Remap);
+            announce.begun();
             let mut remap = syscall(|| imp.remap());
             if remap_race {
                 // The racing attempt may legitimately fail (the buffer is
@@ -1110,6 +1130,8 @@ fn spawn_importer(
             );
             thread::sleep(POST_DELAY);
         }
+        // No re-map now if none began: the staller waiting for one is told.
+        drop(announce);
         turns.start(TurnStage::Jobs);
         for k in next..next + jobs {
             let page = k as u64 % BUF_PAGES;
@@ -1132,7 +1154,7 @@ fn spawn_importer(
 
 fn spawn_revoker(
     spec: &WorldSpec,
-    stall_at: StallAt,
+    (stall_at, remap_begun): (StallAt, Option<Arc<SetOnce<bool>>>),
     exporter: &Arc<Exporter>,
     vmm: &Arc<Process>,
     coord: &Arc<Coord>,
@@ -1162,12 +1184,23 @@ fn spawn_revoker(
         if stall_at == StallAt::First {
             sched::stall_group("userspace");
         }
-        let staller = (stall_at == StallAt::Anywhere).then(|| {
-            thread::spawn_named("userspace-staller".into(), || {
+        let staller = match (stall_at, remap_begun) {
+            (StallAt::Anywhere, _) => Some(thread::spawn_named("userspace-staller".into(), || {
                 sched::set_group("hw");
                 sched::stall_group("userspace");
-            })
-        });
+            })),
+            // Blocked until the re-map begins (a task that cannot run does
+            // not keep the clock still), then as above from that point.
+            (StallAt::Remap, Some(begun)) => {
+                Some(thread::spawn_named("userspace-staller".into(), move || {
+                    sched::set_group("hw");
+                    if begun.wait() {
+                        sched::stall_group("userspace");
+                    }
+                }))
+            }
+            _ => None,
+        };
         if matches!(&*exporter, Exporter::Vfio(_) | Exporter::Rdma(_)) {
             let t0 = now_ns();
             probe.with(|o| o.revoke_started = true);
@@ -1243,6 +1276,31 @@ enum StallAt {
     First,
     Second,
     Anywhere,
+    /// Anywhere from the first importer's re-map on, until the clock next
+    /// moves.
+    Remap,
+}
+
+/// The first importer's word to the staller of [`StallAt::Remap`]: `true`
+/// when its re-map begins, `false` when it ends without one (refused, no
+/// un-revoke in time, an early exit), so the staller never waits for
+/// nothing. The other importers and the other stall points carry `None`.
+struct RemapAnnounce(Option<Arc<SetOnce<bool>>>);
+
+impl RemapAnnounce {
+    fn begun(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.set(true);
+        }
+    }
+}
+
+impl Drop for RemapAnnounce {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.set(false);
+        }
+    }
 }
 
 fn report<E: std::fmt::Display>(probe: &WorldProbe, r: Result<TriggerReport, E>) {

@@ -379,6 +379,12 @@ pub struct WorldSpec {
     /// still waits and runs beside the others, the revoker and the
     /// hardware.
     pub importers_take_turns: bool,
+    /// In a cycle's stalled-userspace runs, userspace may also stall at
+    /// any scheduling point from the moment the first importer begins its
+    /// re-map until the virtual clock next moves (a fourth stall point, see
+    /// [`StallMode::StallUserspaceAtRevoke`]). Off by default: it makes the
+    /// stalled search of a cell several times larger.
+    pub stall_in_remap: bool,
 }
 
 impl WorldSpec {
@@ -415,6 +421,7 @@ impl WorldSpec {
             teardown_during_revoke: false,
             remap_during_unrevoke: false,
             importers_take_turns: false,
+            stall_in_remap: false,
         }
     }
 }
@@ -426,8 +433,10 @@ pub enum StallMode {
     Normal,
     /// The `userspace` group is never scheduled again from a point the
     /// search chooses: when the revoke begins, when a cycle's second revoke
-    /// begins, or any scheduling point after the trigger began and before
-    /// the virtual clock next moves (controlled execution only).
+    /// begins, any scheduling point after the trigger began and before the
+    /// virtual clock next moves, and, with [`WorldSpec::stall_in_remap`],
+    /// any scheduling point from the first importer's re-map until the
+    /// clock next moves (controlled execution only).
     StallUserspaceAtRevoke,
 }
 

@@ -5,7 +5,7 @@
 //! are the checker's business, not asserted here.
 
 mod common;
-use dmabuf_core::sync::sched::{self, Outcome, Pct, Random, RunConfig, Strategy};
+use dmabuf_core::sync::sched::{self, Dpor, Outcome, Pct, Random, RunConfig, Strategy};
 use dmabuf_scenario::world::{
     ExporterKind, StallMode, Trigger, WorldProbe, WorldSpec, run_world_with,
 };
@@ -143,4 +143,45 @@ fn a_matrix_cell_revokes_unrevokes_remaps_revokes_and_closes_and_records_every_r
             assert!(o.revokes[2].already_revoked, "cleanup of a revoked buffer");
         }
     }
+}
+
+/// The executions of a complete stalled-userspace search of a one-importer
+/// cycle (`v6-final` x `iommufd`, one job), and how many of them stalled
+/// userspace in the middle of its re-map: the importer's second map done,
+/// its first job after the un-revoke not finished (no restore recorded).
+fn stalled_mid_remap(stall_in_remap: bool) -> (u64, u64) {
+    let mut spec = WorldSpec::vfio(common::p("v6-final"), common::k("iommufd"));
+    spec.jobs = 1;
+    spec.stall_in_remap = stall_in_remap;
+    let mut dpor = Dpor::new(10_000);
+    let (mut executions, mut mid_remap) = (0, 0);
+    while dpor.next_execution() {
+        let probe = WorldProbe::new();
+        let (p2, sp) = (probe.clone(), spec.clone());
+        let r = sched::run(&mut dpor, &RunConfig::default(), move || {
+            run_world_with(&sp, StallMode::StallUserspaceAtRevoke, &p2);
+        });
+        assert!(r.panics.is_empty(), "{r:?}");
+        let o = probe.snapshot();
+        assert!(o.errors.is_empty(), "{:?}", o.errors);
+        executions += 1;
+        if o.counters.get("maps").copied().unwrap_or(0) >= 2 && o.restores.is_empty() {
+            mid_remap += 1;
+        }
+    }
+    assert!(dpor.bounds_hit().is_empty(), "{:?}", dpor.bounds_hit());
+    (executions, mid_remap)
+}
+
+/// Stalled when a revoke begins, or before the clock first moves,
+/// userspace never gets to the re-map; stalled when the second revoke
+/// begins, it has finished it. Only `stall_in_remap` stalls it in between,
+/// in executions of their own.
+#[test]
+fn stall_in_remap_stalls_userspace_in_the_middle_of_its_re_map() {
+    let (without, none) = stalled_mid_remap(false);
+    assert_eq!(none, 0, "of {without}");
+    let (with, some) = stalled_mid_remap(true);
+    assert!(some > 0, "none of {with} stalled mid-re-map");
+    assert!(with >= without + some, "{with} < {without} + {some}");
 }
