@@ -1662,6 +1662,11 @@ fn run_matrix(
                  {proved_props} of {judged} property verdicts proved, {reduced_props} more for the smallest configuration",
                 p.jobs, p.budget, p.reduced_budget, p.mix_budget
             );
+            if opts.stall_in_remap {
+                println!(
+                    "stalled runs also stall userspace in a cycle's re-map (--stall-in-remap: the cells are `<cell>.stall-remap`)"
+                );
+            }
             let open = matrix::undecided_estimates(&m);
             let est: Vec<(u64, bool)> = open.iter().filter_map(|c| c.1).collect();
             let lo = est.iter().map(|e| e.0).min();
