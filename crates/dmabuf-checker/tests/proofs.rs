@@ -11,6 +11,7 @@ use dmabuf_checker::property::Property;
 use dmabuf_checker::scenario::{Scenario, find};
 use dmabuf_checker::token::{RunMode, StrategyKind};
 use dmabuf_core::sync::sched::Bound;
+use dmabuf_scenario::world::WorldSpec;
 
 fn opts(props: &[Property], budget: u64) -> CheckOptions {
     CheckOptions {
@@ -171,13 +172,17 @@ fn a_cell_its_own_search_cannot_finish_is_proved_for_its_smallest_configuration(
     // v4's GPU cell: each speculative read races with each step of the
     // revoker, and no search of the cell's own two jobs and four idle
     // passes finishes in 40,000 executions. The second attempt searches
-    // one job and one idle pass.
+    // one job and one idle pass, with the speculative reads unordered:
+    // s-final and s-noreuse, which judge them, are already violated.
     let (sc, r) = check_with_second_attempt("matrix.v4-bookkeep-wait.gpu");
     let mut reduced = 0;
     for p in &r.properties {
         let proof = p.proof.as_ref().expect("a proof attempt was made");
         if p.holds() {
-            assert_eq!(proof.config, "matrix.v4-bookkeep-wait.gpu.idle1.jobs1");
+            assert_eq!(
+                proof.config,
+                "matrix.v4-bookkeep-wait.gpu.idle1.jobs1.ra-unordered"
+            );
             assert!(proof.reduced && proof.exhaustive, "{p:?}");
             assert!(proof.executions > 20, "{p:?}");
             assert_eq!(p.status(), "proved-reduced");
@@ -210,7 +215,10 @@ fn a_cell_whose_revoke_waits_with_a_timeout_is_proved_for_its_smallest_configura
     for p in &r.properties {
         let proof = p.proof.as_ref().expect("a proof attempt was made");
         if p.holds() {
-            assert_eq!(proof.config, "matrix.v5-unmap-timeout.gpu-lazy.idle1.jobs1");
+            assert_eq!(
+                proof.config,
+                "matrix.v5-unmap-timeout.gpu-lazy.idle1.jobs1.ra-unordered"
+            );
             assert!(proof.reduced && proof.exhaustive, "{p:?}");
             assert_eq!(p.status(), "proved-reduced");
             reduced.push(p.property);
@@ -325,7 +333,12 @@ fn a_mix_gets_no_second_attempt_without_a_mix_budget_and_a_small_world_no_smalle
     let r = explore::check(&sc, &o, |_| {});
     let p = &r.properties[0];
     let proof = p.proof.as_ref().unwrap();
-    assert_eq!(proof.config, "matrix.v6-final.iommufd+gpu", "{p:?}");
+    // Only s-fence is asked, which no speculative read decides (one is
+    // never a write): the GPU's are left unordered.
+    assert_eq!(
+        proof.config, "matrix.v6-final.iommufd+gpu.ra-unordered",
+        "{p:?}"
+    );
     assert!(!proof.reduced && !proof.exhaustive);
     assert_eq!(p.status(), "sampled");
     // One job and no read-ahead: nothing to make smaller.
@@ -582,5 +595,82 @@ fn progress_carries_each_dpor_search_size_as_estimated_so_far() {
         ticks
             .iter()
             .all(|t| t.normal.is_none() && t.stalled.is_none())
+    );
+}
+
+/// Every property's (result, exhaustive, bounds) of a complete DPOR search
+/// of `name`.
+fn dpor_search(name: &str) -> Vec<(Property, bool, bool, Vec<Bound>)> {
+    let sc = find(name).unwrap();
+    let o = CheckOptions {
+        strategy: StrategyKind::Dpor,
+        schedules: 100_000,
+        stalled_schedules: 100_000,
+        dfs_bound: explore::DPOR_BOUND,
+        shrink: false,
+        ..CheckOptions::default()
+    };
+    explore::check(&sc, &o, |_| {})
+        .properties
+        .into_iter()
+        .map(|p| (p.property, p.holds(), p.exhaustive, p.bounds_hit))
+        .collect()
+}
+
+#[test]
+fn speculative_reads_left_unordered_decide_every_property_not_judged_from_them() {
+    // v1's GPU keeps reading ahead across the revoke. Ordered, its
+    // speculative reads race with each step of the revoker; unordered, the
+    // search is several times smaller and every property but s-final and
+    // s-noreuse gets the same verdict, proved; those two are reported not
+    // exhaustive, naming why.
+    let ordered = dpor_search("matrix.v1-core-flag.gpu");
+    let unordered = dpor_search("matrix.v1-core-flag.gpu.ra-unordered");
+    assert_eq!(ordered.len(), unordered.len());
+    for (o, u) in ordered.iter().zip(&unordered) {
+        assert_eq!(o.0, u.0);
+        assert!(o.2 && o.3.is_empty(), "{o:?}");
+        if WorldSpec::judged_from_speculation(o.0.name()) {
+            assert!(!u.2, "{u:?}");
+            assert_eq!(u.3, vec![Bound::Unobserved], "{u:?}");
+        } else {
+            assert_eq!(o.1, u.1, "{o:?} {u:?}");
+            assert!(u.2 && u.3.is_empty(), "{u:?}");
+        }
+    }
+}
+
+#[test]
+fn a_cell_whose_read_ahead_outlives_the_revoke_is_proved_with_its_speculative_reads_unordered() {
+    // s-final and s-noreuse are violated (sampling finds the GPU's reads
+    // after the revoke), so nothing left to prove depends on where those
+    // reads fall: the cell's own proof attempt searches its world with them
+    // unordered, and what holds is proved for the cell itself.
+    let sc = find("matrix.v1-core-flag.gpu").unwrap();
+    let mut o = opts(&Property::ALL, explore::DEFAULT_PROOF_BUDGET);
+    o.proof = Some(ProofOptions::default());
+    let r = explore::check(&sc, &o, |_| {});
+    let mut proved = 0;
+    for p in &r.properties {
+        let proof = p.proof.as_ref().expect("a proof attempt was made");
+        assert_eq!(proof.config, "matrix.v1-core-flag.gpu.ra-unordered");
+        assert!(!proof.reduced, "the cell's own configuration");
+        if WorldSpec::judged_from_speculation(p.property.name()) {
+            assert_eq!(p.status(), "violated", "{p:?}");
+            assert!(proof.bounds_hit.contains(&Bound::Unobserved), "{p:?}");
+        } else if p.holds() {
+            assert_eq!(p.status(), "proved", "{p:?}");
+            proved += 1;
+        }
+    }
+    assert_eq!(proved, 6, "{r:?}");
+    // Where s-final holds, its proof needs the reads ordered: v6's cell is
+    // searched as it is (`a_gpu_cell_is_proved_in_its_own_configuration`).
+    let v6 = find("matrix.v6-final.gpu").unwrap();
+    let r6 = explore::check(&v6, &o, |_| {});
+    assert!(
+        r6.properties
+            .iter()
+            .all(|p| p.proof.as_ref().unwrap().config == "matrix.v6-final.gpu")
     );
 }

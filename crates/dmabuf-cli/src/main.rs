@@ -2103,6 +2103,7 @@ fn bound_rank(b: Bound) -> usize {
         Bound::Steps => 1,
         Bound::Nondeterminism => 2,
         Bound::Executions => 3,
+        Bound::Unobserved => 4,
     }
 }
 

@@ -40,6 +40,8 @@ pub(crate) struct Fabric {
     pub(crate) mem: Arc<PhysMemory>,
     pub(crate) pci: Arc<PciInner>,
     pub(crate) mon: Arc<MonitorInner>,
+    /// See [`crate::PlatformConfig::unordered_speculation`].
+    pub(crate) unordered_speculation: bool,
 }
 
 /// Who is accessing, how, and through what it was named.

@@ -914,6 +914,13 @@ impl EngineInner {
                 len
             );
             let mut scratch = vec![0u8; *len];
+            // Through no IOMMU, a speculative read reads shared state and
+            // writes only the monitor's records (no fault handler runs, no
+            // lock is taken, no byte moves): with unordered speculation the
+            // search does not order it against anything.
+            let _unordered = (self.port.fabric.unordered_speculation
+                && matches!(r.addr, DmaAddr::Bus(_)))
+            .then(sched::unobserved);
             let _ = self.port.access(who, r, Io::Read(&mut scratch), true);
             n += 1;
         }

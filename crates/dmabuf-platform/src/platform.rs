@@ -57,6 +57,14 @@ pub struct PlatformConfig {
     pub max_hazards: usize,
     /// Time a device spends in FLR or bus reset.
     pub flr_delay: Duration,
+    /// Speculative reads of bus addresses are not ordered by the controlled
+    /// scheduler's search ([`sched::unobserved`](dmabuf_core::sync::sched::unobserved)):
+    /// they move no bytes and their result is discarded, so nothing but the
+    /// monitor sees them, and the search then covers every order of
+    /// everything else but not where they fall. For searches that judge
+    /// nothing from their hazards (see the scenario crate's
+    /// `read_ahead_unordered`).
+    pub unordered_speculation: bool,
 }
 
 impl Default for PlatformConfig {
@@ -74,6 +82,7 @@ impl Default for PlatformConfig {
             monitor: true,
             max_hazards: 100_000,
             flr_delay: Duration::ZERO,
+            unordered_speculation: false,
         }
     }
 }
@@ -210,6 +219,7 @@ impl Platform {
             mem: mem.clone(),
             pci: pci.inner().clone(),
             mon: monitor.inner().clone(),
+            unordered_speculation: cfg.unordered_speculation,
         });
         let p = Self(Arc::new(PlatformInner {
             mem,

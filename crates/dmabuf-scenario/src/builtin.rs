@@ -11,6 +11,7 @@
 //! | either, ending in `.jobs<N>` | the same with `N` DMA jobs per importer (a shrunk counterexample) |
 //! | either, ending in `.idle<N>` (before or after `.jobs<N>`) | the same with at most `N` idle read-ahead passes for every importer that reads ahead (a proof attempt's smaller configuration) |
 //! | a world of several importers, ending in `.turns` (before or after the others) | the same with the importers' userspace taking turns at each stage of its program ([`WorldSpec::importers_take_turns`]; a mix's smallest proof configuration) |
+//! | a world whose importers read ahead, ending in `.ra-unordered` (before or after the others) | the same with the speculative reads of bus addresses left unordered by the search ([`WorldSpec::read_ahead_unordered`]; a proof attempt's world for the properties not judged from them) |
 //! | a world with a cycle, ending in `.stall-remap` (before or after the others) | the same with a fourth point where stalled-userspace runs stall userspace: anywhere in the first importer's re-map, until the clock next moves ([`WorldSpec::stall_in_remap`]) |
 //!
 //! A script scenario (`script = [...]`) is not a world: [`Library::resolve`]
@@ -272,6 +273,11 @@ pub fn spec_hash(spec: &WorldSpec) -> u64 {
     };
     let text = if spec.stall_in_remap {
         format!("{text}|stall-remap")
+    } else {
+        text
+    };
+    let text = if spec.read_ahead_unordered {
+        format!("{text}|ra-unordered")
     } else {
         text
     };
@@ -717,6 +723,7 @@ impl Library {
                 remap_during_unrevoke: s.remap_during_unrevoke,
                 importers_take_turns: s.importers_take_turns,
                 stall_in_remap: s.stall_in_remap,
+                read_ahead_unordered: false,
             },
             expect: own.expect.clone(),
             properties: s.properties.clone(),
@@ -850,6 +857,20 @@ impl Library {
                 });
             }
             s.spec.importers_take_turns = true;
+            s.name = name.to_owned();
+            return Ok(s);
+        }
+        if let Some(base) = name.strip_suffix(".ra-unordered") {
+            let mut s = self.find(base)?;
+            if !s.spec.importers.iter().any(|i| i.read_ahead) {
+                return Err(FileError {
+                    message: format!(
+                        "'{name}': no importer of '{base}' reads ahead, so no speculative read to leave unordered"
+                    ),
+                    ..unknown()
+                });
+            }
+            s.spec.read_ahead_unordered = true;
             s.name = name.to_owned();
             return Ok(s);
         }
@@ -1059,6 +1080,37 @@ mod tests {
                 .hash(),
             s.hash()
         );
+    }
+
+    #[test]
+    fn an_ra_unordered_suffix_leaves_the_speculative_reads_of_a_world_unordered() {
+        let lib = Library::builtin().unwrap();
+        let c = lib.find("matrix.v4-bookkeep-wait.gpu").unwrap();
+        assert!(!c.spec.read_ahead_unordered);
+        let u = lib
+            .find("matrix.v4-bookkeep-wait.gpu.idle1.jobs1.ra-unordered")
+            .unwrap();
+        assert!(u.spec.read_ahead_unordered);
+        assert_eq!(u.spec.jobs, 1);
+        // Its own world: its tokens replay only in it.
+        let o = lib.find("matrix.v4-bookkeep-wait.gpu.idle1.jobs1").unwrap();
+        assert_ne!(u.hash(), o.hash());
+        assert_eq!(
+            lib.find("matrix.v4-bookkeep-wait.gpu.ra-unordered.jobs1.idle1")
+                .unwrap()
+                .hash(),
+            u.hash()
+        );
+        // Nothing reads ahead: refused, naming why.
+        let e = lib
+            .find("matrix.v6-final.iommufd.ra-unordered")
+            .unwrap_err();
+        assert!(e.message.contains("reads ahead"), "{e}");
+        // Which properties such a world does not decide.
+        assert!(WorldSpec::judged_from_speculation("s-final"));
+        assert!(WorldSpec::judged_from_speculation("s-noreuse"));
+        assert!(!WorldSpec::judged_from_speculation("s-fence"));
+        assert!(!WorldSpec::judged_from_speculation("l-bounded"));
     }
 
     #[test]

@@ -382,6 +382,7 @@ fn build_platform(spec: &WorldSpec) -> Result<Platform, String> {
     cfg.mmio_size = WORLD_MMIO_SIZE;
     cfg.flr_delay = RESET_WINDOW;
     cfg.max_devices = 16 + spec.instances();
+    cfg.unordered_speculation = spec.read_ahead_unordered;
     cfg = match spec.exporter {
         ExporterKind::Vfio => cfg.device(
             DeviceConfig::new("vfio0")

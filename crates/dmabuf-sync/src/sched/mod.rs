@@ -513,6 +513,9 @@ pub fn point() {
 
 /// A scheduling point (no effect unless the caller is a controlled task).
 pub fn yield_point() {
+    if in_unobserved() {
+        return;
+    }
     if let Some((e, me)) = engine::ctx() {
         e.yield_now(me, false, &[]);
     }
@@ -531,6 +534,9 @@ pub fn point_on(addr: usize, access: Access) {
 /// [`point_on`] without the fast check. Inside a [`one_event`] scope, no
 /// scheduling point: the access joins the running segment.
 pub fn yield_point_on(addr: usize, access: Access) {
+    if in_unobserved() {
+        return;
+    }
     if let Some((e, me)) = engine::ctx() {
         if in_one_event() {
             e.access(me, ObjKey::Addr(addr), access);
@@ -592,6 +598,49 @@ impl Drop for OneEvent {
     }
 }
 
+std::thread_local! {
+    static UNOBSERVED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+#[inline(always)]
+fn in_unobserved() -> bool {
+    UNOBSERVED.with(std::cell::Cell::get) != 0
+}
+
+/// A scope the exploration does not see ([`unobserved`]).
+#[must_use = "the scope ends when the guard is dropped"]
+pub struct Unobserved {
+    /// Thread-bound: the scope is the calling thread's.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+/// Begins a scope whose non-blocking operations the exploration does not
+/// see: while the guard lives, the calling thread's scheduling points
+/// ([`point`], [`point_on`], the shim atomics' and [`one_event`]'s) are
+/// skipped and their accesses are not recorded, so the code runs inside
+/// the segment already running and is ordered against nothing. Sound only
+/// for code whose effects nothing in the program reads: an observer that
+/// reads shared state and writes only plain bookkeeping (a device's
+/// speculative read, whose data is discarded and whose only trace is the
+/// hazard monitor's record). What such code observes then depends on
+/// where the search happened to run it, so a verdict judged from it is not
+/// covered by the search (see `read_ahead_unordered` in the scenario
+/// crate). Blocking operations (a mutex, a condvar, a park) do not belong
+/// in the scope: they still block and make their points. Scopes nest;
+/// outside a controlled execution only a thread-local counter moves.
+pub fn unobserved() -> Unobserved {
+    UNOBSERVED.with(|c| c.set(c.get() + 1));
+    Unobserved {
+        _thread: std::marker::PhantomData,
+    }
+}
+
+impl Drop for Unobserved {
+    fn drop(&mut self) {
+        UNOBSERVED.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
 /// A scheduling point before an operation on the bits of the
 /// [`AtomicBits`](crate::atomic::AtomicBits) word at `addr` that reads the
 /// bits in `read` and writes those in `write`: each bit is an object of its
@@ -616,6 +665,9 @@ pub fn point_on_bits_set(addr: usize, read: u32, set: u32) {
 /// [`point_on_bits`] without the fast check; bits in `set` (and not in
 /// `read` or `write`) are idempotent sets ([`Access::Set`]).
 pub fn yield_point_on_bits(addr: usize, read: u32, write: u32, set: u32) {
+    if in_unobserved() {
+        return;
+    }
     if let Some((e, me)) = engine::ctx() {
         let mut acc = [(ObjKey::Bit(addr, 0), Access::Read); 32];
         let mut n = 0;
@@ -773,6 +825,9 @@ pub fn wake_on_version(addr: usize, n: u32) {
 /// `addr` (an operation that is not a scheduling point of its own, such as
 /// a mutex release). Not a scheduling point; nothing outside an execution.
 pub fn access(addr: usize, access: Access) {
+    if in_unobserved() {
+        return;
+    }
     if let Some((e, me)) = engine::ctx() {
         e.access(me, ObjKey::Addr(addr), access);
     }

@@ -238,6 +238,54 @@ fn dpor_runs_one_execution_when_every_task_writes_its_own_atomic() {
     }
 }
 
+/// A writer stores 1 then 2 into a shared atomic while an observer reads
+/// it `k` times, inside an [`unobserved`](super::unobserved) scope or not;
+/// the observer records what it read.
+fn observed_writer(k: usize, hidden: bool) -> impl Fn(Seen) -> Box<dyn FnOnce() + Send> {
+    move |seen| {
+        Box::new(move || {
+            let x = Arc::new(AtomicUsize::new(0));
+            let x2 = x.clone();
+            thread::spawn(move || {
+                x2.store(1, SeqCst);
+                x2.store(2, SeqCst);
+            });
+            let _scope = hidden.then(super::unobserved);
+            let got: Vec<String> = (0..k).map(|_| x.load(SeqCst).to_string()).collect();
+            record(&seen, "observer", got.join(","));
+        })
+    }
+}
+
+#[test]
+fn dpor_does_not_order_what_an_unobserved_scope_reads() {
+    // Seen: every interleaving of 2 reads against 2 stores, C(4, 2) = 6
+    // traces, each reading something else.
+    let (a, _) = same_as_dfs(&observed_writer(2, false));
+    assert_eq!(a.executions, 6);
+    assert_eq!(a.outcomes.len(), 6);
+    // Unobserved: the reads race with nothing, so one execution; what they
+    // read is wherever that one schedule ran them.
+    let mut dpor = Dpor::new(1000);
+    let b = search(&mut dpor, 1000, &observed_writer(2, true));
+    assert!(b.finished && dpor.bounds_hit().is_empty());
+    assert_eq!(b.executions, 1);
+    assert_eq!(b.outcomes.len(), 1);
+    // The scope ends with its guard: reads after it are seen again.
+    let mut dpor = Dpor::new(1000);
+    let c = search(&mut dpor, 1000, &|seen| {
+        Box::new(move || {
+            let x = Arc::new(AtomicUsize::new(0));
+            let x2 = x.clone();
+            thread::spawn(move || x2.store(1, SeqCst));
+            drop(super::unobserved());
+            record(&seen, "observer", x.load(SeqCst).to_string());
+        })
+    });
+    assert!(c.finished);
+    assert_eq!(c.executions, 2);
+}
+
 #[test]
 fn dpor_runs_one_execution_per_interleaving_of_two_conflicting_sequences() {
     for k in 1..=4u64 {

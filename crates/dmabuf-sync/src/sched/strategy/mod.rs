@@ -137,5 +137,10 @@ crate::named_enum! {
         /// The program was not deterministic under the scheduler, so the tree
         /// the search walked is not the program's.
         Nondeterminism => "nondeterminism",
+        /// What was judged came from operations the search left unordered
+        /// ([`unobserved`](crate::sched::unobserved)): it covers only the
+        /// places where the schedules happened to run them. Set by the
+        /// caller, which knows what its verdicts are judged from.
+        Unobserved => "unobserved",
     }
 }
