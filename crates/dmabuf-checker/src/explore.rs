@@ -1140,7 +1140,7 @@ fn check_dyn(
         // where the schedules put them, which the search did not vary.
         for r in results
             .values_mut()
-            .filter(|r| WorldSpec::judged_from_speculation(r.property.name()))
+            .filter(|r| r.property.judged_from_speculation())
         {
             r.exhaustive = false;
             if !r.bounds_hit.contains(&Bound::Unobserved) {
@@ -1325,7 +1325,7 @@ pub fn unordered_read_ahead(
     let to_prove = |r: &PropertyResult| r.holds() && !r.proved();
     let decides = !results
         .values()
-        .any(|r| to_prove(r) && WorldSpec::judged_from_speculation(r.property.name()));
+        .any(|r| to_prove(r) && r.property.judged_from_speculation());
     if !reads_ahead || !decides || scenario.spec.read_ahead_unordered {
         return None;
     }

@@ -304,3 +304,40 @@ fn no_deadlock_no_leak_and_lockdep() {
     assert!(judge(&v, Property::Lockdep).is_some());
     assert!(judge(&normal(returned_at(1, vec![])), Property::Lockdep).is_none());
 }
+
+#[test]
+fn only_the_properties_that_say_so_are_judged_from_a_speculative_read() {
+    // A speculative read of every class the monitor can give one (never
+    // a write, never a fault through an IOMMU, which such reads do not
+    // go through when they are left unordered), after the revoke
+    // returned: the properties it violates are exactly those that declare
+    // they are judged from speculation, which a search leaving those
+    // reads unordered then does not claim.
+    let mut judged = std::collections::BTreeSet::new();
+    for class in [
+        HazardClass::UseAfterFree,
+        HazardClass::Aer,
+        HazardClass::MisdirectedDma,
+        HazardClass::AccessAfterUnmap,
+        HazardClass::AccessAfterRevoke,
+    ] {
+        let mut h = hazard(class, AccessKind::Read, 11);
+        h.speculative = true;
+        let r = normal(returned_at(10, vec![h]));
+        for p in Property::ALL {
+            if judge(&r, p).is_some() {
+                judged.insert(p.name());
+            }
+        }
+    }
+    let declared: std::collections::BTreeSet<_> = Property::ALL
+        .iter()
+        .filter(|p| p.judged_from_speculation())
+        .map(|p| p.name())
+        .collect();
+    assert_eq!(judged, declared);
+    assert_eq!(
+        declared.into_iter().collect::<Vec<_>>(),
+        ["s-final", "s-noreuse"]
+    );
+}

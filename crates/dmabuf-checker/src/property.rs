@@ -32,6 +32,12 @@ pub trait Check: Sync {
     fn judged_in(&self, mode: RunMode) -> bool;
     /// `Some` when `run` contradicts it (only called for judged modes).
     fn judge(&self, run: &RunOutcome) -> Option<Violation>;
+    /// Whether it is judged from the hazard monitor's records of devices'
+    /// speculative reads, so that a search leaving those reads unordered
+    /// (`WorldSpec::read_ahead_unordered`) does not decide it.
+    fn judged_from_speculation(&self) -> bool {
+        false
+    }
 }
 
 /// Every property, in report order.
@@ -98,6 +104,11 @@ impl Property {
     /// One line on what it means.
     pub fn describe(self) -> &'static str {
         self.check().describe()
+    }
+
+    /// See [`Check::judged_from_speculation`].
+    pub fn judged_from_speculation(self) -> bool {
+        self.check().judged_from_speculation()
     }
 
     /// One-letter code.

@@ -11,7 +11,6 @@ use dmabuf_checker::property::Property;
 use dmabuf_checker::scenario::{Scenario, find};
 use dmabuf_checker::token::{RunMode, StrategyKind};
 use dmabuf_core::sync::sched::Bound;
-use dmabuf_scenario::world::WorldSpec;
 
 fn opts(props: &[Property], budget: u64) -> CheckOptions {
     CheckOptions {
@@ -630,7 +629,7 @@ fn speculative_reads_left_unordered_decide_every_property_not_judged_from_them()
     for (o, u) in ordered.iter().zip(&unordered) {
         assert_eq!(o.0, u.0);
         assert!(o.2 && o.3.is_empty(), "{o:?}");
-        if WorldSpec::judged_from_speculation(o.0.name()) {
+        if o.0.judged_from_speculation() {
             assert!(!u.2, "{u:?}");
             assert_eq!(u.3, vec![Bound::Unobserved], "{u:?}");
         } else {
@@ -655,7 +654,7 @@ fn a_cell_whose_read_ahead_outlives_the_revoke_is_proved_with_its_speculative_re
         let proof = p.proof.as_ref().expect("a proof attempt was made");
         assert_eq!(proof.config, "matrix.v1-core-flag.gpu.ra-unordered");
         assert!(!proof.reduced, "the cell's own configuration");
-        if WorldSpec::judged_from_speculation(p.property.name()) {
+        if p.property.judged_from_speculation() {
             assert_eq!(p.status(), "violated", "{p:?}");
             assert!(proof.bounds_hit.contains(&Bound::Unobserved), "{p:?}");
         } else if p.holds() {

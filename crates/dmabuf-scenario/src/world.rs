@@ -390,22 +390,12 @@ pub struct WorldSpec {
     /// wherever the schedule puts its read-ahead pass, ordered against
     /// nothing. A complete search then covers every order of everything
     /// else, so it decides every property but those judged from the
-    /// monitor's records of those reads ([`WorldSpec::judged_from_speculation`]):
-    /// a proof attempt's world, never a question of its own.
+    /// monitor's records of those reads (the checker's `s-final` and
+    /// `s-noreuse`): a proof attempt's world, never a question of its own.
     pub read_ahead_unordered: bool,
 }
 
 impl WorldSpec {
-    /// Whether a property named `name` is judged from the hazard monitor's
-    /// records of speculative reads (`s-final`: an access after the revoke
-    /// returned; `s-noreuse`: an access that reached reset, freed or
-    /// re-assigned memory), so that a search of a world with
-    /// [`WorldSpec::read_ahead_unordered`] does not decide it. A
-    /// speculative read is never a write, so `s-fence` is not.
-    pub fn judged_from_speculation(name: &str) -> bool {
-        matches!(name, "s-final" | "s-noreuse")
-    }
-
     /// Importer instances in the world (each spec's `count`, summed).
     pub fn instances(&self) -> usize {
         self.importers.iter().map(|i| i.count).sum()

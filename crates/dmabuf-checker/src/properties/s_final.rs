@@ -24,6 +24,10 @@ impl Check for SFinal {
     fn judged_in(&self, _mode: RunMode) -> bool {
         true
     }
+    /// Judged from the monitor's hazards, among them an access after the revoke returned: a speculative read is one.
+    fn judged_from_speculation(&self) -> bool {
+        true
+    }
     fn judge(&self, run: &RunOutcome) -> Option<Violation> {
         if let Some(v) = hazard(
             run,

@@ -31,6 +31,10 @@ impl Check for SNoreuse {
     fn judged_in(&self, _mode: RunMode) -> bool {
         true
     }
+    /// Judged from the monitor's hazards, among them an access that reached reset, freed or re-assigned memory: a speculative read is one.
+    fn judged_from_speculation(&self) -> bool {
+        true
+    }
     fn judge(&self, run: &RunOutcome) -> Option<Violation> {
         let obs = run.obs.as_ref()?;
         if let Some(ev) = obs.reuse.iter().find(|e| !e.outstanding.is_empty()) {
