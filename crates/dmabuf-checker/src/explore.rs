@@ -1389,7 +1389,7 @@ fn proof_attempt(
     let stalled_done = stalled.as_ref().is_none_or(|r| {
         r.properties
             .iter()
-            .all(|p| p.exhaustive || p.bounds_hit.iter().all(|&b| b == Bound::Unobserved))
+            .all(|p| p.exhaustive || p.bounds_hit == [Bound::Unobserved])
     });
     let normal = (stalled_done && wants(RunMode::Normal)).then(|| {
         let o = CheckOptions {
