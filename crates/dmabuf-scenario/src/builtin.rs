@@ -846,45 +846,19 @@ impl Library {
             s.name = name.to_owned();
             return Ok(s);
         }
-        if let Some(base) = name.strip_suffix(".turns") {
-            let mut s = self.find(base)?;
-            if s.spec.instances() < 2 {
-                return Err(FileError {
-                    message: format!(
-                        "'{name}': '{base}' has one importer, so there are no turns to take"
-                    ),
-                    ..unknown()
-                });
+        for (suffix, applies, why, switch_on) in SWITCHES {
+            if let Some(base) = name.strip_suffix(suffix) {
+                let mut s = self.find(base)?;
+                if !applies(&s.spec) {
+                    return Err(FileError {
+                        message: format!("'{name}': '{base}' {why}"),
+                        ..unknown()
+                    });
+                }
+                switch_on(&mut s.spec);
+                s.name = name.to_owned();
+                return Ok(s);
             }
-            s.spec.importers_take_turns = true;
-            s.name = name.to_owned();
-            return Ok(s);
-        }
-        if let Some(base) = name.strip_suffix(".ra-unordered") {
-            let mut s = self.find(base)?;
-            if !s.spec.importers.iter().any(|i| i.read_ahead) {
-                return Err(FileError {
-                    message: format!(
-                        "'{name}': no importer of '{base}' reads ahead, so no speculative read to leave unordered"
-                    ),
-                    ..unknown()
-                });
-            }
-            s.spec.read_ahead_unordered = true;
-            s.name = name.to_owned();
-            return Ok(s);
-        }
-        if let Some(base) = name.strip_suffix(".stall-remap") {
-            let mut s = self.find(base)?;
-            if !s.spec.trigger.is_cycle() {
-                return Err(FileError {
-                    message: format!("'{name}': '{base}' has no cycle, so no re-map to stall in"),
-                    ..unknown()
-                });
-            }
-            s.spec.stall_in_remap = true;
-            s.name = name.to_owned();
-            return Ok(s);
         }
         if let Some(rest) = name.strip_prefix("matrix.") {
             // Exporter names may contain dots only if a file says so; split
@@ -906,6 +880,38 @@ impl Library {
         self.resolve(s, f)
     }
 }
+
+/// A name suffix that switches one setting of a world on: the suffix,
+/// whether the world has what the setting is about, why not when it has
+/// not, and the switch.
+type Switch = (
+    &'static str,
+    fn(&WorldSpec) -> bool,
+    &'static str,
+    fn(&mut WorldSpec),
+);
+
+/// The suffixes of the names table at the top, `.jobsN` and `.idleN` aside.
+const SWITCHES: [Switch; 3] = [
+    (
+        ".turns",
+        |w| w.instances() >= 2,
+        "has one importer, so there are no turns to take",
+        |w| w.importers_take_turns = true,
+    ),
+    (
+        ".ra-unordered",
+        |w| w.importers.iter().any(|i| i.read_ahead),
+        "has no importer that reads ahead, so no speculative read to leave unordered",
+        |w| w.read_ahead_unordered = true,
+    ),
+    (
+        ".stall-remap",
+        |w| w.trigger.is_cycle(),
+        "has no cycle, so no re-map to stall in",
+        |w| w.stall_in_remap = true,
+    ),
+];
 
 fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>, depth: usize) -> std::io::Result<()> {
     if depth > 8 {

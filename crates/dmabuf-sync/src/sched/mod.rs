@@ -548,10 +548,45 @@ pub fn yield_point_on(addr: usize, access: Access) {
 
 std::thread_local! {
     static ONE_EVENT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    static UNOBSERVED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of a thread's nesting of one kind of scope (a thread-local
+/// count); the level is left when it is dropped.
+struct Depth {
+    count: &'static std::thread::LocalKey<std::cell::Cell<u32>>,
+    /// Thread-bound: the scope is the calling thread's.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Depth {
+    fn enter(count: &'static std::thread::LocalKey<std::cell::Cell<u32>>) -> Self {
+        count.with(|c| c.set(c.get() + 1));
+        Self {
+            count,
+            _thread: std::marker::PhantomData,
+        }
+    }
+
+    #[inline(always)]
+    fn inside(count: &'static std::thread::LocalKey<std::cell::Cell<u32>>) -> bool {
+        count.with(std::cell::Cell::get) != 0
+    }
+}
+
+impl Drop for Depth {
+    fn drop(&mut self) {
+        self.count.with(|c| c.set(c.get().saturating_sub(1)));
+    }
 }
 
 fn in_one_event() -> bool {
-    ONE_EVENT.with(std::cell::Cell::get) != 0
+    Depth::inside(&ONE_EVENT)
+}
+
+#[inline(always)]
+fn in_unobserved() -> bool {
+    Depth::inside(&UNOBSERVED)
 }
 
 /// A scope that is one event of the model ([`one_event`]): while it lives,
@@ -565,8 +600,7 @@ fn in_one_event() -> bool {
 /// [`RefCount`]: crate::atomic::RefCount
 #[must_use = "the scope ends when the guard is dropped"]
 pub struct OneEvent {
-    /// Thread-bound: the scope is the calling thread's.
-    _thread: std::marker::PhantomData<*const ()>,
+    _depth: Depth,
 }
 
 /// Begins a scope that the exploration sees as one event: one scheduling
@@ -586,32 +620,15 @@ pub fn one_event() -> OneEvent {
 /// the scope join the segment already running (after a point the caller
 /// made itself, such as [`acquire_point`]).
 pub fn same_event() -> OneEvent {
-    ONE_EVENT.with(|c| c.set(c.get() + 1));
     OneEvent {
-        _thread: std::marker::PhantomData,
+        _depth: Depth::enter(&ONE_EVENT),
     }
-}
-
-impl Drop for OneEvent {
-    fn drop(&mut self) {
-        ONE_EVENT.with(|c| c.set(c.get().saturating_sub(1)));
-    }
-}
-
-std::thread_local! {
-    static UNOBSERVED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-#[inline(always)]
-fn in_unobserved() -> bool {
-    UNOBSERVED.with(std::cell::Cell::get) != 0
 }
 
 /// A scope the exploration does not see ([`unobserved`]).
 #[must_use = "the scope ends when the guard is dropped"]
 pub struct Unobserved {
-    /// Thread-bound: the scope is the calling thread's.
-    _thread: std::marker::PhantomData<*const ()>,
+    _depth: Depth,
 }
 
 /// Begins a scope whose non-blocking operations the exploration does not
@@ -629,15 +646,8 @@ pub struct Unobserved {
 /// in the scope: they still block and make their points. Scopes nest;
 /// outside a controlled execution only a thread-local counter moves.
 pub fn unobserved() -> Unobserved {
-    UNOBSERVED.with(|c| c.set(c.get() + 1));
     Unobserved {
-        _thread: std::marker::PhantomData,
-    }
-}
-
-impl Drop for Unobserved {
-    fn drop(&mut self) {
-        UNOBSERVED.with(|c| c.set(c.get().saturating_sub(1)));
+        _depth: Depth::enter(&UNOBSERVED),
     }
 }
 
